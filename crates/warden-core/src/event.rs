@@ -1,0 +1,266 @@
+//! Events: typed `EventData` inside a CloudEvents 1.0 envelope with `seq` and `prevhash` extensions.
+//!
+//! The envelope's canonical JSON (sorted keys) is what the hash chain covers: event *n* carries
+//! `prevhash = sha256(canonical bytes of event n-1)`, and the first event carries `GENESIS_HASH`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::{canonical_json, sha256_hex};
+use crate::spec::Spec;
+use crate::time::format_rfc3339_ms;
+use crate::types::{LifecycleTerminalState, WorkloadInfo};
+use crate::workload::StopReason;
+
+/// `prevhash` of the first event in a journal.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A journaled event: CloudEvents 1.0 JSON plus the integer extension `seq` (global, from 1,
+/// no gaps) and `prevhash` (hex SHA-256 of the previous event's canonical bytes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub datacontenttype: String,
+    pub data: serde_json::Value,
+    pub seq: u64,
+    pub prevhash: String,
+}
+
+/// An event before the journal has given it a place: everything but `seq` and `prevhash`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub source: String,
+    pub time_ms: u64,
+    pub subject: Option<String>,
+    pub data: EventData,
+}
+
+impl CloudEvent {
+    /// Gives `new` its place in the chain.
+    pub fn seal(new: &NewEvent, seq: u64, prevhash: &str) -> CloudEvent {
+        let tagged = serde_json::to_value(&new.data).expect("event data serializes");
+        let (event_type, data) = match tagged {
+            serde_json::Value::Object(mut map) => (
+                map.remove("type")
+                    .and_then(|t| t.as_str().map(str::to_owned))
+                    .expect("tagged with type"),
+                map.remove("data").unwrap_or(serde_json::Value::Null),
+            ),
+            _ => unreachable!("EventData is an adjacently tagged enum"),
+        };
+        CloudEvent {
+            specversion: "1.0".into(),
+            id: new.id.clone(),
+            source: new.source.clone(),
+            event_type,
+            time: format_rfc3339_ms(new.time_ms),
+            subject: new.subject.clone(),
+            datacontenttype: "application/json".into(),
+            data,
+            seq,
+            prevhash: prevhash.to_string(),
+        }
+    }
+
+    /// The bytes the hash chain covers.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical_json(self)
+    }
+
+    /// Hex SHA-256 of the canonical bytes: the next event's `prevhash`.
+    pub fn hash(&self) -> String {
+        sha256_hex(&self.canonical_bytes())
+    }
+
+    /// The typed payload, or why this event's type or data is not one warden knows.
+    pub fn typed_data(&self) -> Result<EventData, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({"type": self.event_type, "data": self.data}))
+    }
+}
+
+/// Every event warden journals. The serde tag is the CloudEvents `type`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum EventData {
+    /// A workload was accepted; `workload.vmid` is assigned here.
+    #[serde(rename = "dev.warden.workload.submitted.v1")]
+    WorkloadSubmitted { workload: WorkloadInfo, spec: Spec },
+
+    /// The decision to start a cell, journaled before the cell is created.
+    #[serde(rename = "dev.warden.workload.starting.v1")]
+    WorkloadStarting {
+        workload_id: String,
+        cell_id: String,
+        attempt: u32,
+    },
+
+    /// The cell's process exists.
+    #[serde(rename = "dev.warden.lifecycle.started.v1")]
+    LifecycleStarted {
+        workload_id: String,
+        cell_id: String,
+        vmid: u32,
+        pid: u32,
+        /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22), so a
+        /// recycled pid is never mistaken for this cell.
+        pid_start_time: u64,
+        spec_id: String,
+    },
+
+    /// The cell is gone. `exit_code` is present only when a real exit code is known.
+    #[serde(rename = "dev.warden.lifecycle.destroyed.v1")]
+    LifecycleDestroyed {
+        workload_id: String,
+        cell_id: String,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        terminal_state: Option<LifecycleTerminalState>,
+        /// How long the cell ran, when it was known to have started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ran_ms: Option<u64>,
+    },
+
+    /// A restart is scheduled after an exponential delay.
+    #[serde(rename = "dev.warden.workload.backoff.v1")]
+    WorkloadBackoff {
+        workload_id: String,
+        consecutive_failures: u32,
+        delay_ms: u64,
+        until_ms: u64,
+    },
+
+    /// SIGTERM is being sent to the cell's process group.
+    #[serde(rename = "dev.warden.workload.stopping.v1")]
+    WorkloadStopping {
+        workload_id: String,
+        reason: StopReason,
+        kill_at_ms: u64,
+    },
+
+    /// The grace period ran out; SIGKILL is being sent.
+    #[serde(rename = "dev.warden.workload.stop-escalated.v1")]
+    WorkloadStopEscalated { workload_id: String },
+
+    /// Terminal: the cell exited 0 and the policy does not restart it.
+    #[serde(rename = "dev.warden.workload.completed.v1")]
+    WorkloadCompleted { workload_id: String },
+
+    /// Terminal: the policy gave up.
+    #[serde(rename = "dev.warden.workload.failed.v1")]
+    WorkloadFailed {
+        workload_id: String,
+        consecutive_failures: u32,
+        reason: String,
+    },
+
+    /// Terminal: stopped on request.
+    #[serde(rename = "dev.warden.workload.stopped.v1")]
+    WorkloadStopped { workload_id: String, reason: String },
+
+    /// Terminal: the workload's `ttl` ran out.
+    #[serde(rename = "dev.warden.workload.expired.v1")]
+    WorkloadExpired { workload_id: String },
+
+    /// The journal found a torn or corrupt tail at start-up and cut it back.
+    #[serde(rename = "dev.warden.journal.recovered.v1")]
+    JournalRecovered {
+        discarded_from_seq: u64,
+        n_discarded: u64,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl EventData {
+    /// The workload this event is about, which is also the CloudEvents `subject`.
+    pub fn workload_id(&self) -> Option<&str> {
+        match self {
+            EventData::WorkloadSubmitted { workload, .. } => Some(&workload.id),
+            EventData::WorkloadStarting { workload_id, .. }
+            | EventData::LifecycleStarted { workload_id, .. }
+            | EventData::LifecycleDestroyed { workload_id, .. }
+            | EventData::WorkloadBackoff { workload_id, .. }
+            | EventData::WorkloadStopping { workload_id, .. }
+            | EventData::WorkloadStopEscalated { workload_id }
+            | EventData::WorkloadCompleted { workload_id }
+            | EventData::WorkloadFailed { workload_id, .. }
+            | EventData::WorkloadStopped { workload_id, .. }
+            | EventData::WorkloadExpired { workload_id } => Some(workload_id),
+            EventData::JournalRecovered { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_cloudevents_with_seq_and_prevhash() {
+        let new = NewEvent {
+            id: "e1".into(),
+            source: "/warden/node-1".into(),
+            time_ms: 1_795_445_345_123,
+            subject: Some("w-1".into()),
+            data: EventData::WorkloadCompleted {
+                workload_id: "w-1".into(),
+            },
+        };
+        let event = CloudEvent::seal(&new, 7, GENESIS_HASH);
+        let json: serde_json::Value = serde_json::from_slice(&event.canonical_bytes()).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "dev.warden.workload.completed.v1");
+        assert_eq!(json["time"], "2026-11-23T14:49:05.123Z");
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["data"]["workload_id"], "w-1");
+        assert_eq!(event.typed_data().unwrap(), new.data);
+        assert_eq!(event.hash().len(), 64);
+    }
+
+    #[test]
+    fn destroyed_omits_unknown_exit_code() {
+        let data = EventData::LifecycleDestroyed {
+            workload_id: "w".into(),
+            cell_id: "w.1".into(),
+            outcome: Outcome::Failed,
+            exit_code: None,
+            signal: Some(9),
+            reason: "killed by SIGKILL".into(),
+            terminal_state: None,
+            ran_ms: None,
+        };
+        let event = CloudEvent::seal(
+            &NewEvent {
+                id: "x".into(),
+                source: "s".into(),
+                time_ms: 0,
+                subject: None,
+                data,
+            },
+            1,
+            GENESIS_HASH,
+        );
+        let object = event.data.as_object().unwrap();
+        assert!(!object.contains_key("exit_code"));
+        assert!(!object.contains_key("terminal_state"));
+        assert_eq!(object["signal"], 9);
+    }
+}

@@ -1,0 +1,144 @@
+//! The projection: every workload's state, folded from the journal, with the one `advance` loop
+//! that turns an input into events, applies them and returns the effects to carry out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{CloudEvent, EventData};
+use crate::spec::Spec;
+use crate::time::parse_rfc3339_ms;
+use crate::types::WorkloadInfo;
+use crate::workload::{Decision, Input, StepError, Workload};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    pub workloads: BTreeMap<String, Workload>,
+    /// The next `vmid` to hand out; vmids are never reused.
+    pub next_vmid: u32,
+    /// The `seq` of the last event folded in.
+    pub last_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("event {seq}: unknown type or malformed data: {source}")]
+    Malformed { seq: u64, source: serde_json::Error },
+    #[error("event {seq}: bad time {time:?}")]
+    BadTime { seq: u64, time: String },
+    #[error("event {seq}: expected seq {expected}")]
+    Gap { seq: u64, expected: u64 },
+}
+
+/// Upper bound on the follow-up steps one input can cause (exit → backoff → start is three).
+const MAX_FOLLOW_UP_STEPS: usize = 8;
+
+impl Projection {
+    /// Folds one journaled event in. Events must arrive in `seq` order without gaps.
+    pub fn apply_event(&mut self, event: &CloudEvent) -> Result<(), ReplayError> {
+        if event.seq != self.last_seq + 1 {
+            return Err(ReplayError::Gap {
+                seq: event.seq,
+                expected: self.last_seq + 1,
+            });
+        }
+        let data = event
+            .typed_data()
+            .map_err(|source| ReplayError::Malformed {
+                seq: event.seq,
+                source,
+            })?;
+        let at_ms = parse_rfc3339_ms(&event.time).ok_or_else(|| ReplayError::BadTime {
+            seq: event.seq,
+            time: event.time.clone(),
+        })?;
+        self.apply_data(&data, at_ms);
+        self.last_seq = event.seq;
+        Ok(())
+    }
+
+    /// Records one event's effect on the state (live and replay share this).
+    pub fn apply_data(&mut self, data: &EventData, at_ms: u64) {
+        if let EventData::WorkloadSubmitted { workload, spec } = data {
+            self.next_vmid = self.next_vmid.max(workload.vmid + 1);
+            self.workloads.insert(
+                workload.id.clone(),
+                Workload::new(workload.clone(), spec.clone(), at_ms),
+            );
+            return;
+        }
+        if let Some(workload) = data.workload_id().and_then(|id| self.workloads.get_mut(id)) {
+            workload.apply(data, at_ms);
+        }
+    }
+
+    /// Accepts a new workload: assigns its `vmid` and lets it take its first step.
+    pub fn submit(&mut self, mut info: WorkloadInfo, spec: Spec, now_ms: u64) -> Decision {
+        info.vmid = self.next_vmid.max(1);
+        let id = info.id.clone();
+        let submitted = EventData::WorkloadSubmitted {
+            workload: info,
+            spec,
+        };
+        self.apply_data(&submitted, now_ms);
+        let mut decision = self
+            .advance(&id, &Input::Tick, now_ms)
+            .expect("a pending workload accepts a tick");
+        decision.events.insert(0, submitted);
+        decision
+    }
+
+    /// Steps workload `id` with `input`, applies the events, then keeps ticking until it is quiet.
+    pub fn advance(
+        &mut self,
+        id: &str,
+        input: &Input,
+        now_ms: u64,
+    ) -> Result<Decision, AdvanceError> {
+        let workload = self
+            .workloads
+            .get_mut(id)
+            .ok_or_else(|| AdvanceError::UnknownWorkload(id.to_string()))?;
+        let mut total = workload.step(input, now_ms)?;
+        for data in &total.events {
+            workload.apply(data, now_ms);
+        }
+        for _ in 0..MAX_FOLLOW_UP_STEPS {
+            let follow_up = workload.step(&Input::Tick, now_ms)?;
+            if follow_up.events.is_empty() {
+                break;
+            }
+            for data in &follow_up.events {
+                workload.apply(data, now_ms);
+            }
+            total.events.extend(follow_up.events);
+            total.effects.extend(follow_up.effects);
+        }
+        Ok(total)
+    }
+
+    /// The earliest deadline of any workload.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.workloads
+            .values()
+            .filter_map(Workload::next_deadline_ms)
+            .min()
+    }
+
+    /// Workloads with a deadline at or before `now_ms`.
+    pub fn due(&self, now_ms: u64) -> Vec<String> {
+        self.workloads
+            .values()
+            .filter(|w| w.next_deadline_ms().is_some_and(|at| at <= now_ms))
+            .map(|w| w.id().to_string())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdvanceError {
+    #[error("no workload {0}")]
+    UnknownWorkload(String),
+    #[error(transparent)]
+    Step(#[from] StepError),
+}

@@ -1,0 +1,497 @@
+//! Workload specs: strict TOML in, a validated `Spec` out, or an error naming file, line and reason.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::canonical::content_id;
+use crate::types::{ReplicationMode, RestartPolicy};
+use crate::units::{parse_duration_ms, parse_size_bytes};
+
+/// A validated workload spec. Its canonical JSON is what `spec_id` hashes, so every field is
+/// normalized (durations in ms, sizes in bytes, defaults filled in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub name: String,
+    pub ttl_ms: Option<u64>,
+    pub cell: CellSpec,
+    pub restart: RestartSpec,
+    pub replication: ReplicationSpec,
+    pub logs: LogSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub isolation: Isolation,
+    pub graceful_shutdown_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A plain child process in its own process group, under a per-cell shim.
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    /// First delay after a failure; doubles per consecutive failure up to `backoff_max_ms`.
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A cell that stayed up this long resets the consecutive-failure count.
+    pub backoff_reset_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationSpec {
+    pub mode: ReplicationMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// The live log file is rotated when it grows past this.
+    pub max_size_bytes: u64,
+    /// Rotated files kept besides the live one.
+    pub max_files: u32,
+}
+
+pub const DEFAULT_GRACEFUL_SHUTDOWN_MS: u64 = 5_000;
+pub const DEFAULT_BACKOFF_MS: u64 = 100;
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+pub const DEFAULT_BACKOFF_RESET_MS: u64 = 600_000;
+pub const DEFAULT_LOG_MAX_SIZE_BYTES: u64 = 10 << 20;
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+
+impl Spec {
+    /// `sha256:<hex>` of the canonical spec.
+    pub fn spec_id(&self) -> String {
+        content_id(self)
+    }
+
+    /// Parses and validates spec text; `file` is only used to name the source in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|err| SpecError {
+            file: file.to_string(),
+            line: err.span().map(|span| line_of(text, span.start)),
+            message: err.message().trim().to_string(),
+        })?;
+        raw.validate().map_err(|(span, message)| SpecError {
+            file: file.to_string(),
+            line: span.map(|span| line_of(text, span.start)),
+            message,
+        })
+    }
+}
+
+/// A spec that could not be accepted: `file:line: reason`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct SpecError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn line_of(text: &str, byte_offset: usize) -> usize {
+    text[..byte_offset.min(text.len())].matches('\n').count() + 1
+}
+
+type Invalid = (Option<Range<usize>>, String);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Spanned<String>,
+    ttl: Option<Spanned<String>>,
+    cell: RawCell,
+    restart: Option<RawRestart>,
+    replication: Option<RawReplication>,
+    logs: Option<RawLogs>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCell {
+    argv: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    workdir: Option<Spanned<String>>,
+    isolation: Option<Spanned<String>>,
+    graceful_shutdown: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestart {
+    policy: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<i64>>,
+    backoff: Option<Spanned<String>>,
+    backoff_max: Option<Spanned<String>>,
+    backoff_reset: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    mode: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    max_size: Option<Spanned<String>>,
+    max_files: Option<Spanned<i64>>,
+}
+
+fn duration(field: &str, value: &Option<Spanned<String>>, default_ms: u64) -> Result<u64, Invalid> {
+    match value {
+        None => Ok(default_ms),
+        Some(text) => parse_duration_ms(text.get_ref())
+            .map_err(|why| (Some(text.span()), format!("{field}: {why}"))),
+    }
+}
+
+impl RawSpec {
+    fn validate(self) -> Result<Spec, Invalid> {
+        let name = self.name.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+            });
+        if !name_ok {
+            return Err((
+                Some(self.name.span()),
+                format!("name must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit; got {name:?}"),
+            ));
+        }
+        let ttl_ms = match &self.ttl {
+            None => None,
+            Some(_) => match duration("ttl", &self.ttl, 0)? {
+                0 => {
+                    return Err((
+                        self.ttl.as_ref().map(|t| t.span()),
+                        "ttl must be longer than 0s".into(),
+                    ))
+                }
+                ms => Some(ms),
+            },
+        };
+
+        let cell = self.cell;
+        let argv = cell.argv.get_ref().clone();
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            return Err((
+                Some(cell.argv.span()),
+                "cell.argv must name a program to run, e.g. [\"sleep\", \"60\"]".into(),
+            ));
+        }
+        let mut env = BTreeMap::new();
+        for (key, value) in cell.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err((
+                    Some(value.span()),
+                    format!("cell.env: bad variable name {key:?}"),
+                ));
+            }
+            env.insert(key, value.into_inner());
+        }
+        let isolation = match cell.isolation.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
+            None | Some(("process", _)) => Isolation::Process,
+            Some((other @ ("cell" | "oci"), span)) => {
+                return Err((
+                    Some(span),
+                    format!("cell.isolation = {other:?} is not available in this version yet; use \"process\""),
+                ))
+            }
+            Some((other, span)) => {
+                return Err((Some(span), format!("cell.isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
+            }
+        };
+        let graceful_shutdown_ms = duration(
+            "cell.graceful_shutdown",
+            &cell.graceful_shutdown,
+            DEFAULT_GRACEFUL_SHUTDOWN_MS,
+        )?;
+        let workdir = match cell.workdir {
+            Some(dir) if !dir.get_ref().starts_with('/') => {
+                return Err((
+                    Some(dir.span()),
+                    format!(
+                        "cell.workdir must be an absolute path, got {:?}",
+                        dir.get_ref()
+                    ),
+                ))
+            }
+            other => other.map(Spanned::into_inner),
+        };
+
+        let restart = self
+            .restart
+            .map(RawRestart::validate)
+            .transpose()?
+            .unwrap_or(RestartSpec {
+                policy: RestartPolicy::default(),
+                backoff_ms: DEFAULT_BACKOFF_MS,
+                backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+                backoff_reset_ms: DEFAULT_BACKOFF_RESET_MS,
+            });
+
+        let replication = match self.replication {
+            None => ReplicationSpec {
+                mode: ReplicationMode::None,
+            },
+            Some(raw) => {
+                let mode = match raw.mode.get_ref().as_str() {
+                    "none" => ReplicationMode::None,
+                    "checkpointed" => ReplicationMode::Checkpointed,
+                    "warm-standby" => ReplicationMode::WarmStandby,
+                    other => {
+                        return Err((
+                            Some(raw.mode.span()),
+                            format!("replication.mode must be \"none\", \"checkpointed\" or \"warm-standby\", got {other:?}"),
+                        ))
+                    }
+                };
+                ReplicationSpec { mode }
+            }
+        };
+
+        let logs = match self.logs {
+            None => LogSpec {
+                max_size_bytes: DEFAULT_LOG_MAX_SIZE_BYTES,
+                max_files: DEFAULT_LOG_MAX_FILES,
+            },
+            Some(raw) => {
+                let max_size_bytes = match &raw.max_size {
+                    None => DEFAULT_LOG_MAX_SIZE_BYTES,
+                    Some(text) => match parse_size_bytes(text.get_ref()) {
+                        Ok(bytes) if bytes >= 4096 => bytes,
+                        Ok(bytes) => {
+                            return Err((
+                                Some(text.span()),
+                                format!("logs.max_size must be at least 4KiB, got {bytes} bytes"),
+                            ))
+                        }
+                        Err(why) => {
+                            return Err((Some(text.span()), format!("logs.max_size: {why}")))
+                        }
+                    },
+                };
+                let max_files = match &raw.max_files {
+                    None => DEFAULT_LOG_MAX_FILES,
+                    Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+                    Some(n) => {
+                        return Err((
+                            Some(n.span()),
+                            format!(
+                                "logs.max_files must be between 1 and 100, got {}",
+                                n.get_ref()
+                            ),
+                        ))
+                    }
+                };
+                LogSpec {
+                    max_size_bytes,
+                    max_files,
+                }
+            }
+        };
+
+        Ok(Spec {
+            name: name.clone(),
+            ttl_ms,
+            cell: CellSpec {
+                argv,
+                env,
+                workdir,
+                isolation,
+                graceful_shutdown_ms,
+            },
+            restart,
+            replication,
+            logs,
+        })
+    }
+}
+
+impl RawRestart {
+    fn validate(self) -> Result<RestartSpec, Invalid> {
+        let max_attempts = match &self.max_attempts {
+            None => None,
+            Some(n) if *n.get_ref() < 0 => {
+                return Err((
+                    Some(n.span()),
+                    format!("restart.max_attempts must be ≥ 0, got {}", n.get_ref()),
+                ))
+            }
+            Some(n) if *n.get_ref() > i64::from(u32::MAX) => {
+                return Err((
+                    Some(n.span()),
+                    format!("restart.max_attempts is too large: {}", n.get_ref()),
+                ))
+            }
+            Some(n) => Some((*n.get_ref() as u32, n.span())),
+        };
+        let policy = match self
+            .policy
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("on-failure", _)) => RestartPolicy::OnFailure {
+                max_attempts: max_attempts.as_ref().map_or(3, |m| m.0),
+            },
+            Some((name @ ("never" | "always"), _)) => {
+                if let Some((_, span)) = max_attempts {
+                    return Err((Some(span), format!("restart.max_attempts applies only to policy = \"on-failure\", not {name:?}")));
+                }
+                if name == "never" {
+                    RestartPolicy::Never
+                } else {
+                    RestartPolicy::Always
+                }
+            }
+            Some((other, span)) => return Err((
+                Some(span),
+                format!(
+                    "restart.policy must be \"never\", \"always\" or \"on-failure\", got {other:?}"
+                ),
+            )),
+        };
+        let backoff_ms = duration("restart.backoff", &self.backoff, DEFAULT_BACKOFF_MS)?;
+        let backoff_max_ms = duration(
+            "restart.backoff_max",
+            &self.backoff_max,
+            DEFAULT_BACKOFF_MAX_MS.max(backoff_ms),
+        )?;
+        if backoff_max_ms < backoff_ms {
+            return Err((
+                self.backoff_max.as_ref().map(|b| b.span()),
+                "restart.backoff_max must be at least restart.backoff".into(),
+            ));
+        }
+        let backoff_reset_ms = duration(
+            "restart.backoff_reset",
+            &self.backoff_reset,
+            DEFAULT_BACKOFF_RESET_MS,
+        )?;
+        Ok(RestartSpec {
+            policy,
+            backoff_ms,
+            backoff_max_ms,
+            backoff_reset_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = r#"
+name = "web"
+ttl = "24h"
+[cell]
+argv = ["python3", "-m", "http.server", "8080"]
+env = { KEY = "value" }
+workdir = "/srv/web"
+isolation = "process"
+graceful_shutdown = "5s"
+[restart]
+policy = "on-failure"
+max_attempts = 3
+backoff = "100ms"
+backoff_max = "30s"
+[replication]
+mode = "none"
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let spec = Spec::parse("web.toml", WEB).unwrap();
+        assert_eq!(spec.ttl_ms, Some(86_400_000));
+        assert_eq!(
+            spec.restart.policy,
+            RestartPolicy::OnFailure { max_attempts: 3 }
+        );
+        assert_eq!(spec.restart.backoff_reset_ms, DEFAULT_BACKOFF_RESET_MS);
+        assert!(spec.spec_id().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn spec_id_ignores_formatting_but_not_content() {
+        let a = Spec::parse("a", "name='x'\n[cell]\nargv=['true']\nenv={B='2',A='1'}").unwrap();
+        let b = Spec::parse(
+            "b",
+            "name = \"x\"\n\n[cell]\nenv = { A = \"1\", B = \"2\" }\nargv = [\"true\"]\n",
+        )
+        .unwrap();
+        let c = Spec::parse("c", "name='x'\n[cell]\nargv=['false']").unwrap();
+        assert_eq!(a.spec_id(), b.spec_id());
+        assert_ne!(a.spec_id(), c.spec_id());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let unknown = Spec::parse(
+            "s.toml",
+            "name = \"x\"\n[cell]\nargv = [\"true\"]\nargz = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!(unknown.line, Some(4));
+        assert!(unknown.to_string().starts_with("s.toml:4: "), "{unknown}");
+        assert!(unknown.message.contains("argz"), "{unknown}");
+
+        let negative = Spec::parse(
+            "s.toml",
+            "name = \"x\"\n[cell]\nargv = [\"true\"]\n[restart]\nmax_attempts = -1\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            negative.to_string(),
+            "s.toml:5: restart.max_attempts must be ≥ 0, got -1"
+        );
+
+        let duration = Spec::parse(
+            "s.toml",
+            "name = \"x\"\n[cell]\nargv = [\"true\"]\ngraceful_shutdown = \"5 sec\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(duration.line, Some(4));
+
+        let mismatch = Spec::parse(
+            "s.toml",
+            "name='x'\n[cell]\nargv=['true']\n[restart]\npolicy='never'\nmax_attempts=2\n",
+        )
+        .unwrap_err();
+        assert_eq!(mismatch.line, Some(6));
+
+        let empty = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = []\n").unwrap_err();
+        assert_eq!(empty.line, Some(3));
+
+        let missing = Spec::parse("s.toml", "name = \"x\"\n").unwrap_err();
+        assert!(missing.message.contains("cell"), "{missing}");
+
+        let later = Spec::parse(
+            "s.toml",
+            "name = \"x\"\n[cell]\nargv = [\"true\"]\nisolation = \"oci\"\n",
+        )
+        .unwrap_err();
+        assert!(later.message.contains("not available"), "{later}");
+    }
+}
