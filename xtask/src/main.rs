@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask ci`: the project's one test command (what `.ci/run` calls).
+//!
+//! Installs the system packages the tests need (we run as root on Debian), then runs
+//! `cargo fmt --check`, `cargo clippy -D warnings` and the whole test suite.
+
+use std::process::{exit, Command};
+
+/// Debian packages the test suite needs, with a binary that proves each is installed.
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+
+fn main() {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "ci" => ci(),
+        "bench" => bench(),
+        _ => {
+            eprintln!("usage: cargo xtask ci | bench");
+            exit(2);
+        }
+    }
+}
+
+fn ci() {
+    install_packages(SYSTEM_PACKAGES);
+    run("cargo", &["fmt", "--all", "--", "--check"]);
+    run("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run("cargo", &["test", "--workspace", "--", "--test-threads=2"]);
+}
+
+fn bench() {
+    install_packages(&[("supervisor", "supervisord"), ("runit", "runsv"), ("s6", "s6-supervise")]);
+    run("cargo", &["bench", "--bench", "warden_bench"]);
+}
+
+fn install_packages(packages: &[(&str, &str)]) {
+    let missing: Vec<&str> = packages.iter().filter(|(_, binary)| !on_path(binary)).map(|(package, _)| *package).collect();
+    if missing.is_empty() {
+        return;
+    }
+    eprintln!("xtask: installing {missing:?}");
+    run("apt-get", &["update", "-q"]);
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing);
+    run("apt-get", &args);
+}
+
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(binary).is_file() || dir.join("../sbin").join(binary).is_file())
+        })
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|dir| std::path::Path::new(dir).join(binary).is_file())
+}
+
+fn run(program: &str, args: &[&str]) {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program).args(args).status().unwrap_or_else(|e| {
+        eprintln!("xtask: cannot run {program}: {e}");
+        exit(1)
+    });
+    if !status.success() {
+        eprintln!("xtask: {program} {} failed: {status}", args.join(" "));
+        exit(status.code().unwrap_or(1));
+    }
+}

@@ -1,1 +1,124 @@
-//! placeholder
+//! Cell backends: how one run of a workload (a "cell") is started, watched, signalled and
+//! re-adopted after the supervisor itself crashed.
+//!
+//! The only backend today is [`ProcessBackend`]: every cell runs under a tiny per-cell shim
+//! ([`shim_main`]) that is the workload's parent, records its exit status durably in the cell
+//! directory, and outlives the supervisor. The on-disk protocol of a cell directory is:
+//!
+//! * `config.json` – the [`CellConfig`], written (and fsynced) by the supervisor before spawning.
+//! * `lock` – `flock`ed by the shim for its whole life; the lock is the proof the shim is alive.
+//! * `pid.json` – a [`StartedCell`], written atomically by the shim once the workload was exec'd.
+//! * `exit.json` – an [`ExitStatus`], written atomically by the shim once the workload was reaped.
+//! * `shim.err` – the shim's own stderr, for post-mortems.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+mod durable;
+mod logs;
+mod process;
+mod procfs;
+mod shim;
+mod sys;
+
+pub use process::{ProcessBackend, ShimExe};
+pub use procfs::process_start_time;
+pub use shim::shim_main;
+
+/// Everything the shim needs to start one cell; persisted as `config.json` in the cell dir.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellConfig {
+    pub cell_id: String,
+    pub workload_id: String,
+    /// `argv[0]` is looked up in `PATH` (after `env` was applied), like `execvp`.
+    pub argv: Vec<String>,
+    /// Set on top of the environment the shim inherited from the supervisor.
+    pub env: BTreeMap<String, String>,
+    /// `None` keeps the supervisor's working directory.
+    pub workdir: Option<PathBuf>,
+    /// e.g. `<data>/logs/<workload_id>/output.log`; rotated to `output.log.1` .. `.N`.
+    pub log_path: PathBuf,
+    /// The live log is rotated before it would grow past this size; 0 disables rotation.
+    pub log_max_size_bytes: u64,
+    /// How many rotated files (`.1` .. `.N`) are kept; 0 means the live file is just truncated.
+    pub log_max_files: u32,
+}
+
+/// Identity of a running cell. Pids are never trusted alone: a pid plus its start time
+/// (field 22 of `/proc/PID/stat`) identifies a process even if the pid number is recycled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedCell {
+    pub pid: u32,
+    pub pid_start_time: u64,
+    pub shim_pid: u32,
+    pub shim_start_time: u64,
+}
+
+/// How a workload ended, as recorded by its shim in `exit.json`.
+/// Exactly one of `exit_code` and `signal` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub finished_at_ms: u64,
+}
+
+/// What the backend knows about a cell, typically after a supervisor restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CellState {
+    /// The workload was never exec'd (or its dir was abandoned mid-start); safe to start anew.
+    NotStarted,
+    Running(StartedCell),
+    Exited(ExitStatus),
+    /// The shim died before recording an exit status; the cell must not be assumed running.
+    Lost {
+        reason: String,
+    },
+}
+
+/// Why [`ProcessBackend::start`] failed. Only `Exec` and `Shim` can come after the workload's
+/// fork; in every case the workload is not running when `start` returns an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid cell config: {0}")]
+    InvalidConfig(String),
+    #[error("cell directory {} already exists", .0.display())]
+    AlreadyExists(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot spawn shim {}: {source}", .path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workload could not be exec'd (or its workdir entered), e.g. "No such file or directory".
+    #[error("cannot exec workload: {0}")]
+    Exec(String),
+    /// The shim reported a failure of its own before the workload ran.
+    #[error("shim failed: {0}")]
+    Shim(String),
+    /// The shim went away (or spoke nonsense) without reporting success or failure.
+    #[error("no handshake from shim: {0}")]
+    Handshake(String),
+}
+
+/// Why [`ProcessBackend::signal`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("no such cell: {0}")]
+    NoSuchCell(String),
+    #[error("cell {0} has no running workload yet (pid.json missing)")]
+    NotStarted(String),
+    #[error("cannot signal cell {cell_id}: {source}")]
+    Io {
+        cell_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+}

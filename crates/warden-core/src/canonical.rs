@@ -29,9 +29,6 @@ mod tests {
     #[test]
     fn keys_are_sorted_whatever_the_input_order() {
         let value = serde_json::json!({"zeta": 1, "alpha": {"y": 2, "b": 3}});
-        assert_eq!(
-            canonical_json(&value),
-            br#"{"alpha":{"b":3,"y":2},"zeta":1}"#.to_vec()
-        );
+        assert_eq!(canonical_json(&value), br#"{"alpha":{"b":3,"y":2},"zeta":1}"#.to_vec());
     }
 }

@@ -37,21 +37,11 @@ impl Projection {
     /// Folds one journaled event in. Events must arrive in `seq` order without gaps.
     pub fn apply_event(&mut self, event: &CloudEvent) -> Result<(), ReplayError> {
         if event.seq != self.last_seq + 1 {
-            return Err(ReplayError::Gap {
-                seq: event.seq,
-                expected: self.last_seq + 1,
-            });
+            return Err(ReplayError::Gap { seq: event.seq, expected: self.last_seq + 1 });
         }
-        let data = event
-            .typed_data()
-            .map_err(|source| ReplayError::Malformed {
-                seq: event.seq,
-                source,
-            })?;
-        let at_ms = parse_rfc3339_ms(&event.time).ok_or_else(|| ReplayError::BadTime {
-            seq: event.seq,
-            time: event.time.clone(),
-        })?;
+        let data = event.typed_data().map_err(|source| ReplayError::Malformed { seq: event.seq, source })?;
+        let at_ms =
+            parse_rfc3339_ms(&event.time).ok_or_else(|| ReplayError::BadTime { seq: event.seq, time: event.time.clone() })?;
         self.apply_data(&data, at_ms);
         self.last_seq = event.seq;
         Ok(())
@@ -61,10 +51,7 @@ impl Projection {
     pub fn apply_data(&mut self, data: &EventData, at_ms: u64) {
         if let EventData::WorkloadSubmitted { workload, spec } = data {
             self.next_vmid = self.next_vmid.max(workload.vmid + 1);
-            self.workloads.insert(
-                workload.id.clone(),
-                Workload::new(workload.clone(), spec.clone(), at_ms),
-            );
+            self.workloads.insert(workload.id.clone(), Workload::new(workload.clone(), spec.clone(), at_ms));
             return;
         }
         if let Some(workload) = data.workload_id().and_then(|id| self.workloads.get_mut(id)) {
@@ -76,29 +63,16 @@ impl Projection {
     pub fn submit(&mut self, mut info: WorkloadInfo, spec: Spec, now_ms: u64) -> Decision {
         info.vmid = self.next_vmid.max(1);
         let id = info.id.clone();
-        let submitted = EventData::WorkloadSubmitted {
-            workload: info,
-            spec,
-        };
+        let submitted = EventData::WorkloadSubmitted { workload: info, spec };
         self.apply_data(&submitted, now_ms);
-        let mut decision = self
-            .advance(&id, &Input::Tick, now_ms)
-            .expect("a pending workload accepts a tick");
+        let mut decision = self.advance(&id, &Input::Tick, now_ms).expect("a pending workload accepts a tick");
         decision.events.insert(0, submitted);
         decision
     }
 
     /// Steps workload `id` with `input`, applies the events, then keeps ticking until it is quiet.
-    pub fn advance(
-        &mut self,
-        id: &str,
-        input: &Input,
-        now_ms: u64,
-    ) -> Result<Decision, AdvanceError> {
-        let workload = self
-            .workloads
-            .get_mut(id)
-            .ok_or_else(|| AdvanceError::UnknownWorkload(id.to_string()))?;
+    pub fn advance(&mut self, id: &str, input: &Input, now_ms: u64) -> Result<Decision, AdvanceError> {
+        let workload = self.workloads.get_mut(id).ok_or_else(|| AdvanceError::UnknownWorkload(id.to_string()))?;
         let mut total = workload.step(input, now_ms)?;
         for data in &total.events {
             workload.apply(data, now_ms);
@@ -119,10 +93,7 @@ impl Projection {
 
     /// The earliest deadline of any workload.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.workloads
-            .values()
-            .filter_map(Workload::next_deadline_ms)
-            .min()
+        self.workloads.values().filter_map(Workload::next_deadline_ms).min()
     }
 
     /// Workloads with a deadline at or before `now_ms`.

@@ -160,8 +160,7 @@ struct RawLogs {
 fn duration(field: &str, value: &Option<Spanned<String>>, default_ms: u64) -> Result<u64, Invalid> {
     match value {
         None => Ok(default_ms),
-        Some(text) => parse_duration_ms(text.get_ref())
-            .map_err(|why| (Some(text.span()), format!("{field}: {why}"))),
+        Some(text) => parse_duration_ms(text.get_ref()).map_err(|why| (Some(text.span()), format!("{field}: {why}"))),
     }
 }
 
@@ -171,9 +170,7 @@ impl RawSpec {
         let name_ok = !name.is_empty()
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && name.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
-            });
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.');
         if !name_ok {
             return Err((
                 Some(self.name.span()),
@@ -183,12 +180,7 @@ impl RawSpec {
         let ttl_ms = match &self.ttl {
             None => None,
             Some(_) => match duration("ttl", &self.ttl, 0)? {
-                0 => {
-                    return Err((
-                        self.ttl.as_ref().map(|t| t.span()),
-                        "ttl must be longer than 0s".into(),
-                    ))
-                }
+                0 => return Err((self.ttl.as_ref().map(|t| t.span()), "ttl must be longer than 0s".into())),
                 ms => Some(ms),
             },
         };
@@ -196,18 +188,12 @@ impl RawSpec {
         let cell = self.cell;
         let argv = cell.argv.get_ref().clone();
         if argv.first().is_none_or(|program| program.is_empty()) {
-            return Err((
-                Some(cell.argv.span()),
-                "cell.argv must name a program to run, e.g. [\"sleep\", \"60\"]".into(),
-            ));
+            return Err((Some(cell.argv.span()), "cell.argv must name a program to run, e.g. [\"sleep\", \"60\"]".into()));
         }
         let mut env = BTreeMap::new();
         for (key, value) in cell.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err((
-                    Some(value.span()),
-                    format!("cell.env: bad variable name {key:?}"),
-                ));
+                return Err((Some(value.span()), format!("cell.env: bad variable name {key:?}")));
             }
             env.insert(key, value.into_inner());
         }
@@ -223,39 +209,23 @@ impl RawSpec {
                 return Err((Some(span), format!("cell.isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
             }
         };
-        let graceful_shutdown_ms = duration(
-            "cell.graceful_shutdown",
-            &cell.graceful_shutdown,
-            DEFAULT_GRACEFUL_SHUTDOWN_MS,
-        )?;
+        let graceful_shutdown_ms = duration("cell.graceful_shutdown", &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
         let workdir = match cell.workdir {
             Some(dir) if !dir.get_ref().starts_with('/') => {
-                return Err((
-                    Some(dir.span()),
-                    format!(
-                        "cell.workdir must be an absolute path, got {:?}",
-                        dir.get_ref()
-                    ),
-                ))
+                return Err((Some(dir.span()), format!("cell.workdir must be an absolute path, got {:?}", dir.get_ref())))
             }
             other => other.map(Spanned::into_inner),
         };
 
-        let restart = self
-            .restart
-            .map(RawRestart::validate)
-            .transpose()?
-            .unwrap_or(RestartSpec {
-                policy: RestartPolicy::default(),
-                backoff_ms: DEFAULT_BACKOFF_MS,
-                backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
-                backoff_reset_ms: DEFAULT_BACKOFF_RESET_MS,
-            });
+        let restart = self.restart.map(RawRestart::validate).transpose()?.unwrap_or(RestartSpec {
+            policy: RestartPolicy::default(),
+            backoff_ms: DEFAULT_BACKOFF_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            backoff_reset_ms: DEFAULT_BACKOFF_RESET_MS,
+        });
 
         let replication = match self.replication {
-            None => ReplicationSpec {
-                mode: ReplicationMode::None,
-            },
+            None => ReplicationSpec { mode: ReplicationMode::None },
             Some(raw) => {
                 let mode = match raw.mode.get_ref().as_str() {
                     "none" => ReplicationMode::None,
@@ -273,56 +243,33 @@ impl RawSpec {
         };
 
         let logs = match self.logs {
-            None => LogSpec {
-                max_size_bytes: DEFAULT_LOG_MAX_SIZE_BYTES,
-                max_files: DEFAULT_LOG_MAX_FILES,
-            },
+            None => LogSpec { max_size_bytes: DEFAULT_LOG_MAX_SIZE_BYTES, max_files: DEFAULT_LOG_MAX_FILES },
             Some(raw) => {
                 let max_size_bytes = match &raw.max_size {
                     None => DEFAULT_LOG_MAX_SIZE_BYTES,
                     Some(text) => match parse_size_bytes(text.get_ref()) {
                         Ok(bytes) if bytes >= 4096 => bytes,
                         Ok(bytes) => {
-                            return Err((
-                                Some(text.span()),
-                                format!("logs.max_size must be at least 4KiB, got {bytes} bytes"),
-                            ))
+                            return Err((Some(text.span()), format!("logs.max_size must be at least 4KiB, got {bytes} bytes")))
                         }
-                        Err(why) => {
-                            return Err((Some(text.span()), format!("logs.max_size: {why}")))
-                        }
+                        Err(why) => return Err((Some(text.span()), format!("logs.max_size: {why}"))),
                     },
                 };
                 let max_files = match &raw.max_files {
                     None => DEFAULT_LOG_MAX_FILES,
                     Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
                     Some(n) => {
-                        return Err((
-                            Some(n.span()),
-                            format!(
-                                "logs.max_files must be between 1 and 100, got {}",
-                                n.get_ref()
-                            ),
-                        ))
+                        return Err((Some(n.span()), format!("logs.max_files must be between 1 and 100, got {}", n.get_ref())))
                     }
                 };
-                LogSpec {
-                    max_size_bytes,
-                    max_files,
-                }
+                LogSpec { max_size_bytes, max_files }
             }
         };
 
         Ok(Spec {
             name: name.clone(),
             ttl_ms,
-            cell: CellSpec {
-                argv,
-                env,
-                workdir,
-                isolation,
-                graceful_shutdown_ms,
-            },
+            cell: CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms },
             restart,
             replication,
             logs,
@@ -335,30 +282,21 @@ impl RawRestart {
         let max_attempts = match &self.max_attempts {
             None => None,
             Some(n) if *n.get_ref() < 0 => {
-                return Err((
-                    Some(n.span()),
-                    format!("restart.max_attempts must be ≥ 0, got {}", n.get_ref()),
-                ))
+                return Err((Some(n.span()), format!("restart.max_attempts must be ≥ 0, got {}", n.get_ref())))
             }
             Some(n) if *n.get_ref() > i64::from(u32::MAX) => {
-                return Err((
-                    Some(n.span()),
-                    format!("restart.max_attempts is too large: {}", n.get_ref()),
-                ))
+                return Err((Some(n.span()), format!("restart.max_attempts is too large: {}", n.get_ref())))
             }
             Some(n) => Some((*n.get_ref() as u32, n.span())),
         };
-        let policy = match self
-            .policy
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("on-failure", _)) => RestartPolicy::OnFailure {
-                max_attempts: max_attempts.as_ref().map_or(3, |m| m.0),
-            },
+        let policy = match self.policy.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+            None | Some(("on-failure", _)) => RestartPolicy::OnFailure { max_attempts: max_attempts.as_ref().map_or(3, |m| m.0) },
             Some((name @ ("never" | "always"), _)) => {
                 if let Some((_, span)) = max_attempts {
-                    return Err((Some(span), format!("restart.max_attempts applies only to policy = \"on-failure\", not {name:?}")));
+                    return Err((
+                        Some(span),
+                        format!("restart.max_attempts applies only to policy = \"on-failure\", not {name:?}"),
+                    ));
                 }
                 if name == "never" {
                     RestartPolicy::Never
@@ -366,36 +304,23 @@ impl RawRestart {
                     RestartPolicy::Always
                 }
             }
-            Some((other, span)) => return Err((
-                Some(span),
-                format!(
-                    "restart.policy must be \"never\", \"always\" or \"on-failure\", got {other:?}"
-                ),
-            )),
+            Some((other, span)) => {
+                return Err((
+                    Some(span),
+                    format!("restart.policy must be \"never\", \"always\" or \"on-failure\", got {other:?}"),
+                ))
+            }
         };
         let backoff_ms = duration("restart.backoff", &self.backoff, DEFAULT_BACKOFF_MS)?;
-        let backoff_max_ms = duration(
-            "restart.backoff_max",
-            &self.backoff_max,
-            DEFAULT_BACKOFF_MAX_MS.max(backoff_ms),
-        )?;
+        let backoff_max_ms = duration("restart.backoff_max", &self.backoff_max, DEFAULT_BACKOFF_MAX_MS.max(backoff_ms))?;
         if backoff_max_ms < backoff_ms {
             return Err((
                 self.backoff_max.as_ref().map(|b| b.span()),
                 "restart.backoff_max must be at least restart.backoff".into(),
             ));
         }
-        let backoff_reset_ms = duration(
-            "restart.backoff_reset",
-            &self.backoff_reset,
-            DEFAULT_BACKOFF_RESET_MS,
-        )?;
-        Ok(RestartSpec {
-            policy,
-            backoff_ms,
-            backoff_max_ms,
-            backoff_reset_ms,
-        })
+        let backoff_reset_ms = duration("restart.backoff_reset", &self.backoff_reset, DEFAULT_BACKOFF_RESET_MS)?;
+        Ok(RestartSpec { policy, backoff_ms, backoff_max_ms, backoff_reset_ms })
     }
 }
 
@@ -425,10 +350,7 @@ mode = "none"
     fn the_documented_example_parses() {
         let spec = Spec::parse("web.toml", WEB).unwrap();
         assert_eq!(spec.ttl_ms, Some(86_400_000));
-        assert_eq!(
-            spec.restart.policy,
-            RestartPolicy::OnFailure { max_attempts: 3 }
-        );
+        assert_eq!(spec.restart.policy, RestartPolicy::OnFailure { max_attempts: 3 });
         assert_eq!(spec.restart.backoff_reset_ms, DEFAULT_BACKOFF_RESET_MS);
         assert!(spec.spec_id().starts_with("sha256:"));
     }
@@ -436,11 +358,7 @@ mode = "none"
     #[test]
     fn spec_id_ignores_formatting_but_not_content() {
         let a = Spec::parse("a", "name='x'\n[cell]\nargv=['true']\nenv={B='2',A='1'}").unwrap();
-        let b = Spec::parse(
-            "b",
-            "name = \"x\"\n\n[cell]\nenv = { A = \"1\", B = \"2\" }\nargv = [\"true\"]\n",
-        )
-        .unwrap();
+        let b = Spec::parse("b", "name = \"x\"\n\n[cell]\nenv = { A = \"1\", B = \"2\" }\nargv = [\"true\"]\n").unwrap();
         let c = Spec::parse("c", "name='x'\n[cell]\nargv=['false']").unwrap();
         assert_eq!(a.spec_id(), b.spec_id());
         assert_ne!(a.spec_id(), c.spec_id());
@@ -448,37 +366,21 @@ mode = "none"
 
     #[test]
     fn errors_name_file_line_and_reason() {
-        let unknown = Spec::parse(
-            "s.toml",
-            "name = \"x\"\n[cell]\nargv = [\"true\"]\nargz = 1\n",
-        )
-        .unwrap_err();
+        let unknown = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\nargz = 1\n").unwrap_err();
         assert_eq!(unknown.line, Some(4));
         assert!(unknown.to_string().starts_with("s.toml:4: "), "{unknown}");
         assert!(unknown.message.contains("argz"), "{unknown}");
 
-        let negative = Spec::parse(
-            "s.toml",
-            "name = \"x\"\n[cell]\nargv = [\"true\"]\n[restart]\nmax_attempts = -1\n",
-        )
-        .unwrap_err();
-        assert_eq!(
-            negative.to_string(),
-            "s.toml:5: restart.max_attempts must be ≥ 0, got -1"
-        );
+        let negative =
+            Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\n[restart]\nmax_attempts = -1\n").unwrap_err();
+        assert_eq!(negative.to_string(), "s.toml:5: restart.max_attempts must be ≥ 0, got -1");
 
-        let duration = Spec::parse(
-            "s.toml",
-            "name = \"x\"\n[cell]\nargv = [\"true\"]\ngraceful_shutdown = \"5 sec\"\n",
-        )
-        .unwrap_err();
+        let duration =
+            Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\ngraceful_shutdown = \"5 sec\"\n").unwrap_err();
         assert_eq!(duration.line, Some(4));
 
-        let mismatch = Spec::parse(
-            "s.toml",
-            "name='x'\n[cell]\nargv=['true']\n[restart]\npolicy='never'\nmax_attempts=2\n",
-        )
-        .unwrap_err();
+        let mismatch =
+            Spec::parse("s.toml", "name='x'\n[cell]\nargv=['true']\n[restart]\npolicy='never'\nmax_attempts=2\n").unwrap_err();
         assert_eq!(mismatch.line, Some(6));
 
         let empty = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = []\n").unwrap_err();
@@ -487,11 +389,7 @@ mode = "none"
         let missing = Spec::parse("s.toml", "name = \"x\"\n").unwrap_err();
         assert!(missing.message.contains("cell"), "{missing}");
 
-        let later = Spec::parse(
-            "s.toml",
-            "name = \"x\"\n[cell]\nargv = [\"true\"]\nisolation = \"oci\"\n",
-        )
-        .unwrap_err();
+        let later = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\nisolation = \"oci\"\n").unwrap_err();
         assert!(later.message.contains("not available"), "{later}");
     }
 }

@@ -69,10 +69,7 @@ mod tests {
     #[test]
     fn known_timestamp() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_rfc3339_ms(1_795_445_345_123),
-            "2026-11-23T14:49:05.123Z"
-        );
+        assert_eq!(format_rfc3339_ms(1_795_445_345_123), "2026-11-23T14:49:05.123Z");
     }
 
     proptest! {

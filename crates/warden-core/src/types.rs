@@ -115,12 +115,7 @@ impl CellExit {
             (None, Some(sig)) => format!("killed by {}", signal_name(sig)),
             (None, None) => "exit status unknown".to_string(),
         };
-        CellExit {
-            exit_code,
-            signal,
-            reason,
-            terminal_state: None,
-        }
+        CellExit { exit_code, signal, reason, terminal_state: None }
     }
 }
 

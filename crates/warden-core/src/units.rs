@@ -9,21 +9,13 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let mut total_ms: u64 = 0;
     let mut rest = trimmed;
     while !rest.is_empty() {
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits_end == 0 {
-            return Err(format!(
-                "bad duration {text:?}: expected a number, e.g. \"500ms\""
-            ));
+            return Err(format!("bad duration {text:?}: expected a number, e.g. \"500ms\""));
         }
-        let number: u64 = rest[..digits_end]
-            .parse()
-            .map_err(|_| format!("bad duration {text:?}: number too large"))?;
+        let number: u64 = rest[..digits_end].parse().map_err(|_| format!("bad duration {text:?}: number too large"))?;
         rest = &rest[digits_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let unit_ms: u64 = match unit {
@@ -32,16 +24,8 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "bad duration {text:?}: missing unit (ms, s, m, h, d)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "bad duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d)"
-                ))
-            }
+            "" => return Err(format!("bad duration {text:?}: missing unit (ms, s, m, h, d)")),
+            other => return Err(format!("bad duration {text:?}: unknown unit {other:?} (use ms, s, m, h, d)")),
         };
         total_ms = number
             .checked_mul(unit_ms)
@@ -56,12 +40,8 @@ pub fn format_duration_ms(ms: u64) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms < 1_000 || ms % 1_000 != 0 {
-        return if ms >= 1_000 {
-            format!("{:.1}s", ms as f64 / 1000.0)
-        } else {
-            format!("{ms}ms")
-        };
+    if ms < 1_000 || !ms.is_multiple_of(1_000) {
+        return if ms >= 1_000 { format!("{:.1}s", ms as f64 / 1000.0) } else { format!("{ms}ms") };
     }
     let mut secs = ms / 1_000;
     let mut out = String::new();
@@ -77,17 +57,11 @@ pub fn format_duration_ms(ms: u64) -> String {
 /// Parses a size like `"256MiB"`, `"10MB"`, `"4096"` (bytes) into bytes.
 pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     if digits_end == 0 {
-        return Err(format!(
-            "bad size {text:?}: expected a number, e.g. \"256MiB\""
-        ));
+        return Err(format!("bad size {text:?}: expected a number, e.g. \"256MiB\""));
     }
-    let number: u64 = trimmed[..digits_end]
-        .parse()
-        .map_err(|_| format!("bad size {text:?}: number too large"))?;
+    let number: u64 = trimmed[..digits_end].parse().map_err(|_| format!("bad size {text:?}: number too large"))?;
     let multiplier: u64 = match trimmed[digits_end..].trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
@@ -96,15 +70,9 @@ pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "bad size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
+        other => return Err(format!("bad size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
     };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("bad size {text:?}: too large"))
+    number.checked_mul(multiplier).ok_or_else(|| format!("bad size {text:?}: too large"))
 }
 
 #[cfg(test)]

@@ -110,9 +110,7 @@ impl Phase {
 
     pub fn is_terminal(&self) -> bool {
         match self {
-            Phase::Completed | Phase::Failed { .. } | Phase::Stopped { .. } | Phase::Expired => {
-                true
-            }
+            Phase::Completed | Phase::Failed { .. } | Phase::Stopped { .. } | Phase::Expired => true,
             Phase::Pending
             | Phase::Starting { .. }
             | Phase::Running { .. }
@@ -179,15 +177,8 @@ pub enum StopSignal {
 /// What the runtime must do once the step's events are durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
-    StartCell {
-        workload_id: String,
-        cell_id: String,
-    },
-    SignalCell {
-        workload_id: String,
-        cell_id: String,
-        signal: StopSignal,
-    },
+    StartCell { workload_id: String, cell_id: String },
+    SignalCell { workload_id: String, cell_id: String, signal: StopSignal },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -199,16 +190,9 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
     #[error("cell {cell_id} is not the current cell of workload {workload_id}")]
-    StaleCell {
-        workload_id: String,
-        cell_id: String,
-    },
+    StaleCell { workload_id: String, cell_id: String },
     #[error("workload {workload_id} is {phase}; {input} does not apply")]
-    WrongPhase {
-        workload_id: String,
-        phase: &'static str,
-        input: &'static str,
-    },
+    WrongPhase { workload_id: String, phase: &'static str, input: &'static str },
 }
 
 impl Input {
@@ -224,9 +208,9 @@ impl Input {
 
     fn cell_id(&self) -> Option<&str> {
         match self {
-            Input::CellStarted { cell_id, .. }
-            | Input::CellStartFailed { cell_id, .. }
-            | Input::CellExited { cell_id, .. } => Some(cell_id),
+            Input::CellStarted { cell_id, .. } | Input::CellStartFailed { cell_id, .. } | Input::CellExited { cell_id, .. } => {
+                Some(cell_id)
+            }
             Input::Tick | Input::Stop => None,
         }
     }
@@ -269,11 +253,7 @@ impl Workload {
         let phase_deadline = match &self.phase {
             Phase::Pending | Phase::Exited { .. } => Some(0),
             Phase::Backoff { until_ms } => Some(*until_ms),
-            Phase::Stopping {
-                escalated: false,
-                kill_at_ms,
-                ..
-            } => Some(*kill_at_ms),
+            Phase::Stopping { escalated: false, kill_at_ms, .. } => Some(*kill_at_ms),
             _ => None,
         };
         let expiry = match &self.phase {
@@ -291,50 +271,29 @@ impl Workload {
     pub fn step(&self, input: &Input, now_ms: u64) -> Result<Decision, StepError> {
         if let Some(cell_id) = input.cell_id() {
             if self.phase.cell_id() != Some(cell_id) {
-                return Err(StepError::StaleCell {
-                    workload_id: self.id().into(),
-                    cell_id: cell_id.into(),
-                });
+                return Err(StepError::StaleCell { workload_id: self.id().into(), cell_id: cell_id.into() });
             }
         }
         let id = self.id().to_string();
         let mut decision = Decision::default();
         match (&self.phase, input) {
             (Phase::Pending | Phase::Backoff { .. }, Input::Tick) if self.is_expired(now_ms) => {
-                decision
-                    .events
-                    .push(EventData::WorkloadExpired { workload_id: id });
+                decision.events.push(EventData::WorkloadExpired { workload_id: id });
             }
             (Phase::Pending, Input::Tick) => self.decide_start(&mut decision),
-            (Phase::Backoff { until_ms }, Input::Tick) if now_ms >= *until_ms => {
-                self.decide_start(&mut decision)
-            }
+            (Phase::Backoff { until_ms }, Input::Tick) if now_ms >= *until_ms => self.decide_start(&mut decision),
             (Phase::Pending | Phase::Backoff { .. }, Input::Stop) => {
-                decision.events.push(EventData::WorkloadStopped {
-                    workload_id: id,
-                    reason: "stopped on request".into(),
-                });
+                decision.events.push(EventData::WorkloadStopped { workload_id: id, reason: "stopped on request".into() });
             }
-            (Phase::Starting { .. } | Phase::Running { .. }, Input::Tick)
-                if self.is_expired(now_ms) =>
-            {
+            (Phase::Starting { .. } | Phase::Running { .. }, Input::Tick) if self.is_expired(now_ms) => {
                 self.decide_stop(StopReason::Expired, now_ms, &mut decision);
             }
             (Phase::Starting { .. } | Phase::Running { .. }, Input::Stop) => {
                 self.decide_stop(StopReason::Requested, now_ms, &mut decision);
             }
             (
-                Phase::Starting { cell_id, .. }
-                | Phase::Stopping {
-                    cell_id,
-                    cell: None,
-                    ..
-                },
-                Input::CellStarted {
-                    pid,
-                    pid_start_time,
-                    ..
-                },
+                Phase::Starting { cell_id, .. } | Phase::Stopping { cell_id, cell: None, .. },
+                Input::CellStarted { pid, pid_start_time, .. },
             ) => {
                 decision.events.push(EventData::LifecycleStarted {
                     workload_id: id.clone(),
@@ -346,25 +305,12 @@ impl Workload {
                 });
                 if let Phase::Stopping { escalated, .. } = &self.phase {
                     // The stop was decided before the pid was known; deliver it now.
-                    let signal = if *escalated {
-                        StopSignal::Kill
-                    } else {
-                        StopSignal::Term
-                    };
-                    decision.effects.push(Effect::SignalCell {
-                        workload_id: id,
-                        cell_id: cell_id.clone(),
-                        signal,
-                    });
+                    let signal = if *escalated { StopSignal::Kill } else { StopSignal::Term };
+                    decision.effects.push(Effect::SignalCell { workload_id: id, cell_id: cell_id.clone(), signal });
                 }
             }
             (
-                Phase::Starting { cell_id, .. }
-                | Phase::Stopping {
-                    cell_id,
-                    cell: None,
-                    ..
-                },
+                Phase::Starting { cell_id, .. } | Phase::Stopping { cell_id, cell: None, .. },
                 Input::CellStartFailed { error, .. },
             ) => {
                 decision.events.push(EventData::LifecycleDestroyed {
@@ -380,24 +326,15 @@ impl Workload {
             }
             (
                 Phase::Starting { cell_id, .. }
-                | Phase::Running {
-                    cell: RunningCell { cell_id, .. },
-                }
+                | Phase::Running { cell: RunningCell { cell_id, .. } }
                 | Phase::Stopping { cell_id, .. },
                 Input::CellExited { exit, .. },
             ) => {
-                let ran_ms = self
-                    .phase
-                    .running_cell()
-                    .map(|cell| now_ms.saturating_sub(cell.started_at_ms));
+                let ran_ms = self.phase.running_cell().map(|cell| now_ms.saturating_sub(cell.started_at_ms));
                 decision.events.push(EventData::LifecycleDestroyed {
                     workload_id: id,
                     cell_id: cell_id.clone(),
-                    outcome: if exit.succeeded() {
-                        Outcome::Succeeded
-                    } else {
-                        Outcome::Failed
-                    },
+                    outcome: if exit.succeeded() { Outcome::Succeeded } else { Outcome::Failed },
                     exit_code: exit.exit_code,
                     signal: exit.signal,
                     reason: exit.reason.clone(),
@@ -405,19 +342,8 @@ impl Workload {
                     ran_ms,
                 });
             }
-            (
-                Phase::Stopping {
-                    escalated: false,
-                    kill_at_ms,
-                    cell,
-                    cell_id,
-                    ..
-                },
-                Input::Tick,
-            ) if now_ms >= *kill_at_ms => {
-                decision.events.push(EventData::WorkloadStopEscalated {
-                    workload_id: id.clone(),
-                });
+            (Phase::Stopping { escalated: false, kill_at_ms, cell, cell_id, .. }, Input::Tick) if now_ms >= *kill_at_ms => {
+                decision.events.push(EventData::WorkloadStopEscalated { workload_id: id.clone() });
                 if cell.is_some() {
                     decision.effects.push(Effect::SignalCell {
                         workload_id: id,
@@ -428,19 +354,12 @@ impl Workload {
             }
             (Phase::Exited { .. }, Input::Tick) => self.decide_after_exit(now_ms, &mut decision),
             (Phase::Exited { .. }, Input::Stop) => {
-                decision.events.push(EventData::WorkloadStopped {
-                    workload_id: id,
-                    reason: "stopped on request".into(),
-                });
+                decision.events.push(EventData::WorkloadStopped { workload_id: id, reason: "stopped on request".into() });
             }
             (Phase::Stopping { .. }, Input::Stop) | (_, Input::Tick) => {}
             (phase, Input::Stop) if phase.is_terminal() => {}
             (phase, input) => {
-                return Err(StepError::WrongPhase {
-                    workload_id: id,
-                    phase: phase.name(),
-                    input: input.name(),
-                });
+                return Err(StepError::WrongPhase { workload_id: id, phase: phase.name(), input: input.name() });
             }
         }
         Ok(decision)
@@ -453,19 +372,12 @@ impl Workload {
             cell_id: cell_id.clone(),
             attempt: self.runs,
         });
-        decision.effects.push(Effect::StartCell {
-            workload_id: self.id().into(),
-            cell_id,
-        });
+        decision.effects.push(Effect::StartCell { workload_id: self.id().into(), cell_id });
     }
 
     fn decide_stop(&self, reason: StopReason, now_ms: u64, decision: &mut Decision) {
         let kill_at_ms = now_ms + self.spec.cell.graceful_shutdown_ms;
-        decision.events.push(EventData::WorkloadStopping {
-            workload_id: self.id().into(),
-            reason,
-            kill_at_ms,
-        });
+        decision.events.push(EventData::WorkloadStopping { workload_id: self.id().into(), reason, kill_at_ms });
         if let Phase::Running { cell } = &self.phase {
             decision.effects.push(Effect::SignalCell {
                 workload_id: self.id().into(),
@@ -479,49 +391,32 @@ impl Workload {
     fn decide_after_exit(&self, now_ms: u64, decision: &mut Decision) {
         let id = self.id().to_string();
         let Some(last) = &self.last_exit else {
-            unreachable!(
-                "Exited is only entered through lifecycle.destroyed, which records last_exit"
-            )
+            unreachable!("Exited is only entered through lifecycle.destroyed, which records last_exit")
         };
         match self.stop_reason {
             Some(StopReason::Requested) => {
-                decision.events.push(EventData::WorkloadStopped {
-                    workload_id: id,
-                    reason: "stopped on request".into(),
-                });
+                decision.events.push(EventData::WorkloadStopped { workload_id: id, reason: "stopped on request".into() });
                 return;
             }
             Some(StopReason::Expired) => {
-                decision
-                    .events
-                    .push(EventData::WorkloadExpired { workload_id: id });
+                decision.events.push(EventData::WorkloadExpired { workload_id: id });
                 return;
             }
             None if self.is_expired(now_ms) => {
-                decision
-                    .events
-                    .push(EventData::WorkloadExpired { workload_id: id });
+                decision.events.push(EventData::WorkloadExpired { workload_id: id });
                 return;
             }
             None => {}
         }
         let restart = &self.spec.restart;
-        let outlived_reset = last
-            .ran_ms
-            .is_some_and(|ran| ran >= restart.backoff_reset_ms);
-        let failures_before = if outlived_reset {
-            0
-        } else {
-            self.consecutive_failures
-        };
+        let outlived_reset = last.ran_ms.is_some_and(|ran| ran >= restart.backoff_reset_ms);
+        let failures_before = if outlived_reset { 0 } else { self.consecutive_failures };
         let succeeded = last.exit.succeeded();
         let consecutive_failures = if succeeded { 0 } else { failures_before + 1 };
         let gives_up = match restart.policy {
             RestartPolicy::Never => true,
             RestartPolicy::Always => false,
-            RestartPolicy::OnFailure { max_attempts } => {
-                succeeded || consecutive_failures > max_attempts
-            }
+            RestartPolicy::OnFailure { max_attempts } => succeeded || consecutive_failures > max_attempts,
         };
         if gives_up {
             decision.events.push(if succeeded {
@@ -538,11 +433,7 @@ impl Workload {
             });
             return;
         }
-        let delay_ms = backoff_delay_ms(
-            restart.backoff_ms,
-            restart.backoff_max_ms,
-            consecutive_failures,
-        );
+        let delay_ms = backoff_delay_ms(restart.backoff_ms, restart.backoff_max_ms, consecutive_failures);
         decision.events.push(EventData::WorkloadBackoff {
             workload_id: id,
             consecutive_failures,
@@ -556,85 +447,34 @@ impl Workload {
         self.updated_at_ms = at_ms;
         match data {
             EventData::WorkloadSubmitted { .. } | EventData::JournalRecovered { .. } => {}
-            EventData::WorkloadStarting {
-                cell_id, attempt, ..
-            } => {
+            EventData::WorkloadStarting { cell_id, attempt, .. } => {
                 self.cells_created += 1;
-                self.phase = Phase::Starting {
-                    cell_id: cell_id.clone(),
-                    attempt: *attempt,
-                };
+                self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: *attempt };
             }
-            EventData::LifecycleStarted {
-                cell_id,
-                pid,
-                pid_start_time,
-                ..
-            } => {
+            EventData::LifecycleStarted { cell_id, pid, pid_start_time, .. } => {
                 self.runs += 1;
-                let cell = RunningCell {
-                    cell_id: cell_id.clone(),
-                    pid: *pid,
-                    pid_start_time: *pid_start_time,
-                    started_at_ms: at_ms,
-                };
+                let cell =
+                    RunningCell { cell_id: cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time, started_at_ms: at_ms };
                 match &mut self.phase {
                     Phase::Stopping { cell: slot, .. } => *slot = Some(cell),
                     phase => *phase = Phase::Running { cell },
                 }
             }
-            EventData::LifecycleDestroyed {
-                cell_id,
-                exit_code,
-                signal,
-                reason,
-                terminal_state,
-                ran_ms,
-                ..
-            } => {
-                let exit = CellExit {
-                    exit_code: *exit_code,
-                    signal: *signal,
-                    reason: reason.clone(),
-                    terminal_state: *terminal_state,
-                };
-                self.last_exit = Some(ExitRecord {
-                    cell_id: cell_id.clone(),
-                    exit,
-                    ran_ms: *ran_ms,
-                    at_ms,
-                });
-                self.phase = Phase::Exited {
-                    cell_id: cell_id.clone(),
-                };
+            EventData::LifecycleDestroyed { cell_id, exit_code, signal, reason, terminal_state, ran_ms, .. } => {
+                let exit =
+                    CellExit { exit_code: *exit_code, signal: *signal, reason: reason.clone(), terminal_state: *terminal_state };
+                self.last_exit = Some(ExitRecord { cell_id: cell_id.clone(), exit, ran_ms: *ran_ms, at_ms });
+                self.phase = Phase::Exited { cell_id: cell_id.clone() };
             }
-            EventData::WorkloadBackoff {
-                consecutive_failures,
-                until_ms,
-                ..
-            } => {
+            EventData::WorkloadBackoff { consecutive_failures, until_ms, .. } => {
                 self.consecutive_failures = *consecutive_failures;
-                self.phase = Phase::Backoff {
-                    until_ms: *until_ms,
-                };
+                self.phase = Phase::Backoff { until_ms: *until_ms };
             }
-            EventData::WorkloadStopping {
-                reason, kill_at_ms, ..
-            } => {
-                let cell_id = self
-                    .phase
-                    .cell_id()
-                    .expect("stopping is only decided for a phase with a cell")
-                    .to_string();
+            EventData::WorkloadStopping { reason, kill_at_ms, .. } => {
+                let cell_id = self.phase.cell_id().expect("stopping is only decided for a phase with a cell").to_string();
                 let cell = self.phase.running_cell().cloned();
                 self.stop_reason = Some(*reason);
-                self.phase = Phase::Stopping {
-                    cell_id,
-                    cell,
-                    reason: *reason,
-                    kill_at_ms: *kill_at_ms,
-                    escalated: false,
-                };
+                self.phase = Phase::Stopping { cell_id, cell, reason: *reason, kill_at_ms: *kill_at_ms, escalated: false };
             }
             EventData::WorkloadStopEscalated { .. } => {
                 if let Phase::Stopping { escalated, .. } = &mut self.phase {
@@ -645,21 +485,11 @@ impl Workload {
                 self.consecutive_failures = 0;
                 self.phase = Phase::Completed;
             }
-            EventData::WorkloadFailed {
-                consecutive_failures,
-                reason,
-                ..
-            } => {
+            EventData::WorkloadFailed { consecutive_failures, reason, .. } => {
                 self.consecutive_failures = *consecutive_failures;
-                self.phase = Phase::Failed {
-                    reason: reason.clone(),
-                };
+                self.phase = Phase::Failed { reason: reason.clone() };
             }
-            EventData::WorkloadStopped { reason, .. } => {
-                self.phase = Phase::Stopped {
-                    reason: reason.clone(),
-                }
-            }
+            EventData::WorkloadStopped { reason, .. } => self.phase = Phase::Stopped { reason: reason.clone() },
             EventData::WorkloadExpired { .. } => self.phase = Phase::Expired,
         }
         debug_assert_eq!(self.validate(), Ok(()));
@@ -668,10 +498,7 @@ impl Workload {
     /// Invariants that hold after every event.
     pub fn validate(&self) -> Result<(), String> {
         if self.runs > self.cells_created {
-            return Err(format!(
-                "{} runs but only {} cells created",
-                self.runs, self.cells_created
-            ));
+            return Err(format!("{} runs but only {} cells created", self.runs, self.cells_created));
         }
         if let RestartPolicy::Never = self.spec.restart.policy {
             if self.runs > 1 {
@@ -686,7 +513,5 @@ impl Workload {
 /// after a success (policy `always`).
 pub fn backoff_delay_ms(backoff_ms: u64, backoff_max_ms: u64, consecutive_failures: u32) -> u64 {
     let doublings = consecutive_failures.saturating_sub(1).min(63);
-    backoff_ms
-        .saturating_mul(1u64 << doublings)
-        .min(backoff_max_ms)
+    backoff_ms.saturating_mul(1u64 << doublings).min(backoff_max_ms)
 }

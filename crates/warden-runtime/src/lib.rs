@@ -1,1 +1,149 @@
-//! placeholder
+//! warden's runtime: the engine task, the HTTP API and `warden up`, which wires them to the
+//! embedded journal and the process cell backend. This is the only layer with tokio.
+
+pub mod api;
+pub mod auth;
+pub mod engine;
+pub mod paths;
+pub mod view;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use warden_cell::{ProcessBackend, ShimExe};
+use warden_core::EventData;
+use warden_store::{SqliteStore, Store};
+
+use crate::auth::{authorize_key, load_authorized_keys, Identity};
+use crate::engine::Engine;
+
+pub struct UpConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Where the local admin credential lives (`~/.config/warden`).
+    pub config_dir: PathBuf,
+    pub node_name: String,
+    pub shim: ShimExe,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("another warden is already running on data dir {0} (its lock file is held)")]
+    AlreadyRunning(String),
+    #[error(transparent)]
+    Identity(#[from] auth::IdentityError),
+    #[error("journal: {0}")]
+    Store(#[from] warden_store::StoreError),
+    #[error("cannot rebuild state: {0}")]
+    Load(#[from] engine::LoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the control plane and a local agent in one process until SIGINT or SIGTERM.
+///
+/// Cells outlive this function: they run under their shims, and the next `up` on the same data
+/// dir re-adopts them.
+pub async fn up(config: UpConfig) -> Result<(), UpError> {
+    let data_dir = &config.data_dir;
+    let dir_err = |source| UpError::DataDir { path: data_dir.display().to_string(), source };
+    std::fs::create_dir_all(data_dir.join("cells")).map_err(dir_err)?;
+    std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
+    let _lock = lock_data_dir(data_dir)?;
+
+    let credential_path = config.config_dir.join(paths::ADMIN_CREDENTIAL_FILE);
+    let admin = if credential_path.exists() {
+        Identity::load(&credential_path)?
+    } else {
+        let admin = Identity::generate("admin");
+        admin.save(&credential_path)?;
+        admin
+    };
+    let authorized_path = data_dir.join("authorized_keys");
+    authorize_key(&authorized_path, &admin).map_err(dir_err)?;
+    let authorized_keys = Arc::new(RwLock::new(load_authorized_keys(&authorized_path).map_err(dir_err)?));
+
+    let (store, report) = SqliteStore::open(&data_dir.join("journal.db"))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
+    let logs_dir = data_dir.join("logs");
+    let (mut engine, handle) = Engine::load(store.clone(), backend, &config.node_name, logs_dir.clone())?;
+    if let Some(repair) = &report.repaired {
+        eprintln!(
+            "warden: journal tail was torn or corrupt at event {} ({}); discarded {} event(s) from there, kept 1..{}",
+            repair.discarded_from_seq,
+            repair.reason,
+            repair.n_discarded,
+            repair.discarded_from_seq.saturating_sub(1)
+        );
+        engine
+            .record(EventData::JournalRecovered {
+                discarded_from_seq: repair.discarded_from_seq,
+                n_discarded: repair.n_discarded,
+                reason: repair.reason.clone(),
+            })
+            .await;
+    }
+    let recovery = engine.recover_cells();
+
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| UpError::Listen { addr: config.listen, source })?;
+    let listen = listener.local_addr().map_err(|source| UpError::Listen { addr: config.listen, source })?;
+    let n_workloads =
+        handle.shared.read().expect("projection lock").workloads.values().filter(|w| !w.phase.is_terminal()).count();
+    eprintln!("warden up: listening on http://{listen} as node {:?}", config.node_name);
+    eprintln!("  data dir     {}", data_dir.display());
+    eprintln!(
+        "  journal      {} events, head verified from seq {}",
+        handle.shared.read().expect("lock").last_seq,
+        report.verified_from_seq
+    );
+    eprintln!("  credential   {} ({})", credential_path.display(), admin.principal());
+    eprintln!(
+        "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
+        recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
+    );
+
+    let state = api::ApiState {
+        commands: handle.commands.clone(),
+        shared: handle.shared.clone(),
+        events: handle.events.clone(),
+        store,
+        authorized_keys,
+        host: config.node_name.clone(),
+        logs_dir,
+    };
+    let engine_task = tokio::spawn(engine.run());
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.map_err(UpError::Serve)?;
+    engine_task.abort();
+    eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Holds an exclusive lock on `<data-dir>/warden.lock` for the life of the process: two
+/// supervisors on one data dir would both start every cell.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, UpError> {
+    let path = data_dir.join("warden.lock");
+    let file = File::create(&path).map_err(|source| UpError::DataDir { path: path.display().to_string(), source })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(UpError::AlreadyRunning(data_dir.display().to_string()));
+    }
+    Ok(file)
+}

@@ -1,0 +1,355 @@
+//! The `process` cell backend: starts each cell under its own shim, and after a supervisor
+//! restart works out from the cell directory alone whether the cell is running, has exited,
+//! never started, or was lost — never starting a cell twice and never trusting a bare pid.
+
+use crate::durable::{read_json, write_json_atomic};
+use crate::procfs::{is_alive, process_start_time};
+use crate::sys::{self, TryLock};
+use crate::{CellConfig, CellState, ExitStatus, SignalError, StartError, StartedCell};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `inspect` waits for a live shim that is still starting to write `pid.json`.
+const MID_START_WAIT: Duration = Duration::from_secs(2);
+const MID_START_POLL: Duration = Duration::from_millis(10);
+
+/// How to run the shim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShimExe {
+    /// The dedicated `warden-shim` binary: `<path> <cell_dir>`. Smallest memory footprint.
+    Standalone(PathBuf),
+    /// A multi-call binary: `<path> shim <cell_dir>`.
+    Subcommand(PathBuf),
+}
+
+impl ShimExe {
+    /// `warden-shim` next to the current executable if it exists, else the current
+    /// executable's `shim` subcommand.
+    pub fn locate() -> ShimExe {
+        match std::env::current_exe() {
+            Ok(exe) => {
+                let standalone = exe.with_file_name("warden-shim");
+                if standalone.is_file() {
+                    ShimExe::Standalone(standalone)
+                } else {
+                    ShimExe::Subcommand(exe)
+                }
+            }
+            // exec of /proc/self/exe re-runs whatever binary the spawning process is.
+            Err(_) => ShimExe::Subcommand(PathBuf::from("/proc/self/exe")),
+        }
+    }
+
+    fn command(&self, cell_dir: &Path) -> Command {
+        match self {
+            ShimExe::Standalone(path) => {
+                let mut cmd = Command::new(path);
+                cmd.arg(cell_dir);
+                cmd
+            }
+            ShimExe::Subcommand(path) => {
+                let mut cmd = Command::new(path);
+                cmd.arg("shim").arg(cell_dir);
+                cmd
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            ShimExe::Standalone(p) | ShimExe::Subcommand(p) => p,
+        }
+    }
+}
+
+/// Runs cells as plain processes, each under its own shim; state lives in
+/// `<cells_dir>/<cell_id>/` (see the crate docs for the files).
+#[derive(Clone, Debug)]
+pub struct ProcessBackend {
+    cells_dir: PathBuf,
+    shim: ShimExe,
+}
+
+impl ProcessBackend {
+    pub fn new(cells_dir: PathBuf, shim: ShimExe) -> ProcessBackend {
+        // Shims get the cell dir as an argument; it must not depend on anybody's cwd.
+        let cells_dir = std::path::absolute(&cells_dir).unwrap_or(cells_dir);
+        ProcessBackend { cells_dir, shim }
+    }
+
+    pub fn cell_dir(&self, cell_id: &str) -> PathBuf {
+        self.cells_dir.join(cell_id)
+    }
+
+    /// Blocking; returns once the workload has been exec'd (or failed to). Idempotent guard:
+    /// error if the cell dir already exists.
+    pub fn start(&self, config: &CellConfig) -> Result<StartedCell, StartError> {
+        validate(config)?;
+        let dir = self.cell_dir(&config.cell_id);
+        std::fs::create_dir_all(&self.cells_dir).map_err(io_err("create cells dir"))?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StartError::AlreadyExists(dir)),
+            Err(e) => return Err(io_err("create cell dir")(e)),
+        }
+        write_json_atomic(&dir, "config.json", config).map_err(io_err("write config.json"))?;
+        // Make the new cell dir's own entry durable as well.
+        File::open(&self.cells_dir).and_then(|d| d.sync_all()).map_err(io_err("sync cells dir"))?;
+        let shim_err =
+            OpenOptions::new().append(true).create(true).open(dir.join("shim.err")).map_err(io_err("open shim.err"))?;
+
+        let mut cmd = self.shim.command(&dir);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(shim_err));
+        // SAFETY: the closure only calls setsid, which is async-signal-safe. A session of its
+        // own from its first instruction means the supervisor's Ctrl-C can never hit the shim.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| StartError::Spawn { path: self.shim.path().to_path_buf(), source })?;
+        let Some(stdout) = child.stdout.take() else {
+            return Err(StartError::Handshake("shim stdout not captured".into()));
+        };
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let line = line.trim_end_matches('\n');
+        if let Some(rest) = line.strip_prefix("ok ") {
+            // On success the shim lives on; dropping `child` neither kills nor waits for it.
+            return parse_ok(rest).ok_or_else(|| StartError::Handshake(format!("malformed handshake {line:?}")));
+        }
+        // Every other outcome means the shim is exiting (or has exited): reap it now.
+        let _ = child.wait();
+        if let Some(msg) = line.strip_prefix("err exec ") {
+            Err(StartError::Exec(msg.to_string()))
+        } else if let Some(msg) = line.strip_prefix("err ") {
+            Err(StartError::Shim(msg.to_string()))
+        } else if let Err(e) = read {
+            Err(StartError::Handshake(format!("reading handshake: {e}")))
+        } else if line.is_empty() {
+            Err(StartError::Handshake(format!("shim exited without a word; shim.err: {}", tail(&dir.join("shim.err")))))
+        } else {
+            Err(StartError::Handshake(format!("malformed handshake {line:?}")))
+        }
+    }
+
+    /// After a supervisor restart: what is this cell's state?
+    ///
+    /// The shim's flock on `lock` is the liveness proof and `exit.json` (written before the
+    /// lock is released) the only source of exit statuses, so: no dir → `NotStarted`;
+    /// `exit.json` → `Exited`; lock held → `Running`; lock free without `pid.json` → the dir
+    /// is renamed aside (a shim still starting then finds no lock path) → `NotStarted`; lock
+    /// free with `pid.json` → `Lost` (and a still-running workload is killed).
+    pub fn inspect(&self, cell_id: &str) -> CellState {
+        let dir = self.cell_dir(cell_id);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return lost(format!("{} is not a directory", dir.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return CellState::NotStarted,
+            Err(e) => return lost(format!("cannot stat {}: {e}", dir.display())),
+        }
+        let lock = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dir.join("lock"))
+        {
+            Ok(lock) => lock,
+            // Removed under our feet: nothing of it can be running.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return CellState::NotStarted,
+            Err(e) => return lost(format!("cannot open lock: {e}")),
+        };
+        let deadline = Instant::now() + MID_START_WAIT;
+        loop {
+            match read_exit(&dir) {
+                Ok(Some(exit)) => return CellState::Exited(exit),
+                Ok(None) => {}
+                Err(e) => return lost(e),
+            }
+            match sys::try_lock_exclusive(&lock) {
+                // We hold the lock until `lock` drops: no shim can start meanwhile.
+                Ok(TryLock::Acquired) => return self.inspect_dead(cell_id, &dir),
+                Ok(TryLock::WouldBlock) => match read_json::<StartedCell>(&dir.join("pid.json")) {
+                    Ok(Some(started)) => return CellState::Running(started),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(MID_START_POLL),
+                    Ok(None) => return lost("shim alive but it reported no workload pid within 2 s".into()),
+                    Err(e) => return lost(format!("cannot read pid.json: {e}")),
+                },
+                Err(e) => return lost(format!("cannot lock: {e}")),
+            }
+        }
+    }
+
+    /// The shim is gone (we hold its lock). Decide from the files what became of the cell.
+    fn inspect_dead(&self, cell_id: &str, dir: &Path) -> CellState {
+        // exit.json is written before the lock is released, so under the lock this is final.
+        match read_exit(dir) {
+            Ok(Some(exit)) => return CellState::Exited(exit),
+            Ok(None) => {}
+            Err(e) => return lost(e),
+        }
+        let started = match read_json::<StartedCell>(&dir.join("pid.json")) {
+            Ok(Some(started)) => started,
+            Ok(None) => {
+                // Never exec'd (or the shim died first). Move the dir aside so that a shim
+                // which was spawned but has not reached its lock yet cannot start it later.
+                return match self.abandon(cell_id, dir) {
+                    Ok(()) => CellState::NotStarted,
+                    Err(e) => lost(format!("cannot set aside unstarted cell dir: {e}")),
+                };
+            }
+            Err(e) => return lost(format!("cannot read pid.json: {e}")),
+        };
+        if is_alive(started.pid, started.pid_start_time) {
+            // Nobody is left to record its end; a workload nobody watches must not live on.
+            let pgid = started.pid as libc::pid_t;
+            if let Err(e) = sys::kill(-pgid, libc::SIGKILL) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return lost(format!("shim lost; killing the cell failed: {e}"));
+                }
+            }
+            lost("shim lost; cell killed".into())
+        } else {
+            lost("shim lost before the cell ended; exit status unknown".into())
+        }
+    }
+
+    fn abandon(&self, cell_id: &str, dir: &Path) -> io::Result<()> {
+        for n in 1..100_000u32 {
+            let target = self.cells_dir.join(format!("{cell_id}.abandoned-{n}"));
+            match sys::rename_noreplace(dir, &target) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => return other,
+            }
+        }
+        Err(io::Error::other("no free abandoned-<n> name"))
+    }
+
+    /// SIGTERM (kill=false) or SIGKILL (kill=true) to the workload's whole process group, via
+    /// the shim. Ok(()) if the cell already ended.
+    pub fn signal(&self, cell_id: &str, kill: bool) -> Result<(), SignalError> {
+        let dir = self.cell_dir(cell_id);
+        if !dir.is_dir() {
+            return Err(SignalError::NoSuchCell(cell_id.to_string()));
+        }
+        let io_err = |source| SignalError::Io { cell_id: cell_id.to_string(), source };
+        if dir.join("exit.json").exists() {
+            return Ok(());
+        }
+        let started = read_json::<StartedCell>(&dir.join("pid.json"))
+            .map_err(io_err)?
+            .ok_or_else(|| SignalError::NotStarted(cell_id.to_string()))?;
+        // The pidfd pins the process; checking the start time *after* opening it proves it is
+        // the shim and not a process that recycled its pid.
+        let pidfd = match sys::pidfd_open(started.shim_pid) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+            Err(e) => return Err(io_err(e)),
+        };
+        if !is_alive(started.shim_pid, started.shim_start_time) {
+            return Ok(());
+        }
+        let sig = if kill { libc::SIGUSR2 } else { libc::SIGTERM };
+        match sys::pidfd_send_signal(&pidfd, sig) {
+            Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(io_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A descriptor that becomes readable when the shim exits: a pidfd, or — if the shim is
+    /// already gone (or its pid now names another process) — an eventfd that is readable at
+    /// once. Either way, call [`ProcessBackend::collect_exit`] once it is readable.
+    pub fn exit_fd(&self, cell_id: &str, started: &StartedCell) -> io::Result<OwnedFd> {
+        let _ = cell_id;
+        match sys::pidfd_open(started.shim_pid) {
+            Ok(fd) if process_start_time(started.shim_pid) == Some(started.shim_start_time) => Ok(fd),
+            Ok(_) => sys::ready_fd(),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => sys::ready_fd(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads exit.json once the shim is gone; reaps the shim with waitpid(WNOHANG) if it is our
+    /// child. Returns `Running` if the shim is in fact still alive.
+    pub fn collect_exit(&self, cell_id: &str, started: &StartedCell) -> CellState {
+        // Only reap a pid that is still provably the shim: waiting on a recycled pid could
+        // steal the exit status of some other child of ours.
+        if process_start_time(started.shim_pid) == Some(started.shim_start_time) {
+            let mut status = 0;
+            // SAFETY: waitpid writes into a valid local; ECHILD (not our child) is ignored.
+            unsafe { libc::waitpid(started.shim_pid as libc::pid_t, &mut status, libc::WNOHANG) };
+        }
+        self.inspect(cell_id)
+    }
+
+    /// Removes the cell dir once its end has been journaled.
+    pub fn remove(&self, cell_id: &str) -> io::Result<()> {
+        match std::fs::remove_dir_all(self.cell_dir(cell_id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn lost(reason: String) -> CellState {
+    CellState::Lost { reason }
+}
+
+fn read_exit(dir: &Path) -> Result<Option<ExitStatus>, String> {
+    read_json(&dir.join("exit.json")).map_err(|e| format!("cannot read exit.json: {e}"))
+}
+
+fn io_err(context: &'static str) -> impl Fn(io::Error) -> StartError {
+    move |source| StartError::Io { context: context.to_string(), source }
+}
+
+/// Rejects what the shim could not exec, before any directory is created.
+fn validate(config: &CellConfig) -> Result<(), StartError> {
+    let bad = |msg: String| Err(StartError::InvalidConfig(msg));
+    let id = &config.cell_id;
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) {
+        return bad(format!("cell id {id:?} is not a plain file name"));
+    }
+    if config.argv.is_empty() {
+        return bad("argv is empty".into());
+    }
+    if config.argv.iter().any(|a| a.contains('\0')) {
+        return bad("argv contains a NUL byte".into());
+    }
+    for (k, v) in &config.env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return bad(format!("invalid environment variable {k:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_ok(rest: &str) -> Option<StartedCell> {
+    let mut it = rest.split(' ');
+    let started = StartedCell {
+        pid: it.next()?.parse().ok()?,
+        pid_start_time: it.next()?.parse().ok()?,
+        shim_pid: it.next()?.parse().ok()?,
+        shim_start_time: it.next()?.parse().ok()?,
+    };
+    it.next().is_none().then_some(started)
+}
+
+/// The last few hundred bytes of a diagnostics file, for error messages.
+fn tail(path: &Path) -> String {
+    let mut buf = Vec::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(&mut buf);
+    }
+    let start = buf.len().saturating_sub(400);
+    String::from_utf8_lossy(&buf[start..]).trim().to_string()
+}

@@ -1,0 +1,574 @@
+//! The per-cell shim: the workload's parent, which outlives the supervisor, copies the
+//! workload's output to its rotated log, forwards stop signals to the workload's process group,
+//! and records the true exit status durably in `exit.json`.
+//!
+//! The shim is single-threaded and keeps only a few small heap objects after start-up, so that
+//! hundreds of them cost little memory. Its protocol with [`crate::ProcessBackend::start`] is one
+//! line on stdout: `ok <pid> <pid_start_time> <shim_pid> <shim_start_time>`, `err exec <msg>`
+//! (the workload could not be exec'd) or `err <msg>` (anything else).
+
+use crate::durable::{read_json, write_json_atomic};
+use crate::logs::LogSink;
+use crate::procfs::process_start_time;
+use crate::sys::{self, cvt, path_cstring};
+use crate::{CellConfig, ExitStatus, StartedCell};
+use std::ffi::{CStr, CString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Signals the shim handles through its signalfd; they stay blocked for the shim's whole life
+/// so none of them can kill it, and any that arrive during start-up wait until the loop runs.
+const HANDLED_SIGNALS: [libc::c_int; 6] =
+    [libc::SIGCHLD, libc::SIGTERM, libc::SIGUSR2, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE];
+
+/// Highest signal number on Linux (`_NSIG - 1`), real-time signals included.
+const KERNEL_NSIG: libc::c_int = 64;
+
+/// Size of the one buffer that carries workload output; lives on the stack.
+const COPY_BUF: usize = 8 * 1024;
+
+/// After the workload is reaped, at most this much already-buffered output is still copied;
+/// a grandchild that keeps the pipe open and writing must not keep the shim alive.
+const FINAL_DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Where, in the forked child, setting up the workload failed; sent over the error pipe.
+const STAGE_STDIO: i32 = 1;
+const STAGE_CHDIR: i32 = 2;
+const STAGE_EXEC: i32 = 3;
+
+/// Why the shim could not start the workload; becomes the `err` handshake line.
+enum Failure {
+    Exec(String),
+    Setup(String),
+}
+
+impl Failure {
+    fn setup(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Failure {
+        Failure::Setup(format!("{what}: {e}"))
+    }
+}
+
+/// Writes a diagnostic to the shim's stderr (`shim.err`); never fails, never panics.
+pub(crate) fn report(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "warden-shim[{}]: {args}", std::process::id());
+}
+
+/// Runs the shim for the cell in `cell_dir` and exits the process. Must be called from a
+/// single-threaded process (e.g. first thing in `main`): it forks and blocks signals.
+pub fn shim_main(cell_dir: &Path) -> ! {
+    match start(cell_dir) {
+        Ok(running) => supervise(running),
+        Err(failure) => {
+            let line = match &failure {
+                Failure::Exec(msg) => format!("err exec {}\n", one_line(msg)),
+                Failure::Setup(msg) => format!("err {}\n", one_line(msg)),
+            };
+            let (Failure::Exec(msg) | Failure::Setup(msg)) = &failure;
+            report(format_args!("{msg}"));
+            // The supervisor may be gone; then nobody needs the line and EPIPE is fine.
+            let _ = sys::write_all_fd(libc::STDOUT_FILENO, line.as_bytes());
+            std::process::exit(1)
+        }
+    }
+}
+
+fn one_line(msg: &str) -> String {
+    msg.replace(['\n', '\r'], " ")
+}
+
+/// State the shim keeps after the workload was exec'd.
+struct Running {
+    cell_dir: PathBuf,
+    child: libc::pid_t,
+    log_read: OwnedFd,
+    signal_fd: OwnedFd,
+    sink: LogSink,
+    /// Held (never read) so the flock lasts until the process exits.
+    _lock: File,
+}
+
+/// Everything up to and including the handshake.
+fn start(cell_dir: &Path) -> Result<Running, Failure> {
+    // Own session: the supervisor's terminal and process group (Ctrl-C) never reach us.
+    // EPERM just means the spawner already made us a session leader.
+    // SAFETY: setsid takes no arguments and only changes this process's session.
+    unsafe { libc::setsid() };
+    // Descriptors leaked by the supervisor (e.g. a listening socket without O_CLOEXEC) would
+    // otherwise be pinned open for as long as this shim lives.
+    // SAFETY: close_range only closes descriptors >= 3; this function owns none yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+
+    let lock = take_lock(cell_dir)?;
+    block_signals().map_err(|e| Failure::setup("block signals", e))?;
+
+    if cell_dir.join("pid.json").exists() || cell_dir.join("exit.json").exists() {
+        // Another shim already ran this cell: starting it again would run it twice.
+        return Err(Failure::Setup(format!("cell {} was already started", cell_dir.display())));
+    }
+    let config: CellConfig = read_json(&cell_dir.join("config.json"))
+        .map_err(|e| Failure::setup("read config.json", e))?
+        .ok_or_else(|| Failure::Setup("config.json missing".into()))?;
+    let plan = ExecPlan::new(&config)?;
+    let sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
+        .map_err(|e| Failure::setup(format_args!("open log {}", config.log_path.display()), e))?;
+    drop(config);
+
+    let devnull = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")
+        .map_err(|e| Failure::setup("open /dev/null", e))?;
+    let (log_read, log_write) = sys::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| Failure::setup("log pipe", e))?;
+    // Only the read end is non-blocking; the workload's end must block like a normal pipe.
+    clear_nonblock(&log_write).map_err(|e| Failure::setup("log pipe", e))?;
+    let (err_read, err_write) = sys::pipe(libc::O_CLOEXEC).map_err(|e| Failure::setup("error pipe", e))?;
+    let signal_fd = open_signalfd().map_err(|e| Failure::setup("signalfd", e))?;
+
+    // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run any code;
+    // it still only uses async-signal-safe calls on data prepared above.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(Failure::setup("fork", io::Error::last_os_error()));
+    }
+    if child == 0 {
+        // SAFETY: we are the freshly forked child; `exec_child` never returns.
+        unsafe { exec_child(&plan, devnull.as_raw_fd(), log_write.as_raw_fd(), err_write.as_raw_fd()) }
+    }
+    drop(log_write);
+    drop(err_write);
+    drop(devnull);
+    // Also done by the child itself; doing it here too closes the window in which a signal
+    // forwarded to the group would miss a child that has not run yet. EACCES after exec is fine.
+    // SAFETY: setpgid takes plain integers.
+    unsafe { libc::setpgid(child, child) };
+
+    if let Some((stage, errno)) = read_child_error(&err_read) {
+        reap_blocking(child);
+        let err = io::Error::from_raw_os_error(errno);
+        return Err(match stage {
+            STAGE_EXEC => Failure::Exec(format!("{}: {err}", plan.program())),
+            STAGE_CHDIR => Failure::Exec(format!("chdir {}: {err}", plan.workdir_display())),
+            _ => Failure::setup("redirect workload stdio", err),
+        });
+    }
+    drop(err_read);
+    drop(plan);
+
+    // The child is exec'd and not reaped, so its /proc entry is certainly ours to read.
+    let shim_pid = std::process::id();
+    let started = StartedCell {
+        pid: child as u32,
+        pid_start_time: process_start_time(child as u32).unwrap_or(0),
+        shim_pid,
+        shim_start_time: process_start_time(shim_pid).unwrap_or(0),
+    };
+    if let Err(e) = write_json_atomic(cell_dir, "pid.json", &started) {
+        // Unrecorded, the workload could never be re-adopted: undo the start instead.
+        let _ = sys::kill(-child, libc::SIGKILL);
+        reap_blocking(child);
+        return Err(Failure::setup("write pid.json", e));
+    }
+
+    let line = format!("ok {} {} {} {}\n", started.pid, started.pid_start_time, started.shim_pid, started.shim_start_time);
+    let _ = sys::write_all_fd(libc::STDOUT_FILENO, line.as_bytes());
+    // Drop the handshake pipe: stdout now goes nowhere, and the supervisor sees EOF.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto fd 1 atomically replaces it; `null` is closed afterwards.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
+
+    Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, _lock: lock })
+}
+
+/// Opens and flocks `<cell_dir>/lock`, then checks the path still names the locked file: the
+/// supervisor renames abandoned cell dirs (while holding the lock), and a shim that locked a
+/// file in a renamed dir must not start anything.
+fn take_lock(cell_dir: &Path) -> Result<File, Failure> {
+    let path = cell_dir.join("lock");
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| Failure::setup(format_args!("open {}", path.display()), e))?;
+    sys::lock_exclusive(&lock).map_err(|e| Failure::setup("flock lock", e))?;
+    let held = lock.metadata().map_err(|e| Failure::setup("stat lock", e))?;
+    match std::fs::metadata(&path) {
+        Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => Ok(lock),
+        _ => Err(Failure::Setup(format!("cell dir {} was abandoned by the supervisor", cell_dir.display()))),
+    }
+}
+
+fn signal_set() -> io::Result<libc::sigset_t> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only gets valid signal numbers.
+    unsafe {
+        cvt(libc::sigemptyset(set.as_mut_ptr()))?;
+        for sig in HANDLED_SIGNALS {
+            cvt(libc::sigaddset(set.as_mut_ptr(), sig))?;
+        }
+        Ok(set.assume_init())
+    }
+}
+
+fn block_signals() -> io::Result<()> {
+    let set = signal_set()?;
+    // SAFETY: `set` is an initialised sigset; the old mask is not needed.
+    let ret = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    cvt(ret).map(drop)
+}
+
+fn open_signalfd() -> io::Result<OwnedFd> {
+    let set = signal_set()?;
+    // SAFETY: -1 asks for a new signalfd; `set` is initialised.
+    let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: freshly created descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on an open descriptor with integer arguments.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Everything `exec_child` needs, allocated before `fork` so the child allocates nothing.
+struct ExecPlan {
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    /// Owns the strings `envp_ptrs` points into.
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    workdir: Option<CString>,
+    empty_mask: libc::sigset_t,
+}
+
+impl ExecPlan {
+    fn new(config: &CellConfig) -> Result<ExecPlan, Failure> {
+        if config.argv.is_empty() {
+            return Err(Failure::Setup("argv is empty".into()));
+        }
+        let argv = config
+            .argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Failure::Setup("argv contains a NUL byte".into()))?;
+
+        // The cell's own variables, then the shim's (i.e. the supervisor's) environment minus
+        // whatever the cell overrides. Inherited entries are used in place: copying them
+        // would fragment the heap for the shim's whole life.
+        let own = [("WARDEN_CELL_ID", config.cell_id.as_str()), ("WARDEN_WORKLOAD_ID", config.workload_id.as_str())];
+        let overrides =
+            config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, _)| !own.iter().any(|(o, _)| o == k)).chain(own);
+        let envp = overrides
+            .map(|(k, v)| CString::new(format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Failure::Setup("environment contains a NUL byte".into()))?;
+        let overridden = |entry: &[u8]| {
+            let key = entry.split(|&b| b == b'=').next().unwrap_or_default();
+            std::str::from_utf8(key).is_ok_and(|k| config.env.contains_key(k) || own.iter().any(|(o, _)| *o == k))
+        };
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+        // SAFETY: the shim is single-threaded and never changes its environment, so `environ`
+        // is a stable NULL-terminated array of C strings that lives as long as the process.
+        unsafe {
+            let mut entry = environ;
+            while !entry.is_null() && !(*entry).is_null() {
+                if !overridden(CStr::from_ptr(*entry).to_bytes()) {
+                    envp_ptrs.push(*entry);
+                }
+                entry = entry.add(1);
+            }
+        }
+        envp_ptrs.push(std::ptr::null());
+
+        let workdir = match &config.workdir {
+            Some(dir) => Some(path_cstring(dir).map_err(|e| Failure::setup("workdir", e))?),
+            None => None,
+        };
+        let argv_ptrs = argv.iter().map(|c| c.as_ptr()).chain([std::ptr::null()]).collect();
+        let mut empty_mask = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset fully initialises the set.
+        let empty_mask = unsafe {
+            libc::sigemptyset(empty_mask.as_mut_ptr());
+            empty_mask.assume_init()
+        };
+        Ok(ExecPlan { argv, argv_ptrs, _envp: envp, envp_ptrs, workdir, empty_mask })
+    }
+
+    fn program(&self) -> String {
+        self.argv[0].to_string_lossy().into_owned()
+    }
+
+    fn workdir_display(&self) -> String {
+        self.workdir.as_ref().map(|w| w.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+extern "C" {
+    /// The C library's environment; `execvp` both searches `PATH` in it and passes it on.
+    static mut environ: *const *const libc::c_char;
+}
+
+/// The forked child: becomes the workload. Only async-signal-safe calls on pre-built data.
+///
+/// # Safety
+/// Must only be called in the child right after `fork`; `plan` must outlive the call.
+unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawFd, err_write: RawFd) -> ! {
+    // SAFETY (whole body): every call below is async-signal-safe and only touches memory
+    // allocated before fork; descriptors are open in this process.
+    unsafe {
+        // Own process group, so a stop signal reaches the workload and all its descendants.
+        libc::setpgid(0, 0);
+        // Ignored signals survive exec (Rust ignores SIGPIPE; the shim blocks several): the
+        // workload must start with a pristine signal state.
+        for sig in 1..=KERNEL_NSIG {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &plan.empty_mask, std::ptr::null_mut());
+
+        if libc::dup2(devnull, libc::STDIN_FILENO) < 0
+            || libc::dup2(log_write, libc::STDOUT_FILENO) < 0
+            || libc::dup2(log_write, libc::STDERR_FILENO) < 0
+        {
+            child_fail(err_write, STAGE_STDIO);
+        }
+        if let Some(dir) = &plan.workdir {
+            if libc::chdir(dir.as_ptr()) < 0 {
+                child_fail(err_write, STAGE_CHDIR);
+            }
+        }
+        // Assigning `environ` (rather than execvpe) makes the PATH lookup honour the cell's env.
+        std::ptr::addr_of_mut!(environ).write(plan.envp_ptrs.as_ptr());
+        libc::execvp(plan.argv_ptrs[0], plan.argv_ptrs.as_ptr());
+        child_fail(err_write, STAGE_EXEC)
+    }
+}
+
+/// Sends (stage, errno) to the parent and exits without running any Rust/atexit cleanup.
+///
+/// # Safety
+/// Only for the forked child.
+unsafe fn child_fail(err_write: RawFd, stage: i32) -> ! {
+    // SAFETY: errno location is thread-local and always valid; write/_exit are async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(err_write, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Reads the error pipe to EOF: EOF with no message means exec succeeded (close-on-exec
+/// closed the child's end).
+fn read_child_error(err_read: &OwnedFd) -> Option<(i32, i32)> {
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < msg.len() {
+        match sys::read_fd(err_read.as_raw_fd(), &mut msg[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Some((STAGE_EXEC, e.raw_os_error().unwrap_or(libc::EIO))),
+        }
+    }
+    if got == 0 {
+        return None;
+    }
+    let stage = i32::from_ne_bytes(msg[..4].try_into().unwrap_or_default());
+    let errno = i32::from_ne_bytes(msg[4..].try_into().unwrap_or_default());
+    Some((stage, errno))
+}
+
+fn reap_blocking(child: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a valid local.
+        let ret = unsafe { libc::waitpid(child, &mut status, 0) };
+        if ret >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// The shim's life after the handshake: copy output, forward signals, wait for the child.
+fn supervise(mut run: Running) -> ! {
+    release_startup_stack();
+    // Start-up allocations (config, env, argv) are gone; give their pages back to the kernel.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+
+    // Left uninitialised: zeroing it would dirty 8 KiB of stack even for a silent workload.
+    let mut buf = [MaybeUninit::<u8>::uninit(); COPY_BUF];
+    let mut fds = [
+        libc::pollfd { fd: run.log_read.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: run.signal_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                report(format_args!("poll: {e}"));
+                // Not fatal: back off instead of spinning.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            continue;
+        }
+        if fds[0].revents != 0 && !copy_output(&mut run, &mut buf, 16) {
+            // EOF: every writer (workload and descendants) closed the pipe; stop polling it.
+            fds[0].fd = -1;
+        }
+        if fds[1].revents != 0 && handle_signals(&run) {
+            let mut status = 0;
+            // SAFETY: waitpid writes the status into a valid local.
+            let ret = unsafe { libc::waitpid(run.child, &mut status, libc::WNOHANG) };
+            if ret == run.child {
+                finish(&mut run, &mut buf, fds[0].fd >= 0, status);
+            }
+        }
+    }
+}
+
+/// Hands back to the kernel the stack pages that start-up (config parsing, file system calls)
+/// dirtied below the current frame: the loop never goes that deep again, and if it ever does
+/// the pages simply come back zero-filled. Worth a few KiB per shim.
+#[inline(never)]
+fn release_startup_stack() {
+    /// Pages kept below this frame for the madvise call itself and the loop's shallow calls.
+    const HEADROOM_PAGES: usize = 2;
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => return,
+    };
+    let marker = 0u8;
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
+    // Never reach below the stack mapping itself: whatever lies there is not ours to zap.
+    let Some(stack_start) = mapping_start(here) else {
+        return;
+    };
+    let top = (here & !(page - 1)).saturating_sub(HEADROOM_PAGES * page);
+    if top <= stack_start {
+        return;
+    }
+    // SAFETY: [stack_start, top) lies inside this thread's stack mapping and entirely below
+    // the current frame, so it holds no live data: signals are blocked and read through a
+    // signalfd, so no handler can be running on it, and the headroom covers the madvise call
+    // itself. MADV_DONTNEED on private anonymous memory only turns the pages back into
+    // zero-fill-on-demand ones.
+    unsafe {
+        libc::madvise(stack_start as *mut libc::c_void, top - stack_start, libc::MADV_DONTNEED);
+    }
+}
+
+/// Start address of the mapping in `/proc/self/maps` that contains `addr`.
+fn mapping_start(addr: usize) -> Option<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let range = line.split(' ').next()?;
+        let (start, end) = range.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        (start <= addr && addr < end).then_some(start)
+    })
+}
+
+/// Copies up to `max_reads` chunks from the log pipe; false once the pipe reached EOF or broke.
+fn copy_output(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], max_reads: usize) -> bool {
+    for _ in 0..max_reads {
+        match sys::read_uninit(run.log_read.as_raw_fd(), buf) {
+            Ok([]) => return false,
+            Ok(data) => run.sink.write(data),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                report(format_args!("read log pipe: {e}"));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Acts on every pending signal; returns whether a SIGCHLD was among them.
+fn handle_signals(run: &Running) -> bool {
+    let mut child_changed = false;
+    loop {
+        let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: `info` has room for one signalfd_siginfo, the unit signalfd reads in.
+        let n = unsafe { libc::read(run.signal_fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n != size as isize {
+            let e = io::Error::last_os_error();
+            if n < 0 && e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+                // Should never happen; fall back to checking the child now and then rather
+                // than spinning on a broken descriptor.
+                report(format_args!("read signalfd: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return true;
+            }
+            return child_changed;
+        }
+        // SAFETY: the kernel filled the whole struct.
+        let signo = unsafe { info.assume_init() }.ssi_signo as libc::c_int;
+        match signo {
+            // The child is not reaped before we leave the loop, so its pgid cannot be reused.
+            libc::SIGTERM => forward(run.child, libc::SIGTERM),
+            libc::SIGUSR2 => forward(run.child, libc::SIGKILL),
+            libc::SIGCHLD => child_changed = true,
+            // SIGINT/SIGHUP/SIGPIPE: deliberately ignored, the shim only stops with its child.
+            _ => {}
+        }
+    }
+}
+
+fn forward(child: libc::pid_t, signal: libc::c_int) {
+    if let Err(e) = sys::kill(-child, signal) {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            report(format_args!("kill -{signal} -{child}: {e}"));
+        }
+    }
+}
+
+/// The workload was reaped: save its last output and its exit status, then exit.
+fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: bool, status: libc::c_int) -> ! {
+    if pipe_open {
+        // Only what is already buffered; descendants may hold the pipe open indefinitely.
+        copy_output(run, buf, FINAL_DRAIN_LIMIT / COPY_BUF);
+    }
+    let exit = ExitStatus {
+        exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        finished_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    };
+    for attempt in 1..=5 {
+        match write_json_atomic(&run.cell_dir, "exit.json", &exit) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                // e.g. a momentarily full disk; the status is the one thing we must not lose.
+                report(format_args!("write exit.json (attempt {attempt}): {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    std::process::exit(1)
+}

@@ -1,0 +1,165 @@
+//! Thin, safe wrappers over the few Linux syscalls the backend and the shim need
+//! (flock, pidfd, renameat2, pipes); each keeps its `unsafe` next to its SAFETY argument.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Turns a `-1` return into the thread's `errno`.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub(crate) fn path_cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Outcome of a non-blocking exclusive lock attempt.
+pub(crate) enum TryLock {
+    Acquired,
+    WouldBlock,
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: a held lock means its holder (a shim) is alive.
+pub(crate) fn try_lock_exclusive(fd: &impl AsRawFd) -> io::Result<TryLock> {
+    loop {
+        // SAFETY: flock only reads the descriptor number; `fd` is borrowed and open.
+        let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        match cvt(ret) {
+            Ok(_) => return Ok(TryLock::Acquired),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(TryLock::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Blocking `flock(LOCK_EX)`.
+pub(crate) fn lock_exclusive(fd: &impl AsRawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: as in `try_lock_exclusive`.
+        let ret = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) };
+        match cvt(ret) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `pidfd_open(pid, 0)`; the returned descriptor is always close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal`: signals exactly the process the pidfd was opened for, so a recycled
+/// pid can never receive the signal.
+pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: the pidfd is open for the duration of the call; a NULL siginfo is allowed.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0) };
+    cvt_long(ret).map(drop)
+}
+
+/// An eventfd that is readable right away; stands in for a pidfd of a process that is
+/// already gone, so callers waiting for "the shim exited" wake up at once.
+pub(crate) fn ready_fd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+    let fd = cvt(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) })?;
+    // SAFETY: freshly created descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `renameat2(RENAME_NOREPLACE)`: never clobbers an existing target, even an empty directory.
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let from = path_cstring(from)?;
+    let to = path_cstring(to)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    cvt_long(ret).map(drop)
+}
+
+/// `pipe2(flags)`: returns (read end, write end).
+pub(crate) fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `kill(pid, sig)`; `pid` may be negative to address a process group.
+pub(crate) fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// `write(2)` of the whole buffer, retrying on EINTR and short writes.
+pub(crate) fn write_all_fd(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of the given length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `read(2)` into `buf`, retrying on EINTR; Ok(0) is end of file.
+pub(crate) fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid writable slice of the given length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `read(2)` into possibly uninitialised memory, retrying on EINTR; returns the bytes read
+/// (empty at end of file).
+pub(crate) fn read_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<&[u8]> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length; read never reads from it.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            // SAFETY: the kernel initialised the first `n` (<= len) bytes.
+            return Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

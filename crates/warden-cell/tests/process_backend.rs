@@ -1,0 +1,395 @@
+//! End-to-end tests of the process backend with real shims and real workloads: exit statuses,
+//! signals, logs and rotation, and recovery after the supervisor "forgot" its cells.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use warden_cell::{process_start_time, CellConfig, CellState, ExitStatus, ProcessBackend, ShimExe, StartError, StartedCell};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn shim_exe() -> ShimExe {
+    ShimExe::Standalone(PathBuf::from(env!("CARGO_BIN_EXE_warden-shim")))
+}
+
+fn backend(root: &Path) -> ProcessBackend {
+    ProcessBackend::new(root.join("cells"), shim_exe())
+}
+
+fn config(root: &Path, cell_id: &str, argv: &[&str]) -> CellConfig {
+    CellConfig {
+        cell_id: cell_id.to_string(),
+        workload_id: "wl".to_string(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+        workdir: None,
+        log_path: root.join("logs/wl/output.log"),
+        log_max_size_bytes: 1024 * 1024,
+        log_max_files: 3,
+    }
+}
+
+fn sh(root: &Path, cell_id: &str, script: &str) -> CellConfig {
+    config(root, cell_id, &["sh", "-c", script])
+}
+
+fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n == 1
+}
+
+/// Waits (via the exit fd, like the runtime does) for the shim to finish, then collects.
+fn wait_exit(b: &ProcessBackend, id: &str, started: &StartedCell) -> CellState {
+    let fd = b.exit_fd(id, started).expect("exit fd");
+    assert!(poll_readable(&fd, EXIT_TIMEOUT), "cell {id} did not end within {EXIT_TIMEOUT:?}");
+    b.collect_exit(id, started)
+}
+
+fn exited(state: CellState) -> ExitStatus {
+    match state {
+        CellState::Exited(e) => e,
+        other => panic!("expected Exited, got {other:?}"),
+    }
+}
+
+/// Gone, or a zombie nobody reaped yet: either way no longer running.
+fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_log(cfg: &CellConfig) -> String {
+    std::fs::read_to_string(&cfg.log_path).unwrap_or_default()
+}
+
+#[test]
+fn exit_code_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&sh(tmp.path(), "c1", "exit 7")).unwrap();
+    assert_ne!(started.pid, started.shim_pid);
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!((exit.exit_code, exit.signal), (Some(7), None));
+    assert!(exit.finished_at_ms > 1_600_000_000_000);
+    // Asking again gives the same durable answer.
+    assert_eq!(b.inspect("c1"), CellState::Exited(exit));
+    // Signalling a cell that already ended is not an error.
+    b.signal("c1", true).unwrap();
+    b.remove("c1").unwrap();
+    assert_eq!(b.inspect("c1"), CellState::NotStarted);
+}
+
+#[test]
+fn death_by_signal_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&sh(tmp.path(), "c1", "kill -9 $$")).unwrap();
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!((exit.exit_code, exit.signal), (None, Some(9)));
+}
+
+#[test]
+fn exec_failure_is_a_start_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    match b.start(&config(tmp.path(), "c1", &["/nonexistent"])) {
+        Err(StartError::Exec(msg)) => assert!(msg.contains("No such file"), "{msg}"),
+        other => panic!("expected an exec error, got {other:?}"),
+    }
+    let mut cfg = config(tmp.path(), "c2", &["true"]);
+    cfg.workdir = Some(tmp.path().join("no-such-dir"));
+    match b.start(&cfg) {
+        Err(StartError::Exec(msg)) => assert!(msg.contains("chdir"), "{msg}"),
+        other => panic!("expected a chdir error, got {other:?}"),
+    }
+    // The workload never ran, so after a restart it counts as not started.
+    assert_eq!(b.inspect("c1"), CellState::NotStarted);
+}
+
+#[test]
+fn starting_the_same_cell_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let cfg = sh(tmp.path(), "c1", "exit 0");
+    let started = b.start(&cfg).unwrap();
+    assert!(matches!(b.start(&cfg), Err(StartError::AlreadyExists(_))));
+    exited(wait_exit(&b, "c1", &started));
+    let mut bad = cfg.clone();
+    bad.cell_id = "../escape".into();
+    assert!(matches!(b.start(&bad), Err(StartError::InvalidConfig(_))));
+}
+
+#[test]
+fn stop_with_grace_sends_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    assert!(matches!(b.inspect("c1"), CellState::Running(s) if s == started));
+    b.signal("c1", false).unwrap();
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!((exit.exit_code, exit.signal), (None, Some(libc::SIGTERM)));
+}
+
+#[test]
+fn term_ignoring_workload_survives_term_and_dies_on_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let cfg = sh(tmp.path(), "c1", "trap '' TERM; echo ready; sleep 60");
+    let started = b.start(&cfg).unwrap();
+    wait_until("the trap", EXIT_TIMEOUT, || read_log(&cfg).contains("ready"));
+    b.signal("c1", false).unwrap();
+    let fd = b.exit_fd("c1", &started).unwrap();
+    assert!(!poll_readable(&fd, Duration::from_millis(500)), "TERM should be ignored");
+    assert!(matches!(b.inspect("c1"), CellState::Running(_)));
+    b.signal("c1", true).unwrap();
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+}
+
+#[test]
+fn stop_reaches_the_whole_process_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let cfg = sh(tmp.path(), "c1", "sleep 60 & echo grandchild $!; wait");
+    let started = b.start(&cfg).unwrap();
+    wait_until("the grandchild pid", EXIT_TIMEOUT, || read_log(&cfg).ends_with('\n'));
+    let log = read_log(&cfg);
+    let grandchild: u32 = log.trim().strip_prefix("grandchild ").unwrap().parse().unwrap();
+    assert!(!is_dead(grandchild));
+    b.signal("c1", false).unwrap();
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!(exit.signal, Some(libc::SIGTERM));
+    wait_until("the grandchild to die", EXIT_TIMEOUT, || is_dead(grandchild));
+}
+
+#[test]
+fn stdout_stderr_env_and_workdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let mut cfg = sh(
+        tmp.path(),
+        "c1",
+        "echo to-stdout; echo to-stderr >&2; echo \"id=$WARDEN_CELL_ID wl=$WARDEN_WORKLOAD_ID foo=$FOO\"; pwd",
+    );
+    cfg.env.insert("FOO".into(), "bar baz".into());
+    cfg.workdir = Some(tmp.path().to_path_buf());
+    let started = b.start(&cfg).unwrap();
+    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(0));
+    let log = read_log(&cfg);
+    assert!(log.contains("to-stdout\n"), "{log}");
+    assert!(log.contains("to-stderr\n"), "{log}");
+    assert!(log.contains("id=c1 wl=wl foo=bar baz\n"), "{log}");
+    let cwd = tmp.path().canonicalize().unwrap();
+    assert!(log.contains(&format!("{}\n", cwd.display())), "{log}");
+}
+
+#[test]
+fn logs_rotate_and_keep_at_most_max_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let max = 16 * 1024;
+    let mut cfg =
+        sh(tmp.path(), "c1", "i=0; while [ $i -lt 5000 ]; do echo \"line $i ...............................\"; i=$((i+1)); done");
+    cfg.log_max_size_bytes = max;
+    cfg.log_max_files = 2;
+    let started = b.start(&cfg).unwrap();
+    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(0));
+    let log_dir = cfg.log_path.parent().unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(log_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["output.log", "output.log.1", "output.log.2"]);
+    for name in &names {
+        let len = std::fs::metadata(log_dir.join(name)).unwrap().len();
+        assert!(len <= max, "{name} has {len} bytes, limit {max}");
+    }
+    assert!(read_log(&cfg).ends_with("line 4999 ...............................\n"));
+}
+
+#[test]
+fn running_cell_is_readopted_by_a_new_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = backend(tmp.path()).start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    // A "restarted supervisor": a fresh backend that only has the directory.
+    let b = backend(tmp.path());
+    assert_eq!(b.inspect("c1"), CellState::Running(started.clone()));
+    assert_eq!(process_start_time(started.pid), Some(started.pid_start_time));
+    b.signal("c1", true).unwrap();
+    let exit = exited(wait_exit(&b, "c1", &started));
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+}
+
+#[test]
+fn exit_while_nobody_watches_is_learned_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = sh(tmp.path(), "c1", "sleep 0.2; exit 3");
+    let started = backend(tmp.path()).start(&cfg).unwrap();
+    let b = backend(tmp.path());
+    let mut state = b.inspect("c1");
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    while matches!(state, CellState::Running(_)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        state = b.inspect("c1");
+    }
+    assert_eq!(exited(state).exit_code, Some(3));
+    b.collect_exit("c1", &started); // reap our zombie shim
+}
+
+#[test]
+fn lost_shim_means_lost_cell_and_dead_workload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    // SAFETY: plain kill/waitpid on our own child, the shim.
+    unsafe {
+        libc::kill(started.shim_pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(started.shim_pid as libc::pid_t, std::ptr::null_mut(), 0);
+    }
+    match b.inspect("c1") {
+        CellState::Lost { reason } => assert_eq!(reason, "shim lost; cell killed"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    wait_until("the orphaned workload to die", EXIT_TIMEOUT, || is_dead(started.pid));
+    // Asked again, the cell stays lost (it is never reported as startable).
+    assert!(matches!(b.inspect("c1"), CellState::Lost { .. }));
+    b.signal("c1", false).unwrap();
+}
+
+#[test]
+fn unstarted_dir_is_set_aside_as_not_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    // A supervisor that died between creating the dir and the shim taking its lock.
+    let dir = b.cell_dir("c1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(tmp.path(), "c1", &["sleep", "60"]);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    assert_eq!(b.inspect("c1"), CellState::NotStarted);
+    assert!(!dir.exists());
+    assert!(tmp.path().join("cells/c1.abandoned-1/config.json").exists());
+    // A shim that only now gets going must not start the workload in the set-aside dir.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden-shim")).arg(&dir).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("err "));
+    assert!(!cfg.log_path.exists(), "workload must not have run");
+    // The id is free again: the cell can now be started for real.
+    let started = b.start(&cfg).unwrap();
+    b.signal("c1", true).unwrap();
+    exited(wait_exit(&b, "c1", &started));
+}
+
+#[test]
+fn pid_reuse_guard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spawn_sleep = || std::process::Command::new("sleep").arg("5").spawn().unwrap();
+    let mut a = spawn_sleep();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut b_proc = spawn_sleep();
+    let ta = process_start_time(a.id()).unwrap();
+    let tb = process_start_time(b_proc.id()).unwrap();
+    assert_ne!(ta, tb, "different processes must have different start times");
+    assert_eq!(process_start_time(a.id()), Some(ta), "start time is stable");
+    a.kill().unwrap();
+    b_proc.kill().unwrap();
+    a.wait().unwrap();
+    b_proc.wait().unwrap();
+    assert_eq!(process_start_time(a.id()), None);
+
+    // A pid.json whose shim start time does not match: the pid "belongs to someone else".
+    let b = backend(tmp.path());
+    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    let pid_json = b.cell_dir("c1").join("pid.json");
+    let mut forged = started.clone();
+    forged.shim_start_time += 1;
+    std::fs::write(&pid_json, serde_json::to_vec(&forged).unwrap()).unwrap();
+    b.signal("c1", true).unwrap();
+    let fd = b.exit_fd("c1", &forged).unwrap();
+    assert!(poll_readable(&fd, Duration::ZERO), "an impostor pid counts as gone");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!is_dead(started.pid), "the forged identity must not be signalled");
+    assert!(!is_dead(started.shim_pid));
+
+    std::fs::write(&pid_json, serde_json::to_vec(&started).unwrap()).unwrap();
+    b.signal("c1", true).unwrap();
+    assert_eq!(exited(wait_exit(&b, "c1", &started)).signal, Some(9));
+}
+
+#[test]
+fn shim_without_a_dir_prints_usage() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden-shim")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: warden-shim <cell_dir>"));
+}
+
+#[test]
+fn locate_falls_back_to_the_subcommand() {
+    // Test binaries live in target/*/deps, where no warden-shim sits next to them.
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(ShimExe::locate(), ShimExe::Subcommand(exe));
+}
+
+/// Memory budget check: `cargo test -p warden-cell -- --ignored --nocapture shim_pss`.
+#[test]
+#[ignore]
+fn shim_pss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let mut cells = Vec::new();
+    for i in 0..100 {
+        let id = format!("c{i}");
+        let started = b.start(&config(tmp.path(), &id, &["sleep", "1000"])).unwrap();
+        cells.push((id, started));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut pss: Vec<u64> = cells
+        .iter()
+        .map(|(_, s)| {
+            let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.shim_pid)).unwrap();
+            let line = rollup.lines().find(|l| l.starts_with("Pss:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        })
+        .collect();
+    pss.sort();
+    println!(
+        "shim PSS over {} shims: min {} KB, median {} KB, max {} KB",
+        pss.len(),
+        pss[0],
+        pss[pss.len() / 2],
+        pss[pss.len() - 1]
+    );
+    // Where the private memory of one shim sits, to guide any future slimming.
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", cells[0].1.shim_pid)).unwrap();
+    let mut mapping = "";
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            mapping = line;
+        } else if let Some(kb) = line.strip_prefix("Private_Dirty:") {
+            let kb: u64 = kb.trim().trim_end_matches(" kB").parse().unwrap();
+            if kb > 0 {
+                println!("{kb:>4} KB private dirty: {mapping}");
+            }
+        }
+    }
+    for (id, _) in &cells {
+        b.signal(id, true).unwrap();
+    }
+    for (id, started) in &cells {
+        exited(wait_exit(&b, id, started));
+    }
+}

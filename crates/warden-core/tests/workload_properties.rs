@@ -1,0 +1,1279 @@
+//! Property tests for the workload state machine, driven by a simulated runtime.
+//!
+//! The simulation plays the part of warden's runtime: it submits workloads built from generated
+//! spec TOML, lets time pass and ticks whatever `Projection::due` reports, starts the cells that
+//! `Effect::StartCell` asks for (or fails to), lets running cells exit with arbitrary codes and
+//! signals, and asks for stops. Every event the core decides is sealed into a hash-chained
+//! journal, written out as canonical bytes, read back and folded into a second projection, as a
+//! restart of the daemon would.
+//!
+//! Every simulation, whatever property it is run for, also checks after every single input that
+//! `Workload::validate` holds, that the replayed projection equals the live one, that the runtime's
+//! view of which cells exist agrees with the workloads' phases, and after every passage of time
+//! that `next_deadline_ms` is exact (a tick does something if and only if the workload is due).
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::TestCaseError;
+
+use warden_core::event::{CloudEvent, EventData, NewEvent, Outcome, GENESIS_HASH};
+use warden_core::projection::{Projection, ReplayError};
+use warden_core::spec::Spec;
+use warden_core::types::{CellExit, LifecycleTerminalState, RestartPolicy, WorkloadInfo};
+use warden_core::workload::{Decision, Effect, Input, Phase, StopReason, StopSignal, Workload};
+
+/// Where simulated time starts: late 2026, in Unix milliseconds.
+const T0: u64 = 1_795_445_345_123;
+const DAY_MS: u64 = 86_400_000;
+
+type R<T = ()> = Result<T, TestCaseError>;
+
+fn bad(message: impl Into<String>) -> TestCaseError {
+    TestCaseError::fail(message.into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Specs, generated as TOML and parsed with `Spec::parse`, so every one of them is a valid spec.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Policy {
+    Never,
+    Always,
+    /// `max_attempts: None` leaves the key out (default 3); `explicit: false` leaves out the
+    /// `policy` key (on-failure is the default).
+    OnFailure {
+        max_attempts: Option<u32>,
+        explicit: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Reset {
+    /// Key left out: 10 minutes.
+    Default,
+    /// `"1000d"`: no simulated run ever lasts that long.
+    Huge,
+    Ms(u64),
+}
+
+#[derive(Clone, Debug)]
+struct SpecParams {
+    policy: Policy,
+    /// `None` leaves the key out (100ms).
+    backoff_ms: Option<u64>,
+    /// `backoff_max = backoff + extra`; `None` leaves the key out (`max(30s, backoff)`).
+    backoff_max_extra: Option<u64>,
+    reset: Reset,
+    /// `None` leaves the key out (5s).
+    graceful_ms: Option<u64>,
+    ttl_ms: Option<u64>,
+    /// Write whole seconds as `1h2m3s` rather than milliseconds.
+    long_units: bool,
+}
+
+fn duration_text(ms: u64, long_units: bool) -> String {
+    if !long_units || ms == 0 || ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut secs = ms / 1000;
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
+impl SpecParams {
+    fn backoff(&self) -> u64 {
+        self.backoff_ms.unwrap_or(100)
+    }
+
+    fn backoff_max(&self) -> u64 {
+        match self.backoff_max_extra {
+            Some(extra) => self.backoff() + extra,
+            None => self.backoff().max(30_000),
+        }
+    }
+
+    fn reset_ms(&self) -> u64 {
+        match self.reset {
+            Reset::Default => 600_000,
+            Reset::Huge => 1000 * DAY_MS,
+            Reset::Ms(ms) => ms,
+        }
+    }
+
+    fn graceful(&self) -> u64 {
+        self.graceful_ms.unwrap_or(5_000)
+    }
+
+    fn restart_policy(&self) -> RestartPolicy {
+        match self.policy {
+            Policy::Never => RestartPolicy::Never,
+            Policy::Always => RestartPolicy::Always,
+            Policy::OnFailure { max_attempts, .. } => RestartPolicy::OnFailure { max_attempts: max_attempts.unwrap_or(3) },
+        }
+    }
+
+    fn toml(&self, name: &str) -> String {
+        let d = |ms| duration_text(ms, self.long_units);
+        let mut text = format!("name = \"{name}\"\n");
+        if let Some(ttl) = self.ttl_ms {
+            text.push_str(&format!("ttl = \"{}\"\n", d(ttl)));
+        }
+        text.push_str("\n[cell]\nargv = [\"sleep\", \"60\"]\n");
+        if let Some(grace) = self.graceful_ms {
+            text.push_str(&format!("graceful_shutdown = \"{}\"\n", d(grace)));
+        }
+        text.push_str("\n[restart]\n");
+        match self.policy {
+            Policy::Never => text.push_str("policy = \"never\"\n"),
+            Policy::Always => text.push_str("policy = \"always\"\n"),
+            Policy::OnFailure { max_attempts, explicit } => {
+                if explicit {
+                    text.push_str("policy = \"on-failure\"\n");
+                }
+                if let Some(m) = max_attempts {
+                    text.push_str(&format!("max_attempts = {m}\n"));
+                }
+            }
+        }
+        if let Some(backoff) = self.backoff_ms {
+            text.push_str(&format!("backoff = \"{}\"\n", d(backoff)));
+        }
+        if self.backoff_max_extra.is_some() {
+            text.push_str(&format!("backoff_max = \"{}\"\n", d(self.backoff_max())));
+        }
+        match self.reset {
+            Reset::Default => {}
+            Reset::Huge => text.push_str("backoff_reset = \"1000d\"\n"),
+            Reset::Ms(ms) => text.push_str(&format!("backoff_reset = \"{}\"\n", d(ms))),
+        }
+        text
+    }
+
+    /// Parses the generated TOML and checks it means what was generated.
+    fn spec(&self, name: &str) -> R<Spec> {
+        let text = self.toml(name);
+        let spec = Spec::parse("t.toml", &text).map_err(|err| bad(format!("generated spec rejected: {err}\n{text}")))?;
+        prop_assert_eq!(&spec.name, name);
+        prop_assert_eq!(spec.ttl_ms, self.ttl_ms, "{}", text);
+        prop_assert_eq!(spec.cell.graceful_shutdown_ms, self.graceful(), "{}", text);
+        prop_assert_eq!(spec.restart.policy, self.restart_policy(), "{}", text);
+        prop_assert_eq!(spec.restart.backoff_ms, self.backoff(), "{}", text);
+        prop_assert_eq!(spec.restart.backoff_max_ms, self.backoff_max(), "{}", text);
+        prop_assert_eq!(spec.restart.backoff_reset_ms, self.reset_ms(), "{}", text);
+        Ok(spec)
+    }
+}
+
+fn on_failure() -> BoxedStrategy<Policy> {
+    (prop::option::of(0u32..=5), any::<bool>())
+        .prop_map(|(max_attempts, explicit)| Policy::OnFailure { max_attempts, explicit })
+        .boxed()
+}
+
+fn any_policy() -> BoxedStrategy<Policy> {
+    prop_oneof![Just(Policy::Never), Just(Policy::Always), on_failure()].boxed()
+}
+
+fn any_reset() -> BoxedStrategy<Reset> {
+    prop_oneof![Just(Reset::Default), Just(Reset::Huge), (0u64..=20_000).prop_map(Reset::Ms),].boxed()
+}
+
+fn spec_params(policy: BoxedStrategy<Policy>, reset: BoxedStrategy<Reset>, with_ttl: bool) -> BoxedStrategy<SpecParams> {
+    let ttl = if with_ttl { prop::option::of(prop_oneof![1u64..=3_000, 1_000u64..=600_000]).boxed() } else { Just(None).boxed() };
+    (
+        policy,
+        prop::option::of(0u64..=2_000),
+        prop::option::of(prop_oneof![Just(0u64), 0u64..=60_000]),
+        reset,
+        prop::option::of(prop_oneof![Just(0u64), 1u64..=200, 1u64..=10_000]),
+        ttl,
+        any::<bool>(),
+    )
+        .prop_map(|(policy, backoff_ms, backoff_max_extra, reset, graceful_ms, ttl_ms, long_units)| SpecParams {
+            policy,
+            backoff_ms,
+            backoff_max_extra,
+            reset,
+            graceful_ms,
+            ttl_ms,
+            long_units,
+        })
+        .boxed()
+}
+
+/// One to three workloads; the first is submitted at once, the others by `Action::Submit`.
+fn specs(policy: BoxedStrategy<Policy>, reset: BoxedStrategy<Reset>, with_ttl: bool) -> impl Strategy<Value = Vec<SpecParams>> {
+    prop::collection::vec(spec_params(policy, reset, with_ttl), 1..=3)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the simulated world does.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct ExitHow {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    terminal_state: Option<LifecycleTerminalState>,
+}
+
+impl ExitHow {
+    fn cell_exit(&self, successes_allowed: bool) -> CellExit {
+        let mut exit_code = self.exit_code;
+        if !successes_allowed && exit_code == Some(0) && self.signal.is_none() {
+            exit_code = Some(1);
+        }
+        CellExit { terminal_state: self.terminal_state, ..CellExit::from_status(exit_code, self.signal) }
+    }
+}
+
+fn exit_how() -> impl Strategy<Value = ExitHow> {
+    let status = prop_oneof![
+        3 => Just((Some(0), None)),
+        3 => (1i32..=255).prop_map(|code| (Some(code), None)),
+        1 => any::<i32>().prop_map(|code| (Some(code), None)),
+        2 => (1i32..=31).prop_map(|signal| (None, Some(signal))),
+        1 => Just((None, None)),
+        1 => (any::<i32>(), 1i32..=31).prop_map(|(code, signal)| (Some(code), Some(signal))),
+    ];
+    let terminal = prop::option::of(prop_oneof![Just(LifecycleTerminalState::Clean), Just(LifecycleTerminalState::Forced),]);
+    (status, terminal).prop_map(|((exit_code, signal), terminal_state)| ExitHow { exit_code, signal, terminal_state })
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// Time passes; then every due workload is ticked.
+    Advance(u64),
+    /// One of the cells that exist exits.
+    Exit { cell: Index, exit: ExitHow },
+    /// The runtime carries out one outstanding `Effect::StartCell`.
+    Start { cell: Index, fail: bool, pid: u32, pid_start_time: u64 },
+    /// A user stops one of the submitted workloads, whatever its phase.
+    Stop { workload: Index },
+    /// The next workload is submitted.
+    Submit,
+}
+
+fn actions(stop_weight: u32) -> impl Strategy<Value = Vec<Action>> {
+    let advance = prop_oneof![
+        1 => Just(0u64),
+        4 => 0u64..=500,
+        3 => 0u64..=5_000,
+        1 => 0u64..=120_000,
+        1 => 0u64..=36_000_000,
+    ];
+    let action = prop_oneof![
+        10 => advance.prop_map(Action::Advance),
+        6 => (any::<Index>(), exit_how()).prop_map(|(cell, exit)| Action::Exit { cell, exit }),
+        8 => (any::<Index>(), prop::bool::weighted(0.15), any::<u32>(), any::<u64>()).prop_map(
+            |(cell, fail, pid, pid_start_time)| Action::Start { cell, fail, pid, pid_start_time }
+        ),
+        stop_weight => any::<Index>().prop_map(|workload| Action::Stop { workload }),
+        1 => Just(Action::Submit),
+    ];
+    prop::collection::vec(action, 0..120)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rules {
+    /// Cells may exit 0; otherwise a generated exit 0 becomes exit 1.
+    successes: bool,
+    /// The runtime may fail to start a cell.
+    start_failures: bool,
+    /// Users may stop workloads.
+    stops: bool,
+}
+
+const ANYTHING_GOES: Rules = Rules { successes: true, start_failures: true, stops: true };
+
+// ---------------------------------------------------------------------------------------------
+// The simulated runtime.
+// ---------------------------------------------------------------------------------------------
+
+/// One input given to one workload (or its submission, when `input` is `None`).
+#[derive(Debug)]
+struct Step {
+    wid: String,
+    input: Option<Input>,
+    now: u64,
+    before: Option<Workload>,
+    after: Workload,
+    decision: Decision,
+}
+
+struct Sim {
+    rules: Rules,
+    specs: Vec<Spec>,
+    submitted: usize,
+    now: u64,
+    live: Projection,
+    /// Folded, event by event, from the sealed journal read back from its bytes.
+    replay: Projection,
+    /// Every event, with the time it was decided at.
+    journal: Vec<(u64, EventData)>,
+    sealed: Vec<CloudEvent>,
+    /// Outstanding `StartCell` effects: (workload id, cell id).
+    starting: Vec<(String, String)>,
+    /// Cells whose process exists: (workload id, cell id).
+    alive: Vec<(String, String)>,
+    steps: Vec<Step>,
+    /// After each action: the journal's length and the live projection then.
+    boundaries: Vec<(usize, Projection)>,
+}
+
+fn info_for(index: usize, spec: &Spec, now_ms: u64) -> WorkloadInfo {
+    let created_at = now_ms / 1000;
+    WorkloadInfo {
+        id: format!("w-{index}"),
+        vmid: 0,
+        workload_type: spec.cell.isolation.as_str().into(),
+        spec_id: spec.spec_id(),
+        created_at,
+        expires_at: spec.ttl_ms.map(|ttl| created_at + ttl.div_ceil(1000)),
+        owner: format!("ed25519:{}", "ab".repeat(32)),
+        replication: spec.replication.mode,
+        restart_policy: spec.restart.policy,
+        state_uri: None,
+        consumer_workload_id: None,
+    }
+}
+
+impl Sim {
+    fn new(specs: Vec<Spec>, rules: Rules) -> Sim {
+        Sim {
+            rules,
+            specs,
+            submitted: 0,
+            now: T0,
+            live: Projection::default(),
+            replay: Projection::default(),
+            journal: Vec::new(),
+            sealed: Vec::new(),
+            starting: Vec::new(),
+            alive: Vec::new(),
+            steps: Vec::new(),
+            boundaries: Vec::new(),
+        }
+    }
+
+    /// Submits the workloads, runs the actions, and checks the journal as a whole.
+    fn run(params: &[SpecParams], rules: Rules, actions: &[Action]) -> R<Sim> {
+        let specs = params.iter().enumerate().map(|(i, p)| p.spec(&format!("t{i}"))).collect::<R<Vec<_>>>()?;
+        let mut sim = Sim::new(specs, rules);
+        sim.submit_next()?;
+        sim.boundary();
+        for action in actions {
+            sim.act(action)?;
+            sim.boundary();
+        }
+        sim.check_journal()?;
+        Ok(sim)
+    }
+
+    fn boundary(&mut self) {
+        self.boundaries.push((self.sealed.len(), self.live.clone()));
+    }
+
+    fn spec_of(&self, wid: &str) -> &Spec {
+        &self.live.workloads[wid].spec
+    }
+
+    fn act(&mut self, action: &Action) -> R {
+        match action {
+            Action::Advance(dt) => self.advance_time(*dt),
+            Action::Submit => self.submit_next(),
+            Action::Stop { workload } => {
+                if !self.rules.stops {
+                    return Ok(());
+                }
+                let ids: Vec<String> = self.live.workloads.keys().cloned().collect();
+                let wid = workload.get(&ids).clone();
+                self.drive(&wid, Input::Stop)
+            }
+            Action::Start { cell, fail, pid, pid_start_time } => {
+                if self.starting.is_empty() {
+                    return Ok(());
+                }
+                let (wid, cell_id) = cell.get(&self.starting).clone();
+                let input = if *fail && self.rules.start_failures {
+                    Input::CellStartFailed { cell_id, error: "spawn: No such file or directory".into() }
+                } else {
+                    Input::CellStarted { cell_id, pid: *pid, pid_start_time: *pid_start_time }
+                };
+                self.drive(&wid, input)
+            }
+            Action::Exit { cell, exit } => {
+                if self.alive.is_empty() {
+                    return Ok(());
+                }
+                let (wid, cell_id) = cell.get(&self.alive).clone();
+                let exit = exit.cell_exit(self.rules.successes);
+                self.drive(&wid, Input::CellExited { cell_id, exit })
+            }
+        }
+    }
+
+    fn submit_next(&mut self) -> R {
+        let Some(spec) = self.specs.get(self.submitted).cloned() else {
+            return Ok(());
+        };
+        let index = self.submitted;
+        self.submitted += 1;
+        let info = info_for(index, &spec, self.now);
+        let wid = info.id.clone();
+        let decision = self.live.submit(info, spec.clone(), self.now);
+        match decision.events.first() {
+            Some(EventData::WorkloadSubmitted { workload, spec: submitted_spec }) => {
+                prop_assert_eq!(&workload.id, &wid);
+                prop_assert_eq!(workload.vmid, index as u32 + 1, "vmids count from 1");
+                prop_assert_eq!(submitted_spec, &spec);
+            }
+            other => return Err(bad(format!("submit must journal workload.submitted first, got {other:?}"))),
+        }
+        let after = self.live.workloads[&wid].clone();
+        self.record(wid, None, None, after, decision)
+    }
+
+    /// Gives `input` to workload `wid` through `Projection::advance`, as the runtime does.
+    fn drive(&mut self, wid: &str, input: Input) -> R {
+        let before = self.live.workloads[wid].clone();
+        let pure = before
+            .step(&input, self.now)
+            .map_err(|err| bad(format!("step({input:?}) refused at {} in phase {:?}: {err}", self.now, before.phase)))?;
+        let decision = self
+            .live
+            .advance(wid, &input, self.now)
+            .map_err(|err| bad(format!("advance({input:?}) refused at {} in phase {:?}: {err}", self.now, before.phase)))?;
+        prop_assert!(
+            decision.events.starts_with(&pure.events) && decision.effects.starts_with(&pure.effects),
+            "advance must begin with what step decided: {:?} vs {:?}",
+            decision,
+            pure
+        );
+        let after = self.live.workloads[wid].clone();
+        self.record(wid.to_string(), Some(input), Some(before), after, decision)
+    }
+
+    /// Journals a step's events, carries out its effects' bookkeeping, and checks the state.
+    fn record(&mut self, wid: String, input: Option<Input>, before: Option<Workload>, after: Workload, decision: Decision) -> R {
+        for data in &decision.events {
+            prop_assert_eq!(data.workload_id(), Some(wid.as_str()));
+            self.seal(data.clone())?;
+        }
+        match &input {
+            Some(Input::CellStarted { cell_id, .. }) => {
+                self.starting.retain(|(_, c)| c != cell_id);
+                prop_assert!(
+                    matches!(decision.events.first(), Some(EventData::LifecycleStarted { cell_id: c, .. }) if c == cell_id),
+                    "a started cell is journaled as lifecycle.started: {:?}",
+                    decision
+                );
+                self.alive.push((wid.clone(), cell_id.clone()));
+            }
+            Some(Input::CellStartFailed { cell_id, .. }) => {
+                self.starting.retain(|(_, c)| c != cell_id);
+            }
+            Some(Input::CellExited { cell_id, .. }) => {
+                self.alive.retain(|(_, c)| c != cell_id);
+            }
+            Some(Input::Tick | Input::Stop) | None => {}
+        }
+        for effect in &decision.effects {
+            match effect {
+                Effect::StartCell { workload_id, cell_id } => {
+                    prop_assert_eq!(workload_id, &wid);
+                    self.starting.push((wid.clone(), cell_id.clone()));
+                }
+                Effect::SignalCell { workload_id, .. } => prop_assert_eq!(workload_id, &wid),
+            }
+        }
+        self.steps.push(Step { wid, input, now: self.now, before, after, decision });
+        self.check_state()
+    }
+
+    /// Seals one event into the journal, reads it back from its bytes, and folds it into `replay`.
+    fn seal(&mut self, data: EventData) -> R {
+        let seq = self.sealed.len() as u64 + 1;
+        let prevhash = self.sealed.last().map_or_else(|| GENESIS_HASH.to_string(), CloudEvent::hash);
+        let new = NewEvent {
+            id: format!("evt-{seq}"),
+            source: "/warden/sim".into(),
+            time_ms: self.now,
+            subject: data.workload_id().map(str::to_string),
+            data: data.clone(),
+        };
+        let event = CloudEvent::seal(&new, seq, &prevhash);
+        let read: CloudEvent = serde_json::from_slice(&event.canonical_bytes())?;
+        prop_assert_eq!(&read, &event);
+        prop_assert_eq!(read.hash(), event.hash());
+        prop_assert_eq!(&read.typed_data()?, &data);
+        self.replay.apply_event(&read)?;
+        // What the runtime does once the event is durable: the core cannot know seqs.
+        self.live.last_seq = seq;
+        self.sealed.push(event);
+        self.journal.push((self.now, data));
+        Ok(())
+    }
+
+    /// Checked after every input.
+    fn check_state(&self) -> R {
+        for (id, workload) in &self.live.workloads {
+            if let Err(why) = workload.validate() {
+                return Err(bad(format!("{id} invalid after a step: {why}")));
+            }
+            // The runtime's view of the cells agrees with the phases.
+            let running: Vec<&str> = workload.phase.running_cell().map(|c| c.cell_id.as_str()).into_iter().collect();
+            let creating: Vec<&str> = match (workload.phase.cell_id(), running.is_empty()) {
+                (Some(cell_id), true) => vec![cell_id],
+                _ => vec![],
+            };
+            let alive: Vec<&str> = self.alive.iter().filter(|(w, _)| w == id).map(|(_, c)| c.as_str()).collect();
+            let starting: Vec<&str> = self.starting.iter().filter(|(w, _)| w == id).map(|(_, c)| c.as_str()).collect();
+            prop_assert_eq!(alive, running, "{} in {:?}", id, workload.phase);
+            prop_assert_eq!(starting, creating, "{} in {:?}", id, workload.phase);
+        }
+        prop_assert_eq!(&self.replay, &self.live, "replaying the journal must rebuild the live projection");
+        Ok(())
+    }
+
+    /// Time passes; every due workload is ticked, as the runtime's timer would.
+    fn advance_time(&mut self, dt: u64) -> R {
+        self.now += dt;
+        let due = self.live.due(self.now);
+        for (id, workload) in &self.live.workloads {
+            let tick = workload.step(&Input::Tick, self.now).map_err(|err| bad(format!("tick refused: {err}")))?;
+            let is_due = due.contains(id);
+            prop_assert_eq!(
+                !tick.events.is_empty(),
+                is_due,
+                "{} in {:?} at {}: a tick must do something exactly when the workload is due (next deadline {:?})",
+                id,
+                workload.phase,
+                self.now,
+                workload.next_deadline_ms()
+            );
+            if !is_due {
+                prop_assert!(tick.effects.is_empty());
+            }
+        }
+        for id in due {
+            self.drive(&id, Input::Tick)?;
+        }
+        prop_assert!(
+            self.live.due(self.now).is_empty(),
+            "still due after being ticked (the runtime would spin): {:?}",
+            self.live.due(self.now)
+        );
+        if let Some(next) = self.live.next_deadline_ms() {
+            prop_assert!(next > self.now);
+        }
+        Ok(())
+    }
+
+    /// Lets everything run to its end: cells start, every cell exits failing at once, and time
+    /// jumps to the next deadline. Only for policies that end (never, on-failure).
+    fn drain(&mut self) -> R {
+        for _ in 0..10_000 {
+            if let Some((wid, cell_id)) = self.starting.first().cloned() {
+                self.drive(&wid, Input::CellStarted { cell_id, pid: 4242, pid_start_time: 17 })?;
+            } else if let Some((wid, cell_id)) = self.alive.first().cloned() {
+                let exit = CellExit::from_status(Some(1), None);
+                self.drive(&wid, Input::CellExited { cell_id, exit })?;
+            } else if let Some(at) = self.live.next_deadline_ms() {
+                self.advance_time(at - self.now)?;
+            } else {
+                return Ok(());
+            }
+        }
+        Err(bad("the simulation did not settle"))
+    }
+
+    /// The sealed journal: seqs from 1 without gaps, an intact prevhash chain, and a full
+    /// replay from scratch equal to the live projection.
+    fn check_journal(&self) -> R {
+        let mut prev = GENESIS_HASH.to_string();
+        for (i, event) in self.sealed.iter().enumerate() {
+            prop_assert_eq!(event.seq, i as u64 + 1, "seq gap");
+            prop_assert_eq!(&event.prevhash, &prev, "prevhash chain broken at {}", event.seq);
+            prev = event.hash();
+        }
+        let rebuilt = fold(&self.sealed)?;
+        prop_assert_eq!(&rebuilt, &self.live);
+        Ok(())
+    }
+
+    fn workload_ids(&self) -> Vec<String> {
+        self.live.workloads.keys().cloned().collect()
+    }
+
+    fn events_of<'a>(&'a self, wid: &'a str) -> impl Iterator<Item = &'a (u64, EventData)> + 'a {
+        self.journal.iter().filter(move |(_, data)| data.workload_id() == Some(wid))
+    }
+
+    fn count(&self, wid: &str, pred: impl Fn(&EventData) -> bool) -> usize {
+        self.events_of(wid).filter(|(_, data)| pred(data)).count()
+    }
+}
+
+/// Folds sealed events, as read back from their bytes, into a fresh projection.
+fn fold(events: &[CloudEvent]) -> R<Projection> {
+    let mut projection = Projection::default();
+    for event in events {
+        let read: CloudEvent = serde_json::from_slice(&event.canonical_bytes())?;
+        projection.apply_event(&read)?;
+    }
+    Ok(projection)
+}
+
+fn is_lifecycle_started(data: &EventData) -> bool {
+    matches!(data, EventData::LifecycleStarted { .. })
+}
+
+fn is_starting(data: &EventData) -> bool {
+    matches!(data, EventData::WorkloadStarting { .. })
+}
+
+fn is_terminal_event(data: &EventData) -> bool {
+    matches!(
+        data,
+        EventData::WorkloadCompleted { .. }
+            | EventData::WorkloadFailed { .. }
+            | EventData::WorkloadStopped { .. }
+            | EventData::WorkloadExpired { .. }
+    )
+}
+
+fn max_attempts_of(spec: &Spec) -> u32 {
+    match spec.restart.policy {
+        RestartPolicy::OnFailure { max_attempts } => max_attempts,
+        other => panic!("expected on-failure, got {other:?}"),
+    }
+}
+
+/// `backoff × 2^(n-1)` capped at `backoff_max`, worked out independently of the core;
+/// `backoff` itself for n = 0 (the delay after a success under `always`).
+fn expected_delay(backoff: u64, backoff_max: u64, consecutive_failures: u32) -> u64 {
+    let mut delay = u128::from(backoff);
+    for _ in 1..consecutive_failures {
+        if delay >= u128::from(backoff_max) {
+            break;
+        }
+        delay *= 2;
+    }
+    delay.min(u128::from(backoff_max)) as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property checks over a finished simulation.
+// ---------------------------------------------------------------------------------------------
+
+/// Property 3: nothing starts once a workload has ended, or once its stop was decided.
+fn check_nothing_starts_after_the_end(sim: &Sim) -> R {
+    for step in &sim.steps {
+        // Every StartCell comes with the workload.starting that decided it, and vice versa.
+        let starting: Vec<&str> = step
+            .decision
+            .events
+            .iter()
+            .filter_map(|data| match data {
+                EventData::WorkloadStarting { cell_id, .. } => Some(cell_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let start_effects: Vec<&str> = step
+            .decision
+            .effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::StartCell { cell_id, .. } => Some(cell_id.as_str()),
+                Effect::SignalCell { .. } => None,
+            })
+            .collect();
+        prop_assert_eq!(starting, start_effects, "{:?}", step.decision);
+        if let Some(before) = &step.before {
+            if before.phase.is_terminal() {
+                prop_assert!(
+                    step.decision.events.is_empty() && step.decision.effects.is_empty(),
+                    "{} is {:?}, yet {:?} produced {:?}",
+                    step.wid,
+                    before.phase,
+                    step.input,
+                    step.decision
+                );
+                prop_assert_eq!(&step.after.phase, &before.phase);
+            }
+        }
+    }
+    for wid in sim.workload_ids() {
+        let mut ended = false;
+        let mut stop_decided = false;
+        for (at, data) in sim.events_of(&wid) {
+            if ended {
+                return Err(bad(format!("{wid}: {data:?} at {at} after the workload ended")));
+            }
+            if stop_decided && is_starting(data) {
+                return Err(bad(format!("{wid}: {data:?} at {at} after its stop was decided")));
+            }
+            ended |= is_terminal_event(data);
+            stop_decided |= matches!(data, EventData::WorkloadStopping { .. });
+        }
+    }
+    Ok(())
+}
+
+/// Property 6: stop sends SIGTERM, then SIGKILL exactly once at the deadline, then ends stopped.
+fn check_stop_semantics(sim: &Sim) -> R {
+    let mut terms: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in &sim.steps {
+        for effect in &step.decision.effects {
+            let Effect::SignalCell { cell_id, signal, .. } = effect else {
+                continue;
+            };
+            // Only a cell with a known pid, in a stopping workload, is ever signalled.
+            let Phase::Stopping { cell: Some(cell), kill_at_ms, escalated, .. } = &step.after.phase else {
+                return Err(bad(format!("{cell_id} signalled {signal:?} while {:?}", step.after.phase)));
+            };
+            prop_assert_eq!(&cell.cell_id, cell_id);
+            match signal {
+                StopSignal::Term => *terms.entry(cell_id).or_default() += 1,
+                StopSignal::Kill => {
+                    *kills.entry(cell_id).or_default() += 1;
+                    prop_assert!(*escalated);
+                    prop_assert!(step.now >= *kill_at_ms, "SIGKILL at {} before kill_at_ms {}", step.now, kill_at_ms);
+                }
+            }
+        }
+        // A stop decided before the pid was known is delivered as soon as it is.
+        if let (Some(Phase::Stopping { cell: None, escalated, .. }), Some(Input::CellStarted { cell_id, .. })) =
+            (step.before.as_ref().map(|w| &w.phase), &step.input)
+        {
+            let signal = if *escalated { StopSignal::Kill } else { StopSignal::Term };
+            prop_assert_eq!(
+                &step.decision.effects,
+                &vec![Effect::SignalCell { workload_id: step.wid.clone(), cell_id: cell_id.clone(), signal }]
+            );
+        }
+    }
+    for (cell, n) in terms.iter().chain(kills.iter()) {
+        prop_assert!(*n <= 1, "{} signalled {} times with one signal", cell, n);
+    }
+
+    for (i, step) in sim.steps.iter().enumerate() {
+        let (Some(Input::Stop), Some(Workload { phase: Phase::Running { cell }, .. })) = (&step.input, &step.before) else {
+            continue;
+        };
+        let cell_id = cell.cell_id.as_str();
+        let kill_at = step.now + sim.spec_of(&step.wid).cell.graceful_shutdown_ms;
+        prop_assert_eq!(
+            step.decision.events.first(),
+            Some(&EventData::WorkloadStopping {
+                workload_id: step.wid.clone(),
+                reason: StopReason::Requested,
+                kill_at_ms: kill_at,
+            })
+        );
+        let term = Effect::SignalCell { workload_id: step.wid.clone(), cell_id: cell_id.to_string(), signal: StopSignal::Term };
+        prop_assert_eq!(step.decision.effects.first(), Some(&term));
+
+        let later: Vec<(usize, &Step)> = sim.steps.iter().enumerate().skip(i).filter(|(_, s)| s.wid == step.wid).collect();
+        let exited = later.iter().find(|(_, s)| matches!(&s.input, Some(Input::CellExited { cell_id: c, .. }) if c == cell_id));
+        let kill_steps: Vec<usize> = later
+            .iter()
+            .filter(|(_, s)| {
+                s.decision
+                    .effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::SignalCell { cell_id: c, signal: StopSignal::Kill, .. } if c == cell_id))
+            })
+            .map(|(j, _)| *j)
+            .collect();
+        // The first step of this workload at or past the deadline, while the cell still lives.
+        let first_due =
+            later.iter().take_while(|(j, _)| exited.is_none_or(|(e, _)| j < e)).find(|(_, s)| s.now >= kill_at).map(|(j, _)| *j);
+        let time_reached_deadline_alive = match exited {
+            Some((_, exit_step)) => exit_step.now >= kill_at,
+            None => sim.now >= kill_at,
+        };
+        if time_reached_deadline_alive {
+            prop_assert!(first_due.is_some(), "{} outlived kill_at_ms {} but no tick came", cell_id, kill_at);
+        }
+        match first_due {
+            Some(j) => prop_assert_eq!(
+                &kill_steps,
+                &vec![j],
+                "{} must get SIGKILL once, at the first tick at or after {}",
+                cell_id,
+                kill_at
+            ),
+            None => prop_assert!(kill_steps.is_empty(), "{} got SIGKILL though it exited before {}", cell_id, kill_at),
+        }
+        if let Some((_, exit_step)) = exited {
+            prop_assert!(
+                matches!(exit_step.after.phase, Phase::Stopped { .. }),
+                "after its cell exited, a stopped workload is {:?}",
+                exit_step.after.phase
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Property 7: each backoff (and the final failure) counts consecutive failures as the spec says,
+/// and waits `backoff × 2^(n-1)` capped at `backoff_max`; restarts wait for the backoff.
+fn check_backoff_model(sim: &Sim) -> R {
+    for wid in sim.workload_ids() {
+        let restart = sim.spec_of(&wid).restart;
+        let mut failures: u32 = 0;
+        let mut last_exit: Option<(bool, Option<u64>)> = None;
+        let mut backoff_until: Option<u64> = None;
+        for (at, data) in sim.events_of(&wid) {
+            match data {
+                EventData::LifecycleDestroyed { outcome, exit_code, signal, ran_ms, .. } => {
+                    let succeeded = *exit_code == Some(0) && signal.is_none();
+                    prop_assert_eq!(*outcome, if succeeded { Outcome::Succeeded } else { Outcome::Failed });
+                    last_exit = Some((succeeded, *ran_ms));
+                }
+                EventData::WorkloadBackoff { consecutive_failures, .. }
+                | EventData::WorkloadFailed { consecutive_failures, .. } => {
+                    let Some((succeeded, ran_ms)) = last_exit.take() else {
+                        return Err(bad(format!("{wid}: {data:?} without an exit before it")));
+                    };
+                    let outlived_reset = ran_ms.is_some_and(|ran| ran >= restart.backoff_reset_ms);
+                    let expected = if succeeded {
+                        0
+                    } else if outlived_reset {
+                        1
+                    } else {
+                        failures + 1
+                    };
+                    prop_assert_eq!(
+                        *consecutive_failures,
+                        expected,
+                        "{}: exit succeeded={} ran_ms={:?} after {} failures: {:?}",
+                        &wid,
+                        succeeded,
+                        ran_ms,
+                        failures,
+                        data
+                    );
+                    failures = expected;
+                    if let EventData::WorkloadBackoff { delay_ms, until_ms, .. } = data {
+                        let delay = expected_delay(restart.backoff_ms, restart.backoff_max_ms, expected);
+                        prop_assert_eq!(*delay_ms, delay, "{}: {:?}", &wid, data);
+                        prop_assert_eq!(*until_ms, at + delay);
+                        backoff_until = Some(*until_ms);
+                    }
+                }
+                EventData::WorkloadStarting { .. } => {
+                    if let Some(until) = backoff_until.take() {
+                        prop_assert!(*at >= until, "{}: restarted at {} before {}", &wid, at, until);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The properties.
+// ---------------------------------------------------------------------------------------------
+
+/// How long one run of a crash loop lasts, relative to `backoff_reset`.
+#[derive(Clone, Copy, Debug)]
+enum RunLength {
+    Ms(u64),
+    JustUnderReset,
+    ExactlyReset,
+}
+
+impl RunLength {
+    fn ms(self, reset: u64) -> u64 {
+        match self {
+            RunLength::Ms(ms) => ms,
+            RunLength::JustUnderReset => reset - 1,
+            RunLength::ExactlyReset => reset,
+        }
+    }
+}
+
+fn run_length() -> impl Strategy<Value = RunLength> {
+    prop_oneof![
+        6 => (0u64..=2_000).prop_map(RunLength::Ms),
+        2 => (0u64..=40_000).prop_map(RunLength::Ms),
+        1 => Just(RunLength::JustUnderReset),
+        1 => Just(RunLength::ExactlyReset),
+    ]
+}
+
+proptest! {
+    /// 1a. Under on-failure with max_attempts = m and a backoff_reset no run reaches, a workload
+    /// starts at most 1 + m cells, whatever else happens (successes, start failures, stops, ttl).
+    #[test]
+    fn on_failure_runs_at_most_one_plus_max_attempts(
+        params in specs(on_failure(), Just(Reset::Huge).boxed(), true),
+        actions in actions(1),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        for wid in sim.workload_ids() {
+            let m = max_attempts_of(sim.spec_of(&wid));
+            for (_, data) in sim.events_of(&wid) {
+                if let EventData::LifecycleDestroyed { ran_ms: Some(ran), .. } = data {
+                    prop_assert!(*ran < sim.spec_of(&wid).restart.backoff_reset_ms);
+                }
+            }
+            let runs = sim.count(&wid, is_lifecycle_started);
+            let decided = sim.count(&wid, is_starting);
+            prop_assert!(runs as u64 <= 1 + u64::from(m), "{}: {} runs with max_attempts {}", wid, runs, m);
+            prop_assert!(decided as u64 <= 1 + u64::from(m), "{}: {} cells with max_attempts {}", wid, decided, m);
+            prop_assert_eq!(sim.live.workloads[&wid].runs as usize, runs);
+        }
+    }
+
+    /// 1b. Under on-failure with max_attempts = m, a workload whose every run fails ends `failed`
+    /// after exactly 1 + m runs once enough time passes.
+    #[test]
+    fn on_failure_gives_up_after_exactly_one_plus_max_attempts_failed_runs(
+        params in specs(on_failure(), Just(Reset::Huge).boxed(), false),
+        actions in actions(0),
+    ) {
+        let rules = Rules { successes: false, start_failures: false, stops: false };
+        let mut sim = Sim::run(&params, rules, &actions)?;
+        while sim.submitted < sim.specs.len() {
+            sim.submit_next()?;
+        }
+        sim.drain()?;
+        sim.check_journal()?;
+        for wid in sim.workload_ids() {
+            let m = max_attempts_of(sim.spec_of(&wid));
+            let workload = &sim.live.workloads[&wid];
+            prop_assert!(matches!(workload.phase, Phase::Failed { .. }), "{} ended {:?}", wid, workload.phase);
+            prop_assert_eq!(u64::from(workload.runs), 1 + u64::from(m));
+            prop_assert_eq!(sim.count(&wid, is_lifecycle_started) as u64, 1 + u64::from(m));
+            let failed: Vec<u32> = sim
+                .events_of(&wid)
+                .filter_map(|(_, data)| match data {
+                    EventData::WorkloadFailed { consecutive_failures, .. } => Some(*consecutive_failures),
+                    _ => None,
+                })
+                .collect();
+            prop_assert_eq!(failed, vec![m + 1]);
+        }
+    }
+
+    /// 2. Under `never`, at most one run, ever; and the workload always comes to an end.
+    #[test]
+    fn never_runs_at_most_once(
+        params in specs(Just(Policy::Never).boxed(), any_reset(), true),
+        actions in actions(1),
+    ) {
+        let mut sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        sim.drain()?;
+        sim.check_journal()?;
+        for wid in sim.workload_ids() {
+            prop_assert!(sim.count(&wid, is_lifecycle_started) <= 1, "{} ran twice", wid);
+            prop_assert!(sim.count(&wid, is_starting) <= 1, "{} started twice", wid);
+            prop_assert!(sim.live.workloads[&wid].phase.is_terminal());
+        }
+    }
+
+    /// 3. Once a workload is completed, failed, stopped or expired, nothing more happens to it;
+    /// once its stop is decided, no new cell is started for it.
+    #[test]
+    fn nothing_starts_after_a_workload_ends_or_is_stopped(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(2),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        check_nothing_starts_after_the_end(&sim)?;
+    }
+
+    /// 4. Folding the sealed journal into a fresh projection rebuilds the live projection, at
+    /// every boundary between inputs (checked incrementally inside the simulation) and, from
+    /// scratch, at every boundary between actions.
+    #[test]
+    fn replay_rebuilds_the_live_projection_at_every_boundary(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(1),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        for (len, live) in &sim.boundaries {
+            let rebuilt = fold(&sim.sealed[..*len])?;
+            prop_assert_eq!(&rebuilt, live, "after {} events", len);
+        }
+    }
+
+    /// 5. Invariants after every step (checked inside the simulation); the sealed journal has
+    /// no seq gaps, its prevhash chain verifies, and a gap or a tampered event is detected.
+    #[test]
+    fn every_step_keeps_the_invariants_and_the_chain_verifies(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(1),
+        victim in any::<Index>(),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        sim.check_journal()?;
+        for workload in sim.live.workloads.values() {
+            prop_assert_eq!(workload.validate(), Ok(()));
+            prop_assert!(workload.runs <= workload.cells_created);
+        }
+        prop_assert_eq!(sim.live.last_seq, sim.sealed.len() as u64);
+
+        // Dropping one event leaves a gap that replay refuses.
+        let n = sim.sealed.len();
+        let dropped = victim.index(n);
+        if dropped + 1 < n {
+            let mut projection = Projection::default();
+            let mut refused = None;
+            for (i, event) in sim.sealed.iter().enumerate() {
+                if i == dropped {
+                    continue;
+                }
+                if let Err(err) = projection.apply_event(event) {
+                    refused = Some(err);
+                    break;
+                }
+            }
+            let expected_seq = dropped as u64 + 2;
+            prop_assert!(
+                matches!(refused, Some(ReplayError::Gap { seq, expected }) if seq == expected_seq && expected == expected_seq - 1),
+                "{:?}",
+                refused
+            );
+        }
+        // Changing one event breaks the chain at the next one.
+        if dropped + 1 < n {
+            let mut tampered = sim.sealed[dropped].clone();
+            tampered.time = "1970-01-01T00:00:00.000Z".into();
+            prop_assert_ne!(tampered.hash(), sim.sealed[dropped + 1].prevhash.clone());
+            prop_assert_eq!(sim.sealed[dropped].hash(), sim.sealed[dropped + 1].prevhash.clone());
+        }
+    }
+
+    /// 6. Stop on a running workload sends SIGTERM; if the cell outlives kill_at_ms the first
+    /// due tick sends SIGKILL, exactly once; when the cell exits the workload is `stopped`.
+    #[test]
+    fn stop_sends_term_then_one_kill_at_the_deadline(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(3),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        check_stop_semantics(&sim)?;
+    }
+
+    /// 7a. Every backoff's delay follows the doubling-with-cap rule and the reset rule, over
+    /// arbitrary runs of the simulation.
+    #[test]
+    fn backoff_follows_consecutive_failures(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(1),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        check_backoff_model(&sim)?;
+    }
+
+    /// 7b. A crash loop: delays are backoff, 2×backoff, 4×backoff … capped at backoff_max, and a
+    /// run that lasted at least backoff_reset sets the next delay back to backoff.
+    #[test]
+    fn backoff_doubles_in_a_crash_loop_and_resets_after_a_long_run(
+        backoff in 0u64..=2_000,
+        extra in prop_oneof![Just(0u64), 0u64..=60_000],
+        reset in 1u64..=20_000,
+        runs in prop::collection::vec((run_length(), 1i32..=255), 1..24),
+    ) {
+        let params = SpecParams {
+            policy: Policy::Always,
+            backoff_ms: Some(backoff),
+            backoff_max_extra: Some(extra),
+            reset: Reset::Ms(reset),
+            graceful_ms: None,
+            ttl_ms: None,
+            long_units: false,
+        };
+        let max = backoff + extra;
+        let rules = Rules { successes: false, start_failures: false, stops: false };
+        let mut sim = Sim::run(&[params], rules, &[])?;
+        let mut expected = Vec::new();
+        let mut failures = 0u32;
+        for (length, code) in &runs {
+            let ran = length.ms(reset);
+            let (wid, cell_id) = sim.starting.first().cloned().ok_or_else(|| bad("no cell to start"))?;
+            sim.drive(&wid, Input::CellStarted { cell_id: cell_id.clone(), pid: 100, pid_start_time: 1 })?;
+            sim.advance_time(ran)?;
+            let exit = CellExit::from_status(Some(*code), None);
+            sim.drive(&wid, Input::CellExited { cell_id, exit })?;
+            failures = if ran >= reset { 1 } else { failures + 1 };
+            // backoff × 2^(failures-1), capped, spelled out.
+            let mut delay = backoff;
+            for _ in 1..failures {
+                delay = (delay * 2).min(max);
+            }
+            expected.push(delay.min(max));
+            let until_ms = sim
+                .journal
+                .iter()
+                .rev()
+                .find_map(|(_, data)| match data {
+                    EventData::WorkloadBackoff { until_ms, .. } => Some(*until_ms),
+                    _ => None,
+                })
+                .ok_or_else(|| bad("no backoff after a failed exit"))?;
+            if until_ms <= sim.now {
+                // A zero delay restarts within the same step.
+                prop_assert_eq!(sim.starting.len(), 1);
+                continue;
+            }
+            // Nothing restarts a moment early; at until_ms it does.
+            prop_assert!(sim.starting.is_empty());
+            sim.advance_time(until_ms - sim.now - 1)?;
+            prop_assert!(sim.starting.is_empty(), "restarted before {}", until_ms);
+            sim.advance_time(1)?;
+            prop_assert_eq!(sim.starting.len(), 1);
+        }
+        let delays: Vec<u64> = sim
+            .journal
+            .iter()
+            .filter_map(|(_, data)| match data {
+                EventData::WorkloadBackoff { delay_ms, .. } => Some(*delay_ms),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(delays, expected, "runs {:?}", runs);
+        check_backoff_model(&sim)?;
+        sim.check_journal()?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic cases.
+// ---------------------------------------------------------------------------------------------
+
+fn one_workload(toml: &str) -> (Projection, String) {
+    let spec = Spec::parse("t.toml", toml).expect("spec parses");
+    let mut projection = Projection::default();
+    let info = info_for(0, &spec, T0);
+    let id = info.id.clone();
+    projection.submit(info, spec, T0);
+    (projection, id)
+}
+
+#[test]
+fn a_crash_loop_backs_off_100_200_400ms_then_stays_at_the_cap() {
+    let (mut projection, id) =
+        one_workload("name='t'\n[cell]\nargv=['false']\n[restart]\npolicy='always'\nbackoff='100ms'\nbackoff_max='500ms'\n");
+    let mut now = T0;
+    let mut delays = Vec::new();
+    for n in 1..=6 {
+        let cell_id = format!("{id}.{n}");
+        let started = Input::CellStarted { cell_id: cell_id.clone(), pid: 10 + n, pid_start_time: 1 };
+        projection.advance(&id, &started, now).unwrap();
+        now += 10;
+        let exited = Input::CellExited { cell_id, exit: CellExit::from_status(Some(1), None) };
+        let decision = projection.advance(&id, &exited, now).unwrap();
+        let Some(EventData::WorkloadBackoff { delay_ms, until_ms, .. }) = decision.events.last() else {
+            panic!("no backoff: {decision:?}");
+        };
+        delays.push(*delay_ms);
+        now = *until_ms;
+        assert_eq!(projection.due(now), vec![id.clone()]);
+        projection.advance(&id, &Input::Tick, now).unwrap();
+    }
+    assert_eq!(delays, [100, 200, 400, 500, 500, 500]);
+}
+
+/// BUG (core, reported to the lead, not fixed here): `Workload::decide_stop` computes
+/// `kill_at_ms = now_ms + graceful_shutdown_ms` (src/workload.rs, `decide_stop`) with a plain
+/// `+`. `Spec::parse` accepts any duration that fits in a u64 of milliseconds, so a valid spec
+/// with `graceful_shutdown = "213503982334d"` makes a Stop panic with "attempt to add with
+/// overflow" in debug builds, and in release wraps kill_at_ms into the past, so the cell is
+/// SIGKILLed at once instead of being given its (very long) grace period.
+/// Expected: a saturating deadline (kill_at_ms = u64::MAX, i.e. never), or the spec rejected.
+#[test]
+fn a_huge_graceful_shutdown_does_not_overflow_the_kill_deadline() {
+    let (mut projection, id) = one_workload("name='t'\n[cell]\nargv=['sleep','60']\ngraceful_shutdown='213503982334d'\n");
+    let started = Input::CellStarted { cell_id: format!("{id}.1"), pid: 7, pid_start_time: 1 };
+    projection.advance(&id, &started, T0).unwrap();
+    let decision = projection.advance(&id, &Input::Stop, T0 + 1).unwrap();
+    let Some(EventData::WorkloadStopping { kill_at_ms, .. }) = decision.events.first() else {
+        panic!("no stopping: {decision:?}");
+    };
+    assert!(*kill_at_ms > T0 + 1, "kill_at_ms {kill_at_ms} is in the past");
+    assert!(
+        !decision.effects.iter().any(|e| matches!(e, Effect::SignalCell { signal: StopSignal::Kill, .. })),
+        "SIGKILL sent at once: {decision:?}"
+    );
+}
+
+/// BUG (core, reported to the lead, not fixed here): `Workload::decide_after_exit` computes
+/// `until_ms: now_ms + delay_ms` (src/workload.rs, `decide_after_exit`) with a plain `+`; with a
+/// valid spec whose backoff is near u64::MAX milliseconds (`backoff = "213503982334d"`), the first
+/// failed exit panics with "attempt to add with overflow" in debug builds, and in release wraps
+/// until_ms into the past, so the cell is restarted at once instead of after the backoff.
+/// Expected: a saturating deadline (until_ms = u64::MAX), or the spec rejected.
+#[test]
+fn a_huge_backoff_does_not_overflow_the_restart_deadline() {
+    let (mut projection, id) = one_workload(
+        "name='t'\n[cell]\nargv=['false']\n[restart]\npolicy='always'\nbackoff='213503982334d'\nbackoff_max='213503982334d'\n",
+    );
+    let cell_id = format!("{id}.1");
+    let started = Input::CellStarted { cell_id: cell_id.clone(), pid: 7, pid_start_time: 1 };
+    projection.advance(&id, &started, T0).unwrap();
+    let exited = Input::CellExited { cell_id, exit: CellExit::from_status(Some(1), None) };
+    let decision = projection.advance(&id, &exited, T0 + 1).unwrap();
+    assert!(!decision.effects.iter().any(|e| matches!(e, Effect::StartCell { .. })), "restarted at once: {decision:?}");
+    let Phase::Backoff { until_ms } = projection.workloads[&id].phase else {
+        panic!("not backing off: {:?}", projection.workloads[&id].phase);
+    };
+    assert!(until_ms > T0 + 1, "until_ms {until_ms} is in the past");
+}
+
+#[test]
+fn tmp_stats() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::default();
+    let strat = (specs(any_policy(), any_reset(), true), actions(std::env::var("SW").unwrap().parse().unwrap()));
+    let mut stats: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..256 {
+        let (params, acts) = strat.new_tree(&mut runner).unwrap().current();
+        let sim = Sim::run(&params, ANYTHING_GOES, &acts).unwrap();
+        *stats.entry("events".into()).or_default() += sim.journal.len();
+        *stats.entry("steps".into()).or_default() += sim.steps.len();
+        for (_, d) in &sim.journal {
+            let name = format!("{d:?}");
+            let name = name.split([' ', '{']).next().unwrap().to_string();
+            *stats.entry(name).or_default() += 1;
+            if let EventData::WorkloadBackoff { consecutive_failures, .. } = d {
+                *stats.entry(format!("backoff cf={consecutive_failures}")).or_default() += 1;
+            }
+            if let EventData::WorkloadStopping { reason, .. } = d {
+                *stats.entry(format!("stopping {reason:?}")).or_default() += 1;
+            }
+        }
+        for s in &sim.steps {
+            for e in &s.decision.effects {
+                if let Effect::SignalCell { signal, .. } = e {
+                    *stats.entry(format!("signal {signal:?}")).or_default() += 1;
+                }
+            }
+            if let (Some(Input::Stop), Some(Workload { phase: Phase::Running { .. }, .. })) = (&s.input, &s.before) {
+                *stats.entry("stop on running".into()).or_default() += 1;
+            }
+        }
+        for w in sim.live.workloads.values() {
+            *stats.entry(format!("final {}", w.phase.name())).or_default() += 1;
+        }
+    }
+    eprintln!("{stats:#?}");
+}

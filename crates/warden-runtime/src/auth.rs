@@ -1,0 +1,221 @@
+//! Ed25519 identities and signed requests: who is calling, proven on every request.
+//!
+//! A caller signs `METHOD \n PATH?QUERY \n unix_ms \n sha256(body)` with its key and sends
+//! `Authorization: Warden-Ed25519 key=<hex>,ts=<unix_ms>,sig=<hex>`. The server accepts keys
+//! listed in `<data-dir>/authorized_keys` and timestamps within `MAX_CLOCK_SKEW_MS`. The caller's
+//! public key (`ed25519:<hex>`) is its identity, and becomes the `owner` of what it submits.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use warden_core::canonical::sha256_hex;
+
+pub const AUTH_SCHEME: &str = "Warden-Ed25519";
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// A key pair as stored on disk (mode 0600).
+#[derive(Serialize, Deserialize)]
+struct IdentityFile {
+    name: String,
+    public_key: String,
+    secret_key: String,
+}
+
+pub struct Identity {
+    pub name: String,
+    signing_key: SigningKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read identity {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("cannot write identity {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("identity file {path} is malformed: {reason}")]
+    Malformed { path: String, reason: String },
+}
+
+impl Identity {
+    pub fn generate(name: &str) -> Identity {
+        Identity { name: name.to_string(), signing_key: SigningKey::generate(&mut rand::rngs::OsRng) }
+    }
+
+    /// `ed25519:<hex public key>`: how this identity is named in `owner` fields.
+    pub fn principal(&self) -> String {
+        principal_of(&self.signing_key.verifying_key())
+    }
+
+    pub fn load(path: &Path) -> Result<Identity, IdentityError> {
+        let display = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| IdentityError::Read { path: display.clone(), source })?;
+        let file: IdentityFile =
+            serde_json::from_str(&text).map_err(|e| IdentityError::Malformed { path: display.clone(), reason: e.to_string() })?;
+        let secret: [u8; 32] = hex::decode(&file.secret_key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| IdentityError::Malformed { path: display, reason: "secret_key is not 32 hex bytes".into() })?;
+        Ok(Identity { name: file.name, signing_key: SigningKey::from_bytes(&secret) })
+    }
+
+    /// Writes the key pair with mode 0600, creating parent directories (mode 0700).
+    pub fn save(&self, path: &Path) -> Result<(), IdentityError> {
+        let display = path.display().to_string();
+        let write_err = |source| IdentityError::Write { path: display.clone(), source };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(write_err)?;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        let file = IdentityFile {
+            name: self.name.clone(),
+            public_key: hex::encode(self.signing_key.verifying_key().as_bytes()),
+            secret_key: hex::encode(self.signing_key.to_bytes()),
+        };
+        let tmp = path.with_extension("tmp");
+        let mut out = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(write_err)?;
+        out.write_all(serde_json::to_string_pretty(&file).expect("serializes").as_bytes()).map_err(write_err)?;
+        out.sync_all().map_err(write_err)?;
+        fs::rename(&tmp, path).map_err(write_err)
+    }
+
+    /// The `Authorization` header value for one request.
+    pub fn authorization(&self, method: &str, path_and_query: &str, body: &[u8], now_ms: u64) -> String {
+        let message = signed_message(method, path_and_query, now_ms, body);
+        let signature = self.signing_key.sign(message.as_bytes());
+        format!(
+            "{AUTH_SCHEME} key={},ts={now_ms},sig={}",
+            hex::encode(self.signing_key.verifying_key().as_bytes()),
+            hex::encode(signature.to_bytes())
+        )
+    }
+}
+
+pub fn principal_of(key: &VerifyingKey) -> String {
+    format!("ed25519:{}", hex::encode(key.as_bytes()))
+}
+
+fn signed_message(method: &str, path_and_query: &str, ts_ms: u64, body: &[u8]) -> String {
+    format!("{method}\n{path_and_query}\n{ts_ms}\n{}", sha256_hex(body))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing Authorization header; run `warden up` to create a local credential, or pass one")]
+    Missing,
+    #[error("malformed Authorization header: {0}")]
+    Malformed(&'static str),
+    #[error("request timestamp is {0} ms away from the server clock (max {MAX_CLOCK_SKEW_MS})")]
+    Skew(u64),
+    #[error("key {0} is not authorized on this server")]
+    UnknownKey(String),
+    #[error("bad signature")]
+    BadSignature,
+}
+
+/// Checks one request's `Authorization` header; returns the caller's principal.
+pub fn verify_request(
+    header: Option<&str>,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    now_ms: u64,
+    authorized: &[VerifyingKey],
+) -> Result<String, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let params =
+        header.strip_prefix(AUTH_SCHEME).map(str::trim).ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
+    let (mut key, mut ts, mut sig) = (None, None, None);
+    for part in params.split(',') {
+        match part.trim().split_once('=') {
+            Some(("key", v)) => key = Some(v),
+            Some(("ts", v)) => ts = Some(v),
+            Some(("sig", v)) => sig = Some(v),
+            _ => return Err(AuthError::Malformed("expected key=…,ts=…,sig=…")),
+        }
+    }
+    let key_bytes: [u8; 32] = hex::decode(key.ok_or(AuthError::Malformed("no key"))?)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(AuthError::Malformed("key is not 32 hex bytes"))?;
+    let ts_ms: u64 = ts.ok_or(AuthError::Malformed("no ts"))?.parse().map_err(|_| AuthError::Malformed("ts is not a number"))?;
+    let sig_bytes: [u8; 64] = hex::decode(sig.ok_or(AuthError::Malformed("no sig"))?)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(AuthError::Malformed("sig is not 64 hex bytes"))?;
+    let skew = now_ms.abs_diff(ts_ms);
+    if skew > MAX_CLOCK_SKEW_MS {
+        return Err(AuthError::Skew(skew));
+    }
+    let caller = authorized
+        .iter()
+        .find(|k| k.as_bytes() == &key_bytes)
+        .ok_or_else(|| AuthError::UnknownKey(format!("ed25519:{}", hex::encode(key_bytes))))?;
+    caller
+        .verify(signed_message(method, path_and_query, ts_ms, body).as_bytes(), &Signature::from_bytes(&sig_bytes))
+        .map_err(|_| AuthError::BadSignature)?;
+    Ok(principal_of(caller))
+}
+
+/// Reads `authorized_keys`: one `ed25519:<hex>` (optionally followed by a name) per line.
+pub fn load_authorized_keys(path: &Path) -> std::io::Result<Vec<VerifyingKey>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|word| word.strip_prefix("ed25519:"))
+        .filter_map(|hex_key| hex::decode(hex_key).ok()?.try_into().ok())
+        .filter_map(|bytes: [u8; 32]| VerifyingKey::from_bytes(&bytes).ok())
+        .collect())
+}
+
+/// Appends a principal to `authorized_keys` unless it is already there.
+pub fn authorize_key(path: &Path, identity: &Identity) -> std::io::Result<()> {
+    let principal = identity.principal();
+    let existing = fs::read_to_string(path).unwrap_or_default();
+    if existing.lines().any(|line| line.split_whitespace().next() == Some(principal.as_str())) {
+        return Ok(());
+    }
+    let mut file = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path)?;
+    writeln!(file, "{principal} {}", identity.name)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_requests_verify_and_tampering_fails() {
+        let id = Identity::generate("admin");
+        let keys = vec![id.signing_key.verifying_key()];
+        let header = id.authorization("POST", "/v1/workloads", b"{}", 1_000_000);
+        assert_eq!(verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_500, &keys), Ok(id.principal()));
+        assert_eq!(
+            verify_request(Some(&header), "POST", "/v1/workloads", b"{\"x\":1}", 1_000_500, &keys),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify_request(Some(&header), "DELETE", "/v1/workloads", b"{}", 1_000_500, &keys),
+            Err(AuthError::BadSignature)
+        );
+        assert!(matches!(
+            verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_000 + MAX_CLOCK_SKEW_MS + 1, &keys),
+            Err(AuthError::Skew(_))
+        ));
+        assert_eq!(verify_request(None, "GET", "/", b"", 0, &keys), Err(AuthError::Missing));
+        let stranger = Identity::generate("stranger");
+        let header = stranger.authorization("GET", "/v1/workloads", b"", 1_000_000);
+        assert!(matches!(
+            verify_request(Some(&header), "GET", "/v1/workloads", b"", 1_000_000, &keys),
+            Err(AuthError::UnknownKey(_))
+        ));
+    }
+}

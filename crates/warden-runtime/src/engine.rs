@@ -1,0 +1,501 @@
+//! The engine: one task owns the projection. Inputs come in, the core decides, the decisions are
+//! journaled (one fsync per batch: group commit), and only then are effects carried out and
+//! callers answered.
+//!
+//! Architecture invariant: nothing is acted on or acknowledged before its event is durable. The
+//! engine's `live` projection runs ahead of the journal while a batch is being decided; readers
+//! only ever see `shared`, which is folded from sealed, durable events — exactly what a replay
+//! after a crash would rebuild. Debug builds assert `shared == live` after every batch.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use warden_cell::{CellConfig, CellState, ProcessBackend, StartedCell};
+use warden_core::workload::{Effect, Input, StopSignal};
+use warden_core::{CellExit, CloudEvent, EventData, NewEvent, Phase, Projection, Spec, WorkloadInfo};
+use warden_store::Store;
+
+use crate::view::WorkloadView;
+
+/// Snapshot the projection every this many events, so start-up replays only the tail.
+pub const SNAPSHOT_EVERY_N_EVENTS: u64 = 10_000;
+const MAX_BATCH: usize = 1024;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A random id: `prefix` + 12 hex digits.
+pub fn random_id(prefix: &str) -> String {
+    format!("{prefix}{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+fn event_id() -> String {
+    let bits: u128 = rand::random();
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Everything the engine task handles: one closed enum.
+pub enum Command {
+    Submit { spec: Spec, owner: String, consumer_workload_id: Option<String>, reply: Reply<WorkloadView> },
+    Stop { id: String, caller: String, reply: Reply<WorkloadView> },
+    Cell { workload_id: String, input: Input },
+}
+
+enum PendingReply {
+    Workload { id: String, reply: Reply<WorkloadView> },
+    Failed { error: ApiError, reply: Reply<WorkloadView> },
+}
+
+pub struct EngineHandle {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub shared: Arc<RwLock<Projection>>,
+    pub events: broadcast::Sender<Arc<CloudEvent>>,
+}
+
+pub struct Engine {
+    live: Projection,
+    shared: Arc<RwLock<Projection>>,
+    store: Arc<dyn Store>,
+    backend: Arc<ProcessBackend>,
+    events: broadcast::Sender<Arc<CloudEvent>>,
+    commands_tx: mpsc::UnboundedSender<Command>,
+    commands_rx: mpsc::UnboundedReceiver<Command>,
+    source: String,
+    host: String,
+    logs_dir: PathBuf,
+    last_snapshot_seq: u64,
+}
+
+impl Engine {
+    /// Rebuilds the projection from the latest snapshot plus the journal tail.
+    pub fn load(
+        store: Arc<dyn Store>,
+        backend: Arc<ProcessBackend>,
+        host: &str,
+        logs_dir: PathBuf,
+    ) -> Result<(Engine, EngineHandle), LoadError> {
+        let mut projection = match store.latest_snapshot()? {
+            Some((seq, body)) => {
+                let projection: Projection =
+                    serde_json::from_slice(&body).map_err(|e| LoadError::Snapshot { seq, reason: e.to_string() })?;
+                if projection.last_seq != seq {
+                    return Err(LoadError::Snapshot { seq, reason: format!("snapshot says seq {}", projection.last_seq) });
+                }
+                projection
+            }
+            None => Projection::default(),
+        };
+        let last_snapshot_seq = projection.last_seq;
+        loop {
+            let page = store.read_after(projection.last_seq, 10_000, None)?;
+            if page.is_empty() {
+                break;
+            }
+            for event in &page {
+                projection.apply_event(event)?;
+            }
+        }
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(RwLock::new(projection.clone()));
+        let handle = EngineHandle { commands: commands_tx.clone(), shared: shared.clone(), events: events.clone() };
+        let engine = Engine {
+            live: projection,
+            shared,
+            store,
+            backend,
+            events,
+            commands_tx,
+            commands_rx,
+            source: format!("/warden/{host}"),
+            host: host.to_string(),
+            logs_dir,
+            last_snapshot_seq,
+        };
+        Ok((engine, handle))
+    }
+
+    /// Journals a fact found at start-up that is not a workload's decision (e.g. a tail repair).
+    pub async fn record(&mut self, data: EventData) {
+        self.commit(vec![data], now_ms()).await;
+    }
+
+    /// Re-adopts every cell the journal says exists: live cells are watched again, cells that
+    /// ended while nobody watched report their exit, starts that never happened happen now.
+    /// Never starts a cell whose shim is alive.
+    pub fn recover_cells(&mut self) -> RecoverySummary {
+        let mut summary = RecoverySummary::default();
+        let mut start_effects = Vec::new();
+        for workload in self.live.workloads.values() {
+            let workload_id = workload.id().to_string();
+            let send = |input: Input| {
+                let _ = self.commands_tx.send(Command::Cell { workload_id: workload_id.clone(), input });
+            };
+            let (cell_id, known_cell) = match &workload.phase {
+                Phase::Starting { cell_id, .. } => (cell_id.clone(), None),
+                Phase::Running { cell } => (cell.cell_id.clone(), Some(cell.clone())),
+                Phase::Stopping { cell_id, cell, .. } => (cell_id.clone(), cell.clone()),
+                _ => continue,
+            };
+            match self.backend.inspect(&cell_id) {
+                CellState::NotStarted => match (&workload.phase, known_cell) {
+                    (Phase::Starting { .. }, _) => {
+                        summary.started_again += 1;
+                        start_effects.push(Effect::StartCell { workload_id: workload_id.clone(), cell_id });
+                    }
+                    (Phase::Stopping { .. }, None) => {
+                        send(Input::CellStartFailed { cell_id, error: "supervisor restarted before the cell started".into() })
+                    }
+                    _ => {
+                        summary.lost += 1;
+                        send(Input::CellExited { cell_id, exit: lost_exit("cell vanished while the supervisor was down") })
+                    }
+                },
+                CellState::Running(started) => {
+                    if let Some(cell) = &known_cell {
+                        if (cell.pid, cell.pid_start_time) != (started.pid, started.pid_start_time) {
+                            tracing::warn!(%cell_id, "cell pid {} differs from the journal's {}; adopting the live one", started.pid, cell.pid);
+                        }
+                    } else {
+                        send(Input::CellStarted {
+                            cell_id: cell_id.clone(),
+                            pid: started.pid,
+                            pid_start_time: started.pid_start_time,
+                        });
+                    }
+                    if let Phase::Stopping { escalated, cell: Some(_), .. } = &workload.phase {
+                        let signal = if *escalated { StopSignal::Kill } else { StopSignal::Term };
+                        self.signal_cell(cell_id.clone(), signal);
+                    }
+                    summary.adopted += 1;
+                    self.watch_cell(workload_id.clone(), cell_id, started);
+                }
+                CellState::Exited(status) => {
+                    summary.exited_while_down += 1;
+                    send(Input::CellExited { cell_id, exit: CellExit::from_status(status.exit_code, status.signal) });
+                }
+                CellState::Lost { reason } => {
+                    summary.lost += 1;
+                    send(Input::CellExited { cell_id, exit: lost_exit(&reason) });
+                }
+            }
+        }
+        for effect in start_effects {
+            self.carry_out(effect);
+        }
+        summary
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let mut batch = Vec::new();
+            let sleep = match self.live.next_deadline_ms() {
+                Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                command = self.commands_rx.recv() => match command {
+                    Some(command) => batch.push(command),
+                    None => return,
+                },
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            while batch.len() < MAX_BATCH {
+                match self.commands_rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.handle_batch(batch).await;
+        }
+    }
+
+    async fn handle_batch(&mut self, batch: Vec<Command>) {
+        let now = now_ms();
+        let mut events = Vec::new();
+        let mut effects = Vec::new();
+        let mut replies = Vec::new();
+        for command in batch {
+            match command {
+                Command::Submit { spec, owner, consumer_workload_id, reply } => {
+                    if let Some(wanted) = &consumer_workload_id {
+                        let taken =
+                            self.live.workloads.values().any(|w| {
+                                w.info.consumer_workload_id.as_deref() == Some(wanted.as_str()) && !w.phase.is_terminal()
+                            });
+                        if taken {
+                            let error = ApiError::Conflict(format!("a live workload already has id {wanted:?}"));
+                            replies.push(PendingReply::Failed { error, reply });
+                            continue;
+                        }
+                    }
+                    let info = WorkloadInfo {
+                        id: random_id("w-"),
+                        vmid: 0,
+                        workload_type: spec.cell.isolation.as_str().to_string(),
+                        spec_id: spec.spec_id(),
+                        created_at: now / 1000,
+                        expires_at: spec.ttl_ms.map(|ttl| (now + ttl).div_ceil(1000)),
+                        owner,
+                        replication: spec.replication.mode,
+                        restart_policy: spec.restart.policy,
+                        state_uri: None,
+                        consumer_workload_id,
+                    };
+                    let id = info.id.clone();
+                    let decision = self.live.submit(info, spec, now);
+                    events.extend(decision.events);
+                    effects.extend(decision.effects);
+                    replies.push(PendingReply::Workload { id, reply });
+                }
+                Command::Stop { id, caller, reply } => {
+                    let Some(workload) = self.live.workloads.get(&id) else {
+                        replies.push(PendingReply::Failed { error: ApiError::NotFound(format!("no workload {id}")), reply });
+                        continue;
+                    };
+                    if workload.info.owner != caller {
+                        let error = ApiError::Forbidden(format!("workload {id} belongs to {}", workload.info.owner));
+                        replies.push(PendingReply::Failed { error, reply });
+                        continue;
+                    }
+                    match self.live.advance(&id, &Input::Stop, now) {
+                        Ok(decision) => {
+                            events.extend(decision.events);
+                            effects.extend(decision.effects);
+                            replies.push(PendingReply::Workload { id, reply });
+                        }
+                        Err(e) => replies.push(PendingReply::Failed { error: ApiError::Conflict(e.to_string()), reply }),
+                    }
+                }
+                Command::Cell { workload_id, input } => match self.live.advance(&workload_id, &input, now) {
+                    Ok(decision) => {
+                        events.extend(decision.events);
+                        effects.extend(decision.effects);
+                    }
+                    Err(e) => tracing::warn!("ignoring cell report: {e}"),
+                },
+            }
+        }
+        for id in self.live.due(now) {
+            match self.live.advance(&id, &Input::Tick, now) {
+                Ok(decision) => {
+                    events.extend(decision.events);
+                    effects.extend(decision.effects);
+                }
+                Err(e) => tracing::warn!("tick: {e}"),
+            }
+        }
+        if !events.is_empty() {
+            self.commit(events, now).await;
+        }
+        for effect in effects {
+            self.carry_out(effect);
+        }
+        let shared = self.shared.read().expect("projection lock");
+        for pending in replies {
+            match pending {
+                PendingReply::Workload { id, reply } => {
+                    let view = shared.workloads.get(&id).map(|w| WorkloadView::of(w, &self.host));
+                    let _ = reply.send(view.ok_or_else(|| ApiError::NotFound(format!("no workload {id}"))));
+                }
+                PendingReply::Failed { error, reply } => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Journals `events` durably, folds them into the readers' projection and publishes them.
+    /// A journal failure is fatal: the process exits and the next start replays the journal,
+    /// because continuing would act on decisions that are not durable.
+    async fn commit(&mut self, events: Vec<EventData>, now: u64) {
+        let new_events: Vec<NewEvent> = events
+            .into_iter()
+            .map(|data| NewEvent {
+                id: event_id(),
+                source: self.source.clone(),
+                time_ms: now,
+                subject: data.workload_id().map(str::to_owned),
+                data,
+            })
+            .collect();
+        let store = self.store.clone();
+        let sealed = match tokio::task::spawn_blocking(move || store.append(new_events)).await {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(e)) => fatal(&format!("journal append failed: {e}")),
+            Err(e) => fatal(&format!("journal writer panicked: {e}")),
+        };
+        let mut finished_cells = Vec::new();
+        {
+            let mut shared = self.shared.write().expect("projection lock");
+            for event in &sealed {
+                if let Err(e) = shared.apply_event(event) {
+                    fatal(&format!("a sealed event does not replay: {e}"));
+                }
+                if event.event_type == "dev.warden.lifecycle.destroyed.v1" {
+                    if let Some(cell_id) = event.data.get("cell_id").and_then(|c| c.as_str()) {
+                        finished_cells.push(cell_id.to_string());
+                    }
+                }
+            }
+            self.live.last_seq = shared.last_seq;
+            debug_assert!(*shared == self.live, "replayed projection diverged from the live one");
+        }
+        for event in sealed {
+            let _ = self.events.send(Arc::new(event));
+        }
+        for cell_id in finished_cells {
+            let backend = self.backend.clone();
+            tokio::task::spawn_blocking(move || backend.remove(&cell_id));
+        }
+        if self.live.last_seq >= self.last_snapshot_seq + SNAPSHOT_EVERY_N_EVENTS {
+            self.snapshot();
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let seq = self.live.last_seq;
+        let body = serde_json::to_vec(&self.live).expect("projection serializes");
+        let store = self.store.clone();
+        self.last_snapshot_seq = seq;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.put_snapshot(seq, &body) {
+                tracing::warn!("snapshot at seq {seq} failed (start-up will replay more): {e}");
+            }
+        });
+    }
+
+    fn carry_out(&self, effect: Effect) {
+        match effect {
+            Effect::StartCell { workload_id, cell_id } => self.start_cell(workload_id, cell_id),
+            Effect::SignalCell { cell_id, signal, .. } => self.signal_cell(cell_id, signal),
+        }
+    }
+
+    fn start_cell(&self, workload_id: String, cell_id: String) {
+        let Some(workload) = self.live.workloads.get(&workload_id) else { return };
+        let config = CellConfig {
+            cell_id: cell_id.clone(),
+            workload_id: workload_id.clone(),
+            argv: workload.spec.cell.argv.clone(),
+            env: workload.spec.cell.env.clone(),
+            workdir: workload.spec.cell.workdir.as_ref().map(PathBuf::from),
+            log_path: self.logs_dir.join(&workload_id).join("output.log"),
+            log_max_size_bytes: workload.spec.logs.max_size_bytes,
+            log_max_files: workload.spec.logs.max_files,
+        };
+        let backend = self.backend.clone();
+        let commands = self.commands_tx.clone();
+        tokio::spawn(async move {
+            if let Some(dir) = config.log_path.parent() {
+                let _ = tokio::fs::create_dir_all(dir).await;
+            }
+            let starter = backend.clone();
+            let started = tokio::task::spawn_blocking(move || starter.start(&config)).await;
+            let input = match started {
+                Ok(Ok(started)) => {
+                    let input =
+                        Input::CellStarted { cell_id: cell_id.clone(), pid: started.pid, pid_start_time: started.pid_start_time };
+                    let _ = commands.send(Command::Cell { workload_id: workload_id.clone(), input });
+                    watch(backend, commands, workload_id, cell_id, started).await;
+                    return;
+                }
+                Ok(Err(e)) => Input::CellStartFailed { cell_id, error: e.to_string() },
+                Err(e) => Input::CellStartFailed { cell_id, error: format!("start task failed: {e}") },
+            };
+            let _ = commands.send(Command::Cell { workload_id, input });
+        });
+    }
+
+    fn watch_cell(&self, workload_id: String, cell_id: String, started: StartedCell) {
+        tokio::spawn(watch(self.backend.clone(), self.commands_tx.clone(), workload_id, cell_id, started));
+    }
+
+    fn signal_cell(&self, cell_id: String, signal: StopSignal) {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = backend.signal(&cell_id, matches!(signal, StopSignal::Kill)) {
+                tracing::warn!(%cell_id, "signal failed: {e}");
+            }
+        });
+    }
+}
+
+/// Waits for a cell's shim to exit (its pidfd turns readable), then reports how the cell ended.
+async fn watch(
+    backend: Arc<ProcessBackend>,
+    commands: mpsc::UnboundedSender<Command>,
+    workload_id: String,
+    cell_id: String,
+    started: StartedCell,
+) {
+    match backend.exit_fd(&cell_id, &started) {
+        // SAFETY: `fd` is an OwnedFd (a valid, open pidfd) moved into the AsyncFd, which owns it
+        // until it is dropped at the end of this match; its raw fd never changes.
+        Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
+        },
+        // The shim is already gone: its exit record is on disk.
+        Err(_) => {}
+    }
+    let collector = backend.clone();
+    let id = cell_id.clone();
+    let state = tokio::task::spawn_blocking(move || collector.collect_exit(&id, &started)).await;
+    let exit = match state {
+        Ok(CellState::Exited(status)) => CellExit::from_status(status.exit_code, status.signal),
+        Ok(CellState::Lost { reason }) => lost_exit(&reason),
+        Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => lost_exit("the cell's shim ended without an exit record"),
+        Err(e) => lost_exit(&format!("exit collection failed: {e}")),
+    };
+    let _ = commands.send(Command::Cell { workload_id, input: Input::CellExited { cell_id, exit } });
+}
+
+fn lost_exit(reason: &str) -> CellExit {
+    CellExit { exit_code: None, signal: None, reason: reason.to_string(), terminal_state: None }
+}
+
+fn fatal(message: &str) -> ! {
+    tracing::error!("fatal: {message}");
+    eprintln!("warden: fatal: {message}; exiting so the next start replays the journal");
+    std::process::exit(70)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoverySummary {
+    pub adopted: usize,
+    pub exited_while_down: usize,
+    pub lost: usize,
+    pub started_again: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] warden_store::StoreError),
+    #[error("snapshot at seq {seq} is unreadable: {reason}")]
+    Snapshot { seq: u64, reason: String },
+    #[error("journal replay failed: {0}")]
+    Replay(#[from] warden_core::projection::ReplayError),
+}

@@ -1,0 +1,459 @@
+//! `SqliteStore`: the journal in one SQLite file, written by a single group-committing thread.
+//!
+//! Durability comes from SQLite itself: `journal_mode=WAL` with `synchronous=FULL` fsyncs the
+//! WAL on every commit, so an acknowledged append survives a crash or power loss. Throughput
+//! comes from group commit: one writer thread owns the write connection, takes every append
+//! already queued, writes them in one transaction and pays for one fsync for all of them.
+//! Reads go through a second connection, which WAL lets run alongside the writer.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OptionalExtension, Row, Rows, TransactionBehavior};
+use warden_core::canonical::sha256_hex;
+use warden_core::{CloudEvent, NewEvent};
+
+use crate::chain::{check_row, StoredRow};
+use crate::{Head, OpenReport, Store, StoreError, TailRepair};
+
+/// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    subject TEXT,
+    hash    TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_subject_seq ON events (subject, seq);
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq  INTEGER PRIMARY KEY,
+    body BLOB
+);
+";
+
+/// The most events one group commit takes from the queue. Bounds the latency of the appenders
+/// at the front of the queue and the size of one transaction; a single larger batch is still
+/// written whole, since an append is atomic.
+const GROUP_CAP: usize = 4096;
+
+/// How many snapshots are kept: the latest, and one to fall back on.
+const KEEP_SNAPSHOTS: i64 = 2;
+
+/// Checkpoints briefly lock out readers; wait for them rather than fail.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type AppendReply = Result<Vec<CloudEvent>, StoreError>;
+
+/// One `append` call waiting for its group commit.
+struct Pending {
+    events: Vec<NewEvent>,
+    reply: SyncSender<AppendReply>,
+}
+
+enum Request {
+    Append(Pending),
+    // Snapshots go through the writer too, so there is only ever one writing connection and
+    // no SQLITE_BUSY between it and another.
+    Snapshot { seq: u64, body: Vec<u8>, reply: SyncSender<Result<(), StoreError>> },
+}
+
+/// The SQLite journal. See the module docs.
+#[derive(Debug)]
+pub struct SqliteStore {
+    /// `None` only while dropping: closing the channel is what stops the writer.
+    requests: Option<Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Connection>,
+    /// Advanced by the writer after each commit, before it replies.
+    head: Arc<Mutex<Head>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the journal at `path`, verifies the hash chain after the latest
+    /// snapshot, cuts off a corrupt or torn tail if there is one, and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(SqliteStore, OpenReport), StoreError> {
+        let mut conn = Connection::open(path)?;
+        configure_writer(&conn)?;
+        migrate(&mut conn)?;
+        let report = verify_and_repair(&mut conn)?;
+
+        // Opened after the writer switched the file to WAL (a persistent mode), so it reads
+        // alongside the writer instead of blocking it.
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
+        reader.pragma_update(None, "query_only", true)?;
+
+        let head = Arc::new(Mutex::new(report.head.clone()));
+        let writer = Writer { conn, head: report.head.clone(), shared_head: Arc::clone(&head) };
+        let (requests, queue) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("warden-journal".into())
+            .spawn(move || writer.run(queue))
+            .map_err(StoreError::Spawn)?;
+
+        let store = SqliteStore { requests: Some(requests), writer: Some(writer), reader: Mutex::new(reader), head };
+        Ok((store, report))
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        self.requests.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while reading leaves the connection usable: every read is one statement.
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel tells the writer to stop; `&mut self` means no append is in flight.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn append(&self, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::Append(Pending { events, reply }))?;
+        // The writer dropping `reply` unanswered means it is gone.
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn read_after(&self, after_seq: u64, limit: usize, subject: Option<&str>) -> Result<Vec<CloudEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = to_sql(after_seq);
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.reader();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        match subject {
+            None => {
+                let mut stmt = conn.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+                collect_events(stmt.query(params![after, limit_sql])?, &mut out)?;
+            }
+            Some(subject) => {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT seq, body FROM events WHERE subject = ?3 AND seq > ?1 \
+                     ORDER BY seq LIMIT ?2",
+                )?;
+                collect_events(stmt.query(params![after, limit_sql, subject])?, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<Head, StoreError> {
+        Ok(self.head.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    fn put_snapshot(&self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::Snapshot { seq, body: body.to_vec(), reply })?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1")?;
+        let found = stmt
+            .query_row([], |row| Ok((from_sql(row.get(0)?), row.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default())))
+            .optional()?;
+        Ok(found)
+    }
+}
+
+/// The thread that owns the write connection.
+struct Writer {
+    conn: Connection,
+    /// The last committed event; only the writer changes it, so it needs no lock here.
+    head: Head,
+    shared_head: Arc<Mutex<Head>>,
+}
+
+impl Writer {
+    fn run(mut self, queue: Receiver<Request>) {
+        // A snapshot request found while draining ends the group; it is handled next, in order.
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match queue.recv() {
+                    Ok(request) => request,
+                    Err(_) => return, // every sender is gone: the store was dropped
+                },
+            };
+            match first {
+                Request::Snapshot { seq, body, reply } => {
+                    let _ = reply.send(self.put_snapshot(seq, &body));
+                }
+                Request::Append(pending) => {
+                    let mut n_events = pending.events.len();
+                    let mut group = vec![pending];
+                    // Take what is already queued, without waiting for more: appenders that
+                    // arrive during this commit's fsync form the next group.
+                    while n_events < GROUP_CAP {
+                        match queue.try_recv() {
+                            Ok(Request::Append(pending)) => {
+                                n_events += pending.events.len();
+                                group.push(pending);
+                            }
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit_group(group);
+                }
+            }
+        }
+    }
+
+    /// Writes `group` in one transaction and answers every waiter in it: all succeed or all fail.
+    fn commit_group(&mut self, group: Vec<Pending>) {
+        // `seal` panics only on an event that cannot serialize; that must fail this group, not
+        // kill the writer (and with it every later append).
+        match catch_unwind(AssertUnwindSafe(|| self.write_group(&group))) {
+            Ok(Ok((sealed, head))) => {
+                *self.shared_head.lock().unwrap_or_else(PoisonError::into_inner) = head.clone();
+                self.head = head;
+                for (pending, events) in group.into_iter().zip(sealed) {
+                    let _ = pending.reply.send(Ok(events));
+                }
+            }
+            Ok(Err(error)) => {
+                let error = Arc::new(error);
+                for pending in group {
+                    let _ = pending.reply.send(Err(StoreError::Append(Arc::clone(&error))));
+                }
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                for pending in group {
+                    let _ = pending.reply.send(Err(StoreError::WriterPanicked(message.clone())));
+                }
+            }
+        }
+    }
+
+    /// Seals and inserts every event of `group` after `self.head` and commits. Does not touch
+    /// `self.head`: on error the transaction rolls back and the head stays where it was.
+    fn write_group(&mut self, group: &[Pending]) -> rusqlite::Result<(Vec<Vec<CloudEvent>>, Head)> {
+        if !self.conn.is_autocommit() {
+            // Only after a panic whose unwinding failed to roll back; start from a clean state.
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seq = self.head.seq;
+        let mut prev_hash = self.head.hash.clone();
+        let mut sealed_groups = Vec::with_capacity(group.len());
+        {
+            // Plain INSERT, not INSERT OR REPLACE: if anything else ever wrote this file, a
+            // duplicate seq fails the group instead of overwriting the chain.
+            let mut insert = tx.prepare_cached("INSERT INTO events (seq, subject, hash, body) VALUES (?1, ?2, ?3, ?4)")?;
+            for pending in group {
+                let mut sealed = Vec::with_capacity(pending.events.len());
+                for new in &pending.events {
+                    seq += 1;
+                    let event = CloudEvent::seal(new, seq, &prev_hash);
+                    let body = event.canonical_bytes();
+                    let hash = sha256_hex(&body);
+                    insert.execute(params![to_sql(seq), event.subject, hash, body])?;
+                    prev_hash = hash;
+                    sealed.push(event);
+                }
+                sealed_groups.push(sealed);
+            }
+        }
+        // With synchronous=FULL this is the fsync; nobody hears back before it returns.
+        tx.commit()?;
+        Ok((sealed_groups, Head { seq, hash: prev_hash }))
+    }
+
+    fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
+        // A snapshot past the head would describe events that do not exist, and open would
+        // anchor the chain check on a row that is not there.
+        if seq > self.head.seq {
+            return Err(StoreError::SnapshotAhead { seq, head: self.head.seq });
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO snapshots (seq, body) VALUES (?1, ?2)")?.execute(params![to_sql(seq), body])?;
+        tx.prepare_cached(
+            "DELETE FROM snapshots WHERE seq NOT IN \
+             (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
+        )?
+        .execute([KEEP_SNAPSHOTS])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal(mode));
+    }
+    // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and an
+    // acknowledged event must never be lost.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaVersion(version));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Checks the chain after the latest snapshot and cuts the journal at the first bad row.
+fn verify_and_repair(conn: &mut Connection) -> Result<OpenReport, StoreError> {
+    let anchor = chain_anchor(conn)?;
+    let verified_from_seq = anchor.seq + 1;
+
+    let mut last_good = anchor;
+    // (first seq to discard, why)
+    let mut broken: Option<(u64, String)> = None;
+    {
+        let mut stmt = conn.prepare("SELECT seq, subject, hash, body FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([to_sql(last_good.seq)])?;
+        while let Some(row) = rows.next()? {
+            let seq = from_sql(row.get(0)?);
+            let expected = last_good.seq + 1;
+            let verdict = if seq != expected {
+                Err(format!("gap: expected {expected}, found {seq}"))
+            } else {
+                stored_row(seq, row)?
+                    .and_then(|stored| check_row(expected, &last_good.hash, &stored).map(|()| stored.hash.to_owned()))
+            };
+            match verdict {
+                Ok(hash) => last_good = Head { seq, hash },
+                Err(reason) => {
+                    // Cut at the seq the chain needed next: with a gap that is the missing one,
+                    // so the next append fills it and the chain is contiguous again.
+                    broken = Some((expected, reason));
+                    break;
+                }
+            }
+        }
+    }
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let repaired = match broken {
+        Some((from, reason)) => {
+            let n_discarded = tx.execute("DELETE FROM events WHERE seq >= ?1", [to_sql(from)])?;
+            Some(TailRepair { discarded_from_seq: from, n_discarded: n_discarded as u64, reason })
+        }
+        None => None,
+    };
+    // Snapshots past the head describe events that are gone (or never verified); a projection
+    // restored from one would be ahead of the journal.
+    tx.execute("DELETE FROM snapshots WHERE seq > ?1", [to_sql(last_good.seq)])?;
+    tx.commit()?;
+
+    Ok(OpenReport { head: last_good, repaired, verified_from_seq })
+}
+
+/// Where the chain check starts: the latest snapshot's event, whose stored hash is trusted, or
+/// genesis. If the snapshot's event is missing the whole journal is checked instead.
+fn chain_anchor(conn: &Connection) -> Result<Head, StoreError> {
+    let snapshot: Option<i64> = conn.query_row("SELECT MAX(seq) FROM snapshots", [], |row| row.get(0))?;
+    let Some(snapshot) = snapshot.filter(|&seq| seq > 0) else {
+        return Ok(Head::genesis());
+    };
+    let hash: Option<String> = conn
+        .query_row("SELECT hash FROM events WHERE seq = ?1", [snapshot], |row| row.get(0))
+        .optional()
+        // A hash that is not even text is damage; let the full check find it.
+        .or_else(|error| match error {
+            rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) => Ok(None),
+            other => Err(other),
+        })?;
+    Ok(match hash {
+        Some(hash) => Head { seq: from_sql(snapshot), hash },
+        None => Head::genesis(),
+    })
+}
+
+/// The columns of a row as `check_row` wants them, or why they cannot be (wrong types).
+fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, String>> {
+    let subject = match row.get_ref(1)? {
+        ValueRef::Null => None,
+        ValueRef::Text(text) => match std::str::from_utf8(text) {
+            Ok(text) => Some(text),
+            Err(_) => return Ok(Err(format!("event {seq}: subject is not UTF-8"))),
+        },
+        _ => return Ok(Err(format!("event {seq}: subject is not text"))),
+    };
+    let hash = match row.get_ref(2)? {
+        ValueRef::Text(text) => std::str::from_utf8(text).unwrap_or(""),
+        _ => return Ok(Err(format!("event {seq}: hash mismatch"))),
+    };
+    // SQLite does not enforce column types; a body that became TEXT is still checked by content.
+    let body = match row.get_ref(3)? {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+        _ => return Ok(Err(format!("event {seq}: body is not a blob"))),
+    };
+    Ok(Ok(StoredRow { seq, subject, hash, body }))
+}
+
+fn collect_events(mut rows: Rows<'_>, out: &mut Vec<CloudEvent>) -> Result<(), StoreError> {
+    while let Some(row) = rows.next()? {
+        let seq = from_sql(row.get(0)?);
+        let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
+        let event: CloudEvent = match row.get_ref(1)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => {
+                serde_json::from_slice(bytes).map_err(|e| corrupt(format!("body is not an event: {e}")))?
+            }
+            _ => return Err(corrupt("body is not a blob".into())),
+        };
+        if event.seq != seq {
+            return Err(corrupt(format!("body says seq {}", event.seq)));
+        }
+        out.push(event);
+    }
+    Ok(())
+}
+
+/// SQLite integers are i64; seqs never get near `i64::MAX`, and a larger bound means "all".
+fn to_sql(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Every stored seq is positive (rows are only read with `seq > n >= 0`).
+fn from_sql(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic".to_string()
+    }
+}

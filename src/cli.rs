@@ -1,0 +1,345 @@
+//! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use warden_core::time::format_rfc3339_ms;
+use warden_core::units::format_duration_ms;
+use warden_core::{CloudEvent, ReplicationMode, Spec};
+use warden_runtime::auth::Identity;
+use warden_runtime::engine::now_ms;
+use warden_runtime::paths;
+use warden_runtime::view::{ErrorBody, SubmitRequest, WorkloadView};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "A crash-proof workload supervisor")]
+struct Cli {
+    /// The server to talk to.
+    #[arg(long, global = true, env = "WARDEN_ADDR", default_value = paths::DEFAULT_ADDR)]
+    addr: String,
+    /// The credential to sign requests with (default: ~/.config/warden/admin.key).
+    #[arg(long, global = true, env = "WARDEN_CREDENTIAL")]
+    credential: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane and a local agent in one process, on the embedded journal.
+    Up {
+        #[arg(long, default_value = paths::DEFAULT_ADDR)]
+        listen: std::net::SocketAddr,
+        /// Default: $XDG_DATA_HOME/warden (~/.local/share/warden).
+        #[arg(long, env = "WARDEN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// This node's name in events and status (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Submit a workload spec; prints the workload id as the last line.
+    Run {
+        spec: PathBuf,
+        /// Your own id for the workload (its consumer_workload_id); must be unique among live workloads.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List workloads (live ones, or all with --all).
+    Ps {
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Show one workload: every WorkloadInfo field plus state, restarts, pid, host.
+    Status { id: String },
+    /// Print a workload's output (stdout and stderr).
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a workload: SIGTERM to its process group, SIGKILL after graceful_shutdown.
+    Stop { id: String },
+    /// Print journaled events.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only events about this workload.
+        #[arg(long)]
+        workload: Option<String>,
+    },
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up { listen, data_dir, name } => {
+            let config = warden_runtime::UpConfig {
+                listen,
+                data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
+                config_dir: paths::default_config_dir(),
+                node_name: name.unwrap_or_else(hostname),
+                shim: warden_cell::ShimExe::locate(),
+            };
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            runtime.block_on(warden_runtime::up(config))?;
+            Ok(())
+        }
+        command => {
+            let client = Client::new(&cli.addr, cli.credential)?;
+            run_client(&client, command, cli.output)
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+struct Client {
+    base: String,
+    identity: Identity,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(addr: &str, credential: Option<PathBuf>) -> Result<Client> {
+        let path = credential.unwrap_or_else(|| paths::default_config_dir().join(paths::ADMIN_CREDENTIAL_FILE));
+        let identity =
+            Identity::load(&path).with_context(|| "no credential; `warden up` creates one on its first start".to_string())?;
+        let base = if addr.starts_with("http://") { addr.trim_end_matches('/').to_string() } else { format!("http://{addr}") };
+        let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(5)).build();
+        Ok(Client { base, identity, agent })
+    }
+
+    /// Sends a signed request; a 4xx/5xx becomes an error carrying the server's message.
+    fn call(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<ureq::Response> {
+        let body = body.unwrap_or_default();
+        let authorization = self.identity.authorization(method, path_and_query, body, now_ms());
+        let request = self.agent.request(method, &format!("{}{path_and_query}", self.base)).set("Authorization", &authorization);
+        let result =
+            if body.is_empty() { request.call() } else { request.set("Content-Type", "application/json").send_bytes(body) };
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(code, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+                bail!("{message} (HTTP {code})")
+            }
+            Err(ureq::Error::Transport(e)) => {
+                Err(anyhow!("cannot reach warden at {}: {e}; is `warden up` running? (set --addr or WARDEN_ADDR)", self.base))
+            }
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<T> {
+        let response = self.call(method, path_and_query, body)?;
+        let text = response.into_string().context("reading the response")?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected response: {text}"))
+    }
+}
+
+fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
+    match command {
+        Command::Up { .. } => unreachable!("handled by main"),
+        Command::Run { spec, id } => {
+            let file = spec.display().to_string();
+            let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read spec {file}"))?;
+            // Validate locally first: the same parser the server runs, so errors show without a round trip.
+            let parsed = Spec::parse(&file, &text)?;
+            let request = SubmitRequest { file, spec_toml: text, consumer_workload_id: id };
+            let view: WorkloadView = client.json("POST", "/v1/workloads", Some(&serde_json::to_vec(&request)?))?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+                return Ok(());
+            }
+            eprintln!("submitted {} (vmid {}, spec {})", view.name, view.info.vmid, short_spec_id(&view.info.spec_id));
+            if parsed.replication.mode != ReplicationMode::None {
+                eprintln!(
+                    "note: replication mode {:?} is recorded; checkpoints and standbys arrive with clustering, until then it runs as mode \"none\"",
+                    parsed.replication.mode.as_str()
+                );
+            }
+            println!("{}", view.info.id);
+            Ok(())
+        }
+        Command::Ps { all } => {
+            let views: Vec<WorkloadView> =
+                client.json("GET", if all { "/v1/workloads?all=true" } else { "/v1/workloads" }, None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&views)?);
+                return Ok(());
+            }
+            let mut rows = vec![["ID", "NAME", "VMID", "STATE", "RESTARTS", "PID", "POLICY", "SINCE"].map(String::from).to_vec()];
+            let now = now_ms();
+            for v in &views {
+                rows.push(vec![
+                    v.info.id.clone(),
+                    v.name.clone(),
+                    v.info.vmid.to_string(),
+                    v.state.clone(),
+                    v.restarts.to_string(),
+                    v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    v.info.restart_policy.name().to_string(),
+                    format_duration_ms(now.saturating_sub(v.updated_at_ms) / 1000 * 1000),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        Command::Status { id } => {
+            let view: WorkloadView = client.json("GET", &format!("/v1/workloads/{}", encode(&id)), None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                print_status(&view);
+            }
+            Ok(())
+        }
+        Command::Stop { id } => {
+            let view: WorkloadView = client.json("POST", &format!("/v1/workloads/{}/stop", encode(&id)), None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                println!("{} {}", view.info.id, view.state);
+            }
+            Ok(())
+        }
+        Command::Logs { id, follow } => {
+            let path = format!("/v1/workloads/{}/logs{}", encode(&id), if follow { "?follow=true" } else { "" });
+            let mut reader = client.call("GET", &path, None)?.into_reader();
+            let mut stdout = std::io::stdout().lock();
+            let mut buffer = [0u8; 8192];
+            loop {
+                let n = reader.read(&mut buffer)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stdout.write_all(&buffer[..n])?;
+                stdout.flush()?;
+            }
+        }
+        Command::Events { follow, after, workload } => {
+            let mut query = format!("/v1/events?after={after}");
+            if follow {
+                query.push_str("&follow=true");
+            }
+            if let Some(workload) = workload {
+                query.push_str(&format!("&workload={}", encode(&workload)));
+            }
+            let reader = BufReader::new(client.call("GET", &query, None)?.into_reader());
+            let mut stdout = std::io::stdout().lock();
+            for line in reader.lines() {
+                let line = line?;
+                if output == Output::Json {
+                    writeln!(stdout, "{line}")?;
+                } else {
+                    let event: CloudEvent = serde_json::from_str(&line)?;
+                    writeln!(stdout, "{}", event_line(&event))?;
+                }
+                stdout.flush()?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn short_spec_id(spec_id: &str) -> &str {
+    &spec_id[..spec_id.len().min(19)]
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_status(v: &WorkloadView) {
+    let optional = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    let lines = [
+        ("id", v.info.id.clone()),
+        ("name", v.name.clone()),
+        ("state", v.state.clone()),
+        ("reason", optional(v.reason.clone())),
+        ("host", v.host.clone()),
+        ("pid", optional(v.pid.map(|p| p.to_string()))),
+        ("cell", optional(v.cell_id.clone())),
+        ("restarts", v.restarts.to_string()),
+        ("consecutive failures", v.consecutive_failures.to_string()),
+        ("restart policy", policy_text(v.info.restart_policy)),
+        ("vmid", v.info.vmid.to_string()),
+        ("workload type", v.info.workload_type.clone()),
+        ("spec id", v.info.spec_id.clone()),
+        ("argv", format!("{:?}", v.argv)),
+        ("created at", format_rfc3339_ms(v.info.created_at * 1000)),
+        ("expires at", optional(v.info.expires_at.map(|s| format_rfc3339_ms(s * 1000)))),
+        ("owner", v.info.owner.clone()),
+        ("replication", v.info.replication.as_str().to_string()),
+        ("state uri", optional(v.info.state_uri.clone())),
+        ("consumer workload id", optional(v.info.consumer_workload_id.clone())),
+        ("next start at", optional(v.next_start_at_ms.map(format_rfc3339_ms))),
+        ("last exit", optional(v.last_exit.as_ref().map(|e| format!("{} ({})", e.exit.reason, e.cell_id)))),
+    ];
+    for (key, value) in lines {
+        println!("{:<22}{value}", format!("{key}:"));
+    }
+}
+
+fn event_line(event: &CloudEvent) -> String {
+    let short_type = event.event_type.strip_prefix("dev.warden.").unwrap_or(&event.event_type);
+    let short_type = short_type.strip_suffix(".v1").unwrap_or(short_type);
+    let mut details: Vec<String> = Vec::new();
+    if let Some(object) = event.data.as_object() {
+        for (key, value) in object {
+            if matches!(key.as_str(), "workload_id" | "workload" | "spec") {
+                continue;
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            details.push(format!("{key}={text}"));
+        }
+    }
+    format!(
+        "{:>6}  {}  {:<22}  {:<16}  {}",
+        event.seq,
+        event.time,
+        short_type,
+        event.subject.as_deref().unwrap_or("-"),
+        details.join(" ")
+    )
+}
+
+fn policy_text(policy: warden_core::RestartPolicy) -> String {
+    match policy {
+        warden_core::RestartPolicy::OnFailure { max_attempts } => format!("on-failure (max_attempts {max_attempts})"),
+        other => other.name().to_string(),
+    }
+}
