@@ -47,6 +47,9 @@ enum Command {
         /// This node's name in events and status (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        /// Snapshot the state every this many events, so start-up replays only what follows.
+        #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
+        snapshot_every: u64,
     },
     /// Submit a workload spec; prints the workload id as the last line.
     Run {
@@ -86,13 +89,14 @@ enum Command {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Up { listen, data_dir, name } => {
+        Command::Up { listen, data_dir, name, snapshot_every } => {
             let config = warden_runtime::UpConfig {
                 listen,
                 data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
                 config_dir: paths::default_config_dir(),
                 node_name: name.unwrap_or_else(hostname),
                 shim: warden_cell::ShimExe::locate(),
+                snapshot_every_n_events: snapshot_every,
             };
             tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

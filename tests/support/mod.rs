@@ -14,6 +14,8 @@ pub struct Warden {
     pub root: tempfile::TempDir,
     pub port: u16,
     pub server: Option<Child>,
+    /// Extra arguments for `warden up`.
+    pub up_args: Vec<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -26,7 +28,12 @@ fn free_port() -> u16 {
 
 impl Warden {
     pub fn start() -> Warden {
-        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None };
+        Warden::start_with(&[])
+    }
+
+    pub fn start_with(up_args: &[&str]) -> Warden {
+        let up_args = up_args.iter().map(|a| a.to_string()).collect();
+        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args };
         warden.up();
         warden
     }
@@ -50,6 +57,7 @@ impl Warden {
         let child = Command::new(bin())
             .args(["up", "--listen", &self.addr(), "--data-dir"])
             .arg(self.data_dir())
+            .args(&self.up_args)
             .env("XDG_CONFIG_HOME", self.config_home())
             .stdout(Stdio::null())
             .stderr(log)

@@ -61,8 +61,12 @@ pub(crate) fn report(args: std::fmt::Arguments<'_>) {
 /// Runs the shim for the cell in `cell_dir` and exits the process. Must be called from a
 /// single-threaded process (e.g. first thing in `main`): it forks and blocks signals.
 pub fn shim_main(cell_dir: &Path) -> ! {
+    // The output buffer sits above start-up's deep frames, so while it stays unused its pages
+    // are never touched. Left uninitialised: zeroing would dirty 8 KiB even for a silent
+    // workload.
+    let mut buf = [MaybeUninit::<u8>::uninit(); COPY_BUF];
     match start(cell_dir) {
-        Ok(running) => supervise(running),
+        Ok(running) => supervise(running, &mut buf),
         Err(failure) => {
             let line = match &failure {
                 Failure::Exec(msg) => format!("err exec {}\n", one_line(msg)),
@@ -92,7 +96,9 @@ struct Running {
     _lock: File,
 }
 
-/// Everything up to and including the handshake.
+/// Everything up to and including the handshake. Never inlined: its large frame must be gone
+/// (not part of `shim_main`'s) while the shim runs for days.
+#[inline(never)]
 fn start(cell_dir: &Path) -> Result<Running, Failure> {
     // Own session: the supervisor's terminal and process group (Ctrl-C) never reach us.
     // EPERM just means the spawner already made us a session leader.
@@ -407,7 +413,7 @@ fn reap_blocking(child: libc::pid_t) {
 }
 
 /// The shim's life after the handshake: copy output, forward signals, wait for the child.
-fn supervise(mut run: Running) -> ! {
+fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
     release_startup_stack();
     // Start-up allocations (config, env, argv) are gone; give their pages back to the kernel.
     #[cfg(target_env = "gnu")]
@@ -416,8 +422,6 @@ fn supervise(mut run: Running) -> ! {
         libc::malloc_trim(0);
     }
 
-    // Left uninitialised: zeroing it would dirty 8 KiB of stack even for a silent workload.
-    let mut buf = [MaybeUninit::<u8>::uninit(); COPY_BUF];
     let mut fds = [
         libc::pollfd { fd: run.log_read.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: run.signal_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -434,7 +438,7 @@ fn supervise(mut run: Running) -> ! {
             }
             continue;
         }
-        if fds[0].revents != 0 && !copy_output(&mut run, &mut buf, 16) {
+        if fds[0].revents != 0 && !copy_output(&mut run, buf, 16) {
             // EOF: every writer (workload and descendants) closed the pipe; stop polling it.
             fds[0].fd = -1;
         }
@@ -443,7 +447,7 @@ fn supervise(mut run: Running) -> ! {
             // SAFETY: waitpid writes the status into a valid local.
             let ret = unsafe { libc::waitpid(run.child, &mut status, libc::WNOHANG) };
             if ret == run.child {
-                finish(&mut run, &mut buf, fds[0].fd >= 0, status);
+                finish(&mut run, buf, fds[0].fd >= 0, status);
             }
         }
     }
@@ -549,7 +553,10 @@ fn forward(child: libc::pid_t, signal: libc::c_int) {
     }
 }
 
-/// The workload was reaped: save its last output and its exit status, then exit.
+/// The workload was reaped: save its last output and its exit status, then exit. Kept out of
+/// line so its frame does not enlarge the loop's.
+#[cold]
+#[inline(never)]
 fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: bool, status: libc::c_int) -> ! {
     if pipe_open {
         // Only what is already buffered; descendants may hold the pipe open indefinitely.

@@ -20,8 +20,8 @@ use warden_store::Store;
 
 use crate::view::WorkloadView;
 
-/// Snapshot the projection every this many events, so start-up replays only the tail.
-pub const SNAPSHOT_EVERY_N_EVENTS: u64 = 10_000;
+/// Snapshot the projection every this many events by default, so start-up replays only the tail.
+pub const DEFAULT_SNAPSHOT_EVERY_N_EVENTS: u64 = 10_000;
 const MAX_BATCH: usize = 1024;
 
 pub fn now_ms() -> u64 {
@@ -83,6 +83,7 @@ pub struct Engine {
     host: String,
     logs_dir: PathBuf,
     last_snapshot_seq: u64,
+    snapshot_every_n_events: u64,
 }
 
 impl Engine {
@@ -92,6 +93,7 @@ impl Engine {
         backend: Arc<ProcessBackend>,
         host: &str,
         logs_dir: PathBuf,
+        snapshot_every_n_events: u64,
     ) -> Result<(Engine, EngineHandle), LoadError> {
         let mut projection = match store.latest_snapshot()? {
             Some((seq, body)) => {
@@ -130,8 +132,14 @@ impl Engine {
             host: host.to_string(),
             logs_dir,
             last_snapshot_seq,
+            snapshot_every_n_events: snapshot_every_n_events.max(1),
         };
         Ok((engine, handle))
+    }
+
+    /// The seq of the snapshot the projection was loaded from (0: replayed from the start).
+    pub fn loaded_snapshot_seq(&self) -> u64 {
+        self.last_snapshot_seq
     }
 
     /// Journals a fact found at start-up that is not a workload's decision (e.g. a tail repair).
@@ -367,7 +375,7 @@ impl Engine {
             let backend = self.backend.clone();
             tokio::task::spawn_blocking(move || backend.remove(&cell_id));
         }
-        if self.live.last_seq >= self.last_snapshot_seq + SNAPSHOT_EVERY_N_EVENTS {
+        if self.live.last_seq >= self.last_snapshot_seq + self.snapshot_every_n_events {
             self.snapshot();
         }
     }

@@ -27,6 +27,8 @@ pub struct UpConfig {
     pub config_dir: PathBuf,
     pub node_name: String,
     pub shim: ShimExe,
+    /// Snapshot the projection every this many events (`engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS`).
+    pub snapshot_every_n_events: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,8 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let store: Arc<dyn Store> = Arc::new(store);
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
-    let (mut engine, handle) = Engine::load(store.clone(), backend, &config.node_name, logs_dir.clone())?;
+    let (mut engine, handle) =
+        Engine::load(store.clone(), backend, &config.node_name, logs_dir.clone(), config.snapshot_every_n_events)?;
     if let Some(repair) = &report.repaired {
         eprintln!(
             "warden: journal tail was torn or corrupt at event {} ({}); discarded {} event(s) from there, kept 1..{}",
@@ -91,6 +94,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
             })
             .await;
     }
+    let loaded_snapshot_seq = engine.loaded_snapshot_seq();
     let recovery = engine.recover_cells();
 
     let listener =
@@ -101,7 +105,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     eprintln!("warden up: listening on http://{listen} as node {:?}", config.node_name);
     eprintln!("  data dir     {}", data_dir.display());
     eprintln!(
-        "  journal      {} events, head verified from seq {}",
+        "  journal      {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the tail; chain verified from seq {}",
         handle.shared.read().expect("lock").last_seq,
         report.verified_from_seq
     );
