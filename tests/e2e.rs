@@ -184,4 +184,8 @@ fn ttl_expires_a_workload_and_status_shows_every_field() {
     assert_eq!(view.pid, None);
     let events = warden.events(&["--workload", &id]);
     assert_eq!(events.last().unwrap().event_type, "dev.warden.workload.expired.v1");
+
+    let metrics = ureq::get(&format!("http://{}/metrics", warden.addr())).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains("warden_workloads{state=\"expired\"} 1"), "{metrics}");
+    assert!(metrics.contains(&format!("warden_journal_head_seq {}", warden.events(&[]).len())), "{metrics}");
 }

@@ -48,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
         .merge(authenticated)
         .with_state(state)
 }
@@ -308,4 +309,32 @@ async fn events(
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .expect("valid response"))
+}
+
+/// Prometheus text exposition: workloads by state, restarts, and the journal head.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    use std::fmt::Write;
+    let shared = state.shared.read().expect("projection lock");
+    let mut by_state = std::collections::BTreeMap::<&str, u64>::new();
+    for name in ["pending", "starting", "running", "exited", "backoff", "stopping", "completed", "failed", "stopped", "expired"] {
+        by_state.insert(name, 0);
+    }
+    let mut restarts = 0u64;
+    for workload in shared.workloads.values() {
+        *by_state.entry(workload.phase.name()).or_default() += 1;
+        restarts += u64::from(workload.restarts());
+    }
+    let mut out = String::new();
+    out.push_str("# HELP warden_workloads Workloads by lifecycle state.\n# TYPE warden_workloads gauge\n");
+    for (name, count) in by_state {
+        let _ = writeln!(out, "warden_workloads{{state=\"{name}\"}} {count}");
+    }
+    out.push_str("# HELP warden_cell_restarts_total Cells started again after an earlier run of the same workload.\n");
+    out.push_str("# TYPE warden_cell_restarts_total counter\n");
+    let _ = writeln!(out, "warden_cell_restarts_total {restarts}");
+    out.push_str(
+        "# HELP warden_journal_head_seq Sequence number of the last durable event.\n# TYPE warden_journal_head_seq gauge\n",
+    );
+    let _ = writeln!(out, "warden_journal_head_seq {}", shared.last_seq);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
