@@ -77,8 +77,11 @@ pub enum CellState {
     },
 }
 
-/// Why [`ProcessBackend::start`] failed. Only `Exec` and `Shim` can come after the workload's
-/// fork; in every case the workload is not running when `start` returns an error.
+/// Why [`ProcessBackend::start`] failed. The workload is not running after any of these (the
+/// shim reaps or kills it before reporting), unless the shim itself was killed between exec and
+/// handshake (`Handshake`). The cell dir is left in place for post-mortems (`shim.err`);
+/// [`ProcessBackend::inspect`] reports it as `NotStarted`, and [`ProcessBackend::remove`]
+/// deletes it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid cell config: {0}")]

@@ -179,6 +179,43 @@ fn stop_reaches_the_whole_process_group() {
 }
 
 #[test]
+fn grandchild_holding_the_log_pipe_neither_delays_the_exit_nor_outlives_the_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let cfg = sh(tmp.path(), "c1", "sleep 30 & echo grandchild $!; exit 4");
+    let started = b.start(&cfg).unwrap();
+    let begun = Instant::now();
+    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(4));
+    assert!(begun.elapsed() < Duration::from_secs(5), "the shim waited for the grandchild");
+    // Output written before the exit is not lost.
+    let log = read_log(&cfg);
+    let grandchild: u32 = log.trim().strip_prefix("grandchild ").unwrap().parse().unwrap();
+    wait_until("the leftover grandchild to die with its cell", EXIT_TIMEOUT, || is_dead(grandchild));
+}
+
+#[test]
+fn shim_and_workload_are_isolated_from_the_supervisor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    let (shim, pid) = (started.shim_pid as libc::pid_t, started.pid as libc::pid_t);
+    // SAFETY: getsid/getpgid only read process attributes.
+    let (shim_sid, pgid, sid, my_pgid) = unsafe { (libc::getsid(shim), libc::getpgid(pid), libc::getsid(pid), libc::getpgid(0)) };
+    assert_eq!(shim_sid, shim, "the shim leads its own session: the supervisor's Ctrl-C cannot reach it");
+    assert_eq!(pgid, pid, "the workload leads its own process group");
+    assert_eq!(sid, shim);
+    assert_ne!(pgid, my_pgid);
+    // The workload inherited nothing but stdin/stdout/stderr.
+    let fds: Vec<String> =
+        std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut fds: Vec<i32> = fds.iter().map(|f| f.parse().unwrap()).collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2]);
+    b.signal("c1", true).unwrap();
+    exited(wait_exit(&b, "c1", &started));
+}
+
+#[test]
 fn stdout_stderr_env_and_workdir() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
@@ -341,55 +378,4 @@ fn locate_falls_back_to_the_subcommand() {
     // Test binaries live in target/*/deps, where no warden-shim sits next to them.
     let exe = std::env::current_exe().unwrap();
     assert_eq!(ShimExe::locate(), ShimExe::Subcommand(exe));
-}
-
-/// Memory budget check: `cargo test -p warden-cell -- --ignored --nocapture shim_pss`.
-#[test]
-#[ignore]
-fn shim_pss() {
-    let tmp = tempfile::tempdir().unwrap();
-    let b = backend(tmp.path());
-    let mut cells = Vec::new();
-    for i in 0..100 {
-        let id = format!("c{i}");
-        let started = b.start(&config(tmp.path(), &id, &["sleep", "1000"])).unwrap();
-        cells.push((id, started));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let mut pss: Vec<u64> = cells
-        .iter()
-        .map(|(_, s)| {
-            let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.shim_pid)).unwrap();
-            let line = rollup.lines().find(|l| l.starts_with("Pss:")).unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
-        })
-        .collect();
-    pss.sort();
-    println!(
-        "shim PSS over {} shims: min {} KB, median {} KB, max {} KB",
-        pss.len(),
-        pss[0],
-        pss[pss.len() / 2],
-        pss[pss.len() - 1]
-    );
-    // Where the private memory of one shim sits, to guide any future slimming.
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", cells[0].1.shim_pid)).unwrap();
-    let mut mapping = "";
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or_default();
-        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            mapping = line;
-        } else if let Some(kb) = line.strip_prefix("Private_Dirty:") {
-            let kb: u64 = kb.trim().trim_end_matches(" kB").parse().unwrap();
-            if kb > 0 {
-                println!("{kb:>4} KB private dirty: {mapping}");
-            }
-        }
-    }
-    for (id, _) in &cells {
-        b.signal(id, true).unwrap();
-    }
-    for (id, started) in &cells {
-        exited(wait_exit(&b, id, started));
-    }
 }

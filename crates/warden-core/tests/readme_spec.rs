@@ -1,0 +1,50 @@
+//! The example spec from the README parses, to exactly the values it documents.
+
+use std::collections::BTreeMap;
+
+use warden_core::spec::{Isolation, DEFAULT_BACKOFF_RESET_MS, DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE_BYTES};
+use warden_core::{ReplicationMode, RestartPolicy, Spec};
+
+const README_EXAMPLE: &str = r#"
+name = "web"
+ttl = "24h"
+
+[cell]
+argv = ["python3", "-m", "http.server", "8080"]
+env = { KEY = "value" }
+workdir = "/srv/web"
+isolation = "process"
+graceful_shutdown = "5s"
+
+[restart]
+policy = "on-failure"
+max_attempts = 3
+backoff = "100ms"
+backoff_max = "30s"
+
+[replication]
+mode = "none"
+"#;
+
+#[test]
+fn the_readme_example_spec_parses() {
+    let spec = Spec::parse("web.toml", README_EXAMPLE).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(spec.name, "web");
+    assert_eq!(spec.ttl_ms, Some(24 * 60 * 60 * 1000));
+    assert_eq!(spec.cell.argv, ["python3", "-m", "http.server", "8080"]);
+    assert_eq!(spec.cell.env, BTreeMap::from([("KEY".to_string(), "value".to_string())]));
+    assert_eq!(spec.cell.workdir.as_deref(), Some("/srv/web"));
+    assert_eq!(spec.cell.isolation, Isolation::Process);
+    assert_eq!(spec.cell.graceful_shutdown_ms, 5_000);
+    assert_eq!(spec.restart.policy, RestartPolicy::OnFailure { max_attempts: 3 });
+    assert_eq!(spec.restart.backoff_ms, 100);
+    assert_eq!(spec.restart.backoff_max_ms, 30_000);
+    assert_eq!(spec.restart.backoff_reset_ms, DEFAULT_BACKOFF_RESET_MS);
+    assert_eq!(spec.replication.mode, ReplicationMode::None);
+    assert_eq!(spec.logs.max_size_bytes, DEFAULT_LOG_MAX_SIZE_BYTES);
+    assert_eq!(spec.logs.max_files, DEFAULT_LOG_MAX_FILES);
+
+    let id = spec.spec_id();
+    assert!(id.starts_with("sha256:") && id.len() == "sha256:".len() + 64, "{id}");
+    assert_eq!(Spec::parse("other.toml", README_EXAMPLE).unwrap().spec_id(), id);
+}
