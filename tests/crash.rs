@@ -11,8 +11,8 @@ use std::time::Duration;
 use support::{assert_contiguous_chain, Warden};
 use warden_runtime::view::WorkloadView;
 
-const ROUNDS: usize = 8;
-const N_CLIENTS: usize = 4;
+const ROUNDS: usize = 16;
+const N_CLIENTS: usize = 6;
 
 #[test]
 fn acknowledged_submissions_survive_kill9_at_random_moments() {
