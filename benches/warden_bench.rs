@@ -1,1 +1,1274 @@
-fn main() {}
+//! The benchmark table behind `cargo xtask bench`: warden's restart latency, journal throughput,
+//! cell start rate and memory per cell, each measured side by side with supervisord, runit, s6
+//! or raw SQLite in the same run and reported as a ratio.
+//!
+//! The machine is shared and small, so absolute figures drift from run to run; the ratios between
+//! figures taken in one run are what to compare. Progress goes to stderr, the markdown table to
+//! stdout. Nothing is asserted: the targets are printed for context only.
+//!
+//! Needs `target/release/warden-shim` next to `warden` (`cargo xtask bench` builds both first) and
+//! `supervisord`, `runsv`/`runsvdir`, `s6-supervise`/`s6-svscan` on the PATH (it installs them).
+//! `WARDEN_BENCH_ONLY=restart,journal,cells,memory` runs a subset while developing.
+//!
+//! The same binary doubles as the crash-looping workload of the restart test: started with
+//! `WARDEN_BENCH_WORKLOAD=<file>` in its environment, it appends `<CLOCK_REALTIME ns> start` and
+//! `<ns> exit` to that file and exits with code 1.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tempfile::TempDir;
+use warden_core::canonical::sha256_hex;
+use warden_core::event::GENESIS_HASH;
+use warden_core::CloudEvent;
+use warden_runtime::auth::Identity;
+use warden_runtime::view::{SubmitRequest, WorkloadView};
+use warden_store::conformance::sample_event;
+use warden_store::{SqliteStore, Store};
+
+/// Set (to the log file's path) only in the environment of the crash-looping workload.
+const WORKLOAD_ENV: &str = "WARDEN_BENCH_WORKLOAD";
+
+/// Restarts sampled from warden: enough for a meaningful p99, in a few seconds.
+const FAST_RESTARTS: usize = 200;
+/// Restarts sampled from supervisord, runsv and s6-supervise, which each take about a second
+/// per restart; the three run at the same time, so this costs ~100 s, not 300.
+const SLOW_RESTARTS: usize = 100;
+/// Journal throughput cases take turns: this many rounds of one slice each.
+const JOURNAL_ROUNDS: u32 = 10;
+const JOURNAL_SLICE: Duration = Duration::from_millis(300);
+/// Concurrent appenders in the group-commit case.
+const JOURNAL_THREADS: usize = 64;
+/// Events per append in the batch case.
+const JOURNAL_BATCH: usize = 1000;
+/// The subject every journal row carries, shaped like a real workload id.
+const JOURNAL_SUBJECT: &str = "w-0123456789ab";
+/// Cells submitted in the start-rate test.
+const RATE_CELLS: usize = 1000;
+/// Threads submitting (and stopping) cells over the API.
+const API_THREADS: usize = 8;
+/// Cells (or services, or programs) per system in the memory test.
+const MEMORY_CELLS: usize = 100;
+/// Pause after the last memory-test process is up, so every system's lazily touched pages (and
+/// supervisord's first state transitions) are in before PSS is read.
+const MEMORY_SETTLE: Duration = Duration::from_secs(2);
+
+fn main() {
+    // Workload mode first: the restart test measures from this process's first instructions.
+    if let Some(log) = std::env::var_os(WORKLOAD_ENV) {
+        workload_main(&log);
+    }
+    let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
+    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    check_prerequisites();
+    let started = Instant::now();
+
+    let mut rows = Vec::new();
+    if wanted("restart") {
+        rows.extend(restart_section());
+    }
+    if wanted("journal") {
+        rows.extend(journal_section());
+    }
+    if wanted("cells") {
+        rows.extend(cells_section());
+    }
+    if wanted("memory") {
+        rows.extend(memory_section());
+    }
+    progress(format_args!("done in {:.0} s", started.elapsed().as_secs_f64()));
+    print_table(&rows);
+}
+
+fn progress(args: std::fmt::Arguments<'_>) {
+    eprintln!("[warden_bench] {args}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The crash-looping workload
+// ---------------------------------------------------------------------------------------------
+
+/// Appends `<ns> start`, then `<ns> exit`, and exits with code 1. Each line is one `write` on an
+/// `O_APPEND` descriptor, so lines of successive runs never interleave or tear.
+fn workload_main(log: &OsStr) -> ! {
+    let started = realtime_ns();
+    let mut file = match fs::OpenOptions::new().create(true).append(true).open(log) {
+        Ok(file) => file,
+        Err(_) => std::process::exit(2),
+    };
+    let _ = file.write_all(format!("{started} start\n").as_bytes());
+    let _ = file.write_all(format!("{} exit\n", realtime_ns()).as_bytes());
+    std::process::exit(1)
+}
+
+fn realtime_ns() -> u64 {
+    // CLOCK_REALTIME, not a monotonic clock: start and exit are read by different processes.
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Waits until `log` holds `want` start lines (or `timeout` passes); returns how many it holds.
+fn wait_for_starts(log: &Path, want: usize, timeout: Duration, who: &str) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut last_report = Instant::now();
+    loop {
+        let starts = fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.ends_with(" start")).count();
+        if starts >= want || Instant::now() >= deadline {
+            return starts;
+        }
+        if last_report.elapsed() >= Duration::from_secs(15) {
+            progress(format_args!("  {who}: {starts}/{want} starts"));
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Restart latencies in ns: for each `exit` line directly followed by a `start` line, the gap.
+fn restart_latencies(log: &Path, max: usize) -> Vec<u64> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let entries: Vec<(u64, bool)> = text
+        .lines()
+        .filter_map(|line| {
+            let (ns, what) = line.split_once(' ')?;
+            Some((ns.parse().ok()?, what == "start"))
+        })
+        .collect();
+    entries.windows(2).filter(|w| !w[0].1 && w[1].1).map(|w| w[1].0.saturating_sub(w[0].0)).take(max).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: start, find, measure, kill
+// ---------------------------------------------------------------------------------------------
+
+/// A process this bench started. Dropping it (also while unwinding from a panic) kills it and
+/// everything below it.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(what: &str, command: &mut Command) -> Result<Proc> {
+        let child = command.spawn().with_context(|| format!("cannot start {what}"))?;
+        Ok(Proc { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has already exited (e.g. a supervisor that rejected its config).
+    fn check_alive(&mut self, what: &str, log: &Path) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{what} exited with {status}: {}", tail(&fs::read_to_string(log).unwrap_or_default(), 800));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_tree(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+/// A stderr log file for a spawned process.
+fn log_file(path: &Path) -> Stdio {
+    fs::File::create(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    &text[start..]
+}
+
+/// `(pid, ppid, comm)` of every process on the machine.
+fn process_table() -> Vec<(u32, u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid, comm))
+        })
+        .collect()
+}
+
+/// `root` and all its descendants, parents before children.
+fn process_tree(root: u32) -> Vec<u32> {
+    let table = process_table();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(table.iter().filter(|(_, ppid, _)| *ppid == parent).map(|(pid, _, _)| *pid));
+        i += 1;
+    }
+    tree
+}
+
+/// Direct children of `parent` whose command name is `comm`.
+fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    process_table().into_iter().filter(|(_, ppid, c)| *ppid == parent && c == comm).map(|(pid, _, _)| pid).collect()
+}
+
+fn has_children(pid: u32) -> bool {
+    process_table().iter().any(|(_, ppid, _)| *ppid == pid)
+}
+
+/// Kills `root` and every descendant. Each process is stopped first, parents before children
+/// and until no new one appears, so no supervisor in the tree can restart what is killed.
+fn kill_tree(root: u32) {
+    let mut stopped: Vec<u32> = Vec::new();
+    for _ in 0..50 {
+        let fresh: Vec<u32> = process_tree(root).into_iter().filter(|pid| !stopped.contains(pid)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            signal(pid, libc::SIGSTOP);
+            stopped.push(pid);
+        }
+    }
+    for pid in stopped {
+        signal(pid, libc::SIGKILL);
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Field 22 of `/proc/PID/stat` (start time in clock ticks): tells a pid from its reuse.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the same process (same start time) and not a zombie.
+fn still_running(pid: u32, started_at: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("Z");
+    state != "Z" && fields.nth(18).and_then(|t| t.parse().ok()) == Some(started_at)
+}
+
+/// Proportional set size in KiB: the process's private pages plus its share of shared ones.
+fn pss_kib(pid: u32) -> Result<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).with_context(|| format!("pid {pid} is gone"))?;
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no Pss line for pid {pid}"))
+}
+
+/// Polls `ready` every 50 ms until it returns `Some` or `timeout` passes.
+fn wait_until<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = ready()? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {:.0} s waiting for {what}", timeout.as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_executable(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn bench_exe() -> PathBuf {
+    std::env::current_exe().expect("the bench knows its own path")
+}
+
+// ---------------------------------------------------------------------------------------------
+// warden: a real `warden up` and its API
+// ---------------------------------------------------------------------------------------------
+
+fn warden_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warden")
+}
+
+/// A `warden up` on its own port, data dir and config dir. Dropping it kills the server and
+/// every cell it started.
+struct WardenServer {
+    root: TempDir,
+    port: u16,
+    server: Option<Proc>,
+}
+
+impl WardenServer {
+    fn start() -> Result<WardenServer> {
+        let root = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut warden = WardenServer { root, port, server: None };
+        let log = warden.root.path().join("up.log");
+        let server = Proc::spawn(
+            "warden up",
+            Command::new(warden_bin())
+                .args(["up", "--listen", &warden.addr(), "--data-dir"])
+                .arg(warden.data_dir())
+                .env("XDG_CONFIG_HOME", warden.config_home())
+                .stdout(Stdio::null())
+                .stderr(log_file(&log)),
+        )?;
+        warden.server = Some(server);
+        let health = format!("http://{}/v1/health", warden.addr());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&health).call().is_err() {
+            if let Some(server) = warden.server.as_mut() {
+                server.check_alive("warden up", &log)?;
+            }
+            if Instant::now() >= deadline {
+                bail!("warden up did not answer within 20 s: {}", tail(&warden.up_log(), 800));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(warden)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn config_home(&self) -> PathBuf {
+        self.root.path().join("config")
+    }
+
+    fn up_log(&self) -> String {
+        fs::read_to_string(self.root.path().join("up.log")).unwrap_or_default()
+    }
+
+    fn server_pid(&self) -> u32 {
+        self.server.as_ref().map(Proc::pid).unwrap_or(0)
+    }
+
+    /// The `warden` CLI against this server, as a user would run it.
+    fn cli(&self, args: &[&OsStr]) -> Result<String> {
+        let Output { status, stdout, stderr } = Command::new(warden_bin())
+            .args(args)
+            .env("WARDEN_ADDR", self.addr())
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .output()?;
+        if !status.success() {
+            bail!("warden {args:?} failed: {}", String::from_utf8_lossy(&stderr));
+        }
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+
+    fn api(&self) -> Result<Api> {
+        let identity = Identity::load(&self.config_home().join("warden/admin.key"))?;
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(60)).build();
+        Ok(Api { base: format!("http://{}", self.addr()), identity, agent })
+    }
+
+    /// `shim_pid` of every cell that has written its `pid.json`.
+    fn shim_pids(&self) -> Vec<u32> {
+        cell_pid_files(&self.data_dir())
+            .iter()
+            .filter_map(|json| json["shim_pid"].as_u64().and_then(|pid| u32::try_from(pid).ok()))
+            .collect()
+    }
+}
+
+impl Drop for WardenServer {
+    fn drop(&mut self) {
+        // The server's process tree holds its shims and their workloads...
+        drop(self.server.take());
+        // ...but a shim whose server died earlier has been re-parented away: find it by pid.json.
+        for json in cell_pid_files(&self.data_dir()) {
+            if let Some(pid) = json["pid"].as_u64().and_then(|p| i32::try_from(p).ok()) {
+                signal((-pid) as u32, libc::SIGKILL); // the workload's process group
+            }
+            if let Some(pid) = json["shim_pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn cell_pid_files(data_dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = fs::read_dir(data_dir.join("cells")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| serde_json::from_str(&fs::read_to_string(entry.path().join("pid.json")).ok()?).ok())
+        .collect()
+}
+
+/// Signed requests to warden's HTTP API (what the CLI does, without a process per request).
+struct Api {
+    base: String,
+    identity: Identity,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<ureq::Response> {
+        let authorization = self.identity.authorization(method, path, body, warden_runtime::engine::now_ms());
+        let request = self.agent.request(method, &format!("{}{path}", self.base)).set("Authorization", &authorization);
+        let result =
+            if body.is_empty() { request.call() } else { request.set("Content-Type", "application/json").send_bytes(body) };
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(code, response)) => bail!("{method} {path}: HTTP {code}: {}", response.into_string()?),
+            Err(e) => bail!("{method} {path}: {e}"),
+        }
+    }
+
+    fn submit(&self, file: &str, spec_toml: &str) -> Result<WorkloadView> {
+        let body = serde_json::to_vec(&SubmitRequest {
+            file: file.to_string(),
+            spec_toml: spec_toml.to_string(),
+            consumer_workload_id: None,
+        })?;
+        Ok(serde_json::from_str(&self.request("POST", "/v1/workloads", &body)?.into_string()?)?)
+    }
+
+    /// Live (non-terminal) workloads.
+    fn list(&self) -> Result<Vec<WorkloadView>> {
+        Ok(serde_json::from_str(&self.request("GET", "/v1/workloads", b"")?.into_string()?)?)
+    }
+
+    fn stop(&self, id: &str) -> Result<()> {
+        self.request("POST", &format!("/v1/workloads/{id}/stop"), b"")?;
+        Ok(())
+    }
+}
+
+/// A spec for a cell that just sleeps and is never restarted.
+fn sleeper_spec(n: usize) -> String {
+    format!("name = \"sleep-{n}\"\n[cell]\nargv = [\"sleep\", \"1000\"]\n[restart]\npolicy = \"never\"\n")
+}
+
+/// Runs `work(i)` for every `i < n` on `threads` threads; returns the results in index order.
+fn parallel<T: Send>(n: usize, threads: usize, work: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<(usize, T)>> {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(mine);
+                        }
+                        mine.push((i, work(i)?));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        for worker in workers {
+            all.extend(worker.join().map_err(|_| anyhow!("a worker thread panicked"))??);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Stops every live workload and waits until none is left.
+fn stop_all(api: &Api, ids: &[String]) -> Result<()> {
+    parallel(ids.len(), API_THREADS, |i| api.stop(&ids[i]))?;
+    wait_until(Duration::from_secs(120), "every workload to stop", || Ok(api.list()?.is_empty().then_some(())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Restart latency
+// ---------------------------------------------------------------------------------------------
+
+struct Restarts {
+    /// Latencies in ns, in the order they happened.
+    samples: Vec<u64>,
+}
+
+fn restart_section() -> Vec<Row> {
+    progress(format_args!("restart latency: warden ({FAST_RESTARTS} restarts)"));
+    let warden = restart_warden(FAST_RESTARTS);
+    progress(format_args!(
+        "restart latency: supervisord, runsv and s6-supervise at once ({SLOW_RESTARTS} restarts each, ~1 s apart: ~{} s)",
+        SLOW_RESTARTS + 10
+    ));
+    // All three wait about a second between restarts (runsv and s6-supervise on purpose,
+    // supervisord because it restarts on the poll tick after it reaped), so they run side by
+    // side in time: asleep almost always, none of them disturbs the others.
+    let (supervisord, runit, s6) = std::thread::scope(|scope| {
+        let supervisord = scope.spawn(|| restart_supervisord(SLOW_RESTARTS));
+        let runit = scope.spawn(|| restart_runit(SLOW_RESTARTS));
+        let s6 = scope.spawn(|| restart_s6(SLOW_RESTARTS));
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Restarts>>| h.join().unwrap_or_else(|_| Err(anyhow!("panicked")));
+        (join(supervisord), join(runit), join(s6))
+    });
+
+    let alternatives = [("supervisord", &supervisord), ("runsv", &runit), ("s6-supervise", &s6)];
+    let row = |what: &str, stat: fn(&[u64]) -> f64, note: String| Row {
+        metric: what.to_string(),
+        warden: figure(&warden, |r| fmt_ms(stat(&r.samples))),
+        alternatives: alternatives
+            .iter()
+            .map(|(who, result)| Alt {
+                who: who.to_string(),
+                figure: figure(result, |r| fmt_ms(stat(&r.samples))),
+                ratio: ratio_of(&warden, |r| stat(&r.samples), result, |r| stat(&r.samples)),
+            })
+            .collect(),
+        note,
+    };
+    let counts = |r: &Result<Restarts>| r.as_ref().map(|r| r.samples.len().to_string()).unwrap_or_else(|_| "-".into());
+    vec![
+        row(
+            "Restart latency, median (exit → next exec; lower is better)",
+            median_ms,
+            format!(
+                "n = {} warden, {} supervisord, {} runsv, {} s6. Target: first restart < 5 ms median",
+                counts(&warden),
+                counts(&supervisord),
+                counts(&runit),
+                counts(&s6)
+            ),
+        ),
+        row(
+            "Restart latency, p99",
+            p99_ms,
+            "runsv and s6-supervise deliberately wait ~1 s before restarting a program that ran < 1 s; supervisord \
+             restarts on its next 1 s poll tick after reaping"
+                .into(),
+        ),
+    ]
+}
+
+/// warden with `policy = "always"`, no backoff; every decision is fsynced before it is acted on.
+fn restart_warden(n: usize) -> Result<Restarts> {
+    let warden = WardenServer::start()?;
+    let log = warden.root.path().join("restarts.log");
+    let spec = format!(
+        "name = \"crashloop\"\n[cell]\nargv = [{exe}]\nenv = {{ {WORKLOAD_ENV} = {log} }}\n\
+         [restart]\npolicy = \"always\"\nbackoff = \"0s\"\nbackoff_max = \"0s\"\n",
+        exe = toml_string(&bench_exe()),
+        log = toml_string(&log),
+    );
+    let spec_path = warden.root.path().join("crashloop.toml");
+    fs::write(&spec_path, spec)?;
+    let out = warden.cli(&[OsStr::new("run"), spec_path.as_os_str()])?;
+    let id = out.lines().last().ok_or_else(|| anyhow!("warden run printed no id"))?.trim().to_string();
+    let got = wait_for_starts(&log, n + 1, Duration::from_secs(120), "warden");
+    let _ = warden.cli(&[OsStr::new("stop"), OsStr::new(&id)]);
+    collect_restarts(&log, n, got, "warden", || tail(&warden.up_log(), 800).to_string())
+}
+
+/// supervisord 4 with one changed setting: `startsecs=0`. With the default (1 s) a program that
+/// exits at once never counts as started: it goes to BACKOFF and, after `startretries`, FATAL.
+fn restart_supervisord(n: usize) -> Result<Restarts> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("restarts.log");
+    let program = format!(
+        "[program:crashloop]\ncommand={exe}\nenvironment={WORKLOAD_ENV}=\"{log}\"\nstartsecs=0\n",
+        exe = bench_exe().display(),
+        log = log.display()
+    );
+    let (mut supervisord, conf_log) = start_supervisord(dir.path(), &program)?;
+    let got = wait_for_starts(&log, n + 1, slow_timeout(n), "supervisord");
+    supervisord.check_alive("supervisord", &conf_log)?;
+    drop(supervisord);
+    collect_restarts(&log, n, got, "supervisord", || tail(&fs::read_to_string(&conf_log).unwrap_or_default(), 800).into())
+}
+
+/// `supervisord -n -c CONF` with `programs` (config sections) and its logs in `dir`.
+fn start_supervisord(dir: &Path, programs: &str) -> Result<(Proc, PathBuf)> {
+    let conf = dir.join("supervisord.conf");
+    let stderr_log = dir.join("supervisord.stderr");
+    fs::write(
+        &conf,
+        format!(
+            "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nchildlogdir={d}\n\n{programs}",
+            d = dir.display()
+        ),
+    )?;
+    let proc = Proc::spawn(
+        "supervisord",
+        Command::new("supervisord").arg("-n").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log_file(&stderr_log)),
+    )?;
+    Ok((proc, stderr_log))
+}
+
+/// runit's `runsv DIR`, defaults untouched.
+fn restart_runit(n: usize) -> Result<Restarts> {
+    restart_daemontools_style("runsv", n)
+}
+
+/// s6's `s6-supervise DIR`, defaults untouched.
+fn restart_s6(n: usize) -> Result<Restarts> {
+    restart_daemontools_style("s6-supervise", n)
+}
+
+/// runsv and s6-supervise share the daemontools layout: a directory with an executable `run`.
+/// `run` is a symlink to this binary rather than the usual `#!/bin/sh` + `exec` script, so no
+/// shell sits between the supervisor and the workload (as with warden and supervisord); the
+/// workload's log path reaches it through the supervisor's own environment, which it inherits.
+fn restart_daemontools_style(supervisor: &str, n: usize) -> Result<Restarts> {
+    let dir = tempfile::tempdir()?;
+    let service = dir.path().join("crashloop");
+    fs::create_dir(&service)?;
+    std::os::unix::fs::symlink(bench_exe(), service.join("run"))?;
+    let log = dir.path().join("restarts.log");
+    let stderr_log = dir.path().join("supervisor.stderr");
+    let mut proc = Proc::spawn(
+        supervisor,
+        Command::new(supervisor)
+            .arg(&service)
+            .env(WORKLOAD_ENV, &log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&stderr_log)),
+    )?;
+    let got = wait_for_starts(&log, n + 1, slow_timeout(n), supervisor);
+    proc.check_alive(supervisor, &stderr_log)?;
+    drop(proc);
+    collect_restarts(&log, n, got, supervisor, || tail(&fs::read_to_string(&stderr_log).unwrap_or_default(), 800).into())
+}
+
+/// How long `n` restarts about a second apart may take before the bench reports what it has.
+fn slow_timeout(n: usize) -> Duration {
+    Duration::from_millis(1500) * (n as u32 + 1) + Duration::from_secs(10)
+}
+
+fn collect_restarts(log: &Path, n: usize, starts: usize, who: &str, diagnostics: impl FnOnce() -> String) -> Result<Restarts> {
+    let samples = restart_latencies(log, n);
+    if samples.is_empty() {
+        bail!("{who} restarted nothing ({starts} starts): {}", diagnostics());
+    }
+    if samples.len() < n {
+        progress(format_args!("  {who}: only {} of {n} restarts before the timeout", samples.len()));
+    }
+    Ok(Restarts { samples })
+}
+
+fn toml_string(path: &Path) -> String {
+    // A JSON string literal is a valid TOML basic string for any path this bench creates.
+    serde_json::to_string(&path.display().to_string()).expect("a string serializes")
+}
+
+fn sorted(samples: &[u64]) -> Vec<u64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    sorted
+}
+
+fn median(samples: &[u64]) -> f64 {
+    let s = sorted(samples);
+    let mid = s.len() / 2;
+    if s.len() % 2 == 0 {
+        (s[mid - 1] + s[mid]) as f64 / 2.0
+    } else {
+        s[mid] as f64
+    }
+}
+
+/// Median of ns samples, in ms.
+fn median_ms(samples: &[u64]) -> f64 {
+    median(samples) / 1e6
+}
+
+/// 99th percentile (nearest rank) of ns samples, in ms.
+fn p99_ms(samples: &[u64]) -> f64 {
+    let s = sorted(samples);
+    let rank = ((s.len() as f64) * 0.99).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1] as f64 / 1e6
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Journal throughput
+// ---------------------------------------------------------------------------------------------
+
+fn journal_section() -> Vec<Row> {
+    progress(format_args!("journal: {JOURNAL_ROUNDS} rounds of {} ms per case, cases interleaved", JOURNAL_SLICE.as_millis()));
+    let mut cases: Vec<(String, Result<JournalCase>)> = vec![
+        ("warden, 1 appender".into(), warden_case(1, 1)),
+        (format!("warden, {JOURNAL_THREADS} appenders"), warden_case(JOURNAL_THREADS, 1)),
+        (format!("warden, batches of {JOURNAL_BATCH}"), warden_case(1, JOURNAL_BATCH)),
+        ("rusqlite, 1 row per transaction".into(), raw_case(1)),
+        (format!("rusqlite, {JOURNAL_BATCH} rows per transaction"), raw_case(JOURNAL_BATCH)),
+    ];
+    // fsync latency on a shared disk swings by 10× within seconds (other builds, other tests),
+    // so the cases take turns in short slices: each one sees the same mix of good and bad moments.
+    let mut tallies = vec![(0u64, Duration::ZERO); cases.len()];
+    for _ in 0..JOURNAL_ROUNDS {
+        for ((_, case), tally) in cases.iter_mut().zip(&mut tallies) {
+            if let Ok(run) = case {
+                let started = Instant::now();
+                match run(JOURNAL_SLICE) {
+                    Ok(events) => {
+                        tally.0 += events;
+                        tally.1 += started.elapsed();
+                    }
+                    Err(e) => *case = Err(e),
+                }
+            }
+        }
+    }
+    let rates: Vec<Result<f64>> = cases
+        .into_iter()
+        .zip(tallies)
+        .map(|((name, case), (events, elapsed))| {
+            let rate = case.map(|_| events as f64 / elapsed.as_secs_f64());
+            progress(format_args!("  {name}: {}", figure(&rate, |r| fmt_rate(*r))));
+            rate
+        })
+        .collect();
+    let [single, group, batch, raw_single, raw_batch] = <[Result<f64>; 5]>::try_from(rates).ok().expect("five cases");
+
+    let row = |metric: String, warden: &Result<f64>, who: &str, raw: &Result<f64>, note: &str| Row {
+        metric,
+        warden: figure(warden, |r| fmt_rate(*r)),
+        alternatives: vec![Alt {
+            who: who.to_string(),
+            figure: figure(raw, |r| fmt_rate(*r)),
+            ratio: ratio_of(warden, |r| *r, raw, |r| *r),
+        }],
+        note: note.to_string(),
+    };
+    let raw_one = "raw rusqlite, 1 row/tx";
+    vec![
+        row(
+            "Journal, 1 appender, 1 event/append (durable events/s; higher is better)".into(),
+            &single,
+            raw_one,
+            &raw_single,
+            "every append waits for its own fsync",
+        ),
+        row(
+            format!("Journal, {JOURNAL_THREADS} concurrent appenders, 1 event/append (group commit)"),
+            &group,
+            raw_one,
+            &raw_single,
+            "baseline: what one transaction per event gets; target ≥ 50,000 durable events/s",
+        ),
+        row(
+            format!("Journal, batches of {JOURNAL_BATCH} events/append"),
+            &batch,
+            &format!("raw rusqlite, {JOURNAL_BATCH} rows/tx"),
+            &raw_batch,
+            "warden also seals, hashes and chains each event",
+        ),
+    ]
+}
+
+/// One journal throughput case: runs for about the given time and returns how many events it
+/// made durable.
+type JournalCase = Box<dyn FnMut(Duration) -> Result<u64>>;
+
+/// `SqliteStore::append` from `threads` appenders, `per_append` events per call.
+fn warden_case(threads: usize, per_append: usize) -> Result<JournalCase> {
+    let dir = tempfile::tempdir()?;
+    let (store, _) = SqliteStore::open(&dir.path().join("journal.db"))?;
+    let mut next_n = 0u64;
+    Ok(Box::new(move |slice| {
+        let _keep = &dir;
+        let appended = AtomicU64::new(0);
+        let deadline = Instant::now() + slice;
+        let first_n = next_n;
+        next_n += 1 << 40;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads as u64)
+                .map(|t| {
+                    let (store, appended) = (&store, &appended);
+                    scope.spawn(move || -> Result<()> {
+                        let mut n = first_n + (t << 32);
+                        while Instant::now() < deadline {
+                            let events = (0..per_append)
+                                .map(|_| {
+                                    n += 1;
+                                    sample_event(n, Some(JOURNAL_SUBJECT))
+                                })
+                                .collect();
+                            appended.fetch_add(store.append(events)?.len() as u64, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| w.join().map_err(|_| anyhow!("an appender panicked"))?)
+        })?;
+        Ok(appended.into_inner())
+    }))
+}
+
+/// Rows into a bare SQLite file with warden's durability (`journal_mode=WAL`,
+/// `synchronous=FULL`) and warden's `events` table, one thread, `per_tx` rows per transaction.
+/// Every row has exactly the bytes of a sealed sample event, so the ratio is warden's own cost.
+fn raw_case(per_tx: usize) -> Result<JournalCase> {
+    let dir = tempfile::tempdir()?;
+    let mut conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("raw SQLite file is not in WAL mode ({mode})");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, subject TEXT, hash TEXT NOT NULL, body BLOB NOT NULL);
+         CREATE INDEX events_subject_seq ON events (subject, seq);",
+    )?;
+    let sealed = CloudEvent::seal(&sample_event(1, Some(JOURNAL_SUBJECT)), 1, GENESIS_HASH);
+    let body = sealed.canonical_bytes();
+    let hash = sha256_hex(&body);
+    let mut seq: i64 = 0;
+    Ok(Box::new(move |slice| {
+        let _keep = &dir;
+        let first = seq;
+        let deadline = Instant::now() + slice;
+        while Instant::now() < deadline {
+            // IMMEDIATE, as warden's writer does: take the write lock up front.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO events (seq, subject, hash, body) VALUES (?1, ?2, ?3, ?4)")?;
+                for _ in 0..per_tx {
+                    seq += 1;
+                    insert.execute(rusqlite::params![seq, JOURNAL_SUBJECT, hash, body])?;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok((seq - first) as u64)
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cells started per second
+// ---------------------------------------------------------------------------------------------
+
+struct CellRate {
+    per_sec: f64,
+    to_running: Duration,
+    to_stopped: Duration,
+    left_behind: usize,
+}
+
+fn cells_section() -> Vec<Row> {
+    progress(format_args!("cells: {RATE_CELLS} `sleep 1000` cells from {API_THREADS} API threads"));
+    let rate = cell_rate(RATE_CELLS);
+    let note = match &rate {
+        Ok(r) => format!(
+            "all running {:.2} s after the first submit; stopping all took {:.2} s; `sleep 1000` left behind: {}. Target ≥ 500 cells/s",
+            r.to_running.as_secs_f64(),
+            r.to_stopped.as_secs_f64(),
+            r.left_behind
+        ),
+        Err(_) => "Target ≥ 500 cells/s".into(),
+    };
+    vec![Row {
+        metric: format!("Cells started per second, {RATE_CELLS} cells over the HTTP API (higher is better)"),
+        warden: figure(&rate, |r| format!("{:.0} cells/s", r.per_sec)),
+        alternatives: Vec::new(),
+        note,
+    }]
+}
+
+/// Submits `n` sleepers from several threads and times first submit → n-th
+/// `dev.warden.lifecycle.started.v1` on the event stream; then stops them all and checks that
+/// every `sleep` it started is gone.
+fn cell_rate(n: usize) -> Result<CellRate> {
+    let warden = WardenServer::start()?;
+    let api = warden.api()?;
+
+    // Follow the event stream from a thread of its own; it reports when it is connected (so no
+    // started event can be missed: the server subscribes before it answers) and when it has
+    // seen the n-th started event.
+    let (connected_tx, connected) = mpsc::channel::<Result<()>>();
+    let (all_started_tx, all_started) = mpsc::channel::<Instant>();
+    let follow_api = warden.api()?;
+    std::thread::spawn(move || {
+        let response = match follow_api.request("GET", "/v1/events?follow=true", b"") {
+            Ok(response) => response,
+            Err(e) => {
+                let _ = connected_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = connected_tx.send(Ok(()));
+        let mut started = 0;
+        for line in BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("\"dev.warden.lifecycle.started.v1\"") {
+                started += 1;
+                if started == n {
+                    let _ = all_started_tx.send(Instant::now());
+                    return;
+                }
+            }
+        }
+    });
+    connected.recv_timeout(Duration::from_secs(10)).context("the event stream did not connect")??;
+
+    let first_submit = Instant::now();
+    let ids = parallel(n, API_THREADS, |i| Ok(api.submit(&format!("sleep-{i}.toml"), &sleeper_spec(i))?.info.id))?;
+    let all_running =
+        all_started.recv_timeout(Duration::from_secs(300)).map_err(|_| anyhow!("not all {n} cells started within 300 s"))?;
+    let to_running = all_running - first_submit;
+    progress(format_args!("  {n} cells running after {:.2} s", to_running.as_secs_f64()));
+
+    // The workloads' pids, with start times, to check afterwards that stopping left none behind.
+    let running: Vec<(u32, u64)> = api
+        .list()?
+        .iter()
+        .filter(|v| v.state == "running")
+        .filter_map(|v| v.pid)
+        .filter_map(|pid| Some((pid, start_time(pid)?)))
+        .collect();
+    if running.len() != n {
+        progress(format_args!("  warning: {} of {n} cells listed as running", running.len()));
+    }
+
+    let stop_started = Instant::now();
+    stop_all(&api, &ids)?;
+    let to_stopped = stop_started.elapsed();
+    progress(format_args!("  all stopped after {:.2} s", to_stopped.as_secs_f64()));
+    // A workload is `stopped` once its exit is journaled, i.e. after its process was reaped.
+    let left: Vec<u32> = running.iter().filter(|(pid, t)| still_running(*pid, *t)).map(|(pid, _)| *pid).collect();
+    for pid in &left {
+        signal(*pid, libc::SIGKILL);
+    }
+    Ok(CellRate { per_sec: n as f64 / to_running.as_secs_f64(), to_running, to_stopped, left_behind: left.len() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Memory per supervised cell
+// ---------------------------------------------------------------------------------------------
+
+/// PSS in KiB: per supervising process (median), and of the one parent over all of them.
+struct Memory {
+    per_cell_kib: f64,
+    parent_kib: u64,
+    processes: usize,
+}
+
+fn memory_section() -> Vec<Row> {
+    progress(format_args!("memory: {MEMORY_CELLS} `sleep 1000` cells per system"));
+    let warden = memory_warden(MEMORY_CELLS);
+    progress(format_args!("  warden: {}", figure(&warden, |m| fmt_kib(m.per_cell_kib))));
+    let runit = memory_runit(MEMORY_CELLS);
+    progress(format_args!("  runit: {}", figure(&runit, |m| fmt_kib(m.per_cell_kib))));
+    let s6 = memory_s6(MEMORY_CELLS);
+    progress(format_args!("  s6: {}", figure(&s6, |m| fmt_kib(m.per_cell_kib))));
+    let supervisord = memory_supervisord(MEMORY_CELLS);
+    progress(format_args!("  supervisord: {}", figure(&supervisord, |m| fmt_kib(m.per_cell_kib))));
+
+    let per_cell = |m: &Memory| m.per_cell_kib;
+    let parent_share = |m: &Memory| m.parent_kib as f64 / MEMORY_CELLS as f64;
+    let total = |m: &Memory| m.per_cell_kib + m.parent_kib as f64 / MEMORY_CELLS as f64;
+    let alt = |who: &str, result: &Result<Memory>, of: &dyn Fn(&Memory) -> f64| Alt {
+        who: who.to_string(),
+        figure: figure(result, |m| fmt_kib(of(m))),
+        ratio: ratio_of(&warden, of, result, of),
+    };
+    let counts =
+        [&warden, &runit, &s6].map(|r| r.as_ref().map(|m| m.processes.to_string()).unwrap_or_else(|_| "-".into())).join("/");
+    vec![
+        Row {
+            metric: format!("Memory per supervised cell, {MEMORY_CELLS} cells (PSS; lower is better)"),
+            warden: figure(&warden, |m| fmt_kib(per_cell(m))),
+            alternatives: vec![
+                alt("runsv", &runit, &per_cell),
+                alt("s6-supervise", &s6, &per_cell),
+                alt("supervisord ÷ 100", &supervisord, &per_cell),
+            ],
+            note: format!(
+                "warden: median over its shims; runit, s6: median per runsv / s6-supervise (processes measured: {counts}). \
+                 Target ≤ 150 KB per cell"
+            ),
+        },
+        Row {
+            metric: format!("Supervisor process ÷ {MEMORY_CELLS} (PSS)"),
+            warden: figure(&warden, |m| fmt_kib(parent_share(m))),
+            alternatives: vec![alt("runsvdir", &runit, &parent_share), alt("s6-svscan", &s6, &parent_share)],
+            note: "`warden up` (API, engine, journal) spread over the cells; supervisord's single process is the row above"
+                .into(),
+        },
+        Row {
+            metric: "Total per cell (the two rows above)".into(),
+            warden: figure(&warden, |m| fmt_kib(total(m))),
+            alternatives: vec![alt("runit", &runit, &total), alt("s6", &s6, &total), alt("supervisord", &supervisord, &per_cell)],
+            note: String::new(),
+        },
+    ]
+}
+
+fn memory_warden(n: usize) -> Result<Memory> {
+    let warden = WardenServer::start()?;
+    let api = warden.api()?;
+    let ids = parallel(n, API_THREADS.min(4), |i| Ok(api.submit(&format!("sleep-{i}.toml"), &sleeper_spec(i))?.info.id))?;
+    wait_until(Duration::from_secs(60), "every cell to run", || {
+        Ok((api.list()?.iter().filter(|v| v.state == "running").count() == n).then_some(()))
+    })?;
+    std::thread::sleep(MEMORY_SETTLE);
+    let shims = warden.shim_pids();
+    if shims.len() != n {
+        bail!("found {} shim pids for {n} cells", shims.len());
+    }
+    let memory = measure(&shims, warden.server_pid())?;
+    stop_all(&api, &ids)?;
+    Ok(memory)
+}
+
+/// `runsvdir DIR` over `n` services, each `exec sleep 1000`: one runsv per service.
+fn memory_runit(n: usize) -> Result<Memory> {
+    memory_svscan_style("runsvdir", "runsv", n)
+}
+
+/// `s6-svscan DIR` over `n` services, each `exec sleep 1000`: one s6-supervise per service.
+fn memory_s6(n: usize) -> Result<Memory> {
+    memory_svscan_style("s6-svscan", "s6-supervise", n)
+}
+
+fn memory_svscan_style(scanner: &str, supervisor: &str, n: usize) -> Result<Memory> {
+    let dir = tempfile::tempdir()?;
+    let services = dir.path().join("services");
+    for i in 0..n {
+        let service = services.join(format!("sleep-{i}"));
+        fs::create_dir_all(&service)?;
+        write_executable(&service.join("run"), "#!/bin/sh\nexec sleep 1000\n")?;
+    }
+    let stderr_log = dir.path().join("scanner.stderr");
+    let mut scan = Proc::spawn(
+        scanner,
+        Command::new(scanner).arg(&services).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file(&stderr_log)),
+    )?;
+    let supervisors = wait_until(Duration::from_secs(60), &format!("{n} {supervisor} with a running service"), || {
+        scan.check_alive(scanner, &stderr_log)?;
+        let supervisors = children_named(scan.pid(), supervisor);
+        Ok((supervisors.len() == n && supervisors.iter().all(|&pid| has_children(pid))).then_some(supervisors))
+    })?;
+    std::thread::sleep(MEMORY_SETTLE);
+    measure(&supervisors, scan.pid())
+}
+
+/// One supervisord with `n` programs, each `sleep 1000`: its PSS ÷ n per program.
+fn memory_supervisord(n: usize) -> Result<Memory> {
+    let dir = tempfile::tempdir()?;
+    let mut programs = String::new();
+    for i in 0..n {
+        let _ = writeln!(programs, "[program:sleep-{i}]\ncommand=sleep 1000\n");
+    }
+    let (mut supervisord, stderr_log) = start_supervisord(dir.path(), &programs)?;
+    wait_until(Duration::from_secs(60), &format!("{n} programs under supervisord"), || {
+        supervisord.check_alive("supervisord", &stderr_log)?;
+        Ok((children_named(supervisord.pid(), "sleep").len() == n).then_some(()))
+    })?;
+    std::thread::sleep(MEMORY_SETTLE);
+    let pss = pss_kib(supervisord.pid())?;
+    Ok(Memory { per_cell_kib: pss as f64 / n as f64, parent_kib: 0, processes: 1 })
+}
+
+fn measure(per_cell: &[u32], parent: u32) -> Result<Memory> {
+    let pss = per_cell.iter().map(|&pid| pss_kib(pid)).collect::<Result<Vec<u64>>>()?;
+    Ok(Memory { per_cell_kib: median(&pss), parent_kib: pss_kib(parent)?, processes: pss.len() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+struct Row {
+    metric: String,
+    warden: String,
+    alternatives: Vec<Alt>,
+    note: String,
+}
+
+struct Alt {
+    who: String,
+    figure: String,
+    /// warden's figure ÷ this one's.
+    ratio: String,
+}
+
+fn figure<T>(result: &Result<T>, show: impl Fn(&T) -> String) -> String {
+    match result {
+        Ok(value) => show(value),
+        Err(e) => format!("error: {}", one_line(&format!("{e:#}"))),
+    }
+}
+
+/// warden's value ÷ the alternative's, when both were measured.
+fn ratio_of<T, U>(warden: &Result<T>, warden_value: impl Fn(&T) -> f64, other: &Result<U>, value: impl Fn(&U) -> f64) -> String {
+    match (warden.as_ref().ok().map(warden_value), other.as_ref().ok().map(value)) {
+        (Some(w), Some(o)) if o > 0.0 => fmt_ratio(w / o),
+        _ => "-".into(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let flat = text.replace(['\n', '\r', '|'], " ");
+    if flat.chars().count() > 160 {
+        format!("{}…", flat.chars().take(160).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 100.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn fmt_rate(per_sec: f64) -> String {
+    format!("{} events/s", group_thousands(per_sec.round() as u64))
+}
+
+fn fmt_kib(kib: f64) -> String {
+    format!("{kib:.0} KB")
+}
+
+fn fmt_ratio(ratio: f64) -> String {
+    if ratio >= 100.0 {
+        format!("{ratio:.0}×")
+    } else if ratio >= 1.0 {
+        format!("{ratio:.2}×")
+    } else {
+        // Two significant digits, however small.
+        let decimals = (1 - ratio.log10().floor() as i32).max(2) as usize;
+        format!("{ratio:.decimals$}×")
+    }
+}
+
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_table(rows: &[Row]) {
+    let mut out = String::new();
+    let _ = writeln!(out, "## warden benchmark\n");
+    let _ = writeln!(out, "Reproduce with `cargo xtask bench`. {}\n", machine_summary());
+    let _ = writeln!(out, "| Metric | warden | Alternatives | warden ÷ alternative | Notes |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for row in rows {
+        let (alternatives, ratios) = if row.alternatives.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (
+                row.alternatives.iter().map(|a| format!("{}: {}", a.who, a.figure)).collect::<Vec<_>>().join("; "),
+                row.alternatives.iter().map(|a| format!("{}: {}", a.who, a.ratio)).collect::<Vec<_>>().join("; "),
+            )
+        };
+        let _ = writeln!(out, "| {} | {} | {alternatives} | {ratios} | {} |", row.metric, row.warden, row.note);
+    }
+    let _ = writeln!(
+        out,
+        "\nSettings: warden `policy = \"always\"`, `backoff = \"0s\"`, `backoff_max = \"0s\"`, every event fsynced \
+         (journal_mode=WAL, synchronous=FULL); supervisord defaults except `startsecs=0` (otherwise a program that \
+         exits at once goes BACKOFF → FATAL); runsv and s6-supervise at their defaults, `run` a symlink to the workload \
+         binary (no shell). Restart latency = CLOCK_REALTIME of a run's `exit` line → the next run's `start` line, \
+         written by the workload itself. Memory: PSS from /proc/PID/smaps_rollup with {MEMORY_CELLS} `sleep 1000` \
+         cells per system; warden's figure is its per-cell `warden-shim`. Ratios compare figures from this one run; \
+         absolute numbers drift on a shared machine."
+    );
+    print!("{out}");
+}
+
+fn machine_summary() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let versions: Vec<String> = ["supervisor", "runit", "s6"]
+        .iter()
+        .map(|package| {
+            let version = Command::new("dpkg-query")
+                .args(["-W", "-f=${Version}", package])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|| "?".into());
+            format!("{package} {version}")
+        })
+        .collect();
+    format!(
+        "{cpus} CPUs, Linux {}, temp dirs on {}; {}.",
+        kernel.trim(),
+        filesystem_of(&std::env::temp_dir()),
+        versions.join(", ")
+    )
+}
+
+/// The file system type under `path`: on tmpfs an fsync costs nothing and durability figures
+/// would be meaningless, so the table says where it ran.
+fn filesystem_of(path: &Path) -> String {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return "?".into() };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c_path` is NUL-terminated and `stat` is a properly sized out-parameter.
+    if unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return "?".into();
+    }
+    // SAFETY: statfs succeeded, so it filled `stat`.
+    let magic = unsafe { stat.assume_init() }.f_type as u64;
+    let names: HashMap<u64, &str> = [
+        (0xEF53, "ext4"),
+        (0x0102_1994, "tmpfs (fsync is free: durable figures are not comparable)"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683E, "btrfs"),
+        (0x794C_7630, "overlayfs"),
+    ]
+    .into();
+    names.get(&magic).map(|n| n.to_string()).unwrap_or_else(|| format!("fs 0x{magic:x}"))
+}
+
+/// Fails early, with the fix, when the build or the alternatives are missing.
+fn check_prerequisites() {
+    let shim = Path::new(warden_bin()).with_file_name("warden-shim");
+    if !shim.is_file() {
+        progress(format_args!(
+            "warning: {} is missing, so warden falls back to `warden shim` (a much larger process per cell); \
+             run `cargo build --release --workspace --bins` first (`cargo xtask bench` does)",
+            shim.display()
+        ));
+    }
+    let missing: HashSet<&str> = ["supervisord", "runsv", "runsvdir", "s6-supervise", "s6-svscan"]
+        .into_iter()
+        .filter(|binary| {
+            Command::new("sh").arg("-c").arg(format!("command -v {binary}")).output().map_or(true, |o| !o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        progress(format_args!("warning: not on PATH: {missing:?} (`cargo xtask bench` installs supervisor, runit and s6)"));
+    }
+}

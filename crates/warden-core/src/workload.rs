@@ -376,7 +376,7 @@ impl Workload {
     }
 
     fn decide_stop(&self, reason: StopReason, now_ms: u64, decision: &mut Decision) {
-        let kill_at_ms = now_ms + self.spec.cell.graceful_shutdown_ms;
+        let kill_at_ms = now_ms.saturating_add(self.spec.cell.graceful_shutdown_ms);
         decision.events.push(EventData::WorkloadStopping { workload_id: self.id().into(), reason, kill_at_ms });
         if let Phase::Running { cell } = &self.phase {
             decision.effects.push(Effect::SignalCell {
@@ -438,7 +438,7 @@ impl Workload {
             workload_id: id,
             consecutive_failures,
             delay_ms,
-            until_ms: now_ms + delay_ms,
+            until_ms: now_ms.saturating_add(delay_ms),
         });
     }
 

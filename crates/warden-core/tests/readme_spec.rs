@@ -48,3 +48,22 @@ fn the_readme_example_spec_parses() {
     assert!(id.starts_with("sha256:") && id.len() == "sha256:".len() + 64, "{id}");
     assert_eq!(Spec::parse("other.toml", README_EXAMPLE).unwrap().spec_id(), id);
 }
+
+/// The spec in README.md's quick start (the `web.toml` heredoc), read from the README itself so
+/// the documentation cannot drift into an example that no longer parses.
+#[test]
+fn the_spec_in_the_readme_quick_start_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+    let readme = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    let start = readme.find("<<'TOML'\n").unwrap_or_else(|| panic!("no <<'TOML' heredoc in {path}")) + "<<'TOML'\n".len();
+    let len = readme[start..].find("\nTOML\n").unwrap_or_else(|| panic!("unterminated heredoc in {path}"));
+    let text = &readme[start..start + len];
+    let spec = Spec::parse("README.md", text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    assert_eq!(spec.name, "web");
+    assert_eq!(spec.ttl_ms, Some(24 * 60 * 60 * 1000));
+    assert_eq!(spec.cell.argv, ["python3", "-m", "http.server", "8080"]);
+    assert_eq!(spec.cell.graceful_shutdown_ms, 5_000);
+    assert_eq!(spec.restart.policy, RestartPolicy::OnFailure { max_attempts: 3 });
+    assert_eq!((spec.restart.backoff_ms, spec.restart.backoff_max_ms), (100, 30_000));
+    assert_eq!(spec.replication.mode, ReplicationMode::None);
+}

@@ -217,7 +217,8 @@ impl Engine {
         loop {
             let mut batch = Vec::new();
             let sleep = match self.live.next_deadline_ms() {
-                Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms())),
+                // Capped, so a deadline centuries away cannot overflow the timer.
+                Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms()).min(3_600_000)),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -262,7 +263,7 @@ impl Engine {
                         workload_type: spec.cell.isolation.as_str().to_string(),
                         spec_id: spec.spec_id(),
                         created_at: now / 1000,
-                        expires_at: spec.ttl_ms.map(|ttl| (now + ttl).div_ceil(1000)),
+                        expires_at: spec.ttl_ms.map(|ttl| now.saturating_add(ttl).div_ceil(1000)),
                         owner,
                         replication: spec.replication.mode,
                         restart_policy: spec.restart.policy,
