@@ -466,8 +466,8 @@ async fn watch(
             }
             Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
         },
-        // The shim is already gone: its exit record is on disk.
-        Err(_) => {}
+        // `exit_fd` returns an already-readable fd when the shim is gone, so this is a real failure.
+        Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
     }
     let collector = backend.clone();
     let id = cell_id.clone();
