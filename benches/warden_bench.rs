@@ -112,7 +112,7 @@ fn workload_main(log: &OsStr) -> ! {
 }
 
 fn realtime_ns() -> u64 {
-    // CLOCK_REALTIME, not a monotonic clock: start and exit are read by different processes.
+    // CLOCK_REALTIME: one clock for every process, so stamps written by successive runs compare.
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -254,6 +254,13 @@ fn signal(pid: u32, signal: libc::c_int) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe { libc::kill(pid, signal) };
+    }
+}
+
+fn signal_group(pgid: u32, signal: libc::c_int) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        // SAFETY: as above; a negative pid names the process group.
+        unsafe { libc::kill(-pgid, signal) };
     }
 }
 
@@ -405,8 +412,8 @@ impl Drop for WardenServer {
         drop(self.server.take());
         // ...but a shim whose server died earlier has been re-parented away: find it by pid.json.
         for json in cell_pid_files(&self.data_dir()) {
-            if let Some(pid) = json["pid"].as_u64().and_then(|p| i32::try_from(p).ok()) {
-                signal((-pid) as u32, libc::SIGKILL); // the workload's process group
+            if let Some(pid) = json["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
+                signal_group(pid, libc::SIGKILL); // the workload leads its own process group
             }
             if let Some(pid) = json["shim_pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
                 signal(pid, libc::SIGKILL);
@@ -686,7 +693,7 @@ fn sorted(samples: &[u64]) -> Vec<u64> {
 fn median(samples: &[u64]) -> f64 {
     let s = sorted(samples);
     let mid = s.len() / 2;
-    if s.len() % 2 == 0 {
+    if s.len().is_multiple_of(2) {
         (s[mid - 1] + s[mid]) as f64 / 2.0
     } else {
         s[mid] as f64
@@ -744,7 +751,7 @@ fn journal_section() -> Vec<Row> {
             rate
         })
         .collect();
-    let [single, group, batch, raw_single, raw_batch] = <[Result<f64>; 5]>::try_from(rates).ok().expect("five cases");
+    let [single, group, batch, raw_single, raw_batch]: [Result<f64>; 5] = rates.try_into().expect("five cases");
 
     let row = |metric: String, warden: &Result<f64>, who: &str, raw: &Result<f64>, note: &str| Row {
         metric,
@@ -1155,6 +1162,8 @@ fn fmt_kib(kib: f64) -> String {
 fn fmt_ratio(ratio: f64) -> String {
     if ratio >= 100.0 {
         format!("{ratio:.0}×")
+    } else if ratio >= 10.0 {
+        format!("{ratio:.1}×")
     } else if ratio >= 1.0 {
         format!("{ratio:.2}×")
     } else {
@@ -1168,7 +1177,7 @@ fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -29,6 +29,9 @@ fn ci() {
 
 fn bench() {
     install_packages(&[("supervisor", "supervisord"), ("runit", "runsv"), ("s6", "s6-supervise")]);
+    // The bench runs target/release/warden, which looks for warden-shim next to itself; only a
+    // workspace build produces that (a bench build compiles just the warden package's binary).
+    run("cargo", &["build", "--release", "--workspace", "--bins"]);
     run("cargo", &["bench", "--bench", "warden_bench"]);
 }
 

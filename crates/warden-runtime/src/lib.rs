@@ -74,6 +74,13 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
 
     let (store, report) = SqliteStore::open(&data_dir.join("journal.db"))?;
     let store: Arc<dyn Store> = Arc::new(store);
+    let shim_note = match &config.shim {
+        ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),
+        ShimExe::Subcommand(path) => format!(
+            "`{} shim` (no warden-shim next to warden; `cargo build --release --workspace` builds the ~130 KB one)",
+            path.display()
+        ),
+    };
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
     let (mut engine, handle) =
@@ -105,11 +112,12 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     eprintln!("warden up: listening on http://{listen} as node {:?}", config.node_name);
     eprintln!("  data dir     {}", data_dir.display());
     eprintln!(
-        "  journal      {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the tail; chain verified from seq {}",
+        "  journal      {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the events after it; chain verified from seq {}",
         handle.shared.read().expect("lock").last_seq,
         report.verified_from_seq
     );
     eprintln!("  credential   {} ({})", credential_path.display(), admin.principal());
+    eprintln!("  cell shim    {shim_note}");
     eprintln!(
         "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
         recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
