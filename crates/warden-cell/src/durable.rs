@@ -1,24 +1,27 @@
-//! Crash-safe small files: a record is either absent or complete on disk, never torn,
-//! because it is written to a temporary name, fsynced, renamed, and the directory fsynced.
+//! Small records in a cell directory, written atomically: a reader sees the file absent or
+//! complete, never torn, because it is written to a temporary name and renamed into place.
+//!
+//! There is deliberately no fsync. These records must survive a *supervisor* crash, and the page
+//! cache does that. Durability across a power cut lives in the journal: once the supervisor has
+//! journaled an exit, it is durable; a record lost to a power cut before that reads as absent, so
+//! the cell is reported as "exit status unknown", never with a made-up code. Each fsync here would
+//! sit on the restart path (exit → journal → next exec) for no gain in what is guaranteed.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Atomically and durably replaces `dir/name` with `bytes`.
+/// Atomically replaces `dir/name` with `bytes`.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
     }
-    std::fs::rename(&tmp, &dst)?;
-    // The rename itself only survives a power cut once the directory entry is on disk.
-    File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, &dst)
 }
 
 pub(crate) fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {

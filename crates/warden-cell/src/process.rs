@@ -10,7 +10,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -99,21 +98,13 @@ impl ProcessBackend {
             Err(e) => return Err(io_err("create cell dir")(e)),
         }
         write_json_atomic(&dir, "config.json", config).map_err(io_err("write config.json"))?;
-        // Make the new cell dir's own entry durable as well.
-        File::open(&self.cells_dir).and_then(|d| d.sync_all()).map_err(io_err("sync cells dir"))?;
         let shim_err =
             OpenOptions::new().append(true).create(true).open(dir.join("shim.err")).map_err(io_err("open shim.err"))?;
 
         let mut cmd = self.shim.command(&dir);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(shim_err));
-        // SAFETY: the closure only calls setsid, which is async-signal-safe. A session of its
-        // own from its first instruction means the supervisor's Ctrl-C can never hit the shim.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
+        // No `pre_exec` here: it would force a full fork of this large, multi-threaded process
+        // instead of posix_spawn. The shim calls setsid() as its first act instead.
         let mut child = cmd.spawn().map_err(|source| StartError::Spawn { path: self.shim.path().to_path_buf(), source })?;
         let Some(stdout) = child.stdout.take() else {
             return Err(StartError::Handshake("shim stdout not captured".into()));
