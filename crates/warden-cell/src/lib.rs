@@ -43,6 +43,51 @@ pub struct CellConfig {
     pub log_max_size_bytes: u64,
     /// How many rotated files (`.1` .. `.N`) are kept; 0 means the live file is just truncated.
     pub log_max_files: u32,
+    /// How the workload is isolated from the host.
+    #[serde(default)]
+    pub isolation: CellIsolation,
+    /// Resource limits, enforced with cgroups (v1 or v2, whichever the host runs).
+    #[serde(default)]
+    pub limits: CellLimits,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CellIsolation {
+    /// A plain process group under the shim. No in-cell bridge: exits carry no terminal state.
+    #[default]
+    Process,
+    /// New PID, mount, UTS and IPC namespaces (and an empty network namespace when
+    /// `network_none`), with warden's own init as PID 1 reporting the workload's exit over an
+    /// authenticated channel.
+    Cell { network_none: bool },
+    /// An OCI runtime (runc, or crun where the host allows) on a bundle generated from the spec.
+    Oci { rootfs: PathBuf, runtime: OciRuntime, network_none: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OciRuntime {
+    Runc,
+    Crun,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellLimits {
+    pub memory_max_bytes: Option<u64>,
+    /// CPU bandwidth in thousandths of a core (500 = half a core).
+    pub cpu_max_millicores: Option<u32>,
+    pub pids_max: Option<u32>,
+}
+
+/// How the supervisor learned that a cell ended (the seed's `LifecycleTerminalState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TerminalState {
+    /// An exit report authenticated with the cell's key arrived: its code is the truth.
+    Clean,
+    /// No authenticated report arrived; the cell was torn down. Carries no exit code.
+    Forced,
 }
 
 /// Identity of a running cell. Pids are never trusted alone: a pid plus its start time
@@ -62,6 +107,15 @@ pub struct ExitStatus {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub finished_at_ms: u64,
+    /// `None` for backends without an in-cell bridge (`process`).
+    #[serde(default)]
+    pub terminal_state: Option<TerminalState>,
+    /// The cell's cgroup recorded an OOM kill.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Why, in words, when the exit code alone does not say (e.g. why a cell was `Forced`).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// What the backend knows about a cell, typically after a supervisor restart.

@@ -581,6 +581,9 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         finished_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        terminal_state: None,
+        oom_killed: false,
+        detail: None,
     };
     for attempt in 1..=5 {
         match write_json_atomic(&run.cell_dir, "exit.json", &exit) {

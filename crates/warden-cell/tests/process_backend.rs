@@ -27,6 +27,8 @@ fn config(root: &Path, cell_id: &str, argv: &[&str]) -> CellConfig {
         log_path: root.join("logs/wl/output.log"),
         log_max_size_bytes: 1024 * 1024,
         log_max_files: 3,
+        isolation: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -411,6 +411,8 @@ impl Engine {
             log_path: self.logs_dir.join(&workload_id).join("output.log"),
             log_max_size_bytes: workload.spec.logs.max_size_bytes,
             log_max_files: workload.spec.logs.max_files,
+            isolation: warden_cell::CellIsolation::Process,
+            limits: warden_cell::CellLimits::default(),
         };
         let backend = self.backend.clone();
         let commands = self.commands_tx.clone();
