@@ -29,6 +29,12 @@ pub struct CellSpec {
     pub workdir: Option<String>,
     pub isolation: Isolation,
     pub graceful_shutdown_ms: u64,
+    pub network: Network,
+    /// The root filesystem directory (`oci` only).
+    pub rootfs: Option<String>,
+    /// `oci` only.
+    pub oci_runtime: Option<OciRuntime>,
+    pub limits: Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,14 +42,46 @@ pub struct CellSpec {
 pub enum Isolation {
     /// A plain child process in its own process group, under a per-cell shim.
     Process,
+    /// New PID, mount, UTS and IPC namespaces with warden's init as PID 1, which reports the
+    /// workload's exit over an authenticated channel (`terminal_state` clean or forced).
+    Cell,
+    /// An OCI runtime on a bundle generated from the spec.
+    Oci,
 }
 
 impl Isolation {
     pub fn as_str(self) -> &'static str {
         match self {
             Isolation::Process => "process",
+            Isolation::Cell => "cell",
+            Isolation::Oci => "oci",
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Share the host's network namespace.
+    Host,
+    /// A private network namespace with only loopback.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OciRuntime {
+    Runc,
+    Crun,
+}
+
+/// `[cell.limits]`, enforced with cgroups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_max_bytes: Option<u64>,
+    /// Thousandths of a core: `cpu_max = 0.5` is 500.
+    pub cpu_max_millicores: Option<u32>,
+    pub pids_max: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +170,46 @@ struct RawCell {
     workdir: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
     graceful_shutdown: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    rootfs: Option<Spanned<String>>,
+    oci_runtime: Option<Spanned<String>>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_max: Option<Spanned<String>>,
+    cpu_max: Option<Spanned<f64>>,
+    pids_max: Option<Spanned<i64>>,
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, Invalid> {
+        let memory_max_bytes = match &self.memory_max {
+            None => None,
+            Some(text) => match parse_size_bytes(text.get_ref()) {
+                Ok(bytes) if bytes >= 1 << 20 => Some(bytes),
+                Ok(bytes) => return Err((Some(text.span()), format!("cell.limits.memory_max must be at least 1MiB, got {bytes} bytes"))),
+                Err(why) => return Err((Some(text.span()), format!("cell.limits.memory_max: {why}"))),
+            },
+        };
+        let cpu_max_millicores = match &self.cpu_max {
+            None => None,
+            Some(cores) if cores.get_ref().is_finite() && *cores.get_ref() >= 0.01 && *cores.get_ref() <= 1024.0 => {
+                Some((cores.get_ref() * 1000.0).round() as u32)
+            }
+            Some(cores) => {
+                return Err((Some(cores.span()), format!("cell.limits.cpu_max is in cores, between 0.01 and 1024, got {}", cores.get_ref())))
+            }
+        };
+        let pids_max = match &self.pids_max {
+            None => None,
+            Some(n) if (1..=4_194_304).contains(n.get_ref()) => Some(*n.get_ref() as u32),
+            Some(n) => return Err((Some(n.span()), format!("cell.limits.pids_max must be between 1 and 4194304, got {}", n.get_ref()))),
+        };
+        Ok(Limits { memory_max_bytes, cpu_max_millicores, pids_max })
+    }
 }
 
 #[derive(Deserialize)]
@@ -199,17 +277,44 @@ impl RawSpec {
         }
         let isolation = match cell.isolation.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
             None | Some(("process", _)) => Isolation::Process,
-            Some((other @ ("cell" | "oci"), span)) => {
-                return Err((
-                    Some(span),
-                    format!("cell.isolation = {other:?} is not available in this version yet; use \"process\""),
-                ))
-            }
+            Some(("cell", _)) => Isolation::Cell,
+            Some(("oci", _)) => Isolation::Oci,
             Some((other, span)) => {
                 return Err((Some(span), format!("cell.isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
             }
         };
         let graceful_shutdown_ms = duration("cell.graceful_shutdown", &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
+        let network = match cell.network.as_ref().map(|n| (n.get_ref().as_str(), n.span())) {
+            None | Some(("host", _)) => Network::Host,
+            Some(("none", span)) if isolation == Isolation::Process => {
+                return Err((Some(span), "cell.network = \"none\" needs isolation = \"cell\" or \"oci\"".into()))
+            }
+            Some(("none", _)) => Network::None,
+            Some((other, span)) => return Err((Some(span), format!("cell.network must be \"host\" or \"none\", got {other:?}"))),
+        };
+        let rootfs = match (&cell.rootfs, isolation) {
+            (None, Isolation::Oci) => {
+                let span = cell.isolation.as_ref().map(|i| i.span());
+                return Err((span, "isolation = \"oci\" needs cell.rootfs, the root filesystem directory".into()));
+            }
+            (Some(dir), Isolation::Oci) if !dir.get_ref().starts_with('/') => {
+                return Err((Some(dir.span()), format!("cell.rootfs must be an absolute path, got {:?}", dir.get_ref())))
+            }
+            (Some(dir), Isolation::Oci) => Some(dir.get_ref().clone()),
+            (Some(dir), _) => return Err((Some(dir.span()), "cell.rootfs applies only to isolation = \"oci\"".into())),
+            (None, _) => None,
+        };
+        let oci_runtime = match (&cell.oci_runtime, isolation) {
+            (None, Isolation::Oci) => Some(OciRuntime::Runc),
+            (None, _) => None,
+            (Some(name), Isolation::Oci) => match name.get_ref().as_str() {
+                "runc" => Some(OciRuntime::Runc),
+                "crun" => Some(OciRuntime::Crun),
+                other => return Err((Some(name.span()), format!("cell.oci_runtime must be \"runc\" or \"crun\", got {other:?}"))),
+            },
+            (Some(name), _) => return Err((Some(name.span()), "cell.oci_runtime applies only to isolation = \"oci\"".into())),
+        };
+        let limits = cell.limits.map(RawLimits::validate).transpose()?.unwrap_or_default();
         let workdir = match cell.workdir {
             Some(dir) if !dir.get_ref().starts_with('/') => {
                 return Err((Some(dir.span()), format!("cell.workdir must be an absolute path, got {:?}", dir.get_ref())))
@@ -269,7 +374,7 @@ impl RawSpec {
         Ok(Spec {
             name: name.clone(),
             ttl_ms,
-            cell: CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms },
+            cell: CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits },
             restart,
             replication,
             logs,
@@ -389,7 +494,31 @@ mode = "none"
         let missing = Spec::parse("s.toml", "name = \"x\"\n").unwrap_err();
         assert!(missing.message.contains("cell"), "{missing}");
 
-        let later = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\nisolation = \"oci\"\n").unwrap_err();
-        assert!(later.message.contains("not available"), "{later}");
+        let no_rootfs = Spec::parse("s.toml", "name = \"x\"\n[cell]\nargv = [\"true\"]\nisolation = \"oci\"\n").unwrap_err();
+        assert_eq!(no_rootfs.line, Some(4));
+        assert!(no_rootfs.message.contains("rootfs"), "{no_rootfs}");
+
+        let limits = |body: &str| Spec::parse("s.toml", &format!("name='x'\n[cell]\nargv=['true']\n[cell.limits]\n{body}\n"));
+        assert_eq!(limits("memory_max = '1KiB'").unwrap_err().line, Some(5));
+        assert_eq!(limits("cpu_max = 0").unwrap_err().line, Some(5));
+        assert_eq!(limits("pids_max = -3").unwrap_err().line, Some(5));
+        assert!(limits("swap = 1").unwrap_err().message.contains("swap"));
+        let no_net = Spec::parse("s.toml", "name='x'\n[cell]\nargv=['true']\nnetwork='none'\n").unwrap_err();
+        assert!(no_net.message.contains("isolation"), "{no_net}");
+    }
+
+    #[test]
+    fn isolated_cells_with_limits_parse() {
+        let spec = Spec::parse(
+            "c.toml",
+            "name='c'\n[cell]\nargv=['sh']\nisolation='cell'\nnetwork='none'\n[cell.limits]\nmemory_max='64MiB'\ncpu_max=0.5\npids_max=20\n",
+        )
+        .unwrap();
+        assert_eq!(spec.cell.isolation, Isolation::Cell);
+        assert_eq!(spec.cell.network, Network::None);
+        assert_eq!(spec.cell.limits, Limits { memory_max_bytes: Some(64 << 20), cpu_max_millicores: Some(500), pids_max: Some(20) });
+        let oci = Spec::parse("o.toml", "name='o'\n[cell]\nargv=['sh']\nisolation='oci'\nrootfs='/srv/rootfs'\n").unwrap();
+        assert_eq!(oci.cell.oci_runtime, Some(OciRuntime::Runc));
+        assert_eq!(oci.cell.rootfs.as_deref(), Some("/srv/rootfs"));
     }
 }

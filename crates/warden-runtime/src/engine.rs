@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use warden_cell::{CellConfig, CellState, ProcessBackend, StartedCell};
+use warden_cell::{CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
 use warden_core::workload::{Effect, Input, StopSignal};
-use warden_core::{CellExit, CloudEvent, EventData, NewEvent, Phase, Projection, Spec, WorkloadInfo};
+use warden_core::{CellExit, CloudEvent, EventData, LifecycleTerminalState, NewEvent, Phase, Projection, Spec, WorkloadInfo};
 use warden_store::Store;
 
 use crate::view::WorkloadView;
@@ -199,7 +199,7 @@ impl Engine {
                 }
                 CellState::Exited(status) => {
                     summary.exited_while_down += 1;
-                    send(Input::CellExited { cell_id, exit: CellExit::from_status(status.exit_code, status.signal) });
+                    send(Input::CellExited { cell_id, exit: cell_exit(&status) });
                 }
                 CellState::Lost { reason } => {
                     summary.lost += 1;
@@ -411,8 +411,12 @@ impl Engine {
             log_path: self.logs_dir.join(&workload_id).join("output.log"),
             log_max_size_bytes: workload.spec.logs.max_size_bytes,
             log_max_files: workload.spec.logs.max_files,
-            isolation: warden_cell::CellIsolation::Process,
-            limits: warden_cell::CellLimits::default(),
+            isolation: cell_isolation(&workload.spec.cell),
+            limits: warden_cell::CellLimits {
+                memory_max_bytes: workload.spec.cell.limits.memory_max_bytes,
+                cpu_max_millicores: workload.spec.cell.limits.cpu_max_millicores,
+                pids_max: workload.spec.cell.limits.pids_max,
+            },
         };
         let backend = self.backend.clone();
         let commands = self.commands_tx.clone();
@@ -475,12 +479,49 @@ async fn watch(
     let id = cell_id.clone();
     let state = tokio::task::spawn_blocking(move || collector.collect_exit(&id, &started)).await;
     let exit = match state {
-        Ok(CellState::Exited(status)) => CellExit::from_status(status.exit_code, status.signal),
+        Ok(CellState::Exited(status)) => cell_exit(&status),
         Ok(CellState::Lost { reason }) => lost_exit(&reason),
         Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => lost_exit("the cell's shim ended without an exit record"),
         Err(e) => lost_exit(&format!("exit collection failed: {e}")),
     };
     let _ = commands.send(Command::Cell { workload_id, input: Input::CellExited { cell_id, exit } });
+}
+
+fn cell_isolation(cell: &warden_core::spec::CellSpec) -> CellIsolation {
+    use warden_core::spec::{Isolation, Network, OciRuntime};
+    let network_none = cell.network == Network::None;
+    match cell.isolation {
+        Isolation::Process => CellIsolation::Process,
+        Isolation::Cell => CellIsolation::Cell { network_none },
+        Isolation::Oci => CellIsolation::Oci {
+            rootfs: PathBuf::from(cell.rootfs.as_deref().unwrap_or("/")),
+            runtime: match cell.oci_runtime {
+                Some(OciRuntime::Crun) => warden_cell::OciRuntime::Crun,
+                Some(OciRuntime::Runc) | None => warden_cell::OciRuntime::Runc,
+            },
+            network_none,
+        },
+    }
+}
+
+/// What the shim recorded, as the core's `CellExit`. A `Forced` end carries no exit code or
+/// signal (invariant 6), and an OOM kill says so in the reason.
+fn cell_exit(status: &ExitStatus) -> CellExit {
+    let terminal_state = status.terminal_state.map(|state| match state {
+        TerminalState::Clean => LifecycleTerminalState::Clean,
+        TerminalState::Forced => LifecycleTerminalState::Forced,
+    });
+    if terminal_state == Some(LifecycleTerminalState::Forced) {
+        let detail = status.detail.as_deref().unwrap_or("no authenticated exit report; the cell was torn down");
+        let reason = if status.oom_killed { format!("oom: memory limit exceeded; {detail}") } else { format!("forced: {detail}") };
+        return CellExit { exit_code: None, signal: None, reason, terminal_state };
+    }
+    let mut exit = CellExit::from_status(status.exit_code, status.signal);
+    exit.terminal_state = terminal_state;
+    if status.oom_killed {
+        exit.reason = format!("oom: memory limit exceeded ({})", exit.reason);
+    }
+    exit
 }
 
 fn lost_exit(reason: &str) -> CellExit {
