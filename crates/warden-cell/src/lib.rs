@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 mod durable;
 mod logs;
+pub mod oci;
 mod process;
 mod procfs;
 mod shim;

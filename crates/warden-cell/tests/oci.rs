@@ -1,0 +1,584 @@
+//! The OCI module against a real runc running real containers on a busybox rootfs, started
+//! exactly as the shim will start them (`run_argv` as a child process): exit statuses, signals,
+//! memory and pids limits, network isolation, and that teardown leaves no state, cgroup or mount.
+//! crun is exercised too, and must either work or refuse this host's hybrid cgroups clearly.
+
+#[path = "support/rootfs.rs"]
+mod rootfs;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use warden_cell::oci::{self, ContainerState, OciError};
+use warden_cell::{CellConfig, CellIsolation, CellLimits, OciRuntime};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1024 * 1024;
+
+/// One test's world: a temp dir holding the rootfs, the cells' bundles and runc's state root.
+struct Fixture {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    state_root: PathBuf,
+    runtime: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(OciRuntime::Runc)
+}
+
+fn fixture_with(runtime: OciRuntime) -> Fixture {
+    rootfs::ensure_packages();
+    if runtime == OciRuntime::Crun {
+        rootfs::ensure_crun();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rootfs = rootfs::build(dir.path());
+    let state_root = dir.path().join("data/runc");
+    let runtime = oci::runtime_binary(runtime).expect("runtime installed");
+    Fixture { dir, rootfs, state_root, runtime }
+}
+
+/// Cell ids like the engine's (`<workload>.<n>`), made unique per process because the cgroup
+/// `warden/<cell_id>` is shared by every test binary running as this user.
+fn cell_id(name: &str) -> String {
+    format!("{name}-{}.1", std::process::id())
+}
+
+fn cell(fx: &Fixture, name: &str, script: &str) -> CellConfig {
+    CellConfig {
+        cell_id: cell_id(name),
+        workload_id: name.to_string(),
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+        workdir: None,
+        log_path: fx.dir.path().join("logs/output.log"),
+        log_max_size_bytes: 0,
+        log_max_files: 0,
+        isolation: CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Runc, network_none: false },
+        limits: CellLimits::default(),
+    }
+}
+
+/// A `runc run` in the foreground, as the shim will run it. Dropping it tears the container
+/// down, so a failing test leaves nothing running.
+struct Running {
+    id: String,
+    runtime: PathBuf,
+    state_root: PathBuf,
+    child: Option<Child>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Fixture {
+    fn bundle_dir(&self, cell: &CellConfig) -> PathBuf {
+        self.dir.path().join("data/cells").join(&cell.cell_id).join("bundle")
+    }
+
+    fn start(&self, cell: &CellConfig) -> Running {
+        let network_none = match &cell.isolation {
+            CellIsolation::Oci { network_none, .. } => *network_none,
+            other => panic!("not an OCI cell: {other:?}"),
+        };
+        let bundle = self.bundle_dir(cell);
+        oci::write_bundle(&bundle, cell, &self.rootfs, network_none).expect("write bundle");
+        let id = oci::container_id(&cell.cell_id);
+        let argv = oci::run_argv(&self.runtime, &self.state_root, &bundle, &id);
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn runtime");
+        let stdout = child.stdout.take().map(read_all);
+        let stderr = child.stderr.take().map(read_all);
+        Running { id, runtime: self.runtime.clone(), state_root: self.state_root.clone(), child: Some(child), stdout, stderr }
+    }
+
+    fn run(&self, cell: &CellConfig) -> Finished {
+        self.start(cell).wait()
+    }
+
+    fn path_in_rootfs(&self, path: &str) -> PathBuf {
+        self.rootfs.join(path.trim_start_matches('/'))
+    }
+
+    /// Waits for a file the container creates to say it is ready (e.g. after installing a trap).
+    fn wait_for_file(&self, path: &str) {
+        let path = self.path_in_rootfs(path);
+        wait_until(&format!("{} to appear", path.display()), || path.exists());
+    }
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Running {
+    fn state(&self) -> Option<ContainerState> {
+        oci::state(&self.runtime, &self.state_root, &self.id).expect("runc state")
+    }
+
+    /// Waits for the container's PID 1 to run the workload; returns its host pid.
+    fn wait_running(&self) -> u32 {
+        let mut pid = None;
+        wait_until(&format!("container {} to run", self.id), || {
+            pid = self.state().filter(|s| s.status == "running").and_then(|s| s.pid);
+            pid.is_some()
+        });
+        pid.expect("pid")
+    }
+
+    fn kill(&self, signal: &str) -> Result<(), OciError> {
+        oci::kill(&self.runtime, &self.state_root, &self.id, signal)
+    }
+
+    fn is_finished(&mut self) -> bool {
+        self.child.as_mut().expect("child").try_wait().expect("try_wait").is_some()
+    }
+
+    fn wait(mut self) -> Finished {
+        let child = self.child.as_mut().expect("child");
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "container {} did not end within {TIMEOUT:?}", self.id);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.child = None;
+        let stdout = self.stdout.take().expect("stdout").join().expect("stdout reader");
+        let stderr = self.stderr.take().expect("stderr").join().expect("stderr reader");
+        Finished { status, stdout, stderr }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = oci::delete(&self.runtime, &self.state_root, &self.id);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The directories of a process's cgroups, one per hierarchy, from `/proc/<pid>/cgroup` and the
+/// cgroup mounts in `/proc/self/mountinfo` (v1, hybrid and v2 alike).
+fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // (fstype, super options, mount root, mount point)
+    let mounts: Vec<(String, Vec<String>, String, String)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            let fstype = *post.first()?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
+                let opts = post.get(2).map(|o| o.split(',').map(String::from).collect()).unwrap_or_default();
+                (fstype.to_string(), opts, pre[3].to_string(), pre[4].to_string())
+            })
+        })
+        .collect();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+    cgroups
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.splitn(3, ':');
+            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            let mount = mounts.iter().find(|(fstype, opts, _, _)| {
+                if controllers.is_empty() {
+                    fstype == "cgroup2"
+                } else {
+                    fstype == "cgroup" && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
+                }
+            })?;
+            let rel = path.strip_prefix(mount.2.as_str()).unwrap_or(path).trim_start_matches('/');
+            Some(Path::new(&mount.3).join(rel))
+        })
+        .collect()
+}
+
+fn cgroup_dir_with(pid: u32, file: &str) -> Option<PathBuf> {
+    cgroup_dirs(pid).into_iter().find(|d| d.join(file).exists())
+}
+
+fn interfaces(net_dev: &str) -> Vec<String> {
+    // Two header lines, then "  name: counters...".
+    let mut names: Vec<String> = net_dev.lines().skip(2).filter_map(|l| Some(l.split_once(':')?.0.trim().to_string())).collect();
+    names.sort();
+    names
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bundle and the command lines, without running anything.
+
+#[test]
+fn bundle_config_follows_the_cell() {
+    let mut config = CellConfig {
+        cell_id: "web.3".into(),
+        workload_id: "web".into(),
+        argv: vec!["server".into(), "--port=80".into()],
+        env: BTreeMap::from([("GREETING".to_string(), "hi".to_string()), ("PATH".to_string(), "/app/bin".to_string())]),
+        workdir: Some("srv".into()),
+        log_path: "/tmp/unused".into(),
+        log_max_size_bytes: 0,
+        log_max_files: 0,
+        isolation: CellIsolation::Oci { rootfs: "/images/web".into(), runtime: OciRuntime::Runc, network_none: true },
+        limits: CellLimits { memory_max_bytes: Some(64 * MIB), cpu_max_millicores: Some(500), pids_max: Some(20) },
+    };
+    let c = oci::bundle_config(&config, Path::new("/images/web"), true);
+    assert_eq!(c["process"]["args"], serde_json::json!(["server", "--port=80"]));
+    assert_eq!(c["process"]["terminal"], false);
+    assert_eq!(c["process"]["env"], serde_json::json!(["GREETING=hi", "PATH=/app/bin"]), "cell env overrides the default PATH");
+    assert_eq!(c["process"]["cwd"], "/srv", "a relative workdir is taken from the container's root");
+    assert_eq!(c["process"]["noNewPrivileges"], true);
+    assert_eq!(c["process"]["user"], serde_json::json!({"uid": 0, "gid": 0}));
+    let caps = &c["process"]["capabilities"];
+    assert_eq!(caps["bounding"].as_array().expect("bounding").len(), 14, "Docker's default set");
+    assert!(caps["bounding"].as_array().unwrap().contains(&"CAP_NET_BIND_SERVICE".into()));
+    assert!(!caps["bounding"].as_array().unwrap().contains(&"CAP_SYS_ADMIN".into()));
+    assert_eq!(caps["effective"], caps["bounding"]);
+    assert_eq!(caps["permitted"], caps["bounding"]);
+    assert!(caps.get("ambient").is_none() && caps.get("inheritable").is_none());
+    assert_eq!(c["root"], serde_json::json!({"path": "/images/web", "readonly": false}));
+    assert_eq!(c["hostname"], "web.3");
+    let dests: Vec<&str> = c["mounts"].as_array().unwrap().iter().map(|m| m["destination"].as_str().unwrap()).collect();
+    assert_eq!(dests, ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]);
+    let sys = &c["mounts"][5];
+    assert!(sys["options"].as_array().unwrap().contains(&"ro".into()), "/sys is read-only");
+    let linux = &c["linux"];
+    assert_eq!(linux["cgroupsPath"], "warden/web.3");
+    assert_eq!(linux["resources"]["memory"], serde_json::json!({"limit": 64 * MIB}));
+    assert_eq!(linux["resources"]["cpu"], serde_json::json!({"quota": 50_000, "period": 100_000}));
+    assert_eq!(linux["resources"]["pids"], serde_json::json!({"limit": 20}));
+    let ns = |c: &Value| -> Vec<String> {
+        c["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ns(&c), ["pid", "mount", "ipc", "uts", "network"]);
+    assert!(linux["maskedPaths"].as_array().unwrap().contains(&"/proc/kcore".into()));
+    assert!(linux["readonlyPaths"].as_array().unwrap().contains(&"/proc/sys".into()));
+
+    // Sharing the host's network: no network namespace at all. No limits: no resources for them.
+    // A tiny CPU share is raised to the kernel's 1 ms minimum quota instead of failing the start.
+    config.limits = CellLimits { cpu_max_millicores: Some(1), ..CellLimits::default() };
+    config.env.clear();
+    config.workdir = None;
+    config.cell_id = "x".repeat(100);
+    let c = oci::bundle_config(&config, Path::new("/images/web"), false);
+    assert_eq!(ns(&c), ["pid", "mount", "ipc", "uts"]);
+    assert_eq!(c["process"]["env"], serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]));
+    assert_eq!(c["process"]["cwd"], "/");
+    assert_eq!(c["hostname"].as_str().unwrap().len(), 64, "sethostname(2) takes at most 64 bytes");
+    assert!(c["linux"]["resources"].get("memory").is_none() && c["linux"]["resources"].get("pids").is_none());
+    assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 1_000);
+
+    // write_bundle writes exactly that, and refuses a cell with nothing to run.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("cell/bundle");
+    oci::write_bundle(&bundle, &config, Path::new("/images/web"), false).expect("write bundle");
+    let written: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(written, c);
+    config.argv.clear();
+    let err = oci::write_bundle(&bundle, &config, Path::new("/images/web"), false).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn container_ids_are_valid_for_runc_and_distinct() {
+    assert_eq!(oci::container_id("web.3"), "warden-web.3");
+    let ids: Vec<String> = ["a-b.1", "a_b.1", "a/b.1", "a b.1", "a.b-1", "é.1"].iter().map(|c| oci::container_id(c)).collect();
+    for id in &ids {
+        assert!(id.starts_with("warden-"));
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{id}");
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "distinct cells must not share a container: {ids:?}");
+}
+
+#[test]
+fn run_argv_runs_in_the_foreground_under_warden_state_root() {
+    let argv = oci::run_argv(
+        Path::new("/usr/sbin/runc"),
+        Path::new("/data/runc"),
+        Path::new("/data/cells/web.3/bundle"),
+        "warden-web.3",
+    );
+    assert_eq!(argv, ["/usr/sbin/runc", "--root", "/data/runc", "run", "--bundle", "/data/cells/web.3/bundle", "warden-web.3"]);
+}
+
+#[test]
+fn runtime_binary_finds_runc_as_an_absolute_path() {
+    rootfs::ensure_packages();
+    let runc = oci::runtime_binary(OciRuntime::Runc).expect("runc");
+    assert!(runc.is_absolute() && runc.ends_with("runc"), "{}", runc.display());
+    let version = Command::new(&runc).arg("--version").output().expect("runc --version");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("runc version"));
+    let missing = OciError::NotInstalled { name: "runc", searched: "/usr/sbin".into() };
+    assert!(missing.to_string().contains("install the runc package"), "{missing}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real containers.
+
+#[test]
+fn exit_code_pid1_hostname_env_and_workdir() {
+    let fx = fixture();
+    let mut c = cell(&fx, "exit7", "echo $$; hostname; echo \"$GREETING\"; pwd; exit 7");
+    c.env.insert("GREETING".into(), "hello from the cell".into());
+    c.workdir = Some("/tmp".into());
+    let out = fx.run(&c);
+    assert_eq!(out.status.code(), Some(7), "runc run exits with the container's code; stderr: {}", out.stderr);
+    let expected = format!("1\n{}\nhello from the cell\n/tmp\n", c.cell_id);
+    assert_eq!(out.stdout, expected, "the workload is PID 1 of its own pid namespace, hostname = cell id");
+}
+
+#[test]
+fn a_signal_death_is_128_plus_the_signal() {
+    let fx = fixture();
+    // Killed from outside: runc run reports 128 + 9, as a code (std sees no signal).
+    let running = fx.start(&cell(&fx, "killed", "exec sleep 60"));
+    running.wait_running();
+    running.kill("KILL").expect("runc kill KILL");
+    let out = running.wait();
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", out.stderr);
+
+    // A child killed by a signal inside: the shell maps it the same way.
+    let out = fx.run(&cell(&fx, "inner-kill", "sleep 60 & kill -KILL $!; wait $!; exit $?"));
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", out.stderr);
+}
+
+#[test]
+fn pid1_ignores_term_without_a_handler_but_kill_ends_it() {
+    let fx = fixture();
+    let mut running = fx.start(&cell(&fx, "noterm", "exec sleep 60"));
+    running.wait_running();
+    running.kill("TERM").expect("runc kill TERM");
+    // PID 1 of a namespace gets only the signals it handles (KILL aside): busybox sleep has none.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!running.is_finished(), "sleep as PID 1 must ignore TERM");
+    assert_eq!(running.state().map(|s| s.status).as_deref(), Some("running"));
+    running.kill("KILL").expect("runc kill KILL");
+    let out = running.wait();
+    assert_eq!(out.status.code(), Some(137));
+}
+
+#[test]
+fn a_term_trap_exits_cleanly() {
+    let fx = fixture();
+    let script = "trap 'echo got TERM; exit 0' TERM; : > /tmp/ready; while true; do sleep 1; done";
+    let running = fx.start(&cell(&fx, "trap", script));
+    running.wait_running();
+    fx.wait_for_file("/tmp/ready");
+    let sent = Instant::now();
+    running.kill("TERM").expect("runc kill TERM");
+    let out = running.wait();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, "got TERM\n");
+    // The trap runs once the current `sleep 1` ends.
+    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
+}
+
+#[test]
+fn memory_limit_ends_in_an_oom_kill_the_host_can_see() {
+    let fx = fixture();
+    let limits = CellLimits { memory_max_bytes: Some(64 * MIB), ..CellLimits::default() };
+    // Command substitution keeps all 400 MB in the shell's memory, unlike a pipe to /dev/null.
+    let hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' x)";
+
+    // 1. A child is OOM-killed while PID 1 lives on: the host reads the count from the cgroup.
+    let mut c = cell(&fx, "oom-child", &format!("({hog}); echo child=$?; : > /tmp/ready; exec sleep 60"));
+    c.limits = limits;
+    let running = fx.start(&c);
+    let pid = running.wait_running();
+    fx.wait_for_file("/tmp/ready");
+    let memcg = cgroup_dir_with(pid, "memory.limit_in_bytes")
+        .map(|d| d.join("memory.limit_in_bytes"))
+        .or_else(|| cgroup_dir_with(pid, "memory.max").map(|d| d.join("memory.max")))
+        .expect("the container has a memory cgroup");
+    let limit = std::fs::read_to_string(&memcg).unwrap();
+    assert_eq!(limit.trim(), (64 * MIB).to_string(), "{}", memcg.display());
+    let kills = oci::oom_kill_count(&fx.state_root, &running.id).expect("oom_kill_count");
+    assert!(kills.is_some_and(|n| n >= 1), "oom_kill count {kills:?}");
+    running.kill("KILL").unwrap();
+    let out = running.wait();
+    assert_eq!(out.stdout, "child=137\n", "the hog was SIGKILLed; stderr: {}", out.stderr);
+    assert_eq!(oci::oom_kill_count(&fx.state_root, &oci::container_id(&c.cell_id)).unwrap(), None, "gone with the container");
+
+    // 2. PID 1 itself is OOM-killed: runc run exits 137, and `runc events` saw {"type":"oom"}.
+    std::fs::remove_file(fx.path_in_rootfs("/tmp/ready")).unwrap();
+    let mut c = cell(&fx, "oom-pid1", &format!("while [ ! -e /tmp/go ]; do sleep 0.05; done; {hog}; echo survived"));
+    c.limits = limits;
+    let running = fx.start(&c);
+    running.wait_running();
+    let mut events = Command::new(&fx.runtime)
+        .arg("--root")
+        .arg(&fx.state_root)
+        .args(["events", "--interval", "100ms", &running.id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runc events");
+    let (tx, rx) = mpsc::channel::<String>();
+    let lines = BufReader::new(events.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first stats line means `runc events` has registered for OOM notifications.
+    let first = rx.recv_timeout(TIMEOUT).expect("a first event from runc events");
+    assert!(first.contains("\"type\":\"stats\""), "{first}");
+    std::fs::write(fx.path_in_rootfs("/tmp/go"), "").unwrap();
+    let out = running.wait();
+    assert_eq!(out.status.code(), Some(137), "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "");
+    // runc events ends by itself once the container is gone; the deadline is only a backstop.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut saw_oom = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        saw_oom |= line.contains("\"type\":\"oom\"");
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let _ = reader.join();
+    assert!(saw_oom, "runc events reported no oom");
+    println!("OOM: child killed with oom_kill = {kills:?} in the cgroup; PID 1 killed -> runc run exit 137, runc events saw oom");
+}
+
+#[test]
+fn pids_limit_caps_a_fork_loop() {
+    let fx = fixture();
+    let mut c = cell(&fx, "forks", "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); echo $i; done; echo done");
+    c.limits.pids_max = Some(20);
+    let out = fx.run(&c);
+    let started: Vec<u32> = out.stdout.lines().filter_map(|l| l.parse().ok()).collect();
+    let last = started.last().copied().unwrap_or(0);
+    assert!(!out.stdout.contains("done"), "100 forks succeeded under pids.max = 20");
+    assert!((5..20).contains(&last), "{last} background sleeps started; stdout: {}", out.stdout);
+    assert!(
+        out.stderr.contains("can't fork") || out.stderr.contains("Resource temporarily unavailable"),
+        "stderr: {}",
+        out.stderr
+    );
+    assert_ne!(out.status.code(), Some(0));
+    println!("pids.max = 20: {last} background sleeps started, then: {}", out.stderr.trim());
+}
+
+#[test]
+fn network_none_leaves_only_loopback() {
+    let fx = fixture();
+    let mut c = cell(&fx, "netnone", "cat /proc/net/dev");
+    c.isolation = CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Runc, network_none: true };
+    let out = fx.run(&c);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    assert_eq!(interfaces(&out.stdout), ["lo"]);
+
+    // Without it, the cell shares the host's network namespace.
+    let out = fx.run(&cell(&fx, "nethost", "cat /proc/net/dev"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    assert_eq!(interfaces(&out.stdout), host);
+}
+
+#[test]
+fn state_kill_delete_round_trip_leaves_nothing_behind() {
+    let fx = fixture();
+    let mut c = cell(&fx, "roundtrip", "exec sleep 60");
+    c.limits.cpu_max_millicores = Some(250);
+    let id = oci::container_id(&c.cell_id);
+    assert_eq!(oci::state(&fx.runtime, &fx.state_root, &id).unwrap(), None, "unknown before it runs");
+
+    let running = fx.start(&c);
+    let pid = running.wait_running();
+    let state = running.state().expect("known while running");
+    assert_eq!(state, ContainerState { status: "running".into(), pid: Some(pid) });
+    // What must be gone afterwards: the state dir, one cgroup per hierarchy, the rootfs mount.
+    let state_dir = fx.state_root.join(&id);
+    assert!(state_dir.is_dir());
+    let cgroups = cgroup_dirs(pid);
+    assert!(!cgroups.is_empty());
+    // A quarter of a core: 25 ms per 100 ms period (v1 cpu.cfs_quota_us, or v2 cpu.max).
+    let quota = match cgroup_dir_with(pid, "cpu.cfs_quota_us") {
+        Some(dir) => std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap(),
+        None => std::fs::read_to_string(cgroup_dir_with(pid, "cpu.max").expect("a cpu cgroup").join("cpu.max")).unwrap(),
+    };
+    assert!(quota.trim() == "25000" || quota.trim() == "25000 100000", "cpu quota {quota:?}");
+    let suffix = format!("warden/{}", c.cell_id);
+    for dir in &cgroups {
+        assert!(dir.ends_with(&suffix), "cgroup {} is not under warden/<cell_id>", dir.display());
+        assert!(dir.is_dir(), "{}", dir.display());
+    }
+    // Mountinfo shows a bind mount's root relative to its filesystem, so look for the tail of
+    // the path that is the same whatever filesystem the temp dir is on.
+    let rootfs = format!("{}/rootfs", fx.dir.path().file_name().unwrap().to_string_lossy());
+    let inside = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert!(inside.contains(&rootfs), "the container's root is a mount of the rootfs (so the check below means something)");
+
+    running.kill("TERM").expect("TERM to a running container is accepted");
+    oci::delete(&fx.runtime, &fx.state_root, &id).expect("delete --force");
+    let out = running.wait();
+    assert_eq!(out.status.code(), Some(137), "delete --force SIGKILLs; stderr: {}", out.stderr);
+
+    assert_eq!(oci::state(&fx.runtime, &fx.state_root, &id).unwrap(), None);
+    assert!(!state_dir.exists(), "{} remains", state_dir.display());
+    for dir in &cgroups {
+        assert!(!dir.exists(), "cgroup {} remains", dir.display());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&rootfs), "a mount of the rootfs remains: {mountinfo}");
+
+    // Once gone: kill says so, delete is idempotent (what crash recovery relies on).
+    assert!(matches!(oci::kill(&fx.runtime, &fx.state_root, &id, "KILL"), Err(OciError::NoSuchContainer(_))));
+    oci::delete(&fx.runtime, &fx.state_root, &id).expect("delete of a deleted container");
+    assert!(matches!(oci::state(&fx.runtime, &fx.state_root, "warden-never-was"), Ok(None)));
+}
+
+#[test]
+fn crun_runs_the_cell_or_refuses_hybrid_cgroups_clearly() {
+    let fx = fixture_with(OciRuntime::Crun);
+    let mut c = cell(&fx, "crun", "echo $$; exit 7");
+    c.isolation = CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Crun, network_none: false };
+    let id = oci::container_id(&c.cell_id);
+    let out = fx.run(&c);
+    if out.status.code() == Some(7) {
+        assert_eq!(out.stdout, "1\n");
+        println!("crun ran the container: exit 7, PID 1");
+    } else {
+        assert!(out.stderr.contains("hybrid"), "crun failed without naming hybrid cgroups: {:?} {}", out.status, out.stderr);
+        println!("crun refused this host: {}", out.stderr.trim());
+    }
+    oci::delete(&fx.runtime, &fx.state_root, &id).expect("crun delete --force");
+    assert_eq!(oci::state(&fx.runtime, &fx.state_root, &id).unwrap(), None);
+}
