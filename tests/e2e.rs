@@ -147,6 +147,13 @@ fn bad_specs_and_bad_requests_are_rejected_clearly() {
     let err = ureq::get(&format!("http://{}/v1/workloads", warden.addr())).set("Authorization", &header).call().unwrap_err();
     assert!(matches!(err, ureq::Error::Status(401, _)), "{err:?}");
 
+    // A captured request sent again verbatim is refused.
+    let header = warden.identity().authorization("GET", "/v1/workloads", b"", warden_runtime::engine::now_ms());
+    let url = format!("http://{}/v1/workloads", warden.addr());
+    assert!(ureq::get(&url).set("Authorization", &header).call().is_ok());
+    let err = ureq::get(&url).set("Authorization", &header).call().unwrap_err();
+    assert!(matches!(err, ureq::Error::Status(401, _)), "{err:?}");
+
     // Nothing was stored by any of that.
     assert!(warden.events(&[]).is_empty());
 }

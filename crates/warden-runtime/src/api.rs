@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use warden_core::{CloudEvent, Projection, Spec};
 use warden_store::Store;
 
-use crate::auth::verify_request;
+use crate::auth::{verify_request, ReplayGuard};
 use crate::engine::{now_ms, ApiError, Command};
 use crate::view::{ErrorBody, SubmitRequest, WorkloadView};
 
@@ -28,6 +28,7 @@ pub struct ApiState {
     pub events: broadcast::Sender<Arc<CloudEvent>>,
     pub store: Arc<dyn Store>,
     pub authorized_keys: Arc<RwLock<Vec<VerifyingKey>>>,
+    pub replays: Arc<std::sync::Mutex<ReplayGuard>>,
     pub host: String,
     pub logs_dir: PathBuf,
 }
@@ -74,7 +75,7 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let keys = state.authorized_keys.read().expect("keys lock").clone();
-    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys) {
+    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
         Ok(principal) => {
             parts.extensions.insert(Caller(principal));
             next.run(Request::from_parts(parts, Body::from(bytes))).await

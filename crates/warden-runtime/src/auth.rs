@@ -1,8 +1,10 @@
 //! Ed25519 identities and signed requests: who is calling, proven on every request.
 //!
-//! A caller signs `METHOD \n PATH?QUERY \n unix_ms \n sha256(body)` with its key and sends
-//! `Authorization: Warden-Ed25519 key=<hex>,ts=<unix_ms>,sig=<hex>`. The server accepts keys
-//! listed in `<data-dir>/authorized_keys` and timestamps within `MAX_CLOCK_SKEW_MS`. The caller's
+//! A caller signs `METHOD \n PATH?QUERY \n unix_ms \n nonce \n sha256(body)` with its key and sends
+//! `Authorization: Warden-Ed25519 key=<hex>,ts=<unix_ms>,nonce=<hex>,sig=<hex>`. The server accepts
+//! keys listed in `<data-dir>/authorized_keys` and timestamps within `MAX_CLOCK_SKEW_MS`, and
+//! refuses a signature it has already seen in that window (the nonce keeps two identical requests
+//! in the same millisecond apart). The caller's
 //! public key (`ed25519:<hex>`) is its identity, and becomes the `owner` of what it submits.
 
 use std::fs;
@@ -84,10 +86,11 @@ impl Identity {
 
     /// The `Authorization` header value for one request.
     pub fn authorization(&self, method: &str, path_and_query: &str, body: &[u8], now_ms: u64) -> String {
-        let message = signed_message(method, path_and_query, now_ms, body);
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let message = signed_message(method, path_and_query, now_ms, &nonce, body);
         let signature = self.signing_key.sign(message.as_bytes());
         format!(
-            "{AUTH_SCHEME} key={},ts={now_ms},sig={}",
+            "{AUTH_SCHEME} key={},ts={now_ms},nonce={nonce},sig={}",
             hex::encode(self.signing_key.verifying_key().as_bytes()),
             hex::encode(signature.to_bytes())
         )
@@ -98,8 +101,8 @@ pub fn principal_of(key: &VerifyingKey) -> String {
     format!("ed25519:{}", hex::encode(key.as_bytes()))
 }
 
-fn signed_message(method: &str, path_and_query: &str, ts_ms: u64, body: &[u8]) -> String {
-    format!("{method}\n{path_and_query}\n{ts_ms}\n{}", sha256_hex(body))
+fn signed_message(method: &str, path_and_query: &str, ts_ms: u64, nonce: &str, body: &[u8]) -> String {
+    format!("{method}\n{path_and_query}\n{ts_ms}\n{nonce}\n{}", sha256_hex(body))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +117,24 @@ pub enum AuthError {
     UnknownKey(String),
     #[error("bad signature")]
     BadSignature,
+    #[error("this signed request was already used; sign each request afresh")]
+    Replayed,
+}
+
+/// Signatures seen within the clock-skew window, so a captured request cannot be sent again.
+#[derive(Default)]
+pub struct ReplayGuard {
+    seen: std::collections::HashMap<[u8; 64], u64>,
+}
+
+impl ReplayGuard {
+    /// Records a verified request's signature; false if it was already used.
+    pub fn first_use(&mut self, signature: [u8; 64], ts_ms: u64, now_ms: u64) -> bool {
+        if self.seen.len() > 4096 {
+            self.seen.retain(|_, ts| now_ms.abs_diff(*ts) <= MAX_CLOCK_SKEW_MS);
+        }
+        self.seen.insert(signature, ts_ms).is_none()
+    }
 }
 
 /// Checks one request's `Authorization` header; returns the caller's principal.
@@ -124,19 +145,22 @@ pub fn verify_request(
     body: &[u8],
     now_ms: u64,
     authorized: &[VerifyingKey],
+    replays: &std::sync::Mutex<ReplayGuard>,
 ) -> Result<String, AuthError> {
     let header = header.ok_or(AuthError::Missing)?;
     let params =
         header.strip_prefix(AUTH_SCHEME).map(str::trim).ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
-    let (mut key, mut ts, mut sig) = (None, None, None);
+    let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
     for part in params.split(',') {
         match part.trim().split_once('=') {
             Some(("key", v)) => key = Some(v),
             Some(("ts", v)) => ts = Some(v),
+            Some(("nonce", v)) => nonce = Some(v),
             Some(("sig", v)) => sig = Some(v),
-            _ => return Err(AuthError::Malformed("expected key=…,ts=…,sig=…")),
+            _ => return Err(AuthError::Malformed("expected key=…,ts=…,nonce=…,sig=…")),
         }
     }
+    let nonce = nonce.ok_or(AuthError::Malformed("no nonce"))?;
     let key_bytes: [u8; 32] = hex::decode(key.ok_or(AuthError::Malformed("no key"))?)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -155,8 +179,11 @@ pub fn verify_request(
         .find(|k| k.as_bytes() == &key_bytes)
         .ok_or_else(|| AuthError::UnknownKey(format!("ed25519:{}", hex::encode(key_bytes))))?;
     caller
-        .verify(signed_message(method, path_and_query, ts_ms, body).as_bytes(), &Signature::from_bytes(&sig_bytes))
+        .verify(signed_message(method, path_and_query, ts_ms, nonce, body).as_bytes(), &Signature::from_bytes(&sig_bytes))
         .map_err(|_| AuthError::BadSignature)?;
+    if !replays.lock().expect("replay guard lock").first_use(sig_bytes, ts_ms, now_ms) {
+        return Err(AuthError::Replayed);
+    }
     Ok(principal_of(caller))
 }
 
@@ -196,25 +223,31 @@ mod tests {
     fn signed_requests_verify_and_tampering_fails() {
         let id = Identity::generate("admin");
         let keys = vec![id.signing_key.verifying_key()];
+        let guard = std::sync::Mutex::new(ReplayGuard::default());
         let header = id.authorization("POST", "/v1/workloads", b"{}", 1_000_000);
-        assert_eq!(verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_500, &keys), Ok(id.principal()));
+        assert_eq!(verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_500, &keys, &guard), Ok(id.principal()));
         assert_eq!(
-            verify_request(Some(&header), "POST", "/v1/workloads", b"{\"x\":1}", 1_000_500, &keys),
+            verify_request(Some(&header), "POST", "/v1/workloads", b"{\"x\":1}", 1_000_500, &keys, &guard),
             Err(AuthError::BadSignature)
         );
         assert_eq!(
-            verify_request(Some(&header), "DELETE", "/v1/workloads", b"{}", 1_000_500, &keys),
+            verify_request(Some(&header), "DELETE", "/v1/workloads", b"{}", 1_000_500, &keys, &guard),
             Err(AuthError::BadSignature)
         );
         assert!(matches!(
-            verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_000 + MAX_CLOCK_SKEW_MS + 1, &keys),
+            verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_000 + MAX_CLOCK_SKEW_MS + 1, &keys, &guard),
             Err(AuthError::Skew(_))
         ));
-        assert_eq!(verify_request(None, "GET", "/", b"", 0, &keys), Err(AuthError::Missing));
+        assert_eq!(verify_request(None, "GET", "/", b"", 0, &keys, &guard), Err(AuthError::Missing));
+        // The same signed request a second time is refused.
+        assert_eq!(
+            verify_request(Some(&header), "POST", "/v1/workloads", b"{}", 1_000_500, &keys, &guard),
+            Err(AuthError::Replayed)
+        );
         let stranger = Identity::generate("stranger");
         let header = stranger.authorization("GET", "/v1/workloads", b"", 1_000_000);
         assert!(matches!(
-            verify_request(Some(&header), "GET", "/v1/workloads", b"", 1_000_000, &keys),
+            verify_request(Some(&header), "GET", "/v1/workloads", b"", 1_000_000, &keys, &guard),
             Err(AuthError::UnknownKey(_))
         ));
     }

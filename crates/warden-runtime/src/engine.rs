@@ -513,7 +513,8 @@ fn cell_exit(status: &ExitStatus) -> CellExit {
     });
     if terminal_state == Some(LifecycleTerminalState::Forced) {
         let detail = status.detail.as_deref().unwrap_or("no authenticated exit report; the cell was torn down");
-        let reason = if status.oom_killed { format!("oom: memory limit exceeded; {detail}") } else { format!("forced: {detail}") };
+        let reason =
+            if status.oom_killed { format!("oom: memory limit exceeded; {detail}") } else { format!("forced: {detail}") };
         return CellExit { exit_code: None, signal: None, reason, terminal_state };
     }
     let mut exit = CellExit::from_status(status.exit_code, status.signal);

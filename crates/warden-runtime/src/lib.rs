@@ -129,6 +129,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         events: handle.events.clone(),
         store,
         authorized_keys,
+        replays: Default::default(),
         host: config.node_name.clone(),
         logs_dir,
     };
