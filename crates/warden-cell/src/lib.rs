@@ -3,11 +3,19 @@
 //!
 //! The only backend today is [`ProcessBackend`]: every cell runs under a tiny per-cell shim
 //! ([`shim_main`]) that is the workload's parent, records its exit status durably in the cell
-//! directory, and outlives the supervisor. The on-disk protocol of a cell directory is:
+//! directory, and outlives the supervisor. With [`CellIsolation::Cell`] the shim's child is
+//! instead a small init of warden's own, PID 1 of new PID, mount, UTS and IPC (and optionally
+//! network) namespaces, which starts the workload as PID 2 and reports its exit over an
+//! authenticated channel. Every cell gets cgroups of its own that enforce [`CellLimits`]
+//! (see [`cgroup_layout`]). The on-disk protocol of a cell directory is:
 //!
 //! * `config.json` – the [`CellConfig`], written (and fsynced) by the supervisor before spawning.
 //! * `lock` – `flock`ed by the shim for its whole life; the lock is the proof the shim is alive.
+//! * `cgroups.json` – the cell's cgroup directories, recorded by the shim before anything joins
+//!   them, so that the supervisor can tear them down after a shim died.
 //! * `pid.json` – a [`StartedCell`], written atomically by the shim once the workload was exec'd.
+//!   For an isolated cell `pid` is the host pid of the cell's init (the cell's identity: killing
+//!   it ends the cell), not of the workload.
 //! * `exit.json` – an [`ExitStatus`], written atomically by the shim once the workload was reaped.
 //! * `shim.err` – the shim's own stderr, for post-mortems.
 
@@ -15,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod cell_init;
+mod cgroup;
 mod durable;
+mod exit_report;
 mod logs;
 pub mod oci;
 mod process;
@@ -23,6 +34,7 @@ mod procfs;
 mod shim;
 mod sys;
 
+pub use cgroup::{cgroup_layout, CgroupLayout};
 pub use process::{ProcessBackend, ShimExe};
 pub use procfs::process_start_time;
 pub use shim::shim_main;
@@ -95,6 +107,8 @@ pub enum TerminalState {
 /// (field 22 of `/proc/PID/stat`) identifies a process even if the pid number is recycled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedCell {
+    /// The workload (process isolation) or the cell's init (cell isolation); either way a
+    /// process group leader, and SIGKILL to its group ends the cell.
     pub pid: u32,
     pub pid_start_time: u64,
     pub shim_pid: u32,

@@ -2,10 +2,11 @@
 //! restart works out from the cell directory alone whether the cell is running, has exited,
 //! never started, or was lost — never starting a cell twice and never trusting a bare pid.
 
+use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
 use crate::procfs::{is_alive, process_start_time};
 use crate::sys::{self, TryLock};
-use crate::{CellConfig, CellState, ExitStatus, SignalError, StartError, StartedCell};
+use crate::{CellConfig, CellIsolation, CellState, ExitStatus, SignalError, StartError, StartedCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
@@ -191,8 +192,11 @@ impl ProcessBackend {
         let started = match read_json::<StartedCell>(&dir.join("pid.json")) {
             Ok(Some(started)) => started,
             Ok(None) => {
-                // Never exec'd (or the shim died first). Move the dir aside so that a shim
-                // which was spawned but has not reached its lock yet cannot start it later.
+                // Never exec'd (or the shim died first). A child it may have forked is in the
+                // cell's cgroups, if it got that far: nothing of it may live on.
+                CellCgroups::cleanup_recorded(dir);
+                // Move the dir aside so that a shim which was spawned but has not reached its
+                // lock yet cannot start it later.
                 return match self.abandon(cell_id, dir) {
                     Ok(()) => CellState::NotStarted,
                     Err(e) => lost(format!("cannot set aside unstarted cell dir: {e}")),
@@ -200,18 +204,21 @@ impl ProcessBackend {
             }
             Err(e) => return lost(format!("cannot read pid.json: {e}")),
         };
-        if is_alive(started.pid, started.pid_start_time) {
-            // Nobody is left to record its end; a workload nobody watches must not live on.
+        // Nobody is left to record its end; a workload nobody watches must not live on. The
+        // pid is a group leader either way: the workload's, or an isolated cell's init, whose
+        // death takes its whole PID namespace along.
+        let state = if is_alive(started.pid, started.pid_start_time) {
             let pgid = started.pid as libc::pid_t;
-            if let Err(e) = sys::kill(-pgid, libc::SIGKILL) {
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    return lost(format!("shim lost; killing the cell failed: {e}"));
-                }
+            match sys::kill(-pgid, libc::SIGKILL) {
+                Err(e) if e.raw_os_error() != Some(libc::ESRCH) => lost(format!("shim lost; killing the cell failed: {e}")),
+                _ => lost("shim lost; cell killed".into()),
             }
-            lost("shim lost; cell killed".into())
         } else {
             lost("shim lost before the cell ended; exit status unknown".into())
-        }
+        };
+        // Whatever escaped the group (or the namespace) is still in the cell's cgroups.
+        CellCgroups::cleanup_recorded(dir);
+        state
     }
 
     fn abandon(&self, cell_id: &str, dir: &Path) -> io::Result<()> {
@@ -307,8 +314,19 @@ fn io_err(context: &'static str) -> impl Fn(io::Error) -> StartError {
 fn validate(config: &CellConfig) -> Result<(), StartError> {
     let bad = |msg: String| Err(StartError::InvalidConfig(msg));
     let id = &config.cell_id;
-    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > crate::exit_report::MAX_CELL_ID {
         return bad(format!("cell id {id:?} is not a plain file name"));
+    }
+    if let CellIsolation::Oci { .. } = config.isolation {
+        return bad("oci isolation is not wired in yet".into());
+    }
+    let limits = &config.limits;
+    if limits.memory_max_bytes == Some(0) || limits.pids_max == Some(0) {
+        return bad("memory and pids limits must be positive".into());
+    }
+    if limits.cpu_max_millicores.is_some_and(|m| m < 10) {
+        // The kernel's smallest CFS quota is 1 ms per 100 ms period.
+        return bad("cpu_max_millicores must be at least 10".into());
     }
     if config.argv.is_empty() {
         return bad("argv is empty".into());

@@ -1,17 +1,26 @@
-//! The per-cell shim: the workload's parent, which outlives the supervisor, copies the
-//! workload's output to its rotated log, forwards stop signals to the workload's process group,
-//! and records the true exit status durably in `exit.json`.
+//! The per-cell shim: the workload's parent (or, for `isolation = "cell"`, the parent of the
+//! cell's init), which outlives the supervisor, copies the workload's output to its rotated log,
+//! forwards stop signals, and records the true exit status durably in `exit.json`.
 //!
 //! The shim is single-threaded and keeps only a few small heap objects after start-up, so that
 //! hundreds of them cost little memory. Its protocol with [`crate::ProcessBackend::start`] is one
 //! line on stdout: `ok <pid> <pid_start_time> <shim_pid> <shim_start_time>`, `err exec <msg>`
 //! (the workload could not be exec'd) or `err <msg>` (anything else).
+//!
+//! For an isolated cell, `<pid>` is the host pid of the cell's init (see [`crate::cell_init`]),
+//! not of the workload: the init *is* the cell — SIGKILL to it ends every process in the cell's
+//! PID namespace, it lives exactly as long as the workload does, and as a process group leader
+//! it is what the supervisor's `kill(-pid)` of a lost cell must hit. Its exit status is
+//! meaningless; the workload's comes from the init's authenticated exit report.
 
+use crate::cell_init::{self, InitCtx};
+use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
+use crate::exit_report::{self, Key, Outcome, MAX_REPORT};
 use crate::logs::LogSink;
 use crate::procfs::process_start_time;
 use crate::sys::{self, cvt, path_cstring};
-use crate::{CellConfig, ExitStatus, StartedCell};
+use crate::{CellConfig, CellIsolation, ExitStatus, StartedCell, TerminalState};
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -19,7 +28,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Signals the shim handles through its signalfd; they stay blocked for the shim's whole life
 /// so none of them can kill it, and any that arrive during start-up wait until the loop runs.
@@ -36,10 +45,23 @@ const COPY_BUF: usize = 8 * 1024;
 /// a grandchild that keeps the pipe open and writing must not keep the shim alive.
 const FINAL_DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// Where, in the forked child, setting up the workload failed; sent over the error pipe.
+/// Once the report pipe closed (the init wrote its report or died), how long the shim waits
+/// to reap the init before finishing without it. An exiting PID 1 waits until the kernel has
+/// killed its whole namespace, which a process stuck in uninterruptible sleep can hold up.
+const INIT_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// `CAP_SYS_PTRACE` from `<linux/capability.h>`; libc does not export capability numbers.
+const CAP_SYS_PTRACE: libc::c_ulong = 19;
+
+/// Where, in a forked child, setting up the workload failed; sent as `(stage, errno)` over the
+/// error pipe. An isolated cell's init sends `STAGE_OK` once the workload was exec'd (a plain
+/// workload's successful exec is an EOF instead), or one of [`crate::cell_init`]'s stages.
+pub(crate) const STAGE_OK: i32 = 0;
 const STAGE_STDIO: i32 = 1;
 const STAGE_CHDIR: i32 = 2;
 const STAGE_EXEC: i32 = 3;
+const STAGE_CGROUP: i32 = 4;
+const STAGE_CAPS: i32 = 5;
 
 /// Why the shim could not start the workload; becomes the `err` handshake line.
 enum Failure {
@@ -88,12 +110,30 @@ fn one_line(msg: &str) -> String {
 /// State the shim keeps after the workload was exec'd.
 struct Running {
     cell_dir: PathBuf,
+    /// The workload (process isolation) or the cell's init (cell isolation).
     child: libc::pid_t,
     log_read: OwnedFd,
     signal_fd: OwnedFd,
     sink: LogSink,
+    cgroups: Option<CellCgroups>,
+    /// Set for isolated cells only.
+    cell: Option<CellWatch>,
     /// Held (never read) so the flock lasts until the process exits.
     _lock: File,
+}
+
+/// What the shim keeps to judge an isolated cell's end.
+struct CellWatch {
+    key: Key,
+    cell_id: Box<str>,
+    /// Non-blocking read end; only the init ever held the write end.
+    report_read: OwnedFd,
+    report: [u8; MAX_REPORT],
+    report_len: usize,
+    /// More bytes arrived than a report can have: whatever it is, it is not a report.
+    overflow: bool,
+    /// The supervisor asked for SIGKILL, so an init dead of SIGKILL was killed on purpose.
+    kill_requested: bool,
 }
 
 /// Everything up to and including the handshake. Never inlined: its large frame must be gone
@@ -119,11 +159,40 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     let config: CellConfig = read_json(&cell_dir.join("config.json"))
         .map_err(|e| Failure::setup("read config.json", e))?
         .ok_or_else(|| Failure::Setup("config.json missing".into()))?;
+    let isolated = match config.isolation {
+        CellIsolation::Process => None,
+        CellIsolation::Cell { network_none } => Some(network_none),
+        CellIsolation::Oci { .. } => return Err(Failure::Setup("oci isolation is not wired in yet".into())),
+    };
     let plan = ExecPlan::new(&config)?;
     let sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
         .map_err(|e| Failure::setup(format_args!("open log {}", config.log_path.display()), e))?;
+    let cgroups = CellCgroups::create(cell_dir, &config.cell_id, &config.limits).map_err(|e| Failure::setup("cgroup", e))?;
+    let cell_id = config.cell_id.clone().into_boxed_str();
     drop(config);
 
+    match launch(cell_dir, &plan, cgroups.as_ref(), isolated.map(|net| (cell_id, net))) {
+        Ok((child, log_read, signal_fd, cell)) => {
+            Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, cgroups, cell, _lock: lock })
+        }
+        Err(failure) => {
+            // Whatever joined the cgroups (a half-started workload) goes with them.
+            if let Some(cgroups) = &cgroups {
+                cgroups.teardown(false);
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// Starts the workload — directly, or (`cell = Some((id, network_none))`) under a new init in
+/// new namespaces — waits until it was exec'd, records `pid.json` and sends the handshake.
+fn launch(
+    cell_dir: &Path,
+    plan: &ExecPlan,
+    cgroups: Option<&CellCgroups>,
+    cell: Option<(Box<str>, bool)>,
+) -> Result<(libc::pid_t, OwnedFd, OwnedFd, Option<CellWatch>), Failure> {
     let devnull = OpenOptions::new()
         .read(true)
         .write(true)
@@ -135,38 +204,78 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     clear_nonblock(&log_write).map_err(|e| Failure::setup("log pipe", e))?;
     let (err_read, err_write) = sys::pipe(libc::O_CLOEXEC).map_err(|e| Failure::setup("error pipe", e))?;
     let signal_fd = open_signalfd().map_err(|e| Failure::setup("signalfd", e))?;
+    let procs = match cgroups {
+        Some(cgroups) => cgroups.open_procs().map_err(|e| Failure::setup("cgroup", e))?,
+        None => Vec::new(),
+    };
+    let procs: Vec<RawFd> = procs.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+    let close_procs = |procs: &[RawFd]| {
+        for &fd in procs {
+            // SAFETY: these descriptors were converted from OwnedFds above and are closed once.
+            unsafe { libc::close(fd) };
+        }
+    };
 
-    // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run any code;
-    // it still only uses async-signal-safe calls on data prepared above.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        return Err(Failure::setup("fork", io::Error::last_os_error()));
-    }
-    if child == 0 {
-        // SAFETY: we are the freshly forked child; `exec_child` never returns.
-        unsafe { exec_child(&plan, devnull.as_raw_fd(), log_write.as_raw_fd(), err_write.as_raw_fd()) }
-    }
+    let isolated = cell.is_some();
+    let spawned = match cell {
+        None => {
+            // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run any
+            // code; it still only uses async-signal-safe calls on data prepared above.
+            let child = unsafe { libc::fork() };
+            if child < 0 {
+                Err(Failure::setup("fork", io::Error::last_os_error()))
+            } else if child == 0 {
+                let opts = ChildOpts { cgroup_procs: &procs, drop_ptrace: false };
+                // SAFETY: we are the freshly forked child; `exec_child` never returns.
+                unsafe { exec_child(plan, devnull.as_raw_fd(), log_write.as_raw_fd(), err_write.as_raw_fd(), &opts) }
+            } else {
+                Ok((child, None))
+            }
+        }
+        Some((cell_id, network_none)) => {
+            let ctx = InitCtx {
+                plan,
+                devnull: devnull.as_raw_fd(),
+                log_write: log_write.as_raw_fd(),
+                err_write: err_write.as_raw_fd(),
+                key_read: -1,
+                report_write: -1,
+                cgroup_procs: &procs,
+                hostname: &[],
+                cell_id: cell_id.as_bytes(),
+                wait_set: init_wait_set(),
+            };
+            spawn_init(ctx, &cell_id, network_none).map(|(init, watch)| (init, Some(watch)))
+        }
+    };
+    close_procs(&procs);
     drop(log_write);
     drop(err_write);
     drop(devnull);
+    let (child, cell) = spawned?;
     // Also done by the child itself; doing it here too closes the window in which a signal
     // forwarded to the group would miss a child that has not run yet. EACCES after exec is fine.
     // SAFETY: setpgid takes plain integers.
     unsafe { libc::setpgid(child, child) };
 
-    if let Some((stage, errno)) = read_child_error(&err_read) {
+    let failure = match (read_child_error(err_read.as_raw_fd()), isolated) {
+        (None, false) => None,
+        (Some((STAGE_OK, _)), true) => None,
+        (None, true) => Some(Failure::Setup("the cell's init died during start-up".into())),
+        (Some((stage, errno)), _) => Some(stage_failure(plan, stage, errno)),
+    };
+    if let Some(failure) = failure {
+        if isolated {
+            // The init exits by itself after reporting a failure; this only makes sure.
+            let _ = sys::kill(child, libc::SIGKILL);
+        }
         reap_blocking(child);
-        let err = io::Error::from_raw_os_error(errno);
-        return Err(match stage {
-            STAGE_EXEC => Failure::Exec(format!("{}: {err}", plan.program())),
-            STAGE_CHDIR => Failure::Exec(format!("chdir {}: {err}", plan.workdir_display())),
-            _ => Failure::setup("redirect workload stdio", err),
-        });
+        return Err(failure);
     }
     drop(err_read);
-    drop(plan);
 
-    // The child is exec'd and not reaped, so its /proc entry is certainly ours to read.
+    // The child is exec'd (or, isolated, the init runs) and not reaped, so its /proc entry is
+    // certainly ours to read.
     let shim_pid = std::process::id();
     let started = StartedCell {
         pid: child as u32,
@@ -188,11 +297,98 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
         // SAFETY: dup2 onto fd 1 atomically replaces it; `null` is closed afterwards.
         unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
     }
-
-    Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, _lock: lock })
+    Ok((child, log_read, signal_fd, cell))
 }
 
-/// Opens and flocks `<cell_dir>/lock`, then checks the path still names the locked file: the
+/// The signals the cell's init waits for; everything else stays deliverable (and, for PID 1,
+/// is dropped by the kernel unless it comes from the host and is SIGKILL or SIGSTOP).
+fn init_wait_set() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only gets valid signal numbers.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        set.assume_init()
+    }
+}
+
+/// Clones the cell's init into new namespaces and hands it the report key.
+///
+/// The key is generated only *after* the clone and reaches the init solely through the key
+/// pipe, which the init reads once it is no longer dumpable and then closes: the key is never
+/// in argv, the environment, a file, or the memory the workload is forked from before that.
+fn spawn_init<'a>(mut ctx: InitCtx<'a>, cell_id: &'a str, network_none: bool) -> Result<(libc::pid_t, CellWatch), Failure> {
+    let (key_read, key_write) = sys::pipe(libc::O_CLOEXEC).map_err(|e| Failure::setup("key pipe", e))?;
+    let (report_read, report_write) =
+        sys::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(|e| Failure::setup("report pipe", e))?;
+    clear_nonblock(&report_write).map_err(|e| Failure::setup("report pipe", e))?;
+    ctx.key_read = key_read.as_raw_fd();
+    ctx.report_write = report_write.as_raw_fd();
+    // HOST_NAME_MAX is 64; the cell id is at most 255 bytes (a file name).
+    ctx.hostname = &cell_id.as_bytes()[..cell_id.len().min(64)];
+
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if network_none {
+        // A new network namespace holds nothing but a loopback interface, and that one down.
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: the shim is single-threaded; the child runs only `init_main`, which never returns.
+    let init = unsafe { sys::clone_fork(flags as libc::c_ulong | libc::SIGCHLD as libc::c_ulong) }
+        .map_err(|e| Failure::setup("clone the cell's init", e))?;
+    if init == 0 {
+        // SAFETY: we are the clone child; `ctx` was fully built before the clone.
+        unsafe { cell_init::init_main(&ctx) }
+    }
+    drop(key_read);
+    drop(report_write);
+    // Not dumpable either: the shim holds the key for the cell's whole life.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let key = match exit_report::new_key() {
+        Ok(key) => key,
+        Err(e) => {
+            let _ = sys::kill(init, libc::SIGKILL);
+            reap_blocking(init);
+            return Err(Failure::setup("getrandom", e));
+        }
+    };
+    // EPIPE (the init died) surfaces as the init's silence on the error pipe.
+    let _ = sys::write_all_fd(key_write.as_raw_fd(), &key);
+    drop(key_write);
+    let watch = CellWatch {
+        key,
+        cell_id: cell_id.into(),
+        report_read,
+        report: [0; MAX_REPORT],
+        report_len: 0,
+        overflow: false,
+        kill_requested: false,
+    };
+    Ok((init, watch))
+}
+
+fn stage_failure(plan: &ExecPlan, stage: i32, errno: i32) -> Failure {
+    let err = io::Error::from_raw_os_error(errno);
+    let what = match stage {
+        STAGE_EXEC => return Failure::Exec(format!("{}: {err}", plan.program())),
+        STAGE_CHDIR => return Failure::Exec(format!("chdir {}: {err}", plan.workdir_display())),
+        STAGE_STDIO => "redirect workload stdio",
+        STAGE_CGROUP => "join the cell's cgroup",
+        STAGE_CAPS => "drop CAP_SYS_PTRACE from the workload's bounding set",
+        cell_init::STAGE_INIT_PRIVATE => "cell init: make mounts private",
+        cell_init::STAGE_INIT_PROC => "cell init: mount /proc",
+        cell_init::STAGE_INIT_HOSTNAME => "cell init: set the hostname",
+        cell_init::STAGE_INIT_CGROUP => "cell init: join the cell's cgroup",
+        cell_init::STAGE_INIT_KEY => "cell init: read the report key",
+        cell_init::STAGE_INIT_FORK => "cell init: fork the workload",
+        cell_init::STAGE_INIT_PRCTL => "cell init: prctl",
+        _ => "start-up",
+    };
+    Failure::setup(what, err)
+}
+
 /// supervisor renames abandoned cell dirs (while holding the lock), and a shim that locked a
 /// file in a renamed dir must not start anything.
 fn take_lock(cell_dir: &Path) -> Result<File, Failure> {
@@ -250,7 +446,7 @@ fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// Everything `exec_child` needs, allocated before `fork` so the child allocates nothing.
-struct ExecPlan {
+pub(crate) struct ExecPlan {
     argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     /// Owns the strings `envp_ptrs` points into.
@@ -328,14 +524,30 @@ extern "C" {
     static mut environ: *const *const libc::c_char;
 }
 
+/// What differs between a plain workload and an isolated cell's workload in the forked child.
+pub(crate) struct ChildOpts<'a> {
+    /// `cgroup.procs` of the cell's cgroups, joined right before exec (isolated cells join
+    /// through their init instead, which the workload then inherits).
+    pub cgroup_procs: &'a [RawFd],
+    /// Drop CAP_SYS_PTRACE from the bounding set, so the exec'd workload can never hold it and
+    /// thus never read its init's memory (where the report key lives).
+    pub drop_ptrace: bool,
+}
+
 /// The forked child: becomes the workload. Only async-signal-safe calls on pre-built data.
 ///
 /// # Safety
 /// Must only be called in the child right after `fork`; `plan` must outlive the call.
-unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawFd, err_write: RawFd) -> ! {
+pub(crate) unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawFd, err_write: RawFd, opts: &ChildOpts<'_>) -> ! {
     // SAFETY (whole body): every call below is async-signal-safe and only touches memory
     // allocated before fork; descriptors are open in this process.
     unsafe {
+        for &fd in opts.cgroup_procs {
+            // "0" moves the writing process itself.
+            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                child_fail(err_write, STAGE_CGROUP);
+            }
+        }
         // Own process group, so a stop signal reaches the workload and all its descendants.
         libc::setpgid(0, 0);
         // Ignored signals survive exec (Rust ignores SIGPIPE; the shim blocks several): the
@@ -346,6 +558,9 @@ unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawFd, err_writ
             }
         }
         libc::sigprocmask(libc::SIG_SETMASK, &plan.empty_mask, std::ptr::null_mut());
+        if opts.drop_ptrace && libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) < 0 {
+            child_fail(err_write, STAGE_CAPS);
+        }
 
         if libc::dup2(devnull, libc::STDIN_FILENO) < 0
             || libc::dup2(log_write, libc::STDOUT_FILENO) < 0
@@ -358,6 +573,9 @@ unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawFd, err_writ
                 child_fail(err_write, STAGE_CHDIR);
             }
         }
+        // Every descriptor >= 3 is opened close-on-exec already; this makes sure of it, so the
+        // workload starts with exactly stdin, stdout and stderr (Linux 5.11+; else a no-op).
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
         // Assigning `environ` (rather than execvpe) makes the PATH lookup honour the cell's env.
         std::ptr::addr_of_mut!(environ).write(plan.envp_ptrs.as_ptr());
         libc::execvp(plan.argv_ptrs[0], plan.argv_ptrs.as_ptr());
@@ -381,13 +599,14 @@ unsafe fn child_fail(err_write: RawFd, stage: i32) -> ! {
     }
 }
 
-/// Reads the error pipe to EOF: EOF with no message means exec succeeded (close-on-exec
-/// closed the child's end).
-fn read_child_error(err_read: &OwnedFd) -> Option<(i32, i32)> {
+/// Reads one `(stage, errno)` message from the error pipe, or EOF: EOF with no message means
+/// the child exec'd (close-on-exec closed its end) — or, for an init, that it died.
+/// Allocation-free: the cell's init uses it too.
+pub(crate) fn read_child_error(err_read: RawFd) -> Option<(i32, i32)> {
     let mut msg = [0u8; 8];
     let mut got = 0;
     while got < msg.len() {
-        match sys::read_fd(err_read.as_raw_fd(), &mut msg[got..]) {
+        match sys::read_fd(err_read, &mut msg[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) => return Some((STAGE_EXEC, e.raw_os_error().unwrap_or(libc::EIO))),
@@ -396,8 +615,8 @@ fn read_child_error(err_read: &OwnedFd) -> Option<(i32, i32)> {
     if got == 0 {
         return None;
     }
-    let stage = i32::from_ne_bytes(msg[..4].try_into().unwrap_or_default());
-    let errno = i32::from_ne_bytes(msg[4..].try_into().unwrap_or_default());
+    let stage = i32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+    let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
     Some((stage, errno))
 }
 
@@ -412,7 +631,8 @@ fn reap_blocking(child: libc::pid_t) {
     }
 }
 
-/// The shim's life after the handshake: copy output, forward signals, wait for the child.
+/// The shim's life after the handshake: copy output, forward signals, wait for the child (and,
+/// for an isolated cell, collect the init's exit report as soon as it is written).
 fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
     release_startup_stack(buf);
     // Start-up allocations (config, env, argv) are gone; give their pages back to the kernel.
@@ -422,13 +642,20 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
         libc::malloc_trim(0);
     }
 
+    let report_fd = run.cell.as_ref().map_or(-1, |c| c.report_read.as_raw_fd());
     let mut fds = [
         libc::pollfd { fd: run.log_read.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: run.signal_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        // Ignored by poll while negative (process isolation, or once the pipe closed).
+        libc::pollfd { fd: report_fd, events: libc::POLLIN, revents: 0 },
     ];
+    // Set once the report pipe closed: by then the init is exiting, and is not waited for forever.
+    let mut init_deadline: Option<Instant> = None;
     loop {
-        // SAFETY: `fds` is a valid array of two pollfds.
-        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let timeout = init_deadline
+            .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as libc::c_int);
+        // SAFETY: `fds` is a valid array of three pollfds.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if ret < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -442,14 +669,64 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
             // EOF: every writer (workload and descendants) closed the pipe; stop polling it.
             fds[0].fd = -1;
         }
-        if fds[1].revents != 0 && handle_signals(&run) {
+        if fds[2].revents != 0 && !run.cell.as_mut().is_some_and(CellWatch::read_report) {
+            fds[2].fd = -1;
+            init_deadline = Some(Instant::now() + INIT_EXIT_GRACE);
+        }
+        if fds[1].revents != 0 && handle_signals(&mut run) {
             let mut status = 0;
             // SAFETY: waitpid writes the status into a valid local.
             let ret = unsafe { libc::waitpid(run.child, &mut status, libc::WNOHANG) };
             if ret == run.child {
-                finish(&mut run, buf, fds[0].fd >= 0, status);
+                finish(&mut run, buf, fds[0].fd >= 0, Some(status));
             }
         }
+        if init_deadline.is_some_and(|d| Instant::now() >= d) {
+            report(format_args!("the cell's init did not exit within {INIT_EXIT_GRACE:?} of closing its report pipe"));
+            send(run.child, libc::SIGKILL);
+            finish(&mut run, buf, fds[0].fd >= 0, None);
+        }
+    }
+}
+
+impl CellWatch {
+    /// Reads whatever the report pipe holds, without blocking and into a bounded buffer;
+    /// false once it is closed (EOF or error) or overflowed.
+    fn read_report(&mut self) -> bool {
+        loop {
+            let Some(room) = self.report.get_mut(self.report_len..).filter(|r| !r.is_empty()) else {
+                self.overflow = true;
+                return false;
+            };
+            match sys::read_fd(self.report_read.as_raw_fd(), room) {
+                Ok(0) => return false,
+                Ok(n) => self.report_len += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    report(format_args!("read report pipe: {e}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The workload's authenticated outcome, or why there is none.
+    fn verdict(&self, init_status: Option<libc::c_int>) -> Result<Outcome, String> {
+        if self.report_len == 0 {
+            let why = match init_status {
+                None => "the cell's init did not exit".to_string(),
+                Some(s) if libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL && self.kill_requested => {
+                    "the cell was killed".to_string()
+                }
+                Some(s) if libc::WIFSIGNALED(s) => format!("the cell's init was killed by signal {}", libc::WTERMSIG(s)),
+                Some(s) => format!("the cell's init exited with status {}", libc::WEXITSTATUS(s)),
+            };
+            return Err(format!("no authenticated exit report: {why}"));
+        }
+        if self.overflow {
+            return Err(exit_report::VERIFY_FAILED.to_string());
+        }
+        exit_report::verify(&self.report[..self.report_len], &self.key, self.cell_id.as_bytes()).map_err(str::to_string)
     }
 }
 
@@ -526,7 +803,7 @@ fn copy_output(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], max_rea
 }
 
 /// Acts on every pending signal; returns whether a SIGCHLD was among them.
-fn handle_signals(run: &Running) -> bool {
+fn handle_signals(run: &mut Running) -> bool {
     let mut child_changed = false;
     loop {
         let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
@@ -547,9 +824,8 @@ fn handle_signals(run: &Running) -> bool {
         // SAFETY: the kernel filled the whole struct.
         let signo = unsafe { info.assume_init() }.ssi_signo as libc::c_int;
         match signo {
-            // The child is not reaped before we leave the loop, so its pgid cannot be reused.
-            libc::SIGTERM => forward(run.child, libc::SIGTERM),
-            libc::SIGUSR2 => forward(run.child, libc::SIGKILL),
+            libc::SIGTERM => stop(run, false),
+            libc::SIGUSR2 => stop(run, true),
             libc::SIGCHLD => child_changed = true,
             // SIGINT/SIGHUP/SIGPIPE: deliberately ignored, the shim only stops with its child.
             _ => {}
@@ -557,33 +833,99 @@ fn handle_signals(run: &Running) -> bool {
     }
 }
 
-fn forward(child: libc::pid_t, signal: libc::c_int) {
-    if let Err(e) = sys::kill(-child, signal) {
-        if e.raw_os_error() != Some(libc::ESRCH) {
-            report(format_args!("kill -{signal} -{child}: {e}"));
+/// The supervisor's stop request. The child is not reaped before we leave the loop, so
+/// neither its pid nor its process group id can have been reused.
+fn stop(run: &mut Running, kill: bool) {
+    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    match &mut run.cell {
+        // The workload's whole process group.
+        None => send(-run.child, signal),
+        // The init forwards SIGTERM to the workload's group; SIGKILL to the init takes the
+        // whole PID namespace down with it.
+        Some(cell) => {
+            cell.kill_requested |= kill;
+            send(run.child, signal);
         }
     }
 }
 
-/// The workload was reaped: save its last output and its exit status, then exit. Kept out of
-/// line so its frame does not enlarge the loop's.
+/// `kill(target, signal)`, logging anything but "already gone".
+fn send(target: libc::pid_t, signal: libc::c_int) {
+    if let Err(e) = sys::kill(target, signal) {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            report(format_args!("kill -{signal} {target}: {e}"));
+        }
+    }
+}
+
+/// The workload was reaped (or, isolated, its init was, or failed to exit in time: `status`
+/// is `None`): save its last output and its exit status, then exit. Kept out of line so its
+/// frame does not enlarge the loop's.
 #[cold]
 #[inline(never)]
-fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: bool, status: libc::c_int) -> ! {
+fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: bool, status: Option<libc::c_int>) -> ! {
     if pipe_open {
         // Only what is already buffered; descendants may hold the pipe open indefinitely.
         copy_output(run, buf, FINAL_DRAIN_LIMIT / COPY_BUF);
     }
-    // The cell ends with its main process, as a systemd unit does: whatever it left running in
-    // its process group goes too, so no stray process outlives the cell it belonged to.
-    forward(run.child, libc::SIGKILL);
-    let exit = ExitStatus {
-        exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
-        finished_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        terminal_state: None,
-        oom_killed: false,
-        detail: None,
+    let finished_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let exit = match &mut run.cell {
+        None => {
+            // The cell ends with its main process, as a systemd unit does: whatever it left
+            // running in its process group (and, below, its cgroup) goes too, so no stray
+            // process outlives the cell it belonged to.
+            send(-run.child, libc::SIGKILL);
+            // A plain workload is only ever finished with the status waitpid gave.
+            let signal = status.filter(|&s| libc::WIFSIGNALED(s)).map(|s| libc::WTERMSIG(s));
+            let oom_killed = run.cgroups.as_ref().is_some_and(|c| c.teardown(signal == Some(libc::SIGKILL)));
+            ExitStatus {
+                exit_code: status.filter(|&s| libc::WIFEXITED(s)).map(|s| libc::WEXITSTATUS(s)),
+                signal,
+                finished_at_ms,
+                terminal_state: None,
+                oom_killed,
+                detail: None,
+            }
+        }
+        Some(cell) => {
+            // The init is gone, so whatever it wrote is in the pipe, followed by EOF; the read
+            // is non-blocking and bounded by the buffer either way.
+            cell.read_report();
+            let verdict = cell.verdict(status);
+            let sigkilled = match verdict {
+                Ok(Outcome::Signaled(sig)) => sig == libc::SIGKILL,
+                Ok(Outcome::Exited(_)) => false,
+                Err(_) => true,
+            };
+            // The namespace died with its init; the cgroup teardown catches anything that
+            // was not in it and tells whether the kernel OOM-killed something.
+            let oom_killed = run.cgroups.as_ref().is_some_and(|c| c.teardown(sigkilled));
+            match verdict {
+                Ok(outcome) => ExitStatus {
+                    exit_code: match outcome {
+                        Outcome::Exited(code) => Some(code),
+                        Outcome::Signaled(_) => None,
+                    },
+                    signal: match outcome {
+                        Outcome::Signaled(sig) => Some(sig),
+                        Outcome::Exited(_) => None,
+                    },
+                    finished_at_ms,
+                    terminal_state: Some(TerminalState::Clean),
+                    oom_killed,
+                    detail: None,
+                },
+                // Never a made-up code: without an authenticated report there is none.
+                Err(detail) => ExitStatus {
+                    exit_code: None,
+                    signal: None,
+                    finished_at_ms,
+                    terminal_state: Some(TerminalState::Forced),
+                    oom_killed,
+                    detail: Some(detail),
+                },
+            }
+        }
     };
     for attempt in 1..=5 {
         match write_json_atomic(&run.cell_dir, "exit.json", &exit) {

@@ -1,5 +1,5 @@
 //! Thin, safe wrappers over the few Linux syscalls the backend and the shim need
-//! (flock, pidfd, renameat2, pipes); each keeps its `unsafe` next to its SAFETY argument.
+//! (flock, pidfd, renameat2, pipes, clone); each keeps its `unsafe` next to its SAFETY argument.
 
 use std::ffi::CString;
 use std::io;
@@ -162,4 +162,21 @@ pub(crate) fn read_uninit(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<
             return Err(e);
         }
     }
+}
+
+/// A raw `clone(flags, NULL, NULL, NULL, 0)`: like `fork` (the child runs on a copy of the
+/// caller's stack and returns 0 here), but `flags` can ask for new namespaces, which glibc's
+/// `fork` cannot. Returns the child's pid (in the caller's PID namespace) to the parent.
+///
+/// # Safety
+/// As for `fork` in a single-threaded process. In addition glibc's fork hooks do not run, so
+/// the child's thread descriptor still carries the parent's tid: the child must not use
+/// anything that relies on it (`raise`/`abort`, `pthread_kill`, error-checking or recursive
+/// pthread mutexes) — it should do plain syscalls and leave with `_exit`.
+pub(crate) unsafe fn clone_fork(flags: libc::c_ulong) -> io::Result<libc::pid_t> {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: a NULL stack makes the child continue on a copy-on-write copy of ours, exactly
+    // like fork; no tid pointers or TLS are passed. The caller vouches for the rest.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, null, null, null, 0 as libc::c_ulong) };
+    cvt_long(ret).map(|pid| pid as libc::pid_t)
 }

@@ -207,12 +207,22 @@ fn shim_and_workload_are_isolated_from_the_supervisor() {
     assert_eq!(pgid, pid, "the workload leads its own process group");
     assert_eq!(sid, shim);
     assert_ne!(pgid, my_pgid);
-    // The workload inherited nothing but stdin/stdout/stderr.
-    let fds: Vec<String> =
-        std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    let mut fds: Vec<i32> = fds.iter().map(|f| f.parse().unwrap()).collect();
-    fds.sort();
-    assert_eq!(fds, [0, 1, 2]);
+    // The workload inherited nothing but stdin/stdout/stderr. Right after exec the dynamic
+    // loader briefly holds its libraries open (as fd 3), so wait for that to pass; an
+    // inherited descriptor would never go away.
+    let fds = || {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap().parse().unwrap())
+            .collect();
+        fds.sort();
+        fds
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while fds() != [0, 1, 2] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(fds(), [0, 1, 2]);
     b.signal("c1", true).unwrap();
     exited(wait_exit(&b, "c1", &started));
 }
