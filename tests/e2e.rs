@@ -80,6 +80,7 @@ fn running_workload_survives_kill9_of_the_supervisor_and_is_readopted() {
     assert_eq!(after.pid, Some(pid), "re-adopted with the same pid, not started again");
     assert_eq!(after.runs, 1);
     assert!(warden.up_log().contains("cells re-adopted 1"), "{}", warden.up_log());
+    assert!(warden.up_log().contains("cgroups      cgroup v"), "the cgroup layout is logged at start: {}", warden.up_log());
 
     // Killed while supervised by the new process: restarted by policy.
     kill9(pid);

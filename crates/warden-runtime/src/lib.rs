@@ -118,6 +118,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     );
     eprintln!("  credential   {} ({})", credential_path.display(), admin.principal());
     eprintln!("  cell shim    {shim_note}");
+    eprintln!("  cgroups      {} (cell limits and teardown)", warden_cell::cgroup_layout());
     eprintln!(
         "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
         recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
