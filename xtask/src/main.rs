@@ -5,8 +5,11 @@
 
 use std::process::{exit, Command};
 
-/// Debian packages the test suite needs, with a binary that proves each is installed.
-const SYSTEM_PACKAGES: &[(&str, &str)] = &[];
+/// Debian packages the test suite needs, with a binary that proves each is installed: runc for
+/// OCI cells, busybox-static for the minimal rootfs the OCI tests build, crun for the test that
+/// shows it is refused (or works) on this host, python3 for the memory-hog workloads.
+const SYSTEM_PACKAGES: &[(&str, &str)] =
+    &[("runc", "runc"), ("busybox-static", "busybox"), ("crun", "crun"), ("python3", "python3")];
 
 fn main() {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -53,7 +56,7 @@ fn on_path(binary: &str) -> bool {
             std::env::split_paths(&path).any(|dir| dir.join(binary).is_file() || dir.join("../sbin").join(binary).is_file())
         })
         .unwrap_or(false)
-        || ["/usr/sbin", "/sbin", "/usr/bin"].iter().any(|dir| std::path::Path::new(dir).join(binary).is_file())
+        || ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|dir| std::path::Path::new(dir).join(binary).is_file())
 }
 
 fn run(program: &str, args: &[&str]) {

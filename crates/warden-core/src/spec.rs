@@ -190,7 +190,9 @@ impl RawLimits {
             None => None,
             Some(text) => match parse_size_bytes(text.get_ref()) {
                 Ok(bytes) if bytes >= 1 << 20 => Some(bytes),
-                Ok(bytes) => return Err((Some(text.span()), format!("cell.limits.memory_max must be at least 1MiB, got {bytes} bytes"))),
+                Ok(bytes) => {
+                    return Err((Some(text.span()), format!("cell.limits.memory_max must be at least 1MiB, got {bytes} bytes")))
+                }
                 Err(why) => return Err((Some(text.span()), format!("cell.limits.memory_max: {why}"))),
             },
         };
@@ -200,13 +202,18 @@ impl RawLimits {
                 Some((cores.get_ref() * 1000.0).round() as u32)
             }
             Some(cores) => {
-                return Err((Some(cores.span()), format!("cell.limits.cpu_max is in cores, between 0.01 and 1024, got {}", cores.get_ref())))
+                return Err((
+                    Some(cores.span()),
+                    format!("cell.limits.cpu_max is in cores, between 0.01 and 1024, got {}", cores.get_ref()),
+                ))
             }
         };
         let pids_max = match &self.pids_max {
             None => None,
             Some(n) if (1..=4_194_304).contains(n.get_ref()) => Some(*n.get_ref() as u32),
-            Some(n) => return Err((Some(n.span()), format!("cell.limits.pids_max must be between 1 and 4194304, got {}", n.get_ref()))),
+            Some(n) => {
+                return Err((Some(n.span()), format!("cell.limits.pids_max must be between 1 and 4194304, got {}", n.get_ref())))
+            }
         };
         Ok(Limits { memory_max_bytes, cpu_max_millicores, pids_max })
     }
@@ -310,7 +317,9 @@ impl RawSpec {
             (Some(name), Isolation::Oci) => match name.get_ref().as_str() {
                 "runc" => Some(OciRuntime::Runc),
                 "crun" => Some(OciRuntime::Crun),
-                other => return Err((Some(name.span()), format!("cell.oci_runtime must be \"runc\" or \"crun\", got {other:?}"))),
+                other => {
+                    return Err((Some(name.span()), format!("cell.oci_runtime must be \"runc\" or \"crun\", got {other:?}")))
+                }
             },
             (Some(name), _) => return Err((Some(name.span()), "cell.oci_runtime applies only to isolation = \"oci\"".into())),
         };
@@ -516,7 +525,10 @@ mode = "none"
         .unwrap();
         assert_eq!(spec.cell.isolation, Isolation::Cell);
         assert_eq!(spec.cell.network, Network::None);
-        assert_eq!(spec.cell.limits, Limits { memory_max_bytes: Some(64 << 20), cpu_max_millicores: Some(500), pids_max: Some(20) });
+        assert_eq!(
+            spec.cell.limits,
+            Limits { memory_max_bytes: Some(64 << 20), cpu_max_millicores: Some(500), pids_max: Some(20) }
+        );
         let oci = Spec::parse("o.toml", "name='o'\n[cell]\nargv=['sh']\nisolation='oci'\nrootfs='/srv/rootfs'\n").unwrap();
         assert_eq!(oci.cell.oci_runtime, Some(OciRuntime::Runc));
         assert_eq!(oci.cell.rootfs.as_deref(), Some("/srv/rootfs"));
