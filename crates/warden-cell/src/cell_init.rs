@@ -154,7 +154,7 @@ unsafe fn set_up(ctx: &InitCtx<'_>, key: &mut Key) -> Result<libc::pid_t, (i32, 
         }
         if workload == 0 {
             // The workload must not get to the key: no ptrace capability for it, ever.
-            let opts = ChildOpts { cgroup_procs: &[], drop_ptrace: true };
+            let opts = ChildOpts { cgroup_procs: &[], drop_ptrace: true, parent_death: 0 };
             exec_child(ctx.plan, ctx.devnull, ctx.log_write, exec_err[1], &opts)
         }
         // As in the shim: no window in which a forwarded signal misses the new group.

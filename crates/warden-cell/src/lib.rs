@@ -6,18 +6,29 @@
 //! directory, and outlives the supervisor. With [`CellIsolation::Cell`] the shim's child is
 //! instead a small init of warden's own, PID 1 of new PID, mount, UTS and IPC (and optionally
 //! network) namespaces, which starts the workload as PID 2 and reports its exit over an
-//! authenticated channel. Every cell gets cgroups of its own that enforce [`CellLimits`]
-//! (see [`cgroup_layout`]). The on-disk protocol of a cell directory is:
+//! authenticated channel. With [`CellIsolation::Oci`] the shim's child is an OCI runtime
+//! (`runc run` in the foreground, see [`oci`]) running the workload as PID 1 of a container on
+//! the given root filesystem. Every cell gets cgroups of its own that enforce [`CellLimits`]
+//! (see [`cgroup_layout`]; an OCI runtime makes its own, `warden/<cell_id>`). The on-disk
+//! protocol of a cell directory is:
 //!
 //! * `config.json` – the [`CellConfig`], written (and fsynced) by the supervisor before spawning.
 //! * `lock` – `flock`ed by the shim for its whole life; the lock is the proof the shim is alive.
 //! * `cgroups.json` – the cell's cgroup directories, recorded by the shim before anything joins
-//!   them, so that the supervisor can tear them down after a shim died.
-//! * `pid.json` – a [`StartedCell`], written atomically by the shim once the workload was exec'd.
-//!   For an isolated cell `pid` is the host pid of the cell's init (the cell's identity: killing
-//!   it ends the cell), not of the workload.
+//!   them, so that the supervisor can tear them down after a shim died (not for OCI cells: the
+//!   runtime's `delete` removes theirs).
+//! * `bundle/config.json` – OCI cells only: the bundle the runtime runs ([`oci::bundle_config`]).
+//! * `container.pid` – OCI cells only: the container's PID 1 as the runtime wrote it (`--pid-file`).
+//! * `pid.json` – a [`StartedCell`], written atomically by the shim once the workload was exec'd
+//!   (for an OCI cell: once the runtime reported the container's PID 1). For an isolated cell `pid` is the host pid of the cell's init (the cell's identity: killing
+//!   it ends the cell), not of the workload; for an OCI cell, of the container's PID 1.
 //! * `exit.json` – an [`ExitStatus`], written atomically by the shim once the workload was reaped.
 //! * `shim.err` – the shim's own stderr, for post-mortems.
+//!
+//! Next to the cell directories, `<cells_dir>/.oci-state/` is the OCI runtime's state root
+//! ([`oci::state_root`]): one directory per container the runtime knows. A container whose shim
+//! is gone is killed and deleted by [`ProcessBackend::inspect`]; [`ProcessBackend::remove`]
+//! deletes whatever a shim could not.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,7 +85,10 @@ pub enum CellIsolation {
     /// `network_none`), with warden's own init as PID 1 reporting the workload's exit over an
     /// authenticated channel.
     Cell { network_none: bool },
-    /// An OCI runtime (runc, or crun where the host allows) on a bundle generated from the spec.
+    /// An OCI runtime (runc, or crun where the host allows) on a bundle generated from the spec,
+    /// with the workload as the container's PID 1. `rootfs` must be an absolute path to a
+    /// directory. No in-cell bridge: exits carry no terminal state, and the exit code is the
+    /// runtime's (see [`ExitStatus`]).
     Oci { rootfs: PathBuf, runtime: OciRuntime, network_none: bool },
 }
 
@@ -107,16 +121,33 @@ pub enum TerminalState {
 /// (field 22 of `/proc/PID/stat`) identifies a process even if the pid number is recycled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartedCell {
-    /// The workload (process isolation) or the cell's init (cell isolation); either way a
-    /// process group leader, and SIGKILL to its group ends the cell.
+    /// The workload (process isolation: a process group leader, and SIGKILL to its group ends
+    /// the cell), the cell's init (cell isolation), or the container's PID 1, i.e. the workload
+    /// (OCI isolation); the last two are PID 1 of the cell's PID namespace, and SIGKILL to them
+    /// ends every process in it.
+    ///
+    /// For OCI it is deliberately not the runtime process (`runc run`, the shim's child): the
+    /// container outlives a killed runtime, so only its PID 1 identifies the cell, and it is what
+    /// a supervisor that re-adopts the cell can check against `pid_start_time`. The shim takes it
+    /// from the runtime's `--pid-file` and verifies that it is the runtime's child before reading
+    /// its start time. A container that ended before that could be read gets `pid_start_time` 0
+    /// ("not verifiable"), which never matches a live process: it is never signalled by pid.
     pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`; 0 if the process was already gone when it was recorded.
     pub pid_start_time: u64,
     pub shim_pid: u32,
     pub shim_start_time: u64,
 }
 
 /// How a workload ended, as recorded by its shim in `exit.json`.
-/// Exactly one of `exit_code` and `signal` is set.
+/// At most one of `exit_code` and `signal` is set; neither when the end is unknown (a `Forced`
+/// cell, an OCI runtime that was itself killed), and then `detail` says why.
+///
+/// An OCI cell's `exit_code` is the runtime's exit status, which is the container's: its code,
+/// or 128 + n when PID 1 died of signal n. That is kept as the runtime reports it (137 for a
+/// SIGKILL, as Docker shows it) with `signal` unset, because `exit 137` looks exactly the same;
+/// `detail` then spells out the signal reading. It is never turned into a signal warden cannot
+/// know was one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
     pub exit_code: Option<i32>,
@@ -175,6 +206,11 @@ pub enum StartError {
     /// The shim reported a failure of its own before the workload ran.
     #[error("shim failed: {0}")]
     Shim(String),
+    /// The OCI runtime could not be found or refused to start the container (e.g. crun on a
+    /// host with hybrid cgroups); carries the runtime's own words. Never retried with another
+    /// runtime.
+    #[error("OCI runtime: {0}")]
+    Runtime(String),
     /// The shim went away (or spoke nonsense) without reporting success or failure.
     #[error("no handshake from shim: {0}")]
     Handshake(String),

@@ -1,12 +1,15 @@
 //! Running a cell under an OCI runtime (runc, or crun where the host allows): the bundle's
 //! `config.json` generated from a [`CellConfig`], and the runtime's command lines.
 //!
-//! Everything here is synchronous and stateless. The shim runs [`run_argv`] as its child in place
-//! of the workload (`runc run` in the foreground exits with the container's status: the code, or
-//! 128 + the signal that killed PID 1), forwards stop requests with [`kill`], and tears down with
-//! [`delete`]. The runtime's own state lives under a `state_root` that belongs to warden (not the
-//! runtime's default `/run/runc`), so after a supervisor crash [`state`] finds exactly warden's
-//! containers, and nobody else's.
+//! Everything here is synchronous and stateless. The shim runs [`run_argv`] (plus `--pid-file`,
+//! and `--keep` for runc) as its child in place of the workload: `runc run` in the foreground
+//! exits with the container's status — the code, or 128 + the signal that killed PID 1. It
+//! forwards stop requests with [`kill`], reads [`oom_kill_count`] once the container is gone and
+//! tears down with [`delete`]. The runtime's own state lives under a `state_root` that belongs to
+//! warden (`<cells_dir>/.oci-state`, see [`state_root`]; not the runtime's default `/run/runc`),
+//! so after a supervisor crash [`state`] finds exactly warden's containers, and nobody else's.
+//! Every runtime command is bounded by [`COMMAND_TIMEOUT`]: a hung runtime must not hang the
+//! shim or the supervisor's recovery.
 //!
 //! cgroups: the bundle asks for the relative cgroup path `warden/<cell_id>`. runc's cgroupfs
 //! driver (runc 1.1, cgroup v1, hybrid or v2 alike) resolves a relative path under the cgroup of
@@ -17,9 +20,27 @@
 use crate::{CellConfig, CellLimits, OciRuntime};
 use serde_json::{json, Value};
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Name of the runtime state root inside the cells directory. Hidden (cell ids may not start
+/// with a dot), so it can never collide with a cell's directory.
+pub const STATE_DIR: &str = ".oci-state";
+
+/// How long one runtime command (`state`, `kill`, `delete`) may run before it is killed. They
+/// take tens of milliseconds; one stuck on, say, a process in uninterruptible sleep must not keep
+/// a shim from recording its cell's end, or the supervisor's recovery from finishing.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The runtime state root of the cells in `cells_dir`: `<cells_dir>/.oci-state`. Part of what
+/// warden recovers after a crash: a container the runtime still knows there whose shim is gone
+/// is killed and deleted.
+pub fn state_root(cells_dir: &Path) -> PathBuf {
+    cells_dir.join(STATE_DIR)
+}
 
 /// What the runtime reports about one container (`runc state`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +72,9 @@ pub enum OciError {
     NoSuchContainer(String),
     #[error("container {0:?} is not running")]
     NotRunning(String),
+    /// The runtime did not finish within [`COMMAND_TIMEOUT`] and was killed.
+    #[error("`{command}` did not finish within {limit:?} and was killed")]
+    Timeout { command: String, limit: Duration },
     #[error("cannot parse the output of `{command}`: {reason}")]
     BadOutput { command: String, reason: String },
     #[error("{}: {source}", .path.display())]
@@ -388,12 +412,97 @@ fn runtime_output(runtime: &Path, state_root: &Path, args: &[&str]) -> Result<(S
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let out = Command::new(runtime)
+    let child = Command::new(runtime)
         .args(&argv)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|source| OciError::Spawn { runtime: runtime.to_path_buf(), source })?;
-    Ok((command, out))
+    match output_within(child, COMMAND_TIMEOUT) {
+        Ok(out) => Ok((command, out)),
+        Err(None) => Err(OciError::Timeout { command, limit: COMMAND_TIMEOUT }),
+        Err(Some(source)) => Err(OciError::Spawn { runtime: runtime.to_path_buf(), source }),
+    }
+}
+
+/// `Child::wait_with_output`, but bounded: once `limit` has passed the child is killed and
+/// `Err(None)` returned. Single-threaded (poll on both pipes), because the shim that calls it
+/// must stay single-threaded.
+fn output_within(mut child: Child, limit: Duration) -> Result<Output, Option<io::Error>> {
+    let deadline = Instant::now() + limit;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut result = (|| {
+        for fd in [stdout.as_ref().map(AsRawFd::as_raw_fd), stderr.as_ref().map(AsRawFd::as_raw_fd)].into_iter().flatten() {
+            set_nonblocking(fd).map_err(Some)?;
+        }
+        while stdout.is_some() || stderr.is_some() {
+            let left = deadline.checked_duration_since(Instant::now()).ok_or(None)?;
+            let mut fds = [
+                libc::pollfd { fd: stdout.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: stderr.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
+            ];
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+            // SAFETY: `fds` is a valid array of two pollfds; negative fds are ignored.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Some(e));
+                }
+                continue;
+            }
+            if fds[0].revents != 0 && stdout.as_mut().is_none_or(|p| drain(p, &mut out)) {
+                stdout = None;
+            }
+            if fds[1].revents != 0 && stderr.as_mut().is_none_or(|p| drain(p, &mut err)) {
+                stderr = None;
+            }
+        }
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(status) = child.try_wait().map_err(Some)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    })();
+    if result.is_err() {
+        // Never leave a runtime process behind, nor its zombie.
+        let _ = child.kill();
+        if let Err(e) = child.wait() {
+            result = Err(Some(e));
+        }
+    }
+    result.map(|status| Output { status, stdout: out, stderr: err })
+}
+
+/// Reads whatever a non-blocking pipe holds; true once it reached EOF (or broke).
+fn drain(pipe: &mut impl Read, into: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        let flags = crate::sys::cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        crate::sys::cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
 }
 
 fn failed(command: String, out: &Output) -> OciError {

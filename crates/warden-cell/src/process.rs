@@ -4,9 +4,10 @@
 
 use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
+use crate::oci;
 use crate::procfs::{is_alive, process_start_time};
 use crate::sys::{self, TryLock};
-use crate::{CellConfig, CellIsolation, CellState, ExitStatus, SignalError, StartError, StartedCell};
+use crate::{CellConfig, CellIsolation, CellState, ExitStatus, OciRuntime, SignalError, StartError, StartedCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
@@ -68,8 +69,9 @@ impl ShimExe {
     }
 }
 
-/// Runs cells as plain processes, each under its own shim; state lives in
-/// `<cells_dir>/<cell_id>/` (see the crate docs for the files).
+/// Runs cells — plain processes, isolated cells or OCI containers — each under its own shim;
+/// state lives in `<cells_dir>/<cell_id>/` (see the crate docs for the files), and the OCI
+/// runtime's in `<cells_dir>/.oci-state/`.
 #[derive(Clone, Debug)]
 pub struct ProcessBackend {
     cells_dir: PathBuf,
@@ -85,6 +87,12 @@ impl ProcessBackend {
 
     pub fn cell_dir(&self, cell_id: &str) -> PathBuf {
         self.cells_dir.join(cell_id)
+    }
+
+    /// The OCI runtime's state root for this backend's cells (`<cells_dir>/.oci-state`), shared
+    /// by all of them; see [`oci::state_root`].
+    pub fn oci_state_root(&self) -> PathBuf {
+        oci::state_root(&self.cells_dir)
     }
 
     /// Blocking; returns once the workload has been exec'd (or failed to). Idempotent guard:
@@ -121,6 +129,8 @@ impl ProcessBackend {
         let _ = child.wait();
         if let Some(msg) = line.strip_prefix("err exec ") {
             Err(StartError::Exec(msg.to_string()))
+        } else if let Some(msg) = line.strip_prefix("err runtime ") {
+            Err(StartError::Runtime(msg.to_string()))
         } else if let Some(msg) = line.strip_prefix("err ") {
             Err(StartError::Shim(msg.to_string()))
         } else if let Err(e) = read {
@@ -138,7 +148,8 @@ impl ProcessBackend {
     /// lock is released) the only source of exit statuses, so: no dir → `NotStarted`;
     /// `exit.json` → `Exited`; lock held → `Running`; lock free without `pid.json` → the dir
     /// is renamed aside (a shim still starting then finds no lock path) → `NotStarted`; lock
-    /// free with `pid.json` → `Lost` (and a still-running workload is killed).
+    /// free with `pid.json` → `Lost` (and a still-running workload is killed; for an OCI cell,
+    /// a container the runtime still knows is killed and deleted).
     pub fn inspect(&self, cell_id: &str) -> CellState {
         let dir = self.cell_dir(cell_id);
         match std::fs::symlink_metadata(&dir) {
@@ -189,12 +200,24 @@ impl ProcessBackend {
             Ok(None) => {}
             Err(e) => return lost(e),
         }
+        // config.json is written before the shim is spawned, so it is there for every cell.
+        let oci_runtime = match read_json::<CellConfig>(&dir.join("config.json")) {
+            Ok(Some(CellConfig { isolation: CellIsolation::Oci { runtime, .. }, .. })) => Some(runtime),
+            _ => None,
+        };
         let started = match read_json::<StartedCell>(&dir.join("pid.json")) {
             Ok(Some(started)) => started,
             Ok(None) => {
                 // Never exec'd (or the shim died first). A child it may have forked is in the
                 // cell's cgroups, if it got that far: nothing of it may live on.
                 CellCgroups::cleanup_recorded(dir);
+                // Likewise a container the runtime may have created before the shim died: left
+                // alone, it would run unwatched and block the cell id.
+                if let Some(runtime) = oci_runtime {
+                    if let Err(e) = self.delete_container(runtime, cell_id) {
+                        return lost(format!("shim died while starting its container, which could not be deleted: {e}"));
+                    }
+                }
                 // Move the dir aside so that a shim which was spawned but has not reached its
                 // lock yet cannot start it later.
                 return match self.abandon(cell_id, dir) {
@@ -204,6 +227,9 @@ impl ProcessBackend {
             }
             Err(e) => return lost(format!("cannot read pid.json: {e}")),
         };
+        if let Some(runtime) = oci_runtime {
+            return self.end_lost_container(runtime, cell_id, &started);
+        }
         // Nobody is left to record its end; a workload nobody watches must not live on. The
         // pid is a group leader either way: the workload's, or an isolated cell's init, whose
         // death takes its whole PID namespace along.
@@ -219,6 +245,42 @@ impl ProcessBackend {
         // Whatever escaped the group (or the namespace) is still in the cell's cgroups.
         CellCgroups::cleanup_recorded(dir);
         state
+    }
+
+    /// An OCI cell whose shim died after the container started: nobody will record its end, so
+    /// the container goes (`delete --force` kills whatever still runs in it, then removes its
+    /// cgroups and state). The runtime process itself died with the shim (parent-death signal).
+    fn end_lost_container(&self, runtime: OciRuntime, cell_id: &str, started: &StartedCell) -> CellState {
+        let id = oci::container_id(cell_id);
+        let root = self.oci_state_root();
+        let binary = match oci::runtime_binary(runtime) {
+            Ok(binary) => binary,
+            Err(e) => return lost(format!("shim lost; cannot end its container: {e}")),
+        };
+        let known = oci::state(&binary, &root, &id);
+        let deleted = oci::delete(&binary, &root, &id);
+        // Should the runtime have lost track of a container that still runs, its PID 1 goes
+        // directly: SIGKILL from the host always reaches a namespace's init and ends it.
+        if is_alive(started.pid, started.pid_start_time) {
+            let _ = sys::kill(started.pid as libc::pid_t, libc::SIGKILL);
+        }
+        match (known, deleted) {
+            (_, Err(e)) => lost(format!("shim lost; deleting its container failed: {e}")),
+            (Ok(Some(state)), Ok(())) if state.status != "stopped" => lost("shim lost; container killed and deleted".into()),
+            _ => lost("shim lost before the cell ended; exit status unknown; container deleted".into()),
+        }
+    }
+
+    /// `delete --force` of the cell's container, if the runtime's state root holds one.
+    fn delete_container(&self, runtime: OciRuntime, cell_id: &str) -> Result<(), oci::OciError> {
+        let id = oci::container_id(cell_id);
+        let root = self.oci_state_root();
+        // Both runtimes keep a container's state in `<root>/<id>/`: without it there is nothing
+        // to delete, and no runtime process needs to be started to learn that.
+        if !root.join(&id).exists() {
+            return Ok(());
+        }
+        oci::delete(&oci::runtime_binary(runtime)?, &root, &id)
     }
 
     fn abandon(&self, cell_id: &str, dir: &Path) -> io::Result<()> {
@@ -289,9 +351,16 @@ impl ProcessBackend {
         self.inspect(cell_id)
     }
 
-    /// Removes the cell dir once its end has been journaled.
+    /// Removes the cell dir once its end has been journaled — and, for an OCI cell, whatever
+    /// the runtime still holds of its container (its shim deletes it, unless that failed).
     pub fn remove(&self, cell_id: &str) -> io::Result<()> {
-        match std::fs::remove_dir_all(self.cell_dir(cell_id)) {
+        let dir = self.cell_dir(cell_id);
+        if let Ok(Some(CellConfig { isolation: CellIsolation::Oci { runtime, .. }, .. })) =
+            read_json::<CellConfig>(&dir.join("config.json"))
+        {
+            self.delete_container(runtime, cell_id).map_err(io::Error::other)?;
+        }
+        match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -317,8 +386,18 @@ fn validate(config: &CellConfig) -> Result<(), StartError> {
     if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > crate::exit_report::MAX_CELL_ID {
         return bad(format!("cell id {id:?} is not a plain file name"));
     }
-    if let CellIsolation::Oci { .. } = config.isolation {
-        return bad("oci isolation is not wired in yet".into());
+    if id.starts_with('.') {
+        // Hidden names in the cells dir are warden's own (the OCI runtime's `.oci-state`).
+        return bad(format!("cell id {id:?} starts with a dot"));
+    }
+    if let CellIsolation::Oci { rootfs, .. } = &config.isolation {
+        // The runtime would resolve a relative root against the bundle, not the supervisor.
+        if !rootfs.is_absolute() {
+            return bad(format!("rootfs {} is not an absolute path", rootfs.display()));
+        }
+        if !rootfs.is_dir() {
+            return bad(format!("rootfs {} is not a directory", rootfs.display()));
+        }
     }
     let limits = &config.limits;
     if limits.memory_max_bytes == Some(0) || limits.pids_max == Some(0) {

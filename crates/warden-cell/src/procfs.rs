@@ -6,6 +6,8 @@
 pub(crate) struct ProcStat {
     /// One-letter state; `Z` (zombie) and `X` (dead) mean the process has already exited.
     pub state: u8,
+    /// Field 4: the parent's pid.
+    pub ppid: u32,
     /// Field 22: start time in clock ticks since boot.
     pub start_time: u64,
 }
@@ -23,10 +25,11 @@ fn parse_stat(raw: &[u8]) -> Option<ProcStat> {
     let close = raw.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&raw[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    // `fields` starts at field 3 (state); field 22 is 19 further on.
+    // `fields` starts at field 3 (state), then field 4 (ppid); field 22 is 18 after that.
     let state = *fields.next()?.as_bytes().first()?;
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
+    let ppid = fields.next()?.parse().ok()?;
+    let start_time = fields.nth(17)?.parse().ok()?;
+    Some(ProcStat { state, ppid, start_time })
 }
 
 /// Start time (field 22 of `/proc/PID/stat`, clock ticks since boot) of `pid`, or `None` if
@@ -49,6 +52,7 @@ mod tests {
         let line = b"4242 (we(ird) name)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10\n";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, b'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.start_time, 987654);
     }
 

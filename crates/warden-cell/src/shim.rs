@@ -12,15 +12,23 @@
 //! PID namespace, it lives exactly as long as the workload does, and as a process group leader
 //! it is what the supervisor's `kill(-pid)` of a lost cell must hit. Its exit status is
 //! meaningless; the workload's comes from the init's authenticated exit report.
+//!
+//! For an OCI cell the shim's child is the runtime (`runc run` in the foreground, see
+//! [`crate::oci`]), and the handshake waits until the runtime has started the container:
+//! `<pid>` is the container's PID 1 (the workload), read from the runtime's `--pid-file`. A
+//! runtime that gives up before that (crun refusing hybrid cgroups, a bad rootfs) is a failed
+//! start, `err runtime <its own words>`. Stop requests become `runc kill`; once the runtime has
+//! exited the shim reads the container's OOM count and deletes it.
 
 use crate::cell_init::{self, InitCtx};
 use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
 use crate::exit_report::{self, Key, Outcome, MAX_REPORT};
 use crate::logs::LogSink;
-use crate::procfs::process_start_time;
+use crate::oci::{self, OciError};
+use crate::procfs::{is_alive, proc_stat, process_start_time};
 use crate::sys::{self, cvt, path_cstring};
-use crate::{CellConfig, CellIsolation, ExitStatus, StartedCell, TerminalState};
+use crate::{CellConfig, CellIsolation, ExitStatus, OciRuntime, StartedCell, TerminalState};
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -50,6 +58,19 @@ const FINAL_DRAIN_LIMIT: usize = 1024 * 1024;
 /// killed its whole namespace, which a process stuck in uninterruptible sleep can hold up.
 const INIT_EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// How long an OCI runtime may take to start a container. It creates namespaces, mounts and
+/// cgroups, which takes well under a second; one that hangs must not hang the start.
+const OCI_START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Once its container was sent SIGKILL, how long the OCI runtime gets to report the end before
+/// the shim kills it and finishes without its status: a stuck runtime must not keep a cell that
+/// is being force-stopped from ever ending. Generous, because killing a runtime that was just
+/// about to exit would lose the container's real status.
+const RUNTIME_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// How much of the runtime's last output is kept to explain a failed start.
+const OCI_ERROR_TAIL: usize = 1024;
+
 /// `CAP_SYS_PTRACE` from `<linux/capability.h>`; libc does not export capability numbers.
 const CAP_SYS_PTRACE: libc::c_ulong = 19;
 
@@ -62,11 +83,14 @@ const STAGE_CHDIR: i32 = 2;
 const STAGE_EXEC: i32 = 3;
 const STAGE_CGROUP: i32 = 4;
 const STAGE_CAPS: i32 = 5;
+const STAGE_PDEATHSIG: i32 = 6;
 
 /// Why the shim could not start the workload; becomes the `err` handshake line.
 enum Failure {
     Exec(String),
     Setup(String),
+    /// The OCI runtime is missing or refused to start the container.
+    Runtime(String),
 }
 
 impl Failure {
@@ -93,8 +117,9 @@ pub fn shim_main(cell_dir: &Path) -> ! {
             let line = match &failure {
                 Failure::Exec(msg) => format!("err exec {}\n", one_line(msg)),
                 Failure::Setup(msg) => format!("err {}\n", one_line(msg)),
+                Failure::Runtime(msg) => format!("err runtime {}\n", one_line(msg)),
             };
-            let (Failure::Exec(msg) | Failure::Setup(msg)) = &failure;
+            let (Failure::Exec(msg) | Failure::Setup(msg) | Failure::Runtime(msg)) = &failure;
             report(format_args!("{msg}"));
             // The supervisor may be gone; then nobody needs the line and EPIPE is fine.
             let _ = sys::write_all_fd(libc::STDOUT_FILENO, line.as_bytes());
@@ -118,8 +143,160 @@ struct Running {
     cgroups: Option<CellCgroups>,
     /// Set for isolated cells only.
     cell: Option<CellWatch>,
+    /// Set for OCI cells only; `child` is then the runtime.
+    oci: Option<OciCell>,
     /// Held (never read) so the flock lasts until the process exits.
     _lock: File,
+}
+
+/// How a cell is run, as far as the shim's start-up is concerned.
+enum Mode {
+    Process,
+    Cell { cell_id: Box<str>, network_none: bool },
+    Oci(OciCell),
+}
+
+/// What the shim needs to run, signal and tear down an OCI cell's container.
+struct OciCell {
+    /// The runtime's executable, absolute.
+    runtime: PathBuf,
+    /// `runc` or `crun`, for messages.
+    name: &'static str,
+    state_root: PathBuf,
+    id: Box<str>,
+    /// Where the runtime writes the container's PID 1 (`--pid-file`).
+    pid_file: PathBuf,
+    /// The container's PID 1 and its start time, once the runtime reported it.
+    pid: u32,
+    pid_start_time: u64,
+    /// Set by a SIGKILL request: the runtime must have exited by then.
+    exit_deadline: Option<Instant>,
+}
+
+impl OciCell {
+    /// Resolves the runtime, writes `<cell_dir>/bundle` and returns the argv that runs it:
+    /// [`oci::run_argv`] plus `--pid-file` (and `--keep` for runc).
+    fn prepare(
+        cell_dir: &Path,
+        config: &CellConfig,
+        rootfs: &Path,
+        runtime: OciRuntime,
+        network_none: bool,
+    ) -> Result<(OciCell, Vec<String>), Failure> {
+        let binary = oci::runtime_binary(runtime).map_err(|e| Failure::Runtime(e.to_string()))?;
+        let cells_dir = cell_dir.parent().ok_or_else(|| Failure::Setup("the cell dir has no parent".into()))?;
+        let state_root = oci::state_root(cells_dir);
+        let bundle = cell_dir.join("bundle");
+        oci::write_bundle(&bundle, config, rootfs, network_none).map_err(|e| Failure::setup("write the OCI bundle", e))?;
+        let id = oci::container_id(&config.cell_id);
+        let pid_file = cell_dir.join("container.pid");
+        let mut argv = oci::run_argv(&binary, &state_root, &bundle, &id);
+        // Options go between `run` and the container id, which run_argv puts last.
+        let id_arg = argv.pop();
+        argv.extend(["--pid-file".to_string(), pid_file.display().to_string()]);
+        // `--keep`, so the container's cgroup (and its OOM count) outlives its exit until the
+        // shim deletes it. runc only: crun 1.8 has no `run --keep` (and keeps no `state.json`
+        // for `oom_kill_count` to read), so a crun cell's OOM kills go undetected.
+        if runtime == OciRuntime::Runc {
+            argv.push("--keep".into());
+        }
+        argv.extend(id_arg);
+        let name = match runtime {
+            OciRuntime::Runc => "runc",
+            OciRuntime::Crun => "crun",
+        };
+        let cell = OciCell {
+            runtime: binary,
+            name,
+            state_root,
+            id: id.into(),
+            pid_file,
+            pid: 0,
+            pid_start_time: 0,
+            exit_deadline: None,
+        };
+        Ok((cell, argv))
+    }
+
+    /// Forwards a stop request: `kill TERM` or `kill KILL` through the runtime.
+    fn signal(&mut self, kill: bool) {
+        if kill {
+            self.exit_deadline.get_or_insert(Instant::now() + RUNTIME_EXIT_GRACE);
+        }
+        match oci::kill(&self.runtime, &self.state_root, &self.id, if kill { "KILL" } else { "TERM" }) {
+            // Already over: the runtime's exit is on its way.
+            Ok(()) | Err(OciError::NoSuchContainer(_) | OciError::NotRunning(_)) => {}
+            Err(e) => {
+                report(format_args!("{e}"));
+                // A runtime that cannot deliver SIGKILL must not keep the cell alive: from the
+                // host SIGKILL always reaches a namespace's PID 1, and its death ends the
+                // container.
+                if kill && is_alive(self.pid, self.pid_start_time) {
+                    send(self.pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// `delete --force`: whatever still runs in the container, its cgroups and its state go.
+    fn delete(&self) -> Result<(), OciError> {
+        oci::delete(&self.runtime, &self.state_root, &self.id)
+    }
+
+    /// The cell's end from the runtime's wait status. The code is kept as the runtime reports
+    /// it — 128 + n for a PID 1 killed by signal n, as Docker shows it — because a container
+    /// that ran `exit 137` looks the same; `detail` gives the signal reading.
+    fn outcome(&self, status: Option<libc::c_int>) -> (Option<i32>, Option<String>) {
+        match status {
+            Some(s) if libc::WIFEXITED(s) => {
+                let code = libc::WEXITSTATUS(s);
+                let detail = (code > 128 && code - 128 <= KERNEL_NSIG).then(|| {
+                    format!(
+                        "{} reported exit status {code} = 128 + {n}: the container's PID 1 was killed by {} \
+                         (or exited with {code} itself; the runtime reports both alike)",
+                        self.name,
+                        signal_name(code - 128),
+                        n = code - 128,
+                    )
+                });
+                (Some(code), detail)
+            }
+            Some(s) if libc::WIFSIGNALED(s) => (
+                None,
+                Some(format!(
+                    "{} itself was killed by {}; the container's exit status is unknown",
+                    self.name,
+                    signal_name(libc::WTERMSIG(s))
+                )),
+            ),
+            _ => (
+                None,
+                Some(format!(
+                    "{} did not exit after its container was killed; the container's exit status is unknown",
+                    self.name
+                )),
+            ),
+        }
+    }
+}
+
+/// `SIGKILL` for 9 and so on, for messages.
+fn signal_name(signal: libc::c_int) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
 }
 
 /// What the shim keeps to judge an isolated cell's end.
@@ -159,21 +336,31 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     let config: CellConfig = read_json(&cell_dir.join("config.json"))
         .map_err(|e| Failure::setup("read config.json", e))?
         .ok_or_else(|| Failure::Setup("config.json missing".into()))?;
-    let isolated = match config.isolation {
-        CellIsolation::Process => None,
-        CellIsolation::Cell { network_none } => Some(network_none),
-        CellIsolation::Oci { .. } => return Err(Failure::Setup("oci isolation is not wired in yet".into())),
+    let (mode, plan) = match &config.isolation {
+        CellIsolation::Process => (Mode::Process, ExecPlan::new(&config)?),
+        CellIsolation::Cell { network_none } => {
+            (Mode::Cell { cell_id: config.cell_id.clone().into(), network_none: *network_none }, ExecPlan::new(&config)?)
+        }
+        CellIsolation::Oci { rootfs, runtime, network_none } => {
+            let (oci, argv) = OciCell::prepare(cell_dir, &config, rootfs, *runtime, *network_none)?;
+            // The runtime runs on the host: the cell's env and workdir are the container's (they
+            // are in the bundle), and applied to the runtime they could subvert it (LD_PRELOAD).
+            let runtime_config = CellConfig { argv, env: Default::default(), workdir: None, ..config.clone() };
+            (Mode::Oci(oci), ExecPlan::new(&runtime_config)?)
+        }
     };
-    let plan = ExecPlan::new(&config)?;
-    let sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
+    let mut sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
         .map_err(|e| Failure::setup(format_args!("open log {}", config.log_path.display()), e))?;
-    let cgroups = CellCgroups::create(cell_dir, &config.cell_id, &config.limits).map_err(|e| Failure::setup("cgroup", e))?;
-    let cell_id = config.cell_id.clone().into_boxed_str();
+    let cgroups = match mode {
+        // The runtime makes the container's cgroups (`warden/<cell_id>`) itself.
+        Mode::Oci(_) => None,
+        _ => CellCgroups::create(cell_dir, &config.cell_id, &config.limits).map_err(|e| Failure::setup("cgroup", e))?,
+    };
     drop(config);
 
-    match launch(cell_dir, &plan, cgroups.as_ref(), isolated.map(|net| (cell_id, net))) {
-        Ok((child, log_read, signal_fd, cell)) => {
-            Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, cgroups, cell, _lock: lock })
+    match launch(cell_dir, &plan, cgroups.as_ref(), mode, &mut sink) {
+        Ok(Launched { child, log_read, signal_fd, cell, oci }) => {
+            Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, cgroups, cell, oci, _lock: lock })
         }
         Err(failure) => {
             // Whatever joined the cgroups (a half-started workload) goes with them.
@@ -185,14 +372,25 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     }
 }
 
-/// Starts the workload — directly, or (`cell = Some((id, network_none))`) under a new init in
-/// new namespaces — waits until it was exec'd, records `pid.json` and sends the handshake.
+/// What `launch` hands to the supervision loop.
+struct Launched {
+    child: libc::pid_t,
+    log_read: OwnedFd,
+    signal_fd: OwnedFd,
+    cell: Option<CellWatch>,
+    oci: Option<OciCell>,
+}
+
+/// Starts the workload — directly, under a new init in new namespaces, or as an OCI runtime's
+/// container — waits until it was exec'd (or the container runs), records `pid.json` and sends
+/// the handshake.
 fn launch(
     cell_dir: &Path,
     plan: &ExecPlan,
     cgroups: Option<&CellCgroups>,
-    cell: Option<(Box<str>, bool)>,
-) -> Result<(libc::pid_t, OwnedFd, OwnedFd, Option<CellWatch>), Failure> {
+    mode: Mode,
+    sink: &mut LogSink,
+) -> Result<Launched, Failure> {
     let devnull = OpenOptions::new()
         .read(true)
         .write(true)
@@ -216,23 +414,28 @@ fn launch(
         }
     };
 
-    let isolated = cell.is_some();
-    let spawned = match cell {
-        None => {
+    let isolated = matches!(mode, Mode::Cell { .. });
+    let is_oci = matches!(mode, Mode::Oci(_));
+    let spawned = match &mode {
+        Mode::Process | Mode::Oci(_) => {
+            // The runtime must not outlive the shim: without it nobody would record the end,
+            // and a runtime still creating the container could finish after the supervisor
+            // concluded that the cell never started.
+            let parent_death = if is_oci { std::process::id() as libc::pid_t } else { 0 };
             // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run any
             // code; it still only uses async-signal-safe calls on data prepared above.
             let child = unsafe { libc::fork() };
             if child < 0 {
                 Err(Failure::setup("fork", io::Error::last_os_error()))
             } else if child == 0 {
-                let opts = ChildOpts { cgroup_procs: &procs, drop_ptrace: false };
+                let opts = ChildOpts { cgroup_procs: &procs, drop_ptrace: false, parent_death };
                 // SAFETY: we are the freshly forked child; `exec_child` never returns.
                 unsafe { exec_child(plan, devnull.as_raw_fd(), log_write.as_raw_fd(), err_write.as_raw_fd(), &opts) }
             } else {
                 Ok((child, None))
             }
         }
-        Some((cell_id, network_none)) => {
+        Mode::Cell { cell_id, network_none } => {
             let ctx = InitCtx {
                 plan,
                 devnull: devnull.as_raw_fd(),
@@ -245,7 +448,7 @@ fn launch(
                 cell_id: cell_id.as_bytes(),
                 wait_set: init_wait_set(),
             };
-            spawn_init(ctx, &cell_id, network_none).map(|(init, watch)| (init, Some(watch)))
+            spawn_init(ctx, cell_id, *network_none).map(|(init, watch)| (init, Some(watch)))
         }
     };
     close_procs(&procs);
@@ -262,7 +465,11 @@ fn launch(
         (None, false) => None,
         (Some((STAGE_OK, _)), true) => None,
         (None, true) => Some(Failure::Setup("the cell's init died during start-up".into())),
-        (Some((stage, errno)), _) => Some(stage_failure(plan, stage, errno)),
+        (Some((stage, errno)), _) => Some(match stage_failure(plan, stage, errno) {
+            // Not the workload: the runtime itself could not be run.
+            Failure::Exec(msg) if is_oci => Failure::Runtime(format!("cannot run {msg}")),
+            other => other,
+        }),
     };
     if let Some(failure) = failure {
         if isolated {
@@ -274,19 +481,33 @@ fn launch(
     }
     drop(err_read);
 
-    // The child is exec'd (or, isolated, the init runs) and not reaped, so its /proc entry is
-    // certainly ours to read.
-    let shim_pid = std::process::id();
-    let started = StartedCell {
-        pid: child as u32,
-        pid_start_time: process_start_time(child as u32).unwrap_or(0),
-        shim_pid,
-        shim_start_time: process_start_time(shim_pid).unwrap_or(0),
+    let (pid, pid_start_time, oci) = match mode {
+        Mode::Oci(mut oci) => match wait_for_container(child, &log_read, sink, &oci) {
+            Ok((pid, start_time)) => {
+                oci.pid = pid;
+                oci.pid_start_time = start_time;
+                (pid, start_time, Some(oci))
+            }
+            Err(failure) => {
+                undo_oci_start(child, &oci);
+                return Err(failure);
+            }
+        },
+        // The child is exec'd (or, isolated, the init runs) and not reaped, so its /proc entry
+        // is certainly ours to read.
+        _ => (child as u32, process_start_time(child as u32).unwrap_or(0), None),
     };
+    let shim_pid = std::process::id();
+    let started = StartedCell { pid, pid_start_time, shim_pid, shim_start_time: process_start_time(shim_pid).unwrap_or(0) };
     if let Err(e) = write_json_atomic(cell_dir, "pid.json", &started) {
         // Unrecorded, the workload could never be re-adopted: undo the start instead.
-        let _ = sys::kill(-child, libc::SIGKILL);
-        reap_blocking(child);
+        match &oci {
+            Some(oci) => undo_oci_start(child, oci),
+            None => {
+                let _ = sys::kill(-child, libc::SIGKILL);
+                reap_blocking(child);
+            }
+        }
         return Err(Failure::setup("write pid.json", e));
     }
 
@@ -297,7 +518,145 @@ fn launch(
         // SAFETY: dup2 onto fd 1 atomically replaces it; `null` is closed afterwards.
         unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
     }
-    Ok((child, log_read, signal_fd, cell))
+    Ok(Launched { child, log_read, signal_fd, cell, oci })
+}
+
+/// Waits until the runtime has started the container; returns its PID 1 and that process's
+/// start time. Copies the runtime's output (and the container's first output) to the log
+/// meanwhile, and keeps its tail to explain a failed start in the runtime's own words.
+fn wait_for_container(
+    runtime: libc::pid_t,
+    log_read: &OwnedFd,
+    sink: &mut LogSink,
+    oci: &OciCell,
+) -> Result<(u32, u64), Failure> {
+    let deadline = Instant::now() + OCI_START_LIMIT;
+    let mut tail = Vec::new();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        // Looked at before the pid file, so that a pid file read after the runtime ended is
+        // complete. WNOWAIT: the supervision loop reaps it, and learns its status then.
+        let ended = peek_exit(runtime);
+        match read_pid_file(&oci.pid_file) {
+            Some(pid) => match descendant_start_time(pid, runtime as u32) {
+                Some(start_time) => return Ok((pid, start_time)),
+                // Already gone: it did run, but its identity can no longer be checked.
+                None if ended.is_some() => return Ok((pid, 0)),
+                None => {}
+            },
+            // The runtime gave up before the container ran: a failed start, in its own words.
+            None => {
+                if let Some(status) = ended {
+                    copy_start_output(log_read, sink, &mut tail);
+                    return Err(Failure::Runtime(format!(
+                        "{} {} before the container ran: {}",
+                        oci.name,
+                        describe_status(status),
+                        runtime_words(&tail)
+                    )));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            copy_start_output(log_read, sink, &mut tail);
+            return Err(Failure::Runtime(format!(
+                "{} did not start the container within {OCI_START_LIMIT:?}: {}",
+                oci.name,
+                runtime_words(&tail)
+            )));
+        }
+        let mut pfd = libc::pollfd { fd: log_read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd. Its result only decides whether to read; errors are moot.
+        let ready = unsafe { libc::poll(&mut pfd, 1, pause.as_millis() as libc::c_int) } > 0;
+        if ready && !copy_start_output(log_read, sink, &mut tail) {
+            // At EOF the pipe stays "readable": wait out the pause instead of spinning.
+            std::thread::sleep(pause);
+        }
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The start failed after the runtime ran: it goes (with anything of its own process group,
+/// e.g. a half-started `runc init`), then whatever it created of the container.
+fn undo_oci_start(runtime: libc::pid_t, oci: &OciCell) {
+    let _ = sys::kill(-runtime, libc::SIGKILL);
+    reap_blocking(runtime);
+    if let Err(e) = oci.delete() {
+        report(format_args!("after a failed start: {e}"));
+    }
+}
+
+/// The runtime's exit, if it has exited, without reaping it: `(si_code, si_status)`.
+fn peek_exit(child: libc::pid_t) -> Option<(libc::c_int, libc::c_int)> {
+    // SAFETY: an all-zero siginfo_t is a valid value; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    let ret = unsafe { libc::waitid(libc::P_PID, child as libc::id_t, &mut info, flags) };
+    // SAFETY: after a successful waitid these union fields are the ones the kernel filled in.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    (ret == 0 && pid != 0).then_some((info.si_code, status))
+}
+
+fn describe_status((code, status): (libc::c_int, libc::c_int)) -> String {
+    match code {
+        libc::CLD_EXITED => format!("exited with status {status}"),
+        _ => format!("was killed by {}", signal_name(status)),
+    }
+}
+
+/// The container's PID 1 from the runtime's `--pid-file`, once it is there.
+fn read_pid_file(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|&pid| pid > 0)
+}
+
+/// The start time of `pid` if it descends from `runtime`: proof that the pid the runtime wrote
+/// is the container's and not a recycled one, since the runtime is not reaped yet (so its pid
+/// is not reused either) and only the container descends from it. runc and crun start the
+/// container's PID 1 as their own child (or re-parent it to themselves as subreapers); a few
+/// hops cover an intermediate process that has not exited yet. A zombie counts: its pid is not
+/// free yet.
+fn descendant_start_time(pid: u32, runtime: u32) -> Option<u64> {
+    let stat = proc_stat(pid)?;
+    let mut parent = stat.ppid;
+    for _ in 0..4 {
+        if parent == runtime {
+            return Some(stat.start_time);
+        }
+        parent = proc_stat(parent)?.ppid;
+    }
+    None
+}
+
+/// Copies what the log pipe holds to the log, keeping the last [`OCI_ERROR_TAIL`] bytes; false
+/// at EOF.
+fn copy_start_output(log_read: &OwnedFd, sink: &mut LogSink, tail: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    // Bounded: a container that already runs may write without pause.
+    for _ in 0..64 {
+        match sys::read_fd(log_read.as_raw_fd(), &mut buf) {
+            Ok(0) => return false,
+            Err(e) => return e.kind() == io::ErrorKind::WouldBlock,
+            Ok(n) => {
+                sink.write(&buf[..n]);
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(OCI_ERROR_TAIL);
+                tail.drain(..excess);
+            }
+        }
+    }
+    true
+}
+
+/// The runtime's last output as one line, for a start error.
+fn runtime_words(tail: &[u8]) -> String {
+    let text = String::from_utf8_lossy(tail);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        "(it said nothing)".into()
+    } else {
+        lines.join(" / ")
+    }
 }
 
 /// The signals the cell's init waits for; everything else stays deliverable (and, for PID 1,
@@ -377,6 +736,7 @@ fn stage_failure(plan: &ExecPlan, stage: i32, errno: i32) -> Failure {
         STAGE_STDIO => "redirect workload stdio",
         STAGE_CGROUP => "join the cell's cgroup",
         STAGE_CAPS => "drop CAP_SYS_PTRACE from the workload's bounding set",
+        STAGE_PDEATHSIG => "set the runtime's parent-death signal",
         cell_init::STAGE_INIT_PRIVATE => "cell init: make mounts private",
         cell_init::STAGE_INIT_PROC => "cell init: mount /proc",
         cell_init::STAGE_INIT_HOSTNAME => "cell init: set the hostname",
@@ -532,6 +892,8 @@ pub(crate) struct ChildOpts<'a> {
     /// Drop CAP_SYS_PTRACE from the bounding set, so the exec'd workload can never hold it and
     /// thus never read its init's memory (where the report key lives).
     pub drop_ptrace: bool,
+    /// If not 0, the shim's pid: the child gets SIGKILL when the shim dies (an OCI runtime).
+    pub parent_death: libc::pid_t,
 }
 
 /// The forked child: becomes the workload. Only async-signal-safe calls on pre-built data.
@@ -558,6 +920,15 @@ pub(crate) unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawF
             }
         }
         libc::sigprocmask(libc::SIG_SETMASK, &plan.empty_mask, std::ptr::null_mut());
+        if opts.parent_death != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+                child_fail(err_write, STAGE_PDEATHSIG);
+            }
+            // The shim died before the prctl: nothing would ever end us now.
+            if libc::getppid() != opts.parent_death {
+                libc::_exit(127);
+            }
+        }
         if opts.drop_ptrace && libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) < 0 {
             child_fail(err_write, STAGE_CAPS);
         }
@@ -652,6 +1023,10 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
     // Set once the report pipe closed: by then the init is exiting, and is not waited for forever.
     let mut init_deadline: Option<Instant> = None;
     loop {
+        // Likewise an OCI runtime once its container was killed.
+        if let Some(d) = run.oci.as_ref().and_then(|o| o.exit_deadline) {
+            init_deadline = Some(init_deadline.map_or(d, |x| x.min(d)));
+        }
         let timeout = init_deadline
             .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as libc::c_int);
         // SAFETY: `fds` is a valid array of three pollfds.
@@ -682,7 +1057,14 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
             }
         }
         if init_deadline.is_some_and(|d| Instant::now() >= d) {
-            report(format_args!("the cell's init did not exit within {INIT_EXIT_GRACE:?} of closing its report pipe"));
+            match &run.oci {
+                Some(oci) => {
+                    report(format_args!("{} did not exit within {RUNTIME_EXIT_GRACE:?} of a SIGKILL to its container", oci.name))
+                }
+                None => {
+                    report(format_args!("the cell's init did not exit within {INIT_EXIT_GRACE:?} of closing its report pipe"))
+                }
+            }
             send(run.child, libc::SIGKILL);
             finish(&mut run, buf, fds[0].fd >= 0, None);
         }
@@ -836,6 +1218,12 @@ fn handle_signals(run: &mut Running) -> bool {
 /// The supervisor's stop request. The child is not reaped before we leave the loop, so
 /// neither its pid nor its process group id can have been reused.
 fn stop(run: &mut Running, kill: bool) {
+    if let Some(oci) = &mut run.oci {
+        // The container's processes are in a session of their own: only the runtime reaches
+        // them (and PID 1 only, like `docker stop`).
+        oci.signal(kill);
+        return;
+    }
     let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
     match &mut run.cell {
         // The workload's whole process group.
@@ -869,8 +1257,26 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
         copy_output(run, buf, FINAL_DRAIN_LIMIT / COPY_BUF);
     }
     let finished_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let exit = match &mut run.cell {
-        None => {
+    let exit = match (&mut run.cell, &run.oci) {
+        (_, Some(oci)) => {
+            let (exit_code, mut detail) = oci.outcome(status);
+            // Read before the delete, which removes the cgroup that holds the count.
+            let oom_killed = match oci::oom_kill_count(&oci.state_root, &oci.id) {
+                Ok(count) => count.is_some_and(|n| n > 0),
+                Err(e) => {
+                    report(format_args!("OOM count: {e}"));
+                    false
+                }
+            };
+            if let Err(e) = oci.delete() {
+                // The supervisor's `remove` tries again; say so in the record meanwhile.
+                report(format_args!("{e}"));
+                let note = format!("container not deleted: {e}");
+                detail = Some(detail.map_or(note.clone(), |d| format!("{d}; {note}")));
+            }
+            ExitStatus { exit_code, signal: None, finished_at_ms, terminal_state: None, oom_killed, detail }
+        }
+        (None, None) => {
             // The cell ends with its main process, as a systemd unit does: whatever it left
             // running in its process group (and, below, its cgroup) goes too, so no stray
             // process outlives the cell it belonged to.
@@ -887,7 +1293,7 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
                 detail: None,
             }
         }
-        Some(cell) => {
+        (Some(cell), None) => {
             // The init is gone, so whatever it wrote is in the pipe, followed by EOF; the read
             // is non-blocking and bounded by the buffer either way.
             cell.read_report();

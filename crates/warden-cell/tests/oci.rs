@@ -1,21 +1,25 @@
-//! The OCI module against a real runc running real containers on a busybox rootfs, started
-//! exactly as the shim will start them (`run_argv` as a child process): exit statuses, signals,
-//! memory and pids limits, network isolation, and that teardown leaves no state, cgroup or mount.
-//! crun is exercised too, and must either work or refuse this host's hybrid cgroups clearly.
+//! The OCI module against a real runc running real containers on a busybox rootfs: first directly,
+//! started as the shim starts them (`run_argv` as a child process) — the bundle, exit statuses,
+//! memory and pids limits, network isolation, and that teardown leaves no state, cgroup or mount
+//! — then through the backend and its shim: the recorded pid, start failures in the runtime's
+//! words, lost shims and orphaned containers. crun must either work or refuse this host's hybrid
+//! cgroups clearly. What every backend does alike is the conformance suite's.
 
 #[path = "support/rootfs.rs"]
 mod rootfs;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use warden_cell::oci::{self, ContainerState, OciError};
-use warden_cell::{CellConfig, CellIsolation, CellLimits, OciRuntime};
+use warden_cell::{
+    CellConfig, CellIsolation, CellLimits, CellState, OciRuntime, ProcessBackend, ShimExe, StartError, StartedCell,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: u64 = 1024 * 1024;
@@ -26,6 +30,15 @@ struct Fixture {
     rootfs: PathBuf,
     state_root: PathBuf,
     runtime: PathBuf,
+}
+
+impl Drop for Fixture {
+    /// A failed check must not leave containers running once their state root is deleted with
+    /// the temp dir: whatever the runtime still knows goes first.
+    fn drop(&mut self) {
+        rootfs::delete_all_containers(&self.runtime, &self.state_root);
+        rootfs::delete_all_containers(&self.runtime, &oci::state_root(&self.dir.path().join("cells")));
+    }
 }
 
 fn fixture() -> Fixture {
@@ -156,10 +169,6 @@ impl Running {
 
     fn kill(&self, signal: &str) -> Result<(), OciError> {
         oci::kill(&self.runtime, &self.state_root, &self.id, signal)
-    }
-
-    fn is_finished(&mut self) -> bool {
-        self.child.as_mut().expect("child").try_wait().expect("try_wait").is_some()
     }
 
     fn wait(mut self) -> Finished {
@@ -363,59 +372,13 @@ fn exit_code_pid1_hostname_env_and_workdir() {
 }
 
 #[test]
-fn a_signal_death_is_128_plus_the_signal() {
-    let fx = fixture();
-    // Killed from outside: runc run reports 128 + 9, as a code (std sees no signal).
-    let running = fx.start(&cell(&fx, "killed", "exec sleep 60"));
-    running.wait_running();
-    running.kill("KILL").expect("runc kill KILL");
-    let out = running.wait();
-    assert_eq!(out.status.code(), Some(137), "stderr: {}", out.stderr);
-
-    // A child killed by a signal inside: the shell maps it the same way.
-    let out = fx.run(&cell(&fx, "inner-kill", "sleep 60 & kill -KILL $!; wait $!; exit $?"));
-    assert_eq!(out.status.code(), Some(137), "stderr: {}", out.stderr);
-}
-
-#[test]
-fn pid1_ignores_term_without_a_handler_but_kill_ends_it() {
-    let fx = fixture();
-    let mut running = fx.start(&cell(&fx, "noterm", "exec sleep 60"));
-    running.wait_running();
-    running.kill("TERM").expect("runc kill TERM");
-    // PID 1 of a namespace gets only the signals it handles (KILL aside): busybox sleep has none.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(!running.is_finished(), "sleep as PID 1 must ignore TERM");
-    assert_eq!(running.state().map(|s| s.status).as_deref(), Some("running"));
-    running.kill("KILL").expect("runc kill KILL");
-    let out = running.wait();
-    assert_eq!(out.status.code(), Some(137));
-}
-
-#[test]
-fn a_term_trap_exits_cleanly() {
-    let fx = fixture();
-    let script = "trap 'echo got TERM; exit 0' TERM; : > /tmp/ready; while true; do sleep 1; done";
-    let running = fx.start(&cell(&fx, "trap", script));
-    running.wait_running();
-    fx.wait_for_file("/tmp/ready");
-    let sent = Instant::now();
-    running.kill("TERM").expect("runc kill TERM");
-    let out = running.wait();
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
-    assert_eq!(out.stdout, "got TERM\n");
-    // The trap runs once the current `sleep 1` ends.
-    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
-}
-
-#[test]
 fn memory_limit_ends_in_an_oom_kill_the_host_can_see() {
     let fx = fixture();
     let limits = CellLimits { memory_max_bytes: Some(64 * MIB), ..CellLimits::default() };
     // Command substitution keeps all 400 MB in the shell's memory, unlike a pipe to /dev/null.
     let hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' x)";
 
-    // 1. A child is OOM-killed while PID 1 lives on: the host reads the count from the cgroup.
+    // A child is OOM-killed while PID 1 lives on: the host reads the count from the cgroup.
     let mut c = cell(&fx, "oom-child", &format!("({hog}); echo child=$?; : > /tmp/ready; exec sleep 60"));
     c.limits = limits;
     let running = fx.start(&c);
@@ -434,47 +397,7 @@ fn memory_limit_ends_in_an_oom_kill_the_host_can_see() {
     assert_eq!(out.stdout, "child=137\n", "the hog was SIGKILLed; stderr: {}", out.stderr);
     assert_eq!(oci::oom_kill_count(&fx.state_root, &oci::container_id(&c.cell_id)).unwrap(), None, "gone with the container");
 
-    // 2. PID 1 itself is OOM-killed: runc run exits 137, and `runc events` saw {"type":"oom"}.
-    std::fs::remove_file(fx.path_in_rootfs("/tmp/ready")).unwrap();
-    let mut c = cell(&fx, "oom-pid1", &format!("while [ ! -e /tmp/go ]; do sleep 0.05; done; {hog}; echo survived"));
-    c.limits = limits;
-    let running = fx.start(&c);
-    running.wait_running();
-    let mut events = Command::new(&fx.runtime)
-        .arg("--root")
-        .arg(&fx.state_root)
-        .args(["events", "--interval", "100ms", &running.id])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("runc events");
-    let (tx, rx) = mpsc::channel::<String>();
-    let lines = BufReader::new(events.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for line in lines.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The first stats line means `runc events` has registered for OOM notifications.
-    let first = rx.recv_timeout(TIMEOUT).expect("a first event from runc events");
-    assert!(first.contains("\"type\":\"stats\""), "{first}");
-    std::fs::write(fx.path_in_rootfs("/tmp/go"), "").unwrap();
-    let out = running.wait();
-    assert_eq!(out.status.code(), Some(137), "stdout: {} stderr: {}", out.stdout, out.stderr);
-    assert_eq!(out.stdout, "");
-    // runc events ends by itself once the container is gone; the deadline is only a backstop.
-    let deadline = Instant::now() + TIMEOUT;
-    let mut saw_oom = false;
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        saw_oom |= line.contains("\"type\":\"oom\"");
-    }
-    let _ = events.kill();
-    let _ = events.wait();
-    let _ = reader.join();
-    assert!(saw_oom, "runc events reported no oom");
-    println!("OOM: child killed with oom_kill = {kills:?} in the cgroup; PID 1 killed -> runc run exit 137, runc events saw oom");
+    // (PID 1 itself OOM-killed, through the shim, is the conformance suite's `oci::memory_limit`.)
 }
 
 #[test]
@@ -565,20 +488,238 @@ fn state_kill_delete_round_trip_leaves_nothing_behind() {
     assert!(matches!(oci::state(&fx.runtime, &fx.state_root, "warden-never-was"), Ok(None)));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Through the backend: the shim runs the runtime. What every backend must do is the conformance
+// suite's (tests/conformance.rs); these are the OCI-specific parts.
+
+fn backend(fx: &Fixture) -> ProcessBackend {
+    ProcessBackend::new(fx.dir.path().join("cells"), ShimExe::Standalone(PathBuf::from(env!("CARGO_BIN_EXE_warden-shim"))))
+}
+
+fn wait_exit(b: &ProcessBackend, id: &str, started: &StartedCell) -> warden_cell::ExitStatus {
+    let fd = b.exit_fd(id, started).expect("exit fd");
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, TIMEOUT.as_millis() as libc::c_int) }, 1, "{id} did not end");
+    match b.collect_exit(id, started) {
+        CellState::Exited(exit) => exit,
+        other => panic!("expected Exited, got {other:?}"),
+    }
+}
+
+/// Gone, or a zombie nobody reaped yet: either way no longer running.
+fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
+}
+
+/// Live processes whose command line names the container (the runtime's `run`, `kill`, ...).
+fn runtime_processes(container_id: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if cmdline.split(|&b| b == 0).any(|arg| arg == container_id.as_bytes()) && !is_dead(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_shim_runs_its_bundle_and_records_the_containers_pid_1() {
+    let fx = fixture();
+    let b = backend(&fx);
+    let mut c = cell(&fx, "shim-bundle", "echo pid=$$; cat /proc/net/dev; exec sleep 60");
+    c.isolation = CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Runc, network_none: true };
+    c.env.insert("GREETING".into(), "for the container only".into());
+    let started = b.start(&c).expect("start");
+    let dir = b.cell_dir(&c.cell_id);
+    let bundle: Value = serde_json::from_slice(&std::fs::read(dir.join("bundle/config.json")).unwrap()).unwrap();
+    assert_eq!(bundle, oci::bundle_config(&c, &fx.rootfs, true), "the bundle is generated from the cell");
+    // pid.json names the container's PID 1 — as the runtime knows it, and PID 1 in its namespace.
+    let recorded: StartedCell = serde_json::from_slice(&std::fs::read(dir.join("pid.json")).unwrap()).unwrap();
+    assert_eq!(recorded, started);
+    let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
+    let id = oci::container_id(&c.cell_id);
+    let state = oci::state(&runc, &b.oci_state_root(), &id).unwrap().expect("runc knows the container");
+    assert_eq!(state, ContainerState { status: "running".into(), pid: Some(started.pid) });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", started.pid)).unwrap();
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+    wait_until("the workload's output", || std::fs::read_to_string(&c.log_path).unwrap_or_default().contains("lo:"));
+    let log = std::fs::read_to_string(&c.log_path).unwrap();
+    assert!(log.starts_with("pid=1\n"), "{log}");
+    assert_eq!(interfaces(log.strip_prefix("pid=1\n").unwrap()), ["lo"], "network_none reaches the bundle");
+    // The runtime runs on the host with the shim's environment, not the container's.
+    let runtime_pid = runtime_processes(&id).into_iter().find(|&p| p != started.pid).expect("the runtime process");
+    let env = std::fs::read(format!("/proc/{runtime_pid}/environ")).unwrap();
+    assert!(!String::from_utf8_lossy(&env).contains("GREETING"), "the cell's env leaked to the runtime");
+
+    b.signal(&c.cell_id, true).unwrap();
+    let exit = wait_exit(&b, &c.cell_id, &started);
+    assert_eq!(exit.exit_code, Some(137));
+    assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None, "the shim deleted the container");
+    assert_eq!(runtime_processes(&id), Vec::<u32>::new());
+}
+
+#[test]
+fn a_start_the_runtime_refuses_is_a_start_error_in_its_words() {
+    let fx = fixture();
+    let b = backend(&fx);
+    let mut c = cell(&fx, "shim-noexec", "unused");
+    c.argv = vec!["/no/such/program".into()];
+    match b.start(&c) {
+        Err(StartError::Runtime(msg)) => {
+            assert!(msg.starts_with("runc exited with status"), "{msg}");
+            assert!(msg.contains("/no/such/program") && msg.contains("no such file"), "{msg}");
+        }
+        other => panic!("expected a runtime error, got {other:?}"),
+    }
+    let id = oci::container_id(&c.cell_id);
+    let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
+    assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None, "nothing of the container is left");
+    assert_eq!(runtime_processes(&id), Vec::<u32>::new());
+    assert_eq!(b.inspect(&c.cell_id), CellState::NotStarted);
+}
+
 #[test]
 fn crun_runs_the_cell_or_refuses_hybrid_cgroups_clearly() {
     let fx = fixture_with(OciRuntime::Crun);
+    let b = backend(&fx);
     let mut c = cell(&fx, "crun", "echo $$; exit 7");
     c.isolation = CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Crun, network_none: false };
-    let id = oci::container_id(&c.cell_id);
-    let out = fx.run(&c);
-    if out.status.code() == Some(7) {
-        assert_eq!(out.stdout, "1\n");
-        println!("crun ran the container: exit 7, PID 1");
-    } else {
-        assert!(out.stderr.contains("hybrid"), "crun failed without naming hybrid cgroups: {:?} {}", out.status, out.stderr);
-        println!("crun refused this host: {}", out.stderr.trim());
+    match b.start(&c) {
+        Ok(started) => {
+            let exit = wait_exit(&b, &c.cell_id, &started);
+            assert_eq!(exit.exit_code, Some(7), "{exit:?}");
+            assert_eq!(std::fs::read_to_string(&c.log_path).unwrap(), "1\n");
+            println!("crun ran the container: exit 7, PID 1");
+        }
+        // Never a silent fallback to another runtime: the start fails, in crun's own words.
+        Err(StartError::Runtime(msg)) => {
+            assert!(msg.starts_with("crun exited with status") && msg.contains("hybrid"), "{msg}");
+            assert_eq!(b.inspect(&c.cell_id), CellState::NotStarted);
+            println!("crun refused this host: {msg}");
+        }
+        Err(other) => panic!("expected a start or a runtime error, got {other:?}"),
     }
-    oci::delete(&fx.runtime, &fx.state_root, &id).expect("crun delete --force");
-    assert_eq!(oci::state(&fx.runtime, &fx.state_root, &id).unwrap(), None);
+    let crun = oci::runtime_binary(OciRuntime::Crun).unwrap();
+    let id = oci::container_id(&c.cell_id);
+    assert_eq!(oci::state(&crun, &b.oci_state_root(), &id).unwrap(), None);
+    assert_eq!(runtime_processes(&id), Vec::<u32>::new());
+}
+
+#[test]
+fn a_lost_shim_takes_its_container_along() {
+    let fx = fixture();
+    let b = backend(&fx);
+    let mut c = cell(&fx, "shim-lost", "exec sleep 60");
+    c.limits.pids_max = Some(10);
+    let started = b.start(&c).expect("start");
+    let id = oci::container_id(&c.cell_id);
+    let cgroups = cgroup_dirs(started.pid);
+    assert!(cgroups.iter().any(|d| d.ends_with(format!("warden/{}", c.cell_id))), "{cgroups:?}");
+    // SAFETY: plain kill/waitpid on our own child, the shim.
+    unsafe {
+        libc::kill(started.shim_pid as libc::pid_t, libc::SIGKILL);
+        libc::waitpid(started.shim_pid as libc::pid_t, std::ptr::null_mut(), 0);
+    }
+    // The runtime dies with its shim (parent-death signal); the container does not, until the
+    // next supervisor's inspect.
+    wait_until("the runtime to die with its shim", || runtime_processes(&id).is_empty());
+    assert!(!is_dead(started.pid));
+    match b.inspect(&c.cell_id) {
+        CellState::Lost { reason } => assert_eq!(reason, "shim lost; container killed and deleted"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    wait_until("the container to die", || is_dead(started.pid));
+    let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
+    assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None);
+    for dir in &cgroups {
+        assert!(!dir.exists(), "cgroup {} left behind", dir.display());
+    }
+    // Asked again, the cell stays lost: it is never reported as startable.
+    assert!(matches!(b.inspect(&c.cell_id), CellState::Lost { .. }));
+    b.remove(&c.cell_id).unwrap();
+}
+
+#[test]
+fn a_stuck_runtime_does_not_keep_a_killed_cell_alive() {
+    let fx = fixture();
+    let b = backend(&fx);
+    let c = cell(&fx, "shim-stuck", "exec sleep 60");
+    let started = b.start(&c).expect("start");
+    let id = oci::container_id(&c.cell_id);
+    let runtime = runtime_processes(&id).into_iter().find(|&p| p != started.pid).expect("the runtime process");
+    // A runtime that can no longer report anything (stopped, as if wedged).
+    // SAFETY: kill with plain integers.
+    assert_eq!(unsafe { libc::kill(runtime as libc::pid_t, libc::SIGSTOP) }, 0);
+    let sent = Instant::now();
+    b.signal(&c.cell_id, true).unwrap();
+    let exit = wait_exit(&b, &c.cell_id, &started);
+    let took = sent.elapsed();
+    assert!(took >= Duration::from_secs(9) && took < Duration::from_secs(20), "took {took:?}");
+    // Its status died with it: unknown, never made up.
+    assert_eq!((exit.exit_code, exit.signal), (None, None), "{exit:?}");
+    assert!(exit.detail.as_deref().unwrap_or_default().contains("runc did not exit"), "{exit:?}");
+    assert!(is_dead(started.pid));
+    wait_until("the stuck runtime to be gone", || is_dead(runtime));
+    let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
+    assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None);
+}
+
+#[test]
+fn recovery_deletes_containers_that_no_shim_watches() {
+    // Containers the runtime knows in the backend's state root, but without a live shim: as if
+    // the shim died between creating the container and writing pid.json, or after its cell's
+    // exit was recorded but before its delete went through.
+    let mut fx = fixture();
+    let b = backend(&fx);
+    fx.state_root = b.oci_state_root();
+    for (name, with_exit) in [("orphan-mid-start", false), ("orphan-after-exit", true)] {
+        let c = cell(&fx, name, "exec sleep 60");
+        let running = fx.start(&c);
+        let pid = running.wait_running();
+        let dir = b.cell_dir(&c.cell_id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        if with_exit {
+            let exit = serde_json::json!({"exit_code": 0, "signal": null, "finished_at_ms": 1});
+            std::fs::write(dir.join("exit.json"), serde_json::to_vec(&exit).unwrap()).unwrap();
+            assert!(matches!(b.inspect(&c.cell_id), CellState::Exited(_)));
+            b.remove(&c.cell_id).expect("remove deletes the container");
+            assert!(!dir.exists());
+        } else {
+            assert_eq!(b.inspect(&c.cell_id), CellState::NotStarted);
+            assert!(!dir.exists(), "the unstarted dir is set aside");
+        }
+        let out = running.wait();
+        assert_eq!(out.status.code(), Some(137), "{name}: the container was killed");
+        assert!(is_dead(pid));
+        assert_eq!(oci::state(&fx.runtime, &fx.state_root, &oci::container_id(&c.cell_id)).unwrap(), None, "{name}");
+    }
+}
+
+#[test]
+fn oci_cells_need_an_absolute_existing_rootfs() {
+    let fx = fixture();
+    let b = backend(&fx);
+    for (rootfs, why) in [("relative/rootfs", "not an absolute path"), ("/no/such/rootfs", "not a directory")] {
+        let mut c = cell(&fx, "bad-rootfs", "true");
+        c.isolation = CellIsolation::Oci { rootfs: rootfs.into(), runtime: OciRuntime::Runc, network_none: false };
+        match b.start(&c) {
+            Err(StartError::InvalidConfig(msg)) => assert!(msg.contains(why), "{msg}"),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+    // Hidden names in the cells dir are warden's own (the runtime's state root among them).
+    let mut c = cell(&fx, "dot", "true");
+    c.cell_id = ".oci-state".into();
+    assert!(matches!(b.start(&c), Err(StartError::InvalidConfig(_))));
 }

@@ -1,4 +1,4 @@
-//! Test support for the OCI tests: a minimal root filesystem built from Debian's static busybox,
+//! Test support for the OCI tests and the conformance suite: a minimal root filesystem built from Debian's static busybox,
 //! and the host packages those tests need (runc, busybox-static, crun), installed on demand so
 //! that a machine without them fails loudly or gets them, instead of skipping.
 
@@ -14,7 +14,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// The applets the tests' scripts use, as `/bin/<name>` symlinks to busybox.
 const APPLETS: &[&str] = &[
     "sh", "echo", "sleep", "cat", "ls", "kill", "head", "tr", "seq", "hostname", "pwd", "grep", "wc", "true", "false", "id",
-    "touch", "mkdir", "rm",
+    "touch", "mkdir", "rm", "setsid",
 ];
 
 /// Installs runc and busybox-static if missing (once per test binary) and checks we are root,
@@ -104,4 +104,14 @@ pub fn build(dir: &Path) -> PathBuf {
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("write /etc/passwd");
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").expect("write /etc/group");
     rootfs
+}
+
+/// `delete --force` of every container the runtime knows under `state_root`, so that a failed
+/// test leaves no container running (and no cgroup) once its temp dir is gone.
+pub fn delete_all_containers(runtime: &Path, state_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_root) else { return };
+    for entry in entries.flatten() {
+        let id = entry.file_name();
+        let _ = Command::new(runtime).arg("--root").arg(state_root).args(["delete", "--force"]).arg(&id).output();
+    }
 }
