@@ -55,3 +55,25 @@ fn a_memory_hog_over_its_limit_ends_with_reason_oom() {
     assert!(data["reason"].as_str().unwrap().contains("oom"), "{data}");
     assert!(view.reason.unwrap().contains("oom"));
 }
+
+#[path = "../crates/warden-cell/tests/support/rootfs.rs"]
+#[allow(dead_code)] // shared with the cell crate's OCI tests; not every helper is used here
+mod rootfs;
+
+#[test]
+fn an_oci_cell_runs_on_a_busybox_rootfs_and_reports_its_exit() {
+    rootfs::ensure_packages();
+    let warden = Warden::start();
+    let rootfs = rootfs::build(&warden.root.path().join("bundle-src"));
+    let spec = format!(
+        "name = \"boxed\"\n[cell]\nisolation = \"oci\"\nrootfs = \"{}\"\nargv = [\"sh\", \"-c\", \"echo in-container $$; exit 7\"]\n[restart]\npolicy = \"never\"\n",
+        rootfs.display()
+    );
+    let id = warden.run("oci.toml", &spec);
+    let view = warden.wait_for(&id, "failed", |v| v.state == "failed");
+    assert_eq!(warden.cli_ok(&["logs", &id]).trim(), "in-container 1", "the workload is the container's PID 1");
+    let data = destroyed(&warden, &id);
+    assert_eq!(data["exit_code"], 7, "{data}");
+    assert!(data.get("terminal_state").is_none(), "no authenticated bridge under an OCI runtime: {data}");
+    assert_eq!(view.info.workload_type, "oci");
+}

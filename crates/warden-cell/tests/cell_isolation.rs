@@ -542,14 +542,14 @@ fn cpu_limit_throttles_a_busy_loop() {
 }
 
 #[test]
-fn many_cells_with_limits_leave_no_cgroups_and_no_processes() {
+fn a_thousand_cells_with_limits_leave_no_cgroups_and_no_processes() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
     let mounts = host_proc_mounts();
     let prefix = format!("leak{}-", std::process::id());
     let limits = CellLimits { memory_max_bytes: Some(64 << 20), cpu_max_millicores: Some(500), pids_max: Some(16) };
     let mut parents = Vec::new();
-    let total = 200;
+    let total = 1000;
     let batch = 20;
     for round in 0..total / batch {
         let mut running = Vec::new();
