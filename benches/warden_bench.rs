@@ -1120,12 +1120,14 @@ fn measure(per_cell: &[u32], parent: u32) -> Result<Memory> {
 /// Timed starts per isolation backend and condition (idle, warm), after one discarded warm-up
 /// start each.
 const START_SAMPLES: usize = 50;
-/// Quiet time before an "idle" start. Starts right after other activity ("warm") are much faster
-/// on this kind of machine than starts into a quiet one, so both are measured, alternately.
+/// Quiet time before an "idle" start. On the small VMs this was written on, a start right after
+/// other activity ("warm") took about half as long as one into a quiet machine, for `process`
+/// and `cell` alike (the extra time falls after the POST returned, around the shim's cgroup
+/// joins), so both are measured, alternately.
 const START_IDLE: Duration = Duration::from_millis(100);
 /// The order of the backends in successive rounds: every order once per six rounds, so each
-/// backend follows each other one equally often (an ended OCI cell leaves the kernel cgroup and
-/// mount teardown work that slows whatever starts next).
+/// backend follows each other one equally often (a start right after an OCI cell ended was
+/// measurably slower, and with a fixed order that was charged to one backend).
 const START_ORDERS: [[usize; 3]; 6] = [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1], [2, 1, 0], [1, 0, 2]];
 /// `sleep 1000` cells per backend (and services or programs per alternative) in the isolation
 /// memory test.
@@ -1163,9 +1165,18 @@ struct IsolationBench {
     stamps: PathBuf,
     /// Debian's static busybox plus this bench binary and its shared libraries.
     rootfs: Result<PathBuf>,
+    /// Every workload id submitted, for the leftover check (cell ids and runc's container ids
+    /// contain it).
+    submitted: std::sync::Mutex<Vec<String>>,
 }
 
 impl IsolationBench {
+    fn submit(&self, file: &str, spec: &str) -> Result<String> {
+        let id = self.api.submit(file, spec)?.info.id;
+        self.submitted.lock().map_err(|_| anyhow!("a submitter panicked"))?.push(id.clone());
+        Ok(id)
+    }
+
     fn rootfs(&self) -> Result<&Path> {
         self.rootfs.as_deref().map_err(|e| anyhow!("no OCI root filesystem: {e:#}"))
     }
@@ -1239,8 +1250,8 @@ struct IsolationResults {
 
 fn isolation_section() -> Vec<Row> {
     progress(format_args!(
-        "isolation: {START_SAMPLES} timed starts per backend (process, cell, oci; interleaved), then {ISOLATION_CELLS} \
-         `sleep 1000` cells per backend and per alternative"
+        "isolation: {START_SAMPLES} idle and {START_SAMPLES} warm starts per backend (process, cell, oci; taking \
+         turns), then {ISOLATION_CELLS} `sleep 1000` cells per backend and per alternative"
     ));
     let warden = isolation_warden();
     progress(format_args!("  runit, s6, supervisord with {ISOLATION_CELLS} services each"));
@@ -1354,7 +1365,7 @@ fn isolation_warden() -> Result<IsolationResults> {
     }
     let warden = WardenServer::start()?;
     let api = warden.api()?;
-    let bench = IsolationBench { warden, api, stamps, rootfs };
+    let bench = IsolationBench { warden, api, stamps, rootfs, submitted: Default::default() };
 
     let starts = start_latencies(&bench);
     let mut seen = Vec::new();
@@ -1368,23 +1379,19 @@ fn isolation_warden() -> Result<IsolationResults> {
     if let Err(e) = stop_everything(&bench.api) {
         progress(format_args!("  warning: stopping the last workloads failed: {e:#}"));
     }
-    let data_dir = bench.warden.data_dir();
-    let cell_ids: Vec<String> = fs::read_dir(data_dir.join("cells"))
-        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    for json in cell_pid_files(&data_dir) {
-        for (pid, time) in [("pid", "pid_start_time"), ("shim_pid", "shim_start_time")] {
-            if let (Some(pid), Some(time)) = (json[pid].as_u64(), json[time].as_u64()) {
-                seen.extend(u32::try_from(pid).ok().map(|pid| (pid, time)));
-            }
-        }
-    }
+    let workload_ids = std::mem::take(&mut *bench.submitted.lock().map_err(|_| anyhow!("a submitter panicked"))?);
+    // Shims (and a cell's init, a clone of its shim) have their cell dir in their argv, runc its
+    // bundle there, and stamping workloads their stamp path in their environment.
+    let ours = [bench.warden.root.path().to_path_buf(), dir.path().to_path_buf()];
     drop(bench);
-    let left: Vec<u32> = seen.iter().filter(|(pid, time)| still_running(*pid, *time)).map(|(pid, _)| *pid).collect();
+    let mut left: Vec<u32> = seen.iter().filter(|(pid, time)| still_running(*pid, *time)).map(|(pid, _)| *pid).collect();
+    left.extend(processes_mentioning(&ours));
+    left.sort_unstable();
+    left.dedup();
     for &pid in &left {
         signal(pid, libc::SIGKILL);
     }
-    let cgroups = cell_cgroups(&cell_ids);
+    let cgroups = cell_cgroups(&workload_ids);
     let mut not_removed = 0;
     for cgroup in &cgroups {
         // A cgroup can be removed only once its last process is gone (after a SIGKILL above).
@@ -1455,7 +1462,7 @@ fn start_latencies(bench: &IsolationBench) -> [Result<StartSamples>; 3] {
 fn time_start(bench: &IsolationBench, isolation: Isolation, name: &str) -> Result<u64> {
     let (spec, stamp) = bench.stamping_spec(isolation, name)?;
     let submitted = realtime_ns();
-    let id = bench.api.submit(&format!("{name}.toml"), &spec)?.info.id;
+    let id = bench.submit(&format!("{name}.toml"), &spec)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut polls = 0u32;
     let started = loop {
@@ -1516,7 +1523,7 @@ fn measure_cells(bench: &IsolationBench, isolation: Isolation, n: usize, seen: &
             "name = \"mem-{name}-{i}\"\n[cell]\nargv = [\"sleep\", \"1000\"]\ngraceful_shutdown = \"1s\"\n{lines}\
              [restart]\npolicy = \"never\"\n"
         );
-        Ok(bench.api.submit(&format!("mem-{name}-{i}.toml"), &spec)?.info.id)
+        bench.submit(&format!("mem-{name}-{i}.toml"), &spec)
     })?;
     let cell_ids = wait_until(Duration::from_secs(120), &format!("{n} {name} cells to run"), || {
         let live: HashMap<String, WorkloadView> = bench.api.list()?.into_iter().map(|v| (v.info.id.clone(), v)).collect();
@@ -1572,9 +1579,26 @@ fn stop_everything(api: &Api) -> Result<()> {
     wait_until(Duration::from_secs(120), "every workload to stop", || Ok(api.list()?.is_empty().then_some(())))
 }
 
-/// Cgroup directories anywhere under /sys/fs/cgroup whose name contains one of `cell_ids`
-/// (warden's `<cell_id>`, runc's `warden-<cell_id>`), deepest first.
-fn cell_cgroups(cell_ids: &[String]) -> Vec<PathBuf> {
+/// Processes other than this one whose command line or environment mentions one of `paths`.
+fn processes_mentioning(paths: &[PathBuf]) -> Vec<u32> {
+    let needles: Vec<Vec<u8>> = paths.iter().map(|p| p.as_os_str().as_encoded_bytes().to_vec()).collect();
+    let me = std::process::id();
+    process_table()
+        .into_iter()
+        .map(|(pid, _, _)| pid)
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            ["cmdline", "environ"].iter().any(|file| {
+                let bytes = fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+                needles.iter().any(|n| bytes.windows(n.len()).any(|w| w == n.as_slice()))
+            })
+        })
+        .collect()
+}
+
+/// Cgroup directories anywhere under /sys/fs/cgroup whose name contains one of `ids` (warden's
+/// `<workload_id>.<n>`, runc's `warden-<workload_id>.<n>`), deepest first.
+fn cell_cgroups(ids: &[String]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
     while let Some((dir, depth)) = dirs.pop() {
@@ -1584,7 +1608,7 @@ fn cell_cgroups(cell_ids: &[String]) -> Vec<PathBuf> {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            if cell_ids.iter().any(|id| name.contains(id.as_str())) {
+            if ids.iter().any(|id| name.contains(id.as_str())) {
                 found.push(entry.path());
             }
             if depth < 12 {

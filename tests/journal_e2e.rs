@@ -61,7 +61,7 @@ fn restart_from_a_snapshot_rebuilds_the_same_state() {
     drop(db);
     warden.up();
     let log = warden.up_log();
-    let restart_line = log.lines().filter(|l| l.contains("state loaded from the snapshot at seq")).last().unwrap();
+    let restart_line = log.lines().rfind(|l| l.contains("state loaded from the snapshot at seq")).unwrap();
     assert!(!restart_line.contains("snapshot at seq 0 "), "start-up used the snapshot: {restart_line}");
     let after: serde_json::Value = serde_json::from_str(&warden.cli_ok(&["ps", "--all", "-o", "json"])).unwrap();
     assert_eq!(before, after);

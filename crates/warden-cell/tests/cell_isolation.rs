@@ -443,9 +443,12 @@ fn cgroup_layout_describes_this_host() {
     // Whichever it is, the cell's memory cgroup sits under this process's own.
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let cfg = sh(tmp.path(), "ci-layout", CellIsolation::Process, "cat /proc/self/cgroup");
+    // The cell stays up until the test has looked: its cgroup is removed when it ends.
+    let cfg = sh(tmp.path(), "ci-layout", CellIsolation::Process, "cat /proc/self/cgroup; exec sleep 60");
     let started = b.start(&cfg).unwrap();
     let memory = cgroup_dir_with(&b, "ci-layout", "memory.stat");
+    wait_until("the cell's cgroup listing", Duration::from_secs(10), || read_log(&cfg).contains("memory"));
+    b.signal("ci-layout", true).unwrap();
     wait_exit(&b, "ci-layout", &started);
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let own_memory = own.lines().find_map(|l| {
