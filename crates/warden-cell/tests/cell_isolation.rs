@@ -5,16 +5,17 @@
 //! logs, re-adoption, teardown) is the conformance suite's (`tests/conformance.rs`). They need
 //! root and cgroups, as warden itself does for these features.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{is_dead, poll_readable, read_log, wait_until, EXIT_TIMEOUT};
 use warden_cell::{
     cgroup_layout, CellConfig, CellIsolation, CellLimits, CellState, CgroupLayout, ExitStatus, ProcessBackend, ShimExe,
     StartError, StartedCell, TerminalState,
 };
 
-const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 const PYTHON: &str = "/usr/bin/python3";
 
 fn backend(root: &Path) -> ProcessBackend {
@@ -46,13 +47,6 @@ fn python(root: &Path, cell_id: &str, isolation: CellIsolation, script: &str) ->
     config(root, cell_id, isolation, &[PYTHON, "-c", script])
 }
 
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n == 1
-}
-
 fn wait_exit(b: &ProcessBackend, id: &str, started: &StartedCell) -> ExitStatus {
     let fd = b.exit_fd(id, started).expect("exit fd");
     assert!(poll_readable(&fd, EXIT_TIMEOUT), "cell {id} did not end within {EXIT_TIMEOUT:?}");
@@ -60,29 +54,6 @@ fn wait_exit(b: &ProcessBackend, id: &str, started: &StartedCell) -> ExitStatus 
         CellState::Exited(e) => e,
         other => panic!("expected Exited, got {other:?}"),
     }
-}
-
-fn is_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
-            state.starts_with('Z') || state.starts_with('X')
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_log(cfg: &CellConfig) -> String {
-    // Lossy: some workloads here write random bytes to every descriptor they have.
-    String::from_utf8_lossy(&std::fs::read(&cfg.log_path).unwrap_or_default()).into_owned()
 }
 
 /// The cell's cgroup directories, as its shim recorded them.

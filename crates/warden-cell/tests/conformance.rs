@@ -7,23 +7,21 @@
 //! state, no cell directory. Needs root, cgroups, runc and busybox-static (installed on demand).
 
 // Shared with tests/oci.rs, which also uses the parts this suite does not (crun).
-#[path = "support/rootfs.rs"]
-#[allow(dead_code)]
-mod rootfs;
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{is_dead, poll_readable, read_log, rootfs, wait_for, EXIT_TIMEOUT};
 use warden_cell::oci as runtime;
 use warden_cell::{
     process_start_time, CellConfig, CellIsolation, CellLimits, CellState, ExitStatus, OciRuntime, ProcessBackend, ShimExe,
     StartedCell, TerminalState,
 };
 
-const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The stop grace the checks grant: a workload that handles SIGTERM must be gone well before.
 const GRACE: Duration = Duration::from_secs(5);
 const MIB: u64 = 1024 * 1024;
@@ -107,7 +105,7 @@ impl Harness {
             return started.pid;
         }
         let mut children = String::new();
-        wait_until("the workload to appear", || {
+        wait_for("the workload to appear", || {
             children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", started.pid)).unwrap_or_default();
             !children.trim().is_empty()
         });
@@ -118,7 +116,7 @@ impl Harness {
     /// once removed, no directory.
     fn assert_torn_down(&self, cfg: &CellConfig, started: &StartedCell) {
         let id = &cfg.cell_id;
-        wait_until("the shim to be gone", || is_dead(started.shim_pid));
+        wait_for("the shim to be gone", || is_dead(started.shim_pid));
         assert!(is_dead(started.pid), "{id}: pid {} outlived its cell", started.pid);
         assert_eq!(processes_of(id), Vec::<u32>::new(), "{id}: processes outlived the cell");
         // The cell's mounts (an OCI rootfs, a cell's /proc) live in its own mount namespace; none
@@ -151,38 +149,8 @@ impl Drop for Harness {
     }
 }
 
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n == 1
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_log(cfg: &CellConfig) -> String {
-    String::from_utf8_lossy(&std::fs::read(&cfg.log_path).unwrap_or_default()).into_owned()
-}
-
 fn wait_for_log(cfg: &CellConfig, needle: &str) {
-    wait_until(&format!("{needle:?} in the log of {}", cfg.cell_id), || read_log(cfg).contains(needle));
-}
-
-/// Gone, or a zombie nobody reaped yet: either way no longer running.
-fn is_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
-            state.starts_with('Z') || state.starts_with('X')
-        }
-    }
+    wait_for(&format!("{needle:?} in the log of {}", cfg.cell_id), || read_log(cfg).contains(needle));
 }
 
 /// Live host processes of the cell: its workload and everything it started (by [`MARKER`]), and

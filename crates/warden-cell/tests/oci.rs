@@ -5,8 +5,7 @@
 //! words, lost shims and orphaned containers. crun must either work or refuse this host's hybrid
 //! cgroups clearly. What every backend does alike is the conformance suite's.
 
-#[path = "support/rootfs.rs"]
-mod rootfs;
+mod support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use support::{rootfs, wait_for};
 use warden_cell::oci::{self, ContainerState, OciError};
 use warden_cell::{
     CellConfig, CellIsolation, CellLimits, CellState, OciRuntime, ProcessBackend, ShimExe, StartError, StartedCell,
@@ -132,7 +132,7 @@ impl Fixture {
     /// Waits for a file the container creates to say it is ready (e.g. after installing a trap).
     fn wait_for_file(&self, path: &str) {
         let path = self.path_in_rootfs(path);
-        wait_until(&format!("{} to appear", path.display()), || path.exists());
+        wait_for(&format!("{} to appear", path.display()), || path.exists());
     }
 }
 
@@ -144,14 +144,6 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Running {
     fn state(&self) -> Option<ContainerState> {
         oci::state(&self.runtime, &self.state_root, &self.id).expect("runc state")
@@ -160,7 +152,7 @@ impl Running {
     /// Waits for the container's PID 1 to run the workload; returns its host pid.
     fn wait_running(&self) -> u32 {
         let mut pid = None;
-        wait_until(&format!("container {} to run", self.id), || {
+        wait_for(&format!("container {} to run", self.id), || {
             pid = self.state().filter(|s| s.status == "running").and_then(|s| s.pid);
             pid.is_some()
         });
@@ -552,7 +544,7 @@ fn the_shim_runs_its_bundle_and_records_the_containers_pid_1() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", started.pid)).unwrap();
     let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap();
     assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
-    wait_until("the workload's output", || std::fs::read_to_string(&c.log_path).unwrap_or_default().contains("lo:"));
+    wait_for("the workload's output", || std::fs::read_to_string(&c.log_path).unwrap_or_default().contains("lo:"));
     let log = std::fs::read_to_string(&c.log_path).unwrap();
     assert!(log.starts_with("pid=1\n"), "{log}");
     assert_eq!(interfaces(log.strip_prefix("pid=1\n").unwrap()), ["lo"], "network_none reaches the bundle");
@@ -632,13 +624,13 @@ fn a_lost_shim_takes_its_container_along() {
     }
     // The runtime dies with its shim (parent-death signal); the container does not, until the
     // next supervisor's inspect.
-    wait_until("the runtime to die with its shim", || runtime_processes(&id).is_empty());
+    wait_for("the runtime to die with its shim", || runtime_processes(&id).is_empty());
     assert!(!is_dead(started.pid));
     match b.inspect(&c.cell_id) {
         CellState::Lost { reason } => assert_eq!(reason, "shim lost; container killed and deleted"),
         other => panic!("expected Lost, got {other:?}"),
     }
-    wait_until("the container to die", || is_dead(started.pid));
+    wait_for("the container to die", || is_dead(started.pid));
     let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
     assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None);
     for dir in &cgroups {
@@ -669,7 +661,7 @@ fn a_stuck_runtime_does_not_keep_a_killed_cell_alive() {
     assert_eq!((exit.exit_code, exit.signal), (None, None), "{exit:?}");
     assert!(exit.detail.as_deref().unwrap_or_default().contains("runc did not exit"), "{exit:?}");
     assert!(is_dead(started.pid));
-    wait_until("the stuck runtime to be gone", || is_dead(runtime));
+    wait_for("the stuck runtime to be gone", || is_dead(runtime));
     let runc = oci::runtime_binary(OciRuntime::Runc).unwrap();
     assert_eq!(oci::state(&runc, &b.oci_state_root(), &id).unwrap(), None);
 }

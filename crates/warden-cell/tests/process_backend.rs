@@ -3,13 +3,13 @@
 //! failures, env and workdir, log rotation, and recovery corner cases (lost shims, abandoned
 //! dirs, forged pids).
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::{is_dead, poll_readable, read_log, wait_until, EXIT_TIMEOUT};
 use warden_cell::{process_start_time, CellConfig, CellState, ExitStatus, ProcessBackend, ShimExe, StartError, StartedCell};
-
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn shim_exe() -> ShimExe {
     ShimExe::Standalone(PathBuf::from(env!("CARGO_BIN_EXE_warden-shim")))
@@ -38,13 +38,6 @@ fn sh(root: &Path, cell_id: &str, script: &str) -> CellConfig {
     config(root, cell_id, &["sh", "-c", script])
 }
 
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-    n == 1
-}
-
 /// Waits (via the exit fd, like the runtime does) for the shim to finish, then collects.
 fn wait_exit(b: &ProcessBackend, id: &str, started: &StartedCell) -> CellState {
     let fd = b.exit_fd(id, started).expect("exit fd");
@@ -57,29 +50,6 @@ fn exited(state: CellState) -> ExitStatus {
         CellState::Exited(e) => e,
         other => panic!("expected Exited, got {other:?}"),
     }
-}
-
-/// Gone, or a zombie nobody reaped yet: either way no longer running.
-fn is_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
-            state.starts_with('Z') || state.starts_with('X')
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_log(cfg: &CellConfig) -> String {
-    std::fs::read_to_string(&cfg.log_path).unwrap_or_default()
 }
 
 #[test]

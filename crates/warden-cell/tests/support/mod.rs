@@ -1,0 +1,51 @@
+//! What every warden-cell test file shares: waiting on cells, reading their logs, telling a live
+//! process from a dead one, and (in `rootfs`) the busybox root filesystem the OCI tests run on.
+
+#![allow(dead_code)] // each test file is its own crate and uses a different part of this
+
+pub mod rootfs;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use warden_cell::CellConfig;
+
+/// How long any one cell may take to end in these tests before it counts as hung.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// True if `fd` turned readable within `timeout` (a pidfd does when its process ends).
+pub fn poll_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n == 1
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `wait_until` with the suite's `EXIT_TIMEOUT`.
+pub fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(what, EXIT_TIMEOUT, cond)
+}
+
+/// The cell's log so far. Lossy: some workloads here write random bytes to every fd they have.
+pub fn read_log(cfg: &CellConfig) -> String {
+    String::from_utf8_lossy(&std::fs::read(&cfg.log_path).unwrap_or_default()).into_owned()
+}
+
+/// Gone, or a zombie nobody reaped yet: either way no longer running.
+pub fn is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..].trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
+}
