@@ -34,9 +34,9 @@ pub struct Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read identity {path}: {source}")]
+    #[error("cannot read identity {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("cannot write identity {path}: {source}")]
+    #[error("cannot write identity {path}")]
     Write { path: String, source: std::io::Error },
     #[error("identity file {path} is malformed: {reason}")]
     Malformed { path: String, reason: String },

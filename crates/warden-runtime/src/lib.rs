@@ -33,17 +33,17 @@ pub struct UpConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
-    #[error("cannot use data dir {path}: {source}")]
+    #[error("cannot use data dir {path}")]
     DataDir { path: String, source: std::io::Error },
     #[error("another warden is already running on data dir {0} (its lock file is held)")]
     AlreadyRunning(String),
     #[error(transparent)]
     Identity(#[from] auth::IdentityError),
-    #[error("journal: {0}")]
+    #[error("journal")]
     Store(#[from] warden_store::StoreError),
-    #[error("cannot rebuild state: {0}")]
+    #[error("cannot rebuild state")]
     Load(#[from] engine::LoadError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
