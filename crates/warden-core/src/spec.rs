@@ -442,33 +442,6 @@ impl RawRestart {
 mod tests {
     use super::*;
 
-    const WEB: &str = r#"
-name = "web"
-ttl = "24h"
-[cell]
-argv = ["python3", "-m", "http.server", "8080"]
-env = { KEY = "value" }
-workdir = "/srv/web"
-isolation = "process"
-graceful_shutdown = "5s"
-[restart]
-policy = "on-failure"
-max_attempts = 3
-backoff = "100ms"
-backoff_max = "30s"
-[replication]
-mode = "none"
-"#;
-
-    #[test]
-    fn the_documented_example_parses() {
-        let spec = Spec::parse("web.toml", WEB).unwrap();
-        assert_eq!(spec.ttl_ms, Some(86_400_000));
-        assert_eq!(spec.restart.policy, RestartPolicy::OnFailure { max_attempts: 3 });
-        assert_eq!(spec.restart.backoff_reset_ms, DEFAULT_BACKOFF_RESET_MS);
-        assert!(spec.spec_id().starts_with("sha256:"));
-    }
-
     #[test]
     fn spec_id_ignores_formatting_but_not_content() {
         let a = Spec::parse("a", "name='x'\n[cell]\nargv=['true']\nenv={B='2',A='1'}").unwrap();
