@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod event;
+pub mod job;
 pub mod projection;
 pub mod spec;
 pub mod time;
