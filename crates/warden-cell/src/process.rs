@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long `inspect` waits for a live shim that is still starting to write `pid.json`.
-const MID_START_WAIT: Duration = Duration::from_secs(2);
+/// How long `inspect` waits for a live shim that is still starting to write `pid.json`. Longer
+/// than the shim's own bound on a start (`OCI_START_LIMIT`, the slowest kind), so the shim has
+/// always either reported its workload or given up and exited by then: reporting a cell that is
+/// merely slow to start as `Lost` would get its workload started a second time.
+const MID_START_WAIT: Duration = Duration::from_secs(crate::shim::OCI_START_LIMIT.as_secs() + 10);
 const MID_START_POLL: Duration = Duration::from_millis(10);
 
 /// How to run the shim.
@@ -184,7 +187,7 @@ impl ProcessBackend {
                 Ok(TryLock::WouldBlock) => match read_json::<StartedCell>(&dir.join("pid.json")) {
                     Ok(Some(started)) => return CellState::Running(started),
                     Ok(None) if Instant::now() < deadline => std::thread::sleep(MID_START_POLL),
-                    Ok(None) => return lost("shim alive but it reported no workload pid within 2 s".into()),
+                    Ok(None) => return lost(format!("shim alive but it reported no workload pid within {MID_START_WAIT:?}")),
                     Err(e) => return lost(format!("cannot read pid.json: {e}")),
                 },
                 Err(e) => return lost(format!("cannot lock: {e}")),

@@ -60,7 +60,7 @@ const INIT_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long an OCI runtime may take to start a container. It creates namespaces, mounts and
 /// cgroups, which takes well under a second; one that hangs must not hang the start.
-const OCI_START_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const OCI_START_LIMIT: Duration = Duration::from_secs(30);
 
 /// Once its container was sent SIGKILL, how long the OCI runtime gets to report the end before
 /// the shim kills it and finishes without its status: a stuck runtime must not keep a cell that
