@@ -21,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::canonical::content_id;
-use crate::spec::SpecError;
-use crate::units::parse_duration_ms;
+use crate::spec::{duration, parse_strict, Invalid, SpecError};
 
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1_000;
 pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 60_000;
@@ -89,25 +88,9 @@ impl JobManifest {
 
     /// Parses and validates manifest text; `file` is only used to name the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<JobManifest, SpecError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|err| SpecError {
-            file: file.to_string(),
-            line: err.span().map(|span| line_of(text, span.start)),
-            message: err.message().trim().to_string(),
-        })?;
-        raw.validate().map_err(|(span, message)| SpecError {
-            file: file.to_string(),
-            line: span.map(|span| line_of(text, span.start)),
-            message,
-        })
+        parse_strict(file, text, RawManifest::validate)
     }
 }
-
-// `spec::line_of` is private to its module; this is the same one-liner.
-fn line_of(text: &str, byte_offset: usize) -> usize {
-    text[..byte_offset.min(text.len())].matches('\n').count() + 1
-}
-
-type Invalid = (Option<Range<usize>>, String);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,13 +116,6 @@ struct RawRetry {
     max_attempts: Option<Spanned<i64>>,
     backoff: Option<Spanned<String>>,
     backoff_max: Option<Spanned<String>>,
-}
-
-fn duration(field: &str, value: &Option<Spanned<String>>, default_ms: u64) -> Result<u64, Invalid> {
-    match value {
-        None => Ok(default_ms),
-        Some(text) => parse_duration_ms(text.get_ref()).map_err(|why| (Some(text.span()), format!("{field}: {why}"))),
-    }
 }
 
 fn id_ok(id: &str) -> bool {

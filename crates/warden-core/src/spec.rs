@@ -122,17 +122,24 @@ impl Spec {
 
     /// Parses and validates spec text; `file` is only used to name the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
-        let raw: RawSpec = toml::from_str(text).map_err(|err| SpecError {
-            file: file.to_string(),
-            line: err.span().map(|span| line_of(text, span.start)),
-            message: err.message().trim().to_string(),
-        })?;
-        raw.validate().map_err(|(span, message)| SpecError {
-            file: file.to_string(),
-            line: span.map(|span| line_of(text, span.start)),
-            message,
-        })
+        parse_strict(file, text, RawSpec::validate)
     }
+}
+
+/// Strict TOML for every file users write (specs, job manifests): deserialize into `Raw` (unknown
+/// fields rejected), then `validate` it; either failure becomes a `SpecError` naming the line.
+pub(crate) fn parse_strict<Raw: serde::de::DeserializeOwned, T>(
+    file: &str,
+    text: &str,
+    validate: impl FnOnce(Raw) -> Result<T, Invalid>,
+) -> Result<T, SpecError> {
+    let error = |span: Option<Range<usize>>, message: String| SpecError {
+        file: file.to_string(),
+        line: span.map(|span| line_of(text, span.start)),
+        message,
+    };
+    let raw: Raw = toml::from_str(text).map_err(|err| error(err.span(), err.message().trim().to_string()))?;
+    validate(raw).map_err(|(span, message)| error(span, message))
 }
 
 /// A spec that could not be accepted: `file:line: reason`.
@@ -148,7 +155,8 @@ fn line_of(text: &str, byte_offset: usize) -> usize {
     text[..byte_offset.min(text.len())].matches('\n').count() + 1
 }
 
-type Invalid = (Option<Range<usize>>, String);
+/// Why a value is invalid, and where in the file it was written.
+pub(crate) type Invalid = (Option<Range<usize>>, String);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,7 +250,7 @@ struct RawLogs {
     max_files: Option<Spanned<i64>>,
 }
 
-fn duration(field: &str, value: &Option<Spanned<String>>, default_ms: u64) -> Result<u64, Invalid> {
+pub(crate) fn duration(field: &str, value: &Option<Spanned<String>>, default_ms: u64) -> Result<u64, Invalid> {
     match value {
         None => Ok(default_ms),
         Some(text) => parse_duration_ms(text.get_ref()).map_err(|why| (Some(text.span()), format!("{field}: {why}"))),
