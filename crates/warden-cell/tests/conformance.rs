@@ -12,10 +12,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{is_dead, poll_readable, read_log, rootfs, wait_for, EXIT_TIMEOUT};
+use support::{cgroup_dirs, is_dead, poll_readable, read_log, rootfs, wait_for, EXIT_TIMEOUT};
 use warden_cell::oci as runtime;
 use warden_cell::{
     process_start_time, CellConfig, CellIsolation, CellLimits, CellState, ExitStatus, OciRuntime, ProcessBackend, ShimExe,
@@ -174,38 +174,9 @@ fn processes_of(cell_id: &str) -> Vec<u32> {
 /// cells nest under the supervisor's cgroup; runc resolves the bundle's relative path under its
 /// own, which is the shim's, which is the supervisor's.
 fn cell_cgroups(cell_id: &str) -> Vec<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    // (is v2, super options, mount root, mount point)
-    let mounts: Vec<(bool, Vec<String>, String, String)> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            let fstype = *post.first()?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
-                let opts = post.get(2).map(|o| o.split(',').map(String::from).collect()).unwrap_or_default();
-                (fstype == "cgroup2", opts, pre[3].to_string(), pre[4].to_string())
-            })
-        })
-        .collect();
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let mut found = Vec::new();
-    for line in own.lines() {
-        let mut it = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (it.next(), it.next(), it.next()) else { continue };
-        let Some((_, _, root, point)) = mounts.iter().find(|(v2, opts, _, _)| {
-            if controllers.is_empty() {
-                *v2
-            } else {
-                !*v2 && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
-            }
-        }) else {
-            continue;
-        };
-        let rel = path.strip_prefix(root.as_str()).unwrap_or(path).trim_start_matches('/');
-        let warden = Path::new(point).join(rel).join("warden");
-        let Ok(entries) = std::fs::read_dir(&warden) else { continue };
+    for own in cgroup_dirs(std::process::id()) {
+        let Ok(entries) = std::fs::read_dir(own.join("warden")) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == cell_id || name.starts_with(&format!("{cell_id}~")) {

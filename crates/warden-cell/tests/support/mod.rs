@@ -6,6 +6,7 @@
 pub mod rootfs;
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use warden_cell::CellConfig;
@@ -48,4 +49,41 @@ pub fn is_dead(pid: u32) -> bool {
             state.starts_with('Z') || state.starts_with('X')
         }
     }
+}
+
+/// The directories of a process's cgroups, one per hierarchy, from `/proc/<pid>/cgroup` and the
+/// cgroup mounts in `/proc/self/mountinfo` (v1, hybrid and v2 alike).
+pub fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // (fstype, super options, mount root, mount point)
+    let mounts: Vec<(String, Vec<String>, String, String)> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            let fstype = *post.first()?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| {
+                let opts = post.get(2).map(|o| o.split(',').map(String::from).collect()).unwrap_or_default();
+                (fstype.to_string(), opts, pre[3].to_string(), pre[4].to_string())
+            })
+        })
+        .collect();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+    cgroups
+        .lines()
+        .filter_map(|line| {
+            let mut it = line.splitn(3, ':');
+            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            let mount = mounts.iter().find(|(fstype, opts, _, _)| {
+                if controllers.is_empty() {
+                    fstype == "cgroup2"
+                } else {
+                    fstype == "cgroup" && controllers.split(',').all(|c| opts.iter().any(|o| o == c))
+                }
+            })?;
+            let rel = path.strip_prefix(mount.2.as_str()).unwrap_or(path).trim_start_matches('/');
+            Some(Path::new(&mount.3).join(rel))
+        })
+        .collect()
 }
