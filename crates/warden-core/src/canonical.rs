@@ -22,6 +22,31 @@ pub fn content_id<T: Serialize>(value: &T) -> String {
     format!("sha256:{}", sha256_hex(&canonical_json(value)))
 }
 
+/// An immutable, content-addressed blob: `id` is `sha256:<hex>` of `bytes`. Job manifests and
+/// context snapshots are artifacts of their canonical JSON, so equal content has one id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub id: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Artifact {
+    /// The artifact of `bytes` as they are.
+    pub fn from_bytes(bytes: Vec<u8>) -> Artifact {
+        Artifact { id: format!("sha256:{}", sha256_hex(&bytes)), bytes }
+    }
+
+    /// The artifact of a value's canonical JSON; its id equals `content_id(value)`.
+    pub fn of_json<T: Serialize>(value: &T) -> Artifact {
+        Artifact::from_bytes(canonical_json(value))
+    }
+
+    /// Whether `bytes` are what `id` names.
+    pub fn verify(id: &str, bytes: &[u8]) -> bool {
+        id.strip_prefix("sha256:").is_some_and(|hex| hex == sha256_hex(bytes))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +55,15 @@ mod tests {
     fn keys_are_sorted_whatever_the_input_order() {
         let value = serde_json::json!({"zeta": 1, "alpha": {"y": 2, "b": 3}});
         assert_eq!(canonical_json(&value), br#"{"alpha":{"b":3,"y":2},"zeta":1}"#.to_vec());
+    }
+
+    #[test]
+    fn artifact_id_is_the_content_id_and_verifies() {
+        let value = serde_json::json!({"rows": 3});
+        let artifact = Artifact::of_json(&value);
+        assert_eq!(artifact.id, content_id(&value));
+        assert!(Artifact::verify(&artifact.id, &artifact.bytes));
+        assert!(!Artifact::verify(&artifact.id, b"{\"rows\":4}"));
+        assert!(!Artifact::verify("md5:00", &artifact.bytes));
     }
 }

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::sha256_hex;
+use crate::job::JobEvent;
 use crate::spec::Spec;
 use crate::time::format_rfc3339_ms;
 use crate::types::{LifecycleTerminalState, WorkloadInfo};
@@ -161,6 +162,10 @@ pub enum EventData {
     #[serde(rename = "dev.warden.workload.expired.v1")]
     WorkloadExpired { workload_id: String },
 
+    /// A job run's kernel event (see `job::KernelEvent`); `data.kind` says which.
+    #[serde(rename = "dev.warden.job.kernel.v1")]
+    Job(JobEvent),
+
     /// The journal found a torn or corrupt tail at start-up and cut it back.
     #[serde(rename = "dev.warden.journal.recovered.v1")]
     JournalRecovered { discarded_from_seq: u64, n_discarded: u64, reason: String },
@@ -188,7 +193,15 @@ impl EventData {
             | EventData::WorkloadFailed { workload_id, .. }
             | EventData::WorkloadStopped { workload_id, .. }
             | EventData::WorkloadExpired { workload_id } => Some(workload_id),
-            EventData::JournalRecovered { .. } => None,
+            EventData::Job(_) | EventData::JournalRecovered { .. } => None,
+        }
+    }
+
+    /// The CloudEvents `subject`: the workload, or the job run, this event is about.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            EventData::Job(job) => Some(&job.run_id),
+            other => other.workload_id(),
         }
     }
 }
@@ -219,6 +232,29 @@ mod tests {
         assert_eq!(event.canonical_bytes(), crate::canonical::canonical_json(&event));
         let no_subject = CloudEvent { subject: None, ..event };
         assert_eq!(no_subject.canonical_bytes(), crate::canonical::canonical_json(&no_subject));
+    }
+
+    #[test]
+    fn job_events_are_flat_with_kind_and_round_trip() {
+        use crate::job::{KernelEvent, StateError};
+        let data = EventData::Job(JobEvent {
+            run_id: "r-1".into(),
+            owner: None,
+            event: KernelEvent::StateFailed {
+                state_id: "transform".into(),
+                error: StateError::orphaned(),
+                failure_snapshot_id: None,
+            },
+        });
+        let new = NewEvent { id: "x".into(), source: "s".into(), time_ms: 0, subject: data.subject().map(str::to_owned), data };
+        let event = CloudEvent::seal(&new, 1, GENESIS_HASH);
+        assert_eq!(event.event_type, "dev.warden.job.kernel.v1");
+        assert_eq!(event.subject.as_deref(), Some("r-1"));
+        assert_eq!(event.data["kind"], "StateFailed");
+        assert_eq!(event.data["state_id"], "transform");
+        assert_eq!(event.data["error"]["code"], "orphaned");
+        assert!(!event.data.as_object().unwrap().contains_key("owner"));
+        assert_eq!(event.typed_data().unwrap(), new.data);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::canonical::content_id;
-use crate::spec::{duration, parse_strict, Invalid, SpecError};
+use crate::spec::{duration, parse_strict, CellSpec, Invalid, RawCell, SpecError};
 
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 1_000;
 pub const DEFAULT_RETRY_BACKOFF_MAX_MS: u64 = 60_000;
@@ -39,7 +39,8 @@ pub struct JobManifest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateSpec {
     pub id: String,
-    pub argv: Vec<String>,
+    /// How the state's cell runs: the keys of a spec's `[cell]`, written on the state itself.
+    pub cell: CellSpec,
     /// In the order written; this is the order of `Enter::base_snapshot_ids`.
     pub depends_on: Vec<String>,
     pub timeout_ms: Option<u64>,
@@ -90,6 +91,16 @@ impl JobManifest {
     pub fn parse(file: &str, text: &str) -> Result<JobManifest, SpecError> {
         parse_strict(file, text, RawManifest::validate)
     }
+
+    /// Gives every state without a `workdir` this one (the CLI passes the manifest's directory,
+    /// so `argv = ["./extract.sh"]` means the script next to the manifest). Part of the
+    /// manifest, and so of `manifest_id`: it changes what runs.
+    pub fn with_default_workdir(mut self, dir: &str) -> JobManifest {
+        for state in &mut self.states {
+            state.cell.workdir.get_or_insert_with(|| dir.to_string());
+        }
+        self
+    }
 }
 
 #[derive(Deserialize)]
@@ -104,10 +115,21 @@ struct RawManifest {
 #[serde(deny_unknown_fields)]
 struct RawState {
     id: Spanned<String>,
-    argv: Spanned<Vec<String>>,
     depends_on: Option<Spanned<Vec<Spanned<String>>>>,
     timeout: Option<Spanned<String>>,
     retry: Option<RawRetry>,
+    // The keys of a spec's `[cell]` (serde's `flatten` cannot be combined with
+    // `deny_unknown_fields`, so they are listed here and handed to `RawCell::validate`).
+    argv: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    workdir: Option<Spanned<String>>,
+    isolation: Option<Spanned<String>>,
+    graceful_shutdown: Option<Spanned<String>>,
+    network: Option<Spanned<String>>,
+    rootfs: Option<Spanned<String>>,
+    oci_runtime: Option<Spanned<String>>,
+    limits: Option<crate::spec::RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -153,9 +175,6 @@ impl RawManifest {
         let mut dep_spans: Vec<Range<usize>> = Vec::with_capacity(self.state.len());
         for raw in self.state {
             let id = raw.id.get_ref().clone();
-            if raw.argv.get_ref().first().is_none_or(|program| program.is_empty()) {
-                return Err((Some(raw.argv.span()), format!("state {id:?}: argv must name a program to run, e.g. [\"make\"]")));
-            }
             let mut depends_on = Vec::new();
             if let Some(deps) = &raw.depends_on {
                 for dep in deps.get_ref() {
@@ -204,7 +223,19 @@ impl RawManifest {
                     RetrySpec { max_attempts, backoff_ms, backoff_max_ms }
                 }
             };
-            states.push(StateSpec { id, argv: raw.argv.into_inner(), depends_on, timeout_ms, retry });
+            let cell = RawCell {
+                argv: raw.argv,
+                env: raw.env,
+                workdir: raw.workdir,
+                isolation: raw.isolation,
+                graceful_shutdown: raw.graceful_shutdown,
+                network: raw.network,
+                rootfs: raw.rootfs,
+                oci_runtime: raw.oci_runtime,
+                limits: raw.limits,
+            }
+            .validate("")?;
+            states.push(StateSpec { id, cell, depends_on, timeout_ms, retry });
         }
 
         if let Some((at, cycle)) = find_cycle(&states) {
@@ -300,6 +331,93 @@ pub enum KernelEvent {
     },
 }
 
+/// A kernel event as journaled (CloudEvents type `dev.warden.job.kernel.v1`, subject `run_id`):
+/// flat, the seed's fields next to `run_id` and `"kind"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub run_id: String,
+    /// On `RunStarted` only: the principal that started the run (who may cancel it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(flatten)]
+    pub event: KernelEvent,
+}
+
+/// One run as the projection knows it: its identity, its fold, and what the runtime needs to
+/// supervise its open attempts. Folded from `JobEvent`s alone, so replay rebuilds it exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub op_id: String,
+    pub manifest_id: String,
+    pub initial_snapshot_id: String,
+    pub owner: String,
+    pub started_at_ms: u64,
+    /// `None` while the run is running.
+    pub status: Option<RunStatus>,
+    pub final_snapshot_id: Option<String>,
+    pub finished_at_ms: Option<u64>,
+    pub fold: RunFold,
+    /// Kernel events journaled for this run.
+    pub n_events: u64,
+    /// Each open attempt's base: what its `WARDEN_CONTEXT` file starts from.
+    pub open: BTreeMap<String, OpenAttempt>,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAttempt {
+    pub attempt: u32,
+    pub base_snapshot_id: String,
+    pub entered_at_ms: u64,
+}
+
+impl RunRecord {
+    /// The record a `RunStarted` opens; `None` for any other event (a run starts only once).
+    pub fn start(event: &JobEvent, at_ms: u64) -> Option<RunRecord> {
+        let KernelEvent::RunStarted { op_id, manifest_id, initial_snapshot_id } = &event.event else { return None };
+        let mut record = RunRecord {
+            run_id: event.run_id.clone(),
+            op_id: op_id.clone(),
+            manifest_id: manifest_id.clone(),
+            initial_snapshot_id: initial_snapshot_id.clone(),
+            owner: event.owner.clone().unwrap_or_default(),
+            started_at_ms: at_ms,
+            status: None,
+            final_snapshot_id: None,
+            finished_at_ms: None,
+            fold: RunFold::default(),
+            n_events: 0,
+            open: BTreeMap::new(),
+            updated_at_ms: at_ms,
+        };
+        record.apply(&event.event, at_ms);
+        Some(record)
+    }
+
+    pub fn apply(&mut self, event: &KernelEvent, at_ms: u64) {
+        self.fold.apply(event);
+        self.n_events += 1;
+        self.updated_at_ms = at_ms;
+        match event {
+            KernelEvent::StateEntered { state_id, attempt, base_snapshot_id } => {
+                let open = OpenAttempt { attempt: *attempt, base_snapshot_id: base_snapshot_id.clone(), entered_at_ms: at_ms };
+                self.open.insert(state_id.clone(), open);
+            }
+            KernelEvent::StateCompleted { state_id, .. } | KernelEvent::StateFailed { state_id, .. } => {
+                self.open.remove(state_id);
+            }
+            KernelEvent::RunCompleted { status, final_snapshot_id } if self.status.is_none() => {
+                self.status = Some(*status);
+                self.final_snapshot_id = final_snapshot_id.clone();
+                self.finished_at_ms = Some(at_ms);
+                self.open.clear();
+            }
+            KernelEvent::RunStarted { .. } | KernelEvent::RunCompleted { .. } | KernelEvent::RetryScheduled { .. } => {}
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateError {
     pub code: String,
@@ -328,6 +446,16 @@ pub enum RunStatus {
     Completed,
     Failed,
     Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// What the runtime must do now, in this order: close `orphaned`, journal `schedule`, journal a
@@ -400,61 +528,158 @@ pub struct Finish {
 }
 
 /// Where one state stands after folding the history.
-#[derive(Clone, Debug, Default)]
-struct StateFold {
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFold {
     /// `StateEntered` events seen: the number of the next attempt, and what the budget counts.
-    entered: u32,
-    open: Option<u32>,
-    completed: Option<String>,
+    pub entered: u32,
+    pub open: Option<u32>,
+    pub completed: Option<String>,
     /// The last failure since the last entry: (retryable, failure snapshot).
-    failed: Option<(bool, Option<String>)>,
+    pub failed: Option<(bool, Option<String>)>,
     /// A retry journaled since the last failure: (attempt, not_before_ms).
-    scheduled: Option<(u32, u64)>,
+    pub scheduled: Option<(u32, u64)>,
 }
 
-fn fold(manifest: &JobManifest, history: &[KernelEvent]) -> Option<(String, BTreeMap<String, StateFold>)> {
-    let mut initial = None;
-    let mut states: BTreeMap<String, StateFold> = manifest.states.iter().map(|s| (s.id.clone(), StateFold::default())).collect();
-    for event in history {
+/// A run's history, folded: all `next_actions` needs. The runtime keeps one per run and applies
+/// each event as it is journaled, so deciding costs O(states), not O(history); replaying the
+/// journal into a fresh one gives the same fold (it is part of the projection's snapshots).
+/// It does not need the manifest: events about states a manifest lacks are kept and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFold {
+    initial: Option<String>,
+    done: bool,
+    states: BTreeMap<String, StateFold>,
+}
+
+impl RunFold {
+    pub fn of(history: &[KernelEvent]) -> RunFold {
+        let mut fold = RunFold::default();
+        for event in history {
+            fold.apply(event);
+        }
+        fold
+    }
+
+    pub fn apply(&mut self, event: &KernelEvent) {
+        if self.done {
+            return;
+        }
         match event {
             KernelEvent::RunStarted { initial_snapshot_id, .. } => {
-                initial.get_or_insert_with(|| initial_snapshot_id.clone());
+                self.initial.get_or_insert_with(|| initial_snapshot_id.clone());
             }
-            KernelEvent::RunCompleted { .. } => return None,
+            KernelEvent::RunCompleted { .. } => self.done = true,
             KernelEvent::StateEntered { state_id, .. } => {
-                if let Some(s) = states.get_mut(state_id) {
-                    // The count, not the journaled number, is what the budget trusts.
-                    s.open = Some(s.entered);
-                    s.entered += 1;
-                    s.failed = None;
+                let s = self.states.entry(state_id.clone()).or_default();
+                // The count, not the journaled number, is what the budget trusts.
+                s.open = Some(s.entered);
+                s.entered += 1;
+                s.failed = None;
+                s.scheduled = None;
+            }
+            KernelEvent::StateCompleted { state_id, context_snapshot_id } => {
+                let s = self.states.entry(state_id.clone()).or_default();
+                s.open = None;
+                s.completed = Some(context_snapshot_id.clone());
+            }
+            KernelEvent::StateFailed { state_id, error, failure_snapshot_id } => {
+                let s = self.states.entry(state_id.clone()).or_default();
+                if s.completed.is_none() {
+                    s.open = None;
+                    s.failed = Some((error.retryable, failure_snapshot_id.clone()));
                     s.scheduled = None;
                 }
             }
-            KernelEvent::StateCompleted { state_id, context_snapshot_id } => {
-                if let Some(s) = states.get_mut(state_id) {
-                    s.open = None;
-                    s.completed = Some(context_snapshot_id.clone());
-                }
-            }
-            KernelEvent::StateFailed { state_id, error, failure_snapshot_id } => {
-                if let Some(s) = states.get_mut(state_id) {
-                    if s.completed.is_none() {
-                        s.open = None;
-                        s.failed = Some((error.retryable, failure_snapshot_id.clone()));
-                        s.scheduled = None;
-                    }
-                }
-            }
             KernelEvent::RetryScheduled { state_id, attempt, not_before_ms } => {
-                if let Some(s) = states.get_mut(state_id) {
-                    if s.failed.is_some() {
-                        s.scheduled = Some((*attempt, *not_before_ms));
-                    }
+                let s = self.states.entry(state_id.clone()).or_default();
+                if s.failed.is_some() {
+                    s.scheduled = Some((*attempt, *not_before_ms));
                 }
             }
         }
     }
-    initial.map(|initial| (initial, states))
+
+    /// Whether the run is over (`RunCompleted`), or never started.
+    pub fn is_done(&self) -> bool {
+        self.done || self.initial.is_none()
+    }
+
+    /// Attempts entered and not yet closed, as (state id, 0-based attempt).
+    pub fn open_attempts(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        self.states.iter().filter_map(|(id, s)| s.open.map(|attempt| (id.as_str(), attempt)))
+    }
+
+    /// Where `state_id` stands; `None` until it was first entered.
+    pub fn state(&self, state_id: &str) -> Option<&StateFold> {
+        self.states.get(state_id)
+    }
+
+    /// What the runtime must do now; see [`next_actions`].
+    pub fn next_actions(&self, manifest: &JobManifest, now_ms: u64) -> Resume {
+        let (Some(initial), false) = (&self.initial, self.done) else {
+            return Resume { done: true, ..Resume::default() };
+        };
+        let unseen = StateFold::default();
+        let state = |id: &str| self.states.get(id).unwrap_or(&unseen);
+        let mut resume = Resume::default();
+
+        // A state that failed without retries left fails the run: nothing new starts after that.
+        let exhausted = manifest.states.iter().find_map(|spec| {
+            let s = state(&spec.id);
+            match &s.failed {
+                Some((retryable, snapshot)) if !retryable || s.entered > spec.retry.max_attempts => Some(snapshot.clone()),
+                _ => None,
+            }
+        });
+
+        for spec in &manifest.states {
+            let s = state(&spec.id);
+            if let Some(attempt) = s.open {
+                resume.orphaned.push(Attempt { state_id: spec.id.clone(), attempt });
+                continue;
+            }
+            if s.completed.is_some() || exhausted.is_some() {
+                continue;
+            }
+            let base = || -> Option<Vec<String>> {
+                if spec.depends_on.is_empty() {
+                    return Some(vec![initial.clone()]);
+                }
+                spec.depends_on.iter().map(|dep| state(dep).completed.clone()).collect()
+            };
+            let enter = |attempt| base().map(|base_snapshot_ids| Enter { state_id: spec.id.clone(), attempt, base_snapshot_ids });
+            match &s.failed {
+                None if s.entered == 0 => resume.enter.extend(enter(0)),
+                None => {} // unreachable after the fold: an entry is open, completed or failed.
+                Some(_) => {
+                    // Retryable with budget left (else `exhausted`); the next attempt is `entered`.
+                    let not_before_ms = match s.scheduled {
+                        Some((_, not_before_ms)) => not_before_ms,
+                        None => {
+                            let not_before_ms = now_ms.saturating_add(spec.retry.backoff_before(s.entered));
+                            resume.schedule.push(Scheduled { state_id: spec.id.clone(), attempt: s.entered, not_before_ms });
+                            not_before_ms
+                        }
+                    };
+                    if not_before_ms <= now_ms {
+                        resume.enter.extend(enter(s.entered));
+                    } else {
+                        resume.wake_at_ms = Some(resume.wake_at_ms.map_or(not_before_ms, |w| w.min(not_before_ms)));
+                    }
+                }
+            }
+        }
+
+        if resume.orphaned.is_empty() {
+            if let Some(snapshot) = exhausted {
+                resume.finish = Some(Finish { status: RunStatus::Failed, snapshot_ids: snapshot.into_iter().collect() });
+            } else if manifest.states.iter().all(|spec| state(&spec.id).completed.is_some()) {
+                let snapshot_ids = manifest.sinks().iter().filter_map(|spec| state(&spec.id).completed.clone()).collect();
+                resume.finish = Some(Finish { status: RunStatus::Completed, snapshot_ids });
+            }
+        }
+        resume
+    }
 }
 
 /// What the runtime must do now for a run of `manifest` whose journal is `history`.
@@ -462,67 +687,7 @@ fn fold(manifest: &JobManifest, history: &[KernelEvent]) -> Option<(String, BTre
 /// Pure and idempotent: if the runtime crashes after journaling part of a `Resume`, calling this
 /// again on the longer history asks only for the rest.
 pub fn next_actions(manifest: &JobManifest, history: &[KernelEvent], now_ms: u64) -> Resume {
-    let Some((initial, states)) = fold(manifest, history) else {
-        return Resume { done: true, ..Resume::default() };
-    };
-    let mut resume = Resume::default();
-
-    // A state that failed without retries left fails the run: nothing new starts after that.
-    let exhausted = manifest.states.iter().find_map(|spec| {
-        let s = &states[&spec.id];
-        match &s.failed {
-            Some((retryable, snapshot)) if !retryable || s.entered > spec.retry.max_attempts => Some(snapshot.clone()),
-            _ => None,
-        }
-    });
-
-    for spec in &manifest.states {
-        let s = &states[&spec.id];
-        if let Some(attempt) = s.open {
-            resume.orphaned.push(Attempt { state_id: spec.id.clone(), attempt });
-            continue;
-        }
-        if s.completed.is_some() || exhausted.is_some() {
-            continue;
-        }
-        let base = || -> Option<Vec<String>> {
-            if spec.depends_on.is_empty() {
-                return Some(vec![initial.clone()]);
-            }
-            spec.depends_on.iter().map(|dep| states[dep].completed.clone()).collect()
-        };
-        let enter = |attempt| base().map(|base_snapshot_ids| Enter { state_id: spec.id.clone(), attempt, base_snapshot_ids });
-        match &s.failed {
-            None if s.entered == 0 => resume.enter.extend(enter(0)),
-            None => {} // unreachable after the fold: an entry is open, completed or failed.
-            Some(_) => {
-                // Retryable with budget left (else `exhausted`); the next attempt is `entered`.
-                let not_before_ms = match s.scheduled {
-                    Some((_, not_before_ms)) => not_before_ms,
-                    None => {
-                        let not_before_ms = now_ms.saturating_add(spec.retry.backoff_before(s.entered));
-                        resume.schedule.push(Scheduled { state_id: spec.id.clone(), attempt: s.entered, not_before_ms });
-                        not_before_ms
-                    }
-                };
-                if not_before_ms <= now_ms {
-                    resume.enter.extend(enter(s.entered));
-                } else {
-                    resume.wake_at_ms = Some(resume.wake_at_ms.map_or(not_before_ms, |w| w.min(not_before_ms)));
-                }
-            }
-        }
-    }
-
-    if resume.orphaned.is_empty() {
-        if let Some(snapshot) = exhausted {
-            resume.finish = Some(Finish { status: RunStatus::Failed, snapshot_ids: snapshot.into_iter().collect() });
-        } else if states.values().all(|s| s.completed.is_some()) {
-            let snapshot_ids = manifest.sinks().iter().filter_map(|s| states[&s.id].completed.clone()).collect();
-            resume.finish = Some(Finish { status: RunStatus::Completed, snapshot_ids });
-        }
-    }
-    resume
+    RunFold::of(history).next_actions(manifest, now_ms)
 }
 
 #[cfg(test)]

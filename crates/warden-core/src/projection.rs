@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{CloudEvent, EventData};
+use crate::job::RunRecord;
 use crate::spec::Spec;
 use crate::time::parse_rfc3339_ms;
 use crate::types::WorkloadInfo;
@@ -18,6 +19,9 @@ pub struct Projection {
     pub next_vmid: u32,
     /// The `seq` of the last event folded in.
     pub last_seq: u64,
+    /// Job runs by run id.
+    #[serde(default)]
+    pub runs: BTreeMap<String, RunRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,17 @@ impl Projection {
         if let EventData::WorkloadSubmitted { workload, spec } = data {
             self.next_vmid = self.next_vmid.max(workload.vmid + 1);
             self.workloads.insert(workload.id.clone(), Workload::new(workload.clone(), spec.clone(), at_ms));
+            return;
+        }
+        if let EventData::Job(job) = data {
+            match self.runs.get_mut(&job.run_id) {
+                Some(run) => run.apply(&job.event, at_ms),
+                None => {
+                    if let Some(run) = RunRecord::start(job, at_ms) {
+                        self.runs.insert(job.run_id.clone(), run);
+                    }
+                }
+            }
             return;
         }
         if let Some(workload) = data.workload_id().and_then(|id| self.workloads.get_mut(id)) {

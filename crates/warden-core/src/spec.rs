@@ -171,37 +171,37 @@ struct RawSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCell {
-    argv: Spanned<Vec<String>>,
+pub(crate) struct RawCell {
+    pub(crate) argv: Spanned<Vec<String>>,
     #[serde(default)]
-    env: BTreeMap<String, Spanned<String>>,
-    workdir: Option<Spanned<String>>,
-    isolation: Option<Spanned<String>>,
-    graceful_shutdown: Option<Spanned<String>>,
-    network: Option<Spanned<String>>,
-    rootfs: Option<Spanned<String>>,
-    oci_runtime: Option<Spanned<String>>,
-    limits: Option<RawLimits>,
+    pub(crate) env: BTreeMap<String, Spanned<String>>,
+    pub(crate) workdir: Option<Spanned<String>>,
+    pub(crate) isolation: Option<Spanned<String>>,
+    pub(crate) graceful_shutdown: Option<Spanned<String>>,
+    pub(crate) network: Option<Spanned<String>>,
+    pub(crate) rootfs: Option<Spanned<String>>,
+    pub(crate) oci_runtime: Option<Spanned<String>>,
+    pub(crate) limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
+pub(crate) struct RawLimits {
     memory_max: Option<Spanned<String>>,
     cpu_max: Option<Spanned<f64>>,
     pids_max: Option<Spanned<i64>>,
 }
 
 impl RawLimits {
-    fn validate(self) -> Result<Limits, Invalid> {
+    fn validate(self, prefix: &str) -> Result<Limits, Invalid> {
         let memory_max_bytes = match &self.memory_max {
             None => None,
             Some(text) => match parse_size_bytes(text.get_ref()) {
                 Ok(bytes) if bytes >= 1 << 20 => Some(bytes),
                 Ok(bytes) => {
-                    return Err((Some(text.span()), format!("cell.limits.memory_max must be at least 1MiB, got {bytes} bytes")))
+                    return Err((Some(text.span()), format!("{prefix}limits.memory_max must be at least 1MiB, got {bytes} bytes")))
                 }
-                Err(why) => return Err((Some(text.span()), format!("cell.limits.memory_max: {why}"))),
+                Err(why) => return Err((Some(text.span()), format!("{prefix}limits.memory_max: {why}"))),
             },
         };
         let cpu_max_millicores = match &self.cpu_max {
@@ -212,7 +212,7 @@ impl RawLimits {
             Some(cores) => {
                 return Err((
                     Some(cores.span()),
-                    format!("cell.limits.cpu_max is in cores, between 0.01 and 1024, got {}", cores.get_ref()),
+                    format!("{prefix}limits.cpu_max is in cores, between 0.01 and 1024, got {}", cores.get_ref()),
                 ))
             }
         };
@@ -220,7 +220,7 @@ impl RawLimits {
             None => None,
             Some(n) if (1..=4_194_304).contains(n.get_ref()) => Some(*n.get_ref() as u32),
             Some(n) => {
-                return Err((Some(n.span()), format!("cell.limits.pids_max must be between 1 and 4194304, got {}", n.get_ref())))
+                return Err((Some(n.span()), format!("{prefix}limits.pids_max must be between 1 and 4194304, got {}", n.get_ref())))
             }
         };
         Ok(Limits { memory_max_bytes, cpu_max_millicores, pids_max })
@@ -278,66 +278,7 @@ impl RawSpec {
             },
         };
 
-        let cell = self.cell;
-        let argv = cell.argv.get_ref().clone();
-        if argv.first().is_none_or(|program| program.is_empty()) {
-            return Err((Some(cell.argv.span()), "cell.argv must name a program to run, e.g. [\"sleep\", \"60\"]".into()));
-        }
-        let mut env = BTreeMap::new();
-        for (key, value) in cell.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err((Some(value.span()), format!("cell.env: bad variable name {key:?}")));
-            }
-            env.insert(key, value.into_inner());
-        }
-        let isolation = match cell.isolation.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
-            None | Some(("process", _)) => Isolation::Process,
-            Some(("cell", _)) => Isolation::Cell,
-            Some(("oci", _)) => Isolation::Oci,
-            Some((other, span)) => {
-                return Err((Some(span), format!("cell.isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
-            }
-        };
-        let graceful_shutdown_ms = duration("cell.graceful_shutdown", &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
-        let network = match cell.network.as_ref().map(|n| (n.get_ref().as_str(), n.span())) {
-            None | Some(("host", _)) => Network::Host,
-            Some(("none", span)) if isolation == Isolation::Process => {
-                return Err((Some(span), "cell.network = \"none\" needs isolation = \"cell\" or \"oci\"".into()))
-            }
-            Some(("none", _)) => Network::None,
-            Some((other, span)) => return Err((Some(span), format!("cell.network must be \"host\" or \"none\", got {other:?}"))),
-        };
-        let rootfs = match (&cell.rootfs, isolation) {
-            (None, Isolation::Oci) => {
-                let span = cell.isolation.as_ref().map(|i| i.span());
-                return Err((span, "isolation = \"oci\" needs cell.rootfs, the root filesystem directory".into()));
-            }
-            (Some(dir), Isolation::Oci) if !dir.get_ref().starts_with('/') => {
-                return Err((Some(dir.span()), format!("cell.rootfs must be an absolute path, got {:?}", dir.get_ref())))
-            }
-            (Some(dir), Isolation::Oci) => Some(dir.get_ref().clone()),
-            (Some(dir), _) => return Err((Some(dir.span()), "cell.rootfs applies only to isolation = \"oci\"".into())),
-            (None, _) => None,
-        };
-        let oci_runtime = match (&cell.oci_runtime, isolation) {
-            (None, Isolation::Oci) => Some(OciRuntime::Runc),
-            (None, _) => None,
-            (Some(name), Isolation::Oci) => match name.get_ref().as_str() {
-                "runc" => Some(OciRuntime::Runc),
-                "crun" => Some(OciRuntime::Crun),
-                other => {
-                    return Err((Some(name.span()), format!("cell.oci_runtime must be \"runc\" or \"crun\", got {other:?}")))
-                }
-            },
-            (Some(name), _) => return Err((Some(name.span()), "cell.oci_runtime applies only to isolation = \"oci\"".into())),
-        };
-        let limits = cell.limits.map(RawLimits::validate).transpose()?.unwrap_or_default();
-        let workdir = match cell.workdir {
-            Some(dir) if !dir.get_ref().starts_with('/') => {
-                return Err((Some(dir.span()), format!("cell.workdir must be an absolute path, got {:?}", dir.get_ref())))
-            }
-            other => other.map(Spanned::into_inner),
-        };
+        let cell = self.cell.validate("cell.")?;
 
         let restart = self.restart.map(RawRestart::validate).transpose()?.unwrap_or(RestartSpec {
             policy: RestartPolicy::default(),
@@ -391,11 +332,80 @@ impl RawSpec {
         Ok(Spec {
             name: name.clone(),
             ttl_ms,
-            cell: CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits },
+            cell,
             restart,
             replication,
             logs,
         })
+    }
+}
+
+impl RawCell {
+    /// Validates a cell's keys; `prefix` is how messages name them (`cell.` in a spec, nothing
+    /// in a job state, whose keys sit on the state itself).
+    pub(crate) fn validate(self, prefix: &str) -> Result<CellSpec, Invalid> {
+        let cell = self;
+        let argv = cell.argv.get_ref().clone();
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            return Err((Some(cell.argv.span()), format!("{prefix}argv must name a program to run, e.g. [\"sleep\", \"60\"]")));
+        }
+        let mut env = BTreeMap::new();
+        for (key, value) in cell.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err((Some(value.span()), format!("{prefix}env: bad variable name {key:?}")));
+            }
+            env.insert(key, value.into_inner());
+        }
+        let isolation = match cell.isolation.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
+            None | Some(("process", _)) => Isolation::Process,
+            Some(("cell", _)) => Isolation::Cell,
+            Some(("oci", _)) => Isolation::Oci,
+            Some((other, span)) => {
+                return Err((Some(span), format!("{prefix}isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
+            }
+        };
+        let graceful_shutdown_ms = duration(&format!("{prefix}graceful_shutdown"), &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
+        let network = match cell.network.as_ref().map(|n| (n.get_ref().as_str(), n.span())) {
+            None | Some(("host", _)) => Network::Host,
+            Some(("none", span)) if isolation == Isolation::Process => {
+                return Err((Some(span), format!("{prefix}network = \"none\" needs isolation = \"cell\" or \"oci\"")))
+            }
+            Some(("none", _)) => Network::None,
+            Some((other, span)) => return Err((Some(span), format!("{prefix}network must be \"host\" or \"none\", got {other:?}"))),
+        };
+        let rootfs = match (&cell.rootfs, isolation) {
+            (None, Isolation::Oci) => {
+                let span = cell.isolation.as_ref().map(|i| i.span());
+                return Err((span, format!("isolation = \"oci\" needs {prefix}rootfs, the root filesystem directory")));
+            }
+            (Some(dir), Isolation::Oci) if !dir.get_ref().starts_with('/') => {
+                return Err((Some(dir.span()), format!("{prefix}rootfs must be an absolute path, got {:?}", dir.get_ref())))
+            }
+            (Some(dir), Isolation::Oci) => Some(dir.get_ref().clone()),
+            (Some(dir), _) => return Err((Some(dir.span()), format!("{prefix}rootfs applies only to isolation = \"oci\""))),
+            (None, _) => None,
+        };
+        let oci_runtime = match (&cell.oci_runtime, isolation) {
+            (None, Isolation::Oci) => Some(OciRuntime::Runc),
+            (None, _) => None,
+            (Some(name), Isolation::Oci) => match name.get_ref().as_str() {
+                "runc" => Some(OciRuntime::Runc),
+                "crun" => Some(OciRuntime::Crun),
+                other => {
+                    return Err((Some(name.span()), format!("{prefix}oci_runtime must be \"runc\" or \"crun\", got {other:?}")))
+                }
+            },
+            (Some(name), _) => return Err((Some(name.span()), format!("{prefix}oci_runtime applies only to isolation = \"oci\""))),
+        };
+        let limits = cell.limits.map(|limits| limits.validate(prefix)).transpose()?.unwrap_or_default();
+        let workdir = match cell.workdir {
+            Some(dir) if !dir.get_ref().starts_with('/') => {
+                return Err((Some(dir.span()), format!("{prefix}workdir must be an absolute path, got {:?}", dir.get_ref())))
+            }
+            other => other.map(Spanned::into_inner),
+        };
+
+        Ok(CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits })
     }
 }
 

@@ -446,7 +446,7 @@ impl Workload {
     pub fn apply(&mut self, data: &EventData, at_ms: u64) {
         self.updated_at_ms = at_ms;
         match data {
-            EventData::WorkloadSubmitted { .. } | EventData::JournalRecovered { .. } => {}
+            EventData::WorkloadSubmitted { .. } | EventData::Job(_) | EventData::JournalRecovered { .. } => {}
             EventData::WorkloadStarting { cell_id, attempt, .. } => {
                 self.cells_created += 1;
                 self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: *attempt };

@@ -508,7 +508,7 @@ impl Sim {
             id: format!("evt-{seq}"),
             source: "/warden/sim".into(),
             time_ms: self.now,
-            subject: data.workload_id().map(str::to_string),
+            subject: data.subject().map(str::to_string),
             data: data.clone(),
         };
         let event = CloudEvent::seal(&new, seq, &prevhash);

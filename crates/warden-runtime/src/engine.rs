@@ -343,7 +343,7 @@ impl Engine {
                 id: event_id(),
                 source: self.source.clone(),
                 time_ms: now,
-                subject: data.workload_id().map(str::to_owned),
+                subject: data.subject().map(str::to_owned),
                 data,
             })
             .collect();

@@ -1,5 +1,5 @@
 //! The conformance suite every `Store` must pass: seq and chain rules, group-commit concurrency,
-//! reads, snapshots.
+//! reads, snapshots, artifacts.
 //!
 //! It lives in the library, not under `tests/`, so every backend (and any test double the runtime
 //! uses) is held to the same contract: call [`run_all`] with a factory of fresh, empty stores.
@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use warden_core::canonical::Artifact;
 use warden_core::event::GENESIS_HASH;
 use warden_core::{CloudEvent, EventData, NewEvent};
 
-use crate::{verify_chain, Head, Store};
+use crate::{verify_chain, Head, Store, StoreError};
 
 /// One named check: it gets a fresh empty store and panics if the store breaks the contract.
 pub type Check = (&'static str, fn(&dyn Store));
@@ -26,6 +27,7 @@ pub const CHECKS: &[Check] = &[
     ("read_after_limit_and_subject", read_after_limit_and_subject),
     ("snapshot_round_trip", snapshot_round_trip),
     ("sealed_events_equal_read_back", sealed_events_equal_read_back),
+    ("artifacts_round_trip_and_are_immutable", artifacts_round_trip_and_are_immutable),
 ];
 
 /// Runs every check, each on a fresh empty store from `make`.
@@ -271,4 +273,65 @@ pub fn sealed_events_equal_read_back(store: &dyn Store) {
         assert_eq!(store.read_after(event.seq - 1, 1, None).unwrap(), vec![event.clone()]);
     }
     assert_eq!(store.head().unwrap(), head_of(&returned));
+}
+
+/// Artifacts written with events read back byte-identical; writing one again changes nothing; an
+/// artifact whose id is not its hash is refused and takes its whole call with it.
+pub fn artifacts_round_trip_and_are_immutable(store: &dyn Store) {
+    let manifest = Artifact::of_json(&serde_json::json!({"job": "j-1", "steps": ["a", "b"]}));
+    // Opaque: any bytes, including invalid UTF-8 and NULs.
+    let binary = Artifact::from_bytes((0..=255u8).rev().chain(0..=255).collect());
+    let sealed = store.append_with_artifacts(vec![manifest.clone(), binary.clone()], batch(1, 2, Some("w-art"))).unwrap();
+    assert_eq!(seqs(&sealed), vec![1, 2]);
+    assert_eq!(store.get_artifact(&manifest.id).unwrap(), Some(manifest.bytes.clone()));
+    assert_eq!(store.get_artifact(&binary.id).unwrap(), Some(binary.bytes.clone()));
+
+    // The same artifact again, alone or with an event, is not an error and changes nothing.
+    let again = store.append_with_artifacts(vec![manifest.clone()], batch(3, 1, None)).unwrap();
+    assert_eq!(seqs(&again), vec![3]);
+    assert!(store.append_with_artifacts(vec![manifest.clone(), manifest.clone()], Vec::new()).unwrap().is_empty());
+    assert_eq!(store.get_artifact(&manifest.id).unwrap(), Some(manifest.bytes.clone()));
+
+    // Artifacts without events are still written, and do not move the head.
+    let head = store.head().unwrap();
+    let empty = Artifact::from_bytes(Vec::new());
+    let loose = Artifact::from_bytes(b"no event refers to me yet".to_vec());
+    assert!(store.append_with_artifacts(vec![empty.clone(), loose.clone()], Vec::new()).unwrap().is_empty());
+    assert_eq!(store.get_artifact(&empty.id).unwrap(), Some(Vec::new()));
+    assert_eq!(store.get_artifact(&loose.id).unwrap(), Some(loose.bytes.clone()));
+    assert_eq!(store.head().unwrap(), head);
+    // Both empty is a no-op.
+    assert!(store.append_with_artifacts(Vec::new(), Vec::new()).unwrap().is_empty());
+    assert_eq!(store.head().unwrap(), head);
+
+    assert_eq!(store.get_artifact("sha256:0000").unwrap(), None);
+    assert_eq!(store.get_artifact(&Artifact::from_bytes(b"never stored".to_vec()).id).unwrap(), None);
+
+    // A mismatched artifact fails its call: neither it, nor the good artifact beside it, nor the
+    // call's events are written.
+    let before = read_all(store);
+    let claimed = Artifact::from_bytes(b"what the id names".to_vec());
+    let mismatched = Artifact { id: claimed.id.clone(), bytes: b"something else".to_vec() };
+    let beside = Artifact::from_bytes(b"a good artifact in a bad call".to_vec());
+    let refused = store.append_with_artifacts(vec![beside.clone(), mismatched], batch(4, 2, Some("w-art")));
+    match refused {
+        Err(StoreError::ArtifactMismatch { id }) => assert_eq!(id, claimed.id),
+        other => panic!("expected ArtifactMismatch, got {other:?}"),
+    }
+    // An id that is not a sha256 address at all is a mismatch too.
+    let unaddressed = Artifact { id: "manifest-1".into(), bytes: b"{}".to_vec() };
+    assert!(matches!(
+        store.append_with_artifacts(vec![unaddressed], Vec::new()),
+        Err(StoreError::ArtifactMismatch { id }) if id == "manifest-1"
+    ));
+    assert_eq!(store.head().unwrap(), head);
+    assert_eq!(read_all(store), before);
+    assert_eq!(store.get_artifact(&claimed.id).unwrap(), None);
+    assert_eq!(store.get_artifact(&beside.id).unwrap(), None);
+    assert_eq!(store.get_artifact(&Artifact::from_bytes(b"something else".to_vec()).id).unwrap(), None);
+    assert_eq!(store.get_artifact("manifest-1").unwrap(), None);
+
+    // The store still appends after the refusal, with no gap.
+    assert_eq!(seqs(&store.append(batch(4, 1, None)).unwrap()), vec![4]);
+    assert_eq!(verify_chain(&read_all(store), GENESIS_HASH), Ok(()));
 }

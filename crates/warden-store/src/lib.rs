@@ -6,6 +6,10 @@
 //! global, start at 1 and have no gaps, and (c) chain every event to the one before it
 //! (`prevhash`), so a torn or tampered tail is detected when the journal is opened again.
 //!
+//! Next to the journal the store keeps immutable, content-addressed artifacts (job manifests,
+//! context snapshots): written in the same transaction as the events that refer to them, so an
+//! event never names an artifact that was not kept, and checked against their id on every read.
+//!
 //! The store is synchronous on purpose: durability means waiting on fsync, which is blocking
 //! work; the runtime calls it from a blocking thread.
 
@@ -15,6 +19,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+use warden_core::canonical::Artifact;
 use warden_core::{CloudEvent, NewEvent};
 
 pub use chain::verify_chain;
@@ -81,6 +86,15 @@ pub enum StoreError {
     #[error("snapshot as of seq {seq} is ahead of the journal head {head}")]
     SnapshotAhead { seq: u64, head: u64 },
 
+    /// An artifact handed to `append_with_artifacts` whose id is not the hash of its bytes; that
+    /// call wrote nothing.
+    #[error("artifact {id} does not match its bytes: its id must be sha256:<hex of the bytes>")]
+    ArtifactMismatch { id: String },
+
+    /// A stored artifact whose bytes no longer hash to its id (damage on disk); never returned.
+    #[error("artifact {id} is corrupt: its bytes do not hash to its id")]
+    ArtifactCorrupt { id: String },
+
     #[error("could not put the journal in WAL mode (journal_mode is {0:?})")]
     NoWal(String),
 
@@ -95,11 +109,25 @@ pub enum StoreError {
     Closed,
 }
 
-/// The journal port. Implementations must pass [`conformance::run_all`].
+/// The journal port, with its artifact store. Implementations must pass [`conformance::run_all`].
 pub trait Store: Send + Sync + 'static {
     /// Appends atomically and durably (fsynced before returning) in order; assigns seq (global,
     /// from 1, no gaps) and prevhash. Returns the sealed events.
-    fn append(&self, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError>;
+    fn append(&self, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
+        self.append_with_artifacts(Vec::new(), events)
+    }
+
+    /// Stores `artifacts` and appends `events` (as [`Store::append`]) in one atomic, durable
+    /// transaction, so an event never refers to an artifact that was not kept. Artifacts are
+    /// immutable: an id already stored is left as it is. Every artifact is checked against its
+    /// id first; one that does not match fails the call with [`StoreError::ArtifactMismatch`]
+    /// and nothing of it is written. Artifacts with no events are still written; both empty is
+    /// a no-op.
+    fn append_with_artifacts(&self, artifacts: Vec<Artifact>, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError>;
+
+    /// The bytes of the artifact `id`, if stored. They are checked against `id` on every read: a
+    /// mismatch is [`StoreError::ArtifactCorrupt`], never the damaged bytes.
+    fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Events with seq > after_seq, ascending, at most `limit`; if `subject` is Some, only
     /// events with that subject.

@@ -5,6 +5,9 @@
 //! comes from group commit: one writer thread owns the write connection, takes every append
 //! already queued, writes them in one transaction and pays for one fsync for all of them.
 //! Reads go through a second connection, which WAL lets run alongside the writer.
+//!
+//! Artifacts live in their own table, keyed by content id, and are inserted by the same writer in
+//! the same transaction as the events of the append that carries them.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,13 +19,15 @@ use std::time::Duration;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row, Rows, TransactionBehavior};
-use warden_core::canonical::sha256_hex;
+use warden_core::canonical::{sha256_hex, Artifact};
 use warden_core::{CloudEvent, NewEvent};
 
 use crate::chain::{check_row, StoredRow};
 use crate::{Head, OpenReport, Store, StoreError, TailRepair};
 
 /// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
+/// Still 1 with the `artifacts` table: that table is additive (`CREATE TABLE IF NOT EXISTS`), so
+/// an older journal gains it on open, and nothing about the existing tables changed.
 const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
@@ -37,11 +42,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
     seq  INTEGER PRIMARY KEY,
     body BLOB
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    id   TEXT PRIMARY KEY,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
 ";
 
-/// The most events one group commit takes from the queue. Bounds the latency of the appenders
-/// at the front of the queue and the size of one transaction; a single larger batch is still
-/// written whole, since an append is atomic.
+/// The most rows (events and artifacts) one group commit takes from the queue. Bounds the
+/// latency of the appenders at the front of the queue and the size of one transaction; a single
+/// larger batch is still written whole, since an append is atomic.
 const GROUP_CAP: usize = 4096;
 
 /// How many snapshots are kept: the latest, and one to fall back on.
@@ -52,10 +61,19 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 type AppendReply = Result<Vec<CloudEvent>, StoreError>;
 
-/// One `append` call waiting for its group commit.
+/// One `append_with_artifacts` call waiting for its group commit. Its artifacts were already
+/// checked against their ids, so none of them can fail the group.
 struct Pending {
+    artifacts: Vec<Artifact>,
     events: Vec<NewEvent>,
     reply: SyncSender<AppendReply>,
+}
+
+impl Pending {
+    /// What this append counts towards `GROUP_CAP`.
+    fn n_rows(&self) -> usize {
+        self.artifacts.len() + self.events.len()
+    }
 }
 
 enum Request {
@@ -124,14 +142,38 @@ impl Drop for SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn append(&self, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
-        if events.is_empty() {
+    fn append_with_artifacts(&self, artifacts: Vec<Artifact>, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
+        if artifacts.is_empty() && events.is_empty() {
             return Ok(Vec::new());
         }
+        // Checked here, not in the writer, so a bad artifact fails only its own call and not the
+        // group commit it would have joined.
+        if let Some(bad) = artifacts.iter().find(|a| !Artifact::verify(&a.id, &a.bytes)) {
+            return Err(StoreError::ArtifactMismatch { id: bad.id.clone() });
+        }
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Append(Pending { events, reply }))?;
+        self.send(Request::Append(Pending { artifacts, events, reply }))?;
         // The writer dropping `reply` unanswered means it is gone.
         answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT body FROM artifacts WHERE id = ?1")?;
+        let mut rows = stmt.query([id])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::ArtifactCorrupt { id: id.to_owned() };
+        // SQLite does not enforce column types; a body that became TEXT is still checked by content.
+        let bytes = match row.get_ref(0)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
+            _ => return Err(corrupt()),
+        };
+        if !Artifact::verify(id, bytes) {
+            return Err(corrupt());
+        }
+        Ok(Some(bytes.to_vec()))
     }
 
     fn read_after(&self, after_seq: u64, limit: usize, subject: Option<&str>) -> Result<Vec<CloudEvent>, StoreError> {
@@ -203,14 +245,14 @@ impl Writer {
                     let _ = reply.send(self.put_snapshot(seq, &body));
                 }
                 Request::Append(pending) => {
-                    let mut n_events = pending.events.len();
+                    let mut n_rows = pending.n_rows();
                     let mut group = vec![pending];
                     // Take what is already queued, without waiting for more: appenders that
                     // arrive during this commit's fsync form the next group.
-                    while n_events < GROUP_CAP {
+                    while n_rows < GROUP_CAP {
                         match queue.try_recv() {
                             Ok(Request::Append(pending)) => {
-                                n_events += pending.events.len();
+                                n_rows += pending.n_rows();
                                 group.push(pending);
                             }
                             Ok(other) => {
@@ -253,8 +295,9 @@ impl Writer {
         }
     }
 
-    /// Seals and inserts every event of `group` after `self.head` and commits. Does not touch
-    /// `self.head`: on error the transaction rolls back and the head stays where it was.
+    /// Inserts every artifact of `group`, seals and inserts every event after `self.head`, and
+    /// commits: each append's artifacts go in before its events, in the same transaction. Does
+    /// not touch `self.head`: on error the transaction rolls back and the head stays where it was.
     fn write_group(&mut self, group: &[Pending]) -> rusqlite::Result<(Vec<Vec<CloudEvent>>, Head)> {
         if !self.conn.is_autocommit() {
             // Only after a panic whose unwinding failed to roll back; start from a clean state.
@@ -268,7 +311,13 @@ impl Writer {
             // Plain INSERT, not INSERT OR REPLACE: if anything else ever wrote this file, a
             // duplicate seq fails the group instead of overwriting the chain.
             let mut insert = tx.prepare_cached("INSERT INTO events (seq, subject, hash, body) VALUES (?1, ?2, ?3, ?4)")?;
+            // Artifacts are immutable and content-addressed: an id already stored names the same
+            // bytes, so it is left as it is.
+            let mut insert_artifact = tx.prepare_cached("INSERT OR IGNORE INTO artifacts (id, body) VALUES (?1, ?2)")?;
             for pending in group {
+                for artifact in &pending.artifacts {
+                    insert_artifact.execute(params![artifact.id, artifact.bytes])?;
+                }
                 let mut sealed = Vec::with_capacity(pending.events.len());
                 for new in &pending.events {
                     seq += 1;

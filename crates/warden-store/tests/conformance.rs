@@ -70,3 +70,8 @@ fn snapshot_round_trip() {
 fn sealed_events_equal_read_back() {
     conformance::sealed_events_equal_read_back(&fresh().0);
 }
+
+#[test]
+fn artifacts_round_trip_and_are_immutable() {
+    conformance::artifacts_round_trip_and_are_immutable(&fresh().0);
+}
