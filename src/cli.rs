@@ -1,17 +1,19 @@
-//! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`.
+//! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`,
+//! `job run|status|history|cancel|ls`, `artifact get`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use warden_core::job::{JobEvent, JobManifest, KernelEvent};
 use warden_core::time::format_rfc3339_ms;
 use warden_core::units::format_duration_ms;
 use warden_core::{CloudEvent, ReplicationMode, Spec};
 use warden_runtime::auth::Identity;
 use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
-use warden_runtime::view::{ErrorBody, SubmitRequest, WorkloadView};
+use warden_runtime::view::{ErrorBody, JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -80,10 +82,52 @@ enum Command {
         /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
-        /// Only events about this workload.
+        /// Only events about this workload (or job run: its kernel events).
         #[arg(long)]
         workload: Option<String>,
     },
+    /// Durable jobs: multi-step runs that resume where they were after any crash.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// Content-addressed artifacts: job manifests and context snapshots.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Start a run of a job manifest; prints the run id as the last line.
+    Run {
+        manifest: PathBuf,
+        /// The run's initial context: a file holding a JSON object (default `{}`).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Wait until the run has ended; exit non-zero unless it completed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show one run and each of its states.
+    Status { run: String },
+    /// Print a run's kernel events (`-o json`: one flat event per line).
+    History { run: String },
+    /// Cancel a run: its running steps are stopped and it ends `cancelled`.
+    Cancel { run: String },
+    /// List runs, oldest first.
+    Ls {
+        /// Only runs with this status: running, completed, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactCommand {
+    /// Write an artifact's bytes to stdout, exactly as stored.
+    Get { id: String },
 }
 
 pub fn main() -> Result<()> {
@@ -259,7 +303,164 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
             }
             Ok(())
         }
+        Command::Job { command } => run_job(client, command, output),
+        Command::Artifact { command: ArtifactCommand::Get { id } } => {
+            let mut reader = client.call("GET", &format!("/v1/artifacts/{}", encode(&id)), None)?.into_reader();
+            let mut stdout = std::io::stdout().lock();
+            std::io::copy(&mut reader, &mut stdout).context("writing the artifact")?;
+            stdout.flush()?;
+            Ok(())
+        }
     }
+}
+
+fn run_job(client: &Client, command: JobCommand, output: Output) -> Result<()> {
+    match command {
+        JobCommand::Run { manifest, input, wait } => {
+            let file = manifest.display().to_string();
+            let text = std::fs::read_to_string(&manifest).with_context(|| format!("cannot read manifest {file}"))?;
+            // Validate locally first: the same parser the server runs, so errors show without a round trip.
+            JobManifest::parse(&file, &text)?;
+            let request = JobRunRequest {
+                file,
+                manifest_toml: text,
+                workdir: Some(manifest_dir(&manifest)?),
+                input: input.as_deref().map(read_input).transpose()?,
+            };
+            let view: RunView = client.json("POST", "/v1/jobs", Some(&serde_json::to_vec(&request)?))?;
+            if !wait {
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string(&view)?);
+                } else {
+                    eprintln!(
+                        "started {} ({}, manifest {})",
+                        view.name,
+                        states_text(view.states.len()),
+                        short_id(&view.manifest_id)
+                    );
+                    println!("{}", view.run_id);
+                }
+                return Ok(());
+            }
+            if output != Output::Json {
+                eprintln!(
+                    "started {} ({}, manifest {}); waiting",
+                    view.name,
+                    states_text(view.states.len()),
+                    short_id(&view.manifest_id)
+                );
+                // The only line on stdout, so it stays the last one.
+                println!("{}", view.run_id);
+                std::io::stdout().flush()?;
+            }
+            let path = format!("/v1/jobs/{}", encode(&view.run_id));
+            let mut view = view;
+            while view.status == "running" {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                view = client.json("GET", &path, None)?;
+            }
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            }
+            let took = view.finished_at_ms.map(|f| format!(" in {}", format_duration_ms(f.saturating_sub(view.started_at_ms))));
+            let snapshot = view.final_snapshot_id.as_deref().map(|s| format!("; final snapshot {s}")).unwrap_or_default();
+            eprintln!("run {} {}{}{snapshot}", view.run_id, view.status, took.unwrap_or_default());
+            if view.status != "completed" {
+                let failed: Vec<&str> =
+                    view.states.iter().filter(|s| s.status == "failed").map(|s| s.state_id.as_str()).collect();
+                if failed.is_empty() {
+                    bail!("run {} {}", view.run_id, view.status);
+                }
+                bail!("run {} {} (failed: {})", view.run_id, view.status, failed.join(", "));
+            }
+            Ok(())
+        }
+        JobCommand::Status { run } => {
+            let view: RunView = client.json("GET", &format!("/v1/jobs/{}", encode(&run)), None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                print_run(&view);
+            }
+            Ok(())
+        }
+        JobCommand::History { run } => {
+            let reader = BufReader::new(client.call("GET", &format!("/v1/jobs/{}/history", encode(&run)), None)?.into_reader());
+            let mut stdout = std::io::stdout().lock();
+            for line in reader.lines() {
+                let line = line.context("reading the history")?;
+                if output == Output::Json {
+                    writeln!(stdout, "{line}")?;
+                } else {
+                    writeln!(stdout, "{}", history_line(&line))?;
+                }
+            }
+            stdout.flush()?;
+            Ok(())
+        }
+        JobCommand::Cancel { run } => {
+            let view: RunView = client.json("POST", &format!("/v1/jobs/{}/cancel", encode(&run)), None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                println!("{} {}", view.run_id, view.status);
+            }
+            Ok(())
+        }
+        JobCommand::Ls { status } => {
+            let path = match &status {
+                Some(status) => format!("/v1/jobs?status={}", encode(status)),
+                None => "/v1/jobs".to_string(),
+            };
+            let views: Vec<RunView> = client.json("GET", &path, None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&views)?);
+                return Ok(());
+            }
+            let mut rows = vec![["RUN", "NAME", "STATUS", "STATES", "STARTED"].map(String::from).to_vec()];
+            let now = now_ms();
+            for v in &views {
+                let done = v.states.iter().filter(|s| s.status == "completed").count();
+                rows.push(vec![
+                    v.run_id.clone(),
+                    v.name.clone(),
+                    v.status.clone(),
+                    format!("{done}/{}", v.states.len()),
+                    format!("{} ago", format_duration_ms(now.saturating_sub(v.started_at_ms) / 1000 * 1000)),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+    }
+}
+
+fn states_text(n: usize) -> String {
+    if n == 1 {
+        "1 state".into()
+    } else {
+        format!("{n} states")
+    }
+}
+
+/// The manifest's directory, absolute: the workdir of states that set none.
+fn manifest_dir(manifest: &Path) -> Result<String> {
+    let parent = manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = parent.canonicalize().with_context(|| format!("cannot resolve the directory of {}", manifest.display()))?;
+    dir.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("the directory of {} is not UTF-8: {}", manifest.display(), dir.display()))
+}
+
+/// The `--input` file: a JSON object.
+fn read_input(path: &Path) -> Result<serde_json::Value> {
+    let file = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read input {file}"))?;
+    let input: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("input {file} is not JSON"))?;
+    if !input.is_object() {
+        bail!("input {file}: the input context must be a JSON object");
+    }
+    Ok(input)
 }
 
 fn encode(text: &str) -> String {
@@ -273,6 +474,11 @@ fn encode(text: &str) -> String {
 
 fn short_spec_id(spec_id: &str) -> &str {
     &spec_id[..spec_id.len().min(19)]
+}
+
+/// `sha256:` and the first 12 hex digits of an artifact id.
+fn short_id(id: &str) -> &str {
+    short_spec_id(id)
 }
 
 fn print_table(rows: &[Vec<String>]) {
@@ -346,4 +552,86 @@ fn policy_text(policy: warden_core::RestartPolicy) -> String {
         warden_core::RestartPolicy::OnFailure { max_attempts } => format!("on-failure (max_attempts {max_attempts})"),
         other => other.name().to_string(),
     }
+}
+
+fn print_run(v: &RunView) {
+    let optional = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    let lines = [
+        ("run", v.run_id.clone()),
+        ("name", v.name.clone()),
+        ("status", v.status.clone()),
+        ("owner", v.owner.clone()),
+        ("op id", v.op_id.clone()),
+        ("manifest", v.manifest_id.clone()),
+        ("started at", format_rfc3339_ms(v.started_at_ms)),
+        ("finished at", optional(v.finished_at_ms.map(format_rfc3339_ms))),
+        ("initial snapshot", v.initial_snapshot_id.clone()),
+        ("final snapshot", optional(v.final_snapshot_id.clone())),
+        ("events", v.n_events.to_string()),
+    ];
+    for (key, value) in lines {
+        println!("{:<18}{value}", format!("{key}:"));
+    }
+    if v.states.is_empty() {
+        return;
+    }
+    println!();
+    let mut rows = vec![["STATE", "STATUS", "ATTEMPTS", "WORKLOAD", "CONTEXT"].map(String::from).to_vec()];
+    for s in &v.states {
+        let status = match s.retry_at_ms {
+            Some(at) => format!("{} (at {})", s.status, format_rfc3339_ms(at)),
+            None => s.status.clone(),
+        };
+        rows.push(vec![
+            s.state_id.clone(),
+            status,
+            s.attempts.to_string(),
+            s.workload_id.clone().unwrap_or_else(|| "-".into()),
+            s.context_snapshot_id.as_deref().map(short_id).unwrap_or("-").to_string(),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// One line of `job history`, as the server sends it: a flat kernel event plus `seq` and `time`.
+#[derive(serde::Deserialize)]
+struct HistoryLine {
+    seq: u64,
+    time: String,
+    #[serde(flatten)]
+    event: JobEvent,
+}
+
+/// A history line for people; a line this CLI cannot read is shown as it came.
+fn history_line(line: &str) -> String {
+    let Ok(HistoryLine { seq, time, event }) = serde_json::from_str::<HistoryLine>(line) else { return line.to_string() };
+    let short = |id: &Option<String>| id.as_deref().map(short_id).unwrap_or("-").to_string();
+    let (kind, details) = match &event.event {
+        KernelEvent::RunStarted { op_id, manifest_id, initial_snapshot_id } => {
+            ("RunStarted", format!("op={op_id} manifest={} initial={}", short_id(manifest_id), short_id(initial_snapshot_id)))
+        }
+        KernelEvent::StateEntered { state_id, attempt, base_snapshot_id } => {
+            ("StateEntered", format!("{state_id}/{attempt} base={}", short_id(base_snapshot_id)))
+        }
+        KernelEvent::StateCompleted { state_id, context_snapshot_id } => {
+            ("StateCompleted", format!("{state_id} context={}", short_id(context_snapshot_id)))
+        }
+        KernelEvent::StateFailed { state_id, error, failure_snapshot_id } => (
+            "StateFailed",
+            format!(
+                "{state_id} {}: {}{} failure={}",
+                error.code,
+                error.message,
+                if error.retryable { " (retryable)" } else { "" },
+                short(failure_snapshot_id)
+            ),
+        ),
+        KernelEvent::RunCompleted { status, final_snapshot_id } => {
+            ("RunCompleted", format!("{} final={}", status.as_str(), short(final_snapshot_id)))
+        }
+        KernelEvent::RetryScheduled { state_id, attempt, not_before_ms } => {
+            ("RetryScheduled", format!("{state_id}/{attempt} not before {}", format_rfc3339_ms(*not_before_ms)))
+        }
+    };
+    format!("{seq:>6}  {time}  {kind:<14}  {details}")
 }

@@ -73,6 +73,17 @@ pub struct CellConfig {
     /// Resource limits, enforced with cgroups (v1 or v2, whichever the host runs).
     #[serde(default)]
     pub limits: CellLimits,
+    /// Host directories bound into an OCI cell's root (read-write). Process and namespaced
+    /// cells see the host's filesystem as it is, so they need none and ignore these.
+    #[serde(default)]
+    pub binds: Vec<BindMount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// An absolute path inside the container.
+    pub destination: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

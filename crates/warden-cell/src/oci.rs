@@ -142,8 +142,8 @@ const HOST_NAME_MAX: usize = 64;
 /// PID 1 is the workload itself (`args` = the cell's argv, looked up in the container's `PATH`);
 /// it runs as root in new pid, mount, ipc and uts namespaces, and in a new, empty network
 /// namespace (just `lo`) when `network_none`, otherwise in the host's. The root filesystem is
-/// `rootfs`, writable, with `/proc`, a tmpfs `/dev`, `/dev/pts`, `/dev/shm`, `/dev/mqueue` and a
-/// read-only `/sys` mounted on it. The limits become `linux.resources` in the cgroup
+/// `rootfs`, writable, with `/proc`, a tmpfs `/dev`, `/dev/pts`, `/dev/shm`, `/dev/mqueue`, a
+/// read-only `/sys` and the config's `binds` mounted on it. The limits become `linux.resources` in the cgroup
 /// `warden/<cell_id>` (see the module docs). rlimits are not set, so the workload inherits the
 /// supervisor's, as a process cell does.
 pub fn bundle_config(config: &CellConfig, rootfs: &Path, network_none: bool) -> Value {
@@ -153,6 +153,20 @@ pub fn bundle_config(config: &CellConfig, rootfs: &Path, network_none: bool) -> 
         namespaces.push(json!({"type": "network"}));
     }
     let caps = DEFAULT_CAPABILITIES.to_vec();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for bind in &config.binds {
+        mounts.push(json!({"destination": bind.destination, "type": "bind", "source": bind.source, "options": ["rbind", "rw"]}));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -166,17 +180,7 @@ pub fn bundle_config(config: &CellConfig, rootfs: &Path, network_none: bool) -> 
         },
         "root": {"path": rootfs, "readonly": false},
         "hostname": hostname(&config.cell_id),
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-        ],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": cgroups_path(&config.cell_id),
             "resources": resources(&config.limits),

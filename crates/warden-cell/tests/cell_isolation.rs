@@ -36,6 +36,7 @@ fn config(root: &Path, cell_id: &str, isolation: CellIsolation, argv: &[&str]) -
         log_max_files: 1,
         isolation,
         limits: CellLimits::default(),
+        binds: Vec::new(),
     }
 }
 

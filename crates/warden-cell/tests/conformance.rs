@@ -80,6 +80,7 @@ impl Harness {
             log_max_files: 1,
             isolation: self.isolation.clone(),
             limits: CellLimits::default(),
+            binds: Vec::new(),
         }
     }
 

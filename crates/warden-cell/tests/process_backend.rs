@@ -31,6 +31,7 @@ fn config(root: &Path, cell_id: &str, argv: &[&str]) -> CellConfig {
         log_max_files: 3,
         isolation: Default::default(),
         limits: Default::default(),
+        binds: Vec::new(),
     }
 }
 

@@ -247,47 +247,40 @@ impl RawManifest {
 
 /// A cycle in the dependency graph, if any: the index of the state whose `depends_on` closes it,
 /// and the ids along it, first id repeated at the end (`a -> b -> a`, read "a depends on b").
+///
+/// Depth-first with an explicit stack, so a long chain cannot overflow the thread's stack (the
+/// API parses manifests on a small async worker stack).
 fn find_cycle(states: &[StateSpec]) -> Option<(usize, Vec<String>)> {
     let index: BTreeMap<&str, usize> = states.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut color = vec![0u8; states.len()];
-    let mut path: Vec<usize> = Vec::new();
-
-    fn visit(
-        i: usize,
-        states: &[StateSpec],
-        index: &BTreeMap<&str, usize>,
-        color: &mut [u8],
-        path: &mut Vec<usize>,
-    ) -> Option<(usize, Vec<String>)> {
-        color[i] = 1;
-        path.push(i);
-        for dep in &states[i].depends_on {
+    for root in 0..states.len() {
+        if color[root] != 0 {
+            continue;
+        }
+        // The current path: (state, how many of its dependencies were looked at).
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        color[root] = 1;
+        while let Some(&mut (i, ref mut next)) = path.last_mut() {
+            let Some(dep) = states[i].depends_on.get(*next) else {
+                color[i] = 2;
+                path.pop();
+                continue;
+            };
+            *next += 1;
             let j = index[dep.as_str()];
             match color[j] {
                 0 => {
-                    if let Some(found) = visit(j, states, index, color, path) {
-                        return Some(found);
-                    }
+                    color[j] = 1;
+                    path.push((j, 0));
                 }
                 1 => {
-                    let from = path.iter().position(|&k| k == j).expect("a state on the path is in the path");
-                    let mut ids: Vec<String> = path[from..].iter().map(|&k| states[k].id.clone()).collect();
+                    let from = path.iter().position(|&(k, _)| k == j).expect("a state on the path is in the path");
+                    let mut ids: Vec<String> = path[from..].iter().map(|&(k, _)| states[k].id.clone()).collect();
                     ids.push(states[j].id.clone());
                     return Some((i, ids));
                 }
                 _ => {}
-            }
-        }
-        path.pop();
-        color[i] = 2;
-        None
-    }
-
-    for i in 0..states.len() {
-        if color[i] == 0 {
-            if let Some(found) = visit(i, states, &index, &mut color, &mut path) {
-                return Some(found);
             }
         }
     }
@@ -609,6 +602,18 @@ impl RunFold {
         self.states.iter().filter_map(|(id, s)| s.open.map(|attempt| (id.as_str(), attempt)))
     }
 
+    /// The earliest journaled retry still waiting for its backoff, if any.
+    pub fn next_wake_ms(&self) -> Option<u64> {
+        if self.is_done() {
+            return None;
+        }
+        self.states
+            .values()
+            .filter(|s| s.open.is_none() && s.completed.is_none() && s.failed.is_some())
+            .filter_map(|s| s.scheduled.map(|(_, not_before_ms)| not_before_ms))
+            .min()
+    }
+
     /// Where `state_id` stands; `None` until it was first entered.
     pub fn state(&self, state_id: &str) -> Option<&StateFold> {
         self.states.get(state_id)
@@ -717,6 +722,25 @@ mod tests {
         assert_eq!(e.message, "cycle: a -> b -> a");
         assert_eq!(e.line, Some(9));
         assert_eq!(e.to_string(), "job.toml:9: cycle: a -> b -> a");
+    }
+
+    #[test]
+    fn a_long_chain_parses_without_deep_recursion() {
+        let mut text = String::from("name = \"long\"\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("[[state]]\nid = \"s{i}\"\nargv = [\"true\"]\n"));
+            if i > 0 {
+                text.push_str(&format!("depends_on = [\"s{}\"]\n", i - 1));
+            }
+        }
+        // A thread with a small stack, like an async worker's.
+        let parsed = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || JobManifest::parse("long.toml", &text).map(|m| m.states.len()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(parsed, Ok(20_000));
     }
 
     #[test]

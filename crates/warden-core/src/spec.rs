@@ -199,7 +199,10 @@ impl RawLimits {
             Some(text) => match parse_size_bytes(text.get_ref()) {
                 Ok(bytes) if bytes >= 1 << 20 => Some(bytes),
                 Ok(bytes) => {
-                    return Err((Some(text.span()), format!("{prefix}limits.memory_max must be at least 1MiB, got {bytes} bytes")))
+                    return Err((
+                        Some(text.span()),
+                        format!("{prefix}limits.memory_max must be at least 1MiB, got {bytes} bytes"),
+                    ))
                 }
                 Err(why) => return Err((Some(text.span()), format!("{prefix}limits.memory_max: {why}"))),
             },
@@ -220,7 +223,10 @@ impl RawLimits {
             None => None,
             Some(n) if (1..=4_194_304).contains(n.get_ref()) => Some(*n.get_ref() as u32),
             Some(n) => {
-                return Err((Some(n.span()), format!("{prefix}limits.pids_max must be between 1 and 4194304, got {}", n.get_ref())))
+                return Err((
+                    Some(n.span()),
+                    format!("{prefix}limits.pids_max must be between 1 and 4194304, got {}", n.get_ref()),
+                ))
             }
         };
         Ok(Limits { memory_max_bytes, cpu_max_millicores, pids_max })
@@ -329,14 +335,7 @@ impl RawSpec {
             }
         };
 
-        Ok(Spec {
-            name: name.clone(),
-            ttl_ms,
-            cell,
-            restart,
-            replication,
-            logs,
-        })
+        Ok(Spec { name: name.clone(), ttl_ms, cell, restart, replication, logs })
     }
 }
 
@@ -364,14 +363,17 @@ impl RawCell {
                 return Err((Some(span), format!("{prefix}isolation must be \"process\", \"cell\" or \"oci\", got {other:?}")))
             }
         };
-        let graceful_shutdown_ms = duration(&format!("{prefix}graceful_shutdown"), &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
+        let graceful_shutdown_ms =
+            duration(&format!("{prefix}graceful_shutdown"), &cell.graceful_shutdown, DEFAULT_GRACEFUL_SHUTDOWN_MS)?;
         let network = match cell.network.as_ref().map(|n| (n.get_ref().as_str(), n.span())) {
             None | Some(("host", _)) => Network::Host,
             Some(("none", span)) if isolation == Isolation::Process => {
                 return Err((Some(span), format!("{prefix}network = \"none\" needs isolation = \"cell\" or \"oci\"")))
             }
             Some(("none", _)) => Network::None,
-            Some((other, span)) => return Err((Some(span), format!("{prefix}network must be \"host\" or \"none\", got {other:?}"))),
+            Some((other, span)) => {
+                return Err((Some(span), format!("{prefix}network must be \"host\" or \"none\", got {other:?}")))
+            }
         };
         let rootfs = match (&cell.rootfs, isolation) {
             (None, Isolation::Oci) => {
@@ -395,7 +397,9 @@ impl RawCell {
                     return Err((Some(name.span()), format!("{prefix}oci_runtime must be \"runc\" or \"crun\", got {other:?}")))
                 }
             },
-            (Some(name), _) => return Err((Some(name.span()), format!("{prefix}oci_runtime applies only to isolation = \"oci\""))),
+            (Some(name), _) => {
+                return Err((Some(name.span()), format!("{prefix}oci_runtime applies only to isolation = \"oci\"")))
+            }
         };
         let limits = cell.limits.map(|limits| limits.validate(prefix)).transpose()?.unwrap_or_default();
         let workdir = match cell.workdir {

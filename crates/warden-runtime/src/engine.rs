@@ -7,18 +7,23 @@
 //! only ever see `shared`, which is folded from sealed, durable events — exactly what a replay
 //! after a crash would rebuild. Debug builds assert `shared == live` after every batch.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use warden_cell::{CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
+use warden_cell::{BindMount, CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
 use warden_core::workload::{Effect, Input, StopSignal};
 use warden_core::{CellExit, CloudEvent, EventData, LifecycleTerminalState, NewEvent, Phase, Projection, Spec, WorkloadInfo};
 use warden_store::Store;
 
-use crate::view::WorkloadView;
+use warden_core::canonical::Artifact;
+use warden_core::job::JobManifest;
+
+use crate::jobs::{Jobs, Produced, StepContext};
+use crate::view::{RunView, WorkloadView};
 
 /// Snapshot the projection every this many events by default, so start-up replays only the tail.
 pub const DEFAULT_SNAPSHOT_EVERY_N_EVENTS: u64 = 10_000;
@@ -49,26 +54,61 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// warden's own fault (e.g. a corrupt artifact): a 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 /// Everything the engine task handles: one closed enum.
 pub enum Command {
-    Submit { spec: Spec, owner: String, consumer_workload_id: Option<String>, reply: Reply<WorkloadView> },
-    Stop { id: String, caller: String, reply: Reply<WorkloadView> },
-    Cell { workload_id: String, input: Input },
+    Submit {
+        spec: Spec,
+        owner: String,
+        consumer_workload_id: Option<String>,
+        reply: Reply<WorkloadView>,
+    },
+    Stop {
+        id: String,
+        caller: String,
+        reply: Reply<WorkloadView>,
+    },
+    Cell {
+        workload_id: String,
+        input: Input,
+    },
+    /// Start a job run: `input` is its initial context.
+    JobRun {
+        manifest: JobManifest,
+        input: serde_json::Value,
+        owner: String,
+        reply: Reply<RunView>,
+    },
+    /// Cancel a run: its running steps are stopped, and it ends `cancelled`.
+    JobCancel {
+        run_id: String,
+        caller: String,
+        reply: Reply<RunView>,
+    },
 }
+
+/// Every job manifest the engine knows, by `manifest_id`: written by the engine, read by the
+/// API's views (manifests are immutable artifacts, so a cached one is never stale).
+pub type Manifests = Arc<RwLock<BTreeMap<String, Arc<JobManifest>>>>;
 
 enum PendingReply {
     Workload { id: String, reply: Reply<WorkloadView> },
     Failed { error: ApiError, reply: Reply<WorkloadView> },
+    Run { run_id: String, reply: Reply<RunView> },
+    RunFailed { error: ApiError, reply: Reply<RunView> },
 }
 
 pub struct EngineHandle {
     pub commands: mpsc::UnboundedSender<Command>,
     pub shared: Arc<RwLock<Projection>>,
     pub events: broadcast::Sender<Arc<CloudEvent>>,
+    pub manifests: Manifests,
 }
 
 pub struct Engine {
@@ -84,6 +124,8 @@ pub struct Engine {
     logs_dir: PathBuf,
     last_snapshot_seq: u64,
     snapshot_every_n_events: u64,
+    jobs: Jobs,
+    manifests: Manifests,
 }
 
 impl Engine {
@@ -93,6 +135,7 @@ impl Engine {
         backend: Arc<ProcessBackend>,
         host: &str,
         logs_dir: PathBuf,
+        jobs_dir: PathBuf,
         snapshot_every_n_events: u64,
     ) -> Result<(Engine, EngineHandle), LoadError> {
         let mut projection = match store.latest_snapshot()? {
@@ -119,7 +162,13 @@ impl Engine {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(RwLock::new(projection.clone()));
-        let handle = EngineHandle { commands: commands_tx.clone(), shared: shared.clone(), events: events.clone() };
+        let (jobs, manifests) = Jobs::load(&projection, store.clone(), jobs_dir);
+        let handle = EngineHandle {
+            commands: commands_tx.clone(),
+            shared: shared.clone(),
+            events: events.clone(),
+            manifests: manifests.clone(),
+        };
         let engine = Engine {
             live: projection,
             shared,
@@ -133,6 +182,8 @@ impl Engine {
             logs_dir,
             last_snapshot_seq,
             snapshot_every_n_events: snapshot_every_n_events.max(1),
+            jobs,
+            manifests,
         };
         Ok((engine, handle))
     }
@@ -144,7 +195,7 @@ impl Engine {
 
     /// Journals a fact found at start-up that is not a workload's decision (e.g. a tail repair).
     pub async fn record(&mut self, data: EventData) {
-        self.commit(vec![data], now_ms()).await;
+        self.commit(vec![data], Vec::new(), now_ms()).await;
     }
 
     /// Re-adopts every cell the journal says exists: live cells are watched again, cells that
@@ -175,6 +226,7 @@ impl Engine {
                     }
                     _ => {
                         summary.lost += 1;
+                        self.jobs.ended_while_down(&workload_id);
                         send(Input::CellExited { cell_id, exit: lost_exit("cell vanished while the supervisor was down") })
                     }
                 },
@@ -199,10 +251,12 @@ impl Engine {
                 }
                 CellState::Exited(status) => {
                     summary.exited_while_down += 1;
+                    self.jobs.ended_while_down(&workload_id);
                     send(Input::CellExited { cell_id, exit: cell_exit(&status) });
                 }
                 CellState::Lost { reason } => {
                     summary.lost += 1;
+                    self.jobs.ended_while_down(&workload_id);
                     send(Input::CellExited { cell_id, exit: lost_exit(&reason) });
                 }
             }
@@ -216,7 +270,8 @@ impl Engine {
     pub async fn run(mut self) {
         loop {
             let mut batch = Vec::new();
-            let sleep = match self.live.next_deadline_ms() {
+            let deadline = [self.live.next_deadline_ms(), self.jobs.next_wake_ms(&self.live)].into_iter().flatten().min();
+            let sleep = match deadline {
                 // Capped, so a deadline centuries away cannot overflow the timer.
                 Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms()).min(3_600_000)),
                 None => Duration::from_secs(3600),
@@ -243,6 +298,7 @@ impl Engine {
         let mut events = Vec::new();
         let mut effects = Vec::new();
         let mut replies = Vec::new();
+        let mut jobs = Produced::default();
         for command in batch {
             match command {
                 Command::Submit { spec, owner, consumer_workload_id, reply } => {
@@ -257,19 +313,7 @@ impl Engine {
                             continue;
                         }
                     }
-                    let info = WorkloadInfo {
-                        id: random_id("w-"),
-                        vmid: 0,
-                        workload_type: spec.cell.isolation.as_str().to_string(),
-                        spec_id: spec.spec_id(),
-                        created_at: now / 1000,
-                        expires_at: spec.ttl_ms.map(|ttl| now.saturating_add(ttl).div_ceil(1000)),
-                        owner,
-                        replication: spec.replication.mode,
-                        restart_policy: spec.restart.policy,
-                        state_uri: None,
-                        consumer_workload_id,
-                    };
+                    let info = new_workload_info(random_id("w-"), &spec, owner, consumer_workload_id, now);
                     let id = info.id.clone();
                     let decision = self.live.submit(info, spec, now);
                     events.extend(decision.events);
@@ -302,6 +346,16 @@ impl Engine {
                     }
                     Err(e) => tracing::warn!("ignoring cell report: {e}"),
                 },
+                Command::JobRun { manifest, input, owner, reply } => {
+                    let run_id = self.jobs.start(&mut self.live, manifest, input, owner, now, &mut jobs);
+                    replies.push(PendingReply::Run { run_id, reply });
+                }
+                Command::JobCancel { run_id, caller, reply } => {
+                    match self.jobs.cancel(&mut self.live, &run_id, &caller, now, &mut jobs) {
+                        Ok(()) => replies.push(PendingReply::Run { run_id, reply }),
+                        Err(error) => replies.push(PendingReply::RunFailed { error, reply }),
+                    }
+                }
             }
         }
         for id in self.live.due(now) {
@@ -313,8 +367,25 @@ impl Engine {
                 Err(e) => tracing::warn!("tick: {e}"),
             }
         }
-        if !events.is_empty() {
-            self.commit(events, now).await;
+        // Job steps last: they read the outcome of every workload event decided above.
+        self.jobs.touch(&events);
+        self.jobs.touch(&jobs.events);
+        self.jobs.touch_due(&self.live, now);
+        self.jobs.step(&mut self.live, now, &mut jobs);
+        events.extend(jobs.events);
+        effects.extend(jobs.effects);
+        if !events.is_empty() || !jobs.artifacts.is_empty() {
+            self.commit(events, jobs.artifacts, now).await;
+        }
+        for run_id in jobs.finished {
+            let dir = self.jobs.run_dir(&run_id);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!("cannot remove {}: {e}", dir.display());
+                    }
+                }
+            });
         }
         for effect in effects {
             self.carry_out(effect);
@@ -329,6 +400,16 @@ impl Engine {
                 PendingReply::Failed { error, reply } => {
                     let _ = reply.send(Err(error));
                 }
+                PendingReply::Run { run_id, reply } => {
+                    let view = shared.runs.get(&run_id).map(|run| {
+                        let manifest = self.manifests.read().expect("manifests lock").get(&run.manifest_id).cloned();
+                        RunView::of(run, manifest.as_deref())
+                    });
+                    let _ = reply.send(view.ok_or_else(|| ApiError::NotFound(format!("no job run {run_id}"))));
+                }
+                PendingReply::RunFailed { error, reply } => {
+                    let _ = reply.send(Err(error));
+                }
             }
         }
     }
@@ -336,7 +417,7 @@ impl Engine {
     /// Journals `events` durably, folds them into the readers' projection and publishes them.
     /// A journal failure is fatal: the process exits and the next start replays the journal,
     /// because continuing would act on decisions that are not durable.
-    async fn commit(&mut self, events: Vec<EventData>, now: u64) {
+    async fn commit(&mut self, events: Vec<EventData>, artifacts: Vec<Artifact>, now: u64) {
         let new_events: Vec<NewEvent> = events
             .into_iter()
             .map(|data| NewEvent {
@@ -348,7 +429,7 @@ impl Engine {
             })
             .collect();
         let store = self.store.clone();
-        let sealed = match tokio::task::spawn_blocking(move || store.append(new_events)).await {
+        let sealed = match tokio::task::spawn_blocking(move || store.append_with_artifacts(artifacts, new_events)).await {
             Ok(Ok(sealed)) => sealed,
             Ok(Err(e)) => fatal(&format!("journal append failed: {e}")),
             Err(e) => fatal(&format!("journal writer panicked: {e}")),
@@ -417,15 +498,30 @@ impl Engine {
                 cpu_max_millicores: workload.spec.cell.limits.cpu_max_millicores,
                 pids_max: workload.spec.cell.limits.pids_max,
             },
+            binds: Vec::new(),
         };
+        let mut config = config;
+        // A job step starts from its base context, written just before its cell (also when a
+        // start is resumed after a crash: the cell never ran, so the file is rewritten whole).
+        let step = self.jobs.step_context(&self.live, &workload_id);
+        if let Some(step) = step.as_ref().filter(|step| step.oci_bind) {
+            config.binds.push(BindMount { source: step.dir.clone(), destination: StepContext::oci_destination().into() });
+        }
         let backend = self.backend.clone();
         let commands = self.commands_tx.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             if let Some(dir) = config.log_path.parent() {
                 let _ = tokio::fs::create_dir_all(dir).await;
             }
             let starter = backend.clone();
-            let started = tokio::task::spawn_blocking(move || starter.start(&config)).await;
+            let started = tokio::task::spawn_blocking(move || {
+                if let Some(step) = step {
+                    step.materialize(store.as_ref()).map_err(|e| format!("cannot write the step's context: {e}"))?;
+                }
+                starter.start(&config).map_err(|e| e.to_string())
+            })
+            .await;
             let input = match started {
                 Ok(Ok(started)) => {
                     let input =
@@ -434,7 +530,7 @@ impl Engine {
                     watch(backend, commands, workload_id, cell_id, started).await;
                     return;
                 }
-                Ok(Err(e)) => Input::CellStartFailed { cell_id, error: e.to_string() },
+                Ok(Err(e)) => Input::CellStartFailed { cell_id, error: e },
                 Err(e) => Input::CellStartFailed { cell_id, error: format!("start task failed: {e}") },
             };
             let _ = commands.send(Command::Cell { workload_id, input });
@@ -452,6 +548,29 @@ impl Engine {
                 tracing::warn!(%cell_id, "signal failed: {e}");
             }
         });
+    }
+}
+
+/// A new workload's `WorkloadInfo` (its `vmid` is assigned by `Projection::submit`).
+pub(crate) fn new_workload_info(
+    id: String,
+    spec: &Spec,
+    owner: String,
+    consumer_workload_id: Option<String>,
+    now: u64,
+) -> WorkloadInfo {
+    WorkloadInfo {
+        id,
+        vmid: 0,
+        workload_type: spec.cell.isolation.as_str().to_string(),
+        spec_id: spec.spec_id(),
+        created_at: now / 1000,
+        expires_at: spec.ttl_ms.map(|ttl| now.saturating_add(ttl).div_ceil(1000)),
+        owner,
+        replication: spec.replication.mode,
+        restart_policy: spec.restart.policy,
+        state_uri: None,
+        consumer_workload_id,
     }
 }
 

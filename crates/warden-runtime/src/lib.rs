@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod engine;
+pub mod jobs;
 pub mod paths;
 pub mod view;
 
@@ -83,8 +84,14 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     };
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
-    let (mut engine, handle) =
-        Engine::load(store.clone(), backend, &config.node_name, logs_dir.clone(), config.snapshot_every_n_events)?;
+    let (mut engine, handle) = Engine::load(
+        store.clone(),
+        backend,
+        &config.node_name,
+        logs_dir.clone(),
+        data_dir.join("jobs"),
+        config.snapshot_every_n_events,
+    )?;
     if let Some(repair) = &report.repaired {
         eprintln!(
             "warden: journal tail was torn or corrupt at event {} ({}); discarded {} event(s) from there, kept 1..{}",
@@ -133,6 +140,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         replays: Default::default(),
         host: config.node_name.clone(),
         logs_dir,
+        manifests: handle.manifests.clone(),
     };
     let engine_task = tokio::spawn(engine.run());
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.map_err(UpError::Serve)?;

@@ -1,6 +1,7 @@
-//! What the API returns about a workload: every `WorkloadInfo` field plus its live state.
+//! What the API takes and returns: workloads (every `WorkloadInfo` field plus live state) and job runs.
 
 use serde::{Deserialize, Serialize};
+use warden_core::job::{JobManifest, RunRecord};
 use warden_core::workload::ExitRecord;
 use warden_core::{Phase, Workload, WorkloadInfo};
 
@@ -70,4 +71,116 @@ pub struct SubmitRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// The body of `POST /v1/jobs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRunRequest {
+    /// The manifest's file name, used in error messages.
+    pub file: String,
+    pub manifest_toml: String,
+    /// The workdir of states that set none: the CLI sends the manifest's directory. Absolute.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The run's initial context (`--input`); `{}` when absent.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+}
+
+/// What the API returns about a job run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunView {
+    pub run_id: String,
+    pub op_id: String,
+    /// The manifest's `name`.
+    pub name: String,
+    pub manifest_id: String,
+    /// `running|completed|failed|cancelled`.
+    pub status: String,
+    pub owner: String,
+    pub initial_snapshot_id: String,
+    pub final_snapshot_id: Option<String>,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// Kernel events journaled for the run.
+    pub n_events: u64,
+    /// In manifest order.
+    pub states: Vec<StateView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateView {
+    pub state_id: String,
+    /// `pending|running|retrying|completed|failed`: `retrying` is a failure waiting out its
+    /// backoff, `failed` one with no retries left.
+    pub status: String,
+    /// Attempts entered so far (the next attempt's number).
+    pub attempts: u32,
+    /// The workload running (or that last ran) this state: `<run_id>.<state_id>.<attempt>`.
+    pub workload_id: Option<String>,
+    pub context_snapshot_id: Option<String>,
+    /// When a `retrying` state is entered again.
+    pub retry_at_ms: Option<u64>,
+    pub depends_on: Vec<String>,
+}
+
+impl RunView {
+    pub fn of(run: &RunRecord, manifest: Option<&JobManifest>) -> RunView {
+        let states = manifest
+            .map(|manifest| {
+                manifest
+                    .states
+                    .iter()
+                    .map(|spec| {
+                        let fold = run.fold.state(&spec.id);
+                        let attempts = fold.map_or(0, |s| s.entered);
+                        let status = match fold {
+                            None => "pending",
+                            Some(s) if s.completed.is_some() => "completed",
+                            Some(s) if s.open.is_some() => "running",
+                            Some(s) => match s.failed {
+                                Some((true, _)) if s.entered <= spec.retry.max_attempts && run.status.is_none() => "retrying",
+                                _ => "failed",
+                            },
+                        };
+                        StateView {
+                            state_id: spec.id.clone(),
+                            status: status.to_string(),
+                            attempts,
+                            workload_id: attempts.checked_sub(1).map(|last| step_workload_id(&run.run_id, &spec.id, last)),
+                            context_snapshot_id: fold.and_then(|s| s.completed.clone()),
+                            retry_at_ms: fold.and_then(|s| s.scheduled.filter(|_| status == "retrying").map(|(_, at)| at)),
+                            depends_on: spec.depends_on.clone(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        RunView {
+            run_id: run.run_id.clone(),
+            op_id: run.op_id.clone(),
+            name: manifest.map(|m| m.name.clone()).unwrap_or_default(),
+            manifest_id: run.manifest_id.clone(),
+            status: run.status.map_or("running", |s| s.as_str()).to_string(),
+            owner: run.owner.clone(),
+            initial_snapshot_id: run.initial_snapshot_id.clone(),
+            final_snapshot_id: run.final_snapshot_id.clone(),
+            started_at_ms: run.started_at_ms,
+            finished_at_ms: run.finished_at_ms,
+            n_events: run.n_events,
+            states,
+        }
+    }
+}
+
+/// The id of the workload that runs `attempt` of `state_id` in run `run_id`. Run ids contain no
+/// `.`, so the run is everything before the first one.
+pub fn step_workload_id(run_id: &str, state_id: &str, attempt: u32) -> String {
+    format!("{run_id}.{state_id}.{attempt}")
+}
+
+/// The run a step workload belongs to, if `workload_id` is one.
+pub fn run_of_step_workload(workload_id: &str) -> Option<&str> {
+    workload_id.strip_prefix("r-")?;
+    workload_id.split_once('.').map(|(run, _)| run)
 }
