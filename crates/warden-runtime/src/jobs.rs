@@ -89,6 +89,18 @@ impl Jobs {
             active,
             ended_while_down: HashSet::new(),
         };
+        // A crash between a run's end and the removal of its attempt directories leaves them
+        // behind; a run that is not active has no use for them.
+        if let Ok(entries) = std::fs::read_dir(&jobs.jobs_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !jobs.active.contains(&name) {
+                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::warn!("cannot remove {}: {e}", entry.path().display());
+                    }
+                }
+            }
+        }
         let wanted: BTreeSet<&str> = projection.runs.values().map(|run| run.manifest_id.as_str()).collect();
         for id in wanted {
             if let Err(e) = jobs.manifest(id) {
