@@ -1,4 +1,4 @@
-//! The example spec from the README parses, to exactly the values it documents.
+//! The README's examples parse, to exactly the values they document.
 
 use std::collections::BTreeMap;
 
@@ -66,4 +66,20 @@ fn the_spec_in_the_readme_quick_start_parses() {
     assert_eq!(spec.restart.policy, RestartPolicy::OnFailure { max_attempts: 3 });
     assert_eq!((spec.restart.backoff_ms, spec.restart.backoff_max_ms), (100, 30_000));
     assert_eq!(spec.replication.mode, ReplicationMode::None);
+}
+
+/// The job manifest in README.md's "Durable jobs" section, read from the README itself.
+#[test]
+fn the_readme_job_manifest_parses() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = &readme[readme.find("## Durable jobs").expect("README has a Durable jobs section")..];
+    let block = section.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml block");
+    let manifest = warden_core::job::JobManifest::parse("README.md", block).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(manifest.name, "etl");
+    let ids: Vec<&str> = manifest.states.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["extract", "transform"]);
+    assert_eq!(manifest.states[0].timeout_ms, Some(600_000));
+    assert_eq!(manifest.states[1].depends_on, ["extract"]);
+    let retry = manifest.states[1].retry;
+    assert_eq!((retry.max_attempts, retry.backoff_ms, retry.backoff_max_ms), (3, 1_000, 60_000));
 }
