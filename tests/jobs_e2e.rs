@@ -289,10 +289,8 @@ argv = ["sh", "-c", '''test $$ = 1 && test "$WARDEN_CONTEXT" = /run/warden/job/c
     let context: Value =
         serde_json::from_str(&warden.cli_ok(&["artifact", "get", done["final_snapshot_id"].as_str().unwrap()])).unwrap();
     assert_eq!(context, json!({"start": 0, "process": 1, "cell": 1, "oci": 1}));
-    let types: Vec<String> = ["process", "cell", "oci"]
-        .iter()
-        .map(|state| warden.status(&format!("{run}.{state}.0")).info.workload_type)
-        .collect();
+    let types: Vec<String> =
+        ["process", "cell", "oci"].iter().map(|state| warden.status(&format!("{run}.{state}.0")).info.workload_type).collect();
     assert_eq!(types, ["process", "cell", "oci"]);
     let run_dir = warden.data_dir().join("jobs").join(&run);
     let deadline = Instant::now() + Duration::from_secs(10);
