@@ -348,3 +348,43 @@ fn repeated_kill9_of_warden_never_runs_a_step_twice() {
     assert_eq!(keys, expected.iter().collect::<Vec<_>>(), "{context}");
     assert_contiguous_chain(&warden.events(&[]));
 }
+
+/// A retry's backoff is journaled: a restart during it neither forgets the timer nor restarts it.
+#[test]
+fn a_backoff_pending_across_a_restart_keeps_its_deadline() {
+    let mut warden = Warden::start();
+    let manifest = warden.write_spec(
+        "flaky.toml",
+        r#"
+name = "flaky"
+[[state]]
+id = "flaky"
+retry = { max_attempts = 1, backoff = "2s" }
+argv = ["sh", "-c", "test $WARDEN_ATTEMPT = 1"]
+"#,
+    );
+    let run = job_run(&warden, &manifest, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let not_before = loop {
+        if let Some(e) = history(&warden, &run).iter().find(|e| e["kind"] == "RetryScheduled") {
+            break e["not_before_ms"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no retry scheduled");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    warden.kill9();
+    // Down for half the backoff: a timer restarted at start-up would fire ~1 s late.
+    std::thread::sleep(Duration::from_millis(1_000));
+    warden.up();
+    wait_run(&warden, &run, "completed");
+    let h = history(&warden, &run);
+    assert_eq!(h.iter().filter(|e| e["kind"] == "RetryScheduled").count(), 1, "scheduled once: {h:#?}");
+    let entered = of_kind(&h, "StateEntered", "flaky");
+    let retry_at = time_ms(entered[1]["time"].as_str().unwrap());
+    assert!(retry_at >= not_before, "the retry waited for its backoff: {retry_at} < {not_before}");
+    assert!(retry_at < not_before + 600, "the restart did not start the backoff again: {retry_at} vs {not_before}");
+}
+
+fn time_ms(rfc3339: &str) -> u64 {
+    warden_core::time::parse_rfc3339_ms(rfc3339).unwrap()
+}
