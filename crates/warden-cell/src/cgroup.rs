@@ -75,6 +75,8 @@ struct Mount {
     v2: bool,
     /// v1 only: the controllers bound to this hierarchy.
     controllers: Vec<String>,
+    /// v1 only: every super option, so also controllers warden does not use and `name=...`.
+    options: Vec<String>,
 }
 
 fn mounts() -> Vec<Mount> {
@@ -95,12 +97,13 @@ fn parse_mount(line: &str) -> Option<Mount> {
     let _source = r.next()?;
     let options = r.next().unwrap_or("");
     match fstype {
-        "cgroup2" => Some(Mount { point: PathBuf::from(point), root, v2: true, controllers: Vec::new() }),
+        "cgroup2" => Some(Mount { point: PathBuf::from(point), root, v2: true, controllers: Vec::new(), options: Vec::new() }),
         "cgroup" => Some(Mount {
             point: PathBuf::from(point),
             root,
             v2: false,
             controllers: options.split(',').filter(|o| CONTROLLERS.contains(o)).map(str::to_string).collect(),
+            options: options.split(',').map(str::to_string).collect(),
         }),
         _ => None,
     }
@@ -415,6 +418,55 @@ fn targets(mounts: &[Mount], own: &str) -> Result<(bool, Vec<Target>), String> {
         return Err("no memory, cpu or pids cgroup hierarchy is mounted".into());
     }
     Ok((false, targets))
+}
+
+/// After an OCI runtime was killed while it created a container (a start undone): removes the
+/// cgroup directories it may already have made for the cell — `warden/<cell_id>` under this
+/// process's cgroup in *every* hierarchy, where runc resolves the bundle's relative
+/// `cgroupsPath` (see [`crate::oci`]) — which the runtime's `delete` cannot remove for a
+/// container whose state it never got to write. Only `rmdir`: a directory that still holds a
+/// process is not the leftover of a killed start (it may be another warden's live cell of the
+/// same id), and stays. Retries briefly while the killed runtime's last processes finish exiting.
+pub(crate) fn remove_runtime_leftovers(cell_id: &str) {
+    let Ok(own) = std::fs::read_to_string("/proc/self/cgroup") else { return };
+    let mounts = mounts();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let fits = |m: &&Mount| {
+            if ctrls.is_empty() {
+                m.v2
+            } else {
+                !m.v2 && ctrls.split(',').all(|c| m.options.iter().any(|o| o == c))
+            }
+        };
+        for m in mounts.iter().filter(fits) {
+            let rel = match m.root.as_str() {
+                "/" => path,
+                root => path.strip_prefix(root).unwrap_or(path),
+            };
+            let dir = m.point.join(rel.trim_start_matches('/')).join("warden").join(cell_id);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for dir in dirs {
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    crate::shim::report(format_args!("cgroup {} left behind: {e}", dir.display()));
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// v2 only lets a cgroup use the controllers its parent enables for its children; enables the

@@ -22,6 +22,11 @@
 //! * `pid.json` – a [`StartedCell`], written atomically by the shim once the workload was exec'd
 //!   (for an OCI cell: once the runtime reported the container's PID 1). For an isolated cell `pid` is the host pid of the cell's init (the cell's identity: killing
 //!   it ends the cell), not of the workload; for an OCI cell, of the container's PID 1.
+//! * `lease.json` – fenced cells only ([`CellConfig::fence`]): a [`LeaseRecord`],
+//!   `{"epoch", "deadline_boottime_ns"}`, the time on `CLOCK_BOOTTIME` until which the cell may
+//!   run. Written atomically by the supervisor: the first one by [`ProcessBackend::start`] before
+//!   the shim is spawned, later ones by [`ProcessBackend::renew_lease`]. The shim only reads it,
+//!   when its deadline timer fires; see [`Fence`].
 //! * `exit.json` – an [`ExitStatus`], written atomically by the shim once the workload was reaped.
 //! * `shim.err` – the shim's own stderr, for post-mortems.
 //!
@@ -29,6 +34,12 @@
 //! ([`oci::state_root`]): one directory per container the runtime knows. A container whose shim
 //! is gone is killed and deleted by [`ProcessBackend::inspect`]; [`ProcessBackend::remove`]
 //! deletes whatever a shim could not.
+//!
+//! A cell can be *fenced* ([`Fence`]): the right to run it is a lease, and its shim kills it
+//! when the lease runs out unless the supervisor extended it in time — by the shim's own timer,
+//! so the fence holds even when the supervisor (or a cluster agent) was SIGKILLed. This crate
+//! only provides the mechanism; the lease arithmetic (why a deadline computed so can never
+//! outlast the grant) is the caller's.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,6 +49,7 @@ mod cell_init;
 mod cgroup;
 mod durable;
 mod exit_report;
+mod fence;
 mod logs;
 pub mod oci;
 mod process;
@@ -46,6 +58,7 @@ mod shim;
 mod sys;
 
 pub use cgroup::{cgroup_layout, CgroupLayout};
+pub use fence::{boottime_ns, LeaseRecord};
 pub use process::{ProcessBackend, ShimExe};
 pub use procfs::process_start_time;
 pub use shim::shim_main;
@@ -77,6 +90,36 @@ pub struct CellConfig {
     /// cells see the host's filesystem as it is, so they need none and ignore these.
     #[serde(default)]
     pub binds: Vec<BindMount>,
+    /// Set for a fenced primary: the cell may only run while `lease.json` in its dir grants it
+    /// [`Fence::epoch`] with a deadline in the future, and its shim kills it (as a forced stop
+    /// does) once that deadline passes unextended. `None`: an ordinary cell, no lease.
+    #[serde(default)]
+    pub fence: Option<Fence>,
+}
+
+/// A fenced cell's lease, as it starts; see [`CellConfig::fence`].
+///
+/// No lease, no cell: [`ProcessBackend::start`] writes `lease.json` with `epoch` and
+/// `initial_deadline_boottime_ns` *before* it spawns the shim, and refuses to start the cell
+/// ([`StartError::LeaseExpired`]) when that deadline has already passed. From then on the
+/// supervisor extends the deadline with [`ProcessBackend::renew_lease`] (same epoch).
+///
+/// The shim arms a timer for the deadline on `CLOCK_BOOTTIME` ([`boottime_ns`]); when it fires,
+/// the shim re-reads `lease.json` and re-arms for a later deadline of the same epoch, or else
+/// kills the cell at once and records [`ExitStatus::fenced`]. A missing or unreadable lease, or
+/// one naming another epoch, counts as expired. The deadline is on `CLOCK_BOOTTIME`, not
+/// `CLOCK_MONOTONIC`, because a lease is about real time: the granting server keeps counting
+/// while this host is suspended, and `CLOCK_MONOTONIC` does not — a host waking up from a long
+/// suspend would keep running a primary that was meanwhile granted elsewhere.
+///
+/// The cell ends within a short kill budget after its deadline (SIGKILL to its process group,
+/// its init, or the container's PID 1, then the reap), and never before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The lease's epoch; every `lease.json` the cell runs on must name exactly this one.
+    pub epoch: u64,
+    /// The first deadline, on `CLOCK_BOOTTIME` in nanoseconds (see [`boottime_ns`]).
+    pub initial_deadline_boottime_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +216,10 @@ pub struct ExitStatus {
     /// Why, in words, when the exit code alone does not say (e.g. why a cell was `Forced`).
     #[serde(default)]
     pub detail: Option<String>,
+    /// The shim killed the cell because its lease expired ([`Fence`]); `detail` then starts with
+    /// `fenced: lease epoch N expired (<why>)`.
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// What the backend knows about a cell, typically after a supervisor restart.
@@ -222,6 +269,10 @@ pub enum StartError {
     /// runtime.
     #[error("OCI runtime: {0}")]
     Runtime(String),
+    /// A fenced cell's lease had expired (or was missing, unreadable or for another epoch) before
+    /// its workload ran: no lease, no cell. Nothing was started.
+    #[error("lease expired, cell not started: {0}")]
+    LeaseExpired(String),
     /// The shim went away (or spoke nonsense) without reporting success or failure.
     #[error("no handshake from shim: {0}")]
     Handshake(String),

@@ -4,6 +4,7 @@
 
 use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
+use crate::fence::{boottime_ns, write_lease, LeaseRecord};
 use crate::oci;
 use crate::procfs::{is_alive, process_start_time};
 use crate::sys::{self, TryLock};
@@ -100,14 +101,33 @@ impl ProcessBackend {
 
     /// Blocking; returns once the workload has been exec'd (or failed to). Idempotent guard:
     /// error if the cell dir already exists.
+    ///
+    /// A fenced cell ([`CellConfig::fence`]) gets its first `lease.json` before its shim is
+    /// spawned, and is refused with [`StartError::LeaseExpired`] if the fence's initial deadline
+    /// has already passed (then not even its directory is created), or if the lease expired
+    /// while the shim was starting it (then nothing of the workload is left running).
     pub fn start(&self, config: &CellConfig) -> Result<StartedCell, StartError> {
         validate(config)?;
+        if let Some(fence) = &config.fence {
+            let now = boottime_ns();
+            if fence.initial_deadline_boottime_ns <= now {
+                return Err(StartError::LeaseExpired(format!(
+                    "lease epoch {} has deadline {} ns, but CLOCK_BOOTTIME already reads {now} ns",
+                    fence.epoch, fence.initial_deadline_boottime_ns
+                )));
+            }
+        }
         let dir = self.cell_dir(&config.cell_id);
         std::fs::create_dir_all(&self.cells_dir).map_err(io_err("create cells dir"))?;
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(StartError::AlreadyExists(dir)),
             Err(e) => return Err(io_err("create cell dir")(e)),
+        }
+        if let Some(fence) = &config.fence {
+            // Before config.json: whoever sees a fenced config also sees its lease.
+            let lease = LeaseRecord { epoch: fence.epoch, deadline_boottime_ns: fence.initial_deadline_boottime_ns };
+            write_lease(&dir, &lease).map_err(io_err("write lease.json"))?;
         }
         write_json_atomic(&dir, "config.json", config).map_err(io_err("write config.json"))?;
         let shim_err =
@@ -134,6 +154,8 @@ impl ProcessBackend {
             Err(StartError::Exec(msg.to_string()))
         } else if let Some(msg) = line.strip_prefix("err runtime ") {
             Err(StartError::Runtime(msg.to_string()))
+        } else if let Some(msg) = line.strip_prefix("err fenced ") {
+            Err(StartError::LeaseExpired(msg.to_string()))
         } else if let Some(msg) = line.strip_prefix("err ") {
             Err(StartError::Shim(msg.to_string()))
         } else if let Err(e) = read {
@@ -143,6 +165,22 @@ impl ProcessBackend {
         } else {
             Err(StartError::Handshake(format!("malformed handshake {line:?}")))
         }
+    }
+
+    /// Extends (or replaces) a fenced cell's lease: atomically rewrites `<cell dir>/lease.json`
+    /// with `epoch` and a deadline on `CLOCK_BOOTTIME` in nanoseconds ([`boottime_ns`]). Its shim
+    /// looks at the file when the deadline it last read passes: a later deadline of the cell's
+    /// own epoch keeps the cell running; anything else (another epoch, a deadline already
+    /// passed) ends it at once, fenced. Shortening a deadline takes effect only at the previous
+    /// one. Fails with `NotFound` if the cell dir does not exist (a lease is never created for a
+    /// cell that is not there); for an unfenced or ended cell the file is written but never read.
+    /// Safe to call from several threads: concurrent renewals never tear the file (the last
+    /// rename wins, so callers should not race deadlines that go backwards).
+    pub fn renew_lease(&self, cell_id: &str, epoch: u64, deadline_boottime_ns: u64) -> io::Result<()> {
+        if validate_id(cell_id).is_err() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cell id {cell_id:?} is not a plain file name")));
+        }
+        write_lease(&self.cell_dir(cell_id), &LeaseRecord { epoch, deadline_boottime_ns })
     }
 
     /// After a supervisor restart: what is this cell's state?
@@ -385,14 +423,7 @@ fn io_err(context: &'static str) -> impl Fn(io::Error) -> StartError {
 /// Rejects what the shim could not exec, before any directory is created.
 fn validate(config: &CellConfig) -> Result<(), StartError> {
     let bad = |msg: String| Err(StartError::InvalidConfig(msg));
-    let id = &config.cell_id;
-    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > crate::exit_report::MAX_CELL_ID {
-        return bad(format!("cell id {id:?} is not a plain file name"));
-    }
-    if id.starts_with('.') {
-        // Hidden names in the cells dir are warden's own (the OCI runtime's `.oci-state`).
-        return bad(format!("cell id {id:?} starts with a dot"));
-    }
+    validate_id(&config.cell_id).map_err(StartError::InvalidConfig)?;
     if let CellIsolation::Oci { rootfs, .. } = &config.isolation {
         // The runtime would resolve a relative root against the bundle, not the supervisor.
         if !rootfs.is_absolute() {
@@ -420,6 +451,17 @@ fn validate(config: &CellConfig) -> Result<(), StartError> {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
             return bad(format!("invalid environment variable {k:?}"));
         }
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > crate::exit_report::MAX_CELL_ID {
+        return Err(format!("cell id {id:?} is not a plain file name"));
+    }
+    if id.starts_with('.') {
+        // Hidden names in the cells dir are warden's own (the OCI runtime's `.oci-state`).
+        return Err(format!("cell id {id:?} starts with a dot"));
     }
     Ok(())
 }

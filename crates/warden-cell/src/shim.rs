@@ -19,11 +19,21 @@
 //! runtime that gives up before that (crun refusing hybrid cgroups, a bad rootfs) is a failed
 //! start, `err runtime <its own words>`. Stop requests become `runc kill`; once the runtime has
 //! exited the shim reads the container's OOM count and deletes it.
+//!
+//! For a fenced cell ([`crate::Fence`], see [`crate::fence`]) the loop also polls a timerfd on
+//! `CLOCK_BOOTTIME` armed for the lease's deadline. When it fires, the shim re-reads
+//! `lease.json`: a later deadline of the same epoch re-arms it; anything else kills the cell at
+//! once — as a forced stop does, except that an OCI container's PID 1 is SIGKILLed directly
+//! (through a pidfd) rather than through `runc kill`, which would first have to start — and
+//! `exit.json` records `fenced`. All of it is the shim's own doing: it holds with the supervisor
+//! dead. A lease that expires while the shim is still starting the cell fails the start
+//! (`err fenced <why>`) and leaves nothing running.
 
 use crate::cell_init::{self, InitCtx};
 use crate::cgroup::CellCgroups;
 use crate::durable::{read_json, write_json_atomic};
 use crate::exit_report::{self, Key, Outcome, MAX_REPORT};
+use crate::fence::FenceWatch;
 use crate::logs::LogSink;
 use crate::oci::{self, OciError};
 use crate::procfs::{is_alive, proc_stat, process_start_time};
@@ -91,6 +101,8 @@ enum Failure {
     Setup(String),
     /// The OCI runtime is missing or refused to start the container.
     Runtime(String),
+    /// A fenced cell's lease expired (or was not valid) before the workload was running.
+    Fenced(String),
 }
 
 impl Failure {
@@ -118,8 +130,9 @@ pub fn shim_main(cell_dir: &Path) -> ! {
                 Failure::Exec(msg) => format!("err exec {}\n", one_line(msg)),
                 Failure::Setup(msg) => format!("err {}\n", one_line(msg)),
                 Failure::Runtime(msg) => format!("err runtime {}\n", one_line(msg)),
+                Failure::Fenced(msg) => format!("err fenced {}\n", one_line(msg)),
             };
-            let (Failure::Exec(msg) | Failure::Setup(msg) | Failure::Runtime(msg)) = &failure;
+            let (Failure::Exec(msg) | Failure::Setup(msg) | Failure::Runtime(msg) | Failure::Fenced(msg)) = &failure;
             report(format_args!("{msg}"));
             // The supervisor may be gone; then nobody needs the line and EPIPE is fine.
             let _ = sys::write_all_fd(libc::STDOUT_FILENO, line.as_bytes());
@@ -145,6 +158,8 @@ struct Running {
     cell: Option<CellWatch>,
     /// Set for OCI cells only; `child` is then the runtime.
     oci: Option<OciCell>,
+    /// Set for fenced cells only.
+    fence: Option<FenceWatch>,
     /// Held (never read) so the flock lasts until the process exits.
     _lock: File,
 }
@@ -164,6 +179,8 @@ struct OciCell {
     name: &'static str,
     state_root: PathBuf,
     id: Box<str>,
+    /// The cell's id, which names its cgroups (`warden/<cell_id>`).
+    cell_id: Box<str>,
     /// Where the runtime writes the container's PID 1 (`--pid-file`).
     pid_file: PathBuf,
     /// The container's PID 1 and its start time, once the runtime reported it.
@@ -210,6 +227,7 @@ impl OciCell {
             name,
             state_root,
             id: id.into(),
+            cell_id: config.cell_id.as_str().into(),
             pid_file,
             pid: 0,
             pid_start_time: 0,
@@ -235,6 +253,23 @@ impl OciCell {
                     send(self.pid as libc::pid_t, libc::SIGKILL);
                 }
             }
+        }
+    }
+
+    /// The fence's kill: SIGKILL straight to the container's PID 1, whose death ends every
+    /// process in the container — at once, where `runc kill` would first have to start a
+    /// runtime. A pidfd opened before the start time is checked makes sure it hits that very
+    /// process and not one that recycled its pid. Falls back to [`OciCell::signal`] when PID 1
+    /// cannot be identified (e.g. it was already gone when the start was recorded).
+    fn kill_now(&mut self) {
+        let direct = self.pid_start_time != 0
+            && sys::pidfd_open(self.pid).is_ok_and(|pidfd| {
+                process_start_time(self.pid) == Some(self.pid_start_time) && sys::pidfd_send_signal(&pidfd, libc::SIGKILL).is_ok()
+            });
+        if direct {
+            self.exit_deadline.get_or_insert(Instant::now() + RUNTIME_EXIT_GRACE);
+        } else {
+            self.signal(true);
         }
     }
 
@@ -351,6 +386,15 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     };
     let mut sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
         .map_err(|e| Failure::setup(format_args!("open log {}", config.log_path.display()), e))?;
+    // No lease, no cell: the lease is read (and the timer armed) before anything is started.
+    let mut fence = match &config.fence {
+        Some(f) => {
+            let mut watch = FenceWatch::new(f.epoch).map_err(|e| Failure::setup("timerfd", e))?;
+            watch.rearm(cell_dir).map_err(Failure::Fenced)?;
+            Some(watch)
+        }
+        None => None,
+    };
     let cgroups = match mode {
         // The runtime makes the container's cgroups (`warden/<cell_id>`) itself.
         Mode::Oci(_) => None,
@@ -358,10 +402,19 @@ fn start(cell_dir: &Path) -> Result<Running, Failure> {
     };
     drop(config);
 
-    match launch(cell_dir, &plan, cgroups.as_ref(), mode, &mut sink) {
-        Ok(Launched { child, log_read, signal_fd, cell, oci }) => {
-            Ok(Running { cell_dir: cell_dir.to_path_buf(), child, log_read, signal_fd, sink, cgroups, cell, oci, _lock: lock })
-        }
+    match launch(cell_dir, &plan, cgroups.as_ref(), mode, &mut sink, fence.as_mut()) {
+        Ok(Launched { child, log_read, signal_fd, cell, oci }) => Ok(Running {
+            cell_dir: cell_dir.to_path_buf(),
+            child,
+            log_read,
+            signal_fd,
+            sink,
+            cgroups,
+            cell,
+            oci,
+            fence,
+            _lock: lock,
+        }),
         Err(failure) => {
             // Whatever joined the cgroups (a half-started workload) goes with them.
             if let Some(cgroups) = &cgroups {
@@ -383,13 +436,14 @@ struct Launched {
 
 /// Starts the workload — directly, under a new init in new namespaces, or as an OCI runtime's
 /// container — waits until it was exec'd (or the container runs), records `pid.json` and sends
-/// the handshake.
+/// the handshake. A fenced cell whose lease expired by then is undone instead.
 fn launch(
     cell_dir: &Path,
     plan: &ExecPlan,
     cgroups: Option<&CellCgroups>,
     mode: Mode,
     sink: &mut LogSink,
+    mut fence: Option<&mut FenceWatch>,
 ) -> Result<Launched, Failure> {
     let devnull = OpenOptions::new()
         .read(true)
@@ -482,7 +536,7 @@ fn launch(
     drop(err_read);
 
     let (pid, pid_start_time, oci) = match mode {
-        Mode::Oci(mut oci) => match wait_for_container(child, &log_read, sink, &oci) {
+        Mode::Oci(mut oci) => match wait_for_container(cell_dir, child, &log_read, sink, &oci, fence.as_deref_mut()) {
             Ok((pid, start_time)) => {
                 oci.pid = pid;
                 oci.pid_start_time = start_time;
@@ -499,7 +553,13 @@ fn launch(
     };
     let shim_pid = std::process::id();
     let started = StartedCell { pid, pid_start_time, shim_pid, shim_start_time: process_start_time(shim_pid).unwrap_or(0) };
-    if let Err(e) = write_json_atomic(cell_dir, "pid.json", &started) {
+    // A lease that ran out while the cell was being started: no lease, no cell. Once recorded,
+    // the cell is the loop's to fence.
+    let failure = match fence.map(|f| f.check(cell_dir)) {
+        Some(Err(why)) => Some(Failure::Fenced(why)),
+        _ => write_json_atomic(cell_dir, "pid.json", &started).err().map(|e| Failure::setup("write pid.json", e)),
+    };
+    if let Some(failure) = failure {
         // Unrecorded, the workload could never be re-adopted: undo the start instead.
         match &oci {
             Some(oci) => undo_oci_start(child, oci),
@@ -508,7 +568,7 @@ fn launch(
                 reap_blocking(child);
             }
         }
-        return Err(Failure::setup("write pid.json", e));
+        return Err(failure);
     }
 
     let line = format!("ok {} {} {} {}\n", started.pid, started.pid_start_time, started.shim_pid, started.shim_start_time);
@@ -523,17 +583,23 @@ fn launch(
 
 /// Waits until the runtime has started the container; returns its PID 1 and that process's
 /// start time. Copies the runtime's output (and the container's first output) to the log
-/// meanwhile, and keeps its tail to explain a failed start in the runtime's own words.
+/// meanwhile, and keeps its tail to explain a failed start in the runtime's own words. A fenced
+/// cell's start fails as soon as its lease expires.
 fn wait_for_container(
+    cell_dir: &Path,
     runtime: libc::pid_t,
     log_read: &OwnedFd,
     sink: &mut LogSink,
     oci: &OciCell,
+    mut fence: Option<&mut FenceWatch>,
 ) -> Result<(u32, u64), Failure> {
     let deadline = Instant::now() + OCI_START_LIMIT;
     let mut tail = Vec::new();
     let mut pause = Duration::from_millis(1);
     loop {
+        if let Some(Err(why)) = fence.as_deref_mut().map(|f| f.check(cell_dir)) {
+            return Err(Failure::Fenced(why));
+        }
         // Looked at before the pid file, so that a pid file read after the runtime ended is
         // complete. WNOWAIT: the supervision loop reaps it, and learns its status then.
         let ended = peek_exit(runtime);
@@ -577,13 +643,15 @@ fn wait_for_container(
 }
 
 /// The start failed after the runtime ran: it goes (with anything of its own process group,
-/// e.g. a half-started `runc init`), then whatever it created of the container.
+/// e.g. a half-started `runc init`), then whatever it created of the container — also the
+/// cgroups of a container it was killed too early to record.
 fn undo_oci_start(runtime: libc::pid_t, oci: &OciCell) {
     let _ = sys::kill(-runtime, libc::SIGKILL);
     reap_blocking(runtime);
     if let Err(e) = oci.delete() {
         report(format_args!("after a failed start: {e}"));
     }
+    crate::cgroup::remove_runtime_leftovers(&oci.cell_id);
 }
 
 /// The runtime's exit, if it has exited, without reaping it: `(si_code, si_status)`.
@@ -1014,11 +1082,14 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
     }
 
     let report_fd = run.cell.as_ref().map_or(-1, |c| c.report_read.as_raw_fd());
+    let fence_fd = run.fence.as_ref().map_or(-1, FenceWatch::fd);
     let mut fds = [
         libc::pollfd { fd: run.log_read.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: run.signal_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         // Ignored by poll while negative (process isolation, or once the pipe closed).
         libc::pollfd { fd: report_fd, events: libc::POLLIN, revents: 0 },
+        // The lease's deadline timer; negative for an unfenced cell, and once the fence fired.
+        libc::pollfd { fd: fence_fd, events: libc::POLLIN, revents: 0 },
     ];
     // Set once the report pipe closed: by then the init is exiting, and is not waited for forever.
     let mut init_deadline: Option<Instant> = None;
@@ -1029,7 +1100,7 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
         }
         let timeout = init_deadline
             .map_or(-1, |d| d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as libc::c_int);
-        // SAFETY: `fds` is a valid array of three pollfds.
+        // SAFETY: `fds` is a valid array of pollfds.
         let ret = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if ret < 0 {
             let e = io::Error::last_os_error();
@@ -1054,6 +1125,14 @@ fn supervise(mut run: Running, buf: &mut [MaybeUninit<u8>; COPY_BUF]) -> ! {
             let ret = unsafe { libc::waitpid(run.child, &mut status, libc::WNOHANG) };
             if ret == run.child {
                 finish(&mut run, buf, fds[0].fd >= 0, Some(status));
+            }
+        }
+        // After the child's end was looked at: a cell that already ended was not fenced.
+        if fds[3].revents != 0 {
+            let expired = run.fence.as_mut().and_then(|f| f.rearm(&run.cell_dir).err());
+            if let Some(why) = expired {
+                fds[3].fd = -1;
+                fence_kill(&mut run, &why);
             }
         }
         if init_deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1237,6 +1316,15 @@ fn stop(run: &mut Running, kill: bool) {
     }
 }
 
+/// The lease expired: the cell dies now, as in a forced stop (see the module docs).
+fn fence_kill(run: &mut Running, why: &str) {
+    report(format_args!("{why}: killing the cell"));
+    match &mut run.oci {
+        Some(oci) => oci.kill_now(),
+        None => stop(run, true),
+    }
+}
+
 /// `kill(target, signal)`, logging anything but "already gone".
 fn send(target: libc::pid_t, signal: libc::c_int) {
     if let Err(e) = sys::kill(target, signal) {
@@ -1274,7 +1362,7 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
                 let note = format!("container not deleted: {e}");
                 detail = Some(detail.map_or(note.clone(), |d| format!("{d}; {note}")));
             }
-            ExitStatus { exit_code, signal: None, finished_at_ms, terminal_state: None, oom_killed, detail }
+            ExitStatus { exit_code, signal: None, finished_at_ms, terminal_state: None, oom_killed, detail, fenced: false }
         }
         (None, None) => {
             // The cell ends with its main process, as a systemd unit does: whatever it left
@@ -1291,6 +1379,7 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
                 terminal_state: None,
                 oom_killed,
                 detail: None,
+                fenced: false,
             }
         }
         (Some(cell), None) => {
@@ -1320,6 +1409,7 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
                     terminal_state: Some(TerminalState::Clean),
                     oom_killed,
                     detail: None,
+                    fenced: false,
                 },
                 // Never a made-up code: without an authenticated report there is none.
                 Err(detail) => ExitStatus {
@@ -1329,10 +1419,19 @@ fn finish(run: &mut Running, buf: &mut [MaybeUninit<u8>; COPY_BUF], pipe_open: b
                     terminal_state: Some(TerminalState::Forced),
                     oom_killed,
                     detail: Some(detail),
+                    fenced: false,
                 },
             }
         }
     };
+    let mut exit = exit;
+    if let Some(why) = run.fence.as_mut().and_then(|f| f.fired.take()) {
+        exit.fenced = true;
+        exit.detail = Some(match exit.detail.take() {
+            Some(detail) => format!("{why}; {detail}"),
+            None => why,
+        });
+    }
     for attempt in 1..=5 {
         match write_json_atomic(&run.cell_dir, "exit.json", &exit) {
             Ok(()) => std::process::exit(0),

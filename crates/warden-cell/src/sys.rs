@@ -1,5 +1,5 @@
-//! Thin, safe wrappers over the few Linux syscalls the backend and the shim need
-//! (flock, pidfd, renameat2, pipes, clone); each keeps its `unsafe` next to its SAFETY argument.
+//! Thin, safe wrappers over the few Linux syscalls the backend and the shim need (flock, pidfd,
+//! renameat2, pipes, clone, timerfd); each keeps its `unsafe` next to its SAFETY argument.
 
 use std::ffi::CString;
 use std::io;
@@ -87,6 +87,37 @@ pub(crate) fn ready_fd() -> io::Result<OwnedFd> {
     let fd = cvt(unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) })?;
     // SAFETY: freshly created descriptor, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A non-blocking, close-on-exec timerfd on `CLOCK_BOOTTIME` (which counts through suspend).
+pub(crate) fn timerfd_boottime() -> io::Result<OwnedFd> {
+    // SAFETY: timerfd_create takes plain integers and returns a new descriptor or -1.
+    let fd = cvt(unsafe { libc::timerfd_create(libc::CLOCK_BOOTTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK) })?;
+    // SAFETY: freshly created descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arms `timer` to expire once, when its clock reads `deadline_ns` (at once if that has passed).
+pub(crate) fn timerfd_set_absolute(timer: &OwnedFd, deadline_ns: u64) -> io::Result<()> {
+    // An all-zero `it_value` would disarm the timer instead; no clock reads 0 ns after boot.
+    let deadline_ns = deadline_ns.max(1);
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        it_value: libc::timespec {
+            tv_sec: (deadline_ns / 1_000_000_000).min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+    let ret = unsafe { libc::timerfd_settime(timer.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    cvt(ret).map(drop)
+}
+
+/// Consumes a pending expiry of a non-blocking timerfd, if any.
+pub(crate) fn timerfd_drain(timer: &OwnedFd) {
+    let mut expirations = [0u8; 8];
+    // EAGAIN (nothing pending) is the common case; nothing else can go wrong that matters here.
+    let _ = read_fd(timer.as_raw_fd(), &mut expirations);
 }
 
 /// `renameat2(RENAME_NOREPLACE)`: never clobbers an existing target, even an empty directory.

@@ -37,6 +37,7 @@ fn config(root: &Path, cell_id: &str, isolation: CellIsolation, argv: &[&str]) -
         isolation,
         limits: CellLimits::default(),
         binds: Vec::new(),
+        fence: None,
     }
 }
 

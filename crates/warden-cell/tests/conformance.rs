@@ -5,6 +5,11 @@
 //! says so in one place ([`assert_sigkilled`], [`clean_if_cell`]). Every check ends by
 //! verifying that the cell left nothing behind: no process, no mount, no cgroup, no OCI runtime
 //! state, no cell directory. Needs root, cgroups, runc and busybox-static (installed on demand).
+//!
+//! The `fence_*` checks cover self-fencing ([`warden_cell::Fence`]): a fenced cell dies at its
+//! lease's deadline — never before, and gone with its exit recorded within [`KILL_BUDGET`] after
+//! — unless the lease is renewed, also when the supervisor that started it was SIGKILLed; and a
+//! cell whose lease has already expired is never started.
 
 // Shared with tests/oci.rs, which also uses the parts this suite does not (crun).
 
@@ -15,11 +20,11 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{cgroup_dirs, is_dead, poll_readable, read_log, rootfs, wait_for, EXIT_TIMEOUT};
+use support::{cgroup_dirs, is_dead, ms_after, pidfd, poll_readable, read_log, rootfs, wait_for, EXIT_TIMEOUT};
 use warden_cell::oci as runtime;
 use warden_cell::{
-    process_start_time, CellConfig, CellIsolation, CellLimits, CellState, ExitStatus, OciRuntime, ProcessBackend, ShimExe,
-    StartedCell, TerminalState,
+    boottime_ns, process_start_time, CellConfig, CellIsolation, CellLimits, CellState, ExitStatus, Fence, OciRuntime,
+    ProcessBackend, ShimExe, StartError, StartedCell, TerminalState,
 };
 
 /// The stop grace the checks grant: a workload that handles SIGTERM must be gone well before.
@@ -30,6 +35,12 @@ const MIB: u64 = 1024 * 1024;
 const MARKER: &str = "CONFORMANCE_CELL";
 /// Names the re-adoption helper's request file; see [`supervisor_process_for_readoption`].
 const HELPER_ENV: &str = "WARDEN_CONFORMANCE_SUPERVISOR";
+/// A fenced cell's first lease in the checks: room for any backend to start it (a container
+/// takes ~100 ms here), also on a loaded machine.
+const FIRST_LEASE: Duration = Duration::from_millis(600);
+/// How late after its deadline a fenced cell may still be seen (warden-core's default
+/// `kill_budget_ms`): the kill, the reap, and `exit.json` written.
+const KILL_BUDGET: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -81,7 +92,13 @@ impl Harness {
             isolation: self.isolation.clone(),
             limits: CellLimits::default(),
             binds: Vec::new(),
+            fence: None,
         }
+    }
+
+    /// [`Harness::config`] for a fenced cell whose first lease (`epoch`) ends at `deadline`.
+    fn fenced(&self, check: &str, script: &str, epoch: u64, deadline: u64) -> CellConfig {
+        CellConfig { fence: Some(Fence { epoch, initial_deadline_boottime_ns: deadline }), ..self.config(check, script) }
     }
 
     fn start(&self, cfg: &CellConfig) -> StartedCell {
@@ -111,6 +128,43 @@ impl Harness {
             !children.trim().is_empty()
         });
         children.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Watches a fenced cell die of its lease expiring at `deadline`: still alive shortly before
+    /// it, gone no earlier than it (the cell's identity, `started.pid`, is watched through a
+    /// pidfd) and with its exit recorded within [`KILL_BUDGET`] after it, as `fenced`.
+    fn assert_fenced_at(&self, cfg: &CellConfig, started: &StartedCell, epoch: u64, deadline: u64) -> ExitStatus {
+        let id = &cfg.cell_id;
+        let cell = pidfd(started.pid).unwrap_or_else(|| panic!("{id}: not running"));
+        let until_shortly_before = Duration::from_nanos(deadline.saturating_sub(boottime_ns())).saturating_sub(MARGIN);
+        assert!(!poll_readable(&cell, until_shortly_before), "{id} died before its lease's deadline");
+        assert!(poll_readable(&cell, EXIT_TIMEOUT), "{id} outlived its lease by {EXIT_TIMEOUT:?}");
+        let died = boottime_ns();
+        let exit = self.wait_exit(cfg, started);
+        let recorded = boottime_ns();
+        eprintln!(
+            "fence precision ({:?}): the cell was gone {:.1} ms and its exit recorded {:.1} ms after the deadline",
+            self.kind,
+            ms_after(died, deadline),
+            ms_after(recorded, deadline)
+        );
+        assert!(died >= deadline, "{id} died {:.1} ms before its lease's deadline", -ms_after(died, deadline));
+        assert!(
+            recorded <= deadline + KILL_BUDGET.as_nanos() as u64,
+            "{id}: exit recorded {:.1} ms after the deadline, over the {KILL_BUDGET:?} kill budget",
+            ms_after(recorded, deadline)
+        );
+        assert!(exit.fenced, "{exit:?}");
+        let detail = exit.detail.as_deref().unwrap_or_default();
+        assert!(detail.starts_with(&format!("fenced: lease epoch {epoch} expired")), "{exit:?}");
+        match self.kind {
+            // Killed with its init: nobody vouches for a code.
+            Kind::Cell => {
+                assert_eq!((exit.exit_code, exit.signal, exit.terminal_state), (None, None, Some(TerminalState::Forced)))
+            }
+            Kind::Process | Kind::Oci => assert_sigkilled(self.kind, &exit),
+        }
+        exit
     }
 
     /// The cell left nothing behind: no process, no mount, no cgroup, no OCI runtime state; and
@@ -148,6 +202,13 @@ impl Drop for Harness {
             rootfs::delete_all_containers(&runc, &self.backend.oci_state_root());
         }
     }
+}
+
+/// How long before its deadline a fenced cell is last seen alive by the checks.
+const MARGIN: Duration = Duration::from_millis(30);
+
+fn deadline_in(d: Duration) -> u64 {
+    boottime_ns() + d.as_nanos() as u64
 }
 
 fn wait_for_log(cfg: &CellConfig, needle: &str) {
@@ -318,28 +379,7 @@ fn logs(kind: Kind) {
 fn readoption(kind: Kind) {
     let h = harness(kind);
     let cfg = h.config("adopt", "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done");
-    // The supervisor is a process of its own, started and SIGKILLed like `warden up` would be.
-    // Its orphaned shim is then re-parented to us (a subreaper), so we can reap it as the next
-    // supervisor's children would be reaped by whoever adopts them.
-    // SAFETY: prctl with integer arguments; only marks this process as a subreaper.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let request = h.tmp.path().join("supervisor-request.json");
-    std::fs::write(&request, serde_json::to_vec(&(h.tmp.path().join("cells"), &cfg)).unwrap()).unwrap();
-    let supervisor = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "supervisor_process_for_readoption", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(HELPER_ENV, &request)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut supervisor = KillOnDrop(supervisor);
-    let mut lines = BufReader::new(supervisor.0.stdout.take().unwrap()).lines();
-    let started: StartedCell = loop {
-        let line = lines.next().expect("the supervisor exited without starting the cell").unwrap();
-        if let Some((_, json)) = line.split_once("started ") {
-            break serde_json::from_str(json).unwrap();
-        }
-    };
+    let (supervisor, started) = spawn_supervisor(&h, &cfg);
     wait_for_log(&cfg, "ready");
     drop(supervisor);
 
@@ -380,6 +420,121 @@ fn teardown(kind: Kind) {
     h.assert_torn_down(&cfg, &started);
 }
 
+fn fence_expires(kind: Kind) {
+    let h = harness(kind);
+    let deadline = deadline_in(FIRST_LEASE);
+    // Deaf to SIGTERM: only a SIGKILL ends it.
+    let cfg = h.fenced("fence-expires", "trap '' TERM; echo ready; sleep 60", 7, deadline);
+    let started = h.start(&cfg);
+    // The supervisor wrote the first lease before the cell started.
+    let lease: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.backend.cell_dir(&cfg.cell_id).join("lease.json")).unwrap()).unwrap();
+    assert_eq!(lease, serde_json::json!({"epoch": 7, "deadline_boottime_ns": deadline}));
+    wait_for_log(&cfg, "ready");
+    h.assert_fenced_at(&cfg, &started, 7, deadline);
+    h.assert_torn_down(&cfg, &started);
+}
+
+fn fence_renewed(kind: Kind) {
+    let h = harness(kind);
+    let t0 = boottime_ns();
+    let first = t0 + FIRST_LEASE.as_nanos() as u64;
+    let cfg = h.fenced("fence-renewed", "trap '' TERM; echo ready; sleep 60", 9, first);
+    let started = h.start(&cfg);
+    let cell = pidfd(started.pid).unwrap();
+    // Renewed every 100 ms for 300 ms more, as an agent's heartbeats would, well past the first
+    // deadline.
+    let mut last = first;
+    while boottime_ns() < t0 + 1_500_000_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        last = deadline_in(Duration::from_millis(300));
+        h.backend.renew_lease(&cfg.cell_id, 9, last).unwrap();
+        assert!(!poll_readable(&cell, Duration::ZERO), "the cell died although its lease was renewed");
+    }
+    assert!(read_log(&cfg).contains("ready"));
+    // Renewals stop: the cell dies at the last deadline granted.
+    h.assert_fenced_at(&cfg, &started, 9, last);
+    h.assert_torn_down(&cfg, &started);
+}
+
+fn fence_survives_supervisor_kill(kind: Kind) {
+    let h = harness(kind);
+    let deadline = deadline_in(Duration::from_millis(1200));
+    let cfg = h.fenced("fence-orphan", "trap '' TERM; echo ready; sleep 60", 11, deadline);
+    let (supervisor, started) = spawn_supervisor(&h, &cfg);
+    wait_for_log(&cfg, "ready");
+    // SIGKILL: the supervisor gets no chance to stop anything. The fence is the shim's alone.
+    drop(supervisor);
+    assert!(!is_dead(started.pid) && !is_dead(started.shim_pid), "the cell died with its supervisor");
+    h.assert_fenced_at(&cfg, &started, 11, deadline);
+    h.assert_torn_down(&cfg, &started);
+}
+
+fn fence_refuses_expired_lease(kind: Kind) {
+    let h = harness(kind);
+    // Expired before `start`: not even a directory is made.
+    let cfg = h.fenced("fence-expired", "echo ran; sleep 60", 3, boottime_ns() - 1);
+    match h.backend.start(&cfg) {
+        Err(StartError::LeaseExpired(msg)) => assert!(msg.contains("lease epoch 3 has deadline"), "{msg}"),
+        other => panic!("a cell without a valid lease must not start: {other:?}"),
+    }
+    assert!(!h.backend.cell_dir(&cfg.cell_id).exists());
+    assert_eq!(h.backend.inspect(&cfg.cell_id), CellState::NotStarted);
+    assert_eq!(processes_of(&cfg.cell_id), Vec::<u32>::new());
+
+    // Expiring while the shim starts the cell (for OCI, typically while runc creates the
+    // container): the shim refuses or undoes the start, and nothing of the cell is left. Should
+    // the start beat the deadline after all (a container can start in 30 ms), the cell must be
+    // fenced at it like any other.
+    let lease = if kind == Kind::Oci { Duration::from_millis(20) } else { Duration::from_millis(1) };
+    let deadline = deadline_in(lease);
+    let cfg = h.fenced("fence-lapsed", "echo ran; sleep 60", 4, deadline);
+    let id = &cfg.cell_id;
+    match h.backend.start(&cfg) {
+        Err(StartError::LeaseExpired(msg)) => assert!(msg.contains("fenced: lease epoch 4 expired"), "{msg}"),
+        Ok(started) => {
+            eprintln!("{id}: started before its {lease:?} lease expired");
+            h.assert_fenced_at(&cfg, &started, 4, deadline);
+            h.assert_torn_down(&cfg, &started);
+            return;
+        }
+        Err(e) => panic!("a cell whose lease lapsed during its start must not run: {e}"),
+    }
+    assert_eq!(processes_of(id), Vec::<u32>::new(), "{id}: processes outlived the refused start");
+    assert_eq!(cell_cgroups(id), Vec::<PathBuf>::new(), "{id}: cgroups left");
+    assert!(!h.backend.oci_state_root().join(runtime::container_id(id)).exists(), "{id}: OCI runtime state left");
+    assert!(!h.backend.cell_dir(id).join("pid.json").exists());
+    assert_eq!(h.backend.inspect(id), CellState::NotStarted);
+    h.backend.remove(id).unwrap();
+}
+
+/// Starts `cfg` from a supervisor that is a process of its own ([`supervisor_process_for_readoption`]),
+/// to be SIGKILLed like `warden up` (or an agent) would be: dropping the handle does that. Its
+/// orphaned shim is then re-parented to us (a subreaper), so we can reap it as the next
+/// supervisor's children would be reaped by whoever adopts them.
+fn spawn_supervisor(h: &Harness, cfg: &CellConfig) -> (KillOnDrop, StartedCell) {
+    // SAFETY: prctl with integer arguments; only marks this process as a subreaper.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let request = h.tmp.path().join(format!("supervisor-request-{}.json", cfg.cell_id));
+    std::fs::write(&request, serde_json::to_vec(&(h.tmp.path().join("cells"), cfg)).unwrap()).unwrap();
+    let supervisor = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "supervisor_process_for_readoption", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(HELPER_ENV, &request)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut supervisor = KillOnDrop(supervisor);
+    let mut lines = BufReader::new(supervisor.0.stdout.take().unwrap()).lines();
+    let started: StartedCell = loop {
+        let line = lines.next().expect("the supervisor exited without starting the cell").unwrap();
+        if let Some((_, json)) = line.split_once("started ") {
+            break serde_json::from_str(json).unwrap();
+        }
+    };
+    (supervisor, started)
+}
+
 /// A child process that is SIGKILLed (and reaped) when dropped, also when a check fails.
 struct KillOnDrop(std::process::Child);
 
@@ -390,7 +545,8 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Not a check: the supervisor process that [`readoption`] starts and then SIGKILLs. It starts
+/// Not a check: the supervisor process that [`readoption`] and [`fence_survives_supervisor_kill`]
+/// start (through [`spawn_supervisor`]) and then SIGKILL. It starts
 /// the cell it is asked to, prints the handshake, and waits to be killed (at most a minute, in
 /// case the check that started it died first).
 #[test]
@@ -422,4 +578,17 @@ macro_rules! conformance {
     };
 }
 
-conformance!(exit_code, signal_death, stop_with_grace, forced_stop, memory_limit, logs, readoption, teardown);
+conformance!(
+    exit_code,
+    signal_death,
+    stop_with_grace,
+    forced_stop,
+    memory_limit,
+    logs,
+    readoption,
+    teardown,
+    fence_expires,
+    fence_renewed,
+    fence_survives_supervisor_kill,
+    fence_refuses_expired_lease,
+);

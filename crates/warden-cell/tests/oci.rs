@@ -76,6 +76,7 @@ fn cell(fx: &Fixture, name: &str, script: &str) -> CellConfig {
         isolation: CellIsolation::Oci { rootfs: fx.rootfs.clone(), runtime: OciRuntime::Runc, network_none: false },
         limits: CellLimits::default(),
         binds: Vec::new(),
+        fence: None,
     }
 }
 
@@ -219,6 +220,7 @@ fn bundle_config_follows_the_cell() {
         isolation: CellIsolation::Oci { rootfs: "/images/web".into(), runtime: OciRuntime::Runc, network_none: true },
         limits: CellLimits { memory_max_bytes: Some(64 * MIB), cpu_max_millicores: Some(500), pids_max: Some(20) },
         binds: Vec::new(),
+        fence: None,
     };
     let c = oci::bundle_config(&config, Path::new("/images/web"), true);
     assert_eq!(c["process"]["args"], serde_json::json!(["server", "--port=80"]));

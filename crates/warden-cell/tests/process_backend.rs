@@ -1,15 +1,17 @@
 //! End-to-end tests of the process backend with real shims and real workloads, beyond what the
 //! conformance suite (`tests/conformance.rs`) checks for every backend: process groups, exec
 //! failures, env and workdir, log rotation, and recovery corner cases (lost shims, abandoned
-//! dirs, forged pids).
+//! dirs, forged pids), and how a fenced cell's shim treats a lease it cannot trust.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::{is_dead, poll_readable, read_log, wait_until, EXIT_TIMEOUT};
-use warden_cell::{process_start_time, CellConfig, CellState, ExitStatus, ProcessBackend, ShimExe, StartError, StartedCell};
+use support::{is_dead, pidfd, poll_readable, read_log, wait_until, EXIT_TIMEOUT};
+use warden_cell::{
+    boottime_ns, process_start_time, CellConfig, CellState, ExitStatus, Fence, ProcessBackend, ShimExe, StartError, StartedCell,
+};
 
 fn shim_exe() -> ShimExe {
     ShimExe::Standalone(PathBuf::from(env!("CARGO_BIN_EXE_warden-shim")))
@@ -32,6 +34,7 @@ fn config(root: &Path, cell_id: &str, argv: &[&str]) -> CellConfig {
         isolation: Default::default(),
         limits: Default::default(),
         binds: Vec::new(),
+        fence: None,
     }
 }
 
@@ -297,4 +300,57 @@ fn locate_falls_back_to_the_subcommand() {
     // Test binaries live in target/*/deps, where no warden-shim sits next to them.
     let exe = std::env::current_exe().unwrap();
     assert_eq!(ShimExe::locate(), ShimExe::Subcommand(exe));
+}
+
+/// Fail safe: when the deadline passes, a lease for another epoch, an unreadable one or none at
+/// all is an expired one. None of them extends the cell, however far its deadline lies.
+#[test]
+fn fence_treats_a_lease_it_cannot_trust_as_expired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let deadline = boottime_ns() + 300_000_000;
+    let far = boottime_ns() + 60_000_000_000;
+    let cells = ["foreign", "garbage", "missing"].map(|id| {
+        let cfg = CellConfig {
+            fence: Some(Fence { epoch: 5, initial_deadline_boottime_ns: deadline }),
+            ..sh(tmp.path(), id, "sleep 60")
+        };
+        let started = b.start(&cfg).unwrap();
+        let cell = pidfd(started.pid).unwrap();
+        (id, started, cell)
+    });
+    b.renew_lease("foreign", 6, far).unwrap();
+    std::fs::write(b.cell_dir("garbage").join("lease.json"), format!("{{\"epoch\": 5, \"deadline_boottime_ns\": {far}")).unwrap();
+    std::fs::remove_file(b.cell_dir("missing").join("lease.json")).unwrap();
+    for (id, started, cell) in &cells {
+        assert!(poll_readable(cell, EXIT_TIMEOUT), "{id}: not fenced");
+        assert!(boottime_ns() >= deadline, "{id}: fenced before its deadline");
+        let exit = exited(wait_exit(&b, id, started));
+        assert!(exit.fenced, "{id}: {exit:?}");
+        assert_eq!(exit.signal, Some(libc::SIGKILL), "{id}: {exit:?}");
+        let detail = exit.detail.unwrap_or_default();
+        assert!(detail.starts_with("fenced: lease epoch 5 expired ("), "{id}: {detail}");
+        let why = match *id {
+            "foreign" => "lease.json names epoch 6",
+            "garbage" => "lease.json is unreadable",
+            _ => "lease.json is missing",
+        };
+        assert!(detail.contains(why), "{id}: {detail}");
+    }
+}
+
+/// An unfenced cell has no lease: `lease.json` is never written for it, and renewing a lease for
+/// a cell that does not exist fails rather than creating its directory.
+#[test]
+fn only_fenced_cells_have_a_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let started = b.start(&sh(tmp.path(), "plain", "exit 0")).unwrap();
+    let exit = exited(wait_exit(&b, "plain", &started));
+    assert!(!exit.fenced && exit.detail.is_none(), "{exit:?}");
+    assert!(!b.cell_dir("plain").join("lease.json").exists());
+    let err = b.renew_lease("nope", 1, boottime_ns() + 1_000_000_000).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(!b.cell_dir("nope").exists());
+    assert_eq!(b.renew_lease("../escape", 1, 0).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -7,8 +7,10 @@
 pub mod canonical;
 pub mod event;
 pub mod job;
+pub mod lease;
 pub mod projection;
 pub mod spec;
+pub mod standby;
 pub mod time;
 pub mod types;
 pub mod units;

@@ -499,6 +499,7 @@ impl Engine {
                 pids_max: workload.spec.cell.limits.pids_max,
             },
             binds: Vec::new(),
+            fence: None,
         };
         let mut config = config;
         // A job step starts from its base context, written just before its cell (also when a

@@ -87,3 +87,17 @@ pub fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// A pidfd for `pid` (readable once the process has ended), or `None` if it is already gone.
+pub fn pidfd(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: the kernel just handed us this descriptor; nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Nanoseconds to milliseconds, signed: how far `t` is after `reference` (negative: before).
+pub fn ms_after(t: u64, reference: u64) -> f64 {
+    (t as f64 - reference as f64) / 1e6
+}
