@@ -14,14 +14,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use warden_cell::{BindMount, CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
+use warden_cell::{BindMount, CellState, ProcessBackend, StartedCell};
 use warden_core::workload::{Effect, Input, StopSignal};
-use warden_core::{CellExit, CloudEvent, EventData, LifecycleTerminalState, NewEvent, Phase, Projection, Spec, WorkloadInfo};
+use warden_core::{CloudEvent, EventData, NewEvent, Phase, Projection, Spec, WorkloadInfo};
 use warden_store::Store;
 
 use warden_core::canonical::Artifact;
 use warden_core::job::JobManifest;
 
+use crate::cells::{cell_config, cell_exit, lost_exit};
 use crate::jobs::{Jobs, Produced, StepContext};
 use crate::view::{RunView, WorkloadView};
 
@@ -483,25 +484,7 @@ impl Engine {
 
     fn start_cell(&self, workload_id: String, cell_id: String) {
         let Some(workload) = self.live.workloads.get(&workload_id) else { return };
-        let config = CellConfig {
-            cell_id: cell_id.clone(),
-            workload_id: workload_id.clone(),
-            argv: workload.spec.cell.argv.clone(),
-            env: workload.spec.cell.env.clone(),
-            workdir: workload.spec.cell.workdir.as_ref().map(PathBuf::from),
-            log_path: self.logs_dir.join(&workload_id).join("output.log"),
-            log_max_size_bytes: workload.spec.logs.max_size_bytes,
-            log_max_files: workload.spec.logs.max_files,
-            isolation: cell_isolation(&workload.spec.cell),
-            limits: warden_cell::CellLimits {
-                memory_max_bytes: workload.spec.cell.limits.memory_max_bytes,
-                cpu_max_millicores: workload.spec.cell.limits.cpu_max_millicores,
-                pids_max: workload.spec.cell.limits.pids_max,
-            },
-            binds: Vec::new(),
-            fence: None,
-        };
-        let mut config = config;
+        let mut config = cell_config(&workload_id, &cell_id, &workload.spec.cell, &workload.spec.logs, &self.logs_dir);
         // A job step starts from its base context, written just before its cell (also when a
         // start is resumed after a crash: the cell never ran, so the file is rewritten whole).
         let step = self.jobs.step_context(&self.live, &workload_id);
@@ -605,48 +588,6 @@ async fn watch(
         Err(e) => lost_exit(&format!("exit collection failed: {e}")),
     };
     let _ = commands.send(Command::Cell { workload_id, input: Input::CellExited { cell_id, exit } });
-}
-
-fn cell_isolation(cell: &warden_core::spec::CellSpec) -> CellIsolation {
-    use warden_core::spec::{Isolation, Network, OciRuntime};
-    let network_none = cell.network == Network::None;
-    match cell.isolation {
-        Isolation::Process => CellIsolation::Process,
-        Isolation::Cell => CellIsolation::Cell { network_none },
-        Isolation::Oci => CellIsolation::Oci {
-            rootfs: PathBuf::from(cell.rootfs.as_deref().unwrap_or("/")),
-            runtime: match cell.oci_runtime {
-                Some(OciRuntime::Crun) => warden_cell::OciRuntime::Crun,
-                Some(OciRuntime::Runc) | None => warden_cell::OciRuntime::Runc,
-            },
-            network_none,
-        },
-    }
-}
-
-/// What the shim recorded, as the core's `CellExit`. A `Forced` end carries no exit code or
-/// signal (invariant 6), and an OOM kill says so in the reason.
-fn cell_exit(status: &ExitStatus) -> CellExit {
-    let terminal_state = status.terminal_state.map(|state| match state {
-        TerminalState::Clean => LifecycleTerminalState::Clean,
-        TerminalState::Forced => LifecycleTerminalState::Forced,
-    });
-    if terminal_state == Some(LifecycleTerminalState::Forced) {
-        let detail = status.detail.as_deref().unwrap_or("no authenticated exit report; the cell was torn down");
-        let reason =
-            if status.oom_killed { format!("oom: memory limit exceeded; {detail}") } else { format!("forced: {detail}") };
-        return CellExit { exit_code: None, signal: None, reason, terminal_state };
-    }
-    let mut exit = CellExit::from_status(status.exit_code, status.signal);
-    exit.terminal_state = terminal_state;
-    if status.oom_killed {
-        exit.reason = format!("oom: memory limit exceeded ({})", exit.reason);
-    }
-    exit
-}
-
-fn lost_exit(reason: &str) -> CellExit {
-    CellExit { exit_code: None, signal: None, reason: reason.to_string(), terminal_state: None }
 }
 
 fn fatal(message: &str) -> ! {

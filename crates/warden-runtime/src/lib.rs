@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod cells;
 pub mod engine;
 pub mod jobs;
 pub mod paths;
+pub mod proto;
 pub mod view;
 
 use std::fs::File;

@@ -1,0 +1,73 @@
+//! From the core's specs to the cell layer's configs, and from the cell layer's exit records back
+//! to the core's `CellExit`: the one mapping both the local engine and remote agents use.
+
+use std::path::{Path, PathBuf};
+
+use warden_cell::{CellConfig, CellIsolation, ExitStatus, TerminalState};
+use warden_core::spec::{CellSpec, LogSpec};
+use warden_core::{CellExit, LifecycleTerminalState};
+
+/// The shim's config for one cell of a workload, with its output in
+/// `<logs_dir>/<workload_id>/output.log`. No binds, no fence: callers add those.
+pub fn cell_config(workload_id: &str, cell_id: &str, cell: &CellSpec, logs: &LogSpec, logs_dir: &Path) -> CellConfig {
+    CellConfig {
+        cell_id: cell_id.to_string(),
+        workload_id: workload_id.to_string(),
+        argv: cell.argv.clone(),
+        env: cell.env.clone(),
+        workdir: cell.workdir.as_ref().map(PathBuf::from),
+        log_path: logs_dir.join(workload_id).join("output.log"),
+        log_max_size_bytes: logs.max_size_bytes,
+        log_max_files: logs.max_files,
+        isolation: cell_isolation(cell),
+        limits: warden_cell::CellLimits {
+            memory_max_bytes: cell.limits.memory_max_bytes,
+            cpu_max_millicores: cell.limits.cpu_max_millicores,
+            pids_max: cell.limits.pids_max,
+        },
+        binds: Vec::new(),
+        fence: None,
+    }
+}
+
+fn cell_isolation(cell: &CellSpec) -> CellIsolation {
+    use warden_core::spec::{Isolation, Network, OciRuntime};
+    let network_none = cell.network == Network::None;
+    match cell.isolation {
+        Isolation::Process => CellIsolation::Process,
+        Isolation::Cell => CellIsolation::Cell { network_none },
+        Isolation::Oci => CellIsolation::Oci {
+            rootfs: PathBuf::from(cell.rootfs.as_deref().unwrap_or("/")),
+            runtime: match cell.oci_runtime {
+                Some(OciRuntime::Crun) => warden_cell::OciRuntime::Crun,
+                Some(OciRuntime::Runc) | None => warden_cell::OciRuntime::Runc,
+            },
+            network_none,
+        },
+    }
+}
+
+/// What the shim recorded, as the core's `CellExit`. A `Forced` end carries no exit code or
+/// signal (invariant 6), and an OOM kill says so in the reason.
+pub fn cell_exit(status: &ExitStatus) -> CellExit {
+    let terminal_state = status.terminal_state.map(|state| match state {
+        TerminalState::Clean => LifecycleTerminalState::Clean,
+        TerminalState::Forced => LifecycleTerminalState::Forced,
+    });
+    if terminal_state == Some(LifecycleTerminalState::Forced) {
+        let detail = status.detail.as_deref().unwrap_or("no authenticated exit report; the cell was torn down");
+        let reason =
+            if status.oom_killed { format!("oom: memory limit exceeded; {detail}") } else { format!("forced: {detail}") };
+        return CellExit { exit_code: None, signal: None, reason, terminal_state };
+    }
+    let mut exit = CellExit::from_status(status.exit_code, status.signal);
+    exit.terminal_state = terminal_state;
+    if status.oom_killed {
+        exit.reason = format!("oom: memory limit exceeded ({})", exit.reason);
+    }
+    exit
+}
+
+pub fn lost_exit(reason: &str) -> CellExit {
+    CellExit { exit_code: None, signal: None, reason: reason.to_string(), terminal_state: None }
+}
