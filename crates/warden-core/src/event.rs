@@ -103,6 +103,32 @@ pub enum EventData {
     #[serde(rename = "dev.warden.workload.starting.v1")]
     WorkloadStarting { workload_id: String, cell_id: String, attempt: u32 },
 
+    /// Where the cell decided by the preceding `workload.starting` runs: the host, and for a
+    /// fenced primary on a cluster host the lease epoch it runs under (`WARDEN_EPOCH`).
+    #[serde(rename = "dev.warden.workload.placed.v1")]
+    CellPlaced { workload_id: String, cell_id: String, host: String, epoch: Option<u64> },
+
+    /// The lease of a workload's primary was granted to `host` at `epoch` (compare-and-swap on
+    /// the previous epoch; see `lease`).
+    #[serde(rename = "dev.warden.lease.granted.v1")]
+    LeaseGranted { workload_id: String, epoch: u64, host: String },
+
+    /// The lease's holder reported its cell gone: the lease may be granted again at once.
+    #[serde(rename = "dev.warden.lease.released.v1")]
+    LeaseReleased { workload_id: String, epoch: u64 },
+
+    /// A host enrolled with a join token; `principal` is its host key.
+    #[serde(rename = "dev.warden.host.enrolled.v1")]
+    HostEnrolled { host: String, principal: String, channel: Option<String>, tags: Vec<String> },
+
+    /// No heartbeat from the host for `host_ttl`.
+    #[serde(rename = "dev.warden.host.down.v1")]
+    HostDown { host: String, reason: String },
+
+    /// A heartbeat from a host that was down.
+    #[serde(rename = "dev.warden.host.up.v1")]
+    HostUp { host: String },
+
     /// The cell's process exists.
     #[serde(rename = "dev.warden.lifecycle.started.v1")]
     LifecycleStarted {
@@ -192,8 +218,15 @@ impl EventData {
             | EventData::WorkloadCompleted { workload_id }
             | EventData::WorkloadFailed { workload_id, .. }
             | EventData::WorkloadStopped { workload_id, .. }
-            | EventData::WorkloadExpired { workload_id } => Some(workload_id),
-            EventData::Job(_) | EventData::JournalRecovered { .. } => None,
+            | EventData::WorkloadExpired { workload_id }
+            | EventData::CellPlaced { workload_id, .. }
+            | EventData::LeaseGranted { workload_id, .. }
+            | EventData::LeaseReleased { workload_id, .. } => Some(workload_id),
+            EventData::Job(_)
+            | EventData::JournalRecovered { .. }
+            | EventData::HostEnrolled { .. }
+            | EventData::HostDown { .. }
+            | EventData::HostUp { .. } => None,
         }
     }
 
@@ -201,6 +234,7 @@ impl EventData {
     pub fn subject(&self) -> Option<&str> {
         match self {
             EventData::Job(job) => Some(&job.run_id),
+            EventData::HostEnrolled { host, .. } | EventData::HostDown { host, .. } | EventData::HostUp { host } => Some(host),
             other => other.workload_id(),
         }
     }

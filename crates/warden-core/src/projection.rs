@@ -22,6 +22,32 @@ pub struct Projection {
     /// Job runs by run id.
     #[serde(default)]
     pub runs: BTreeMap<String, RunRecord>,
+    /// Cluster hosts by name.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostRecord>,
+    /// Primary leases by workload id: epoch and holder. Expiry is not journaled (renewals are
+    /// not events); after a restart every held lease counts as renewed then (`lease::after_restart`).
+    #[serde(default)]
+    pub leases: BTreeMap<String, LeaseRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub principal: String,
+    pub channel: Option<String>,
+    pub tags: Vec<String>,
+    pub up: bool,
+    pub enrolled_at_ms: u64,
+    /// When `up` last changed.
+    pub since_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub epoch: u64,
+    /// `None` once released.
+    pub holder: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +94,39 @@ impl Projection {
                 }
             }
             return;
+        }
+        match data {
+            EventData::HostEnrolled { host, principal, channel, tags } => {
+                let record = HostRecord {
+                    name: host.clone(),
+                    principal: principal.clone(),
+                    channel: channel.clone(),
+                    tags: tags.clone(),
+                    up: true,
+                    enrolled_at_ms: at_ms,
+                    since_ms: at_ms,
+                };
+                self.hosts.insert(host.clone(), record);
+                return;
+            }
+            EventData::HostDown { host, .. } | EventData::HostUp { host } => {
+                if let Some(record) = self.hosts.get_mut(host) {
+                    record.up = matches!(data, EventData::HostUp { .. });
+                    record.since_ms = at_ms;
+                }
+                return;
+            }
+            EventData::LeaseGranted { workload_id, epoch, host } => {
+                self.leases.insert(workload_id.clone(), LeaseRecord { epoch: *epoch, holder: Some(host.clone()) });
+                return;
+            }
+            EventData::LeaseReleased { workload_id, epoch } => {
+                if let Some(lease) = self.leases.get_mut(workload_id).filter(|l| l.epoch == *epoch) {
+                    lease.holder = None;
+                }
+                return;
+            }
+            _ => {}
         }
         if let Some(workload) = data.workload_id().and_then(|id| self.workloads.get_mut(id)) {
             workload.apply(data, at_ms);

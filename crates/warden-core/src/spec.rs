@@ -20,6 +20,35 @@ pub struct Spec {
     pub restart: RestartSpec,
     pub replication: ReplicationSpec,
     pub logs: LogSpec,
+    /// Where instances run in a cluster (`[placement]`); absent: one instance, on any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+}
+
+/// `[placement]`: which hosts may run the workload, and how many instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    /// Only hosts enrolled with this channel.
+    pub channel: Option<String>,
+    /// Only hosts that have every one of these tags.
+    pub tags: Vec<String>,
+    pub count: PlacementCount,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementCount {
+    /// `instances = N`: N workloads, spread over the matching hosts.
+    Instances(u32),
+    /// `mode = "each-host"`: one workload per matching host, following hosts as they come and go.
+    EachHost,
+}
+
+impl PlacementSpec {
+    /// Whether a host with this channel and these tags may run the workload.
+    pub fn admits(&self, channel: Option<&str>, tags: &[String]) -> bool {
+        self.channel.as_deref().is_none_or(|wanted| channel == Some(wanted)) && self.tags.iter().all(|t| tags.contains(t))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +196,44 @@ struct RawSpec {
     restart: Option<RawRestart>,
     replication: Option<RawReplication>,
     logs: Option<RawLogs>,
+    placement: Option<RawPlacement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    channel: Option<Spanned<String>>,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    instances: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+}
+
+impl RawPlacement {
+    fn validate(self) -> Result<PlacementSpec, Invalid> {
+        let count = match (&self.instances, &self.mode) {
+            (Some(_), Some(mode)) => {
+                return Err((Some(mode.span()), "placement: set either instances or mode = \"each-host\", not both".into()))
+            }
+            (Some(n), None) if (1..=10_000).contains(n.get_ref()) => PlacementCount::Instances(*n.get_ref() as u32),
+            (Some(n), None) => {
+                return Err((Some(n.span()), format!("placement.instances must be between 1 and 10000, got {}", n.get_ref())))
+            }
+            (None, Some(mode)) if mode.get_ref() == "each-host" => PlacementCount::EachHost,
+            (None, Some(mode)) => {
+                return Err((Some(mode.span()), format!("placement.mode must be \"each-host\", got {:?}", mode.get_ref())))
+            }
+            (None, None) => PlacementCount::Instances(1),
+        };
+        let mut tags = Vec::new();
+        for tag in self.tags {
+            if tag.get_ref().is_empty() || tag.get_ref().contains(',') {
+                return Err((Some(tag.span()), format!("placement.tags: bad tag {:?}", tag.get_ref())));
+            }
+            tags.push(tag.into_inner());
+        }
+        Ok(PlacementSpec { channel: self.channel.map(Spanned::into_inner), tags, count })
+    }
 }
 
 #[derive(Deserialize)]
@@ -335,7 +402,8 @@ impl RawSpec {
             }
         };
 
-        Ok(Spec { name: name.clone(), ttl_ms, cell, restart, replication, logs })
+        let placement = self.placement.map(RawPlacement::validate).transpose()?;
+        Ok(Spec { name: name.clone(), ttl_ms, cell, restart, replication, logs, placement })
     }
 }
 
@@ -509,6 +577,28 @@ mod tests {
         assert!(limits("swap = 1").unwrap_err().message.contains("swap"));
         let no_net = Spec::parse("s.toml", "name='x'\n[cell]\nargv=['true']\nnetwork='none'\n").unwrap_err();
         assert!(no_net.message.contains("isolation"), "{no_net}");
+    }
+
+    #[test]
+    fn placement_parses_and_rejects_contradictions() {
+        let spec =
+            Spec::parse("p.toml", "name='p'\n[cell]\nargv=['x']\n[placement]\nchannel='edge'\ntags=['ssd']\ninstances=3\n")
+                .unwrap();
+        let placement = spec.placement.unwrap();
+        assert_eq!(placement.count, PlacementCount::Instances(3));
+        assert!(placement.admits(Some("edge"), &["ssd".into(), "gpu".into()]));
+        assert!(!placement.admits(Some("core"), &["ssd".into()]));
+        assert!(!placement.admits(Some("edge"), &[]));
+        let each = Spec::parse("p.toml", "name='p'\n[cell]\nargv=['x']\n[placement]\nmode='each-host'\n").unwrap();
+        assert_eq!(each.placement.unwrap().count, PlacementCount::EachHost);
+        let both =
+            Spec::parse("p.toml", "name='p'\n[cell]\nargv=['x']\n[placement]\ninstances=2\nmode='each-host'\n").unwrap_err();
+        assert_eq!(both.line, Some(6), "{both}");
+        let zero = Spec::parse("p.toml", "name='p'\n[cell]\nargv=['x']\n[placement]\ninstances=0\n").unwrap_err();
+        assert_eq!(zero.line, Some(5), "{zero}");
+        // No [placement]: the spec id is what it was before placement existed.
+        let plain = Spec::parse("a", "name='x'\n[cell]\nargv=['true']").unwrap();
+        assert!(!String::from_utf8(crate::canonical::canonical_json(&plain)).unwrap().contains("placement"));
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct Workload {
     pub last_exit: Option<ExitRecord>,
     /// Set once a stop was decided; the cell's exit then ends the workload instead of restarting it.
     pub stop_reason: Option<StopReason>,
+    /// The host of the latest cell (`workload.placed`), and the lease epoch it runs under.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub epoch: Option<u64>,
     pub updated_at_ms: u64,
 }
 
@@ -227,6 +232,8 @@ impl Workload {
             consecutive_failures: 0,
             last_exit: None,
             stop_reason: None,
+            host: None,
+            epoch: None,
             updated_at_ms: at_ms,
         }
     }
@@ -446,7 +453,18 @@ impl Workload {
     pub fn apply(&mut self, data: &EventData, at_ms: u64) {
         self.updated_at_ms = at_ms;
         match data {
-            EventData::WorkloadSubmitted { .. } | EventData::Job(_) | EventData::JournalRecovered { .. } => {}
+            EventData::WorkloadSubmitted { .. }
+            | EventData::Job(_)
+            | EventData::JournalRecovered { .. }
+            | EventData::LeaseGranted { .. }
+            | EventData::LeaseReleased { .. }
+            | EventData::HostEnrolled { .. }
+            | EventData::HostDown { .. }
+            | EventData::HostUp { .. } => {}
+            EventData::CellPlaced { host, epoch, .. } => {
+                self.host = Some(host.clone());
+                self.epoch = *epoch;
+            }
             EventData::WorkloadStarting { cell_id, attempt, .. } => {
                 self.cells_created += 1;
                 self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: *attempt };

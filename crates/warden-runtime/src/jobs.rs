@@ -365,6 +365,7 @@ impl Jobs {
                 max_size_bytes: warden_core::spec::DEFAULT_LOG_MAX_SIZE_BYTES,
                 max_files: warden_core::spec::DEFAULT_LOG_MAX_FILES,
             },
+            placement: None,
         }
     }
 
