@@ -40,6 +40,21 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane and a local agent in one process, on the embedded journal.
+    /// Run the control plane only: cells run on enrolled agents (`warden agent`).
+    Server {
+        #[arg(long, default_value = paths::DEFAULT_ADDR)]
+        listen: std::net::SocketAddr,
+        /// Default: $XDG_DATA_HOME/warden (~/.local/share/warden).
+        #[arg(long, env = "WARDEN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The control plane's name in events (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
+        snapshot_every: u64,
+    },
+    /// List the cluster's hosts: state, last heartbeat, cells.
+    Hosts,
     Up {
         #[arg(long, default_value = paths::DEFAULT_ADDR)]
         listen: std::net::SocketAddr,
@@ -52,6 +67,28 @@ enum Command {
         /// Snapshot the state every this many events, so start-up replays only what follows.
         #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
         snapshot_every: u64,
+    },
+    /// Run this host's cells for a control plane (`warden server`): enroll once with a join token,
+    /// then heartbeat, take commands and report; cells outlive the agent and are re-adopted.
+    Agent {
+        /// The control plane: http://HOST:PORT or HOST:PORT.
+        #[arg(long, env = "WARDEN_SERVER")]
+        server: String,
+        /// This host's name, unique in the cluster.
+        #[arg(long)]
+        name: String,
+        /// The placement channel this host serves.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Placement tags, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Default: $XDG_DATA_HOME/warden/agent-<name> (~/.local/share/warden/agent-<name>).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The token `warden server` printed; needed on the first start only.
+        #[arg(long, env = "WARDEN_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
     /// Submit a workload spec; prints the workload id as the last line.
     Run {
@@ -132,8 +169,9 @@ enum ArtifactCommand {
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
+    let local_cells = matches!(cli.command, Command::Up { .. });
     match cli.command {
-        Command::Up { listen, data_dir, name, snapshot_every } => {
+        Command::Up { listen, data_dir, name, snapshot_every } | Command::Server { listen, data_dir, name, snapshot_every } => {
             let config = warden_runtime::UpConfig {
                 listen,
                 data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
@@ -141,10 +179,27 @@ pub fn main() -> Result<()> {
                 node_name: name.unwrap_or_else(hostname),
                 shim: warden_cell::ShimExe::locate(),
                 snapshot_every_n_events: snapshot_every,
+                local_cells,
+                cluster: Default::default(),
             };
             tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             runtime.block_on(warden_runtime::up(config))?;
+            Ok(())
+        }
+        Command::Agent { server, name, channel, tags, data_dir, join_token } => {
+            let config = warden_runtime::agent::AgentConfig {
+                data_dir: data_dir.unwrap_or_else(|| paths::default_data_dir().join(format!("agent-{name}"))),
+                server,
+                name,
+                channel,
+                tags,
+                join_token,
+                shim: warden_cell::ShimExe::locate(),
+            };
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            runtime.block_on(warden_runtime::agent::run(config))?;
             Ok(())
         }
         command => {
@@ -203,7 +258,29 @@ impl Client {
 
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
     match command {
-        Command::Up { .. } => unreachable!("handled by main"),
+        Command::Up { .. } | Command::Server { .. } => unreachable!("handled by main"),
+        Command::Hosts => {
+            let hosts: Vec<warden_runtime::view::HostView> = client.json("GET", "/v1/hosts", None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&hosts)?);
+                return Ok(());
+            }
+            let now = now_ms();
+            let mut rows = vec![["HOST", "STATE", "LAST HEARTBEAT", "CHANNEL", "TAGS", "CELLS"].map(String::from).to_vec()];
+            for h in &hosts {
+                rows.push(vec![
+                    h.name.clone(),
+                    h.state.clone(),
+                    h.last_heartbeat_ms.map_or("-".into(), |at| format!("{} ago", format_duration_ms(now.saturating_sub(at)))),
+                    h.channel.clone().unwrap_or_else(|| "-".into()),
+                    if h.tags.is_empty() { "-".into() } else { h.tags.join(",") },
+                    h.cells.len().to_string(),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        Command::Agent { .. } => unreachable!("handled by main"),
         Command::Run { spec, id } => {
             let file = spec.display().to_string();
             let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read spec {file}"))?;
@@ -222,7 +299,14 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                     parsed.replication.mode.as_str()
                 );
             }
-            println!("{}", view.info.id);
+            if view.instances.is_empty() {
+                println!("{}", view.info.id);
+            } else {
+                eprintln!("{} instances", view.instances.len());
+                for id in &view.instances {
+                    println!("{id}");
+                }
+            }
             Ok(())
         }
         Command::Ps { all } => {

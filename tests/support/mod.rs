@@ -16,6 +16,8 @@ pub struct Warden {
     pub server: Option<Child>,
     /// Extra arguments for `warden up`.
     pub up_args: Vec<String>,
+    /// `up` (the all-in-one) or `server` (control plane only).
+    pub command: &'static str,
 }
 
 pub fn bin() -> &'static str {
@@ -32,8 +34,13 @@ impl Warden {
     }
 
     pub fn start_with(up_args: &[&str]) -> Warden {
+        Warden::start_with_command("up", up_args)
+    }
+
+    /// `warden <command>` (`up` or `server`) with extra arguments.
+    pub fn start_with_command(command: &'static str, up_args: &[&str]) -> Warden {
         let up_args = up_args.iter().map(|a| a.to_string()).collect();
-        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args };
+        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args, command };
         warden.up();
         warden
     }
@@ -55,7 +62,7 @@ impl Warden {
         assert!(self.server.is_none(), "already up");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("up.log")).unwrap();
         let child = Command::new(bin())
-            .args(["up", "--listen", &self.addr(), "--data-dir"])
+            .args([self.command, "--listen", &self.addr(), "--data-dir"])
             .arg(self.data_dir())
             .args(&self.up_args)
             .env("XDG_CONFIG_HOME", self.config_home())

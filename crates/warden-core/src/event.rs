@@ -97,7 +97,13 @@ impl CloudEvent {
 pub enum EventData {
     /// A workload was accepted; `workload.vmid` is assigned here.
     #[serde(rename = "dev.warden.workload.submitted.v1")]
-    WorkloadSubmitted { workload: WorkloadInfo, spec: Spec },
+    WorkloadSubmitted {
+        workload: WorkloadInfo,
+        spec: Spec,
+        /// An `each-host` instance runs only on this host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pinned_host: Option<String>,
+    },
 
     /// The decision to start a cell, journaled before the cell is created.
     #[serde(rename = "dev.warden.workload.starting.v1")]

@@ -79,9 +79,11 @@ impl Projection {
 
     /// Records one event's effect on the state (live and replay share this).
     pub fn apply_data(&mut self, data: &EventData, at_ms: u64) {
-        if let EventData::WorkloadSubmitted { workload, spec } = data {
+        if let EventData::WorkloadSubmitted { workload, spec, pinned_host } = data {
             self.next_vmid = self.next_vmid.max(workload.vmid + 1);
-            self.workloads.insert(workload.id.clone(), Workload::new(workload.clone(), spec.clone(), at_ms));
+            let mut new = Workload::new(workload.clone(), spec.clone(), at_ms);
+            new.pinned_host = pinned_host.clone();
+            self.workloads.insert(workload.id.clone(), new);
             return;
         }
         if let EventData::Job(job) = data {
@@ -134,10 +136,15 @@ impl Projection {
     }
 
     /// Accepts a new workload: assigns its `vmid` and lets it take its first step.
-    pub fn submit(&mut self, mut info: WorkloadInfo, spec: Spec, now_ms: u64) -> Decision {
+    pub fn submit(&mut self, info: WorkloadInfo, spec: Spec, now_ms: u64) -> Decision {
+        self.submit_pinned(info, spec, None, now_ms)
+    }
+
+    /// `submit`, for an instance that may run only on `pinned_host` (`each-host` placement).
+    pub fn submit_pinned(&mut self, mut info: WorkloadInfo, spec: Spec, pinned_host: Option<String>, now_ms: u64) -> Decision {
         info.vmid = self.next_vmid.max(1);
         let id = info.id.clone();
-        let submitted = EventData::WorkloadSubmitted { workload: info, spec };
+        let submitted = EventData::WorkloadSubmitted { workload: info, spec, pinned_host };
         self.apply_data(&submitted, now_ms);
         let mut decision = self.advance(&id, &Input::Tick, now_ms).expect("a pending workload accepts a tick");
         decision.events.insert(0, submitted);

@@ -34,6 +34,12 @@ pub struct Workload {
     pub host: Option<String>,
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// The cell `host` and `epoch` are about: a cell decided but not placed yet differs.
+    #[serde(default)]
+    pub placed_cell: Option<String>,
+    /// An `each-host` instance's host: it runs there or nowhere.
+    #[serde(default)]
+    pub pinned_host: Option<String>,
     pub updated_at_ms: u64,
 }
 
@@ -234,8 +240,16 @@ impl Workload {
             stop_reason: None,
             host: None,
             epoch: None,
+            placed_cell: None,
+            pinned_host: None,
             updated_at_ms: at_ms,
         }
+    }
+
+    /// The host of the current cell, once it was placed.
+    pub fn current_host(&self) -> Option<&str> {
+        let cell = self.phase.cell_id()?;
+        (self.placed_cell.as_deref() == Some(cell)).then_some(self.host.as_deref()).flatten()
     }
 
     pub fn id(&self) -> &str {
@@ -461,9 +475,10 @@ impl Workload {
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
             | EventData::HostUp { .. } => {}
-            EventData::CellPlaced { host, epoch, .. } => {
+            EventData::CellPlaced { cell_id, host, epoch, .. } => {
                 self.host = Some(host.clone());
                 self.epoch = *epoch;
+                self.placed_cell = Some(cell_id.clone());
             }
             EventData::WorkloadStarting { cell_id, attempt, .. } => {
                 self.cells_created += 1;

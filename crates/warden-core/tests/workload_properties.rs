@@ -432,7 +432,7 @@ impl Sim {
         let wid = info.id.clone();
         let decision = self.live.submit(info, spec.clone(), self.now);
         match decision.events.first() {
-            Some(EventData::WorkloadSubmitted { workload, spec: submitted_spec }) => {
+            Some(EventData::WorkloadSubmitted { workload, spec: submitted_spec, .. }) => {
                 prop_assert_eq!(&workload.id, &wid);
                 prop_assert_eq!(workload.vmid, index as u32 + 1, "vmids count from 1");
                 prop_assert_eq!(submitted_spec, &spec);

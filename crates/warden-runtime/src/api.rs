@@ -19,8 +19,10 @@ use warden_core::{CloudEvent, Projection, Spec};
 use warden_store::{Store, StoreError};
 
 use crate::auth::{verify_request, ReplayGuard};
+use crate::cluster::Queues;
 use crate::engine::{now_ms, ApiError, Command, Manifests};
-use crate::view::{ErrorBody, JobRunRequest, RunView, SubmitRequest, WorkloadView};
+use crate::proto::{Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse};
+use crate::view::{ErrorBody, HostView, JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -34,6 +36,10 @@ pub struct ApiState {
     pub logs_dir: PathBuf,
     /// Job manifests by id, for run views (written by the engine).
     pub manifests: Manifests,
+    /// Agents' command queues (long-polled) and last heartbeats.
+    pub queues: Arc<Queues>,
+    /// What `POST /v1/agents/enroll` must present (`<data-dir>/join-token`).
+    pub join_token: Arc<String>,
 }
 
 /// The authenticated caller's principal (`ed25519:<hex>`).
@@ -54,11 +60,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/:id/history", get(job_history))
         .route("/v1/jobs/:id/cancel", post(job_cancel))
         .route("/v1/artifacts/:id", get(artifact))
+        .route("/v1/hosts", get(hosts))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Agents sign with their host keys, which may call nothing but these.
+    let agents = Router::new()
+        .route("/v1/agents/heartbeat", post(agent_heartbeat))
+        .route("/v1/agents/commands", get(agent_commands))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
+        .route("/v1/agents/enroll", post(agent_enroll))
         .merge(authenticated)
+        .merge(agents)
         .with_state(state)
 }
 
@@ -91,6 +105,137 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
         }
         Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
     }
+}
+
+/// Like `authenticate`, for agents: the key must be an enrolled host's.
+async fn authenticate_host(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => return ApiError::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes")).into_response(),
+    };
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let keys: Vec<VerifyingKey> = {
+        let shared = state.shared.read().expect("projection lock");
+        shared.hosts.values().filter_map(|h| crate::auth::parse_principal(&h.principal)).collect()
+    };
+    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
+        Ok(principal) => {
+            parts.extensions.insert(Caller(principal));
+            next.run(Request::from_parts(parts, Body::from(bytes))).await
+        }
+        Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
+    }
+}
+
+/// `POST /v1/agents/enroll`: signed by the key being enrolled, and carrying the join token.
+async fn agent_enroll(State(state): State<ApiState>, request: Request) -> Result<Json<EnrollResponse>, Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::BadRequest("request body too large".into()).into_response())?;
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let unauthorized = |why: String| (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response();
+    let key = header
+        .and_then(crate::auth::header_key)
+        .ok_or_else(|| unauthorized("enrollment must be signed with the host key".into()))?;
+    let principal = verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &[key], &state.replays)
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let request: EnrollRequest =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")).into_response())?;
+    if !crate::auth::constant_time_eq(request.join_token.as_bytes(), state.join_token.as_bytes()) {
+        return Err(unauthorized("wrong join token (see <data-dir>/join-token on the server)".into()));
+    }
+    let name_ok = !request.name.is_empty()
+        && request.name.len() <= 63
+        && request.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !name_ok {
+        return Err(ApiError::BadRequest(format!(
+            "host name must be 1-63 of a-z, A-Z, 0-9, '-', '_', '.'; got {:?}",
+            request.name
+        ))
+        .into_response());
+    }
+    ask(&state, |reply| Command::Enroll { request, principal, reply }).await.map(Json).map_err(IntoResponse::into_response)
+}
+
+async fn agent_heartbeat(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let heartbeat: Heartbeat = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad heartbeat: {e}")))?;
+    state.queues.heartbeat_seen(&heartbeat.host, now_ms());
+    Ok(Json(ask(&state, |reply| Command::Heartbeat { principal, heartbeat, reply }).await?))
+}
+
+#[derive(Deserialize)]
+struct CommandsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    incarnation: Option<String>,
+    /// How long to hold the request when nothing is queued (ms, at most 20 s).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/agents/commands`: the caller's queued commands, waiting for some if there are none.
+async fn agent_commands(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    Query(query): Query<CommandsQuery>,
+) -> Result<Json<Commands>, ApiError> {
+    let host = {
+        let shared = state.shared.read().expect("projection lock");
+        shared.hosts.values().find(|h| h.principal == principal).map(|h| h.name.clone())
+    }
+    .ok_or_else(|| ApiError::Forbidden("not an enrolled host".into()))?;
+    // Numbering restarts with every control-plane incarnation: an agent still counting the old
+    // one's commands gets everything queued now.
+    let after = if query.incarnation.as_deref() == Some(state.queues.incarnation.as_str()) { query.after } else { 0 };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(20_000));
+    loop {
+        let (commands, notify) = state.queues.after(&host, after);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Checked again after registering, so a push in between is not missed.
+        let commands = if commands.is_empty() { state.queues.after(&host, after).0 } else { commands };
+        if !commands.is_empty() {
+            return Ok(Json(Commands { incarnation: state.queues.incarnation.clone(), commands }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(Commands { incarnation: state.queues.incarnation.clone(), commands: Vec::new() }));
+        }
+    }
+}
+
+/// `GET /v1/hosts`: every enrolled host, its state, last heartbeat and live cells.
+async fn hosts(State(state): State<ApiState>) -> Json<Vec<HostView>> {
+    let shared = state.shared.read().expect("projection lock");
+    let views = shared
+        .hosts
+        .values()
+        .map(|h| HostView {
+            name: h.name.clone(),
+            state: if h.up { "up" } else { "down" }.to_string(),
+            channel: h.channel.clone(),
+            tags: h.tags.clone(),
+            principal: h.principal.clone(),
+            last_heartbeat_ms: state.queues.last_heartbeat(&h.name),
+            since_ms: h.since_ms,
+            cells: shared
+                .workloads
+                .values()
+                .filter(|w| w.current_host() == Some(h.name.as_str()))
+                .map(|w| w.id().to_string())
+                .collect(),
+        })
+        .collect();
+    Json(views)
 }
 
 async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command) -> Result<T, ApiError> {

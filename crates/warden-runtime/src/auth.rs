@@ -137,6 +137,25 @@ impl ReplayGuard {
     }
 }
 
+/// The key a request claims to be signed with (not yet verified).
+pub fn header_key(header: &str) -> Option<VerifyingKey> {
+    let params = header.strip_prefix(AUTH_SCHEME)?.trim();
+    let hex_key = params.split(',').find_map(|part| part.trim().strip_prefix("key="))?;
+    let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// The key of an `ed25519:<hex>` principal.
+pub fn parse_principal(principal: &str) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(principal.strip_prefix("ed25519:")?).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// Equality that takes as long whatever the first differing byte (for secrets like join tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Checks one request's `Authorization` header; returns the caller's principal.
 pub fn verify_request(
     header: Option<&str>,

@@ -21,9 +21,15 @@ use warden_store::Store;
 
 use warden_core::canonical::Artifact;
 use warden_core::job::JobManifest;
+use warden_core::spec::PlacementCount;
 
 use crate::cells::{cell_config, cell_exit, lost_exit};
+use crate::cluster::{Cluster, ClusterConfig, Queues};
 use crate::jobs::{Jobs, Produced, StepContext};
+use crate::proto::{
+    CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, InventoryCell, InventoryState, ReportEvent,
+    StartLease,
+};
 use crate::view::{RunView, WorkloadView};
 
 /// Snapshot the projection every this many events by default, so start-up replays only the tail.
@@ -62,7 +68,9 @@ pub enum ApiError {
 
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
-/// Everything the engine task handles: one closed enum.
+/// Everything the engine task handles: one closed enum. (Each command is built once and moved
+/// through the channel, so the spread of variant sizes costs nothing worth boxing for.)
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Submit {
         spec: Spec,
@@ -92,6 +100,18 @@ pub enum Command {
         caller: String,
         reply: Reply<RunView>,
     },
+    /// A host enrolls with a join token (already checked) and its host key `principal`.
+    Enroll {
+        request: EnrollRequest,
+        principal: String,
+        reply: Reply<EnrollResponse>,
+    },
+    /// An agent's heartbeat, signed by `principal`.
+    Heartbeat {
+        principal: String,
+        heartbeat: Heartbeat,
+        reply: Reply<HeartbeatResponse>,
+    },
 }
 
 /// Every job manifest the engine knows, by `manifest_id`: written by the engine, read by the
@@ -99,10 +119,33 @@ pub enum Command {
 pub type Manifests = Arc<RwLock<BTreeMap<String, Arc<JobManifest>>>>;
 
 enum PendingReply {
-    Workload { id: String, reply: Reply<WorkloadView> },
-    Failed { error: ApiError, reply: Reply<WorkloadView> },
-    Run { run_id: String, reply: Reply<RunView> },
-    RunFailed { error: ApiError, reply: Reply<RunView> },
+    Workload {
+        id: String,
+        /// Every workload one submission created (`instances = N`); empty otherwise.
+        instances: Vec<String>,
+        reply: Reply<WorkloadView>,
+    },
+    Failed {
+        error: ApiError,
+        reply: Reply<WorkloadView>,
+    },
+    Run {
+        run_id: String,
+        reply: Reply<RunView>,
+    },
+    RunFailed {
+        error: ApiError,
+        reply: Reply<RunView>,
+    },
+    /// Answered after the batch is durable: the reports it acknowledges are journaled.
+    Heartbeat {
+        reply: Reply<HeartbeatResponse>,
+        response: HeartbeatResponse,
+    },
+    Enrolled {
+        reply: Reply<EnrollResponse>,
+        response: EnrollResponse,
+    },
 }
 
 pub struct EngineHandle {
@@ -110,6 +153,7 @@ pub struct EngineHandle {
     pub shared: Arc<RwLock<Projection>>,
     pub events: broadcast::Sender<Arc<CloudEvent>>,
     pub manifests: Manifests,
+    pub queues: Arc<Queues>,
 }
 
 pub struct Engine {
@@ -127,6 +171,7 @@ pub struct Engine {
     snapshot_every_n_events: u64,
     jobs: Jobs,
     manifests: Manifests,
+    cluster: Cluster,
 }
 
 impl Engine {
@@ -138,6 +183,8 @@ impl Engine {
         logs_dir: PathBuf,
         jobs_dir: PathBuf,
         snapshot_every_n_events: u64,
+        cluster: ClusterConfig,
+        local_host: Option<String>,
     ) -> Result<(Engine, EngineHandle), LoadError> {
         let mut projection = match store.latest_snapshot()? {
             Some((seq, body)) => {
@@ -164,11 +211,13 @@ impl Engine {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(RwLock::new(projection.clone()));
         let (jobs, manifests) = Jobs::load(&projection, store.clone(), jobs_dir);
+        let cluster = Cluster::new(cluster, local_host, &projection, now_ms());
         let handle = EngineHandle {
             commands: commands_tx.clone(),
             shared: shared.clone(),
             events: events.clone(),
             manifests: manifests.clone(),
+            queues: cluster.queues.clone(),
         };
         let engine = Engine {
             live: projection,
@@ -185,6 +234,7 @@ impl Engine {
             snapshot_every_n_events: snapshot_every_n_events.max(1),
             jobs,
             manifests,
+            cluster,
         };
         Ok((engine, handle))
     }
@@ -207,6 +257,16 @@ impl Engine {
         let mut start_effects = Vec::new();
         for workload in self.live.workloads.values() {
             let workload_id = workload.id().to_string();
+            // Cells on cluster hosts are reconciled from their agents' inventories.
+            if workload.current_host().is_some_and(|host| !self.cluster.is_local(host)) {
+                continue;
+            }
+            if let (Phase::Starting { cell_id, .. }, None, None) =
+                (&workload.phase, workload.current_host(), &self.cluster.local_host)
+            {
+                self.cluster.deferred.insert((workload_id.clone(), cell_id.clone()), 0);
+                continue;
+            }
             let send = |input: Input| {
                 let _ = self.commands_tx.send(Command::Cell { workload_id: workload_id.clone(), input });
             };
@@ -271,7 +331,11 @@ impl Engine {
     pub async fn run(mut self) {
         loop {
             let mut batch = Vec::new();
-            let deadline = [self.live.next_deadline_ms(), self.jobs.next_wake_ms(&self.live)].into_iter().flatten().min();
+            let deadline =
+                [self.live.next_deadline_ms(), self.jobs.next_wake_ms(&self.live), self.cluster.next_deadline_ms(&self.live)]
+                    .into_iter()
+                    .flatten()
+                    .min();
             let sleep = match deadline {
                 // Capped, so a deadline centuries away cannot overflow the timer.
                 Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms()).min(3_600_000)),
@@ -314,12 +378,33 @@ impl Engine {
                             continue;
                         }
                     }
-                    let info = new_workload_info(random_id("w-"), &spec, owner, consumer_workload_id, now);
-                    let id = info.id.clone();
-                    let decision = self.live.submit(info, spec, now);
-                    events.extend(decision.events);
-                    effects.extend(decision.effects);
-                    replies.push(PendingReply::Workload { id, reply });
+                    // `instances = N`: N workloads, each its own restart policy and lease,
+                    // spread over the hosts by placement; their consumer ids get `.i`.
+                    let n = match spec.placement.as_ref().map(|p| p.count) {
+                        Some(PlacementCount::Instances(n)) => n.max(1),
+                        Some(PlacementCount::EachHost) => {
+                            let error = ApiError::BadRequest(
+                                "placement mode = \"each-host\" is not supported yet; use instances = N".into(),
+                            );
+                            replies.push(PendingReply::Failed { error, reply });
+                            continue;
+                        }
+                        None => 1,
+                    };
+                    let mut ids = Vec::new();
+                    for i in 0..n {
+                        let consumer = match (&consumer_workload_id, n) {
+                            (Some(wanted), 1) => Some(wanted.clone()),
+                            (Some(wanted), _) => Some(format!("{wanted}.{i}")),
+                            (None, _) => None,
+                        };
+                        let info = new_workload_info(random_id("w-"), &spec, owner.clone(), consumer, now);
+                        ids.push(info.id.clone());
+                        let decision = self.live.submit(info, spec.clone(), now);
+                        events.extend(decision.events);
+                        effects.extend(decision.effects);
+                    }
+                    replies.push(PendingReply::Workload { id: ids[0].clone(), instances: ids, reply });
                 }
                 Command::Stop { id, caller, reply } => {
                     let Some(workload) = self.live.workloads.get(&id) else {
@@ -335,7 +420,7 @@ impl Engine {
                         Ok(decision) => {
                             events.extend(decision.events);
                             effects.extend(decision.effects);
-                            replies.push(PendingReply::Workload { id, reply });
+                            replies.push(PendingReply::Workload { id, instances: Vec::new(), reply });
                         }
                         Err(e) => replies.push(PendingReply::Failed { error: ApiError::Conflict(e.to_string()), reply }),
                     }
@@ -357,8 +442,23 @@ impl Engine {
                         Err(error) => replies.push(PendingReply::RunFailed { error, reply }),
                     }
                 }
+                Command::Enroll { request, principal, reply } => match self.enroll(request, principal, now, &mut events) {
+                    Ok(response) => replies.push(PendingReply::Enrolled { reply, response }),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                Command::Heartbeat { principal, heartbeat, reply } => {
+                    match self.heartbeat(&principal, heartbeat, now, &mut events, &mut effects) {
+                        Ok(response) => replies.push(PendingReply::Heartbeat { reply, response }),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
             }
         }
+        self.hosts_gone_silent(now, &mut events, &mut effects);
         for id in self.live.due(now) {
             match self.live.advance(&id, &Input::Tick, now) {
                 Ok(decision) => {
@@ -375,6 +475,8 @@ impl Engine {
         self.jobs.step(&mut self.live, now, &mut jobs);
         events.extend(jobs.events);
         effects.extend(jobs.effects);
+        // Every new cell gets its host (and, on a cluster host, its lease) in this same append.
+        self.place(now, &mut events, &mut effects);
         if !events.is_empty() || !jobs.artifacts.is_empty() {
             self.commit(events, jobs.artifacts, now).await;
         }
@@ -394,8 +496,8 @@ impl Engine {
         let shared = self.shared.read().expect("projection lock");
         for pending in replies {
             match pending {
-                PendingReply::Workload { id, reply } => {
-                    let view = shared.workloads.get(&id).map(|w| WorkloadView::of(w, &self.host));
+                PendingReply::Workload { id, instances, reply } => {
+                    let view = shared.workloads.get(&id).map(|w| WorkloadView { instances, ..WorkloadView::of(w, &self.host) });
                     let _ = reply.send(view.ok_or_else(|| ApiError::NotFound(format!("no workload {id}"))));
                 }
                 PendingReply::Failed { error, reply } => {
@@ -410,6 +512,12 @@ impl Engine {
                 }
                 PendingReply::RunFailed { error, reply } => {
                     let _ = reply.send(Err(error));
+                }
+                PendingReply::Heartbeat { reply, response } => {
+                    let _ = reply.send(Ok(response));
+                }
+                PendingReply::Enrolled { reply, response } => {
+                    let _ = reply.send(Ok(response));
                 }
             }
         }
@@ -443,8 +551,15 @@ impl Engine {
                     fatal(&format!("a sealed event does not replay: {e}"));
                 }
                 if event.event_type == "dev.warden.lifecycle.destroyed.v1" {
-                    if let Some(cell_id) = event.data.get("cell_id").and_then(|c| c.as_str()) {
-                        finished_cells.push(cell_id.to_string());
+                    if let (Some(cell_id), Some(workload_id)) = (
+                        event.data.get("cell_id").and_then(|c| c.as_str()),
+                        event.data.get("workload_id").and_then(|c| c.as_str()),
+                    ) {
+                        let host = shared
+                            .workloads
+                            .get(workload_id)
+                            .and_then(|w| (w.placed_cell.as_deref() == Some(cell_id)).then(|| w.host.clone()).flatten());
+                        finished_cells.push((cell_id.to_string(), host));
                     }
                 }
             }
@@ -454,9 +569,14 @@ impl Engine {
         for event in sealed {
             let _ = self.events.send(Arc::new(event));
         }
-        for cell_id in finished_cells {
-            let backend = self.backend.clone();
-            tokio::task::spawn_blocking(move || backend.remove(&cell_id));
+        for (cell_id, host) in finished_cells {
+            match host.filter(|h| !self.cluster.is_local(h)) {
+                Some(host) => self.cluster.queues.push(&host, CommandKind::Remove { cell_id }),
+                None => {
+                    let backend = self.backend.clone();
+                    tokio::task::spawn_blocking(move || backend.remove(&cell_id));
+                }
+            }
         }
         if self.live.last_seq >= self.last_snapshot_seq + self.snapshot_every_n_events {
             self.snapshot();
@@ -476,9 +596,279 @@ impl Engine {
     }
 
     fn carry_out(&self, effect: Effect) {
+        let remote = |workload_id: &str| {
+            let host = self.live.workloads.get(workload_id)?.current_host()?;
+            (!self.cluster.is_local(host)).then(|| host.to_string())
+        };
         match effect {
-            Effect::StartCell { workload_id, cell_id } => self.start_cell(workload_id, cell_id),
-            Effect::SignalCell { cell_id, signal, .. } => self.signal_cell(cell_id, signal),
+            Effect::StartCell { workload_id, cell_id } => match remote(&workload_id) {
+                Some(host) => {
+                    let workload = &self.live.workloads[&workload_id];
+                    let start = CommandKind::Start {
+                        workload_id: workload_id.clone(),
+                        cell_id,
+                        cell: workload.spec.cell.clone(),
+                        logs: workload.spec.logs,
+                        lease: workload.epoch.map(|epoch| StartLease { epoch }),
+                    };
+                    self.cluster.queues.push(&host, start);
+                }
+                None => self.start_cell(workload_id, cell_id),
+            },
+            Effect::SignalCell { workload_id, cell_id, signal } => match remote(&workload_id) {
+                Some(host) => {
+                    self.cluster.queues.push(&host, CommandKind::Signal { cell_id, kill: matches!(signal, StopSignal::Kill) })
+                }
+                None => self.signal_cell(cell_id, signal),
+            },
+        }
+    }
+
+    /// Places every cell the batch decided to start, and retries the deferred ones that are due.
+    fn place(&mut self, now: u64, events: &mut Vec<EventData>, effects: &mut Vec<Effect>) {
+        let due: Vec<(String, String)> =
+            self.cluster.deferred.iter().filter(|(_, at)| **at <= now).map(|(key, _)| key.clone()).collect();
+        for (workload_id, cell_id) in due {
+            self.cluster.deferred.remove(&(workload_id.clone(), cell_id.clone()));
+            let still_starting = self
+                .live
+                .workloads
+                .get(&workload_id)
+                .is_some_and(|w| matches!(&w.phase, Phase::Starting { cell_id: c, .. } if *c == cell_id));
+            if still_starting {
+                effects.push(Effect::StartCell { workload_id, cell_id });
+            }
+        }
+        let mut kept = Vec::with_capacity(effects.len());
+        for effect in effects.drain(..) {
+            let Effect::StartCell { workload_id, cell_id } = &effect else {
+                kept.push(effect);
+                continue;
+            };
+            let Some(workload) = self.live.workloads.get(workload_id) else { continue };
+            if workload.placed_cell.as_deref() == Some(cell_id.as_str()) {
+                kept.push(effect); // placed before a restart; starting it again
+                continue;
+            }
+            match self.cluster.place(&self.live, workload, cell_id, now) {
+                Ok(placed) => {
+                    for data in &placed {
+                        self.live.apply_data(data, now);
+                    }
+                    events.extend(placed);
+                    kept.push(effect);
+                }
+                Err(retry_at) => {
+                    self.cluster.deferred.insert((workload_id.clone(), cell_id.clone()), retry_at);
+                }
+            }
+        }
+        *effects = kept;
+    }
+
+    fn enroll(
+        &mut self,
+        request: EnrollRequest,
+        principal: String,
+        now: u64,
+        events: &mut Vec<EventData>,
+    ) -> Result<EnrollResponse, ApiError> {
+        match self.live.hosts.get(&request.name) {
+            Some(host) if host.principal != principal => {
+                return Err(ApiError::Conflict(format!("host {:?} is enrolled with another key", request.name)))
+            }
+            Some(_) => {}
+            None => {
+                if self.cluster.is_local(&request.name) {
+                    return Err(ApiError::Conflict(format!("{:?} is this control plane's own node", request.name)));
+                }
+                let data = EventData::HostEnrolled {
+                    host: request.name.clone(),
+                    principal: principal.clone(),
+                    channel: request.channel.clone(),
+                    tags: request.tags.clone(),
+                };
+                self.live.apply_data(&data, now);
+                events.push(data);
+            }
+        }
+        self.cluster.seen(&request.name, now);
+        let config = self.cluster.config;
+        Ok(EnrollResponse {
+            host: request.name,
+            principal,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            host_ttl_ms: config.host_ttl_ms,
+            lease: config.lease,
+        })
+    }
+
+    /// An agent's heartbeat: the host is alive; its reports become inputs; its lease claims are
+    /// renewed or refused; its inventory is reconciled with what the journal says it runs.
+    fn heartbeat(
+        &mut self,
+        principal: &str,
+        heartbeat: Heartbeat,
+        now: u64,
+        events: &mut Vec<EventData>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<HeartbeatResponse, ApiError> {
+        let host = heartbeat.host.clone();
+        match self.live.hosts.get(&host) {
+            None => return Err(ApiError::NotFound(format!("host {host:?} is not enrolled"))),
+            Some(record) if record.principal != principal => {
+                return Err(ApiError::Forbidden(format!("host {host:?} is enrolled with another key")))
+            }
+            Some(record) => {
+                if !record.up {
+                    let data = EventData::HostUp { host: host.clone() };
+                    self.live.apply_data(&data, now);
+                    events.push(data);
+                }
+            }
+        }
+        self.cluster.seen(&host, now);
+        let mut acked = 0;
+        for report in &heartbeat.reports {
+            acked = acked.max(report.seq);
+            let Some(workload) = self.live.workloads.get(&report.workload_id) else { continue };
+            // Only the current cell, on this host, counts; anything else is history.
+            if workload.phase.cell_id() != Some(report.cell_id.as_str()) || workload.current_host() != Some(host.as_str()) {
+                continue;
+            }
+            let epoch = workload.epoch;
+            let input = match &report.event {
+                ReportEvent::Started { pid, pid_start_time } => {
+                    Input::CellStarted { cell_id: report.cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time }
+                }
+                ReportEvent::StartFailed { error } => {
+                    Input::CellStartFailed { cell_id: report.cell_id.clone(), error: error.clone() }
+                }
+                ReportEvent::Exited { exit } => Input::CellExited { cell_id: report.cell_id.clone(), exit: exit.clone() },
+            };
+            let ended = !matches!(report.event, ReportEvent::Started { .. });
+            self.advance_into(&report.workload_id, &input, now, events, effects);
+            // The holder says its cell is gone: the lease may go to the next cell at once.
+            if let (true, Some(epoch)) = (ended, epoch) {
+                let held = self
+                    .live
+                    .leases
+                    .get(&report.workload_id)
+                    .is_some_and(|l| l.epoch == epoch && l.holder.as_deref() == Some(host.as_str()));
+                if held {
+                    let data = EventData::LeaseReleased { workload_id: report.workload_id.clone(), epoch };
+                    self.live.apply_data(&data, now);
+                    events.push(data);
+                }
+            }
+        }
+        let renewed = heartbeat.renew.iter().map(|claim| self.cluster.renew(&self.live, &host, claim, now)).collect();
+        if let Some(inventory) = &heartbeat.inventory {
+            self.cluster.want_inventory.remove(&host);
+            self.reconcile(&host, inventory, now, events, effects);
+        }
+        Ok(HeartbeatResponse {
+            acked_reports_through: acked,
+            renewed,
+            incarnation: self.cluster.queues.incarnation.clone(),
+            send_inventory: self.cluster.want_inventory.contains(&host),
+        })
+    }
+
+    fn advance_into(
+        &mut self,
+        workload_id: &str,
+        input: &Input,
+        now: u64,
+        events: &mut Vec<EventData>,
+        effects: &mut Vec<Effect>,
+    ) {
+        match self.live.advance(workload_id, input, now) {
+            Ok(decision) => {
+                events.extend(decision.events);
+                effects.extend(decision.effects);
+            }
+            Err(e) => tracing::debug!(%workload_id, "ignoring a report: {e}"),
+        }
+    }
+
+    /// What the agent has against what the journal says it should have.
+    fn reconcile(
+        &mut self,
+        host: &str,
+        inventory: &[InventoryCell],
+        now: u64,
+        events: &mut Vec<EventData>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let on_host: Vec<(String, String)> = self
+            .live
+            .workloads
+            .values()
+            .filter(|w| w.current_host() == Some(host))
+            .filter_map(|w| w.phase.cell_id().map(|cell| (w.id().to_string(), cell.to_string())))
+            .collect();
+        for (workload_id, cell_id) in &on_host {
+            let found = inventory.iter().find(|c| c.cell_id == *cell_id);
+            let phase = self.live.workloads[workload_id].phase.clone();
+            match (found.map(|c| &c.state), &phase) {
+                (Some(InventoryState::Running { pid, pid_start_time }), Phase::Starting { .. }) => {
+                    let input = Input::CellStarted { cell_id: cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time };
+                    self.advance_into(workload_id, &input, now, events, effects);
+                }
+                (Some(InventoryState::Running { .. }), Phase::Stopping { escalated, .. }) => {
+                    let kill = *escalated;
+                    self.cluster.queues.push(host, CommandKind::Signal { cell_id: cell_id.clone(), kill });
+                }
+                (Some(InventoryState::Running { .. }), _) => {}
+                (Some(InventoryState::Exited { exit }), _) => {
+                    let input = Input::CellExited { cell_id: cell_id.clone(), exit: exit.clone() };
+                    self.advance_into(workload_id, &input, now, events, effects);
+                }
+                (None, Phase::Starting { .. }) => {
+                    effects.push(Effect::StartCell { workload_id: workload_id.clone(), cell_id: cell_id.clone() })
+                }
+                (None, _) => {
+                    let input = Input::CellExited {
+                        cell_id: cell_id.clone(),
+                        exit: lost_exit(&format!("host {host} no longer has the cell")),
+                    };
+                    self.advance_into(workload_id, &input, now, events, effects);
+                }
+            }
+        }
+        // Cells the journal does not expect there (a host back from a partition after its
+        // workload moved on): kill them and clean up.
+        for cell in inventory {
+            if !on_host.iter().any(|(_, c)| *c == cell.cell_id) {
+                if matches!(cell.state, InventoryState::Running { .. }) {
+                    self.cluster.queues.push(host, CommandKind::Signal { cell_id: cell.cell_id.clone(), kill: true });
+                }
+                self.cluster.queues.push(host, CommandKind::Remove { cell_id: cell.cell_id.clone() });
+            }
+        }
+    }
+
+    /// Hosts silent past `host_ttl` are down; their cells are written off (their leases are not
+    /// released: each stays held until it expires, and the shims fence the cells before that).
+    fn hosts_gone_silent(&mut self, now: u64, events: &mut Vec<EventData>, effects: &mut Vec<Effect>) {
+        for host in self.cluster.silent_hosts(&self.live, now) {
+            let ttl = self.cluster.config.host_ttl_ms;
+            let data = EventData::HostDown { host: host.clone(), reason: format!("no heartbeat for {ttl} ms") };
+            self.live.apply_data(&data, now);
+            events.push(data);
+            self.cluster.want_inventory.insert(host.clone());
+            let cells: Vec<(String, String)> = self
+                .live
+                .workloads
+                .values()
+                .filter(|w| w.current_host() == Some(host.as_str()))
+                .filter_map(|w| w.phase.cell_id().map(|c| (w.id().to_string(), c.to_string())))
+                .collect();
+            for (workload_id, cell_id) in cells {
+                let input = Input::CellExited { cell_id, exit: lost_exit(&format!("host {host} is down")) };
+                self.advance_into(&workload_id, &input, now, events, effects);
+            }
         }
     }
 

@@ -1,9 +1,11 @@
 //! warden's runtime: the engine task, the HTTP API and `warden up`, which wires them to the
 //! embedded journal and the process cell backend. This is the only layer with tokio.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod cells;
+pub mod cluster;
 pub mod engine;
 pub mod jobs;
 pub mod paths;
@@ -32,6 +34,10 @@ pub struct UpConfig {
     pub shim: ShimExe,
     /// Snapshot the projection every this many events (`engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS`).
     pub snapshot_every_n_events: u64,
+    /// `true` for `warden up` (this node runs cells itself), `false` for `warden server` (cells
+    /// run only on enrolled agents).
+    pub local_cells: bool,
+    pub cluster: cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +92,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     };
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
+    let join_token = load_or_create_join_token(data_dir).map_err(dir_err)?;
     let (mut engine, handle) = Engine::load(
         store.clone(),
         backend,
@@ -93,6 +100,8 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         logs_dir.clone(),
         data_dir.join("jobs"),
         config.snapshot_every_n_events,
+        config.cluster,
+        config.local_cells.then(|| config.node_name.clone()),
     )?;
     if let Some(repair) = &report.repaired {
         eprintln!(
@@ -128,6 +137,11 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     eprintln!("  credential   {} ({})", credential_path.display(), admin.principal());
     eprintln!("  cell shim    {shim_note}");
     eprintln!("  cgroups      {} (cell limits and teardown)", warden_cell::cgroup_layout());
+    let n_hosts = handle.shared.read().expect("lock").hosts.len();
+    eprintln!(
+        "  agents       {n_hosts} enrolled; join with `warden agent --server http://{listen} --name HOST --join-token {join_token}` (token in {})",
+        data_dir.join("join-token").display()
+    );
     eprintln!(
         "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
         recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
@@ -143,12 +157,33 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         host: config.node_name.clone(),
         logs_dir,
         manifests: handle.manifests.clone(),
+        queues: handle.queues.clone(),
+        join_token: Arc::new(join_token),
     };
     let engine_task = tokio::spawn(engine.run());
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.map_err(UpError::Serve)?;
     engine_task.abort();
     eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
     Ok(())
+}
+
+/// The secret an agent presents to enroll: created at first start, kept in `<data-dir>/join-token`
+/// (mode 0600).
+fn load_or_create_join_token(data_dir: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("join-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = format!("wjt-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(token)
 }
 
 async fn shutdown_signal() {

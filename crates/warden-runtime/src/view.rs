@@ -17,7 +17,10 @@ pub struct WorkloadView {
     pub consecutive_failures: u32,
     pub pid: Option<u32>,
     pub cell_id: Option<String>,
+    /// Where the current (or last) cell runs: this node for `warden up`, else the agent's host.
     pub host: String,
+    /// The lease epoch the cell runs under on a cluster host (its `WARDEN_EPOCH`).
+    pub epoch: Option<u64>,
     /// Why a terminal workload ended.
     pub reason: Option<String>,
     pub last_exit: Option<ExitRecord>,
@@ -25,6 +28,9 @@ pub struct WorkloadView {
     pub next_start_at_ms: Option<u64>,
     pub argv: Vec<String>,
     pub updated_at_ms: u64,
+    /// In a submission's answer: every workload it created when `instances` > 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
 }
 
 impl WorkloadView {
@@ -44,7 +50,8 @@ impl WorkloadView {
             consecutive_failures: workload.consecutive_failures,
             pid: workload.phase.running_cell().map(|cell| cell.pid),
             cell_id: workload.phase.cell_id().map(str::to_owned),
-            host: host.to_string(),
+            host: workload.host.clone().unwrap_or_else(|| host.to_string()),
+            epoch: workload.epoch,
             reason,
             last_exit: workload.last_exit.clone(),
             next_start_at_ms: match &workload.phase {
@@ -53,6 +60,7 @@ impl WorkloadView {
             },
             argv: workload.spec.cell.argv.clone(),
             updated_at_ms: workload.updated_at_ms,
+            instances: Vec::new(),
         }
     }
 }
@@ -183,4 +191,21 @@ pub fn step_workload_id(run_id: &str, state_id: &str, attempt: u32) -> String {
 pub fn run_of_step_workload(workload_id: &str) -> Option<&str> {
     workload_id.strip_prefix("r-")?;
     workload_id.split_once('.').map(|(run, _)| run)
+}
+
+/// What `GET /v1/hosts` says about one host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    /// `up|down`.
+    pub state: String,
+    pub channel: Option<String>,
+    pub tags: Vec<String>,
+    pub principal: String,
+    /// On the control plane's clock; `None` if none arrived since it started.
+    pub last_heartbeat_ms: Option<u64>,
+    /// When `state` last changed.
+    pub since_ms: u64,
+    /// Workloads whose current cell is on this host.
+    pub cells: Vec<String>,
 }

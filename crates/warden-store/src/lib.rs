@@ -15,6 +15,7 @@
 
 pub mod chain;
 pub mod conformance;
+pub mod queue;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -1,0 +1,462 @@
+//! `warden agent`: the host side of a cluster. It runs cells for a control plane (`warden
+//! server`) and nothing else; every request is made by the agent, so hosts need no open port.
+//! The protocol is in `proto.rs`.
+//!
+//! ```text
+//! <data-dir>/agent.lock      flock held by the running agent (two would start every cell twice)
+//! <data-dir>/host.key        the host's Ed25519 key, created on first start (mode 0600)
+//! <data-dir>/enrolled.json   the EnrollResponse: present once the host key is enrolled
+//! <data-dir>/commands.json   the command cursor: {incarnation, after}
+//! <data-dir>/reports.db      the durable outbound report queue (warden_store::queue)
+//! <data-dir>/cells/, logs/   as for `warden up`
+//! ```
+//!
+//! Three things run at once:
+//! * the **heartbeat loop** sends, every `heartbeat_interval_ms` and at once whenever a report
+//!   was queued or a lease must be claimed: the unacknowledged reports (oldest first, ≤ 256), a
+//!   renewal for every fenced cell's lease (counted from the send time, see `executor.rs`), and
+//!   the inventory on the first heartbeat, after the control plane restarted (a new
+//!   `incarnation`) or when it asks. The answer acknowledges reports and renews leases;
+//! * the **command loop** long-polls `GET /v1/agents/commands?after=N` and carries the commands
+//!   out in order ([`Executor::execute`]). `N` is kept in `commands.json`, so an agent that
+//!   restarts does not run the current incarnation's commands again (a `Start` of a cell that was
+//!   since removed would start it twice); a new incarnation starts over at 0;
+//! * one **watch task per cell**, waiting on its shim's pidfd, queues its exit.
+//!
+//! Cells run under their shims and outlive the agent: SIGINT/SIGTERM (or SIGKILL) leaves them
+//! running, and the next agent on the data dir re-adopts them. A fenced cell survives its agent
+//! only as long as its lease: without renewals its shim kills it at the deadline.
+
+mod executor;
+mod http;
+
+pub use executor::{boottime_ms, pending_reports, ClaimRequest, Executor, Readoption, Renewal, EPOCH_ENV};
+pub use http::{Http, HttpError};
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use warden_cell::ShimExe;
+use warden_store::queue::DurableQueue;
+
+use crate::auth::Identity;
+use crate::proto::{Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, LeaseClaim};
+
+/// Most reports sent in one heartbeat; more are sent by the heartbeats right after.
+pub const MAX_REPORTS_PER_HEARTBEAT: usize = 256;
+/// The control plane holds a long poll up to ~20 s; wait longer than that for its answer.
+const COMMANDS_TIMEOUT: Duration = Duration::from_secs(35);
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between attempts while the control plane is unreachable.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+pub struct AgentConfig {
+    /// The control plane: `http://host:port` or `host:port`.
+    pub server: String,
+    /// This host's name, unique in the cluster.
+    pub name: String,
+    pub channel: Option<String>,
+    pub tags: Vec<String>,
+    pub data_dir: PathBuf,
+    /// Needed only until the host key is enrolled.
+    pub join_token: Option<String>,
+    pub shim: ShimExe,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot use data dir {path}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("another warden agent is already running on data dir {0} (its agent.lock is held)")]
+    AlreadyRunning(String),
+    #[error(transparent)]
+    Identity(#[from] crate::auth::IdentityError),
+    #[error("this host is not enrolled yet: its first start needs --join-token or WARDEN_JOIN_TOKEN (`warden server` prints the token and writes it to <server data dir>/join-token)")]
+    NoJoinToken,
+    #[error("bad --server: {0}")]
+    Server(String),
+    #[error("the control plane refused to enroll this host: {0}")]
+    EnrollRefused(String),
+    #[error("data dir {data_dir} is enrolled as host {enrolled:?}, not {name:?}: use --name {enrolled} or another --data-dir")]
+    NameMismatch { data_dir: String, enrolled: String, name: String },
+    #[error("{path} is unreadable: {reason}")]
+    Enrollment { path: String, reason: String },
+    #[error("report queue")]
+    Queue(#[from] warden_store::queue::QueueError),
+}
+
+/// Runs the agent until SIGINT or SIGTERM; see the module docs.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let data_dir = config.data_dir.clone();
+    let dir_err = |source| AgentError::DataDir { path: data_dir.display().to_string(), source };
+    std::fs::create_dir_all(data_dir.join("cells")).map_err(dir_err)?;
+    std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let key_path = data_dir.join("host.key");
+    let identity = if key_path.exists() {
+        Identity::load(&key_path)?
+    } else {
+        let identity = Identity::generate(&config.name);
+        identity.save(&key_path)?;
+        identity
+    };
+    let identity = Arc::new(identity);
+    let http = Arc::new(Http::new(&config.server, identity.clone()).map_err(AgentError::Server)?);
+
+    let enrolled_path = data_dir.join("enrolled.json");
+    let enrolled = match read_enrollment(&enrolled_path)? {
+        Some(enrolled) => enrolled,
+        None => {
+            let join_token = config.join_token.clone().filter(|t| !t.trim().is_empty()).ok_or(AgentError::NoJoinToken)?;
+            let request = EnrollRequest {
+                join_token: join_token.trim().to_string(),
+                name: config.name.clone(),
+                channel: config.channel.clone(),
+                tags: config.tags.clone(),
+            };
+            let enrolled = tokio::select! {
+                enrolled = enroll(&http, &request) => enrolled?,
+                () = shutdown_signal() => return Ok(()),
+            };
+            write_durably(&enrolled_path, &serde_json::to_vec_pretty(&enrolled).expect("serializes")).map_err(dir_err)?;
+            enrolled
+        }
+    };
+    if enrolled.host != config.name {
+        return Err(AgentError::NameMismatch {
+            data_dir: data_dir.display().to_string(),
+            enrolled: enrolled.host.clone(),
+            name: config.name.clone(),
+        });
+    }
+    if let Err(e) = enrolled.lease.validate() {
+        tracing::warn!("the control plane's lease timing is unusable for fenced cells: {e}");
+    }
+
+    let queue = Arc::new(DurableQueue::open(&data_dir.join("reports.db"))?);
+    let (claims_tx, claims_rx) = mpsc::unbounded_channel();
+    let executor = Executor::new(
+        data_dir.join("cells"),
+        data_dir.join("logs"),
+        config.shim.clone(),
+        queue.clone(),
+        enrolled.lease,
+        claims_tx,
+    );
+    let readoption = executor.readopt().await.map_err(dir_err)?;
+    let queued = queue.len()?;
+
+    eprintln!("warden agent: host {:?} → {}", enrolled.host, http.base_url());
+    eprintln!("  data dir     {}", data_dir.display());
+    eprintln!("  host key     {} ({})", key_path.display(), identity.principal());
+    eprintln!("  cell shim    {}", shim_note(&config.shim));
+    eprintln!("  cgroups      {} (cell limits and teardown)", warden_cell::cgroup_layout());
+    eprintln!(
+        "  cells        re-adopted {} running ({} fenced), ended while down {}, lost {}; {queued} report(s) queued",
+        readoption.running, readoption.fenced, readoption.exited, readoption.lost
+    );
+    eprintln!(
+        "  heartbeat    every {} ms; leases: ttl {} ms, this host fences {} ms after a renewal it sent",
+        enrolled.heartbeat_interval_ms,
+        enrolled.lease.ttl_ms,
+        enrolled.lease.holder_validity_ms()
+    );
+
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let heartbeats = tokio::spawn(heartbeat_loop(http.clone(), executor.clone(), enrolled.clone(), claims_rx, connected_tx));
+    let commands = tokio::spawn(command_loop(http, executor, data_dir.join("commands.json"), connected_rx));
+    shutdown_signal().await;
+    heartbeats.abort();
+    commands.abort();
+    eprintln!("warden agent: stopped; cells keep running under their shims and the next `warden agent` re-adopts them");
+    Ok(())
+}
+
+fn shim_note(shim: &ShimExe) -> String {
+    match shim {
+        ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),
+        ShimExe::Subcommand(path) => format!("`{} shim`", path.display()),
+    }
+}
+
+/// `POST /v1/agents/enroll` until it is answered: retried while the control plane is unreachable
+/// or failing (5xx), an error once it refuses (4xx, e.g. a wrong join token).
+async fn enroll(http: &Http, request: &EnrollRequest) -> Result<EnrollResponse, AgentError> {
+    let link = Link::new("enroll");
+    loop {
+        match http.json::<_, EnrollResponse>("POST", "/v1/agents/enroll", Some(request), ENROLL_TIMEOUT).await {
+            Ok(enrolled) => {
+                link.ok();
+                tracing::info!("enrolled as host {:?} ({})", enrolled.host, enrolled.principal);
+                return Ok(enrolled);
+            }
+            Err(HttpError::Status { code, message }) if (400..500).contains(&code) && code != 408 && code != 429 => {
+                return Err(AgentError::EnrollRefused(format!("{message} (HTTP {code})")));
+            }
+            Err(e) => link.failed(&e),
+        }
+        tokio::time::sleep(RETRY_DELAY).await;
+    }
+}
+
+/// Logs a connection's state when it changes (connected, or failing in a new way), not on every
+/// attempt: an agent waiting minutes for its control plane writes one line, not thousands.
+struct Link {
+    what: &'static str,
+    state: Mutex<Option<Result<(), String>>>,
+}
+
+impl Link {
+    fn new(what: &'static str) -> Link {
+        Link { what, state: Mutex::new(None) }
+    }
+
+    fn ok(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, Some(Err(_))) {
+            tracing::info!("{}: the control plane answers again", self.what);
+        }
+        *state = Some(Ok(()));
+    }
+
+    fn failed(&self, error: &HttpError) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let class = error.class();
+        if state.as_ref().and_then(|s| s.as_ref().err()) != Some(&class) {
+            tracing::warn!("{}: {error}; retrying (logged again only when this changes)", self.what);
+        }
+        *state = Some(Err(class));
+    }
+}
+
+async fn heartbeat_loop(
+    http: Arc<Http>,
+    executor: Executor,
+    enrolled: EnrollResponse,
+    mut claims: mpsc::UnboundedReceiver<ClaimRequest>,
+    connected: watch::Sender<bool>,
+) {
+    let link = Link::new("heartbeat");
+    let interval = Duration::from_millis(enrolled.heartbeat_interval_ms.max(1));
+    // An answer is worth waiting for only while it can still extend a lease (it counts from the
+    // send time); past that, the next heartbeat is the better bet.
+    let timeout = Duration::from_millis(enrolled.lease.holder_validity_ms().clamp(1_000, 10_000));
+    let mut incarnation: Option<String> = None;
+    let mut send_inventory = true;
+    let mut waiting: Vec<ClaimRequest> = Vec::new();
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = executor.report_pushed() => {}
+            Some(claim) = claims.recv() => waiting.push(claim),
+        }
+        while let Ok(claim) = claims.try_recv() {
+            waiting.push(claim);
+        }
+        waiting.retain(|claim| !claim.reply.is_closed());
+
+        let queue = executor.queue().clone();
+        let reports = match tokio::task::spawn_blocking(move || pending_reports(&queue, MAX_REPORTS_PER_HEARTBEAT)).await {
+            Ok(Ok(reports)) => reports,
+            Ok(Err(e)) => fatal(&format!("cannot read the report queue: {e}")),
+            Err(e) => fatal(&format!("the report queue task failed: {e}")),
+        };
+        let n_reports = reports.len();
+        let renewals = executor.renewals();
+        let mut renew: Vec<LeaseClaim> = renewals.iter().map(|r| r.claim.clone()).collect();
+        renew.extend(waiting.iter().map(|c| c.claim.clone()));
+        let inventory = send_inventory.then(|| executor.inventory());
+        let carried_inventory = inventory.is_some();
+        let heartbeat = Heartbeat { host: enrolled.host.clone(), reports, renew, inventory };
+
+        let sent_at = boottime_ms();
+        next = Instant::now() + interval;
+        let answer = http.json::<_, HeartbeatResponse>("POST", "/v1/agents/heartbeat", Some(&heartbeat), timeout).await;
+        let answer = match answer {
+            Ok(answer) if answer.renewed.len() == heartbeat.renew.len() => answer,
+            Ok(answer) => {
+                let e = HttpError::Decode(format!(
+                    "{} lease answers for {} claims; nothing renewed",
+                    answer.renewed.len(),
+                    heartbeat.renew.len()
+                ));
+                link.failed(&e);
+                continue;
+            }
+            Err(e) => {
+                link.failed(&e);
+                continue;
+            }
+        };
+        link.ok();
+        connected.send_replace(true);
+
+        if answer.acked_reports_through > 0 {
+            let queue = executor.queue().clone();
+            let through = answer.acked_reports_through;
+            match tokio::task::spawn_blocking(move || queue.ack_through(through)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fatal(&format!("cannot acknowledge reports in the queue: {e}")),
+                Err(e) => fatal(&format!("the report queue task failed: {e}")),
+            }
+        }
+        let (renewed, claimed) = answer.renewed.split_at(renewals.len());
+        executor.apply_renewals(&renewals, renewed, sent_at).await;
+        for (claim, &yes) in waiting.drain(..).zip(claimed) {
+            let _ = claim.reply.send(yes.then_some(sent_at));
+        }
+
+        let restarted = incarnation.as_ref().is_some_and(|known| *known != answer.incarnation);
+        if restarted {
+            tracing::info!("the control plane restarted (incarnation {}); sending the inventory", answer.incarnation);
+        }
+        let first = incarnation.is_none();
+        send_inventory = answer.send_inventory || ((restarted || first) && !carried_inventory);
+        incarnation = Some(answer.incarnation);
+        if send_inventory || n_reports == MAX_REPORTS_PER_HEARTBEAT {
+            next = Instant::now();
+        }
+    }
+}
+
+/// Where the command loop is: the last command carried out, in which incarnation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    incarnation: Option<String>,
+    after: u64,
+}
+
+async fn command_loop(http: Arc<Http>, executor: Executor, cursor_path: PathBuf, mut connected: watch::Receiver<bool>) {
+    // The first heartbeat carries the inventory; asking for commands only after it lets the
+    // control plane reconcile before it decides.
+    let _ = connected.wait_for(|connected| *connected).await;
+    let link = Link::new("commands");
+    let mut cursor: Cursor = std::fs::read(&cursor_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    loop {
+        // With the incarnation the cursor counts in, so the control plane can tell a cursor of
+        // its own numbering from a stale one (it then answers from the start).
+        let path = match &cursor.incarnation {
+            Some(incarnation) => {
+                format!("/v1/agents/commands?after={}&incarnation={}", cursor.after, query_escape(incarnation))
+            }
+            None => "/v1/agents/commands?after=0".to_string(),
+        };
+        let answer = match http.json::<(), Commands>("GET", &path, None, COMMANDS_TIMEOUT).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                link.failed(&e);
+                tokio::time::sleep(RETRY_DELAY).await;
+                continue;
+            }
+        };
+        link.ok();
+        if cursor.incarnation.as_deref() != Some(answer.incarnation.as_str()) {
+            let stale = cursor.incarnation.is_some() && cursor.after != 0;
+            if cursor.incarnation.is_some() {
+                tracing::info!("new control-plane incarnation {}: command numbering starts over", answer.incarnation);
+            }
+            cursor = Cursor { incarnation: Some(answer.incarnation), after: 0 };
+            save_cursor(&cursor_path, &cursor);
+            if stale {
+                // Numbered in the new incarnation but asked for after the old one's `N`: the
+                // answer may have skipped some. Ask again from the start.
+                continue;
+            }
+        }
+        let mut commands = answer.commands;
+        commands.sort_by_key(|command| command.seq);
+        for command in commands {
+            if command.seq <= cursor.after {
+                continue;
+            }
+            tracing::debug!(seq = command.seq, "command {:?}", command.kind);
+            executor.execute(command.kind).await;
+            cursor.after = command.seq;
+            save_cursor(&cursor_path, &cursor);
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Atomic (temp file + rename), not fsynced: like the cell records, it must survive an agent
+/// crash, which the page cache does; after a power cut the cells are gone anyway.
+fn save_cursor(path: &Path, cursor: &Cursor) {
+    let tmp = path.with_extension("json.tmp");
+    let result = std::fs::write(&tmp, serde_json::to_vec(cursor).expect("serializes")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!("cannot save the command cursor {}: {e}", path.display());
+    }
+}
+
+fn read_enrollment(path: &Path) -> Result<Option<EnrollResponse>, AgentError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AgentError::Enrollment { path: path.display().to_string(), reason: e.to_string() }),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| AgentError::Enrollment { path: path.display().to_string(), reason: e.to_string() })
+}
+
+/// Temp file, fsync, rename, fsync of the dir: the enrollment must not be half-written or lost,
+/// or the host would need a join token again.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on `<data-dir>/agent.lock` for the life of the process: two agents on
+/// one data dir would both start every cell.
+fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
+    let path = data_dir.join("agent.lock");
+    let file = File::create(&path).map_err(|source| AgentError::DataDir { path: path.display().to_string(), source })?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        return Err(AgentError::AlreadyRunning(data_dir.display().to_string()));
+    }
+    Ok(file)
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// The report queue cannot be written or read: exit (70, like the engine's journal failures)
+/// rather than lose a fact. The next start re-adopts the cells and reports what they did.
+pub(crate) fn fatal(message: &str) -> ! {
+    tracing::error!("fatal: {message}");
+    eprintln!("warden agent: fatal: {message}; exiting so the next start re-adopts the cells");
+    std::process::exit(70)
+}

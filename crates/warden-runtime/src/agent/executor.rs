@@ -1,0 +1,658 @@
+//! The agent's hands: carries out the control plane's commands on this host's cells, re-adopts
+//! the cells it finds after a restart, holds the leases of its fenced cells, and turns everything
+//! that happens to a cell into a report in the durable queue. No HTTP here: the heartbeat loop
+//! (`agent.rs`) sends what is queued and hands back the answers to lease claims and renewals,
+//! so all of this runs and is tested against real cells without a control plane.
+//!
+//! # Leases
+//!
+//! A fenced cell may only run while this host holds its workload's lease. The executor keeps a
+//! [`HeldLease`] per fenced cell: its deadline on this host's `CLOCK_BOOTTIME` (in ms), which is
+//! also what `lease.json` in the cell dir tells its shim (in ns). The deadline only ever moves by
+//! an *answered* claim: [`HeldLease::answered`] / [`HeldLease::extend`] from the time the claim
+//! was *sent*, never from when the answer came (see `warden_core::lease` for why that keeps two
+//! primaries apart). A claim the server refuses ends the cell at once (SIGKILL through its
+//! shim); a claim that is never answered ends it at the deadline, by its shim's own timer, even if
+//! this process is gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot, Notify};
+use warden_cell::{CellConfig, CellState, Fence, LeaseRecord, ProcessBackend, ShimExe, StartedCell};
+use warden_core::lease::{HeldLease, LeaseTiming};
+use warden_core::spec::{CellSpec, LogSpec};
+use warden_core::CellExit;
+use warden_store::queue::DurableQueue;
+
+use crate::cells::{cell_config, cell_exit, lost_exit};
+use crate::proto::{CommandKind, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, StartLease};
+
+/// The environment variable a fenced cell finds its lease epoch in.
+pub const EPOCH_ENV: &str = "WARDEN_EPOCH";
+
+/// `CLOCK_BOOTTIME` in milliseconds: the agent's clock for leases (see `warden_cell::Fence`).
+pub fn boottime_ms() -> u64 {
+    warden_cell::boottime_ns() / 1_000_000
+}
+
+/// A lease claim for the heartbeat loop to send at once. The answer is `Some(sent_at_ms)`, the
+/// `CLOCK_BOOTTIME` reading when the heartbeat that carried the claim was sent, if the control
+/// plane renewed it; `None` if it refused (or the agent is shutting down).
+pub struct ClaimRequest {
+    pub claim: LeaseClaim,
+    pub reply: oneshot::Sender<Option<u64>>,
+}
+
+/// A renewal to send with a heartbeat: the claim, and the cell it keeps alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub cell_id: String,
+    pub claim: LeaseClaim,
+}
+
+/// What [`Executor::readopt`] found under the cells dir.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readoption {
+    /// Running cells watched again.
+    pub running: usize,
+    /// … of which fenced, whose leases are renewed again.
+    pub fenced: usize,
+    /// Cells that ended while the agent was down (reported unless a report was already queued).
+    pub exited: usize,
+    /// Cells whose shim died without recording an exit (reported as lost).
+    pub lost: usize,
+}
+
+/// A report as queued: `Report` without its `seq`, which the queue assigns.
+#[derive(Serialize, Deserialize)]
+struct Queued {
+    workload_id: String,
+    cell_id: String,
+    event: ReportEvent,
+}
+
+/// Up to `limit` queued reports, oldest first, numbered by the queue. A body that no longer
+/// decodes is skipped (and acknowledged with the ones after it).
+pub fn pending_reports(queue: &DurableQueue, limit: usize) -> Result<Vec<Report>, warden_store::queue::QueueError> {
+    Ok(queue
+        .pending(limit)?
+        .into_iter()
+        .filter_map(|(seq, body)| match serde_json::from_slice::<Queued>(&body) {
+            Ok(q) => Some(Report { seq, workload_id: q.workload_id, cell_id: q.cell_id, event: q.event }),
+            Err(e) => {
+                tracing::warn!("report {seq} in the queue is unreadable and is skipped: {e}");
+                None
+            }
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug)]
+enum Tracked {
+    /// Being started by a `Start` command (possibly still claiming its lease).
+    Starting,
+    Running(StartedCell),
+    Exited(CellExit),
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    workload_id: String,
+    state: Tracked,
+    /// Fenced cells only, while the lease is held: renewed with every heartbeat.
+    lease: Option<HeldLease>,
+    /// The control plane refused the lease while the cell was starting: kill it once it runs.
+    lease_lost: bool,
+    /// A `Remove` came while the cell still ran: it was killed; remove it once it has exited,
+    /// without a report (its end is already journaled).
+    remove_when_exited: bool,
+}
+
+struct Inner {
+    backend: Arc<ProcessBackend>,
+    cells_dir: PathBuf,
+    logs_dir: PathBuf,
+    queue: Arc<DurableQueue>,
+    timing: LeaseTiming,
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    cells: Mutex<BTreeMap<String, Entry>>,
+    /// Notified whenever a report was queued, so it can be sent at once.
+    pushed: Notify,
+}
+
+/// Carries out commands on this host's cells and queues what happens to them; see the module
+/// docs. Cheap to clone (all clones share one state). Needs a tokio runtime: cells are watched
+/// by tasks waiting on their shims' pidfds.
+#[derive(Clone)]
+pub struct Executor {
+    inner: Arc<Inner>,
+}
+
+impl Executor {
+    /// Cells live in `cells_dir`, their output in `<logs_dir>/<workload-id>/`, reports go to
+    /// `queue`, lease claims for new fenced cells to `claims` (see [`ClaimRequest`]).
+    pub fn new(
+        cells_dir: PathBuf,
+        logs_dir: PathBuf,
+        shim: ShimExe,
+        queue: Arc<DurableQueue>,
+        timing: LeaseTiming,
+        claims: mpsc::UnboundedSender<ClaimRequest>,
+    ) -> Executor {
+        let backend = Arc::new(ProcessBackend::new(cells_dir.clone(), shim));
+        Executor {
+            inner: Arc::new(Inner {
+                backend,
+                cells_dir,
+                logs_dir,
+                queue,
+                timing,
+                claims,
+                cells: Mutex::new(BTreeMap::new()),
+                pushed: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<ProcessBackend> {
+        &self.inner.backend
+    }
+
+    pub fn queue(&self) -> &Arc<DurableQueue> {
+        &self.inner.queue
+    }
+
+    pub fn timing(&self) -> &LeaseTiming {
+        &self.inner.timing
+    }
+
+    /// Resolves once a report was queued since the last call (a permit is kept if nobody waits).
+    pub async fn report_pushed(&self) {
+        self.inner.pushed.notified().await
+    }
+
+    fn cells(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.inner.cells.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lease this host holds for a cell, if it is fenced and the lease was not lost.
+    pub fn held_lease(&self, cell_id: &str) -> Option<HeldLease> {
+        self.cells().get(cell_id).and_then(|entry| entry.lease)
+    }
+
+    /// Re-adopts every cell under the cells dir, once at start-up, before any command: running
+    /// cells are watched again (and a fenced one's lease, as its `lease.json` has it, renewed
+    /// again), cells that ended while nobody watched are reported — unless a report of their
+    /// exit is still in the queue — and dirs of starts that never happened are set aside by the
+    /// backend. Never starts anything.
+    pub async fn readopt(&self) -> std::io::Result<Readoption> {
+        let backend = self.inner.backend.clone();
+        let cells_dir = self.inner.cells_dir.clone();
+        let found = tokio::task::spawn_blocking(move || scan(&backend, &cells_dir))
+            .await
+            .map_err(|e| std::io::Error::other(format!("re-adoption task failed: {e}")))??;
+        let queue = self.inner.queue.clone();
+        let pending = tokio::task::spawn_blocking(move || pending_reports(&queue, usize::MAX))
+            .await
+            .map_err(|e| std::io::Error::other(format!("queue task failed: {e}")))?
+            .map_err(std::io::Error::other)?;
+        let already_reported: BTreeSet<String> = pending
+            .into_iter()
+            .filter(|report| matches!(report.event, ReportEvent::Exited { .. }))
+            .map(|report| report.cell_id)
+            .collect();
+
+        let mut summary = Readoption::default();
+        for Found { cell_id, workload_id, state, lease } in found {
+            let exit = match state {
+                CellState::NotStarted => continue,
+                CellState::Running(started) => {
+                    summary.running += 1;
+                    let lease = lease
+                        .map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
+                    summary.fenced += usize::from(lease.is_some());
+                    self.cells().insert(
+                        cell_id.clone(),
+                        Entry {
+                            workload_id,
+                            state: Tracked::Running(started.clone()),
+                            lease,
+                            lease_lost: false,
+                            remove_when_exited: false,
+                        },
+                    );
+                    self.watch(cell_id, started);
+                    continue;
+                }
+                CellState::Exited(status) => {
+                    summary.exited += 1;
+                    cell_exit(&status)
+                }
+                CellState::Lost { reason } => {
+                    summary.lost += 1;
+                    lost_exit(&reason)
+                }
+            };
+            self.cells().insert(
+                cell_id.clone(),
+                Entry {
+                    workload_id: workload_id.clone(),
+                    state: Tracked::Exited(exit.clone()),
+                    lease: None,
+                    lease_lost: false,
+                    remove_when_exited: false,
+                },
+            );
+            if !already_reported.contains(&cell_id) {
+                self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Every cell this host has and what is known of it, for the control plane to reconcile
+    /// with. Cells still starting are left out: their `Started` (or `StartFailed`) report follows.
+    pub fn inventory(&self) -> Vec<InventoryCell> {
+        self.cells()
+            .iter()
+            .filter_map(|(cell_id, entry)| {
+                let state = match &entry.state {
+                    Tracked::Starting => return None,
+                    Tracked::Running(started) => {
+                        InventoryState::Running { pid: started.pid, pid_start_time: started.pid_start_time }
+                    }
+                    Tracked::Exited(exit) => InventoryState::Exited { exit: exit.clone() },
+                };
+                Some(InventoryCell { workload_id: entry.workload_id.clone(), cell_id: cell_id.clone(), state })
+            })
+            .collect()
+    }
+
+    /// The leases to renew with the next heartbeat: one per fenced cell that runs (or is being
+    /// started) and whose lease was not lost.
+    pub fn renewals(&self) -> Vec<Renewal> {
+        self.cells()
+            .iter()
+            .filter(|(_, entry)| !matches!(entry.state, Tracked::Exited(_)))
+            .filter_map(|(cell_id, entry)| {
+                let held = entry.lease?;
+                Some(Renewal {
+                    cell_id: cell_id.clone(),
+                    claim: LeaseClaim { workload_id: entry.workload_id.clone(), epoch: held.epoch },
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a heartbeat's answers to its `renewals` (same order), the heartbeat having been
+    /// sent at `sent_at_ms` on `CLOCK_BOOTTIME`: a renewed lease's deadline is extended and
+    /// written to the cell's `lease.json`; a refused one is dropped and its cell killed.
+    pub async fn apply_renewals(&self, renewals: &[Renewal], answers: &[bool], sent_at_ms: u64) {
+        let mut extend = Vec::new();
+        let mut kill = Vec::new();
+        {
+            let mut cells = self.cells();
+            for (renewal, &renewed) in renewals.iter().zip(answers) {
+                let Some(entry) = cells.get_mut(&renewal.cell_id) else { continue };
+                let Some(held) = entry.lease.as_mut().filter(|held| held.epoch == renewal.claim.epoch) else { continue };
+                if renewed {
+                    held.extend(sent_at_ms, &self.inner.timing);
+                    extend.push((renewal.cell_id.clone(), *held));
+                } else {
+                    tracing::warn!(
+                        cell_id = %renewal.cell_id,
+                        "the control plane refused lease epoch {} of {}: killing the cell",
+                        held.epoch,
+                        renewal.claim.workload_id
+                    );
+                    entry.lease = None;
+                    match entry.state {
+                        Tracked::Running(_) => kill.push(renewal.cell_id.clone()),
+                        Tracked::Starting => entry.lease_lost = true,
+                        Tracked::Exited(_) => {}
+                    }
+                }
+            }
+        }
+        if extend.is_empty() && kill.is_empty() {
+            return;
+        }
+        let backend = self.inner.backend.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            for (cell_id, held) in extend {
+                match backend.renew_lease(&cell_id, held.epoch, held.deadline_ms.saturating_mul(1_000_000)) {
+                    // Not created yet (the start is writing its first lease) or already removed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(%cell_id, "cannot renew the lease file: {e}"),
+                    Ok(()) => {}
+                }
+            }
+            for cell_id in kill {
+                if let Err(e) = backend.signal(&cell_id, true) {
+                    tracing::warn!(%cell_id, "cannot kill the cell that lost its lease: {e}");
+                }
+            }
+        });
+        let _ = done.await;
+    }
+
+    /// Carries out one command. Commands are idempotent: a `Start` of a cell that exists, a
+    /// `Signal` to a cell that ended, a `Remove` of a cell that is gone change nothing.
+    pub async fn execute(&self, command: CommandKind) {
+        match command {
+            CommandKind::Start { workload_id, cell_id, cell, logs, lease } => {
+                self.start(workload_id, cell_id, cell, logs, lease).await
+            }
+            CommandKind::Signal { cell_id, kill } => {
+                let backend = self.inner.backend.clone();
+                let id = cell_id.clone();
+                match tokio::task::spawn_blocking(move || backend.signal(&id, kill)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(warden_cell::SignalError::NoSuchCell(_))) => {
+                        tracing::debug!(%cell_id, "signal to a cell this host does not have")
+                    }
+                    Ok(Err(e)) => tracing::warn!(%cell_id, "signal failed: {e}"),
+                    Err(e) => tracing::warn!(%cell_id, "signal task failed: {e}"),
+                }
+            }
+            CommandKind::Remove { cell_id } => self.remove(cell_id).await,
+        }
+    }
+
+    async fn start(&self, workload_id: String, cell_id: String, cell: CellSpec, logs: LogSpec, lease: Option<StartLease>) {
+        if self.cells().contains_key(&cell_id) {
+            tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
+            return;
+        }
+        let backend = self.inner.backend.clone();
+        let id = cell_id.clone();
+        let state = match tokio::task::spawn_blocking(move || backend.inspect(&id)).await {
+            Ok(state) => state,
+            Err(e) => CellState::Lost { reason: format!("inspect task failed: {e}") },
+        };
+        if !matches!(state, CellState::NotStarted) {
+            // Not one this agent knows of (they were all re-adopted): take it on as it is.
+            tracing::warn!(%cell_id, "start of a cell that already exists on disk: adopting it instead");
+            self.adopt(workload_id, cell_id, state).await;
+            return;
+        }
+        self.cells().insert(
+            cell_id.clone(),
+            Entry {
+                workload_id: workload_id.clone(),
+                state: Tracked::Starting,
+                lease: None,
+                lease_lost: false,
+                remove_when_exited: false,
+            },
+        );
+
+        let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, &self.inner.logs_dir);
+        if let Some(StartLease { epoch }) = lease {
+            // The command may be old news: claim the lease now, and count the fence from the
+            // claim's send time, not from when the control plane granted it.
+            let Some(sent_at) = self.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
+                self.cells().remove(&cell_id);
+                let error = format!("lease epoch {epoch} could not be claimed");
+                tracing::info!(%cell_id, "not started: {error}");
+                self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+                return;
+            };
+            let held = HeldLease::answered(epoch, sent_at, &self.inner.timing);
+            if let Some(entry) = self.cells().get_mut(&cell_id) {
+                entry.lease = Some(held);
+            }
+            config.fence = Some(Fence { epoch, initial_deadline_boottime_ns: held.deadline_ms.saturating_mul(1_000_000) });
+            config.env.insert(EPOCH_ENV.to_string(), epoch.to_string());
+        }
+        let started = self.spawn_cell(config).await;
+        match started {
+            Ok(started) => {
+                let lease_lost = {
+                    let mut cells = self.cells();
+                    match cells.get_mut(&cell_id) {
+                        Some(entry) => {
+                            entry.state = Tracked::Running(started.clone());
+                            entry.lease_lost
+                        }
+                        None => false,
+                    }
+                };
+                let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
+                self.report(workload_id, cell_id.clone(), event).await;
+                if lease_lost {
+                    let backend = self.inner.backend.clone();
+                    let id = cell_id.clone();
+                    let _ = tokio::task::spawn_blocking(move || backend.signal(&id, true)).await;
+                }
+                self.watch(cell_id, started);
+            }
+            Err(error) => {
+                self.cells().remove(&cell_id);
+                tracing::info!(%cell_id, "start failed: {error}");
+                self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+            }
+        }
+    }
+
+    async fn spawn_cell(&self, config: CellConfig) -> Result<StartedCell, String> {
+        if let Some(dir) = config.log_path.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let backend = self.inner.backend.clone();
+        match tokio::task::spawn_blocking(move || backend.start(&config)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("start task failed: {e}")),
+        }
+    }
+
+    /// Sends a claim to the heartbeat loop and waits for its answer: the send time if renewed.
+    async fn claim(&self, claim: LeaseClaim) -> Option<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.claims.send(ClaimRequest { claim, reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Takes on a cell found on disk that this agent was not tracking.
+    async fn adopt(&self, workload_id: String, cell_id: String, state: CellState) {
+        let exit = match state {
+            CellState::NotStarted => return,
+            CellState::Running(started) => {
+                let lease = read_lease(&self.inner.backend.cell_dir(&cell_id))
+                    .map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
+                self.cells().insert(
+                    cell_id.clone(),
+                    Entry {
+                        workload_id,
+                        state: Tracked::Running(started.clone()),
+                        lease,
+                        lease_lost: false,
+                        remove_when_exited: false,
+                    },
+                );
+                self.watch(cell_id, started);
+                return;
+            }
+            CellState::Exited(status) => cell_exit(&status),
+            CellState::Lost { reason } => lost_exit(&reason),
+        };
+        let entry = Entry {
+            workload_id: workload_id.clone(),
+            state: Tracked::Exited(exit.clone()),
+            lease: None,
+            lease_lost: false,
+            remove_when_exited: false,
+        };
+        self.cells().insert(cell_id.clone(), entry);
+        self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
+    }
+
+    async fn remove(&self, cell_id: String) {
+        let still_running = {
+            let mut cells = self.cells();
+            match cells.get_mut(&cell_id) {
+                Some(entry) if matches!(entry.state, Tracked::Running(_) | Tracked::Starting) => {
+                    entry.remove_when_exited = true;
+                    entry.lease = None;
+                    true
+                }
+                _ => {
+                    cells.remove(&cell_id);
+                    false
+                }
+            }
+        };
+        let backend = self.inner.backend.clone();
+        let id = cell_id.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            if still_running {
+                // Its end is journaled, yet it runs: it must not outlive that decision.
+                tracing::warn!(cell_id = %id, "remove of a cell that still runs: killing it first");
+                backend.signal(&id, true).map_err(|e| std::io::Error::other(e.to_string()))
+            } else {
+                backend.remove(&id)
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%cell_id, "remove failed: {e}"),
+            Err(e) => tracing::warn!(%cell_id, "remove task failed: {e}"),
+        }
+    }
+
+    /// Waits for a cell's shim to exit (its pidfd turns readable), then records and reports how
+    /// the cell ended.
+    fn watch(&self, cell_id: String, started: StartedCell) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let backend = executor.inner.backend.clone();
+            match backend.exit_fd(&cell_id, &started) {
+                // SAFETY: `fd` is an OwnedFd (a valid, open pidfd or eventfd) moved into the
+                // AsyncFd, which owns it until it is dropped at the end of this match.
+                Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+                    Ok(fd) => {
+                        let _ = fd.readable().await;
+                    }
+                    Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
+                },
+                // `exit_fd` returns an already-readable fd when the shim is gone: a real failure.
+                Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
+            }
+            let id = cell_id.clone();
+            let state = tokio::task::spawn_blocking(move || backend.collect_exit(&id, &started)).await;
+            let exit = match state {
+                Ok(CellState::Exited(status)) => cell_exit(&status),
+                Ok(CellState::Lost { reason }) => lost_exit(&reason),
+                Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => {
+                    lost_exit("the cell's shim ended without an exit record")
+                }
+                Err(e) => lost_exit(&format!("exit collection failed: {e}")),
+            };
+            executor.ended(cell_id, exit).await;
+        });
+    }
+
+    async fn ended(&self, cell_id: String, exit: CellExit) {
+        let (workload_id, remove) = {
+            let mut cells = self.cells();
+            let Some(entry) = cells.get_mut(&cell_id) else { return };
+            entry.lease = None;
+            if entry.remove_when_exited {
+                let entry = cells.remove(&cell_id).expect("present");
+                (entry.workload_id, true)
+            } else {
+                entry.state = Tracked::Exited(exit.clone());
+                (entry.workload_id.clone(), false)
+            }
+        };
+        if remove {
+            let backend = self.inner.backend.clone();
+            let id = cell_id.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.remove(&id)).await {
+                tracing::warn!(%cell_id, "remove failed: {e}");
+            }
+            return;
+        }
+        tracing::info!(%cell_id, "cell ended: {}", exit.reason);
+        self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
+    }
+
+    /// Queues a report durably, then wakes the heartbeat loop to send it. A queue that cannot
+    /// be written is fatal: the fact would be lost, and a restart re-derives it from the cells.
+    async fn report(&self, workload_id: String, cell_id: String, event: ReportEvent) {
+        let body = serde_json::to_vec(&Queued { workload_id, cell_id: cell_id.clone(), event }).expect("report serializes");
+        let queue = self.inner.queue.clone();
+        match tokio::task::spawn_blocking(move || queue.push(&body)).await {
+            Ok(Ok(_seq)) => self.inner.pushed.notify_one(),
+            Ok(Err(e)) => super::fatal(&format!("cannot queue a report about cell {cell_id}: {e}")),
+            Err(e) => super::fatal(&format!("the task queueing a report about cell {cell_id} failed: {e}")),
+        }
+    }
+}
+
+/// One cell dir as found at start-up.
+struct Found {
+    cell_id: String,
+    workload_id: String,
+    state: CellState,
+    /// `lease.json`, for a running fenced cell.
+    lease: Option<LeaseRecord>,
+}
+
+/// Inspects every cell dir (blocking: `inspect` may wait for a shim that is still starting).
+fn scan(backend: &ProcessBackend, cells_dir: &Path) -> std::io::Result<Vec<Found>> {
+    let entries = match std::fs::read_dir(cells_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        // `.oci-state` is the runtime's; `<id>.abandoned-<n>` are starts that never happened.
+        if name.starts_with('.') || name.contains(".abandoned-") {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|cell_id| {
+            let dir = backend.cell_dir(&cell_id);
+            let config =
+                std::fs::read(dir.join("config.json")).ok().and_then(|bytes| serde_json::from_slice::<CellConfig>(&bytes).ok());
+            // Cell ids are `<workload-id>.<n>`: the fallback when config.json is unreadable.
+            let workload_id = config.as_ref().map(|c| c.workload_id.clone()).unwrap_or_else(|| {
+                cell_id.rsplit_once('.').map(|(workload, _)| workload.to_string()).unwrap_or_else(|| cell_id.clone())
+            });
+            let state = backend.inspect(&cell_id);
+            let fenced = config.as_ref().is_some_and(|c| c.fence.is_some());
+            let lease = match &state {
+                CellState::Running(_) if fenced => {
+                    let lease = read_lease(&dir);
+                    if lease.is_none() {
+                        tracing::warn!(%cell_id, "fenced cell without a readable lease.json: its shim ends it");
+                    }
+                    lease
+                }
+                _ => None,
+            };
+            Found { cell_id, workload_id, state, lease }
+        })
+        .collect())
+}
+
+fn read_lease(cell_dir: &Path) -> Option<LeaseRecord> {
+    let bytes = std::fs::read(cell_dir.join("lease.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

@@ -1,0 +1,262 @@
+//! The control plane's side of the cluster: which hosts are alive, where a cell goes, the
+//! leases of primaries on cluster hosts, and the command queues agents long-poll.
+//!
+//! All of it lives inside the engine task (one owner), except the command queues, which the
+//! API's long-poll handlers read. What must survive a restart is journaled (enrollment, host
+//! up/down, placements, lease grants and releases); what need not is kept here in memory and
+//! rebuilt conservatively after a restart: every host gets a grace period before it can be
+//! declared down, every held lease counts as renewed at start-up (`lease::after_restart`), and
+//! every agent is asked for its inventory to reconcile cells whose commands were lost.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use warden_core::lease::{acquire, Lease, LeaseRefused, LeaseTiming};
+use warden_core::{EventData, Projection, Workload};
+
+use crate::proto::{AgentCommand, CommandKind, LeaseClaim};
+
+/// The default heartbeat interval: hosts renew leases and report this often.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 300;
+/// A host silent this long is down.
+pub const HOST_TTL_MS: u64 = 1_500;
+/// After the control plane starts, no host is declared down before this much longer than
+/// `host_ttl`: agents need time to notice the restart and reconnect.
+pub const RESTART_GRACE_MS: u64 = 5_000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterConfig {
+    pub heartbeat_interval_ms: u64,
+    pub host_ttl_ms: u64,
+    pub lease: LeaseTiming,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            host_ttl_ms: HOST_TTL_MS,
+            lease: LeaseTiming { ttl_ms: HOST_TTL_MS, renew_every_ms: HEARTBEAT_INTERVAL_MS, ..LeaseTiming::default() },
+        }
+    }
+}
+
+/// Per-host command queues, shared with the API's long-poll handlers.
+#[derive(Default)]
+pub struct Queues {
+    pub incarnation: String,
+    hosts: Mutex<HashMap<String, HostQueue>>,
+    /// For views only (`warden hosts`); liveness decisions use the engine's own record.
+    heartbeats: Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Default)]
+struct HostQueue {
+    next_seq: u64,
+    commands: Vec<AgentCommand>,
+    notify: Arc<Notify>,
+}
+
+/// Commands kept per host for agents that are slow to poll; older ones are acknowledged by the
+/// agent's `after` and dropped.
+const MAX_QUEUED: usize = 10_000;
+
+impl Queues {
+    pub fn new(incarnation: String) -> Queues {
+        Queues { incarnation, hosts: Mutex::new(HashMap::new()), heartbeats: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn heartbeat_seen(&self, host: &str, now: u64) {
+        self.heartbeats.lock().expect("heartbeats lock").insert(host.to_string(), now);
+    }
+
+    pub fn last_heartbeat(&self, host: &str) -> Option<u64> {
+        self.heartbeats.lock().expect("heartbeats lock").get(host).copied()
+    }
+
+    pub fn push(&self, host: &str, kind: CommandKind) {
+        let mut hosts = self.hosts.lock().expect("queues lock");
+        let queue = hosts.entry(host.to_string()).or_default();
+        queue.next_seq += 1;
+        queue.commands.push(AgentCommand { seq: queue.next_seq, kind });
+        if queue.commands.len() > MAX_QUEUED {
+            queue.commands.remove(0);
+        }
+        queue.notify.notify_waiters();
+    }
+
+    /// Commands after `after`, dropping the ones the agent has confirmed by asking past them;
+    /// and what to wait on when there are none.
+    pub fn after(&self, host: &str, after: u64) -> (Vec<AgentCommand>, Arc<Notify>) {
+        let mut hosts = self.hosts.lock().expect("queues lock");
+        let queue = hosts.entry(host.to_string()).or_default();
+        queue.commands.retain(|c| c.seq > after);
+        (queue.commands.clone(), queue.notify.clone())
+    }
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    /// `warden up`'s own node: cells placed here run under this process, with no lease.
+    pub local_host: Option<String>,
+    pub queues: Arc<Queues>,
+    /// Last heartbeat per host, on this process's clock.
+    last_seen: HashMap<String, u64>,
+    /// Lease expiry per workload, on this process's clock (not journaled; see module docs).
+    lease_expiry: HashMap<String, u64>,
+    /// Hosts whose inventory is wanted (all of them after a restart).
+    pub want_inventory: HashSet<String>,
+    /// Starts waiting for a host or a lease: (workload, cell) → when to try again.
+    pub deferred: BTreeMap<(String, String), u64>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, local_host: Option<String>, projection: &Projection, now: u64) -> Cluster {
+        let grace_until = now + RESTART_GRACE_MS;
+        Cluster {
+            config,
+            local_host,
+            queues: Arc::new(Queues::new(crate::engine::random_id("i-"))),
+            last_seen: projection.hosts.keys().map(|h| (h.clone(), grace_until)).collect(),
+            lease_expiry: projection
+                .leases
+                .iter()
+                .filter(|(_, l)| l.holder.is_some())
+                .map(|(w, _)| (w.clone(), now + config.lease.ttl_ms))
+                .collect(),
+            want_inventory: projection.hosts.keys().cloned().collect(),
+            deferred: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_local(&self, host: &str) -> bool {
+        self.local_host.as_deref() == Some(host)
+    }
+
+    pub fn seen(&mut self, host: &str, now: u64) {
+        let entry = self.last_seen.entry(host.to_string()).or_insert(now);
+        *entry = (*entry).max(now);
+    }
+
+    /// Hosts that are up in the journal but silent past `host_ttl`.
+    pub fn silent_hosts(&self, projection: &Projection, now: u64) -> Vec<String> {
+        projection
+            .hosts
+            .values()
+            .filter(|h| h.up && !self.is_local(&h.name))
+            .filter(|h| self.last_seen.get(&h.name).is_none_or(|seen| now.saturating_sub(*seen) > self.config.host_ttl_ms))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    /// When the next host could go silent, or a deferred start is due.
+    pub fn next_deadline_ms(&self, projection: &Projection) -> Option<u64> {
+        let silence = projection
+            .hosts
+            .values()
+            .filter(|h| h.up && !self.is_local(&h.name))
+            .filter_map(|h| self.last_seen.get(&h.name).map(|seen| seen + self.config.host_ttl_ms + 1))
+            .min();
+        [silence, self.deferred.values().min().copied()].into_iter().flatten().min()
+    }
+
+    /// The lease as `warden_core::lease` sees it: the journaled epoch and holder plus the
+    /// in-memory expiry.
+    fn lease(&self, projection: &Projection, workload_id: &str) -> Option<Lease> {
+        projection.leases.get(workload_id).map(|l| Lease {
+            workload_id: workload_id.to_string(),
+            epoch: l.epoch,
+            holder: l.holder.clone(),
+            expires_at_ms: self.lease_expiry.get(workload_id).copied().unwrap_or(0),
+            state_uri: None,
+        })
+    }
+
+    /// Renews a host's claim if the lease is still its own *and* the workload's current cell is
+    /// the one on that host: a host declared down has had its cell written off, so its renewals
+    /// are refused even before the lease expires, and its shim fences the cell.
+    pub fn renew(&mut self, projection: &Projection, host: &str, claim: &LeaseClaim, now: u64) -> bool {
+        let current = projection
+            .workloads
+            .get(&claim.workload_id)
+            .is_some_and(|w| w.current_host() == Some(host) && w.epoch == Some(claim.epoch));
+        let Some(lease) = self.lease(projection, &claim.workload_id) else { return false };
+        match (current, warden_core::lease::renew(&lease, host, claim.epoch, now, &self.config.lease)) {
+            (true, Ok(renewed)) => {
+                self.lease_expiry.insert(claim.workload_id.clone(), renewed.expires_at_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Picks a host for a new cell of `workload` and, on a cluster host, the lease to run it
+    /// under. `Ok(events)` to journal with the start; `Err(retry_at)` if it must wait (no host
+    /// fits, or the previous holder's lease has not expired yet).
+    pub fn place(
+        &mut self,
+        projection: &Projection,
+        workload: &Workload,
+        cell_id: &str,
+        now: u64,
+    ) -> Result<Vec<EventData>, u64> {
+        let workload_id = workload.id();
+        let host = self.choose_host(projection, workload).ok_or(now + 1_000)?;
+        if self.is_local(&host) {
+            return Ok(vec![EventData::CellPlaced {
+                workload_id: workload_id.to_string(),
+                cell_id: cell_id.to_string(),
+                host,
+                epoch: None,
+            }]);
+        }
+        let current = self.lease(projection, workload_id);
+        let expected = current.as_ref().map_or(0, |l| l.epoch);
+        match acquire(current.as_ref(), workload_id, &host, expected, now, &self.config.lease) {
+            Ok(lease) => {
+                self.lease_expiry.insert(workload_id.to_string(), lease.expires_at_ms);
+                Ok(vec![
+                    EventData::LeaseGranted { workload_id: workload_id.to_string(), epoch: lease.epoch, host: host.clone() },
+                    EventData::CellPlaced {
+                        workload_id: workload_id.to_string(),
+                        cell_id: cell_id.to_string(),
+                        host,
+                        epoch: Some(lease.epoch),
+                    },
+                ])
+            }
+            Err(LeaseRefused::Held { grantable_at_ms, .. }) => Err(grantable_at_ms),
+            Err(_) => Err(now + 100),
+        }
+    }
+
+    /// An admissible host that is up, with the fewest live cells; the local node when the
+    /// workload has no placement and no cluster host admits it.
+    fn choose_host(&self, projection: &Projection, workload: &Workload) -> Option<String> {
+        let placement = workload.spec.placement.as_ref();
+        // `warden up` keeps a workload without `[placement]` on its own node, as it always did.
+        if let (None, Some(local)) = (placement, &self.local_host) {
+            return Some(local.clone());
+        }
+        // Spread first (fewest instances of the same spec name and owner), then least loaded.
+        let mut load: HashMap<&str, (usize, usize)> = HashMap::new();
+        for w in projection.workloads.values() {
+            if let Some(host) = w.current_host().filter(|_| w.id() != workload.id()) {
+                let entry = load.entry(host).or_default();
+                if w.spec.name == workload.spec.name && w.info.owner == workload.info.owner {
+                    entry.0 += 1;
+                }
+                entry.1 += 1;
+            }
+        }
+        projection
+            .hosts
+            .values()
+            .filter(|h| h.up)
+            .filter(|h| workload.pinned_host.as_deref().is_none_or(|pin| pin == h.name))
+            .filter(|h| placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags)))
+            .min_by_key(|h| (load.get(h.name.as_str()).copied().unwrap_or_default(), h.name.clone()))
+            .map(|h| h.name.clone())
+    }
+}

@@ -1,0 +1,678 @@
+//! The cluster across network namespaces (issue 5's multi-host harness): a real `warden server`
+//! on a bridge in the root namespace and three real `warden agent` processes, each in its own
+//! network namespace joined to the bridge by a veth pair, so a host can be cut off the way a
+//! real one is — its link goes down, packets vanish, nothing answers with a reset — while its
+//! agent and cells keep running.
+//!
+//! ```text
+//!   root ns:  warden server --listen 10.77.N.1:PORT on bridge wdXXXXXX (10.77.N.1/24)
+//!                │ wdXXXXXX-h1b      │ wdXXXXXX-h2b      │ wdXXXXXX-h3b      (bridge ends)
+//!   ns wdXXXXXX-h1: -h1i .11    ns …-h2: -h2i .12    ns …-h3: -h3i .13   (ip netns exec … warden agent)
+//! ```
+//!
+//! Names carry a random tag and the subnet is one no interface uses yet, so runs (and the two
+//! tests of this file, which may run in parallel) never collide; everything is removed on drop,
+//! also when a test panics. A test process killed by SIGKILL leaves `wd*` links and namespaces
+//! behind (`ip netns list`, `ip link show type bridge`).
+//!
+//! The same ground truth as `cluster_e2e.rs`: the workload appends `epoch monotonic_ns` lines
+//! every 20 ms to a file, and two epochs must never overlap. Needs root and iproute2 (`ip`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use support::{alive, bin, kill9};
+use warden_runtime::view::{HostView, WorkloadView};
+
+/// The longest a failover may take. At the defaults the control plane needs ~2 s (a host is down
+/// after 1.5 s of silence, the old lease is granted again 300 ms after its expiry); five times
+/// that leaves room for a loaded 2-core CI machine and still fails a failover that does not
+/// happen or is far off its target.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
+/// For everything that is not a measured failover: start-up, enrollment, a healed host
+/// reconnecting, a cell writing its lines.
+const SETUP_DEADLINE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// The network: a bridge, one namespace and veth pair per host.
+
+/// Held while a subnet is chosen and the bridge takes its address, so that tests running in
+/// parallel in this process never pick the same subnet.
+static NETWORK_SETUP: Mutex<()> = Mutex::new(());
+
+/// What the test created, removed on drop (in reverse: processes, veths, namespaces, bridge).
+struct Network {
+    /// `wd` + 6 random hex digits: the bridge's name and every other name's prefix.
+    tag: String,
+    /// The `N` of 10.77.N.0/24.
+    subnet: u8,
+    bridge_created: bool,
+    namespaces: Vec<String>,
+    /// The bridge-side ends (deleting one deletes its pair).
+    veths: Vec<String>,
+}
+
+struct NetHost {
+    namespace: String,
+    /// The veth end on the bridge, in the root namespace.
+    bridge_end: String,
+}
+
+impl Network {
+    fn create(n_hosts: usize) -> Network {
+        assert!(
+            Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()),
+            "these tests need iproute2's `ip` (apt-get install iproute2)"
+        );
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create network namespaces and need root");
+        let setup = NETWORK_SETUP.lock().unwrap_or_else(PoisonError::into_inner);
+        let tag = format!("wd{:06x}", random_u64() & 0xff_ffff);
+        let mut net =
+            Network { tag: tag.clone(), subnet: free_subnet(), bridge_created: false, namespaces: Vec::new(), veths: Vec::new() };
+        ip(&["link", "add", &tag, "type", "bridge"]);
+        net.bridge_created = true;
+        ip(&["addr", "add", &format!("{}/24", net.bridge_ip()), "dev", &tag]);
+        ip(&["link", "set", &tag, "up"]);
+        drop(setup); // the subnet shows in `ip addr` now
+        for i in 1..=n_hosts {
+            let namespace = format!("{tag}-h{i}");
+            let (bridge_end, inner) = (format!("{tag}-h{i}b"), format!("{tag}-h{i}i"));
+            ip(&["netns", "add", &namespace]);
+            net.namespaces.push(namespace.clone());
+            ip(&["link", "add", &bridge_end, "type", "veth", "peer", "name", &inner, "netns", &namespace]);
+            net.veths.push(bridge_end.clone());
+            ip(&["link", "set", &bridge_end, "master", &tag, "up"]);
+            ip(&["-n", &namespace, "addr", "add", &format!("10.77.{}.{}/24", net.subnet, 10 + i), "dev", &inner]);
+            ip(&["-n", &namespace, "link", "set", &inner, "up"]);
+            ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn bridge_ip(&self) -> String {
+        format!("10.77.{}.1", self.subnet)
+    }
+
+    /// Host `i` (from 1).
+    fn host(&self, i: usize) -> NetHost {
+        NetHost { namespace: format!("{}-h{i}", self.tag), bridge_end: format!("{}-h{i}b", self.tag) }
+    }
+
+    /// SIGKILL every process in every namespace of this network.
+    fn kill_everything(&self) {
+        for namespace in &self.namespaces {
+            kill_namespace(namespace);
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.kill_everything();
+        // veths first: deleting a namespace frees its interfaces only asynchronously.
+        for veth in &self.veths {
+            ip_quiet(&["link", "del", veth]);
+        }
+        for namespace in &self.namespaces {
+            ip_quiet(&["netns", "del", namespace]);
+        }
+        if self.bridge_created {
+            ip_quiet(&["link", "del", &self.tag]);
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("cannot run ip (iproute2)");
+    assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// For teardown: best effort, never panics.
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// A `10.77.N.0/24` no address or route of this machine is in.
+fn free_subnet() -> u8 {
+    let mut used = String::new();
+    for args in [&["-o", "-4", "addr", "show"][..], &["-4", "route", "show", "table", "all"][..]] {
+        used += &String::from_utf8_lossy(&Command::new("ip").args(args).output().expect("cannot run ip").stdout);
+    }
+    for _ in 0..1_000 {
+        let n = 1 + (random_u64() % 254) as u8;
+        if !used.contains(&format!("10.77.{n}.")) {
+            return n;
+        }
+    }
+    panic!("no free subnet in 10.77.0.0/16:\n{used}");
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
+    u64::from_ne_bytes(bytes)
+}
+
+/// The processes in a network namespace (`ip netns pids`; exited ones, zombies included, are not).
+fn namespace_pids(namespace: &str) -> Vec<u32> {
+    let out = Command::new("ip").args(["netns", "pids", namespace]).output().expect("cannot run ip");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|pid| pid.parse().ok()).collect()
+}
+
+/// SIGKILLs every process in a namespace, again until none is left (a process may fork between
+/// the listing and the kill); the pids killed.
+fn kill_namespace(namespace: &str) -> Vec<u32> {
+    let mut killed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = namespace_pids(namespace);
+        if pids.is_empty() || Instant::now() > deadline {
+            return killed;
+        }
+        for pid in pids {
+            kill9(pid);
+            if !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the ground truth's lines (Python's `time.monotonic_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control plane, listening on the bridge.
+
+struct Server {
+    dir: PathBuf,
+    /// `10.77.N.1:PORT`.
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(dir: &Path, ip: &str) -> Server {
+        let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let addr = format!("{ip}:{port}");
+        let child = Command::new(bin())
+            .args(["server", "--listen", &addr, "--data-dir"])
+            .arg(dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut server = Server { dir: dir.to_path_buf(), addr, child: Some(child) };
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        while ureq::get(&format!("http://{}/v1/health", server.addr)).call().is_err() {
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("warden server exited with {status}: {}", server.log());
+            }
+            assert!(Instant::now() < deadline, "warden server did not answer: {}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn join_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/join-token")).unwrap().trim().to_string()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("WARDEN_ADDR", &self.addr)
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "warden {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `warden run SPEC`: the id from the last line.
+    fn run(&self, spec_name: &str, text: &str) -> String {
+        let path = self.dir.join(spec_name);
+        std::fs::write(&path, text).unwrap();
+        self.cli_ok(&["run", path.to_str().unwrap()]).lines().last().expect("run prints the id").trim().to_string()
+    }
+
+    fn status(&self, id: &str) -> WorkloadView {
+        serde_json::from_str(&self.cli_ok(&["status", id, "-o", "json"])).unwrap()
+    }
+
+    fn hosts(&self) -> Vec<HostView> {
+        serde_json::from_str(&self.cli_ok(&["hosts", "-o", "json"])).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: the network, the server, one agent per namespace.
+
+struct Agent {
+    /// The warden host name: `h1`, `h2`, …
+    name: String,
+    namespace: String,
+    bridge_end: String,
+    data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Fields drop in this order after `Drop::drop` killed every process: server, network, files.
+struct NetCluster {
+    server: Server,
+    agents: Vec<Agent>,
+    net: Network,
+    root: tempfile::TempDir,
+}
+
+impl NetCluster {
+    fn start(n_hosts: usize) -> NetCluster {
+        let root = tempfile::tempdir().unwrap();
+        let net = Network::create(n_hosts);
+        let server = Server::start(root.path(), &net.bridge_ip());
+        let token = server.join_token();
+        let mut cluster = NetCluster { server, agents: Vec::new(), net, root };
+        for i in 1..=n_hosts {
+            let NetHost { namespace, bridge_end } = cluster.net.host(i);
+            let name = format!("h{i}");
+            let data_dir = cluster.root.path().join(format!("agent-{name}"));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let log = std::fs::File::create(data_dir.join("agent.log")).unwrap();
+            // `ip netns exec` execs the agent in place (same pid) after entering the namespace.
+            let child = Command::new("ip")
+                .args(["netns", "exec", &namespace])
+                .arg(bin())
+                .args(["agent", "--server", &format!("http://{}", cluster.server.addr), "--name", &name, "--data-dir"])
+                .arg(&data_dir)
+                .args(["--join-token", &token])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            cluster.agents.push(Agent { name, namespace, bridge_end, data_dir, child: Some(child) });
+        }
+        for agent in &cluster.agents {
+            cluster.wait_host(&agent.name, "up", SETUP_DEADLINE);
+        }
+        cluster
+    }
+
+    fn agent(&self, name: &str) -> &Agent {
+        self.agents.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name:?}"))
+    }
+
+    fn host_state(&self, name: &str) -> Option<String> {
+        self.server.hosts().into_iter().find(|h| h.name == name).map(|h| h.state)
+    }
+
+    /// Waits until `warden hosts` shows `name` in `state`; how long that took.
+    fn wait_host(&self, name: &str, state: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.host_state(name).as_deref() == Some(state) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "host {name} not {state} after {within:?}: {:?}\n{}",
+                self.server.hosts(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_for(&self, id: &str, what: &str, mut pred: impl FnMut(&WorkloadView) -> bool) -> WorkloadView {
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        loop {
+            let view = self.server.status(id);
+            if pred(&view) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {view:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits for a running primary on another host than `old_host`, with a higher epoch; it and
+    /// how long after `since` it showed.
+    fn wait_primary_elsewhere(&self, id: &str, old_host: &str, old_epoch: u64, since: Instant) -> (WorkloadView, Duration) {
+        loop {
+            let view = self.server.status(id);
+            if view.state == "running" && view.host != old_host && view.epoch.is_some_and(|e| e > old_epoch) && view.pid.is_some()
+            {
+                return (view, since.elapsed());
+            }
+            assert!(
+                since.elapsed() < FAILOVER_DEADLINE,
+                "no failover within {FAILOVER_DEADLINE:?}: {view:?}\nhosts: {:?}\n{}",
+                self.server.hosts(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Cuts `host` off: the bridge end of its veth goes down, so nothing it sends arrives and
+    /// nothing reaches it. Its agent and cells keep running.
+    fn partition(&self, host: &str) {
+        ip(&["link", "set", &self.agent(host).bridge_end, "down"]);
+    }
+
+    fn heal(&self, host: &str) {
+        ip(&["link", "set", &self.agent(host).bridge_end, "up"]);
+    }
+
+    /// The host dies whole: SIGKILL to every process in its namespace (agent, shims, cells).
+    fn kill_host(&mut self, host: &str) -> Vec<u32> {
+        let agent = self.agents.iter_mut().find(|a| a.name == host).unwrap();
+        let killed = kill_namespace(&agent.namespace);
+        assert!(namespace_pids(&agent.namespace).is_empty(), "processes survived in {}", agent.namespace);
+        if let Some(mut child) = agent.child.take() {
+            let _ = child.wait(); // reap it; it was killed above
+        }
+        killed
+    }
+
+    /// Processes in `host`'s namespace that are cells of the ground-truth workload (its argv
+    /// holds the truth file's path).
+    fn truth_writers_on(&self, host: &str, truth: &Path) -> Vec<u32> {
+        let needle = truth.to_str().unwrap();
+        namespace_pids(&self.agent(host).namespace)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle) && alive(*pid))
+            })
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- server\n{}", self.server.log());
+        for agent in &self.agents {
+            out += &format!(
+                "\n--- {} ({}, pids {:?})\n{}",
+                agent.name,
+                agent.namespace,
+                namespace_pids(&agent.namespace),
+                std::fs::read_to_string(agent.data_dir.join("agent.log")).unwrap_or_default()
+            );
+        }
+        out
+    }
+}
+
+impl Drop for NetCluster {
+    fn drop(&mut self) {
+        self.net.kill_everything();
+        for agent in &mut self.agents {
+            if let Some(mut child) = agent.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // A cell that left its host's namespace would have escaped the kill above.
+            kill_cells_under(&agent.data_dir.join("cells"));
+        }
+    }
+}
+
+/// SIGKILL every shim and cell process of a cells dir (pids from the cells' pid files and locks).
+fn kill_cells_under(cells: &Path) {
+    let Ok(entries) = std::fs::read_dir(cells) else { return };
+    for entry in entries.flatten() {
+        for file in ["pid.json", "shim.pid"] {
+            if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
+                if let Some(pid) = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("pid").and_then(|p| p.as_u64()).or_else(|| v.get("shim_pid").and_then(|p| p.as_u64())))
+                {
+                    // The cell's process group, then the process itself.
+                    // SAFETY: sending signals; no memory involved.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                    kill9(pid as u32);
+                }
+            }
+        }
+    }
+    // Shims hold `lock`; whoever holds it is a shim of this host.
+    for pid in pids_holding_files_under(cells) {
+        kill9(pid);
+    }
+}
+
+fn pids_holding_files_under(cells: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
+    for proc_entry in procs.flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(cells))) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ground truth.
+
+/// A workload that appends `epoch monotonic_ns` every 20 ms to `truth`.
+fn ground_truth_spec(truth: &Path) -> String {
+    format!(
+        r#"
+name = "truth"
+[cell]
+argv = ["python3", "-c", '''
+import os, time
+path = {truth:?}
+epoch = os.environ.get("WARDEN_EPOCH", "none")
+while True:
+    with open(path, "a") as f:
+        f.write(f"{{epoch}} {{time.monotonic_ns()}}\n")
+    time.sleep(0.02)
+''']
+graceful_shutdown = "1s"
+[restart]
+policy = "always"
+backoff = "50ms"
+[placement]
+instances = 1
+"#
+    )
+}
+
+/// One epoch's lines: the first and last `monotonic_ns`, and how many.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    first: u64,
+    last: u64,
+    lines: usize,
+}
+
+/// Epoch → its span, from the complete lines only (the file is read while cells append to it:
+/// an unterminated last line may be cut short, and a cut number would read as an earlier time).
+fn truth_spans(truth: &Path) -> BTreeMap<u64, Span> {
+    let text = std::fs::read_to_string(truth).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    let mut spans = BTreeMap::new();
+    for line in complete.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(epoch), Some(ns)) = (parts.next(), parts.next()) else { panic!("malformed ground-truth line {line:?}") };
+        let (Ok(epoch), Ok(ns)) = (epoch.parse::<u64>(), ns.parse::<u64>()) else {
+            panic!("a primary ran without a lease epoch: {line:?}")
+        };
+        let span = spans.entry(epoch).or_insert(Span { first: ns, last: ns, lines: 0 });
+        span.first = span.first.min(ns);
+        span.last = span.last.max(ns);
+        span.lines += 1;
+    }
+    spans
+}
+
+/// The spans; panics if two epochs' intervals overlap.
+fn check_no_overlap(truth: &Path) -> BTreeMap<u64, Span> {
+    let spans = truth_spans(truth);
+    let ordered: Vec<(&u64, &Span)> = spans.iter().collect();
+    for pair in ordered.windows(2) {
+        let ((e1, s1), (e2, s2)) = (pair[0], pair[1]);
+        assert!(
+            s1.last < s2.first,
+            "epochs {e1} and {e2} overlapped: {e1} wrote until {}, {e2} from {} ({} ms of two primaries)",
+            s1.last,
+            s2.first,
+            (s1.last - s2.first) / 1_000_000
+        );
+    }
+    spans
+}
+
+/// Waits until `epoch` wrote at least `n` lines stamped after `after_ns`.
+fn wait_for_lines(cluster: &NetCluster, truth: &Path, epoch: u64, n: usize, after_ns: u64) {
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(truth).unwrap_or_default();
+        let count = text
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(e, ns)| e.parse() == Ok(epoch) && ns.parse::<u64>().is_ok_and(|ns| ns > after_ns))
+            .count();
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "epoch {epoch} wrote {count} of {n} lines\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ms(from_ns: u64, to_ns: u64) -> String {
+    format!("{:+.0} ms", (to_ns as f64 - from_ns as f64) / 1e6)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn partitioned_primary_is_fenced_before_the_new_one_starts() {
+    let cluster = NetCluster::start(3);
+    let truth = cluster.root.path().join("truth.log");
+    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
+    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (old_host, old_epoch, old_pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
+    wait_for_lines(&cluster, &truth, old_epoch, 10, 0);
+    assert_eq!(cluster.truth_writers_on(&old_host, &truth), vec![old_pid], "the primary runs in its host's namespace");
+
+    // Cut the primary's host off. Its agent and cell keep running; the agent can renew nothing.
+    let (cut, cut_ns) = (Instant::now(), monotonic_ns());
+    cluster.partition(&old_host);
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, cut);
+    // The new primary's start is journaled only after the old lease expired: by now the shim
+    // on the cut-off host must have killed the old one.
+    assert!(
+        !alive(old_pid),
+        "the old primary (pid {old_pid}) still runs on the cut-off {old_host} next to the new one on {}",
+        moved.host
+    );
+    let new_epoch = moved.epoch.unwrap();
+    wait_for_lines(&cluster, &truth, new_epoch, 5, 0);
+    let spans = check_no_overlap(&truth);
+    let (old_span, new_span) = (spans[&old_epoch], spans[&new_epoch]);
+    eprintln!(
+        "netns partition of {old_host}: old primary (epoch {old_epoch}) last wrote {}, new primary on {} (epoch {new_epoch}) first wrote {} \
+         (gap {} ms); the control plane showed it running after {took:?}",
+        ms(cut_ns, old_span.last),
+        moved.host,
+        ms(cut_ns, new_span.first),
+        (new_span.first - old_span.last) / 1_000_000,
+    );
+    assert_eq!(cluster.host_state(&old_host).as_deref(), Some("down"), "a cut-off host is down");
+
+    // Heal the link: the host comes back, and must not resurrect its old cell or disturb the
+    // new primary.
+    let (healed, healed_ns) = (Instant::now(), monotonic_ns());
+    cluster.heal(&old_host);
+    let back = cluster.wait_host(&old_host, "up", SETUP_DEADLINE);
+    eprintln!("netns partition healed: {old_host} up again after {back:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let now = cluster.server.status(&id);
+    assert_eq!(
+        (now.state.as_str(), now.host.as_str(), now.epoch, now.pid),
+        ("running", moved.host.as_str(), moved.epoch, moved.pid),
+        "the new primary stays as it was after the partition healed\n{}",
+        cluster.logs()
+    );
+    assert!(!alive(old_pid), "the old primary came back to life");
+    assert_eq!(
+        cluster.truth_writers_on(&old_host, &truth),
+        Vec::<u32>::new(),
+        "a cell of the workload runs on the healed {old_host}"
+    );
+    wait_for_lines(&cluster, &truth, new_epoch, 5, healed_ns);
+    let spans = check_no_overlap(&truth);
+    assert_eq!(spans.keys().copied().collect::<Vec<_>>(), vec![old_epoch, new_epoch], "no other primary ever ran: {spans:?}");
+    assert!(spans[&old_epoch].last < healed_ns, "the old epoch wrote again after the heal: {spans:?}");
+    eprintln!("netns partition: checked {:?} after the heal", healed.elapsed());
+}
+
+#[test]
+fn killing_a_whole_namespace_fails_over() {
+    let mut cluster = NetCluster::start(3);
+    let truth = cluster.root.path().join("truth.log");
+    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
+    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (old_host, old_epoch, old_pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
+    wait_for_lines(&cluster, &truth, old_epoch, 10, 0);
+    let agent_pid = cluster.agent(&old_host).child.as_ref().unwrap().id();
+
+    let (killed_at, killed_ns) = (Instant::now(), monotonic_ns());
+    let killed = cluster.kill_host(&old_host);
+    assert!(killed.contains(&agent_pid) && killed.contains(&old_pid), "agent {agent_pid} and cell {old_pid} in {killed:?}");
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, killed_at);
+    let new_epoch = moved.epoch.unwrap();
+    wait_for_lines(&cluster, &truth, new_epoch, 5, 0);
+    let spans = check_no_overlap(&truth);
+    assert_eq!(spans.keys().copied().collect::<Vec<_>>(), vec![old_epoch, new_epoch], "{spans:?}");
+    let (old_span, new_span) = (spans[&old_epoch], spans[&new_epoch]);
+    eprintln!(
+        "netns host killed ({} processes in {}): old primary (epoch {old_epoch}) last wrote {}, new primary on {} (epoch {new_epoch}) \
+         first wrote {} (gap {} ms); the control plane showed it running after {took:?}",
+        killed.len(),
+        cluster.agent(&old_host).namespace,
+        ms(killed_ns, old_span.last),
+        moved.host,
+        ms(killed_ns, new_span.first),
+        (new_span.first - old_span.last) / 1_000_000,
+    );
+    assert_eq!(cluster.host_state(&old_host).as_deref(), Some("down"), "{:?}", cluster.server.hosts());
+}
