@@ -187,7 +187,7 @@ async fn start_signal_exit_and_remove() {
 async fn a_start_of_an_existing_cell_is_a_no_op_and_failures_are_reported() {
     let host = Host::new();
     let (executor, _claims) = host.executor(LeaseTiming::default());
-    let command = start("w-once", "w-once.1", "echo ran >> \"$0.runs\"; exec sleep 1000", None);
+    let command = start("w-once", "w-once.1", "echo ran; exec sleep 1000", None);
     executor.execute(command.clone()).await;
     let pid = started_pid(&executor, "w-once.1");
     executor.execute(command.clone()).await;
@@ -196,6 +196,9 @@ async fn a_start_of_an_existing_cell_is_a_no_op_and_failures_are_reported() {
     other.execute(command).await;
     assert_eq!(events_of(&executor, "w-once.1").len(), 1, "one Started, nothing else: {:?}", reports(&executor));
     assert!(alive(pid));
+    wait_until("the cell's output", || host.log("w-once").contains("ran")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(host.log("w-once").matches("ran").count(), 1, "the workload ran once");
 
     let CommandKind::Start { cell, logs, .. } = start("w-missing", "w-missing.1", "", None) else { unreachable!() };
     let missing = warden_core::spec::CellSpec { argv: vec!["/nonexistent/binary".into()], ..cell };

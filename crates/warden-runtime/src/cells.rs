@@ -64,6 +64,12 @@ pub fn cell_exit(status: &ExitStatus) -> CellExit {
     exit.terminal_state = terminal_state;
     if status.oom_killed {
         exit.reason = format!("oom: memory limit exceeded ({})", exit.reason);
+    } else if status.fenced {
+        // The shim killed it because its lease ran out: say so, not just "killed by SIGKILL".
+        exit.reason = match &status.detail {
+            Some(detail) => format!("{detail} ({})", exit.reason),
+            None => format!("fenced: lease expired ({})", exit.reason),
+        };
     }
     exit
 }

@@ -119,8 +119,10 @@ pub enum InventoryState {
     },
 }
 
-/// `GET /v1/agents/commands?after=N` answers with the commands numbered above `after` in the
-/// current incarnation (waiting up to 20 s for one).
+/// `GET /v1/agents/commands?after=N&incarnation=I` answers with the commands numbered above
+/// `after` if `I` is the current incarnation, else with every queued command (a restarted
+/// control plane numbers anew), waiting up to 20 s (`wait_ms`) for one. The agent keeps `after`
+/// and `I` on disk, so its own restart does not replay commands it already carried out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Commands {
     pub incarnation: String,
