@@ -475,7 +475,10 @@ fn launch(
             // The runtime must not outlive the shim: without it nobody would record the end,
             // and a runtime still creating the container could finish after the supervisor
             // concluded that the cell never started.
-            let parent_death = if is_oci { std::process::id() as libc::pid_t } else { 0 };
+            // A fenced workload must not outlive the shim either: the shim's timer is its fence.
+            // (Only the process itself gets the signal; a dead shim also leaves its cgroup to
+            // the supervisor's teardown.)
+            let parent_death = if is_oci || fence.is_some() { std::process::id() as libc::pid_t } else { 0 };
             // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run any
             // code; it still only uses async-signal-safe calls on data prepared above.
             let child = unsafe { libc::fork() };

@@ -354,3 +354,22 @@ fn only_fenced_cells_have_a_lease() {
     assert!(!b.cell_dir("nope").exists());
     assert_eq!(b.renew_lease("../escape", 1, 0).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// The fence is the shim's timer: if the shim itself is SIGKILLed, a fenced workload must not
+/// run on unfenced. It gets SIGKILL from the kernel (parent-death signal) with its shim.
+#[test]
+fn a_fenced_workload_dies_with_its_shim() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path());
+    let cfg = CellConfig {
+        fence: Some(Fence { epoch: 1, initial_deadline_boottime_ns: boottime_ns() + 60_000_000_000 }),
+        ..sh(tmp.path(), "orphan", "exec sleep 60")
+    };
+    let started = b.start(&cfg).unwrap();
+    let cell = pidfd(started.pid).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", started.pid)).unwrap();
+    let shim: i32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(poll_readable(&cell, Duration::from_secs(5)), "the fenced workload outlived its shim");
+}
