@@ -7,8 +7,11 @@
 //! ```text
 //!   root ns:  warden server --listen 10.77.N.1:PORT on bridge wdXXXXXX (10.77.N.1/24)
 //!                │ wdXXXXXX-h1b      │ wdXXXXXX-h2b      │ wdXXXXXX-h3b      (bridge ends)
-//!   ns wdXXXXXX-h1: -h1i .11    ns …-h2: -h2i .12    ns …-h3: -h3i .13   (ip netns exec … warden agent)
+//!   ns wdXXXXXX-h1: -h1i .11    ns …-h2: -h2i .12    ns …-h3: -h3i .13   (warden agent h1, h2, h3)
 //! ```
+//!
+//! An agent enters only its host's network namespace (see [`in_namespace`]): it keeps the mount
+//! and pid namespaces, so its cells get cgroups as on a real host and pids are the test's.
 //!
 //! Names carry a random tag and the subnet is one no interface uses yet, so runs (and the two
 //! tests of this file, which may run in parallel) never collide; everything is removed on drop,
@@ -74,11 +77,20 @@ impl Network {
         assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create network namespaces and need root");
         let setup = NETWORK_SETUP.lock().unwrap_or_else(PoisonError::into_inner);
         let tag = format!("wd{:06x}", random_u64() & 0xff_ffff);
-        let mut net =
-            Network { tag: tag.clone(), subnet: free_subnet(), bridge_created: false, namespaces: Vec::new(), veths: Vec::new() };
+        let mut net = Network { tag: tag.clone(), subnet: 0, bridge_created: false, namespaces: Vec::new(), veths: Vec::new() };
         ip(&["link", "add", &tag, "type", "bridge"]);
         net.bridge_created = true;
-        ip(&["addr", "add", &format!("{}/24", net.bridge_ip()), "dev", &tag]);
+        for attempt in 1.. {
+            net.subnet = free_subnet();
+            let cidr = format!("{}/24", net.bridge_ip());
+            ip(&["addr", "add", &cidr, "dev", &tag]);
+            // Another process may have taken the same subnet meanwhile: then both try again.
+            if subnet_users(net.subnet) == [tag.as_str()] {
+                break;
+            }
+            ip(&["addr", "del", &cidr, "dev", &tag]);
+            assert!(attempt < 10, "no subnet of 10.77.0.0/16 stayed free");
+        }
         ip(&["link", "set", &tag, "up"]);
         drop(setup); // the subnet shows in `ip addr` now
         for i in 1..=n_hosts {
@@ -154,6 +166,17 @@ fn free_subnet() -> u8 {
     panic!("no free subnet in 10.77.0.0/16:\n{used}");
 }
 
+/// The interfaces with an address in `10.77.N.0/24`.
+fn subnet_users(n: u8) -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "-4", "addr", "show"]).output().expect("cannot run ip");
+    let prefix = format!("10.77.{n}.");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.split_whitespace().nth(3).is_some_and(|addr| addr.starts_with(&prefix)))
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom");
@@ -184,6 +207,30 @@ fn kill_namespace(namespace: &str) -> Vec<u32> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `command`, to be run in a network namespace made by `ip netns add`.
+///
+/// Like `ip netns exec NAMESPACE …`, minus its remount of `/sys` for the namespace: that would
+/// hide `/sys/fs/cgroup`, and cells on these hosts would run without cgroups, unlike on a real
+/// host. Only the network namespace changes; the process keeps the test's mounts (and its
+/// pid namespace, so the pids `warden status` shows are the test's too).
+fn in_namespace(namespace: &str, mut command: Command) -> Command {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let path = format!("/run/netns/{namespace}");
+    let netns: OwnedFd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}")).into();
+    // SAFETY: between fork and exec the closure only calls setns(2), which is async-signal-safe;
+    // it owns the descriptor (opened with O_CLOEXEC, so the agent does not inherit it).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    command
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of the ground truth's lines (Python's `time.monotonic_ns`).
@@ -310,10 +357,7 @@ impl NetCluster {
             let data_dir = cluster.root.path().join(format!("agent-{name}"));
             std::fs::create_dir_all(&data_dir).unwrap();
             let log = std::fs::File::create(data_dir.join("agent.log")).unwrap();
-            // `ip netns exec` execs the agent in place (same pid) after entering the namespace.
-            let child = Command::new("ip")
-                .args(["netns", "exec", &namespace])
-                .arg(bin())
+            let child = in_namespace(&namespace, Command::new(bin()))
                 .args(["agent", "--server", &format!("http://{}", cluster.server.addr), "--name", &name, "--data-dir"])
                 .arg(&data_dir)
                 .args(["--join-token", &token])
@@ -404,6 +448,33 @@ impl NetCluster {
             let _ = child.wait(); // reap it; it was killed above
         }
         killed
+    }
+
+    fn cell_dir(&self, host: &str, cell_id: &str) -> PathBuf {
+        self.agent(host).data_dir.join("cells").join(cell_id)
+    }
+
+    /// The cell's `exit.json`, once its shim has written it.
+    fn wait_cell_exit(&self, host: &str, cell_id: &str) -> warden_cell::ExitStatus {
+        let path = self.cell_dir(host, cell_id).join("exit.json");
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        loop {
+            // Written atomically (temp file and rename): present means complete.
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()));
+            }
+            assert!(Instant::now() < deadline, "no {}\n{}", path.display(), self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the cell's dir is gone from `host`.
+    fn wait_cell_removed(&self, host: &str, cell_id: &str) {
+        let (dir, started) = (self.cell_dir(host, cell_id), Instant::now());
+        while dir.exists() {
+            assert!(started.elapsed() < SETUP_DEADLINE, "{} is still there\n{}", dir.display(), self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Processes in `host`'s namespace that are cells of the ground-truth workload (its argv
@@ -617,6 +688,10 @@ fn partitioned_primary_is_fenced_before_the_new_one_starts() {
         (new_span.first - old_span.last) / 1_000_000,
     );
     assert_eq!(cluster.host_state(&old_host).as_deref(), Some("down"), "a cut-off host is down");
+    // Not the agent (it could not hear of the new primary) nor anyone else: the shim's own timer.
+    let old_cell = first.cell_id.clone().expect("a running workload has a cell");
+    let exit = cluster.wait_cell_exit(&old_host, &old_cell);
+    assert!(exit.fenced, "the old primary ended otherwise than by its shim's fence: {exit:?}");
 
     // Heal the link: the host comes back, and must not resurrect its old cell or disturb the
     // new primary.
@@ -642,7 +717,9 @@ fn partitioned_primary_is_fenced_before_the_new_one_starts() {
     let spans = check_no_overlap(&truth);
     assert_eq!(spans.keys().copied().collect::<Vec<_>>(), vec![old_epoch, new_epoch], "no other primary ever ran: {spans:?}");
     assert!(spans[&old_epoch].last < healed_ns, "the old epoch wrote again after the heal: {spans:?}");
-    eprintln!("netns partition: checked {:?} after the heal", healed.elapsed());
+    // The healed host reported its inventory; the control plane had it remove the old cell.
+    cluster.wait_cell_removed(&old_host, &old_cell);
+    eprintln!("netns partition: old cell removed from {old_host} within {:?} of the heal", healed.elapsed());
 }
 
 #[test]

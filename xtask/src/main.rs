@@ -8,8 +8,14 @@ use std::process::{exit, Command};
 /// Debian packages the test suite needs, with a binary that proves each is installed: runc for
 /// OCI cells, busybox-static for the minimal rootfs the OCI tests build, crun for the test that
 /// shows it is refused (or works) on this host, python3 for the memory-hog workloads.
-const SYSTEM_PACKAGES: &[(&str, &str)] =
-    &[("runc", "runc"), ("busybox-static", "busybox"), ("crun", "crun"), ("python3", "python3")];
+const SYSTEM_PACKAGES: &[(&str, &str)] = &[
+    ("runc", "runc"),
+    ("busybox-static", "busybox"),
+    ("crun", "crun"),
+    ("python3", "python3"),
+    // tests/cluster_netns.rs: namespaces, veths and a bridge per test.
+    ("iproute2", "ip"),
+];
 
 fn main() {
     let task = std::env::args().nth(1).unwrap_or_default();
