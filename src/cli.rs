@@ -112,6 +112,8 @@ enum Command {
     },
     /// Stop a workload: SIGTERM to its process group, SIGKILL after graceful_shutdown.
     Stop { id: String },
+    /// Take a checkpoint of a checkpointed workload now; its `state_uri` changes once stored.
+    Checkpoint { id: String },
     /// Print journaled events.
     Events {
         #[arg(long, short)]
@@ -348,6 +350,19 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                 println!("{}", serde_json::to_string(&view)?);
             } else {
                 println!("{} {}", view.info.id, view.state);
+            }
+            Ok(())
+        }
+        Command::Checkpoint { id } => {
+            let view: WorkloadView = client.json("POST", &format!("/v1/workloads/{}/checkpoint", encode(&id)), None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&view)?);
+            } else {
+                println!(
+                    "{} checkpoint requested (latest: {})",
+                    view.info.id,
+                    view.info.state_uri.as_deref().unwrap_or("none yet")
+                );
             }
             Ok(())
         }

@@ -88,6 +88,7 @@ fn start(workload_id: &str, cell_id: &str, argv: &str, lease: Option<u64>) -> Co
         cell: spec.cell,
         logs: spec.logs,
         lease: lease.map(|epoch| StartLease { epoch }),
+        checkpoint: None,
     }
 }
 
@@ -209,6 +210,7 @@ async fn a_start_of_an_existing_cell_is_a_no_op_and_failures_are_reported() {
             cell: missing,
             logs,
             lease: None,
+            checkpoint: None,
         })
         .await;
     match events_of(&executor, "w-missing.1").as_slice() {

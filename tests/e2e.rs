@@ -164,7 +164,7 @@ fn ttl_expires_a_workload_and_status_shows_every_field() {
     let warden = Warden::start();
     let id = warden.run(
         "ttl.toml",
-        "name = \"short\"\nttl = \"1s\"\n[cell]\nargv = [\"sleep\", \"1000\"]\n[replication]\nmode = \"checkpointed\"\n",
+        "name = \"short\"\nttl = \"1s\"\n[cell]\nargv = [\"sleep\", \"1000\"]\n[replication]\nmode = \"checkpointed\"\nstate_dir = \"/var/lib/short\"\n",
     );
     let json: serde_json::Value = serde_json::from_str(&warden.cli_ok(&["status", &id, "-o", "json"])).unwrap();
     for field in [

@@ -198,6 +198,11 @@ pub enum EventData {
     #[serde(rename = "dev.warden.job.kernel.v1")]
     Job(JobEvent),
 
+    /// The agent running `cell_id` stored a checkpoint of its `state_dir` (encrypted, in the
+    /// control plane's blob store); `state_uri` (`blob:sha256:<hex>`) is the workload's latest.
+    #[serde(rename = "dev.warden.workload.checkpointed.v1")]
+    CheckpointTaken { workload_id: String, cell_id: String, state_uri: String, size_bytes: u64 },
+
     /// The journal found a torn or corrupt tail at start-up and cut it back.
     #[serde(rename = "dev.warden.journal.recovered.v1")]
     JournalRecovered { discarded_from_seq: u64, n_discarded: u64, reason: String },
@@ -227,7 +232,8 @@ impl EventData {
             | EventData::WorkloadExpired { workload_id }
             | EventData::CellPlaced { workload_id, .. }
             | EventData::LeaseGranted { workload_id, .. }
-            | EventData::LeaseReleased { workload_id, .. } => Some(workload_id),
+            | EventData::LeaseReleased { workload_id, .. }
+            | EventData::CheckpointTaken { workload_id, .. } => Some(workload_id),
             EventData::Job(_)
             | EventData::JournalRecovered { .. }
             | EventData::HostEnrolled { .. }

@@ -123,9 +123,24 @@ pub struct RestartSpec {
     pub backoff_reset_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationSpec {
     pub mode: ReplicationMode,
+    /// `checkpointed` only: the directory snapshotted into the blob store and restored before
+    /// every start. An absolute path as the cell sees it: on the host for `process` and `cell`
+    /// isolation. Absent (and so not in the spec id) for other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// `checkpointed` only: how often the agent snapshots `state_dir` (default 30s, at least 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_interval_ms: Option<u64>,
+}
+
+impl ReplicationSpec {
+    /// No replication: the default, and what a spec without `[replication]` gets.
+    pub fn none() -> ReplicationSpec {
+        ReplicationSpec { mode: ReplicationMode::None, state_dir: None, checkpoint_interval_ms: None }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +157,8 @@ pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
 pub const DEFAULT_BACKOFF_RESET_MS: u64 = 600_000;
 pub const DEFAULT_LOG_MAX_SIZE_BYTES: u64 = 10 << 20;
 pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 30_000;
+pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 
 impl Spec {
     /// `sha256:<hex>` of the canonical spec.
@@ -314,6 +331,8 @@ struct RawRestart {
 #[serde(deny_unknown_fields)]
 struct RawReplication {
     mode: Spanned<String>,
+    state_dir: Option<Spanned<String>>,
+    checkpoint_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +371,16 @@ impl RawSpec {
         };
 
         let cell = self.cell.validate("cell.")?;
+        if let (Some(raw), Isolation::Oci) = (&self.replication, cell.isolation) {
+            if raw.mode.get_ref() == "checkpointed" {
+                // The agent restores and snapshots `state_dir` on the host; inside an OCI rootfs
+                // that would be `rootfs + state_dir`, which is not wired up yet.
+                return Err((
+                    Some(raw.mode.span()),
+                    "replication.mode = \"checkpointed\" is not supported with isolation = \"oci\" yet".into(),
+                ));
+            }
+        }
 
         let restart = self.restart.map(RawRestart::validate).transpose()?.unwrap_or(RestartSpec {
             policy: RestartPolicy::default(),
@@ -361,7 +390,7 @@ impl RawSpec {
         });
 
         let replication = match self.replication {
-            None => ReplicationSpec { mode: ReplicationMode::None },
+            None => ReplicationSpec::none(),
             Some(raw) => {
                 let mode = match raw.mode.get_ref().as_str() {
                     "none" => ReplicationMode::None,
@@ -374,7 +403,46 @@ impl RawSpec {
                         ))
                     }
                 };
-                ReplicationSpec { mode }
+                if mode != ReplicationMode::Checkpointed {
+                    if let Some(field) =
+                        raw.state_dir.as_ref().map(|d| d.span()).or(raw.checkpoint_interval.as_ref().map(|i| i.span()))
+                    {
+                        return Err((
+                            Some(field),
+                            "replication.state_dir and checkpoint_interval apply only to mode = \"checkpointed\"".into(),
+                        ));
+                    }
+                    ReplicationSpec { mode, state_dir: None, checkpoint_interval_ms: None }
+                } else {
+                    let state_dir = match &raw.state_dir {
+                        None => {
+                            return Err((
+                                Some(raw.mode.span()),
+                                "replication.mode = \"checkpointed\" needs replication.state_dir, the directory to snapshot"
+                                    .into(),
+                            ))
+                        }
+                        Some(dir) if !dir.get_ref().starts_with('/') || dir.get_ref().split('/').any(|c| c == "..") => {
+                            return Err((
+                                Some(dir.span()),
+                                format!("replication.state_dir must be an absolute path without \"..\", got {:?}", dir.get_ref()),
+                            ))
+                        }
+                        Some(dir) if dir.get_ref().trim_end_matches('/').is_empty() => {
+                            return Err((Some(dir.span()), "replication.state_dir must not be \"/\"".into()))
+                        }
+                        Some(dir) => dir.get_ref().clone(),
+                    };
+                    let interval =
+                        duration("replication.checkpoint_interval", &raw.checkpoint_interval, DEFAULT_CHECKPOINT_INTERVAL_MS)?;
+                    if interval < MIN_CHECKPOINT_INTERVAL_MS {
+                        return Err((
+                            raw.checkpoint_interval.as_ref().map(|i| i.span()),
+                            format!("replication.checkpoint_interval must be at least 1s, got {interval}ms"),
+                        ));
+                    }
+                    ReplicationSpec { mode, state_dir: Some(state_dir), checkpoint_interval_ms: Some(interval) }
+                }
             }
         };
 
@@ -599,6 +667,32 @@ mod tests {
         // No [placement]: the spec id is what it was before placement existed.
         let plain = Spec::parse("a", "name='x'\n[cell]\nargv=['true']").unwrap();
         assert!(!String::from_utf8(crate::canonical::canonical_json(&plain)).unwrap().contains("placement"));
+    }
+
+    #[test]
+    fn checkpointed_replication_needs_a_state_dir() {
+        let base = "name='c'\n[cell]\nargv=['x']\n[replication]\n";
+        let spec = Spec::parse("c.toml", &format!("{base}mode='checkpointed'\nstate_dir='/var/lib/c'\n")).unwrap();
+        assert_eq!(spec.replication.state_dir.as_deref(), Some("/var/lib/c"));
+        assert_eq!(spec.replication.checkpoint_interval_ms, Some(DEFAULT_CHECKPOINT_INTERVAL_MS));
+        let fast =
+            Spec::parse("c.toml", &format!("{base}mode='checkpointed'\nstate_dir='/s'\ncheckpoint_interval='2s'\n")).unwrap();
+        assert_eq!(fast.replication.checkpoint_interval_ms, Some(2_000));
+        let missing = Spec::parse("c.toml", &format!("{base}mode='checkpointed'\n")).unwrap_err();
+        assert_eq!(missing.line, Some(5), "{missing}");
+        assert!(missing.message.contains("state_dir"), "{missing}");
+        let relative = Spec::parse("c.toml", &format!("{base}mode='checkpointed'\nstate_dir='rel'\n")).unwrap_err();
+        assert_eq!(relative.line, Some(6), "{relative}");
+        let too_fast =
+            Spec::parse("c.toml", &format!("{base}mode='checkpointed'\nstate_dir='/s'\ncheckpoint_interval='500ms'\n"))
+                .unwrap_err();
+        assert_eq!(too_fast.line, Some(7), "{too_fast}");
+        let wrong_mode = Spec::parse("c.toml", &format!("{base}mode='none'\nstate_dir='/s'\n")).unwrap_err();
+        assert_eq!(wrong_mode.line, Some(6), "{wrong_mode}");
+        // Specs that do not checkpoint keep their spec ids.
+        let plain = Spec::parse("a", &format!("{base}mode='warm-standby'\n")).unwrap();
+        let json = String::from_utf8(crate::canonical::canonical_json(&plain)).unwrap();
+        assert!(!json.contains("state_dir") && !json.contains("checkpoint_interval"), "{json}");
     }
 
     #[test]

@@ -524,6 +524,7 @@ impl Workload {
             }
             EventData::WorkloadStopped { reason, .. } => self.phase = Phase::Stopped { reason: reason.clone() },
             EventData::WorkloadExpired { .. } => self.phase = Phase::Expired,
+            EventData::CheckpointTaken { state_uri, .. } => self.info.state_uri = Some(state_uri.clone()),
         }
         debug_assert_eq!(self.validate(), Ok(()));
     }

@@ -8,8 +8,13 @@
 //! <data-dir>/enrolled.json   the EnrollResponse: present once the host key is enrolled
 //! <data-dir>/commands.json   the command cursor: {incarnation, after}
 //! <data-dir>/reports.db      the durable outbound report queue (warden_store::queue)
-//! <data-dir>/cells/, logs/   as for `warden up`
+//! <data-dir>/cells/, logs/   as for `warden up`; a checkpointed cell's dir also holds
+//!                            checkpoint.json (0600: its CheckpointPlan, key included)
 //! ```
+//!
+//! A checkpointed cell (`checkpoint.rs`) also has a **checkpoint task**: every `interval_ms`, or
+//! at once on a `Checkpoint` command, it tars, seals and uploads `state_dir` and queues a
+//! `checkpointed` report.
 //!
 //! Three things run at once:
 //! * the **heartbeat loop** sends, every `heartbeat_interval_ms` and at once whenever a report
@@ -151,6 +156,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         enrolled.lease,
         claims_tx,
     );
+    executor.set_blob_client(http.clone());
     let readoption = executor.readopt().await.map_err(dir_err)?;
     let queued = queue.len()?;
 

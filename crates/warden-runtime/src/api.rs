@@ -53,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/workloads", post(submit).get(list))
         .route("/v1/workloads/:id", get(status))
         .route("/v1/workloads/:id/stop", post(stop))
+        .route("/v1/workloads/:id/checkpoint", post(checkpoint_now))
         .route("/v1/workloads/:id/logs", get(logs))
         .route("/v1/events", get(events))
         .route("/v1/jobs", post(job_run).get(job_list))
@@ -67,12 +68,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/heartbeat", post(agent_heartbeat))
         .route("/v1/agents/commands", get(agent_commands))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
+    // Checkpoint blobs: hosts store and fetch them, admins may fetch them; bodies up to
+    // MAX_BLOB_BYTES (only here: everything else keeps MAX_BODY_BYTES).
+    let blobs = Router::new()
+        .route("/v1/blobs/:hex", axum::routing::put(blob_put).get(blob_get))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate_blobs));
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/v1/agents/enroll", post(agent_enroll))
         .merge(authenticated)
         .merge(agents)
+        .merge(blobs)
         .with_state(state)
 }
 
@@ -127,6 +134,124 @@ async fn authenticate_host(State(state): State<ApiState>, request: Request, next
         }
         Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
     }
+}
+
+/// Who called a blob route.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlobRole {
+    Host,
+    Admin,
+}
+
+/// Like `authenticate`, for `/v1/blobs`: an enrolled host's key or an authorized (admin) key,
+/// and bodies up to `MAX_BLOB_BYTES`.
+async fn authenticate_blobs(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, crate::checkpoint::MAX_BLOB_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let max = crate::checkpoint::MAX_BLOB_BYTES;
+            return ApiError::BadRequest(format!("blob larger than {max} bytes")).into_response();
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let hosts: Vec<VerifyingKey> = {
+        let shared = state.shared.read().expect("projection lock");
+        shared.hosts.values().filter_map(|h| crate::auth::parse_principal(&h.principal)).collect()
+    };
+    let admins = state.authorized_keys.read().expect("keys lock").clone();
+    let mut keys = hosts.clone();
+    keys.extend(admins);
+    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
+        Ok(principal) => {
+            let is_host = crate::auth::parse_principal(&principal).is_some_and(|key| hosts.contains(&key));
+            parts.extensions.insert(if is_host { BlobRole::Host } else { BlobRole::Admin });
+            parts.extensions.insert(Caller(principal));
+            next.run(Request::from_parts(parts, Body::from(bytes))).await
+        }
+        Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
+    }
+}
+
+/// `PUT /v1/blobs/<sha256hex>` (hosts only): stores the body as the artifact `sha256:<hex>`;
+/// the body must hash to its name. Idempotent (artifacts are immutable).
+async fn blob_put(
+    State(state): State<ApiState>,
+    Extension(role): Extension<BlobRole>,
+    Path(hex): Path<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    if role != BlobRole::Host {
+        return Err(ApiError::Forbidden("only hosts store blobs".into()));
+    }
+    if !crate::checkpoint::is_sha256_hex(&hex) {
+        return Err(ApiError::BadRequest(format!("{hex:?} is not a sha256 (64 lowercase hex digits)")));
+    }
+    // Already read (and limited) by `authenticate_blobs`.
+    let bytes = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the blob: {e}")))?;
+    let actual = warden_core::canonical::sha256_hex(&bytes);
+    if actual != hex {
+        return Err(ApiError::BadRequest(format!("the blob's sha256 is {actual}, not {hex}")));
+    }
+    let artifact = warden_core::canonical::Artifact { id: format!("sha256:{hex}"), bytes: bytes.to_vec() };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.append_with_artifacts(vec![artifact], Vec::new())).await {
+        Ok(Ok(_)) => Ok(StatusCode::CREATED),
+        Ok(Err(e)) => Err(ApiError::Internal(format!("storing blob {hex}: {e}"))),
+        Err(e) => Err(ApiError::Internal(format!("storing blob {hex}: {e}"))),
+    }
+}
+
+/// `GET /v1/blobs/<sha256hex>` (hosts and admins): the bytes, checked against their name on
+/// every read (a mismatch is a 500, never the damaged bytes).
+async fn blob_get(State(state): State<ApiState>, Path(hex): Path<String>) -> Result<Response, ApiError> {
+    if !crate::checkpoint::is_sha256_hex(&hex) {
+        return Err(ApiError::BadRequest(format!("{hex:?} is not a sha256 (64 lowercase hex digits)")));
+    }
+    let id = format!("sha256:{hex}");
+    let store = state.store.clone();
+    let wanted = id.clone();
+    let bytes = tokio::task::spawn_blocking(move || store.get_artifact(&wanted))
+        .await
+        .map_err(|e| ApiError::Internal(format!("reading blob {hex}: {e}")))?;
+    match bytes {
+        Ok(Some(bytes)) if warden_core::canonical::sha256_hex(&bytes) == hex => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        Ok(Some(_)) => Err(ApiError::Internal(format!("blob {hex} is corrupt: its bytes do not hash to its name"))),
+        Ok(None) => Err(ApiError::NotFound(format!("no blob {hex}"))),
+        Err(e @ StoreError::ArtifactCorrupt { .. }) => Err(ApiError::Internal(e.to_string())),
+        Err(e) => Err(ApiError::Internal(format!("reading blob {hex}: {e}"))),
+    }
+}
+
+/// `POST /v1/workloads/:id/checkpoint` (its owner): the agent running the checkpointed
+/// workload's cell takes a checkpoint now; `state_uri` changes once it is stored (202).
+async fn checkpoint_now(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
+    let shared = state.shared.read().expect("projection lock");
+    let id = resolve(&shared, &id)?;
+    let workload = &shared.workloads[&id];
+    if workload.info.owner != caller {
+        return Err(ApiError::Forbidden(format!("workload {id} belongs to {}", workload.info.owner)));
+    }
+    if workload.spec.replication.mode != warden_core::ReplicationMode::Checkpointed {
+        return Err(ApiError::Conflict(format!("workload {id} is not checkpointed ([replication] mode = \"checkpointed\")")));
+    }
+    let (Some(cell), Some(host)) = (workload.phase.running_cell(), workload.current_host()) else {
+        return Err(ApiError::Conflict(format!("workload {id} has no running cell to checkpoint")));
+    };
+    if host == state.host {
+        return Err(ApiError::Conflict(format!("workload {id} runs on the control plane's own node, which does not checkpoint")));
+    }
+    state.queues.push(host, crate::proto::CommandKind::Checkpoint { cell_id: cell.cell_id.clone() });
+    Ok((StatusCode::ACCEPTED, Json(WorkloadView::of(workload, &state.host))))
 }
 
 /// `POST /v1/agents/enroll`: signed by the key being enrolled, and carrying the join token.

@@ -16,7 +16,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use warden_cell::{BindMount, CellState, ProcessBackend, StartedCell};
 use warden_core::workload::{Effect, Input, StopSignal};
-use warden_core::{CloudEvent, EventData, NewEvent, Phase, Projection, Spec, WorkloadInfo};
+use warden_core::{CloudEvent, EventData, NewEvent, Phase, Projection, ReplicationMode, Spec, Workload, WorkloadInfo};
 use warden_store::Store;
 
 use warden_core::canonical::Artifact;
@@ -24,11 +24,12 @@ use warden_core::job::JobManifest;
 use warden_core::spec::PlacementCount;
 
 use crate::cells::{cell_config, cell_exit, lost_exit};
+use crate::checkpoint::Keys;
 use crate::cluster::{Cluster, ClusterConfig, Queues};
 use crate::jobs::{Jobs, Produced, StepContext};
 use crate::proto::{
-    CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, InventoryCell, InventoryState, ReportEvent,
-    StartLease,
+    CheckpointPlan, CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, InventoryCell, InventoryState,
+    ReportEvent, StartLease,
 };
 use crate::view::{RunView, WorkloadView};
 
@@ -172,6 +173,8 @@ pub struct Engine {
     jobs: Jobs,
     manifests: Manifests,
     cluster: Cluster,
+    /// Checkpointed workloads' keys (`<data-dir>/keys`, see `checkpoint.rs`).
+    keys: Keys,
 }
 
 impl Engine {
@@ -185,6 +188,7 @@ impl Engine {
         snapshot_every_n_events: u64,
         cluster: ClusterConfig,
         local_host: Option<String>,
+        keys_dir: PathBuf,
     ) -> Result<(Engine, EngineHandle), LoadError> {
         let mut projection = match store.latest_snapshot()? {
             Some((seq, body)) => {
@@ -235,6 +239,7 @@ impl Engine {
             jobs,
             manifests,
             cluster,
+            keys: Keys::new(keys_dir),
         };
         Ok((engine, handle))
     }
@@ -399,10 +404,24 @@ impl Engine {
                             (None, _) => None,
                         };
                         let info = new_workload_info(random_id("w-"), &spec, owner.clone(), consumer, now);
+                        // The key exists (durably) before the workload is journaled.
+                        if spec.replication.mode == ReplicationMode::Checkpointed {
+                            if let Err(e) = self.keys.load_or_create(&info.id) {
+                                tracing::error!("cannot create the checkpoint key of {}: {e}", info.id);
+                                break;
+                            }
+                        }
                         ids.push(info.id.clone());
                         let decision = self.live.submit(info, spec.clone(), now);
                         events.extend(decision.events);
                         effects.extend(decision.effects);
+                    }
+                    if ids.len() < n as usize {
+                        // Every workload decided so far still goes into the journal (its key
+                        // exists); the caller learns that the submission did not complete.
+                        let error = ApiError::Internal("cannot create a checkpoint key (see the server's log)".into());
+                        replies.push(PendingReply::Failed { error, reply });
+                        continue;
                     }
                     replies.push(PendingReply::Workload { id: ids[0].clone(), instances: ids, reply });
                 }
@@ -610,6 +629,7 @@ impl Engine {
                         cell: workload.spec.cell.clone(),
                         logs: workload.spec.logs,
                         lease: workload.epoch.map(|epoch| StartLease { epoch }),
+                        checkpoint: self.checkpoint_plan(workload),
                     };
                     self.cluster.queues.push(&host, start);
                 }
@@ -622,6 +642,31 @@ impl Engine {
                 None => self.signal_cell(cell_id, signal),
             },
         }
+    }
+
+    /// What a `Start` of a checkpointed workload carries: where its state lives, its key, and
+    /// the latest checkpoint to restore, so any respawn (here or elsewhere) starts from it.
+    fn checkpoint_plan(&self, workload: &Workload) -> Option<CheckpointPlan> {
+        let replication = &workload.spec.replication;
+        if replication.mode != ReplicationMode::Checkpointed {
+            return None;
+        }
+        let state_dir = replication.state_dir.clone()?;
+        let key_hex = match self.keys.load_or_create(workload.id()) {
+            Ok(key) => hex::encode(key),
+            Err(e) => {
+                // An empty key makes the agent refuse the start (a failed start, with a reason)
+                // rather than run the cell from an empty state or without checkpoints.
+                tracing::error!(workload_id = %workload.id(), "cannot read the checkpoint key: {e}");
+                String::new()
+            }
+        };
+        Some(CheckpointPlan {
+            state_dir,
+            interval_ms: replication.checkpoint_interval_ms.unwrap_or(warden_core::spec::DEFAULT_CHECKPOINT_INTERVAL_MS),
+            key_hex,
+            restore: workload.info.state_uri.clone(),
+        })
     }
 
     /// Places every cell the batch decided to start, and retries the deferred ones that are due.
@@ -737,6 +782,19 @@ impl Engine {
                 continue;
             }
             let epoch = workload.epoch;
+            if let ReportEvent::Checkpointed { state_uri, size_bytes } = &report.event {
+                if crate::checkpoint::blob_hex(state_uri).is_some() && workload.info.state_uri.as_deref() != Some(state_uri) {
+                    let data = EventData::CheckpointTaken {
+                        workload_id: report.workload_id.clone(),
+                        cell_id: report.cell_id.clone(),
+                        state_uri: state_uri.clone(),
+                        size_bytes: *size_bytes,
+                    };
+                    self.live.apply_data(&data, now);
+                    events.push(data);
+                }
+                continue;
+            }
             let input = match &report.event {
                 ReportEvent::Started { pid, pid_start_time } => {
                     Input::CellStarted { cell_id: report.cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time }
@@ -745,6 +803,7 @@ impl Engine {
                     Input::CellStartFailed { cell_id: report.cell_id.clone(), error: error.clone() }
                 }
                 ReportEvent::Exited { exit } => Input::CellExited { cell_id: report.cell_id.clone(), exit: exit.clone() },
+                ReportEvent::Checkpointed { .. } => unreachable!("handled above"),
             };
             let ended = !matches!(report.event, ReportEvent::Started { .. });
             self.advance_into(&report.workload_id, &input, now, events, effects);

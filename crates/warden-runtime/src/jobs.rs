@@ -25,7 +25,7 @@ use warden_core::canonical::Artifact;
 use warden_core::job::{JobEvent, JobManifest, KernelEvent, RunStatus, StateError, StateSpec, ORPHANED};
 use warden_core::spec::{Isolation, RestartSpec};
 use warden_core::workload::{Effect, Input};
-use warden_core::{EventData, Phase, Projection, ReplicationMode, RestartPolicy, Spec, Workload};
+use warden_core::{EventData, Phase, Projection, RestartPolicy, Spec, Workload};
 use warden_store::Store;
 
 use crate::engine::{new_workload_info, random_id, ApiError, Manifests};
@@ -360,7 +360,7 @@ impl Jobs {
                 backoff_max_ms: warden_core::spec::DEFAULT_BACKOFF_MAX_MS,
                 backoff_reset_ms: warden_core::spec::DEFAULT_BACKOFF_RESET_MS,
             },
-            replication: warden_core::spec::ReplicationSpec { mode: ReplicationMode::None },
+            replication: warden_core::spec::ReplicationSpec::none(),
             logs: warden_core::spec::LogSpec {
                 max_size_bytes: warden_core::spec::DEFAULT_LOG_MAX_SIZE_BYTES,
                 max_files: warden_core::spec::DEFAULT_LOG_MAX_FILES,

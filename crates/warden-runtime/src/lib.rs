@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod cells;
+pub mod checkpoint;
 pub mod cluster;
 pub mod engine;
 pub mod jobs;
@@ -102,6 +103,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         config.snapshot_every_n_events,
         config.cluster,
         config.local_cells.then(|| config.node_name.clone()),
+        data_dir.join("keys"),
     )?;
     if let Some(repair) = &report.repaired {
         eprintln!(

@@ -93,9 +93,22 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReportEvent {
-    Started { pid: u32, pid_start_time: u64 },
-    StartFailed { error: String },
-    Exited { exit: CellExit },
+    Started {
+        pid: u32,
+        pid_start_time: u64,
+    },
+    StartFailed {
+        error: String,
+    },
+    Exited {
+        exit: CellExit,
+    },
+    /// A checkpoint of the cell's `state_dir` is in the control plane's blob store
+    /// (`state_uri` = `blob:sha256:<hex>`, see `checkpoint.rs`).
+    Checkpointed {
+        state_uri: String,
+        size_bytes: u64,
+    },
 }
 
 /// A cell the agent has, and what it knows of it.
@@ -136,16 +149,58 @@ pub struct AgentCommand {
     pub kind: CommandKind,
 }
 
+// `Start` carries a whole cell spec and is much larger than the rest; commands are built once
+// and moved into a queue, so boxing it would buy nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum CommandKind {
     /// Start this cell (no-op if it exists). With `lease`, it is a fenced primary: `WARDEN_EPOCH`
     /// is set to its epoch and the shim kills it at the deadline unless renewed.
-    Start { workload_id: String, cell_id: String, cell: CellSpec, logs: LogSpec, lease: Option<StartLease> },
+    /// With `checkpoint` (`[replication] mode = "checkpointed"`), the latest checkpoint is
+    /// restored into `state_dir` before the cell starts, and new ones are taken while it runs.
+    Start {
+        workload_id: String,
+        cell_id: String,
+        cell: CellSpec,
+        logs: LogSpec,
+        lease: Option<StartLease>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<CheckpointPlan>,
+    },
+    /// Take a checkpoint of this (checkpointed) cell now (`warden checkpoint ID`).
+    Checkpoint { cell_id: String },
     /// SIGTERM (or SIGKILL with `kill`) to the cell.
     Signal { cell_id: String, kill: bool },
     /// The cell's end is journaled: remove what is left of it.
     Remove { cell_id: String },
+}
+
+/// How a checkpointed cell's state is kept (see `checkpoint.rs`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointPlan {
+    /// The directory restored before the start and snapshotted while the cell runs: a host
+    /// path (isolation `process` and `cell` see the host's filesystem).
+    pub state_dir: String,
+    pub interval_ms: u64,
+    /// The workload's 32-byte key, hex.
+    pub key_hex: String,
+    /// The latest checkpoint (`blob:sha256:<hex>`) to restore first; none: start from what
+    /// `state_dir` holds (created empty if missing).
+    #[serde(default)]
+    pub restore: Option<String>,
+}
+
+/// Never prints the key (commands are logged at debug level).
+impl std::fmt::Debug for CheckpointPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointPlan")
+            .field("state_dir", &self.state_dir)
+            .field("interval_ms", &self.interval_ms)
+            .field("key_hex", &"<redacted>")
+            .field("restore", &self.restore)
+            .finish()
+    }
 }
 
 /// The lease a fenced cell starts under. A long poll's answer can be old news, so the agent

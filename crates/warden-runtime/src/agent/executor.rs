@@ -28,8 +28,16 @@ use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::CellExit;
 use warden_store::queue::DurableQueue;
 
+use super::http::{Http, HttpError};
 use crate::cells::{cell_config, cell_exit, lost_exit};
-use crate::proto::{CommandKind, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, StartLease};
+use crate::checkpoint;
+use crate::proto::{CheckpointPlan, CommandKind, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, StartLease};
+
+/// A checkpoint's upload or download may take a while (up to `MAX_BLOB_BYTES`).
+const BLOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// `<cell dir>/checkpoint.json` (0600): the cell's `CheckpointPlan`, so a restarted agent keeps
+/// checkpointing the cells it re-adopts.
+const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 /// The environment variable a fenced cell finds its lease epoch in.
 pub const EPOCH_ENV: &str = "WARDEN_EPOCH";
@@ -110,6 +118,8 @@ struct Entry {
     /// A `Remove` came while the cell still ran: it was killed; remove it once it has exited,
     /// without a report (its end is already journaled).
     remove_when_exited: bool,
+    /// Checkpointed cells: wakes the checkpoint task to take one now.
+    checkpoint_now: Option<Arc<Notify>>,
 }
 
 struct Inner {
@@ -122,6 +132,9 @@ struct Inner {
     cells: Mutex<BTreeMap<String, Entry>>,
     /// Notified whenever a report was queued, so it can be sent at once.
     pushed: Notify,
+    /// The control plane's blob store, for checkpoints (set by the agent; absent in tests that
+    /// run without a control plane, where checkpointed starts fail).
+    blobs: std::sync::OnceLock<Arc<Http>>,
 }
 
 /// Carries out commands on this host's cells and queues what happens to them; see the module
@@ -154,8 +167,14 @@ impl Executor {
                 claims,
                 cells: Mutex::new(BTreeMap::new()),
                 pushed: Notify::new(),
+                blobs: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Where checkpoints are stored and fetched: the control plane (`/v1/blobs`). Set once.
+    pub fn set_blob_client(&self, http: Arc<Http>) {
+        let _ = self.inner.blobs.set(http);
     }
 
     pub fn backend(&self) -> &Arc<ProcessBackend> {
@@ -223,9 +242,13 @@ impl Executor {
                             lease,
                             lease_lost: false,
                             remove_when_exited: false,
+                            checkpoint_now: None,
                         },
                     );
-                    self.watch(cell_id, started);
+                    self.watch(cell_id.clone(), started);
+                    if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
+                        self.checkpointer(workload_id_of(self, &cell_id), cell_id, plan);
+                    }
                     continue;
                 }
                 CellState::Exited(status) => {
@@ -245,6 +268,7 @@ impl Executor {
                     lease: None,
                     lease_lost: false,
                     remove_when_exited: false,
+                    checkpoint_now: None,
                 },
             );
             if !already_reported.contains(&cell_id) {
@@ -344,8 +368,15 @@ impl Executor {
     /// `Signal` to a cell that ended, a `Remove` of a cell that is gone change nothing.
     pub async fn execute(&self, command: CommandKind) {
         match command {
-            CommandKind::Start { workload_id, cell_id, cell, logs, lease } => {
-                self.start(workload_id, cell_id, cell, logs, lease).await
+            CommandKind::Start { workload_id, cell_id, cell, logs, lease, checkpoint } => {
+                self.start(workload_id, cell_id, cell, logs, lease, checkpoint).await
+            }
+            CommandKind::Checkpoint { cell_id } => {
+                let now = self.cells().get(&cell_id).and_then(|entry| entry.checkpoint_now.clone());
+                match now {
+                    Some(now) => now.notify_one(),
+                    None => tracing::info!(%cell_id, "checkpoint of a cell that is not a running checkpointed cell here"),
+                }
             }
             CommandKind::Signal { cell_id, kill } => {
                 let backend = self.inner.backend.clone();
@@ -363,7 +394,15 @@ impl Executor {
         }
     }
 
-    async fn start(&self, workload_id: String, cell_id: String, cell: CellSpec, logs: LogSpec, lease: Option<StartLease>) {
+    async fn start(
+        &self,
+        workload_id: String,
+        cell_id: String,
+        cell: CellSpec,
+        logs: LogSpec,
+        lease: Option<StartLease>,
+        checkpoint: Option<CheckpointPlan>,
+    ) {
         if self.cells().contains_key(&cell_id) {
             tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
             return;
@@ -388,6 +427,7 @@ impl Executor {
                 lease: None,
                 lease_lost: false,
                 remove_when_exited: false,
+                checkpoint_now: None,
             },
         );
 
@@ -409,6 +449,16 @@ impl Executor {
             config.fence = Some(Fence { epoch, initial_deadline_boottime_ns: held.deadline_ms.saturating_mul(1_000_000) });
             config.env.insert(EPOCH_ENV.to_string(), epoch.to_string());
         }
+        // With the lease (if any) won, and before the cell exists: its state, as last checkpointed.
+        if let Some(plan) = &checkpoint {
+            if let Err(error) = self.restore(&workload_id, plan).await {
+                self.cells().remove(&cell_id);
+                let error = format!("checkpoint restore failed: {error}");
+                tracing::warn!(%cell_id, "not started: {error}");
+                self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+                return;
+            }
+        }
         let started = self.spawn_cell(config).await;
         match started {
             Ok(started) => {
@@ -423,13 +473,19 @@ impl Executor {
                     }
                 };
                 let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
-                self.report(workload_id, cell_id.clone(), event).await;
+                self.report(workload_id.clone(), cell_id.clone(), event).await;
                 if lease_lost {
                     let backend = self.inner.backend.clone();
                     let id = cell_id.clone();
                     let _ = tokio::task::spawn_blocking(move || backend.signal(&id, true)).await;
                 }
-                self.watch(cell_id, started);
+                self.watch(cell_id.clone(), started);
+                if let Some(plan) = checkpoint {
+                    if let Err(e) = write_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id), &plan) {
+                        tracing::warn!(%cell_id, "cannot keep the checkpoint plan in the cell dir (a restarted agent will not checkpoint this cell): {e}");
+                    }
+                    self.checkpointer(workload_id, cell_id, plan);
+                }
             }
             Err(error) => {
                 self.cells().remove(&cell_id);
@@ -437,6 +493,91 @@ impl Executor {
                 self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
             }
         }
+    }
+
+    /// Fills `state_dir` for a start: the checkpoint `plan.restore` names (fetched, checked
+    /// against its hash, decrypted, unpacked into the emptied dir), or, with none, the dir as
+    /// it is (created if missing). Any failure is the start's failure: never a silently empty state.
+    async fn restore(&self, workload_id: &str, plan: &CheckpointPlan) -> Result<(), String> {
+        let key = checkpoint::parse_key(&plan.key_hex)?;
+        let dir = PathBuf::from(&plan.state_dir);
+        let Some(uri) = &plan.restore else {
+            return std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()));
+        };
+        let hex = checkpoint::blob_hex(uri).ok_or_else(|| format!("{uri:?} is not a blob this agent can fetch"))?.to_string();
+        let http = self.inner.blobs.get().ok_or("no control plane to fetch checkpoints from")?;
+        let path = format!("/v1/blobs/{hex}");
+        let mut attempt = 0;
+        let blob = loop {
+            attempt += 1;
+            match http.call("GET", &path, b"", BLOB_TIMEOUT).await {
+                Ok((_, blob)) => break blob,
+                Err(HttpError::Transport(e)) if attempt < 3 => {
+                    tracing::info!("fetching checkpoint {uri}: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(format!("cannot fetch checkpoint {uri}: {e}")),
+            }
+        };
+        let workload_id = workload_id.to_string();
+        tokio::task::spawn_blocking(move || checkpoint::restore(&dir, &key, &workload_id, &hex, &blob))
+            .await
+            .map_err(|e| format!("restore task failed: {e}"))?
+    }
+
+    /// Takes a checkpoint of a running cell every `interval_ms`, and whenever a `Checkpoint`
+    /// command asks, until the cell is no longer running here.
+    fn checkpointer(&self, workload_id: String, cell_id: String, plan: CheckpointPlan) {
+        let now = Arc::new(Notify::new());
+        match self.cells().get_mut(&cell_id) {
+            Some(entry) => entry.checkpoint_now = Some(now.clone()),
+            None => return,
+        }
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let key = match checkpoint::parse_key(&plan.key_hex) {
+                Ok(key) => key,
+                Err(e) => return tracing::warn!(%cell_id, "no checkpoints: {e}"),
+            };
+            let interval = std::time::Duration::from_millis(plan.interval_ms.max(1_000));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = now.notified() => {}
+                }
+                let running = matches!(executor.cells().get(&cell_id).map(|e| &e.state), Some(Tracked::Running(_)));
+                if !running {
+                    return;
+                }
+                if let Err(e) = executor.take_checkpoint(&workload_id, &cell_id, &plan, &key).await {
+                    tracing::warn!(%cell_id, "checkpoint failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// tar + encrypt `state_dir`, upload it as `/v1/blobs/<sha256>`, and report it (durably:
+    /// through the report queue, so the control plane journals it even across restarts).
+    async fn take_checkpoint(
+        &self,
+        workload_id: &str,
+        cell_id: &str,
+        plan: &CheckpointPlan,
+        key: &[u8; 32],
+    ) -> Result<(), String> {
+        let http = self.inner.blobs.get().ok_or("no control plane to store checkpoints in")?.clone();
+        let (dir, key_copy, id) = (PathBuf::from(&plan.state_dir), *key, workload_id.to_string());
+        let (blob, hex) = tokio::task::spawn_blocking(move || checkpoint::take(&dir, &key_copy, &id))
+            .await
+            .map_err(|e| format!("checkpoint task failed: {e}"))?
+            .map_err(|e| format!("cannot snapshot {}: {e}", plan.state_dir))?;
+        http.call("PUT", &format!("/v1/blobs/{hex}"), &blob, BLOB_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot upload the checkpoint: {e}"))?;
+        let event = ReportEvent::Checkpointed { state_uri: checkpoint::state_uri(&hex), size_bytes: blob.len() as u64 };
+        tracing::debug!(%cell_id, "checkpoint {hex} ({} bytes)", blob.len());
+        self.report(workload_id.to_string(), cell_id.to_string(), event).await;
+        Ok(())
     }
 
     async fn spawn_cell(&self, config: CellConfig) -> Result<StartedCell, String> {
@@ -472,9 +613,14 @@ impl Executor {
                         lease,
                         lease_lost: false,
                         remove_when_exited: false,
+                        checkpoint_now: None,
                     },
                 );
-                self.watch(cell_id, started);
+                self.watch(cell_id.clone(), started);
+                if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
+                    let workload_id = workload_id_of(self, &cell_id);
+                    self.checkpointer(workload_id, cell_id, plan);
+                }
                 return;
             }
             CellState::Exited(status) => cell_exit(&status),
@@ -486,6 +632,7 @@ impl Executor {
             lease: None,
             lease_lost: false,
             remove_when_exited: false,
+            checkpoint_now: None,
         };
         self.cells().insert(cell_id.clone(), entry);
         self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
@@ -650,6 +797,24 @@ fn scan(backend: &ProcessBackend, cells_dir: &Path) -> std::io::Result<Vec<Found
             Found { cell_id, workload_id, state, lease }
         })
         .collect())
+}
+
+fn workload_id_of(executor: &Executor, cell_id: &str) -> String {
+    executor.cells().get(cell_id).map(|entry| entry.workload_id.clone()).unwrap_or_default()
+}
+
+fn write_checkpoint_plan(cell_dir: &Path, plan: &CheckpointPlan) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = cell_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(&serde_json::to_vec(plan).expect("serializes"))?;
+    std::fs::rename(&tmp, cell_dir.join(CHECKPOINT_FILE))
+}
+
+fn read_checkpoint_plan(cell_dir: &Path) -> Option<CheckpointPlan> {
+    let bytes = std::fs::read(cell_dir.join(CHECKPOINT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn read_lease(cell_dir: &Path) -> Option<LeaseRecord> {

@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 use crate::auth::Identity;
 use crate::view::ErrorBody;
 
-/// No answer of the control plane comes near this; anything larger is refused, not buffered.
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// No answer of the control plane is larger (the largest is a checkpoint blob); anything larger
+/// is refused, not buffered.
+const MAX_RESPONSE_BYTES: usize = crate::checkpoint::MAX_BLOB_BYTES + (1 << 20);
 
 /// warden's default port, for a server given as a bare `host` (`paths::DEFAULT_ADDR`).
 const DEFAULT_PORT: u16 = 7480;
