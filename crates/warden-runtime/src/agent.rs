@@ -252,9 +252,11 @@ async fn heartbeat_loop(
 ) {
     let link = Link::new("heartbeat");
     let interval = Duration::from_millis(enrolled.heartbeat_interval_ms.max(1));
-    // An answer is worth waiting for only while it can still extend a lease (it counts from the
-    // send time); past that, the next heartbeat is the better bet.
-    let timeout = Duration::from_millis(enrolled.lease.holder_validity_ms().clamp(1_000, 10_000));
+    // Heartbeats go one at a time, so one that hangs (a lost SYN waits a full second for the
+    // kernel's retry) must not hold back the next past `host_ttl`: give up on it after half of
+    // that (but never sooner than two intervals) and try afresh on a new connection, so a short
+    // outage costs one heartbeat, not the host.
+    let timeout = Duration::from_millis((enrolled.host_ttl_ms / 2).max(2 * enrolled.heartbeat_interval_ms).max(1));
     let mut incarnation: Option<String> = None;
     let mut send_inventory = true;
     let mut waiting: Vec<ClaimRequest> = Vec::new();

@@ -97,42 +97,49 @@ impl IntoResponse for ApiError {
 }
 
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return ApiError::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes")).into_response(),
-    };
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let keys = state.authorized_keys.read().expect("keys lock").clone();
-    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
-        Ok(principal) => {
-            parts.extensions.insert(Caller(principal));
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
-        }
-        Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
-    }
+    pass_if_signed(&state, request, next, &keys).await
 }
 
 /// Like `authenticate`, for agents: the key must be an enrolled host's.
 async fn authenticate_host(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return ApiError::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes")).into_response(),
-    };
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let keys: Vec<VerifyingKey> = {
         let shared = state.shared.read().expect("projection lock");
         shared.hosts.values().filter_map(|h| crate::auth::parse_principal(&h.principal)).collect()
     };
-    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
-        Ok(principal) => {
+    pass_if_signed(&state, request, next, &keys).await
+}
+
+/// Runs the request on if it is signed by one of `keys` (the caller's principal goes along as
+/// `Caller`); 401 otherwise.
+async fn pass_if_signed(state: &ApiState, request: Request, next: Next, keys: &[VerifyingKey]) -> Response {
+    match signed_by(state, request, MAX_BODY_BYTES, |_| keys.to_vec()).await {
+        Ok((mut parts, bytes, principal)) => {
             parts.extensions.insert(Caller(principal));
             next.run(Request::from_parts(parts, Body::from(bytes))).await
         }
-        Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// Reads the body (at most `limit` bytes) and checks the signature against the keys `keys`
+/// picks given the `Authorization` header (enrollment trusts the key the header names).
+async fn signed_by(
+    state: &ApiState,
+    request: Request,
+    limit: usize,
+    keys: impl FnOnce(Option<&str>) -> Vec<VerifyingKey>,
+) -> Result<(axum::http::request::Parts, Bytes, String), Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::BadRequest(format!("request body larger than {limit} bytes")).into_response())?;
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let keys = keys(header);
+    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
+        Ok(principal) => Ok((parts, bytes, principal)),
+        Err(e) => Err((StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response()),
     }
 }
 
@@ -256,18 +263,11 @@ async fn checkpoint_now(
 
 /// `POST /v1/agents/enroll`: signed by the key being enrolled, and carrying the join token.
 async fn agent_enroll(State(state): State<ApiState>, request: Request) -> Result<Json<EnrollResponse>, Response> {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::BadRequest("request body too large".into()).into_response())?;
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let unauthorized = |why: String| (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response();
-    let key = header
-        .and_then(crate::auth::header_key)
-        .ok_or_else(|| unauthorized("enrollment must be signed with the host key".into()))?;
-    let principal = verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &[key], &state.replays)
-        .map_err(|e| unauthorized(e.to_string()))?;
+    // Self-signed: the key being enrolled signs; the join token is what authorizes it.
+    let (_, bytes, principal) =
+        signed_by(&state, request, MAX_BODY_BYTES, |header| header.and_then(crate::auth::header_key).into_iter().collect())
+            .await?;
     let request: EnrollRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")).into_response())?;
     if !crate::auth::constant_time_eq(request.join_token.as_bytes(), state.join_token.as_bytes()) {

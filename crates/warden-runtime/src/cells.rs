@@ -1,9 +1,12 @@
 //! From the core's specs to the cell layer's configs, and from the cell layer's exit records back
-//! to the core's `CellExit`: the one mapping both the local engine and remote agents use.
+//! to the core's `CellExit`, and waiting for a cell's end: what the local engine and remote agents share.
 
 use std::path::{Path, PathBuf};
 
-use warden_cell::{CellConfig, CellIsolation, ExitStatus, TerminalState};
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+use warden_cell::{CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
 use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::{CellExit, LifecycleTerminalState};
 
@@ -76,4 +79,27 @@ pub fn cell_exit(status: &ExitStatus) -> CellExit {
 
 pub fn lost_exit(reason: &str) -> CellExit {
     CellExit { exit_code: None, signal: None, reason: reason.to_string(), terminal_state: None }
+}
+
+/// Waits for a cell's shim to exit (its pidfd turns readable), then collects how the cell ended.
+pub async fn wait_exit(backend: Arc<ProcessBackend>, cell_id: &str, started: StartedCell) -> CellExit {
+    match backend.exit_fd(cell_id, &started) {
+        // SAFETY: `fd` is an OwnedFd (a valid, open pidfd or eventfd) moved into the AsyncFd,
+        // which owns it until it is dropped at the end of this match; its raw fd never changes.
+        Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
+        },
+        // `exit_fd` returns an already-readable fd when the shim is gone, so this is a real failure.
+        Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
+    }
+    let id = cell_id.to_string();
+    match tokio::task::spawn_blocking(move || backend.collect_exit(&id, &started)).await {
+        Ok(CellState::Exited(status)) => cell_exit(&status),
+        Ok(CellState::Lost { reason }) => lost_exit(&reason),
+        Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => lost_exit("the cell's shim ended without an exit record"),
+        Err(e) => lost_exit(&format!("exit collection failed: {e}")),
+    }
 }

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use warden_cell::{BindMount, CellState, ProcessBackend, StartedCell};
 use warden_core::workload::{Effect, Input, StopSignal};
@@ -23,7 +22,7 @@ use warden_core::canonical::Artifact;
 use warden_core::job::JobManifest;
 use warden_core::spec::PlacementCount;
 
-use crate::cells::{cell_config, cell_exit, lost_exit};
+use crate::cells::{cell_config, cell_exit, lost_exit, wait_exit};
 use crate::checkpoint::Keys;
 use crate::cluster::{Cluster, ClusterConfig, Queues};
 use crate::jobs::{Jobs, Produced, StepContext};
@@ -1015,27 +1014,7 @@ async fn watch(
     cell_id: String,
     started: StartedCell,
 ) {
-    match backend.exit_fd(&cell_id, &started) {
-        // SAFETY: `fd` is an OwnedFd (a valid, open pidfd) moved into the AsyncFd, which owns it
-        // until it is dropped at the end of this match; its raw fd never changes.
-        Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-            Ok(fd) => {
-                let _ = fd.readable().await;
-            }
-            Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
-        },
-        // `exit_fd` returns an already-readable fd when the shim is gone, so this is a real failure.
-        Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
-    }
-    let collector = backend.clone();
-    let id = cell_id.clone();
-    let state = tokio::task::spawn_blocking(move || collector.collect_exit(&id, &started)).await;
-    let exit = match state {
-        Ok(CellState::Exited(status)) => cell_exit(&status),
-        Ok(CellState::Lost { reason }) => lost_exit(&reason),
-        Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => lost_exit("the cell's shim ended without an exit record"),
-        Err(e) => lost_exit(&format!("exit collection failed: {e}")),
-    };
+    let exit = wait_exit(backend, &cell_id, started).await;
     let _ = commands.send(Command::Cell { workload_id, input: Input::CellExited { cell_id, exit } });
 }
 

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, Notify};
 use warden_cell::{CellConfig, CellState, Fence, LeaseRecord, ProcessBackend, ShimExe, StartedCell};
 use warden_core::lease::{HeldLease, LeaseTiming};
@@ -677,29 +676,7 @@ impl Executor {
     fn watch(&self, cell_id: String, started: StartedCell) {
         let executor = self.clone();
         tokio::spawn(async move {
-            let backend = executor.inner.backend.clone();
-            match backend.exit_fd(&cell_id, &started) {
-                // SAFETY: `fd` is an OwnedFd (a valid, open pidfd or eventfd) moved into the
-                // AsyncFd, which owns it until it is dropped at the end of this match.
-                Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-                    Ok(fd) => {
-                        let _ = fd.readable().await;
-                    }
-                    Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
-                },
-                // `exit_fd` returns an already-readable fd when the shim is gone: a real failure.
-                Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
-            }
-            let id = cell_id.clone();
-            let state = tokio::task::spawn_blocking(move || backend.collect_exit(&id, &started)).await;
-            let exit = match state {
-                Ok(CellState::Exited(status)) => cell_exit(&status),
-                Ok(CellState::Lost { reason }) => lost_exit(&reason),
-                Ok(CellState::Running(_)) | Ok(CellState::NotStarted) => {
-                    lost_exit("the cell's shim ended without an exit record")
-                }
-                Err(e) => lost_exit(&format!("exit collection failed: {e}")),
-            };
+            let exit = crate::cells::wait_exit(executor.inner.backend.clone(), &cell_id, started).await;
             executor.ended(cell_id, exit).await;
         });
     }
