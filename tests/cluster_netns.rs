@@ -753,3 +753,132 @@ fn killing_a_whole_namespace_fails_over() {
     );
     assert_eq!(cluster.host_state(&old_host).as_deref(), Some("down"), "{:?}", cluster.server.hosts());
 }
+
+/// SplitMix64: a small deterministic generator, so a run of the blip test can be replayed from
+/// the seed it prints.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi` (the modulo bias is irrelevant at these ranges).
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// The wall clock as `HH:MM:SS.mmm` UTC, to line up with the events' `time` and the logs.
+fn utc_now() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03}", s / 3600 % 24, s / 60 % 60, s % 60, ms % 1000)
+}
+
+/// Short outages of a host's link — its bridge-side veth down for 50–100 ms every 1–2 s, ~5 % of
+/// the time at most — must cost at most a heartbeat or two, never the host: no `host.down`, no
+/// failover, the same primary (epoch and pid) throughout.
+///
+/// The seed comes from `WARDEN_BLIP_SEED` if set, else at random; it is printed either way.
+#[test]
+fn short_link_blips_do_not_fail_a_host_over() {
+    const BLIPPING: Duration = Duration::from_secs(20);
+    let seed = std::env::var("WARDEN_BLIP_SEED")
+        .ok()
+        .map(|s| s.parse::<u64>().expect("WARDEN_BLIP_SEED is a u64"))
+        .unwrap_or_else(random_u64);
+    eprintln!("link blips: seed {seed} (replay with WARDEN_BLIP_SEED={seed})");
+    let mut rng = SplitMix64(seed);
+
+    let cluster = NetCluster::start(3);
+    let truth = cluster.root.path().join("truth.log");
+    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
+    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (host, epoch, pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
+    wait_for_lines(&cluster, &truth, epoch, 10, 0);
+    assert_eq!(cluster.truth_writers_on(&host, &truth), vec![pid], "the primary runs in its host's namespace");
+
+    // The blips: (start, offset from the first in ms, length in ms).
+    let mut blips: Vec<(String, u128, u128)> = Vec::new();
+    let started = Instant::now();
+    let started_utc = utc_now();
+    while started.elapsed() < BLIPPING {
+        std::thread::sleep(Duration::from_millis(rng.range(1_000, 2_000)));
+        let window = Duration::from_millis(rng.range(50, 100));
+        let (at, at_utc) = (started.elapsed(), utc_now());
+        cluster.partition(&host);
+        let down = Instant::now();
+        std::thread::sleep(window);
+        cluster.heal(&host);
+        blips.push((at_utc, at.as_millis(), down.elapsed().as_millis()));
+    }
+    let total = started.elapsed();
+    let down_ms: u128 = blips.iter().map(|b| b.2).sum();
+    let ended_ns = monotonic_ns();
+    eprintln!(
+        "link blips on {host}: {} windows, {down_ms} ms down in {total:?} ({:.1} %), from {started_utc} UTC",
+        blips.len(),
+        down_ms as f64 / total.as_millis() as f64 * 100.0
+    );
+    let blip_list =
+        || blips.iter().map(|(utc, at, len)| format!("  {utc} UTC (+{at} ms): down {len} ms")).collect::<Vec<_>>().join("\n");
+
+    // Let whatever the last blip set going settle, and see the primary still writing.
+    wait_for_lines(&cluster, &truth, epoch, 10, ended_ns);
+    let events = cluster_events(&cluster.server);
+    let about_host: Vec<String> = events
+        .iter()
+        .filter(|e| e.data.get("host").and_then(|h| h.as_str()) == Some(host.as_str()))
+        .map(|e| format!("  #{} {} {} {}", e.seq, e.time, e.event_type, e.data))
+        .collect();
+    let downs: Vec<&warden_core::CloudEvent> = events
+        .iter()
+        .filter(|e| {
+            e.event_type == "dev.warden.host.down.v1" && e.data.get("host").and_then(|h| h.as_str()) == Some(host.as_str())
+        })
+        .collect();
+    assert!(
+        downs.is_empty(),
+        "short blips of its link took {host} down: {downs:?}\nevents about {host}:\n{}\nblips:\n{}\n{}",
+        about_host.join("\n"),
+        blip_list(),
+        cluster.logs()
+    );
+    let now = cluster.server.status(&id);
+    assert_eq!(
+        (now.state.as_str(), now.host.as_str(), now.epoch, now.pid),
+        ("running", host.as_str(), Some(epoch), Some(pid)),
+        "the primary did not stay as it was through the blips\nevents about {host}:\n{}\nblips:\n{}\n{}",
+        about_host.join("\n"),
+        blip_list(),
+        cluster.logs()
+    );
+    assert!(alive(pid), "the primary (pid {pid}) is gone");
+    let spans = check_no_overlap(&truth);
+    assert_eq!(spans.keys().copied().collect::<Vec<_>>(), vec![epoch], "only epoch {epoch} ever ran: {spans:?}");
+    let span = spans[&epoch];
+    // What the blips did to the agent's heartbeats (a failed one is logged when its error changes).
+    let agent_log = std::fs::read_to_string(cluster.agent(&host).data_dir.join("agent.log")).unwrap_or_default();
+    let heartbeat_lines: Vec<&str> = agent_log.lines().filter(|l| l.contains("heartbeat")).collect();
+    eprintln!(
+        "link blips:\n{}\n{host}'s agent log on heartbeats ({} lines):\n{}",
+        blip_list(),
+        heartbeat_lines.len(),
+        heartbeat_lines.join("\n")
+    );
+    eprintln!(
+        "link blips: {host} stayed up, epoch {epoch} pid {pid} ran throughout ({} lines over {} ms)",
+        span.lines,
+        (span.last - span.first) / 1_000_000
+    );
+}
+
+/// `warden events -o json`: the whole journal.
+fn cluster_events(server: &Server) -> Vec<warden_core::CloudEvent> {
+    server.cli_ok(&["events", "-o", "json"]).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
