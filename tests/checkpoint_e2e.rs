@@ -6,148 +6,23 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{bin, kill9, Warden};
-use warden_runtime::view::{HostView, WorkloadView};
+use support::cluster::Cluster;
+use support::kill9;
 
-struct Cluster {
-    server: Warden,
-    agents: Vec<Agent>,
-}
-
-struct Agent {
-    name: String,
-    data_dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Cluster {
-    fn start(n_agents: usize) -> Cluster {
-        let server = Warden::start_with_command("server", &[]);
-        let token = std::fs::read_to_string(server.data_dir().join("join-token")).unwrap().trim().to_string();
-        let mut cluster = Cluster { server, agents: Vec::new() };
-        for i in 0..n_agents {
-            let name = format!("h{i}");
-            let data_dir = cluster.server.root.path().join(format!("agent-{name}"));
-            let mut agent = Agent { name, data_dir, child: None };
-            agent.spawn(&cluster.server, &token);
-            cluster.agents.push(agent);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let hosts: Vec<HostView> = serde_json::from_str(&cluster.server.cli_ok(&["hosts", "-o", "json"])).unwrap();
-            if hosts.iter().filter(|h| h.state == "up").count() >= n_agents {
-                break;
-            }
-            assert!(Instant::now() < deadline, "hosts not up: {hosts:?}\n{}", cluster.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        cluster
-    }
-
-    fn agent(&mut self, name: &str) -> &mut Agent {
-        self.agents.iter_mut().find(|a| a.name == name).unwrap()
-    }
-
-    fn logs(&self) -> String {
-        let mut out = format!("--- server\n{}", self.server.up_log());
-        for agent in &self.agents {
-            let log = std::fs::read_to_string(agent.data_dir.join("agent.log")).unwrap_or_default();
-            out += &format!("\n--- {}\n{log}", agent.name);
-        }
-        out
-    }
-
-    fn wait_for(&self, id: &str, what: &str, mut pred: impl FnMut(&WorkloadView) -> bool) -> WorkloadView {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let view = self.server.status(id);
-            if pred(&view) {
-                return view;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {view:?}\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// The counter a checkpoint holds: the blob read straight from the server's store, decrypted
-    /// with the workload's key from `<data-dir>/keys`, unpacked.
-    fn counter_in(&self, id: &str, state_uri: &str) -> u64 {
-        let hex = warden_runtime::checkpoint::blob_hex(state_uri).unwrap_or_else(|| panic!("not a blob: {state_uri}"));
-        let conn = raw(&self.server.data_dir().join("journal.db"));
-        let blob: Vec<u8> =
-            conn.query_row("SELECT body FROM artifacts WHERE id = ?1", [format!("sha256:{hex}")], |row| row.get(0)).unwrap();
-        let key: [u8; 32] = std::fs::read(self.server.data_dir().join("keys").join(id)).unwrap().try_into().unwrap();
-        let out = tempfile::tempdir().unwrap();
-        warden_runtime::checkpoint::restore(out.path(), &key, id, hex, &blob).unwrap();
-        std::fs::read_to_string(out.path().join("counter")).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Agent {
-    fn spawn(&mut self, server: &Warden, token: &str) {
-        std::fs::create_dir_all(&self.data_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.join("agent.log")).unwrap();
-        let child = Command::new(bin())
-            .args(["agent", "--server", &format!("http://{}", server.addr()), "--name", &self.name, "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--join-token", token])
-            .env("XDG_CONFIG_HOME", server.config_home())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// The whole host dies: the agent, every shim and every cell.
-    fn kill_host(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        kill_cells_under(&self.data_dir.join("cells"));
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for agent in &mut self.agents {
-            if let Some(mut child) = agent.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            kill_cells_under(&agent.data_dir.join("cells"));
-        }
-    }
-}
-
-/// SIGKILL every shim and cell process of a cells dir (pids from the cells' pid files and locks).
-fn kill_cells_under(cells: &Path) {
-    let Ok(entries) = std::fs::read_dir(cells) else { return };
-    for entry in entries.flatten() {
-        for file in ["pid.json", "shim.pid"] {
-            let Ok(text) = std::fs::read_to_string(entry.path().join(file)) else { continue };
-            let pid = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("pid").and_then(|p| p.as_u64()).or_else(|| v.get("shim_pid").and_then(|p| p.as_u64())));
-            if let Some(pid) = pid {
-                // SAFETY: sending signals; no memory involved.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-                kill9(pid as u32);
-            }
-        }
-    }
-    let Ok(procs) = std::fs::read_dir("/proc") else { return };
-    for proc_entry in procs.flatten() {
-        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
-        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(cells))) {
-            kill9(pid);
-        }
-    }
+/// The counter a checkpoint holds: the blob read straight from the server's store, decrypted
+/// with the workload's key from `<data-dir>/keys`, unpacked.
+fn counter_in(cluster: &Cluster, id: &str, state_uri: &str) -> u64 {
+    let hex = warden_runtime::checkpoint::blob_hex(state_uri).unwrap_or_else(|| panic!("not a blob: {state_uri}"));
+    let conn = raw(&cluster.server.data_dir().join("journal.db"));
+    let blob: Vec<u8> =
+        conn.query_row("SELECT body FROM artifacts WHERE id = ?1", [format!("sha256:{hex}")], |row| row.get(0)).unwrap();
+    let key: [u8; 32] = std::fs::read(cluster.server.data_dir().join("keys").join(id)).unwrap().try_into().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    warden_runtime::checkpoint::restore(out.path(), &key, id, hex, &blob).unwrap();
+    std::fs::read_to_string(out.path().join("counter")).unwrap().trim().parse().unwrap()
 }
 
 fn raw(path: &Path) -> rusqlite::Connection {
@@ -230,11 +105,11 @@ fn checkpoint_round_trip_across_hosts() {
     let before = cluster.server.status(&id).info.state_uri.unwrap();
     cluster.server.cli_ok(&["checkpoint", &id]);
     let taken = cluster.wait_for(&id, "the requested checkpoint", |v| v.info.state_uri.as_ref() != Some(&before));
-    let at_checkpoint = cluster.counter_in(&id, taken.info.state_uri.as_ref().unwrap());
+    let at_checkpoint = counter_in(&cluster, &id, taken.info.state_uri.as_ref().unwrap());
     assert!(at_checkpoint > 0, "the checkpoint holds the counter");
 
     // The primary's host dies, and its disk with it: only the checkpoint can bring the state back.
-    cluster.agent(&old_host).kill_host();
+    cluster.agent_mut(&old_host).kill_host();
     std::fs::remove_dir_all(&state).unwrap();
     let moved = cluster
         .wait_for(&id, "failover", |v| v.state == "running" && v.host != old_host && v.epoch.is_some_and(|e| e > old_epoch));

@@ -23,15 +23,15 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
 use support::{alive, bin, kill9};
-use warden_runtime::view::{HostView, WorkloadView};
+use warden_runtime::view::WorkloadView;
 
 /// The longest a failover may take. At the defaults the control plane needs ~2 s (a host is down
 /// after 1.5 s of silence, the old lease is granted again 300 ms after its expiry); five times
@@ -112,9 +112,9 @@ impl Network {
         format!("10.77.{}.1", self.subnet)
     }
 
-    /// Host `i` (from 1).
-    fn host(&self, i: usize) -> NetHost {
-        NetHost { namespace: format!("{}-h{i}", self.tag), bridge_end: format!("{}-h{i}b", self.tag) }
+    /// Host `name` (`h1`, `h2`, …).
+    fn host(&self, name: &str) -> NetHost {
+        NetHost { namespace: format!("{}-{name}", self.tag), bridge_end: format!("{}-{name}b", self.tag) }
     }
 
     /// SIGKILL every process in every namespace of this network.
@@ -276,42 +276,36 @@ impl Server {
         server
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    fn join_token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("data/join-token")).unwrap().trim().to_string()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("WARDEN_ADDR", &self.addr)
-            .env("XDG_CONFIG_HOME", self.dir.join("config"))
-            .output()
-            .unwrap()
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "warden {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
     /// `warden run SPEC`: the id from the last line.
     fn run(&self, spec_name: &str, text: &str) -> String {
         let path = self.dir.join(spec_name);
         std::fs::write(&path, text).unwrap();
         self.cli_ok(&["run", path.to_str().unwrap()]).lines().last().expect("run prints the id").trim().to_string()
     }
+}
 
-    fn status(&self, id: &str) -> WorkloadView {
-        serde_json::from_str(&self.cli_ok(&["status", id, "-o", "json"])).unwrap()
+impl ControlPlane for Server {
+    fn addr(&self) -> String {
+        self.addr.clone()
     }
 
-    fn hosts(&self) -> Vec<HostView> {
-        serde_json::from_str(&self.cli_ok(&["hosts", "-o", "json"])).unwrap()
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .args(args)
+            .env("WARDEN_ADDR", &self.addr)
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "warden {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
 
@@ -327,21 +321,20 @@ impl Drop for Server {
 // ---------------------------------------------------------------------------------------------
 // The cluster: the network, the server, one agent per namespace.
 
-struct Agent {
-    /// The warden host name: `h1`, `h2`, …
-    name: String,
-    namespace: String,
-    bridge_end: String,
-    data_dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// Fields drop in this order after `Drop::drop` killed every process: server, network, files.
+/// Fields drop in this order after `Drop::drop` killed every process in the namespaces: the
+/// cluster (agents, cells, server), network, files.
 struct NetCluster {
-    server: Server,
-    agents: Vec<Agent>,
+    cluster: Cluster<Server>,
     net: Network,
     root: tempfile::TempDir,
+}
+
+impl std::ops::Deref for NetCluster {
+    type Target = Cluster<Server>;
+
+    fn deref(&self) -> &Cluster<Server> {
+        &self.cluster
+    }
 }
 
 impl NetCluster {
@@ -349,102 +342,44 @@ impl NetCluster {
         let root = tempfile::tempdir().unwrap();
         let net = Network::create(n_hosts);
         let server = Server::start(root.path(), &net.bridge_ip());
-        let token = server.join_token();
-        let mut cluster = NetCluster { server, agents: Vec::new(), net, root };
-        for i in 1..=n_hosts {
-            let NetHost { namespace, bridge_end } = cluster.net.host(i);
-            let name = format!("h{i}");
-            let data_dir = cluster.root.path().join(format!("agent-{name}"));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            let log = std::fs::File::create(data_dir.join("agent.log")).unwrap();
-            let child = in_namespace(&namespace, Command::new(bin()))
-                .args(["agent", "--server", &format!("http://{}", cluster.server.addr), "--name", &name, "--data-dir"])
-                .arg(&data_dir)
-                .args(["--join-token", &token])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            cluster.agents.push(Agent { name, namespace, bridge_end, data_dir, child: Some(child) });
-        }
+        // Each agent enters its host's namespace and reaches the server on the bridge.
+        let names = (1..=n_hosts).map(|i| format!("h{i}"));
+        let mut cluster =
+            Cluster::with_agents(server, root.path(), names, |name| in_namespace(&net.host(name).namespace, Command::new(bin())));
+        let tag = net.tag.clone();
+        cluster.agent_label = Box::new(move |agent| {
+            let namespace = format!("{tag}-{}", agent.name);
+            format!("{} ({namespace}, pids {:?})", agent.name, namespace_pids(&namespace))
+        });
+        let cluster = NetCluster { cluster, net, root };
         for agent in &cluster.agents {
             cluster.wait_host(&agent.name, "up", SETUP_DEADLINE);
         }
         cluster
     }
 
-    fn agent(&self, name: &str) -> &Agent {
-        self.agents.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("no agent {name:?}"))
-    }
-
-    fn host_state(&self, name: &str) -> Option<String> {
-        self.server.hosts().into_iter().find(|h| h.name == name).map(|h| h.state)
-    }
-
-    /// Waits until `warden hosts` shows `name` in `state`; how long that took.
-    fn wait_host(&self, name: &str, state: &str, within: Duration) -> Duration {
-        let started = Instant::now();
-        loop {
-            if self.host_state(name).as_deref() == Some(state) {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < within,
-                "host {name} not {state} after {within:?}: {:?}\n{}",
-                self.server.hosts(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&self, id: &str, what: &str, mut pred: impl FnMut(&WorkloadView) -> bool) -> WorkloadView {
-        let deadline = Instant::now() + SETUP_DEADLINE;
-        loop {
-            let view = self.server.status(id);
-            if pred(&view) {
-                return view;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {view:?}\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    /// Waits for a running primary on another host than `old_host`, with a higher epoch; it and
-    /// how long after `since` it showed.
-    fn wait_primary_elsewhere(&self, id: &str, old_host: &str, old_epoch: u64, since: Instant) -> (WorkloadView, Duration) {
-        loop {
-            let view = self.server.status(id);
-            if view.state == "running" && view.host != old_host && view.epoch.is_some_and(|e| e > old_epoch) && view.pid.is_some()
-            {
-                return (view, since.elapsed());
-            }
-            assert!(
-                since.elapsed() < FAILOVER_DEADLINE,
-                "no failover within {FAILOVER_DEADLINE:?}: {view:?}\nhosts: {:?}\n{}",
-                self.server.hosts(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// The namespace and bridge end of host `name`.
+    fn net_host(&self, name: &str) -> NetHost {
+        self.agent(name); // one of ours
+        self.net.host(name)
     }
 
     /// Cuts `host` off: the bridge end of its veth goes down, so nothing it sends arrives and
     /// nothing reaches it. Its agent and cells keep running.
     fn partition(&self, host: &str) {
-        ip(&["link", "set", &self.agent(host).bridge_end, "down"]);
+        ip(&["link", "set", &self.net_host(host).bridge_end, "down"]);
     }
 
     fn heal(&self, host: &str) {
-        ip(&["link", "set", &self.agent(host).bridge_end, "up"]);
+        ip(&["link", "set", &self.net_host(host).bridge_end, "up"]);
     }
 
     /// The host dies whole: SIGKILL to every process in its namespace (agent, shims, cells).
     fn kill_host(&mut self, host: &str) -> Vec<u32> {
-        let agent = self.agents.iter_mut().find(|a| a.name == host).unwrap();
-        let killed = kill_namespace(&agent.namespace);
-        assert!(namespace_pids(&agent.namespace).is_empty(), "processes survived in {}", agent.namespace);
-        if let Some(mut child) = agent.child.take() {
+        let namespace = self.net_host(host).namespace;
+        let killed = kill_namespace(&namespace);
+        assert!(namespace_pids(&namespace).is_empty(), "processes survived in {namespace}");
+        if let Some(mut child) = self.cluster.agent_mut(host).child.take() {
             let _ = child.wait(); // reap it; it was killed above
         }
         killed
@@ -481,7 +416,7 @@ impl NetCluster {
     /// holds the truth file's path).
     fn truth_writers_on(&self, host: &str, truth: &Path) -> Vec<u32> {
         let needle = truth.to_str().unwrap();
-        namespace_pids(&self.agent(host).namespace)
+        namespace_pids(&self.net_host(host).namespace)
             .into_iter()
             .filter(|pid| {
                 std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -489,144 +424,27 @@ impl NetCluster {
             })
             .collect()
     }
-
-    fn logs(&self) -> String {
-        let mut out = format!("--- server\n{}", self.server.log());
-        for agent in &self.agents {
-            out += &format!(
-                "\n--- {} ({}, pids {:?})\n{}",
-                agent.name,
-                agent.namespace,
-                namespace_pids(&agent.namespace),
-                std::fs::read_to_string(agent.data_dir.join("agent.log")).unwrap_or_default()
-            );
-        }
-        out
-    }
 }
 
 impl Drop for NetCluster {
     fn drop(&mut self) {
         self.net.kill_everything();
-        for agent in &mut self.agents {
-            if let Some(mut child) = agent.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            // A cell that left its host's namespace would have escaped the kill above.
-            kill_cells_under(&agent.data_dir.join("cells"));
-        }
+        // Then the cluster kills its agents and, as a cell that left its host's namespace would
+        // have escaped the kill above, every shim and cell under their data dirs.
     }
-}
-
-/// SIGKILL every shim and cell process of a cells dir (pids from the cells' pid files and locks).
-fn kill_cells_under(cells: &Path) {
-    let Ok(entries) = std::fs::read_dir(cells) else { return };
-    for entry in entries.flatten() {
-        for file in ["pid.json", "shim.pid"] {
-            if let Ok(text) = std::fs::read_to_string(entry.path().join(file)) {
-                if let Some(pid) = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("pid").and_then(|p| p.as_u64()).or_else(|| v.get("shim_pid").and_then(|p| p.as_u64())))
-                {
-                    // The cell's process group, then the process itself.
-                    // SAFETY: sending signals; no memory involved.
-                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-                    kill9(pid as u32);
-                }
-            }
-        }
-    }
-    // Shims hold `lock`; whoever holds it is a shim of this host.
-    for pid in pids_holding_files_under(cells) {
-        kill9(pid);
-    }
-}
-
-fn pids_holding_files_under(cells: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return pids };
-    for proc_entry in procs.flatten() {
-        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
-        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(cells))) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 // ---------------------------------------------------------------------------------------------
-// The ground truth.
+// The ground truth ([`ground_truth_spec`], [`check_no_overlap`] in `support::cluster`).
 
-/// A workload that appends `epoch monotonic_ns` every 20 ms to `truth`.
-fn ground_truth_spec(truth: &Path) -> String {
-    format!(
-        r#"
-name = "truth"
-[cell]
-argv = ["python3", "-c", '''
-import os, time
-path = {truth:?}
-epoch = os.environ.get("WARDEN_EPOCH", "none")
-while True:
-    with open(path, "a") as f:
-        f.write(f"{{epoch}} {{time.monotonic_ns()}}\n")
-    time.sleep(0.02)
-''']
-graceful_shutdown = "1s"
-[restart]
-policy = "always"
-backoff = "50ms"
-[placement]
-instances = 1
-"#
-    )
-}
-
-/// One epoch's lines: the first and last `monotonic_ns`, and how many.
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    first: u64,
-    last: u64,
-    lines: usize,
-}
-
-/// Epoch → its span, from the complete lines only (the file is read while cells append to it:
-/// an unterminated last line may be cut short, and a cut number would read as an earlier time).
-fn truth_spans(truth: &Path) -> BTreeMap<u64, Span> {
-    let text = std::fs::read_to_string(truth).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
-    let mut spans = BTreeMap::new();
-    for line in complete.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(epoch), Some(ns)) = (parts.next(), parts.next()) else { panic!("malformed ground-truth line {line:?}") };
-        let (Ok(epoch), Ok(ns)) = (epoch.parse::<u64>(), ns.parse::<u64>()) else {
-            panic!("a primary ran without a lease epoch: {line:?}")
-        };
-        let span = spans.entry(epoch).or_insert(Span { first: ns, last: ns, lines: 0 });
-        span.first = span.first.min(ns);
-        span.last = span.last.max(ns);
-        span.lines += 1;
-    }
-    spans
-}
-
-/// The spans; panics if two epochs' intervals overlap.
-fn check_no_overlap(truth: &Path) -> BTreeMap<u64, Span> {
-    let spans = truth_spans(truth);
-    let ordered: Vec<(&u64, &Span)> = spans.iter().collect();
-    for pair in ordered.windows(2) {
-        let ((e1, s1), (e2, s2)) = (pair[0], pair[1]);
-        assert!(
-            s1.last < s2.first,
-            "epochs {e1} and {e2} overlapped: {e1} wrote until {}, {e2} from {} ({} ms of two primaries)",
-            s1.last,
-            s2.first,
-            (s1.last - s2.first) / 1_000_000
-        );
-    }
-    spans
+/// The ground-truth workload, run until its primary wrote 10 lines: the truth file, the
+/// workload's id and its first status as a running primary (with an epoch and a pid).
+fn start_ground_truth(cluster: &NetCluster) -> (PathBuf, String, WorkloadView) {
+    let truth = cluster.root.path().join("truth.log");
+    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
+    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    wait_for_lines(cluster, &truth, first.epoch.unwrap(), 10, 0);
+    (truth, id, first)
 }
 
 /// Waits until `epoch` wrote at least `n` lines stamped after `after_ns`.
@@ -657,17 +475,14 @@ fn ms(from_ns: u64, to_ns: u64) -> String {
 #[test]
 fn partitioned_primary_is_fenced_before_the_new_one_starts() {
     let cluster = NetCluster::start(3);
-    let truth = cluster.root.path().join("truth.log");
-    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
-    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (truth, id, first) = start_ground_truth(&cluster);
     let (old_host, old_epoch, old_pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
-    wait_for_lines(&cluster, &truth, old_epoch, 10, 0);
     assert_eq!(cluster.truth_writers_on(&old_host, &truth), vec![old_pid], "the primary runs in its host's namespace");
 
     // Cut the primary's host off. Its agent and cell keep running; the agent can renew nothing.
     let (cut, cut_ns) = (Instant::now(), monotonic_ns());
     cluster.partition(&old_host);
-    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, cut);
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, cut, FAILOVER_DEADLINE);
     // The new primary's start is journaled only after the old lease expired: by now the shim
     // on the cut-off host must have killed the old one.
     assert!(
@@ -725,17 +540,14 @@ fn partitioned_primary_is_fenced_before_the_new_one_starts() {
 #[test]
 fn killing_a_whole_namespace_fails_over() {
     let mut cluster = NetCluster::start(3);
-    let truth = cluster.root.path().join("truth.log");
-    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
-    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (truth, id, first) = start_ground_truth(&cluster);
     let (old_host, old_epoch, old_pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
-    wait_for_lines(&cluster, &truth, old_epoch, 10, 0);
-    let agent_pid = cluster.agent(&old_host).child.as_ref().unwrap().id();
+    let agent_pid = cluster.agent(&old_host).pid();
 
     let (killed_at, killed_ns) = (Instant::now(), monotonic_ns());
     let killed = cluster.kill_host(&old_host);
     assert!(killed.contains(&agent_pid) && killed.contains(&old_pid), "agent {agent_pid} and cell {old_pid} in {killed:?}");
-    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, killed_at);
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &old_host, old_epoch, killed_at, FAILOVER_DEADLINE);
     let new_epoch = moved.epoch.unwrap();
     wait_for_lines(&cluster, &truth, new_epoch, 5, 0);
     let spans = check_no_overlap(&truth);
@@ -745,7 +557,7 @@ fn killing_a_whole_namespace_fails_over() {
         "netns host killed ({} processes in {}): old primary (epoch {old_epoch}) last wrote {}, new primary on {} (epoch {new_epoch}) \
          first wrote {} (gap {} ms); the control plane showed it running after {took:?}",
         killed.len(),
-        cluster.agent(&old_host).namespace,
+        cluster.net_host(&old_host).namespace,
         ms(killed_ns, old_span.last),
         moved.host,
         ms(killed_ns, new_span.first),
@@ -796,11 +608,8 @@ fn short_link_blips_do_not_fail_a_host_over() {
     let mut rng = SplitMix64(seed);
 
     let cluster = NetCluster::start(3);
-    let truth = cluster.root.path().join("truth.log");
-    let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
-    let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
+    let (truth, id, first) = start_ground_truth(&cluster);
     let (host, epoch, pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
-    wait_for_lines(&cluster, &truth, epoch, 10, 0);
     assert_eq!(cluster.truth_writers_on(&host, &truth), vec![pid], "the primary runs in its host's namespace");
 
     // The blips: (start, offset from the first in ms, length in ms).

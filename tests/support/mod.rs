@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this harness
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
