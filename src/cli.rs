@@ -337,34 +337,25 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
         }
         Command::Status { id } => {
             let view: WorkloadView = client.json("GET", &format!("/v1/workloads/{}", encode(&id)), None)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else {
-                print_status(&view);
-            }
-            Ok(())
+            show(output, &view, |view| {
+                print_status(view);
+            })
         }
         Command::Stop { id } => {
             let view: WorkloadView = client.json("POST", &format!("/v1/workloads/{}/stop", encode(&id)), None)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else {
+            show(output, &view, |view| {
                 println!("{} {}", view.info.id, view.state);
-            }
-            Ok(())
+            })
         }
         Command::Checkpoint { id } => {
             let view: WorkloadView = client.json("POST", &format!("/v1/workloads/{}/checkpoint", encode(&id)), None)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else {
+            show(output, &view, |view| {
                 println!(
                     "{} checkpoint requested (latest: {})",
                     view.info.id,
                     view.info.state_uri.as_deref().unwrap_or("none yet")
                 );
-            }
-            Ok(())
+            })
         }
         Command::Logs { id, follow } => {
             let path = format!("/v1/workloads/{}/logs{}", encode(&id), if follow { "?follow=true" } else { "" });
@@ -476,12 +467,9 @@ fn run_job(client: &Client, command: JobCommand, output: Output) -> Result<()> {
         }
         JobCommand::Status { run } => {
             let view: RunView = client.json("GET", &format!("/v1/jobs/{}", encode(&run)), None)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else {
-                print_run(&view);
-            }
-            Ok(())
+            show(output, &view, |view| {
+                print_run(view);
+            })
         }
         JobCommand::History { run } => {
             let reader = BufReader::new(client.call("GET", &format!("/v1/jobs/{}/history", encode(&run)), None)?.into_reader());
@@ -499,12 +487,9 @@ fn run_job(client: &Client, command: JobCommand, output: Output) -> Result<()> {
         }
         JobCommand::Cancel { run } => {
             let view: RunView = client.json("POST", &format!("/v1/jobs/{}/cancel", encode(&run)), None)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string(&view)?);
-            } else {
+            show(output, &view, |view| {
                 println!("{} {}", view.run_id, view.status);
-            }
-            Ok(())
+            })
         }
         JobCommand::Ls { status } => {
             let path = match &status {
@@ -733,4 +718,14 @@ fn history_line(line: &str) -> String {
         }
     };
     format!("{seq:>6}  {time}  {kind:<14}  {details}")
+}
+
+/// Prints `value` as one line of JSON with `-o json`, else the human way.
+fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
 }

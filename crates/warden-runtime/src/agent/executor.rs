@@ -230,24 +230,8 @@ impl Executor {
                 CellState::NotStarted => continue,
                 CellState::Running(started) => {
                     summary.running += 1;
-                    let lease = lease
-                        .map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
                     summary.fenced += usize::from(lease.is_some());
-                    self.cells().insert(
-                        cell_id.clone(),
-                        Entry {
-                            workload_id,
-                            state: Tracked::Running(started.clone()),
-                            lease,
-                            lease_lost: false,
-                            remove_when_exited: false,
-                            checkpoint_now: None,
-                        },
-                    );
-                    self.watch(cell_id.clone(), started);
-                    if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
-                        self.checkpointer(workload_id_of(self, &cell_id), cell_id, plan);
-                    }
+                    self.track_running(workload_id, cell_id, started, lease);
                     continue;
                 }
                 CellState::Exited(status) => {
@@ -597,29 +581,32 @@ impl Executor {
         answer.await.ok().flatten()
     }
 
+    /// Tracks a running cell found on disk: watches it, renews its lease (as `lease.json` left
+    /// it), and resumes its checkpoints.
+    fn track_running(&self, workload_id: String, cell_id: String, started: StartedCell, lease: Option<LeaseRecord>) {
+        let lease = lease.map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
+        let entry = Entry {
+            workload_id,
+            state: Tracked::Running(started.clone()),
+            lease,
+            lease_lost: false,
+            remove_when_exited: false,
+            checkpoint_now: None,
+        };
+        self.cells().insert(cell_id.clone(), entry);
+        self.watch(cell_id.clone(), started);
+        if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
+            self.checkpointer(workload_id_of(self, &cell_id), cell_id, plan);
+        }
+    }
+
     /// Takes on a cell found on disk that this agent was not tracking.
     async fn adopt(&self, workload_id: String, cell_id: String, state: CellState) {
         let exit = match state {
             CellState::NotStarted => return,
             CellState::Running(started) => {
-                let lease = read_lease(&self.inner.backend.cell_dir(&cell_id))
-                    .map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
-                self.cells().insert(
-                    cell_id.clone(),
-                    Entry {
-                        workload_id,
-                        state: Tracked::Running(started.clone()),
-                        lease,
-                        lease_lost: false,
-                        remove_when_exited: false,
-                        checkpoint_now: None,
-                    },
-                );
-                self.watch(cell_id.clone(), started);
-                if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
-                    let workload_id = workload_id_of(self, &cell_id);
-                    self.checkpointer(workload_id, cell_id, plan);
-                }
+                let lease = read_lease(&self.inner.backend.cell_dir(&cell_id));
+                self.track_running(workload_id, cell_id, started, lease);
                 return;
             }
             CellState::Exited(status) => cell_exit(&status),
