@@ -60,28 +60,28 @@ fn exited(state: CellState) -> ExitStatus {
 fn exec_failure_is_a_start_error() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    match b.start(&config(tmp.path(), "c1", &["/nonexistent"])) {
+    match b.start(&config(tmp.path(), "exec_failure_is_a_start_error-c1", &["/nonexistent"])) {
         Err(StartError::Exec(msg)) => assert!(msg.contains("No such file"), "{msg}"),
         other => panic!("expected an exec error, got {other:?}"),
     }
-    let mut cfg = config(tmp.path(), "c2", &["true"]);
+    let mut cfg = config(tmp.path(), "exec_failure_is_a_start_error-c2", &["true"]);
     cfg.workdir = Some(tmp.path().join("no-such-dir"));
     match b.start(&cfg) {
         Err(StartError::Exec(msg)) => assert!(msg.contains("chdir"), "{msg}"),
         other => panic!("expected a chdir error, got {other:?}"),
     }
     // The workload never ran, so after a restart it counts as not started.
-    assert_eq!(b.inspect("c1"), CellState::NotStarted);
+    assert_eq!(b.inspect("exec_failure_is_a_start_error-c1"), CellState::NotStarted);
 }
 
 #[test]
 fn starting_the_same_cell_twice_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let cfg = sh(tmp.path(), "c1", "exit 0");
+    let cfg = sh(tmp.path(), "starting_the_same_cell_twice_is_refused-c1", "exit 0");
     let started = b.start(&cfg).unwrap();
     assert!(matches!(b.start(&cfg), Err(StartError::AlreadyExists(_))));
-    exited(wait_exit(&b, "c1", &started));
+    exited(wait_exit(&b, "starting_the_same_cell_twice_is_refused-c1", &started));
     let mut bad = cfg.clone();
     bad.cell_id = "../escape".into();
     assert!(matches!(b.start(&bad), Err(StartError::InvalidConfig(_))));
@@ -91,14 +91,14 @@ fn starting_the_same_cell_twice_is_refused() {
 fn stop_reaches_the_whole_process_group() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let cfg = sh(tmp.path(), "c1", "sleep 60 & echo grandchild $!; wait");
+    let cfg = sh(tmp.path(), "stop_reaches_the_whole_process_group-c1", "sleep 60 & echo grandchild $!; wait");
     let started = b.start(&cfg).unwrap();
     wait_until("the grandchild pid", EXIT_TIMEOUT, || read_log(&cfg).ends_with('\n'));
     let log = read_log(&cfg);
     let grandchild: u32 = log.trim().strip_prefix("grandchild ").unwrap().parse().unwrap();
     assert!(!is_dead(grandchild));
-    b.signal("c1", false).unwrap();
-    let exit = exited(wait_exit(&b, "c1", &started));
+    b.signal("stop_reaches_the_whole_process_group-c1", false).unwrap();
+    let exit = exited(wait_exit(&b, "stop_reaches_the_whole_process_group-c1", &started));
     assert_eq!(exit.signal, Some(libc::SIGTERM));
     wait_until("the grandchild to die", EXIT_TIMEOUT, || is_dead(grandchild));
 }
@@ -107,10 +107,10 @@ fn stop_reaches_the_whole_process_group() {
 fn grandchild_holding_the_log_pipe_neither_delays_the_exit_nor_outlives_the_cell() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let cfg = sh(tmp.path(), "c1", "sleep 30 & echo grandchild $!; exit 4");
+    let cfg = sh(tmp.path(), "grandchild_holding_the_log_pipe_neither_-c1", "sleep 30 & echo grandchild $!; exit 4");
     let started = b.start(&cfg).unwrap();
     let begun = Instant::now();
-    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(4));
+    assert_eq!(exited(wait_exit(&b, "grandchild_holding_the_log_pipe_neither_-c1", &started)).exit_code, Some(4));
     assert!(begun.elapsed() < Duration::from_secs(5), "the shim waited for the grandchild");
     // Output written before the exit is not lost.
     let log = read_log(&cfg);
@@ -122,7 +122,7 @@ fn grandchild_holding_the_log_pipe_neither_delays_the_exit_nor_outlives_the_cell
 fn shim_and_workload_are_isolated_from_the_supervisor() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    let started = b.start(&config(tmp.path(), "shim_and_workload_are_isolated_from_the_-c1", &["sleep", "60"])).unwrap();
     let (shim, pid) = (started.shim_pid as libc::pid_t, started.pid as libc::pid_t);
     // SAFETY: getsid/getpgid only read process attributes.
     let (shim_sid, pgid, sid, my_pgid) = unsafe { (libc::getsid(shim), libc::getpgid(pid), libc::getsid(pid), libc::getpgid(0)) };
@@ -152,21 +152,21 @@ fn shim_and_workload_are_isolated_from_the_supervisor() {
         .map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))))
         .collect();
     assert!(extra.is_empty(), "the workload holds descriptors beyond stdio: {extra:?}");
-    b.signal("c1", true).unwrap();
-    exited(wait_exit(&b, "c1", &started));
+    b.signal("shim_and_workload_are_isolated_from_the_-c1", true).unwrap();
+    exited(wait_exit(&b, "shim_and_workload_are_isolated_from_the_-c1", &started));
 }
 
 #[test]
 fn env_and_workdir() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let mut cfg = sh(tmp.path(), "c1", "echo \"id=$WARDEN_CELL_ID wl=$WARDEN_WORKLOAD_ID foo=$FOO\"; pwd");
+    let mut cfg = sh(tmp.path(), "env_and_workdir-c1", "echo \"id=$WARDEN_CELL_ID wl=$WARDEN_WORKLOAD_ID foo=$FOO\"; pwd");
     cfg.env.insert("FOO".into(), "bar baz".into());
     cfg.workdir = Some(tmp.path().to_path_buf());
     let started = b.start(&cfg).unwrap();
-    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(0));
+    assert_eq!(exited(wait_exit(&b, "env_and_workdir-c1", &started)).exit_code, Some(0));
     let log = read_log(&cfg);
-    assert!(log.contains("id=c1 wl=wl foo=bar baz\n"), "{log}");
+    assert!(log.contains("id=env_and_workdir-c1 wl=wl foo=bar baz\n"), "{log}");
     let cwd = tmp.path().canonicalize().unwrap();
     assert!(log.contains(&format!("{}\n", cwd.display())), "{log}");
 }
@@ -176,12 +176,15 @@ fn logs_rotate_and_keep_at_most_max_files() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
     let max = 16 * 1024;
-    let mut cfg =
-        sh(tmp.path(), "c1", "i=0; while [ $i -lt 5000 ]; do echo \"line $i ...............................\"; i=$((i+1)); done");
+    let mut cfg = sh(
+        tmp.path(),
+        "logs_rotate_and_keep_at_most_max_files-c1",
+        "i=0; while [ $i -lt 5000 ]; do echo \"line $i ...............................\"; i=$((i+1)); done",
+    );
     cfg.log_max_size_bytes = max;
     cfg.log_max_files = 2;
     let started = b.start(&cfg).unwrap();
-    assert_eq!(exited(wait_exit(&b, "c1", &started)).exit_code, Some(0));
+    assert_eq!(exited(wait_exit(&b, "logs_rotate_and_keep_at_most_max_files-c1", &started)).exit_code, Some(0));
     let log_dir = cfg.log_path.parent().unwrap();
     let mut names: Vec<String> =
         std::fs::read_dir(log_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -197,37 +200,38 @@ fn logs_rotate_and_keep_at_most_max_files() {
 #[test]
 fn exit_while_nobody_watches_is_learned_later() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = sh(tmp.path(), "c1", "sleep 0.2; exit 3");
+    let cfg = sh(tmp.path(), "exit_while_nobody_watches_is_learned_lat-c1", "sleep 0.2; exit 3");
     let started = backend(tmp.path()).start(&cfg).unwrap();
     let b = backend(tmp.path());
-    let mut state = b.inspect("c1");
+    let mut state = b.inspect("exit_while_nobody_watches_is_learned_lat-c1");
     let deadline = Instant::now() + EXIT_TIMEOUT;
     while matches!(state, CellState::Running(_)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        state = b.inspect("c1");
+        state = b.inspect("exit_while_nobody_watches_is_learned_lat-c1");
     }
-    assert_eq!(exited(state).exit_code, Some(3));
-    b.collect_exit("c1", &started); // reap our zombie shim
+    let exit = exited(state);
+    assert_eq!(exit.exit_code, Some(3), "{exit:?}");
+    b.collect_exit("exit_while_nobody_watches_is_learned_lat-c1", &started); // reap our zombie shim
 }
 
 #[test]
 fn lost_shim_means_lost_cell_and_dead_workload() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
-    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
+    let started = b.start(&config(tmp.path(), "lost_shim_means_lost_cell_and_dead_workl-c1", &["sleep", "60"])).unwrap();
     // SAFETY: plain kill/waitpid on our own child, the shim.
     unsafe {
         libc::kill(started.shim_pid as libc::pid_t, libc::SIGKILL);
         libc::waitpid(started.shim_pid as libc::pid_t, std::ptr::null_mut(), 0);
     }
-    match b.inspect("c1") {
+    match b.inspect("lost_shim_means_lost_cell_and_dead_workl-c1") {
         CellState::Lost { reason } => assert_eq!(reason, "shim lost; cell killed"),
         other => panic!("expected Lost, got {other:?}"),
     }
     wait_until("the orphaned workload to die", EXIT_TIMEOUT, || is_dead(started.pid));
     // Asked again, the cell stays lost (it is never reported as startable).
-    assert!(matches!(b.inspect("c1"), CellState::Lost { .. }));
-    b.signal("c1", false).unwrap();
+    assert!(matches!(b.inspect("lost_shim_means_lost_cell_and_dead_workl-c1"), CellState::Lost { .. }));
+    b.signal("lost_shim_means_lost_cell_and_dead_workl-c1", false).unwrap();
 }
 
 #[test]
@@ -235,21 +239,21 @@ fn unstarted_dir_is_set_aside_as_not_started() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path());
     // A supervisor that died between creating the dir and the shim taking its lock.
-    let dir = b.cell_dir("c1");
+    let dir = b.cell_dir("unstarted_dir_is_set_aside_as_not_starte-c1");
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = config(tmp.path(), "c1", &["sleep", "60"]);
+    let cfg = config(tmp.path(), "unstarted_dir_is_set_aside_as_not_starte-c1", &["sleep", "60"]);
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
-    assert_eq!(b.inspect("c1"), CellState::NotStarted);
+    assert_eq!(b.inspect("unstarted_dir_is_set_aside_as_not_starte-c1"), CellState::NotStarted);
     assert!(!dir.exists());
-    assert!(tmp.path().join("cells/c1.abandoned-1/config.json").exists());
+    assert!(tmp.path().join("cells/unstarted_dir_is_set_aside_as_not_starte-c1.abandoned-1/config.json").exists());
     // A shim that only now gets going must not start the workload in the set-aside dir.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden-shim")).arg(&dir).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("err "));
     assert!(!cfg.log_path.exists(), "workload must not have run");
     // The id is free again: the cell can now be started for real.
     let started = b.start(&cfg).unwrap();
-    b.signal("c1", true).unwrap();
-    exited(wait_exit(&b, "c1", &started));
+    b.signal("unstarted_dir_is_set_aside_as_not_starte-c1", true).unwrap();
+    exited(wait_exit(&b, "unstarted_dir_is_set_aside_as_not_starte-c1", &started));
 }
 
 #[test]
@@ -271,21 +275,21 @@ fn pid_reuse_guard() {
 
     // A pid.json whose shim start time does not match: the pid "belongs to someone else".
     let b = backend(tmp.path());
-    let started = b.start(&config(tmp.path(), "c1", &["sleep", "60"])).unwrap();
-    let pid_json = b.cell_dir("c1").join("pid.json");
+    let started = b.start(&config(tmp.path(), "pid_reuse_guard-c1", &["sleep", "60"])).unwrap();
+    let pid_json = b.cell_dir("pid_reuse_guard-c1").join("pid.json");
     let mut forged = started.clone();
     forged.shim_start_time += 1;
     std::fs::write(&pid_json, serde_json::to_vec(&forged).unwrap()).unwrap();
-    b.signal("c1", true).unwrap();
-    let fd = b.exit_fd("c1", &forged).unwrap();
+    b.signal("pid_reuse_guard-c1", true).unwrap();
+    let fd = b.exit_fd("pid_reuse_guard-c1", &forged).unwrap();
     assert!(poll_readable(&fd, Duration::ZERO), "an impostor pid counts as gone");
     std::thread::sleep(Duration::from_millis(200));
     assert!(!is_dead(started.pid), "the forged identity must not be signalled");
     assert!(!is_dead(started.shim_pid));
 
     std::fs::write(&pid_json, serde_json::to_vec(&started).unwrap()).unwrap();
-    b.signal("c1", true).unwrap();
-    assert_eq!(exited(wait_exit(&b, "c1", &started)).signal, Some(9));
+    b.signal("pid_reuse_guard-c1", true).unwrap();
+    assert_eq!(exited(wait_exit(&b, "pid_reuse_guard-c1", &started)).signal, Some(9));
 }
 
 #[test]
