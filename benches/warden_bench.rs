@@ -2129,15 +2129,7 @@ fn replay_in_process(db: &Path, journal: &ResumeJournal) -> Result<InProcessRepl
     let (store, report) = SqliteStore::open(db)?;
     let open = started.elapsed();
     let mut projection = Projection::default();
-    loop {
-        let page = store.read_after(projection.last_seq, 10_000, None)?;
-        if page.is_empty() {
-            break;
-        }
-        for event in &page {
-            projection.apply_event(event)?;
-        }
-    }
+    warden_runtime::engine::replay_tail(&store, &mut projection)?;
     let replay = started.elapsed() - open;
     let run = projection.runs.get(&journal.run_id).ok_or_else(|| anyhow!("the replay has no run {}", journal.run_id))?;
     if run.n_events != journal.events as u64 || run.open.len() != 1 {

@@ -37,37 +37,36 @@ enum Output {
     Json,
 }
 
+/// What `warden up` and `warden server` share.
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = paths::DEFAULT_ADDR)]
+    listen: std::net::SocketAddr,
+    /// Default: $XDG_DATA_HOME/warden (~/.local/share/warden).
+    #[arg(long, env = "WARDEN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's name in events and status (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Snapshot the state every this many events, so start-up replays only what follows.
+    #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
+    snapshot_every: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane and a local agent in one process, on the embedded journal.
+    Up {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
     /// Run the control plane only: cells run on enrolled agents (`warden agent`).
     Server {
-        #[arg(long, default_value = paths::DEFAULT_ADDR)]
-        listen: std::net::SocketAddr,
-        /// Default: $XDG_DATA_HOME/warden (~/.local/share/warden).
-        #[arg(long, env = "WARDEN_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// The control plane's name in events (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
-        snapshot_every: u64,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// List the cluster's hosts: state, last heartbeat, cells.
     Hosts,
-    Up {
-        #[arg(long, default_value = paths::DEFAULT_ADDR)]
-        listen: std::net::SocketAddr,
-        /// Default: $XDG_DATA_HOME/warden (~/.local/share/warden).
-        #[arg(long, env = "WARDEN_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// This node's name in events and status (default: the host name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Snapshot the state every this many events, so start-up replays only what follows.
-        #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
-        snapshot_every: u64,
-    },
     /// Run this host's cells for a control plane (`warden server`): enroll once with a join token,
     /// then heartbeat, take commands and report; cells outlive the agent and are re-adopted.
     Agent {
@@ -173,7 +172,8 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let local_cells = matches!(cli.command, Command::Up { .. });
     match cli.command {
-        Command::Up { listen, data_dir, name, snapshot_every } | Command::Server { listen, data_dir, name, snapshot_every } => {
+        Command::Up { serve: ServeArgs { listen, data_dir, name, snapshot_every } }
+        | Command::Server { serve: ServeArgs { listen, data_dir, name, snapshot_every } } => {
             let config = warden_runtime::UpConfig {
                 listen,
                 data_dir: data_dir.unwrap_or_else(paths::default_data_dir),

@@ -201,15 +201,7 @@ impl Engine {
             None => Projection::default(),
         };
         let last_snapshot_seq = projection.last_seq;
-        loop {
-            let page = store.read_after(projection.last_seq, 10_000, None)?;
-            if page.is_empty() {
-                break;
-            }
-            for event in &page {
-                projection.apply_event(event)?;
-            }
-        }
+        replay_tail(store.as_ref(), &mut projection)?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(RwLock::new(projection.clone()));
@@ -980,6 +972,19 @@ impl Engine {
                 tracing::warn!(%cell_id, "signal failed: {e}");
             }
         });
+    }
+}
+
+/// Folds every journaled event after `projection.last_seq` into it, a page at a time.
+pub fn replay_tail(store: &dyn Store, projection: &mut Projection) -> Result<(), LoadError> {
+    loop {
+        let page = store.read_after(projection.last_seq, 10_000, None)?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for event in &page {
+            projection.apply_event(event)?;
+        }
     }
 }
 

@@ -121,6 +121,20 @@ struct Entry {
     checkpoint_now: Option<Arc<Notify>>,
 }
 
+impl Entry {
+    /// A cell found already ended: nothing to renew, watch or checkpoint.
+    fn exited(workload_id: String, exit: CellExit) -> Entry {
+        Entry {
+            workload_id,
+            state: Tracked::Exited(exit),
+            lease: None,
+            lease_lost: false,
+            remove_when_exited: false,
+            checkpoint_now: None,
+        }
+    }
+}
+
 struct Inner {
     backend: Arc<ProcessBackend>,
     cells_dir: PathBuf,
@@ -243,17 +257,7 @@ impl Executor {
                     lost_exit(&reason)
                 }
             };
-            self.cells().insert(
-                cell_id.clone(),
-                Entry {
-                    workload_id: workload_id.clone(),
-                    state: Tracked::Exited(exit.clone()),
-                    lease: None,
-                    lease_lost: false,
-                    remove_when_exited: false,
-                    checkpoint_now: None,
-                },
-            );
+            self.cells().insert(cell_id.clone(), Entry::exited(workload_id.clone(), exit.clone()));
             if !already_reported.contains(&cell_id) {
                 self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
             }
@@ -612,15 +616,7 @@ impl Executor {
             CellState::Exited(status) => cell_exit(&status),
             CellState::Lost { reason } => lost_exit(&reason),
         };
-        let entry = Entry {
-            workload_id: workload_id.clone(),
-            state: Tracked::Exited(exit.clone()),
-            lease: None,
-            lease_lost: false,
-            remove_when_exited: false,
-            checkpoint_now: None,
-        };
-        self.cells().insert(cell_id.clone(), entry);
+        self.cells().insert(cell_id.clone(), Entry::exited(workload_id.clone(), exit.clone()));
         self.report(workload_id, cell_id, ReportEvent::Exited { exit }).await;
     }
 
