@@ -295,9 +295,9 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                 return Ok(());
             }
             eprintln!("submitted {} (vmid {}, spec {})", view.name, view.info.vmid, short_spec_id(&view.info.spec_id));
-            if parsed.replication.mode != ReplicationMode::None {
+            if parsed.replication.mode != ReplicationMode::None && parsed.placement.is_none() {
                 eprintln!(
-                    "note: replication mode {:?} is recorded; checkpoints and standbys arrive with clustering, until then it runs as mode \"none\"",
+                    "note: replication mode {:?} applies to cells on agents; without [placement], `warden up` runs it on its own node as mode \"none\"",
                     parsed.replication.mode.as_str()
                 );
             }
@@ -582,9 +582,11 @@ fn print_status(v: &WorkloadView) {
         ("state", v.state.clone()),
         ("reason", optional(v.reason.clone())),
         ("host", v.host.clone()),
+        ("epoch", optional(v.epoch.map(|e| e.to_string()))),
         ("pid", optional(v.pid.map(|p| p.to_string()))),
         ("cell", optional(v.cell_id.clone())),
         ("restarts", v.restarts.to_string()),
+        ("failovers", v.failovers.to_string()),
         ("consecutive failures", v.consecutive_failures.to_string()),
         ("restart policy", policy_text(v.info.restart_policy)),
         ("vmid", v.info.vmid.to_string()),
@@ -602,6 +604,10 @@ fn print_status(v: &WorkloadView) {
     ];
     for (key, value) in lines {
         println!("{:<22}{value}", format!("{key}:"));
+    }
+    for slot in &v.standbys {
+        let armed = format!("standby {}:", slot.standby_index);
+        println!("{armed:<22}{} (armed {}, primary {})", slot.host, format_rfc3339_ms(slot.created_at), slot.primary);
     }
 }
 

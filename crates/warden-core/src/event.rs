@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::canonical::sha256_hex;
 use crate::job::JobEvent;
 use crate::spec::Spec;
+use crate::standby::StandbySlot;
 use crate::time::format_rfc3339_ms;
 use crate::types::{LifecycleTerminalState, WorkloadInfo};
 use crate::workload::StopReason;
@@ -123,6 +124,21 @@ pub enum EventData {
     #[serde(rename = "dev.warden.lease.released.v1")]
     LeaseReleased { workload_id: String, epoch: u64 },
 
+    /// The primary's host is gone (down, or it evicted the cell) and the workload has warm
+    /// standbys: `from_cell` is written off and `cell_id` is decided at once, without a backoff
+    /// and without counting as a restart. A standby takes it by winning the lease.
+    #[serde(rename = "dev.warden.workload.failover.v1")]
+    WorkloadFailover { workload_id: String, from_cell: String, from_host: Option<String>, cell_id: String, reason: String },
+
+    /// A standby slot for the workload is armed on `slot.host` (or re-armed with new facts: its
+    /// primary, its peers): the spec is staged there and the latest checkpoint fetched.
+    #[serde(rename = "dev.warden.standby.armed.v1")]
+    StandbyArmed { workload_id: String, slot: StandbySlot },
+
+    /// The standby slot on `host` is gone: promoted, its host is down, or the workload ended.
+    #[serde(rename = "dev.warden.standby.released.v1")]
+    StandbyReleased { workload_id: String, host: String, reason: String },
+
     /// A host enrolled with a join token; `principal` is its host key.
     #[serde(rename = "dev.warden.host.enrolled.v1")]
     HostEnrolled { host: String, principal: String, channel: Option<String>, tags: Vec<String> },
@@ -231,6 +247,9 @@ impl EventData {
             | EventData::WorkloadStopped { workload_id, .. }
             | EventData::WorkloadExpired { workload_id }
             | EventData::CellPlaced { workload_id, .. }
+            | EventData::WorkloadFailover { workload_id, .. }
+            | EventData::StandbyArmed { workload_id, .. }
+            | EventData::StandbyReleased { workload_id, .. }
             | EventData::LeaseGranted { workload_id, .. }
             | EventData::LeaseReleased { workload_id, .. }
             | EventData::CheckpointTaken { workload_id, .. } => Some(workload_id),

@@ -126,20 +126,56 @@ pub struct RestartSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationSpec {
     pub mode: ReplicationMode,
-    /// `checkpointed` only: the directory snapshotted into the blob store and restored before
-    /// every start. An absolute path as the cell sees it: on the host for `process` and `cell`
+    /// `checkpointed` and `warm-standby`: the directory snapshotted into the blob store and
+    /// restored before every start (for a standby: fetched when it is armed). An absolute path as the cell sees it: on the host for `process` and `cell`
     /// isolation. Absent (and so not in the spec id) for other modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
-    /// `checkpointed` only: how often the agent snapshots `state_dir` (default 30s, at least 1s).
+    /// `checkpointed` and `warm-standby`: how often the agent snapshots `state_dir` (default
+    /// 30s, at least 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_interval_ms: Option<u64>,
+    /// `warm-standby` only: how many standby slots to keep armed on other hosts (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standbys: Option<u32>,
+    /// `warm-standby` only: standby *i* asks for the lease `i × promotion_delay` after it became
+    /// grantable (default 300ms), so the lowest live index usually wins without a stampede.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion_delay_ms: Option<u64>,
+    /// `warm-standby` only: the standbys' cells already run, with `WARDEN_ROLE=standby`, and are
+    /// promoted in place (SIGUSR1 and their role file) instead of started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hot: bool,
 }
 
 impl ReplicationSpec {
     /// No replication: the default, and what a spec without `[replication]` gets.
     pub fn none() -> ReplicationSpec {
-        ReplicationSpec { mode: ReplicationMode::None, state_dir: None, checkpoint_interval_ms: None }
+        ReplicationSpec {
+            mode: ReplicationMode::None,
+            state_dir: None,
+            checkpoint_interval_ms: None,
+            standbys: None,
+            promotion_delay_ms: None,
+            hot: false,
+        }
+    }
+
+    /// Standby slots to keep armed (0 unless `warm-standby`).
+    pub fn standby_count(&self) -> usize {
+        match self.mode {
+            ReplicationMode::WarmStandby => self.standbys.unwrap_or(DEFAULT_STANDBYS) as usize,
+            ReplicationMode::None | ReplicationMode::Checkpointed => 0,
+        }
+    }
+
+    pub fn promotion_delay(&self) -> u64 {
+        self.promotion_delay_ms.unwrap_or(DEFAULT_PROMOTION_DELAY_MS)
+    }
+
+    /// Whether the agent snapshots `state_dir` while the primary runs.
+    pub fn checkpoints(&self) -> bool {
+        self.state_dir.is_some() && self.mode != ReplicationMode::None
     }
 }
 
@@ -159,6 +195,10 @@ pub const DEFAULT_LOG_MAX_SIZE_BYTES: u64 = 10 << 20;
 pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
+pub const DEFAULT_STANDBYS: u32 = 1;
+/// At most this many standbys: each is a host kept armed.
+pub const MAX_STANDBYS: u32 = 8;
+pub const DEFAULT_PROMOTION_DELAY_MS: u64 = 300;
 
 impl Spec {
     /// `sha256:<hex>` of the canonical spec.
@@ -333,6 +373,9 @@ struct RawReplication {
     mode: Spanned<String>,
     state_dir: Option<Spanned<String>>,
     checkpoint_interval: Option<Spanned<String>>,
+    standbys: Option<Spanned<i64>>,
+    promotion_delay: Option<Spanned<String>>,
+    hot: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -372,13 +415,10 @@ impl RawSpec {
 
         let cell = self.cell.validate("cell.")?;
         if let (Some(raw), Isolation::Oci) = (&self.replication, cell.isolation) {
-            if raw.mode.get_ref() == "checkpointed" {
+            if let Some(dir) = &raw.state_dir {
                 // The agent restores and snapshots `state_dir` on the host; inside an OCI rootfs
                 // that would be `rootfs + state_dir`, which is not wired up yet.
-                return Err((
-                    Some(raw.mode.span()),
-                    "replication.mode = \"checkpointed\" is not supported with isolation = \"oci\" yet".into(),
-                ));
+                return Err((Some(dir.span()), "replication.state_dir is not supported with isolation = \"oci\" yet".into()));
             }
         }
 
@@ -403,45 +443,86 @@ impl RawSpec {
                         ))
                     }
                 };
-                if mode != ReplicationMode::Checkpointed {
-                    if let Some(field) =
-                        raw.state_dir.as_ref().map(|d| d.span()).or(raw.checkpoint_interval.as_ref().map(|i| i.span()))
-                    {
+                let standby_field = raw
+                    .standbys
+                    .as_ref()
+                    .map(|f| f.span())
+                    .or(raw.promotion_delay.as_ref().map(|f| f.span()))
+                    .or(raw.hot.as_ref().map(|f| f.span()));
+                if let (Some(field), false) = (standby_field, mode == ReplicationMode::WarmStandby) {
+                    return Err((
+                        Some(field),
+                        "replication.standbys, promotion_delay and hot apply only to mode = \"warm-standby\"".into(),
+                    ));
+                }
+                let state_field = raw.state_dir.as_ref().map(|d| d.span()).or(raw.checkpoint_interval.as_ref().map(|i| i.span()));
+                if let (Some(field), ReplicationMode::None) = (state_field, mode) {
+                    return Err((
+                        Some(field),
+                        "replication.state_dir and checkpoint_interval apply only to mode = \"checkpointed\" or \"warm-standby\""
+                            .into(),
+                    ));
+                }
+                let state_dir = match &raw.state_dir {
+                    None if mode == ReplicationMode::Checkpointed => {
                         return Err((
-                            Some(field),
-                            "replication.state_dir and checkpoint_interval apply only to mode = \"checkpointed\"".into(),
-                        ));
+                            Some(raw.mode.span()),
+                            "replication.mode = \"checkpointed\" needs replication.state_dir, the directory to snapshot".into(),
+                        ))
                     }
-                    ReplicationSpec { mode, state_dir: None, checkpoint_interval_ms: None }
-                } else {
-                    let state_dir = match &raw.state_dir {
-                        None => {
-                            return Err((
-                                Some(raw.mode.span()),
-                                "replication.mode = \"checkpointed\" needs replication.state_dir, the directory to snapshot"
-                                    .into(),
-                            ))
-                        }
-                        Some(dir) if !dir.get_ref().starts_with('/') || dir.get_ref().split('/').any(|c| c == "..") => {
-                            return Err((
-                                Some(dir.span()),
-                                format!("replication.state_dir must be an absolute path without \"..\", got {:?}", dir.get_ref()),
-                            ))
-                        }
-                        Some(dir) if dir.get_ref().trim_end_matches('/').is_empty() => {
-                            return Err((Some(dir.span()), "replication.state_dir must not be \"/\"".into()))
-                        }
-                        Some(dir) => dir.get_ref().clone(),
-                    };
-                    let interval =
-                        duration("replication.checkpoint_interval", &raw.checkpoint_interval, DEFAULT_CHECKPOINT_INTERVAL_MS)?;
-                    if interval < MIN_CHECKPOINT_INTERVAL_MS {
+                    None => None,
+                    Some(dir) if !dir.get_ref().starts_with('/') || dir.get_ref().split('/').any(|c| c == "..") => {
                         return Err((
-                            raw.checkpoint_interval.as_ref().map(|i| i.span()),
-                            format!("replication.checkpoint_interval must be at least 1s, got {interval}ms"),
-                        ));
+                            Some(dir.span()),
+                            format!("replication.state_dir must be an absolute path without \"..\", got {:?}", dir.get_ref()),
+                        ))
                     }
-                    ReplicationSpec { mode, state_dir: Some(state_dir), checkpoint_interval_ms: Some(interval) }
+                    Some(dir) if dir.get_ref().trim_end_matches('/').is_empty() => {
+                        return Err((Some(dir.span()), "replication.state_dir must not be \"/\"".into()))
+                    }
+                    Some(dir) => Some(dir.get_ref().clone()),
+                };
+                let checkpoint_interval_ms = match state_dir {
+                    None => None,
+                    Some(_) => {
+                        let interval = duration(
+                            "replication.checkpoint_interval",
+                            &raw.checkpoint_interval,
+                            DEFAULT_CHECKPOINT_INTERVAL_MS,
+                        )?;
+                        if interval < MIN_CHECKPOINT_INTERVAL_MS {
+                            return Err((
+                                raw.checkpoint_interval.as_ref().map(|i| i.span()),
+                                format!("replication.checkpoint_interval must be at least 1s, got {interval}ms"),
+                            ));
+                        }
+                        Some(interval)
+                    }
+                };
+                if let (Some(field), None) = (&raw.checkpoint_interval, &state_dir) {
+                    return Err((Some(field.span()), "replication.checkpoint_interval needs replication.state_dir".into()));
+                }
+                let standbys = match &raw.standbys {
+                    None => None,
+                    Some(n) if (1..=MAX_STANDBYS as i64).contains(n.get_ref()) => Some(*n.get_ref() as u32),
+                    Some(n) => {
+                        return Err((
+                            Some(n.span()),
+                            format!("replication.standbys must be 1 to {MAX_STANDBYS}, got {}", n.get_ref()),
+                        ))
+                    }
+                };
+                let promotion_delay_ms = match &raw.promotion_delay {
+                    None => None,
+                    Some(_) => Some(duration("replication.promotion_delay", &raw.promotion_delay, DEFAULT_PROMOTION_DELAY_MS)?),
+                };
+                ReplicationSpec {
+                    mode,
+                    state_dir,
+                    checkpoint_interval_ms,
+                    standbys,
+                    promotion_delay_ms,
+                    hot: raw.hot.is_some_and(|h| *h.get_ref()),
                 }
             }
         };

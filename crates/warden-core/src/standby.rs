@@ -14,9 +14,14 @@
 //! one winner per epoch, and the loser of a race sees `Stale`. The delays only make the lowest
 //! index that is alive and connected the usual winner, and keep standbys from stampeding.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use crate::event::EventData;
 use crate::lease::{HeldLease, LeaseTiming};
+use crate::projection::HostRecord;
+use crate::{Phase, Workload};
 
 /// A standby reserved on another host for a warm-standby workload, with every field of the seed
 /// (`primary_npub` → `primary`, `owner_npub` → `owner`, `peer_standby_npubs` → `peer_standbys`).
@@ -37,6 +42,84 @@ pub struct StandbySlot {
     pub peer_standbys: Vec<String>,
     /// The host this slot is on.
     pub host: String,
+}
+
+/// The slot changes that bring `workload`'s standbys to what its spec asks for, given the hosts:
+/// `standbys` slots on up, admissible hosts other than the primary's, each naming the current
+/// primary and its peers. A slot whose host is down, or is the primary's now, is released (and
+/// armed elsewhere); a workload that ended, or is being stopped, releases every slot. While a
+/// failover is under way (the new cell has no host yet) the slots are left alone: they are what
+/// the failover is waiting on.
+///
+/// Hosts are chosen by rendezvous hashing on (workload, host), so standbys of many workloads
+/// spread over the hosts and a host joining or leaving moves few of them.
+pub fn plan(workload: &Workload, hosts: &BTreeMap<String, HostRecord>, now_ms: u64) -> Vec<EventData> {
+    let id = workload.id();
+    let release = |host: &str, reason: &str| EventData::StandbyReleased {
+        workload_id: id.to_string(),
+        host: host.to_string(),
+        reason: reason.to_string(),
+    };
+    let ending = workload.phase.is_terminal() || matches!(workload.phase, Phase::Stopping { .. });
+    if ending || workload.spec.replication.standby_count() == 0 {
+        return workload.standbys.iter().map(|slot| release(&slot.host, "the workload is ending")).collect();
+    }
+    let Some(primary) = workload.current_host() else { return Vec::new() };
+    let placement = workload.spec.placement.as_ref();
+    let admissible =
+        |h: &HostRecord| h.up && h.name != primary && placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags));
+    let mut events = Vec::new();
+    let mut kept: Vec<&StandbySlot> = Vec::new();
+    for slot in &workload.standbys {
+        match hosts.get(&slot.host) {
+            Some(h) if admissible(h) => kept.push(slot),
+            Some(h) if h.name == primary => events.push(release(&slot.host, "its host runs the primary")),
+            Some(h) if !h.up => events.push(release(&slot.host, "its host is down")),
+            _ => events.push(release(&slot.host, "its host no longer matches the placement")),
+        }
+    }
+    let wanted = workload.spec.replication.standby_count();
+    let mut candidates: Vec<&HostRecord> =
+        hosts.values().filter(|h| admissible(h) && !kept.iter().any(|slot| slot.host == h.name)).collect();
+    candidates.sort_by_key(|h| (rendezvous(id, &h.name), h.name.clone()));
+    let mut taken: Vec<usize> = kept.iter().map(|slot| slot.standby_index).collect();
+    let mut slots: Vec<(usize, String, Option<&StandbySlot>)> =
+        kept.iter().map(|slot| (slot.standby_index, slot.host.clone(), Some(*slot))).collect();
+    for host in candidates.into_iter().take(wanted.saturating_sub(kept.len())) {
+        let index = (0..).find(|i| !taken.contains(i)).expect("a free index");
+        taken.push(index);
+        slots.push((index, host.name.clone(), None));
+    }
+    slots.sort_by_key(|(index, ..)| *index);
+    let peers: Vec<String> = slots.iter().map(|(_, host, _)| host.clone()).collect();
+    for (index, host, existing) in &slots {
+        let slot = StandbySlot {
+            workload_id: workload.info.consumer_workload_id.clone().unwrap_or_else(|| id.to_string()),
+            primary: primary.to_string(),
+            standby_index: *index,
+            standby_count: slots.len(),
+            spec_id: workload.info.spec_id.clone(),
+            expires_at: workload.info.expires_at,
+            owner: workload.info.owner.clone(),
+            created_at: existing.map_or(now_ms, |s| s.created_at),
+            peer_standbys: peers.iter().filter(|p| *p != host).cloned().collect(),
+            host: host.clone(),
+        };
+        if existing.is_none_or(|s| *s != slot) {
+            events.push(EventData::StandbyArmed { workload_id: id.to_string(), slot });
+        }
+    }
+    events
+}
+
+/// FNV-1a of `workload/host`: a stable, well-spread order of hosts per workload.
+fn rendezvous(workload_id: &str, host: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in workload_id.bytes().chain(std::iter::once(b'/')).chain(host.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 /// One host's role for one workload.
@@ -214,5 +297,113 @@ mod tests {
             role.step(RoleInput::Observed { epoch: 4, grantable: false }, 10, 100, &t)[..],
             [RoleEffect::KillPrimary { epoch: 3, .. }]
         ));
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::workload::Input;
+    use crate::{Projection, Spec, WorkloadInfo};
+
+    fn host(name: &str, up: bool) -> (String, HostRecord) {
+        let record = HostRecord {
+            name: name.into(),
+            principal: format!("key-{name}"),
+            channel: None,
+            tags: Vec::new(),
+            up,
+            enrolled_at_ms: 0,
+            since_ms: 0,
+        };
+        (name.to_string(), record)
+    }
+
+    /// A running warm-standby workload whose primary is on `a`.
+    fn running_on_a(standbys: u32) -> (Projection, String) {
+        let text = format!(
+            "name='kv'\n[cell]\nargv=['sleep','9']\n[replication]\nmode='warm-standby'\nstandbys={standbys}\n[placement]\ninstances=1\n"
+        );
+        let spec = Spec::parse("kv.toml", &text).unwrap();
+        let info = WorkloadInfo {
+            id: "w-1".into(),
+            vmid: 0,
+            workload_type: "process".into(),
+            spec_id: "sha256:s".into(),
+            created_at: 0,
+            expires_at: None,
+            owner: "ed25519:o".into(),
+            replication: spec.replication.mode,
+            restart_policy: spec.restart.policy,
+            state_uri: None,
+            consumer_workload_id: None,
+        };
+        let mut projection = Projection::default();
+        let decision = projection.submit(info, spec, 0);
+        let cell_id = match &decision.effects[..] {
+            [crate::Effect::StartCell { cell_id, .. }] => cell_id.clone(),
+            other => panic!("{other:?}"),
+        };
+        let placed =
+            EventData::CellPlaced { workload_id: "w-1".into(), cell_id: cell_id.clone(), host: "a".into(), epoch: Some(1) };
+        projection.apply_data(&placed, 0);
+        projection.advance("w-1", &Input::CellStarted { cell_id: cell_id.clone(), pid: 7, pid_start_time: 1 }, 1).unwrap();
+        (projection, cell_id)
+    }
+
+    fn apply(projection: &mut Projection, events: &[EventData]) {
+        for event in events {
+            projection.apply_data(event, 5);
+        }
+    }
+
+    #[test]
+    fn slots_go_to_other_up_hosts_and_follow_the_primary() {
+        let (mut projection, cell_id) = running_on_a(2);
+        let hosts: BTreeMap<_, _> = [host("a", true), host("b", true), host("c", true), host("d", false)].into_iter().collect();
+        let armed = plan(&projection.workloads["w-1"], &hosts, 5);
+        assert_eq!(armed.len(), 2, "{armed:?}");
+        apply(&mut projection, &armed);
+        let w = &projection.workloads["w-1"];
+        let slot_hosts: Vec<&str> = w.standbys.iter().map(|s| s.host.as_str()).collect();
+        assert!(slot_hosts.contains(&"b") && slot_hosts.contains(&"c"), "never the primary's or a down host: {slot_hosts:?}");
+        assert_eq!(w.standbys.iter().map(|s| s.standby_index).collect::<Vec<_>>(), [0, 1]);
+        assert!(w.standbys.iter().all(|s| s.primary == "a" && s.standby_count == 2 && s.peer_standbys.len() == 1));
+        assert!(plan(w, &hosts, 6).is_empty(), "a plan that is carried out is stable");
+
+        // The primary's host is lost: a failover, not a restart; the slots wait for it.
+        let lost = Input::HostLost { cell_id, host: Some("a".into()), reason: "host a is down".into() };
+        let decision = projection.advance("w-1", &lost, 10).unwrap();
+        assert!(decision.events.iter().any(|e| matches!(e, EventData::WorkloadFailover { .. })), "{decision:?}");
+        let w = &projection.workloads["w-1"];
+        assert_eq!((w.failovers, w.restarts(), w.consecutive_failures), (1, 0, 0));
+        let hosts: BTreeMap<_, _> = [host("a", false), host("b", true), host("c", true)].into_iter().collect();
+        assert!(plan(w, &hosts, 11).is_empty(), "slots stay put while the failover is under way");
+
+        // b won: its slot is released, c's names the new primary, a is down so none is added.
+        let new_cell = w.phase.cell_id().unwrap().to_string();
+        apply(
+            &mut projection,
+            &[
+                EventData::CellPlaced { workload_id: "w-1".into(), cell_id: new_cell, host: "b".into(), epoch: Some(2) },
+                EventData::StandbyReleased { workload_id: "w-1".into(), host: "b".into(), reason: "promoted".into() },
+            ],
+        );
+        let rearmed = plan(&projection.workloads["w-1"], &hosts, 12);
+        apply(&mut projection, &rearmed);
+        let w = &projection.workloads["w-1"];
+        assert_eq!(w.standbys.len(), 1, "{rearmed:?}");
+        assert_eq!((w.standbys[0].host.as_str(), w.standbys[0].primary.as_str()), ("c", "b"));
+        assert!(w.standbys[0].peer_standbys.is_empty());
+    }
+
+    #[test]
+    fn a_workload_without_standbys_takes_a_lost_host_as_an_exit() {
+        let (mut projection, cell_id) = running_on_a(1);
+        projection.workloads.get_mut("w-1").unwrap().spec.replication = crate::spec::ReplicationSpec::none();
+        let lost = Input::HostLost { cell_id, host: Some("a".into()), reason: "host a is down".into() };
+        let decision = projection.advance("w-1", &lost, 10).unwrap();
+        assert!(!decision.events.iter().any(|e| matches!(e, EventData::WorkloadFailover { .. })), "{decision:?}");
+        assert!(decision.events.iter().any(|e| matches!(e, EventData::WorkloadBackoff { .. })), "{decision:?}");
     }
 }

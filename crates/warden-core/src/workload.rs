@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventData, Outcome};
 use crate::spec::Spec;
-use crate::types::{CellExit, RestartPolicy, WorkloadInfo};
+use crate::standby::StandbySlot;
+use crate::types::{CellExit, ReplicationMode, RestartPolicy, WorkloadInfo};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
@@ -40,6 +41,12 @@ pub struct Workload {
     /// An `each-host` instance's host: it runs there or nowhere.
     #[serde(default)]
     pub pinned_host: Option<String>,
+    /// `warm-standby`: the armed standby slots, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbySlot>,
+    /// Failovers to a standby (`workload.failover`): new cells that are not restarts.
+    #[serde(default)]
+    pub failovers: u32,
     pub updated_at_ms: u64,
 }
 
@@ -175,6 +182,13 @@ pub enum Input {
         cell_id: String,
         exit: CellExit,
     },
+    /// The cell's host is gone (declared down, or it evicted the cell): the cell is written
+    /// off. A `warm-standby` workload fails over at once; any other takes it as an exit.
+    HostLost {
+        cell_id: String,
+        host: Option<String>,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,14 +228,16 @@ impl Input {
             Input::CellStarted { .. } => "cell-started",
             Input::CellStartFailed { .. } => "cell-start-failed",
             Input::CellExited { .. } => "cell-exited",
+            Input::HostLost { .. } => "host-lost",
         }
     }
 
     fn cell_id(&self) -> Option<&str> {
         match self {
-            Input::CellStarted { cell_id, .. } | Input::CellStartFailed { cell_id, .. } | Input::CellExited { cell_id, .. } => {
-                Some(cell_id)
-            }
+            Input::CellStarted { cell_id, .. }
+            | Input::CellStartFailed { cell_id, .. }
+            | Input::CellExited { cell_id, .. }
+            | Input::HostLost { cell_id, .. } => Some(cell_id),
             Input::Tick | Input::Stop => None,
         }
     }
@@ -242,6 +258,8 @@ impl Workload {
             epoch: None,
             placed_cell: None,
             pinned_host: None,
+            standbys: Vec::new(),
+            failovers: 0,
             updated_at_ms: at_ms,
         }
     }
@@ -256,9 +274,9 @@ impl Workload {
         &self.info.id
     }
 
-    /// Restarts so far: every run after the first.
+    /// Restarts so far: every run after the first that was not a failover.
     pub fn restarts(&self) -> u32 {
-        self.runs.saturating_sub(1)
+        self.runs.saturating_sub(1).saturating_sub(self.failovers)
     }
 
     fn expires_at_ms(&self) -> Option<u64> {
@@ -346,11 +364,45 @@ impl Workload {
                 });
             }
             (
+                Phase::Starting { cell_id, .. } | Phase::Running { cell: RunningCell { cell_id, .. } },
+                Input::HostLost { host, reason, .. },
+            ) if self.spec.replication.mode == ReplicationMode::WarmStandby && !self.is_expired(now_ms) => {
+                let ran_ms = self.phase.running_cell().map(|cell| now_ms.saturating_sub(cell.started_at_ms));
+                decision.events.push(EventData::LifecycleDestroyed {
+                    workload_id: id.clone(),
+                    cell_id: cell_id.clone(),
+                    outcome: Outcome::Failed,
+                    exit_code: None,
+                    signal: None,
+                    reason: reason.clone(),
+                    terminal_state: None,
+                    ran_ms,
+                });
+                let next = format!("{}.{}", self.id(), self.cells_created + 1);
+                decision.events.push(EventData::WorkloadFailover {
+                    workload_id: id.clone(),
+                    from_cell: cell_id.clone(),
+                    from_host: host.clone(),
+                    cell_id: next.clone(),
+                    reason: reason.clone(),
+                });
+                decision.effects.push(Effect::StartCell { workload_id: id, cell_id: next });
+            }
+            (
                 Phase::Starting { cell_id, .. }
                 | Phase::Running { cell: RunningCell { cell_id, .. } }
                 | Phase::Stopping { cell_id, .. },
-                Input::CellExited { exit, .. },
+                Input::CellExited { .. } | Input::HostLost { .. },
             ) => {
+                let lost;
+                let exit = match input {
+                    Input::CellExited { exit, .. } => exit,
+                    Input::HostLost { reason, .. } => {
+                        lost = CellExit { exit_code: None, signal: None, reason: reason.clone(), terminal_state: None };
+                        &lost
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 let ran_ms = self.phase.running_cell().map(|cell| now_ms.saturating_sub(cell.started_at_ms));
                 decision.events.push(EventData::LifecycleDestroyed {
                     workload_id: id,
@@ -484,6 +536,17 @@ impl Workload {
                 self.cells_created += 1;
                 self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: *attempt };
             }
+            EventData::WorkloadFailover { cell_id, .. } => {
+                self.cells_created += 1;
+                self.failovers += 1;
+                self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: self.runs };
+            }
+            EventData::StandbyArmed { slot, .. } => {
+                self.standbys.retain(|s| s.host != slot.host && s.standby_index != slot.standby_index);
+                self.standbys.push(slot.clone());
+                self.standbys.sort_by_key(|s| s.standby_index);
+            }
+            EventData::StandbyReleased { host, .. } => self.standbys.retain(|s| s.host != *host),
             EventData::LifecycleStarted { cell_id, pid, pid_start_time, .. } => {
                 self.runs += 1;
                 let cell =
@@ -535,8 +598,8 @@ impl Workload {
             return Err(format!("{} runs but only {} cells created", self.runs, self.cells_created));
         }
         if let RestartPolicy::Never = self.spec.restart.policy {
-            if self.runs > 1 {
-                return Err(format!("restart policy never, but {} runs", self.runs));
+            if self.runs > 1 + self.failovers {
+                return Err(format!("restart policy never, but {} runs and {} failovers", self.runs, self.failovers));
             }
         }
         Ok(())

@@ -482,7 +482,7 @@ impl Sim {
             Some(Input::CellStartFailed { cell_id, .. }) => {
                 self.starting.retain(|(_, c)| c != cell_id);
             }
-            Some(Input::CellExited { cell_id, .. }) => {
+            Some(Input::CellExited { cell_id, .. } | Input::HostLost { cell_id, .. }) => {
                 self.alive.retain(|(_, c)| c != cell_id);
             }
             Some(Input::Tick | Input::Stop) | None => {}

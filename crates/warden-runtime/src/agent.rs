@@ -34,6 +34,7 @@
 
 mod executor;
 mod http;
+mod standby;
 
 pub use executor::{boottime_ms, pending_reports, ClaimRequest, Executor, Readoption, Renewal, EPOCH_ENV};
 pub use http::{Http, HttpError};
@@ -156,7 +157,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         enrolled.lease,
         claims_tx,
     );
-    executor.set_blob_client(http.clone());
+    executor.set_control_plane(http.clone(), &enrolled.host);
     let readoption = executor.readopt().await.map_err(dir_err)?;
     let queued = queue.len()?;
 

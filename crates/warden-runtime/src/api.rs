@@ -21,7 +21,7 @@ use warden_store::{Store, StoreError};
 use crate::auth::{verify_request, ReplayGuard};
 use crate::cluster::Queues;
 use crate::engine::{now_ms, ApiError, Command, Manifests};
-use crate::proto::{Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse};
+use crate::proto::{AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse};
 use crate::view::{ErrorBody, HostView, JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Clone)]
@@ -66,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
     // Agents sign with their host keys, which may call nothing but these.
     let agents = Router::new()
         .route("/v1/agents/heartbeat", post(agent_heartbeat))
+        .route("/v1/agents/acquire", post(agent_acquire))
         .route("/v1/agents/commands", get(agent_commands))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
     // Checkpoint blobs: hosts store and fetch them, admins may fetch them; bodies up to
@@ -248,8 +249,10 @@ async fn checkpoint_now(
     if workload.info.owner != caller {
         return Err(ApiError::Forbidden(format!("workload {id} belongs to {}", workload.info.owner)));
     }
-    if workload.spec.replication.mode != warden_core::ReplicationMode::Checkpointed {
-        return Err(ApiError::Conflict(format!("workload {id} is not checkpointed ([replication] mode = \"checkpointed\")")));
+    if !workload.spec.replication.checkpoints() {
+        return Err(ApiError::Conflict(format!(
+            "workload {id} keeps no checkpoints ([replication] mode = \"checkpointed\" or \"warm-standby\", with state_dir)"
+        )));
     }
     let (Some(cell), Some(host)) = (workload.phase.running_cell(), workload.current_host()) else {
         return Err(ApiError::Conflict(format!("workload {id} has no running cell to checkpoint")));
@@ -294,6 +297,17 @@ async fn agent_heartbeat(
     let heartbeat: Heartbeat = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad heartbeat: {e}")))?;
     state.queues.heartbeat_seen(&heartbeat.host, now_ms());
     Ok(Json(ask(&state, |reply| Command::Heartbeat { principal, heartbeat, reply }).await?))
+}
+
+/// `POST /v1/agents/acquire`: a standby's bid for a lease; 409 when it lost.
+async fn agent_acquire(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<AcquireResponse>, ApiError> {
+    let request: AcquireRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad acquire request: {e}")))?;
+    Ok(Json(ask(&state, |reply| Command::Acquire { principal, request, reply }).await?))
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use warden_core::lease::{acquire, Lease, LeaseRefused, LeaseTiming};
-use warden_core::{EventData, Projection, Workload};
+use warden_core::{EventData, Phase, Projection, Workload};
 
 use crate::proto::{AgentCommand, CommandKind, LeaseClaim};
 
@@ -109,7 +109,17 @@ pub struct Cluster {
     pub want_inventory: HashSet<String>,
     /// Starts waiting for a host or a lease: (workload, cell) → when to try again.
     pub deferred: BTreeMap<(String, String), u64>,
+    /// New cells of warm-standby workloads offered to their standbys (`Promote`): (workload,
+    /// cell) → when to stop waiting for one to win the lease and place the cell cold instead.
+    promoting: HashMap<(String, String), u64>,
 }
+
+/// How long past the last standby's turn a promotion may take before the cell is placed cold.
+pub const PROMOTION_FALLBACK_MS: u64 = 2_000;
+
+/// Why a standby's `acquire` was refused (409 to the agent).
+#[derive(Debug)]
+pub struct AcquireRefused(pub String);
 
 impl Cluster {
     pub fn new(config: ClusterConfig, local_host: Option<String>, projection: &Projection, now: u64) -> Cluster {
@@ -127,6 +137,7 @@ impl Cluster {
                 .collect(),
             want_inventory: projection.hosts.keys().cloned().collect(),
             deferred: BTreeMap::new(),
+            promoting: HashMap::new(),
         }
     }
 
@@ -202,6 +213,19 @@ impl Cluster {
         now: u64,
     ) -> Result<Vec<EventData>, u64> {
         let workload_id = workload.id();
+        let key = (workload_id.to_string(), cell_id.to_string());
+        match self.promoting.get(&key).copied() {
+            Some(fallback_at) if now < fallback_at => return Err(fallback_at),
+            // No standby won in time (all partitioned, or their hosts died too): place it cold.
+            Some(_) => {
+                self.promoting.remove(&key);
+            }
+            None => {
+                if let Some(retry_at) = self.offer_to_standbys(projection, workload, cell_id, now) {
+                    return Err(retry_at);
+                }
+            }
+        }
         let host = self.choose_host(projection, workload).ok_or(now + 1_000)?;
         if self.is_local(&host) {
             return Ok(vec![EventData::CellPlaced {
@@ -229,6 +253,86 @@ impl Cluster {
             Err(LeaseRefused::Held { grantable_at_ms, .. }) => Err(grantable_at_ms),
             Err(_) => Err(now + 100),
         }
+    }
+
+    /// A warm-standby workload's new cell goes to one of its standbys: once the lease can be
+    /// granted, every standby host is told to `Promote`, and the first to win the lease runs the
+    /// cell ([`Cluster::acquire_for_standby`]). `Some(retry_at)` while that is under way; `None`
+    /// if there is no live standby to offer it to.
+    fn offer_to_standbys(&mut self, projection: &Projection, workload: &Workload, cell_id: &str, now: u64) -> Option<u64> {
+        let live: Vec<&str> = workload
+            .standbys
+            .iter()
+            .map(|slot| slot.host.as_str())
+            .filter(|host| projection.hosts.get(*host).is_some_and(|h| h.up))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let current = self.lease(projection, workload.id());
+        if let Some(lease) = current.as_ref().filter(|l| l.holder.is_some()) {
+            let grantable_at = lease.expires_at_ms.saturating_add(self.config.lease.margin_ms);
+            if now < grantable_at {
+                return Some(grantable_at);
+            }
+        }
+        let expected_epoch = current.as_ref().map_or(0, |l| l.epoch);
+        for host in &live {
+            let promote =
+                CommandKind::Promote { workload_id: workload.id().to_string(), cell_id: cell_id.to_string(), expected_epoch };
+            self.queues.push(host, promote);
+        }
+        let turns = workload.spec.replication.promotion_delay().saturating_mul(workload.standbys.len() as u64);
+        let fallback_at = now + turns + PROMOTION_FALLBACK_MS;
+        self.promoting.insert((workload.id().to_string(), cell_id.to_string()), fallback_at);
+        Some(fallback_at)
+    }
+
+    /// A standby on `host` asks for the lease to run `cell_id`: granted (compare-and-swap on
+    /// `expected_epoch`) only for the cell being offered, to a host holding a slot, while nobody
+    /// else may still run the primary. The events to journal: the grant, the placement, and the
+    /// slot's release (the standby is the primary now).
+    pub fn acquire_for_standby(
+        &mut self,
+        projection: &Projection,
+        host: &str,
+        request: &crate::proto::AcquireRequest,
+        now: u64,
+    ) -> Result<(Vec<EventData>, u64), AcquireRefused> {
+        let refuse = |why: String| Err(AcquireRefused(why));
+        let Some(workload) = projection.workloads.get(&request.workload_id) else {
+            return refuse(format!("no workload {}", request.workload_id));
+        };
+        let offered = matches!(&workload.phase, Phase::Starting { cell_id, .. } if *cell_id == request.cell_id)
+            && workload.placed_cell.as_deref() != Some(request.cell_id.as_str());
+        if !offered {
+            return refuse(format!("cell {} is not waiting for a standby", request.cell_id));
+        }
+        if !workload.standbys.iter().any(|slot| slot.host == host) {
+            return refuse(format!("host {host} holds no standby slot of {}", request.workload_id));
+        }
+        let current = self.lease(projection, &request.workload_id);
+        let lease = acquire(current.as_ref(), &request.workload_id, host, request.expected_epoch, now, &self.config.lease)
+            .map_err(|refused| AcquireRefused(refused.to_string()))?;
+        self.lease_expiry.insert(request.workload_id.clone(), lease.expires_at_ms);
+        let key = (request.workload_id.clone(), request.cell_id.clone());
+        self.promoting.remove(&key);
+        self.deferred.remove(&key);
+        let events = vec![
+            EventData::LeaseGranted { workload_id: request.workload_id.clone(), epoch: lease.epoch, host: host.to_string() },
+            EventData::CellPlaced {
+                workload_id: request.workload_id.clone(),
+                cell_id: request.cell_id.clone(),
+                host: host.to_string(),
+                epoch: Some(lease.epoch),
+            },
+            EventData::StandbyReleased {
+                workload_id: request.workload_id.clone(),
+                host: host.to_string(),
+                reason: format!("promoted to primary at epoch {}", lease.epoch),
+            },
+        ];
+        Ok((events, lease.epoch))
     }
 
     /// An admissible host that is up, with the fewest live cells; the local node when the

@@ -27,8 +27,8 @@ use crate::checkpoint::Keys;
 use crate::cluster::{Cluster, ClusterConfig, Queues};
 use crate::jobs::{Jobs, Produced, StepContext};
 use crate::proto::{
-    CheckpointPlan, CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, InventoryCell, InventoryState,
-    ReportEvent, StartLease,
+    AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse,
+    InventoryCell, InventoryState, ReportEvent, StartLease,
 };
 use crate::view::{RunView, WorkloadView};
 
@@ -112,6 +112,12 @@ pub enum Command {
         heartbeat: Heartbeat,
         reply: Reply<HeartbeatResponse>,
     },
+    /// A standby on a host signed by `principal` asks for a workload's lease.
+    Acquire {
+        principal: String,
+        request: AcquireRequest,
+        reply: Reply<AcquireResponse>,
+    },
 }
 
 /// Every job manifest the engine knows, by `manifest_id`: written by the engine, read by the
@@ -145,6 +151,11 @@ enum PendingReply {
     Enrolled {
         reply: Reply<EnrollResponse>,
         response: EnrollResponse,
+    },
+    /// Answered once the grant is durable: the standby starts serving on it.
+    Acquired {
+        reply: Reply<AcquireResponse>,
+        epoch: u64,
     },
 }
 
@@ -396,7 +407,7 @@ impl Engine {
                         };
                         let info = new_workload_info(random_id("w-"), &spec, owner.clone(), consumer, now);
                         // The key exists (durably) before the workload is journaled.
-                        if spec.replication.mode == ReplicationMode::Checkpointed {
+                        if spec.replication.checkpoints() {
                             if let Err(e) = self.keys.load_or_create(&info.id) {
                                 tracing::error!("cannot create the checkpoint key of {}: {e}", info.id);
                                 break;
@@ -458,6 +469,14 @@ impl Engine {
                         let _ = reply.send(Err(error));
                     }
                 },
+                Command::Acquire { principal, request, reply } => {
+                    match self.acquire(&principal, &request, now, &mut events, &mut effects) {
+                        Ok(epoch) => replies.push(PendingReply::Acquired { reply, epoch }),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
                 Command::Heartbeat { principal, heartbeat, reply } => {
                     match self.heartbeat(&principal, heartbeat, now, &mut events, &mut effects) {
                         Ok(response) => replies.push(PendingReply::Heartbeat { reply, response }),
@@ -487,6 +506,7 @@ impl Engine {
         effects.extend(jobs.effects);
         // Every new cell gets its host (and, on a cluster host, its lease) in this same append.
         self.place(now, &mut events, &mut effects);
+        self.maintain_standbys(now, &mut events);
         if !events.is_empty() || !jobs.artifacts.is_empty() {
             self.commit(events, jobs.artifacts, now).await;
         }
@@ -528,6 +548,9 @@ impl Engine {
                 }
                 PendingReply::Enrolled { reply, response } => {
                     let _ = reply.send(Ok(response));
+                }
+                PendingReply::Acquired { reply, epoch } => {
+                    let _ = reply.send(Ok(AcquireResponse { epoch }));
                 }
             }
         }
@@ -639,7 +662,7 @@ impl Engine {
     /// the latest checkpoint to restore, so any respawn (here or elsewhere) starts from it.
     fn checkpoint_plan(&self, workload: &Workload) -> Option<CheckpointPlan> {
         let replication = &workload.spec.replication;
-        if replication.mode != ReplicationMode::Checkpointed {
+        if !replication.checkpoints() {
             return None;
         }
         let state_dir = replication.state_dir.clone()?;
@@ -783,6 +806,11 @@ impl Engine {
                     };
                     self.live.apply_data(&data, now);
                     events.push(data);
+                    // The standbys fetch the newest checkpoint ahead of a failover.
+                    let workload = &self.live.workloads[&report.workload_id];
+                    for slot in &workload.standbys {
+                        self.cluster.queues.push(&slot.host, self.arm_command(workload, slot.clone()));
+                    }
                 }
                 continue;
             }
@@ -916,9 +944,85 @@ impl Engine {
                 .filter_map(|w| w.phase.cell_id().map(|c| (w.id().to_string(), c.to_string())))
                 .collect();
             for (workload_id, cell_id) in cells {
-                let input = Input::CellExited { cell_id, exit: lost_exit(&format!("host {host} is down")) };
+                let input = Input::HostLost { cell_id, host: Some(host.clone()), reason: format!("host {host} is down") };
                 self.advance_into(&workload_id, &input, now, events, effects);
             }
+        }
+    }
+
+    /// A standby's bid for a lease (see `Cluster::acquire_for_standby`): on a win, the grant and
+    /// the placement go into this batch and the `Start` follows once they are durable.
+    fn acquire(
+        &mut self,
+        principal: &str,
+        request: &AcquireRequest,
+        now: u64,
+        events: &mut Vec<EventData>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<u64, ApiError> {
+        match self.live.hosts.get(&request.host) {
+            None => return Err(ApiError::NotFound(format!("host {:?} is not enrolled", request.host))),
+            Some(record) if record.principal != principal => {
+                return Err(ApiError::Forbidden(format!("host {:?} is enrolled with another key", request.host)))
+            }
+            Some(record) if !record.up => {
+                return Err(ApiError::Conflict(format!("host {:?} is down; it may not take a lease", request.host)))
+            }
+            Some(_) => {}
+        }
+        self.cluster.seen(&request.host, now);
+        let (placed, epoch) = self
+            .cluster
+            .acquire_for_standby(&self.live, &request.host, request, now)
+            .map_err(|refused| ApiError::Conflict(refused.0))?;
+        for data in &placed {
+            self.live.apply_data(data, now);
+        }
+        events.extend(placed);
+        effects.push(Effect::StartCell { workload_id: request.workload_id.clone(), cell_id: request.cell_id.clone() });
+        tracing::info!(workload_id = %request.workload_id, host = %request.host, epoch, "a standby won the lease");
+        Ok(epoch)
+    }
+
+    /// Arms and releases standby slots (`standby::plan`) for every warm-standby workload, and
+    /// tells the hosts concerned.
+    fn maintain_standbys(&mut self, now: u64, events: &mut Vec<EventData>) {
+        if self.live.hosts.is_empty() {
+            return;
+        }
+        let planned: Vec<EventData> = self
+            .live
+            .workloads
+            .values()
+            .filter(|w| w.spec.replication.mode == ReplicationMode::WarmStandby)
+            .filter(|w| !w.standbys.is_empty() || !w.phase.is_terminal())
+            .flat_map(|w| warden_core::standby::plan(w, &self.live.hosts, now))
+            .collect();
+        for data in planned {
+            self.live.apply_data(&data, now);
+            match &data {
+                EventData::StandbyArmed { workload_id, slot } => {
+                    let arm = self.arm_command(&self.live.workloads[workload_id], slot.clone());
+                    self.cluster.queues.push(&slot.host, arm);
+                }
+                EventData::StandbyReleased { workload_id, host, .. } => {
+                    self.cluster.queues.push(host, CommandKind::Disarm { workload_id: workload_id.clone() });
+                }
+                _ => {}
+            }
+            events.push(data);
+        }
+    }
+
+    /// What a standby host stages: the cell, its logs, the checkpoint to fetch ahead of time.
+    fn arm_command(&self, workload: &Workload, slot: warden_core::standby::StandbySlot) -> CommandKind {
+        CommandKind::Arm {
+            workload_id: workload.id().to_string(),
+            slot,
+            cell: workload.spec.cell.clone(),
+            logs: workload.spec.logs,
+            promotion_delay_ms: workload.spec.replication.promotion_delay(),
+            checkpoint: self.checkpoint_plan(workload),
         }
     }
 

@@ -7,8 +7,18 @@
 //!   POST /v1/agents/heartbeat  every heartbeat_interval:
 //!        {reports (unacked, oldest first), renewals, inventory?} ──▶ journals reports, renews leases
 //!        ◀── {acked_reports_through, renewed, incarnation}
-//!   GET  /v1/agents/commands?after=N   (long poll, ≤ 20 s)  ◀── start / signal / remove cells
+//!   GET  /v1/agents/commands?after=N   (long poll, ≤ 20 s)  ◀── start / signal / remove cells,
+//!                                                               arm / disarm / promote standbys
+//!   POST /v1/agents/acquire  {workload, cell, expected epoch} ──▶ a standby asks for the lease
+//!        ◀── {epoch} (won: a `Start` follows)  |  409 (lost: someone else holds it)
 //! ```
+//!
+//! Warm standbys: the control plane arms a `StandbySlot` on each standby host (`Arm`: the spec,
+//! the checkpoint key, the latest checkpoint to fetch ahead of time). When the primary is gone
+//! and its lease grantable, every slot host gets `Promote`; standby *i* waits
+//! `i × promotion_delay` and asks for the lease with `acquire`, a compare-and-swap on the epoch
+//! it was told. One wins; the control plane journals the placement and sends the winner the
+//! ordinary `Start` (under the new epoch), which it serves from what it staged.
 //!
 //! Reports (a cell started, failed to start, exited) are the agent's facts; it keeps them in a
 //! durable queue until a heartbeat answer acknowledges them (`acked_reports_through`), so none
@@ -20,6 +30,7 @@
 use serde::{Deserialize, Serialize};
 use warden_core::lease::LeaseTiming;
 use warden_core::spec::{CellSpec, LogSpec};
+use warden_core::standby::StandbySlot;
 use warden_core::CellExit;
 
 /// `POST /v1/agents/enroll`, signed with the host key being enrolled.
@@ -170,6 +181,22 @@ pub enum CommandKind {
     },
     /// Take a checkpoint of this (checkpointed) cell now (`warden checkpoint ID`).
     Checkpoint { cell_id: String },
+    /// Keep a standby of this workload ready here: stage the spec, fetch `checkpoint.restore`.
+    /// Replaces an earlier `Arm` of the same workload (new index, new primary, new checkpoint).
+    Arm {
+        workload_id: String,
+        slot: StandbySlot,
+        cell: CellSpec,
+        logs: LogSpec,
+        promotion_delay_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<CheckpointPlan>,
+    },
+    /// This host no longer keeps a standby of the workload.
+    Disarm { workload_id: String },
+    /// The workload's primary is gone and its lease can be granted at `expected_epoch`: ask for
+    /// it (`acquire`) after `standby_index × promotion_delay`, for the new cell `cell_id`.
+    Promote { workload_id: String, cell_id: String, expected_epoch: u64 },
     /// SIGTERM (or SIGKILL with `kill`) to the cell.
     Signal { cell_id: String, kill: bool },
     /// The cell's end is journaled: remove what is left of it.
@@ -210,5 +237,21 @@ impl std::fmt::Debug for CheckpointPlan {
 /// failed start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartLease {
+    pub epoch: u64,
+}
+
+/// `POST /v1/agents/acquire`: a standby asks for the lease of `workload_id`, to run `cell_id`,
+/// expecting it at `expected_epoch` (the compare in compare-and-swap).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub host: String,
+    pub workload_id: String,
+    pub cell_id: String,
+    pub expected_epoch: u64,
+}
+
+/// The lease was granted at `epoch`; the `Start` of the cell follows on the command stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AcquireResponse {
     pub epoch: u64,
 }

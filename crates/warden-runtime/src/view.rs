@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use warden_core::job::{JobManifest, RunRecord};
+use warden_core::standby::StandbySlot;
 use warden_core::workload::ExitRecord;
 use warden_core::{Phase, Workload, WorkloadInfo};
 
@@ -28,6 +29,12 @@ pub struct WorkloadView {
     pub next_start_at_ms: Option<u64>,
     pub argv: Vec<String>,
     pub updated_at_ms: u64,
+    /// `warm-standby`: the armed standby slots, by index (seed `StandbySlot`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<StandbySlot>,
+    /// Failovers to a standby so far (not counted in `restarts`).
+    #[serde(default)]
+    pub failovers: u32,
     /// In a submission's answer: every workload it created when `instances` > 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<String>,
@@ -60,6 +67,8 @@ impl WorkloadView {
             },
             argv: workload.spec.cell.argv.clone(),
             updated_at_ms: workload.updated_at_ms,
+            standbys: workload.standbys.clone(),
+            failovers: workload.failovers,
             instances: Vec::new(),
         }
     }

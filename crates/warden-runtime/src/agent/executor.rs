@@ -28,12 +28,13 @@ use warden_core::CellExit;
 use warden_store::queue::DurableQueue;
 
 use super::http::{Http, HttpError};
+use super::standby::Armed;
 use crate::cells::{cell_config, cell_exit, lost_exit};
 use crate::checkpoint;
 use crate::proto::{CheckpointPlan, CommandKind, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, StartLease};
 
 /// A checkpoint's upload or download may take a while (up to `MAX_BLOB_BYTES`).
-const BLOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(super) const BLOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// `<cell dir>/checkpoint.json` (0600): the cell's `CheckpointPlan`, so a restarted agent keeps
 /// checkpointing the cells it re-adopts.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -148,6 +149,10 @@ struct Inner {
     /// The control plane's blob store, for checkpoints (set by the agent; absent in tests that
     /// run without a control plane, where checkpointed starts fail).
     blobs: std::sync::OnceLock<Arc<Http>>,
+    /// This host's name, for requests that carry it.
+    host: std::sync::OnceLock<String>,
+    /// Warm-standby slots armed here, by workload (see `standby.rs`).
+    standbys: Mutex<BTreeMap<String, Armed>>,
 }
 
 /// Carries out commands on this host's cells and queues what happens to them; see the module
@@ -170,7 +175,7 @@ impl Executor {
         claims: mpsc::UnboundedSender<ClaimRequest>,
     ) -> Executor {
         let backend = Arc::new(ProcessBackend::new(cells_dir.clone(), shim));
-        Executor {
+        let executor = Executor {
             inner: Arc::new(Inner {
                 backend,
                 cells_dir,
@@ -181,13 +186,36 @@ impl Executor {
                 cells: Mutex::new(BTreeMap::new()),
                 pushed: Notify::new(),
                 blobs: std::sync::OnceLock::new(),
+                host: std::sync::OnceLock::new(),
+                standbys: Mutex::new(BTreeMap::new()),
             }),
-        }
+        };
+        executor.load_standbys();
+        executor
     }
 
-    /// Where checkpoints are stored and fetched: the control plane (`/v1/blobs`). Set once.
-    pub fn set_blob_client(&self, http: Arc<Http>) {
+    /// Where checkpoints are stored and fetched and standbys bid for leases: the control plane,
+    /// and this host's name there. Set once.
+    pub fn set_control_plane(&self, http: Arc<Http>, host: &str) {
         let _ = self.inner.blobs.set(http);
+        let _ = self.inner.host.set(host.to_string());
+    }
+
+    pub(super) fn control_plane(&self) -> Option<(Arc<Http>, String)> {
+        Some((self.inner.blobs.get()?.clone(), self.inner.host.get()?.clone()))
+    }
+
+    pub(super) fn cells_dir(&self) -> &Path {
+        &self.inner.cells_dir
+    }
+
+    pub(super) fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Armed>> {
+        self.inner.standbys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The workloads this host keeps a standby of.
+    pub fn armed(&self) -> Vec<String> {
+        self.standbys().keys().cloned().collect()
     }
 
     pub fn backend(&self) -> &Arc<ProcessBackend> {
@@ -378,6 +406,9 @@ impl Executor {
                 }
             }
             CommandKind::Remove { cell_id } => self.remove(cell_id).await,
+            arm @ CommandKind::Arm { .. } => self.arm(arm),
+            CommandKind::Disarm { workload_id } => self.disarm(&workload_id),
+            CommandKind::Promote { workload_id, cell_id, expected_epoch } => self.promote(workload_id, cell_id, expected_epoch),
         }
     }
 
@@ -461,6 +492,10 @@ impl Executor {
                 };
                 let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
                 self.report(workload_id.clone(), cell_id.clone(), event).await;
+                // A standby that was promoted: it is the primary now, its staging is spent.
+                if self.standbys().contains_key(&workload_id) {
+                    self.disarm(&workload_id);
+                }
                 if lease_lost {
                     let backend = self.inner.backend.clone();
                     let id = cell_id.clone();
@@ -492,6 +527,16 @@ impl Executor {
             return std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()));
         };
         let hex = checkpoint::blob_hex(uri).ok_or_else(|| format!("{uri:?} is not a blob this agent can fetch"))?.to_string();
+        if let Some(blob) = self.cached_blob(workload_id, &hex) {
+            let (workload_id, dir, hex) = (workload_id.to_string(), dir.clone(), hex.clone());
+            let restored = tokio::task::spawn_blocking(move || checkpoint::restore(&dir, &key, &workload_id, &hex, &blob))
+                .await
+                .map_err(|e| format!("restore task failed: {e}"))?;
+            match restored {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!("the standby's copy of checkpoint {uri} is unusable ({e}); fetching it again"),
+            }
+        }
         let http = self.inner.blobs.get().ok_or("no control plane to fetch checkpoints from")?;
         let path = format!("/v1/blobs/{hex}");
         let mut attempt = 0;

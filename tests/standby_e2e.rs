@@ -1,0 +1,226 @@
+//! Warm standbys end to end: a real `warden server` and three real `warden agent` processes on
+//! loopback. A `warm-standby` workload gets its slots armed on the other hosts, each with the
+//! latest checkpoint already fetched; when the primary's host dies (kill -9: agent, shims,
+//! cells), a standby wins the lease and serves from the state it staged — even though the
+//! control plane's copy of that checkpoint was damaged meanwhile — with no two epochs ever
+//! overlapping, and the slots are armed again so a second failure is covered too.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::cluster::{check_no_overlap, Cluster, ControlPlane};
+use support::{bin, Warden};
+
+/// Appends `epoch monotonic_ns` every 20 ms to `truth` (the failover ground truth), counts in
+/// `state_dir/counter`, and logs `epoch counter-at-start` to `starts` once per start. Its
+/// periodic checkpoints are an hour apart: the tests take theirs with `warden checkpoint`.
+fn standby_spec(truth: &Path, state: &Path, starts: &Path, standbys: u32) -> String {
+    format!(
+        r#"
+name = "kv"
+[cell]
+argv = ["python3", "-c", '''
+import os, time
+state = {state:?}
+path = os.path.join(state, "counter")
+epoch = os.environ.get("WARDEN_EPOCH", "none")
+try:
+    n = int(open(path).read())
+except FileNotFoundError:
+    n = 0
+with open({starts:?}, "a") as f:
+    f.write(f"{{epoch}} {{n}}\n")
+while True:
+    n += 1
+    with open(path + ".tmp", "w") as f:
+        f.write(str(n))
+    os.rename(path + ".tmp", path)
+    with open({truth:?}, "a") as f:
+        f.write(f"{{epoch}} {{time.monotonic_ns()}}\n")
+    time.sleep(0.02)
+''']
+graceful_shutdown = "1s"
+[restart]
+policy = "on-failure"
+max_attempts = 1
+backoff = "5s"
+[replication]
+mode = "warm-standby"
+standbys = {standbys}
+state_dir = {state:?}
+checkpoint_interval = "1h"
+[placement]
+instances = 1
+"#
+    )
+}
+
+/// `epoch counter` lines of the starts log.
+fn starts(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once(' ').and_then(|(e, n)| Some((e.to_string(), n.parse().ok()?))))
+        .collect()
+}
+
+fn respawn(cluster: &mut Cluster, name: &str) {
+    let (url, token, config_home) =
+        (format!("http://{}", cluster.server.addr()), cluster.server.join_token(), cluster.server.config_home());
+    let mut command = Command::new(bin());
+    command.env("XDG_CONFIG_HOME", config_home);
+    cluster.agent_mut(name).spawn(command, &url, &token);
+}
+
+#[test]
+fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
+    let mut cluster = Cluster::start(3);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
+
+    // Armed: a slot on each other host, naming the primary and each other.
+    let armed = cluster.wait_for(&id, "two armed standbys", |v| v.state == "running" && v.standbys.len() == 2);
+    let (primary, epoch) = (armed.host.clone(), armed.epoch.expect("a primary has an epoch"));
+    let slot_hosts: Vec<String> = armed.standbys.iter().map(|s| s.host.clone()).collect();
+    for (i, slot) in armed.standbys.iter().enumerate() {
+        assert_eq!(slot.standby_index, i);
+        assert_eq!(slot.standby_count, 2);
+        assert_eq!(slot.primary, primary);
+        assert_ne!(slot.host, primary);
+        assert_eq!(slot.spec_id, armed.info.spec_id);
+        assert_eq!(slot.owner, armed.info.owner);
+        assert_eq!(slot.workload_id, id);
+        assert_eq!(slot.peer_standbys, slot_hosts.iter().filter(|h| **h != slot.host).cloned().collect::<Vec<_>>());
+    }
+
+    // A checkpoint (the only one: the periodic ones are an hour apart), fetched ahead of time
+    // by both standbys.
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.server.cli_ok(&["checkpoint", &id]);
+    let checkpointed = cluster.wait_for(&id, "a checkpoint", |v| v.info.state_uri.is_some());
+    let uri = checkpointed.info.state_uri.clone().unwrap();
+    let hex = warden_runtime::checkpoint::blob_hex(&uri).unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let staged = |host: &str| cluster.agent(host).data_dir.join("standbys").join(format!("{id}.{hex}.blob"));
+    while !slot_hosts.iter().all(|h| staged(h).exists()) {
+        assert!(Instant::now() < deadline, "the standbys never fetched {uri}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let staged_counter: u64 = {
+        // What the standbys hold: the counter in that checkpoint.
+        let key = std::fs::read(cluster.server.data_dir().join("keys").join(&id)).unwrap();
+        let dir = root.join("peek");
+        let blob = std::fs::read(staged(&slot_hosts[0])).unwrap();
+        warden_runtime::checkpoint::restore(&dir, &key.try_into().unwrap(), &id, &hex, &blob).unwrap();
+        std::fs::read_to_string(dir.join("counter")).unwrap().trim().parse().unwrap()
+    };
+
+    // No more checkpoints reach the control plane from here on (the primary dies first), and its
+    // copy of the latest is damaged: only a standby's own copy can carry the state over.
+    let conn = rusqlite::Connection::open(cluster.server.data_dir().join("journal.db")).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    cluster.agent_mut(&primary).kill_host();
+    let killed_at = Instant::now();
+    std::fs::remove_dir_all(&state).unwrap();
+    let current = cluster.server.status(&id).info.state_uri.unwrap();
+    let current_hex = warden_runtime::checkpoint::blob_hex(&current).unwrap().to_string();
+    let mut blob: Vec<u8> =
+        conn.query_row("SELECT body FROM artifacts WHERE id = ?1", [format!("sha256:{current_hex}")], |row| row.get(0)).unwrap();
+    let middle = blob.len() / 2;
+    blob[middle] ^= 0x01;
+    conn.execute("UPDATE artifacts SET body = ?2 WHERE id = ?1", rusqlite::params![format!("sha256:{current_hex}"), blob])
+        .unwrap();
+    drop(conn);
+
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &primary, epoch, killed_at, Duration::from_secs(20));
+    eprintln!("warm-standby failover: {took:?}, to {} at epoch {:?}", moved.host, moved.epoch);
+    assert!(slot_hosts.contains(&moved.host), "a standby took over, not a cold host: {moved:?}");
+    assert_eq!((moved.failovers, moved.restarts), (1, 0), "a failover is not a restart: {moved:?}");
+    let new_epoch = moved.epoch.unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let restored = loop {
+        if let Some((_, n)) = starts(&starts_log).into_iter().find(|(e, _)| *e == new_epoch) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the promoted standby never started: {:?}", starts(&starts_log));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(restored >= staged_counter, "started from {restored}, below the staged checkpoint's {staged_counter}");
+    assert_eq!(current_hex, hex, "the checkpoint the standby staged was the latest one");
+
+    // Re-armed on the one host left, naming the new primary; then on the dead host once it is back.
+    let rearmed = cluster.wait_for(&id, "a standby re-armed", |v| {
+        v.standbys.len() == 1 && v.standbys[0].primary == moved.host && v.standbys[0].host != moved.host
+    });
+    assert!(slot_hosts.contains(&rearmed.standbys[0].host));
+    respawn(&mut cluster, &primary);
+    cluster.wait_for(&id, "two standbys again", |v| v.standbys.len() == 2 && v.standbys.iter().any(|s| s.host == primary));
+
+    // A second failure is covered too: the new primary dies, another standby serves.
+    std::thread::sleep(Duration::from_millis(300));
+    let second_primary = moved.host.clone();
+    cluster.agent_mut(&second_primary).kill_host();
+    let (third, took) =
+        cluster.wait_primary_elsewhere(&id, &second_primary, moved.epoch.unwrap(), Instant::now(), Duration::from_secs(20));
+    eprintln!("second failover: {took:?}, to {} at epoch {:?}", third.host, third.epoch);
+    assert_eq!(third.failovers, 2);
+    // The control plane's copy was damaged, so the standby re-armed on the returning host could
+    // not stage it; the one that did goes first, whatever the indices.
+    assert_eq!(third.host, rearmed.standbys[0].host, "the warm standby won: {third:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let spans = check_no_overlap(&truth);
+    assert!(spans.len() >= 3, "three epochs served: {spans:?}");
+    let events = cluster.server.cli_ok(&["events", "-o", "json"]);
+    for kind in ["dev.warden.standby.armed.v1", "dev.warden.workload.failover.v1", "dev.warden.standby.released.v1"] {
+        assert!(events.contains(kind), "no {kind} in the journal");
+    }
+}
+
+#[test]
+fn standbys_need_other_hosts_and_the_lowest_index_wins() {
+    // One host only: the workload runs, with no host to arm a standby on.
+    let server = Warden::start_with_command("server", &[]);
+    let root = server.root.path().to_path_buf();
+    let config_home = server.config_home();
+    let mut cluster = Cluster::with_agents(server, &root, ["a".to_string()], |_| {
+        let mut command = Command::new(bin());
+        command.env("XDG_CONFIG_HOME", &config_home);
+        command
+    });
+    cluster.wait_hosts_up(1);
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
+    let alone = cluster.wait_for(&id, "running", |v| v.state == "running");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cluster.server.status(&id).standbys.is_empty(), "no standby on the primary's own host: {alone:?}");
+
+    // Two hosts join: both get a slot, indices 0 and 1.
+    let token = cluster.server.join_token();
+    let url = format!("http://{}", cluster.server.addr());
+    for name in ["b", "c"] {
+        let mut agent = support::cluster::Agent::new(name, root.join(format!("agent-{name}")));
+        let mut command = Command::new(bin());
+        command.env("XDG_CONFIG_HOME", &config_home);
+        agent.spawn(command, &url, &token);
+        cluster.agents.push(agent);
+    }
+    let armed = cluster.wait_for(&id, "two standbys", |v| v.standbys.len() == 2);
+    let first = armed.standbys.iter().find(|s| s.standby_index == 0).unwrap().host.clone();
+
+    // The primary dies: both standbys are told; index 0 asks at once, index 1 a promotion delay
+    // later and loses the compare-and-swap.
+    std::thread::sleep(Duration::from_millis(1_500));
+    cluster.agent_mut("a").kill_host();
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, "a", armed.epoch.unwrap(), Instant::now(), Duration::from_secs(20));
+    eprintln!("failover to index 0 ({first}): {took:?}");
+    assert_eq!(moved.host, first, "the lowest index won: {moved:?}");
+    std::thread::sleep(Duration::from_millis(800));
+    let logs = cluster.logs();
+    assert!(logs.contains("did not win the lease"), "index 1 asked and lost:\n{logs}");
+    check_no_overlap(&truth);
+}
