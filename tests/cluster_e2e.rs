@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::alive;
-use support::cluster::{check_no_overlap, ground_truth_spec, Cluster};
+use support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
 use warden_runtime::view::WorkloadView;
 
 /// Waits (30 s at most) for a running primary on another host with a higher epoch.
@@ -89,4 +89,51 @@ fn instances_spread_over_matching_hosts_and_each_runs_under_its_own_lease() {
     let picky = cluster.server.run("gpu.toml", "name = \"gpu\"\n[cell]\nargv = [\"true\"]\n[placement]\ntags = [\"gpu\"]\n");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(cluster.server.status(&picky).state, "starting");
+}
+
+#[test]
+fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() {
+    let mut cluster = Cluster::start(2);
+    let spec = "name = \"node-exporter\"\n[cell]\nargv = [\"sleep\", \"1000\"]\n[placement]\nmode = \"each-host\"\n";
+    let path = cluster.server.write_spec("exporter.toml", spec);
+    let out = cluster.server.cli_ok(&["run", path.to_str().unwrap(), "--id", "exporter"]);
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    for host in ["h0", "h1"] {
+        let view = cluster.server.wait_for(&format!("exporter@{host}"), "running", |v| v.state == "running");
+        assert_eq!(view.host, host, "{view:?}");
+    }
+    assert!(
+        cluster.server.cli(&["run", path.to_str().unwrap(), "--id", "exporter"]).status.code() != Some(0),
+        "the service id is taken while it runs"
+    );
+
+    // A host joins: it gets its instance.
+    let root = cluster.server.root.path().to_path_buf();
+    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
+    let mut agent = support::cluster::Agent::new("h2", root.join("agent-h2"));
+    let mut command = std::process::Command::new(support::bin());
+    command.env("XDG_CONFIG_HOME", cluster.server.config_home());
+    agent.spawn(command, &url, &token);
+    cluster.agents.push(agent);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.server.cli(&["status", "exporter@h2"]).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "no instance for the host that joined\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let joined = cluster.server.wait_for("exporter@h2", "running on the new host", |v| v.state == "running");
+    assert_eq!(joined.host, "h2");
+
+    // A host leaves: its instance is not moved elsewhere (it may run only there), and the others
+    // keep running.
+    cluster.agent_mut("h1").kill_host();
+    cluster.wait_host("h1", "down", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1_500));
+    let left = cluster.server.status("exporter@h1");
+    assert_ne!(left.state, "running", "{left:?}");
+    let list: Vec<WorkloadView> = serde_json::from_str(&cluster.server.cli_ok(&["ps", "-o", "json"])).unwrap();
+    let running_on: Vec<&str> = list.iter().filter(|v| v.state == "running").map(|v| v.host.as_str()).collect();
+    assert_eq!(running_on.iter().filter(|h| **h == "h0").count(), 1, "{running_on:?}");
+    assert_eq!(running_on.iter().filter(|h| **h == "h2").count(), 1, "{running_on:?}");
+    assert_eq!(list.len(), 3, "no extra instance for a host that left: {list:?}");
 }

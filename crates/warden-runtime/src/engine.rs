@@ -375,10 +375,11 @@ impl Engine {
             match command {
                 Command::Submit { spec, owner, consumer_workload_id, reply } => {
                     if let Some(wanted) = &consumer_workload_id {
-                        let taken =
-                            self.live.workloads.values().any(|w| {
-                                w.info.consumer_workload_id.as_deref() == Some(wanted.as_str()) && !w.phase.is_terminal()
-                            });
+                        let taken = self.live.workloads.values().any(|w| {
+                            let consumer = w.info.consumer_workload_id.as_deref();
+                            (consumer == Some(wanted.as_str()) || consumer.and_then(each_host_group) == Some(wanted.as_str()))
+                                && !w.phase.is_terminal()
+                        });
                         if taken {
                             let error = ApiError::Conflict(format!("a live workload already has id {wanted:?}"));
                             replies.push(PendingReply::Failed { error, reply });
@@ -387,45 +388,56 @@ impl Engine {
                     }
                     // `instances = N`: N workloads, each its own restart policy and lease,
                     // spread over the hosts by placement; their consumer ids get `.i`.
-                    let n = match spec.placement.as_ref().map(|p| p.count) {
-                        Some(PlacementCount::Instances(n)) => n.max(1),
+                    // `each-host`: one per matching host, pinned to it, consumer id `ID@HOST`
+                    // (hosts that match later get theirs from `maintain_each_host`).
+                    let targets: Vec<(Option<String>, Option<String>)> = match spec.placement.as_ref().map(|p| p.count) {
+                        Some(PlacementCount::Instances(n)) if n > 1 => {
+                            (0..n).map(|i| (consumer_workload_id.as_ref().map(|wanted| format!("{wanted}.{i}")), None)).collect()
+                        }
                         Some(PlacementCount::EachHost) => {
-                            let error = ApiError::BadRequest(
-                                "placement mode = \"each-host\" is not supported yet; use instances = N".into(),
-                            );
-                            replies.push(PendingReply::Failed { error, reply });
-                            continue;
-                        }
-                        None => 1,
-                    };
-                    let mut ids = Vec::new();
-                    for i in 0..n {
-                        let consumer = match (&consumer_workload_id, n) {
-                            (Some(wanted), 1) => Some(wanted.clone()),
-                            (Some(wanted), _) => Some(format!("{wanted}.{i}")),
-                            (None, _) => None,
-                        };
-                        let info = new_workload_info(random_id("w-"), &spec, owner.clone(), consumer, now);
-                        // The key exists (durably) before the workload is journaled.
-                        if spec.replication.checkpoints() {
-                            if let Err(e) = self.keys.load_or_create(&info.id) {
-                                tracing::error!("cannot create the checkpoint key of {}: {e}", info.id);
-                                break;
+                            let group = consumer_workload_id.clone().unwrap_or_else(|| random_id("s-"));
+                            let placement = spec.placement.as_ref().expect("each-host has a placement");
+                            let hosts: Vec<(Option<String>, Option<String>)> = self
+                                .live
+                                .hosts
+                                .values()
+                                .filter(|h| h.up && placement.admits(h.channel.as_deref(), &h.tags))
+                                .map(|h| (Some(format!("{group}@{}", h.name)), Some(h.name.clone())))
+                                .collect();
+                            if hosts.is_empty() {
+                                let error = ApiError::Conflict(
+                                    "placement mode = \"each-host\": no host that is up matches the placement (see warden hosts)"
+                                        .into(),
+                                );
+                                replies.push(PendingReply::Failed { error, reply });
+                                continue;
                             }
+                            hosts
                         }
-                        ids.push(info.id.clone());
-                        let decision = self.live.submit(info, spec.clone(), now);
-                        events.extend(decision.events);
-                        effects.extend(decision.effects);
+                        _ => vec![(consumer_workload_id.clone(), None)],
+                    };
+                    let n = targets.len();
+                    let mut ids = Vec::new();
+                    for (consumer, pinned) in targets {
+                        let Some(decision) = self.submit_one(&spec, &owner, consumer, pinned, now) else { break };
+                        ids.push(decision.0);
+                        events.extend(decision.1.events);
+                        effects.extend(decision.1.effects);
                     }
-                    if ids.len() < n as usize {
+                    if ids.len() < n {
                         // Every workload decided so far still goes into the journal (its key
                         // exists); the caller learns that the submission did not complete.
                         let error = ApiError::Internal("cannot create a checkpoint key (see the server's log)".into());
                         replies.push(PendingReply::Failed { error, reply });
                         continue;
                     }
-                    replies.push(PendingReply::Workload { id: ids[0].clone(), instances: ids, reply });
+                    let instances = if n > 1 || matches!(spec.placement.as_ref().map(|p| p.count), Some(PlacementCount::EachHost))
+                    {
+                        ids.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    replies.push(PendingReply::Workload { id: ids[0].clone(), instances, reply });
                 }
                 Command::Stop { id, caller, reply } => {
                     let Some(workload) = self.live.workloads.get(&id) else {
@@ -488,6 +500,7 @@ impl Engine {
             }
         }
         self.hosts_gone_silent(now, &mut events, &mut effects);
+        self.maintain_each_host(now, &mut events, &mut effects);
         for id in self.live.due(now) {
             match self.live.advance(&id, &Input::Tick, now) {
                 Ok(decision) => {
@@ -950,6 +963,68 @@ impl Engine {
         }
     }
 
+    /// Decides one new workload: its checkpoint key first (durably, if it checkpoints), then its
+    /// submission. `None` if the key cannot be written.
+    fn submit_one(
+        &mut self,
+        spec: &Spec,
+        owner: &str,
+        consumer: Option<String>,
+        pinned: Option<String>,
+        now: u64,
+    ) -> Option<(String, warden_core::workload::Decision)> {
+        let info = new_workload_info(random_id("w-"), spec, owner.to_string(), consumer, now);
+        if spec.replication.checkpoints() {
+            if let Err(e) = self.keys.load_or_create(&info.id) {
+                tracing::error!("cannot create the checkpoint key of {}: {e}", info.id);
+                return None;
+            }
+        }
+        let id = info.id.clone();
+        Some((id, self.live.submit_pinned(info, spec.clone(), pinned, now)))
+    }
+
+    /// `each-host` services follow the hosts: a host that is up and matches, and never had an
+    /// instance of a service that still runs somewhere, gets one. (A host that leaves keeps its
+    /// instance, which waits for it: it may run nowhere else.)
+    fn maintain_each_host(&mut self, now: u64, events: &mut Vec<EventData>, effects: &mut Vec<Effect>) {
+        if self.live.hosts.is_empty() {
+            return;
+        }
+        // group → (a live instance's spec and owner, the hosts that ever had an instance)
+        let mut groups: BTreeMap<&str, (Option<&Workload>, Vec<&str>)> = BTreeMap::new();
+        for w in self.live.workloads.values() {
+            let (Some(pin), Some(group)) =
+                (w.pinned_host.as_deref(), w.info.consumer_workload_id.as_deref().and_then(each_host_group))
+            else {
+                continue;
+            };
+            let entry = groups.entry(group).or_default();
+            entry.1.push(pin);
+            if !w.phase.is_terminal() && entry.0.is_none_or(|live| live.info.created_at <= w.info.created_at) {
+                entry.0 = Some(w);
+            }
+        }
+        let mut new = Vec::new();
+        for (group, (live, covered)) in groups {
+            let Some(live) = live else { continue };
+            let Some(placement) = live.spec.placement.as_ref() else { continue };
+            for host in self.live.hosts.values() {
+                if host.up && placement.admits(host.channel.as_deref(), &host.tags) && !covered.contains(&host.name.as_str()) {
+                    let consumer = format!("{group}@{}", host.name);
+                    new.push((live.spec.clone(), live.info.owner.clone(), consumer, host.name.clone()));
+                }
+            }
+        }
+        for (spec, owner, consumer, host) in new {
+            tracing::info!(%consumer, "each-host: a new instance for host {host}");
+            if let Some((_, decision)) = self.submit_one(&spec, &owner, Some(consumer), Some(host), now) {
+                events.extend(decision.events);
+                effects.extend(decision.effects);
+            }
+        }
+    }
+
     /// A standby's bid for a lease (see `Cluster::acquire_for_standby`): on a win, the grant and
     /// the placement go into this batch and the `Start` follows once they are durable.
     fn acquire(
@@ -1077,6 +1152,11 @@ impl Engine {
             }
         });
     }
+}
+
+/// The service an `each-host` instance belongs to: `ID` of its consumer id `ID@HOST`.
+fn each_host_group(consumer_workload_id: &str) -> Option<&str> {
+    consumer_workload_id.rsplit_once('@').map(|(group, _)| group)
 }
 
 /// Folds every journaled event after `projection.last_seq` into it, a page at a time.
