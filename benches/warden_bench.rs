@@ -1,9 +1,10 @@
 //! The benchmark table behind `cargo xtask bench`: warden's restart latency, journal throughput,
 //! cell start rate, memory per cell, start latency and memory per isolation backend, and the cost
 //! of durable jobs, each measured side by side with supervisord, runit, s6, bare process spawns
-//! or raw SQLite in the same run and reported as a ratio.
+//! or raw SQLite in the same run and reported as a ratio; and failover times on a cluster.
 //!
-//! Sections: `restart`, `journal`, `cells`, `memory`, `isolation`, and `jobs`, whose figures are:
+//! Sections: `restart`, `journal`, `cells`, `memory`, `isolation`, `jobs` and `failover`. The
+//! `jobs` figures are:
 //!
 //! * overhead per state: a job of 1,000 `true` states in one dependency chain on a fresh
 //!   `warden up`; (wall − Σ ran_ms) ÷ 1,000, where wall is the run's `RunStarted` →
@@ -18,19 +19,28 @@
 //!   attempt closed as orphaned, and the run `failed` since its retry budget is 0). Beside them,
 //!   raw SQLite reading every event body in order and parsing it as JSON, the floor of any replay.
 //!
+//! `failover` prints a table of its own (see [`failover`]): a `warden server` and three agents on
+//! loopback, the primary's whole host SIGKILLed `WARDEN_BENCH_FAILOVER_RUNS` times (default 20)
+//! per replication mode (`none`, `warm-standby`, `hot`); p50 / p95 / max of host killed → the
+//! new primary's first line, next to the lease TTL, and the runs in which two epochs overlapped.
+//!
 //! The machine is shared and small, so absolute figures drift from run to run; the ratios between
 //! figures taken in one run are what to compare. Progress goes to stderr, the markdown table to
 //! stdout. Nothing is asserted: the targets are printed for context only.
 //!
 //! Needs `target/release/warden-shim` next to `warden` (`cargo xtask bench` builds both first) and
 //! `supervisord`, `runsv`/`runsvdir`, `s6-supervise`/`s6-svscan` on the PATH (it installs them).
-//! `WARDEN_BENCH_ONLY=restart,journal,cells,memory,isolation,jobs` runs a subset while developing.
+//! `WARDEN_BENCH_ONLY=restart,journal,cells,memory,isolation,jobs,failover` runs a subset while
+//! developing.
 //! The `isolation` section also needs `runc` and a static `/bin/busybox` (Debian's
 //! `busybox-static`) for its `isolation = "oci"` rows, and root for `cell` and `oci`.
 //!
 //! The same binary doubles as the crash-looping workload of the restart test: started with
 //! `WARDEN_BENCH_WORKLOAD=<file>` in its environment, it appends `<CLOCK_REALTIME ns> start` and
-//! `<ns> exit` to that file and exits with code 1.
+//! `<ns> exit` to that file and exits with code 1. With `WARDEN_BENCH_TRUTH=<file>` it is the
+//! failover test's workload instead, appending `<WARDEN_EPOCH> <CLOCK_MONOTONIC ns>` every 20 ms.
+
+mod failover;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -87,6 +97,9 @@ fn main() {
     if let Some(log) = std::env::var_os(WORKLOAD_ENV) {
         workload_main(&log);
     }
+    if let Some(truth) = std::env::var_os(failover::TRUTH_ENV) {
+        failover::truth_writer_main(&truth);
+    }
     let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
     let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     check_prerequisites();
@@ -111,8 +124,14 @@ fn main() {
     if wanted("jobs") {
         rows.extend(jobs_section());
     }
+    let failover = wanted("failover").then(failover::failover_section);
     progress(format_args!("done in {:.0} s", started.elapsed().as_secs_f64()));
-    print_table(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    if let Some(table) = failover {
+        print!("{}{table}", if rows.is_empty() { "" } else { "\n" });
+    }
 }
 
 fn progress(args: std::fmt::Arguments<'_>) {

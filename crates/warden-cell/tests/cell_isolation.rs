@@ -473,12 +473,15 @@ time.sleep(30)
     let started = b.start(&cfg).unwrap();
     let cgroups = cgroup_dirs(&b, id);
     let pids = cgroup_dir_with(&b, id, "pids.max");
-    wait_until("the fork loop", EXIT_TIMEOUT, || read_log(&cfg).contains("forked"));
+    // The whole line: the log is read while the shim may still be writing it.
+    let whole_line = |log: &str| log.lines().any(|l| l.starts_with("forked") && l.split_whitespace().count() == 4);
+    wait_until("the fork loop", EXIT_TIMEOUT, || whole_line(&read_log(&cfg)));
     let current: u32 = std::fs::read_to_string(pids.join("pids.current")).unwrap().trim().parse().unwrap();
     let members = std::fs::read_to_string(pids.join("cgroup.procs")).unwrap().lines().count();
     assert!(current <= 20 && members <= 20, "pids.current {current}, {members} processes");
     let log = read_log(&cfg);
-    let words: Vec<&str> = log.split_whitespace().collect();
+    let line = log.lines().find(|l| l.starts_with("forked")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
     let forked: usize = words[1].parse().unwrap();
     let failed: usize = words[3].parse().unwrap();
     // init + python + 18 children = 20.
