@@ -65,8 +65,11 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
-    /// List the cluster's hosts: state, last heartbeat, cells.
-    Hosts,
+    /// List the cluster's hosts: state, last heartbeat, cells; or drain one.
+    Hosts {
+        #[command(subcommand)]
+        action: Option<HostsAction>,
+    },
     /// Run this host's cells for a control plane (`warden server`): enroll once with a join token,
     /// then heartbeat, take commands and report; cells outlive the agent and are re-adopted.
     Agent {
@@ -134,6 +137,16 @@ enum Command {
         #[command(subcommand)]
         command: ArtifactCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum HostsAction {
+    /// Take a host out of service: no new cells or standbys; each primary on it is stopped,
+    /// checkpointed and its lease given up at once, so it takes over elsewhere without waiting
+    /// for the lease to expire (`each-host` instances stay).
+    Drain { name: String },
+    /// Take a drained host back into service.
+    Undrain { name: String },
 }
 
 #[derive(Subcommand)]
@@ -261,7 +274,21 @@ impl Client {
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
     match command {
         Command::Up { .. } | Command::Server { .. } => unreachable!("handled by main"),
-        Command::Hosts => {
+        Command::Hosts { action: Some(action) } => {
+            let (name, drain) = match &action {
+                HostsAction::Drain { name } => (name, true),
+                HostsAction::Undrain { name } => (name, false),
+            };
+            let body = serde_json::to_vec(&serde_json::json!({ "drain": drain }))?;
+            client.call("POST", &format!("/v1/hosts/{name}/drain"), Some(&body))?;
+            if drain {
+                eprintln!("{name} is drained: no new cells; its primaries are evicted and take over elsewhere");
+            } else {
+                eprintln!("{name} takes cells again");
+            }
+            Ok(())
+        }
+        Command::Hosts { action: None } => {
             let hosts: Vec<warden_runtime::view::HostView> = client.json("GET", "/v1/hosts", None)?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string(&hosts)?);

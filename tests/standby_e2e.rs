@@ -224,3 +224,50 @@ fn standbys_need_other_hosts_and_the_lowest_index_wins() {
     assert!(logs.contains("did not win the lease"), "index 1 asked and lost:\n{logs}");
     check_no_overlap(&truth);
 }
+
+#[test]
+fn draining_the_primary_hands_over_its_final_state_without_waiting_for_the_lease() {
+    let cluster = Cluster::start(3);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 1));
+    let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);
+    let (primary, epoch, standby) = (armed.host.clone(), armed.epoch.unwrap(), armed.standbys[0].host.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // No checkpoint was ever taken (they are an hour apart): only the eviction's final one can
+    // carry the counter over.
+    assert!(cluster.server.status(&id).info.state_uri.is_none());
+    let drained_at = Instant::now();
+    cluster.server.cli_ok(&["hosts", "drain", &primary]);
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &primary, epoch, drained_at, Duration::from_secs(10));
+    eprintln!("drain handover: {took:?} to {} (the lease would have taken 1.8 s to expire)", moved.host);
+    assert_eq!(moved.host, standby, "the standby took over: {moved:?}");
+    assert_eq!((moved.failovers, moved.restarts), (1, 0));
+
+    let new_epoch = moved.epoch.unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let restored = loop {
+        if let Some((_, n)) = starts(&starts_log).into_iter().find(|(e, _)| *e == new_epoch) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the new primary never started: {:?}", starts(&starts_log));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let spans = check_no_overlap(&truth);
+    let old_lines = spans[&epoch].lines as u64;
+    // The old primary bumps the counter, then writes its line: a SIGTERM in between leaves one
+    // more in the counter than in the lines.
+    assert!(restored == old_lines || restored == old_lines + 1, "restored {restored}, the old primary wrote {old_lines} lines");
+
+    let events = cluster.server.cli_ok(&["events", "-o", "json"]);
+    assert!(events.contains("dev.warden.lease.revoked.v1"), "the handover was a revocation, not an expiry");
+    let hosts = cluster.server.hosts();
+    assert_eq!(hosts.iter().find(|h| h.name == primary).unwrap().state, "draining", "{hosts:?}");
+    // The drained host gets no standby; undrained, it may again.
+    let third = ["h0", "h1", "h2"].into_iter().find(|h| *h != primary && *h != standby).unwrap();
+    cluster.wait_for(&id, "the standby re-armed on the third host", |v| v.standbys.len() == 1 && v.standbys[0].host == third);
+    cluster.server.cli_ok(&["hosts", "undrain", &primary]);
+    assert_eq!(cluster.server.hosts().iter().find(|h| h.name == primary).unwrap().state, "up");
+}

@@ -139,6 +139,16 @@ pub enum EventData {
     #[serde(rename = "dev.warden.standby.released.v1")]
     StandbyReleased { workload_id: String, host: String, reason: String },
 
+    /// The lease's holder gave it up on its own — it evicted the cell (a drain) after a final
+    /// checkpoint (`state_uri`) — signed with its host key: the lease may be granted at once.
+    #[serde(rename = "dev.warden.lease.revoked.v1")]
+    LeaseRevoked { workload_id: String, epoch: u64, host: String, state_uri: Option<String>, reason: String },
+
+    /// An operator drained the host (`drain`: no new cells, its cells evicted elsewhere) or
+    /// took it back into service.
+    #[serde(rename = "dev.warden.host.drain.v1")]
+    HostDrain { host: String, drain: bool },
+
     /// A host enrolled with a join token; `principal` is its host key.
     #[serde(rename = "dev.warden.host.enrolled.v1")]
     HostEnrolled { host: String, principal: String, channel: Option<String>, tags: Vec<String> },
@@ -252,11 +262,13 @@ impl EventData {
             | EventData::StandbyReleased { workload_id, .. }
             | EventData::LeaseGranted { workload_id, .. }
             | EventData::LeaseReleased { workload_id, .. }
+            | EventData::LeaseRevoked { workload_id, .. }
             | EventData::CheckpointTaken { workload_id, .. } => Some(workload_id),
             EventData::Job(_)
             | EventData::JournalRecovered { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
+            | EventData::HostDrain { .. }
             | EventData::HostUp { .. } => None,
         }
     }
@@ -265,7 +277,10 @@ impl EventData {
     pub fn subject(&self) -> Option<&str> {
         match self {
             EventData::Job(job) => Some(&job.run_id),
-            EventData::HostEnrolled { host, .. } | EventData::HostDown { host, .. } | EventData::HostUp { host } => Some(host),
+            EventData::HostEnrolled { host, .. }
+            | EventData::HostDown { host, .. }
+            | EventData::HostUp { host }
+            | EventData::HostDrain { host, .. } => Some(host),
             other => other.workload_id(),
         }
     }

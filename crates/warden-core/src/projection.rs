@@ -41,6 +41,9 @@ pub struct HostRecord {
     pub enrolled_at_ms: u64,
     /// When `up` last changed.
     pub since_ms: u64,
+    /// Drained by an operator: takes no new cells or standbys.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +110,7 @@ impl Projection {
                     up: true,
                     enrolled_at_ms: at_ms,
                     since_ms: at_ms,
+                    draining: false,
                 };
                 self.hosts.insert(host.clone(), record);
                 return;
@@ -120,6 +124,21 @@ impl Projection {
             }
             EventData::LeaseGranted { workload_id, epoch, host } => {
                 self.leases.insert(workload_id.clone(), LeaseRecord { epoch: *epoch, holder: Some(host.clone()) });
+                return;
+            }
+            EventData::HostDrain { host, drain } => {
+                if let Some(record) = self.hosts.get_mut(host) {
+                    record.draining = *drain;
+                }
+                return;
+            }
+            EventData::LeaseRevoked { workload_id, epoch, state_uri, .. } => {
+                if let Some(lease) = self.leases.get_mut(workload_id).filter(|l| l.epoch == *epoch) {
+                    lease.holder = None;
+                }
+                if let (Some(uri), Some(w)) = (state_uri, self.workloads.get_mut(workload_id)) {
+                    w.info.state_uri = Some(uri.clone());
+                }
                 return;
             }
             EventData::LeaseReleased { workload_id, epoch } => {

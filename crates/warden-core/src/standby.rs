@@ -66,8 +66,9 @@ pub fn plan(workload: &Workload, hosts: &BTreeMap<String, HostRecord>, now_ms: u
     }
     let Some(primary) = workload.current_host() else { return Vec::new() };
     let placement = workload.spec.placement.as_ref();
-    let admissible =
-        |h: &HostRecord| h.up && h.name != primary && placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags));
+    let admissible = |h: &HostRecord| {
+        h.up && !h.draining && h.name != primary && placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags))
+    };
     let mut events = Vec::new();
     let mut kept: Vec<&StandbySlot> = Vec::new();
     for slot in &workload.standbys {
@@ -75,6 +76,7 @@ pub fn plan(workload: &Workload, hosts: &BTreeMap<String, HostRecord>, now_ms: u
             Some(h) if admissible(h) => kept.push(slot),
             Some(h) if h.name == primary => events.push(release(&slot.host, "its host runs the primary")),
             Some(h) if !h.up => events.push(release(&slot.host, "its host is down")),
+            Some(h) if h.draining => events.push(release(&slot.host, "its host is drained")),
             _ => events.push(release(&slot.host, "its host no longer matches the placement")),
         }
     }
@@ -315,6 +317,7 @@ mod plan_tests {
             up,
             enrolled_at_ms: 0,
             since_ms: 0,
+            draining: false,
         };
         (name.to_string(), record)
     }

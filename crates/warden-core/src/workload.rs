@@ -526,6 +526,8 @@ impl Workload {
             | EventData::LeaseReleased { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
+            | EventData::HostDrain { .. }
+            | EventData::LeaseRevoked { .. }
             | EventData::HostUp { .. } => {}
             EventData::CellPlaced { cell_id, host, epoch, .. } => {
                 self.host = Some(host.clone());

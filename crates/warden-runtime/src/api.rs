@@ -21,7 +21,9 @@ use warden_store::{Store, StoreError};
 use crate::auth::{verify_request, ReplayGuard};
 use crate::cluster::Queues;
 use crate::engine::{now_ms, ApiError, Command, Manifests};
-use crate::proto::{AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse};
+use crate::proto::{
+    AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest,
+};
 use crate::view::{ErrorBody, HostView, JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Clone)]
@@ -62,11 +64,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/:id/cancel", post(job_cancel))
         .route("/v1/artifacts/:id", get(artifact))
         .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/:name/drain", post(drain_host))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Agents sign with their host keys, which may call nothing but these.
     let agents = Router::new()
         .route("/v1/agents/heartbeat", post(agent_heartbeat))
         .route("/v1/agents/acquire", post(agent_acquire))
+        .route("/v1/agents/revoke", post(agent_revoke))
         .route("/v1/agents/commands", get(agent_commands))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
     // Checkpoint blobs: hosts store and fetch them, admins may fetch them; bodies up to
@@ -299,6 +303,31 @@ async fn agent_heartbeat(
     Ok(Json(ask(&state, |reply| Command::Heartbeat { principal, heartbeat, reply }).await?))
 }
 
+/// `POST /v1/agents/revoke`: a drained host gives up the lease of a primary it evicted.
+async fn agent_revoke(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let request: RevokeRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad revoke request: {e}")))?;
+    ask(&state, |reply| Command::Revoke { principal, request, reply }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct DrainRequest {
+    drain: bool,
+}
+
+/// `POST /v1/hosts/:name/drain` `{"drain": true|false}`: drain a host, or take it back.
+async fn drain_host(State(state): State<ApiState>, Path(name): Path<String>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let request: DrainRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad drain request: {e}")))?;
+    ask(&state, |reply| Command::Drain { host: name, drain: request.drain, reply }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /v1/agents/acquire`: a standby's bid for a lease; 409 when it lost.
 async fn agent_acquire(
     State(state): State<ApiState>,
@@ -360,7 +389,12 @@ async fn hosts(State(state): State<ApiState>) -> Json<Vec<HostView>> {
         .values()
         .map(|h| HostView {
             name: h.name.clone(),
-            state: if h.up { "up" } else { "down" }.to_string(),
+            state: match (h.up, h.draining) {
+                (true, false) => "up",
+                (true, true) => "draining",
+                (false, _) => "down",
+            }
+            .to_string(),
             channel: h.channel.clone(),
             tags: h.tags.clone(),
             principal: h.principal.clone(),

@@ -357,7 +357,7 @@ impl Cluster {
         projection
             .hosts
             .values()
-            .filter(|h| h.up)
+            .filter(|h| h.up && (!h.draining || workload.pinned_host.is_some()))
             .filter(|h| workload.pinned_host.as_deref().is_none_or(|pin| pin == h.name))
             .filter(|h| placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags)))
             .min_by_key(|h| (load.get(h.name.as_str()).copied().unwrap_or_default(), h.name.clone()))

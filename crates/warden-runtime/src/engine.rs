@@ -28,7 +28,7 @@ use crate::cluster::{Cluster, ClusterConfig, Queues};
 use crate::jobs::{Jobs, Produced, StepContext};
 use crate::proto::{
     AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse,
-    InventoryCell, InventoryState, ReportEvent, StartLease,
+    InventoryCell, InventoryState, ReportEvent, RevokeRequest, StartLease,
 };
 use crate::view::{RunView, WorkloadView};
 
@@ -112,6 +112,18 @@ pub enum Command {
         heartbeat: Heartbeat,
         reply: Reply<HeartbeatResponse>,
     },
+    /// An operator drains a host (or takes it back into service).
+    Drain {
+        host: String,
+        drain: bool,
+        reply: Reply<()>,
+    },
+    /// A host signed by `principal` evicted a primary and gives its lease up.
+    Revoke {
+        principal: String,
+        request: RevokeRequest,
+        reply: Reply<()>,
+    },
     /// A standby on a host signed by `principal` asks for a workload's lease.
     Acquire {
         principal: String,
@@ -151,6 +163,10 @@ enum PendingReply {
     Enrolled {
         reply: Reply<EnrollResponse>,
         response: EnrollResponse,
+    },
+    /// Answered once the batch is durable.
+    Done {
+        reply: Reply<()>,
     },
     /// Answered once the grant is durable: the standby starts serving on it.
     Acquired {
@@ -481,6 +497,20 @@ impl Engine {
                         let _ = reply.send(Err(error));
                     }
                 },
+                Command::Drain { host, drain, reply } => match self.drain(&host, drain, now, &mut events) {
+                    Ok(()) => replies.push(PendingReply::Done { reply }),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+                Command::Revoke { principal, request, reply } => {
+                    match self.revoke(&principal, &request, now, &mut events, &mut effects) {
+                        Ok(()) => replies.push(PendingReply::Done { reply }),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
                 Command::Acquire { principal, request, reply } => {
                     match self.acquire(&principal, &request, now, &mut events, &mut effects) {
                         Ok(epoch) => replies.push(PendingReply::Acquired { reply, epoch }),
@@ -561,6 +591,9 @@ impl Engine {
                 }
                 PendingReply::Enrolled { reply, response } => {
                     let _ = reply.send(Ok(response));
+                }
+                PendingReply::Done { reply } => {
+                    let _ = reply.send(Ok(()));
                 }
                 PendingReply::Acquired { reply, epoch } => {
                     let _ = reply.send(Ok(AcquireResponse { epoch }));
@@ -1023,6 +1056,95 @@ impl Engine {
                 effects.extend(decision.effects);
             }
         }
+    }
+
+    /// Drains a host: it takes no new cells or standbys, and each primary on it (but `each-host`
+    /// instances, which may run nowhere else) is evicted by its agent, which gives the lease
+    /// up with a final checkpoint (`revoke`), so the failover needs no timeout.
+    fn drain(&mut self, host: &str, drain: bool, now: u64, events: &mut Vec<EventData>) -> Result<(), ApiError> {
+        let Some(record) = self.live.hosts.get(host) else {
+            return Err(ApiError::NotFound(format!("no host {host:?}")));
+        };
+        if record.draining != drain {
+            let data = EventData::HostDrain { host: host.to_string(), drain };
+            self.live.apply_data(&data, now);
+            events.push(data);
+        }
+        if !drain {
+            return Ok(());
+        }
+        for w in self.live.workloads.values() {
+            if w.current_host() != Some(host) || w.pinned_host.is_some() {
+                continue;
+            }
+            let (Some(cell), Some(epoch)) = (w.phase.running_cell(), w.epoch) else { continue };
+            if matches!(w.phase, Phase::Stopping { .. }) {
+                continue;
+            }
+            let evict = CommandKind::Evict {
+                workload_id: w.id().to_string(),
+                cell_id: cell.cell_id.clone(),
+                epoch,
+                grace_ms: w.spec.cell.graceful_shutdown_ms,
+            };
+            self.cluster.queues.push(host, evict);
+        }
+        Ok(())
+    }
+
+    /// A `LeaseRevocation`: the holder evicted its primary and gives the lease up (checked:
+    /// signed by the host holding that epoch, for the workload's current cell there). The
+    /// workload treats it as the loss of the host: a warm-standby workload fails over at once.
+    fn revoke(
+        &mut self,
+        principal: &str,
+        request: &RevokeRequest,
+        now: u64,
+        events: &mut Vec<EventData>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), ApiError> {
+        match self.live.hosts.get(&request.host) {
+            None => return Err(ApiError::NotFound(format!("host {:?} is not enrolled", request.host))),
+            Some(record) if record.principal != principal => {
+                return Err(ApiError::Forbidden(format!("host {:?} is enrolled with another key", request.host)))
+            }
+            Some(_) => {}
+        }
+        let holds = self
+            .live
+            .leases
+            .get(&request.workload_id)
+            .is_some_and(|l| l.epoch == request.epoch && l.holder.as_deref() == Some(request.host.as_str()));
+        let current = self.live.workloads.get(&request.workload_id).is_some_and(|w| {
+            w.phase.cell_id() == Some(request.cell_id.as_str()) && w.current_host() == Some(request.host.as_str())
+        });
+        if !holds || !current {
+            return Err(ApiError::Conflict(format!(
+                "host {} does not hold lease epoch {} of {} for cell {}",
+                request.host, request.epoch, request.workload_id, request.cell_id
+            )));
+        }
+        if let Some(uri) = &request.state_uri {
+            if crate::checkpoint::blob_hex(uri).is_none() {
+                return Err(ApiError::BadRequest(format!("state_uri {uri:?} is not blob:sha256:<hex>")));
+            }
+        }
+        let data = EventData::LeaseRevoked {
+            workload_id: request.workload_id.clone(),
+            epoch: request.epoch,
+            host: request.host.clone(),
+            state_uri: request.state_uri.clone(),
+            reason: format!("evicted from drained host {}", request.host),
+        };
+        self.live.apply_data(&data, now);
+        events.push(data);
+        let input = Input::HostLost {
+            cell_id: request.cell_id.clone(),
+            host: Some(request.host.clone()),
+            reason: format!("evicted from drained host {}", request.host),
+        };
+        self.advance_into(&request.workload_id, &input, now, events, effects);
+        Ok(())
     }
 
     /// A standby's bid for a lease (see `Cluster::acquire_for_standby`): on a win, the grant and

@@ -9,6 +9,7 @@
 //!        ◀── {acked_reports_through, renewed, incarnation}
 //!   GET  /v1/agents/commands?after=N   (long poll, ≤ 20 s)  ◀── start / signal / remove cells,
 //!                                                               arm / disarm / promote standbys
+//!   POST /v1/agents/revoke   {workload, cell, epoch, state_uri} ──▶ a drained host gives a lease up
 //!   POST /v1/agents/acquire  {workload, cell, expected epoch} ──▶ a standby asks for the lease
 //!        ◀── {epoch} (won: a `Start` follows)  |  409 (lost: someone else holds it)
 //! ```
@@ -194,6 +195,10 @@ pub enum CommandKind {
     },
     /// This host no longer keeps a standby of the workload.
     Disarm { workload_id: String },
+    /// The host is drained: stop this primary (SIGTERM, SIGKILL after `grace_ms`), take a final
+    /// checkpoint if it keeps them, and give the lease up (`revoke`) so a standby or a new
+    /// cell elsewhere takes over at once, without waiting for the lease to expire.
+    Evict { workload_id: String, cell_id: String, epoch: u64, grace_ms: u64 },
     /// The workload's primary is gone and its lease can be granted at `expected_epoch`: ask for
     /// it (`acquire`) after `standby_index × promotion_delay`, for the new cell `cell_id`.
     Promote { workload_id: String, cell_id: String, expected_epoch: u64 },
@@ -238,6 +243,18 @@ impl std::fmt::Debug for CheckpointPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartLease {
     pub epoch: u64,
+}
+
+/// `POST /v1/agents/revoke`: the holder of `epoch` evicted `cell_id` and gives the lease up;
+/// `state_uri` is its final checkpoint, if it keeps them (a `LeaseRevocation`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    pub host: String,
+    pub workload_id: String,
+    pub cell_id: String,
+    pub epoch: u64,
+    #[serde(default)]
+    pub state_uri: Option<String>,
 }
 
 /// `POST /v1/agents/acquire`: a standby asks for the lease of `workload_id`, to run `cell_id`,

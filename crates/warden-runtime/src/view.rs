@@ -206,7 +206,7 @@ pub fn run_of_step_workload(workload_id: &str) -> Option<&str> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostView {
     pub name: String,
-    /// `up|down`.
+    /// `up|draining|down`.
     pub state: String,
     pub channel: Option<String>,
     pub tags: Vec<String>,

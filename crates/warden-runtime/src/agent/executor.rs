@@ -120,6 +120,9 @@ struct Entry {
     remove_when_exited: bool,
     /// Checkpointed cells: wakes the checkpoint task to take one now.
     checkpoint_now: Option<Arc<Notify>>,
+    /// Being evicted (a drain) under this lease epoch: once it has ended, a final checkpoint and
+    /// the lease given up before its exit is reported.
+    evicting: Option<u64>,
 }
 
 impl Entry {
@@ -132,6 +135,7 @@ impl Entry {
             lease_lost: false,
             remove_when_exited: false,
             checkpoint_now: None,
+            evicting: None,
         }
     }
 }
@@ -408,6 +412,9 @@ impl Executor {
             CommandKind::Remove { cell_id } => self.remove(cell_id).await,
             arm @ CommandKind::Arm { .. } => self.arm(arm),
             CommandKind::Disarm { workload_id } => self.disarm(&workload_id),
+            CommandKind::Evict { workload_id, cell_id, epoch, grace_ms } => {
+                self.evict(workload_id, cell_id, epoch, grace_ms).await
+            }
             CommandKind::Promote { workload_id, cell_id, expected_epoch } => self.promote(workload_id, cell_id, expected_epoch),
         }
     }
@@ -446,6 +453,7 @@ impl Executor {
                 lease_lost: false,
                 remove_when_exited: false,
                 checkpoint_now: None,
+                evicting: None,
             },
         );
 
@@ -596,7 +604,7 @@ impl Executor {
         cell_id: &str,
         plan: &CheckpointPlan,
         key: &[u8; 32],
-    ) -> Result<(), String> {
+    ) -> Result<String, String> {
         let http = self.inner.blobs.get().ok_or("no control plane to store checkpoints in")?.clone();
         let (dir, key_copy, id) = (PathBuf::from(&plan.state_dir), *key, workload_id.to_string());
         let (blob, hex) = tokio::task::spawn_blocking(move || checkpoint::take(&dir, &key_copy, &id))
@@ -606,10 +614,11 @@ impl Executor {
         http.call("PUT", &format!("/v1/blobs/{hex}"), &blob, BLOB_TIMEOUT)
             .await
             .map_err(|e| format!("cannot upload the checkpoint: {e}"))?;
-        let event = ReportEvent::Checkpointed { state_uri: checkpoint::state_uri(&hex), size_bytes: blob.len() as u64 };
+        let state_uri = checkpoint::state_uri(&hex);
+        let event = ReportEvent::Checkpointed { state_uri: state_uri.clone(), size_bytes: blob.len() as u64 };
         tracing::debug!(%cell_id, "checkpoint {hex} ({} bytes)", blob.len());
         self.report(workload_id.to_string(), cell_id.to_string(), event).await;
-        Ok(())
+        Ok(state_uri)
     }
 
     async fn spawn_cell(&self, config: CellConfig) -> Result<StartedCell, String> {
@@ -641,6 +650,7 @@ impl Executor {
             lease_lost: false,
             remove_when_exited: false,
             checkpoint_now: None,
+            evicting: None,
         };
         self.cells().insert(cell_id.clone(), entry);
         self.watch(cell_id.clone(), started);
@@ -709,7 +719,78 @@ impl Executor {
         });
     }
 
+    /// Stops a primary for a drain: SIGTERM, SIGKILL after `grace_ms`; `ended` gives the lease
+    /// up once it is gone.
+    async fn evict(&self, workload_id: String, cell_id: String, epoch: u64, grace_ms: u64) {
+        {
+            let mut cells = self.cells();
+            match cells.get_mut(&cell_id) {
+                Some(entry) if matches!(entry.state, Tracked::Running(_)) && entry.lease.is_some_and(|l| l.epoch == epoch) => {
+                    entry.evicting = Some(epoch);
+                }
+                _ => return tracing::info!(%cell_id, "evict of a cell that is not a running primary here"),
+            }
+        }
+        tracing::info!(%workload_id, %cell_id, "evicting (the host is drained)");
+        let signal = |kill: bool| {
+            let (backend, id) = (self.inner.backend.clone(), cell_id.clone());
+            tokio::task::spawn_blocking(move || backend.signal(&id, kill))
+        };
+        let _ = signal(false).await;
+        let executor = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(grace_ms)).await;
+            let running = matches!(executor.cells().get(&cell_id).map(|e| &e.state), Some(Tracked::Running(_)));
+            if running {
+                let (backend, id) = (executor.inner.backend.clone(), cell_id.clone());
+                let _ = tokio::task::spawn_blocking(move || backend.signal(&id, true)).await;
+            }
+        });
+    }
+
+    /// After an evicted primary ended: its final checkpoint, then the `LeaseRevocation`, so the
+    /// control plane hands the lease on at once and the next primary starts from that state.
+    async fn revoke(&self, workload_id: &str, cell_id: &str, epoch: u64) {
+        let mut state_uri = None;
+        if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(cell_id)) {
+            match checkpoint::parse_key(&plan.key_hex) {
+                Ok(key) => match self.take_checkpoint(workload_id, cell_id, &plan, &key).await {
+                    Ok(uri) => state_uri = Some(uri),
+                    Err(e) => tracing::warn!(%cell_id, "no final checkpoint: {e}"),
+                },
+                Err(e) => tracing::warn!(%cell_id, "no final checkpoint: {e}"),
+            }
+        }
+        let Some((http, host)) = self.control_plane() else { return };
+        let request = crate::proto::RevokeRequest {
+            host,
+            workload_id: workload_id.to_string(),
+            cell_id: cell_id.to_string(),
+            epoch,
+            state_uri,
+        };
+        let body = serde_json::to_vec(&request).expect("serializes");
+        for attempt in 1..=10 {
+            match http.call("POST", "/v1/agents/revoke", &body, std::time::Duration::from_secs(5)).await {
+                Ok(_) => return tracing::info!(%cell_id, "lease epoch {epoch} given up"),
+                // Refused: the lease moved on already (it expired, or the host was declared down).
+                Err(HttpError::Status { code, message }) if code < 500 => {
+                    return tracing::info!(%cell_id, "lease epoch {epoch} not given up: {message}")
+                }
+                Err(e) => {
+                    tracing::info!(%cell_id, "giving lease epoch {epoch} up (attempt {attempt}): {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+
     async fn ended(&self, cell_id: String, exit: CellExit) {
+        let evicting = self.cells().get(&cell_id).and_then(|entry| entry.evicting);
+        if let Some(epoch) = evicting {
+            let workload_id = workload_id_of(self, &cell_id);
+            self.revoke(&workload_id, &cell_id, epoch).await;
+        }
         let (workload_id, remove) = {
             let mut cells = self.cells();
             let Some(entry) = cells.get_mut(&cell_id) else { return };
