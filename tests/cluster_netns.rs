@@ -566,6 +566,126 @@ fn killing_a_whole_namespace_fails_over() {
     assert_eq!(cluster.host_state(&old_host).as_deref(), Some("down"), "{:?}", cluster.server.hosts());
 }
 
+/// The ground-truth workload ([`ground_truth_spec`]) as a warm-standby workload with `standbys`
+/// slots. Its `[replication]` table goes right before `[placement]`, whichever the ground truth
+/// ends with.
+fn warm_standby_truth_spec(truth: &Path, standbys: u32) -> String {
+    let spec = ground_truth_spec(truth);
+    assert!(spec.contains("\n[placement]\n"), "the ground truth has a [placement] table:\n{spec}");
+    let replication = format!("\n[replication]\nmode = \"warm-standby\"\nstandbys = {standbys}\n[placement]\n");
+    spec.replacen("\n[placement]\n", &replication, 1)
+}
+
+/// Warm standbys across namespaces: the primary's host is cut off, then — once it is back and
+/// the slots are armed again — the new primary's whole namespace is killed. Each time a standby
+/// (one of the armed slots' hosts) takes over with a higher epoch, and the ground truth shows
+/// the old epoch's last line before the new one's first.
+#[test]
+fn warm_standby_in_namespaces_survives_a_partition_and_a_killed_namespace() {
+    let mut cluster = NetCluster::start(3);
+    let truth = cluster.root.path().join("truth.log");
+    let id = cluster.server.run("truth.toml", &warm_standby_truth_spec(&truth, 2));
+    let armed = cluster.wait_for(&id, "a running primary with two armed standbys", |v| {
+        v.state == "running" && v.epoch.is_some() && v.pid.is_some() && v.standbys.len() == 2
+    });
+    let (first_host, first_epoch, first_pid) = (armed.host.clone(), armed.epoch.unwrap(), armed.pid.unwrap());
+    let first_slots: Vec<String> = armed.standbys.iter().map(|s| s.host.clone()).collect();
+    assert!(
+        !first_slots.contains(&first_host) && first_slots[0] != first_slots[1],
+        "two slots on the two other hosts: {armed:?}"
+    );
+    wait_for_lines(&cluster, &truth, first_epoch, 10, 0);
+    assert_eq!(cluster.truth_writers_on(&first_host, &truth), vec![first_pid], "the primary runs in its host's namespace");
+
+    // 1. The primary's host is cut off; its agent and cell keep running until the shim fences.
+    let (cut, cut_ns) = (Instant::now(), monotonic_ns());
+    cluster.partition(&first_host);
+    let (second, took) = cluster.wait_primary_elsewhere(&id, &first_host, first_epoch, cut, FAILOVER_DEADLINE);
+    assert!(first_slots.contains(&second.host), "a standby took over, not a cold host: {second:?} (slots {first_slots:?})");
+    assert_eq!((second.failovers, second.restarts), (1, 0), "a failover is not a restart: {second:?}");
+    assert!(
+        !alive(first_pid),
+        "the old primary (pid {first_pid}) still runs on the cut-off {first_host} next to the new one on {}",
+        second.host
+    );
+    let second_epoch = second.epoch.unwrap();
+    wait_for_lines(&cluster, &truth, second_epoch, 5, 0);
+    let spans = check_no_overlap(&truth);
+    let (old_span, new_span) = (spans[&first_epoch], spans[&second_epoch]);
+    eprintln!(
+        "netns warm standby, partition of {first_host}: old primary (epoch {first_epoch}) last wrote {}, standby on {} \
+         (epoch {second_epoch}) first wrote {} (gap {} ms); the control plane showed it running after {took:?}",
+        ms(cut_ns, old_span.last),
+        second.host,
+        ms(cut_ns, new_span.first),
+        (new_span.first - old_span.last) / 1_000_000,
+    );
+    let first_cell = armed.cell_id.clone().expect("a running workload has a cell");
+    let exit = cluster.wait_cell_exit(&first_host, &first_cell);
+    assert!(exit.fenced, "the old primary ended otherwise than by its shim's fence: {exit:?}");
+
+    // 2. Heal: the host comes back, its old cell stays dead, and the slots are armed again —
+    // two of them, none on the new primary's host, naming it.
+    let healed = Instant::now();
+    cluster.heal(&first_host);
+    let back = cluster.wait_host(&first_host, "up", SETUP_DEADLINE);
+    let rearmed = cluster.wait_for(&id, "two standbys re-armed around the new primary", |v| {
+        v.standbys.len() == 2
+            && v.standbys.iter().all(|s| s.host != second.host && s.primary == second.host)
+            && v.standbys[0].host != v.standbys[1].host
+    });
+    eprintln!(
+        "netns warm standby: {first_host} up again {back:?} after the heal, slots re-armed on {:?} after {:?}",
+        rearmed.standbys.iter().map(|s| s.host.as_str()).collect::<Vec<_>>(),
+        healed.elapsed()
+    );
+    assert_eq!(
+        (rearmed.state.as_str(), rearmed.host.as_str(), rearmed.epoch, rearmed.pid),
+        ("running", second.host.as_str(), second.epoch, second.pid),
+        "the new primary stays as it was after the partition healed\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        cluster.truth_writers_on(&first_host, &truth),
+        Vec::<u32>::new(),
+        "a cell of the workload runs on the healed {first_host}"
+    );
+    let rearmed_slots: Vec<String> = rearmed.standbys.iter().map(|s| s.host.clone()).collect();
+
+    // 3. The new primary's whole namespace dies: agent, shim, cell.
+    let second_pid = second.pid.unwrap();
+    let second_agent = cluster.agent(&second.host).pid();
+    let (killed_at, killed_ns) = (Instant::now(), monotonic_ns());
+    let killed = cluster.kill_host(&second.host);
+    assert!(
+        killed.contains(&second_agent) && killed.contains(&second_pid),
+        "agent {second_agent} and cell {second_pid} in {killed:?}"
+    );
+    let (third, took) = cluster.wait_primary_elsewhere(&id, &second.host, second_epoch, killed_at, FAILOVER_DEADLINE);
+    assert!(rearmed_slots.contains(&third.host), "a standby took over, not a cold host: {third:?} (slots {rearmed_slots:?})");
+    assert_eq!((third.failovers, third.restarts), (2, 0), "a failover is not a restart: {third:?}");
+    let third_epoch = third.epoch.unwrap();
+    wait_for_lines(&cluster, &truth, third_epoch, 5, 0);
+    let spans = check_no_overlap(&truth);
+    assert_eq!(
+        spans.keys().copied().collect::<Vec<_>>(),
+        vec![first_epoch, second_epoch, third_epoch],
+        "no other primary ever ran: {spans:?}"
+    );
+    let (old_span, new_span) = (spans[&second_epoch], spans[&third_epoch]);
+    eprintln!(
+        "netns warm standby, {} killed ({} processes): old primary (epoch {second_epoch}) last wrote {}, standby on {} \
+         (epoch {third_epoch}) first wrote {} (gap {} ms); the control plane showed it running after {took:?}",
+        second.host,
+        killed.len(),
+        ms(killed_ns, old_span.last),
+        third.host,
+        ms(killed_ns, new_span.first),
+        (new_span.first - old_span.last) / 1_000_000,
+    );
+    assert_eq!(cluster.host_state(&second.host).as_deref(), Some("down"), "{:?}", cluster.server.hosts());
+}
+
 /// SplitMix64: a small deterministic generator, so a run of the blip test can be replayed from
 /// the seed it prints.
 struct SplitMix64(u64);

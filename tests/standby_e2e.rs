@@ -271,3 +271,75 @@ fn draining_the_primary_hands_over_its_final_state_without_waiting_for_the_lease
     cluster.server.cli_ok(&["hosts", "undrain", &primary]);
     assert_eq!(cluster.server.hosts().iter().find(|h| h.name == primary).unwrap().state, "up");
 }
+
+/// A hot standby: runs at once; as a standby it only notes its pid, and on SIGUSR1 reads its
+/// epoch from the role file and starts serving (the ground-truth lines).
+fn hot_spec(truth: &Path, pids: &Path) -> String {
+    format!(
+        r#"
+name = "hot"
+[cell]
+argv = ["python3", "-c", '''
+import os, signal, time
+role = os.environ.get("WARDEN_ROLE", "primary")
+with open({pids:?}, "a") as f:
+    f.write(f"{{role}} {{os.getpid()}}\n")
+if role == "standby":
+    promoted = []
+    signal.signal(signal.SIGUSR1, lambda *_: promoted.append(1))
+    while not promoted:
+        time.sleep(0.005)
+    epoch = open(os.environ["WARDEN_ROLE_FILE"]).read().split()[1]
+else:
+    epoch = os.environ["WARDEN_EPOCH"]
+while True:
+    with open({truth:?}, "a") as f:
+        f.write(f"{{epoch}} {{time.monotonic_ns()}}\n")
+    time.sleep(0.02)
+''']
+graceful_shutdown = "1s"
+[replication]
+mode = "warm-standby"
+standbys = 1
+hot = true
+[placement]
+instances = 1
+"#
+    )
+}
+
+#[test]
+fn a_hot_standby_is_promoted_in_place() {
+    let mut cluster = Cluster::start(3);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, pids) = (root.join("truth.log"), root.join("pids.log"));
+    let id = cluster.server.run("hot.toml", &hot_spec(&truth, &pids));
+    let armed = cluster.wait_for(&id, "an armed hot standby", |v| v.state == "running" && v.standbys.len() == 1);
+    let (primary, epoch, standby) = (armed.host.clone(), armed.epoch.unwrap(), armed.standbys[0].host.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let standby_pid = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        if let Some(pid) = text.lines().find_map(|l| l.strip_prefix("standby ")) {
+            break pid.trim().parse::<u32>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the hot standby never ran: {text}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    cluster.agent_mut(&primary).kill_host();
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &primary, epoch, Instant::now(), Duration::from_secs(20));
+    eprintln!("hot failover: {took:?} to {} at epoch {:?}", moved.host, moved.epoch);
+    assert_eq!(moved.host, standby);
+    std::thread::sleep(Duration::from_millis(300));
+    let spans = check_no_overlap(&truth);
+    assert!(spans.contains_key(&moved.epoch.unwrap()), "the promoted standby serves under the new epoch: {spans:?}");
+    // Promoted in place: the process that served is the one that waited as the standby.
+    let text = std::fs::read_to_string(&pids).unwrap();
+    assert_eq!(text.lines().filter(|l| l.starts_with("primary ")).count(), 1, "no cold start: {text}");
+    let cell = std::fs::read_to_string(format!("/proc/{standby_pid}/cmdline")).unwrap_or_default();
+    assert!(cell.contains("python3"), "the standby process {standby_pid} still runs, as the primary");
+    // A new hot standby is armed on the host left.
+    let rearmed = cluster.wait_for(&id, "a new hot standby", |v| v.standbys.len() == 1 && v.standbys[0].primary == moved.host);
+    assert_ne!(rearmed.standbys[0].host, moved.host);
+}

@@ -2,8 +2,8 @@
 //! code running in the shim's `clone` child (no exec), so it costs only the pages it dirties.
 //!
 //! It prepares the namespace (private mounts, a fresh `/proc`, the cell id as hostname), joins
-//! the cell's cgroups, starts the workload as PID 2, reaps every zombie, forwards SIGTERM and
-//! SIGINT to the workload's process group, and when PID 2 ends writes the authenticated exit
+//! the cell's cgroups, starts the workload as PID 2, reaps every zombie, forwards SIGTERM,
+//! SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 to the workload's process group, and when PID 2 ends writes the authenticated exit
 //! report and exits — which makes the kernel kill whatever is left in the namespace.
 //!
 //! The report key arrives over a pipe and never leaves this process's memory: the init is not
@@ -40,7 +40,8 @@ pub(crate) struct InitCtx<'a> {
     /// At most 64 bytes (`HOST_NAME_MAX`).
     pub hostname: &'a [u8],
     pub cell_id: &'a [u8],
-    /// The signals the init waits for (SIGCHLD, SIGTERM, SIGINT); blocked for its whole life.
+    /// The signals the init waits for (SIGCHLD, and SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 to
+    /// forward); blocked for its whole life.
     pub wait_set: libc::sigset_t,
 }
 
@@ -214,7 +215,9 @@ unsafe fn watch(ctx: &InitCtx<'_>, key: &Key, workload: libc::pid_t) -> ! {
             },
             // The workload is unreaped, so its group id cannot have been reused.
             // SAFETY: kill takes plain integers.
-            libc::SIGTERM | libc::SIGINT => unsafe {
+            // SIGUSR1 is how a hot standby learns it was promoted; SIGHUP and SIGUSR2 are the
+            // usual reload signals.
+            libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGUSR1 | libc::SIGUSR2 => unsafe {
                 libc::kill(-workload, sig);
             },
             _ => {}

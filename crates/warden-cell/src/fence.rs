@@ -118,10 +118,16 @@ impl FenceWatch {
     }
 
     /// Re-reads the lease: re-arms the timer for a deadline still in the future, or else says
-    /// why the cell must die now (and keeps that in `fired`).
+    /// why the cell must die now (and keeps that in `fired`). A standby's watch (epoch 0) takes
+    /// the first other epoch it finds as its own: the standby was promoted.
     pub(crate) fn rearm(&mut self, cell_dir: &Path) -> Result<(), String> {
         if let Some(why) = &self.fired {
             return Err(why.clone());
+        }
+        if self.epoch == crate::STANDBY_EPOCH {
+            if let Ok(Some(lease)) = read_json::<LeaseRecord>(&cell_dir.join(LEASE_FILE)) {
+                self.epoch = lease.epoch;
+            }
         }
         // Drain a pending expiry, so the fd only turns readable again at the next deadline.
         sys::timerfd_drain(&self.timer);

@@ -114,9 +114,15 @@ pub struct CellConfig {
 ///
 /// The cell ends within a short kill budget after its deadline (SIGKILL to its process group,
 /// its init, or the container's PID 1, then the reap), and never before it.
+/// The epoch of a hot standby's fence: no lease yet (leases are granted from epoch 1).
+pub const STANDBY_EPOCH: u64 = 0;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fence {
     /// The lease's epoch; every `lease.json` the cell runs on must name exactly this one.
+    /// [`STANDBY_EPOCH`] (0) fences a hot standby, which holds no lease yet: its supervisor
+    /// extends epoch 0 on its own, and the first other epoch `lease.json` names (its promotion)
+    /// becomes the cell's, for good.
     pub epoch: u64,
     /// The first deadline, on `CLOCK_BOOTTIME` in nanoseconds (see [`boottime_ns`]).
     pub initial_deadline_boottime_ns: u64,

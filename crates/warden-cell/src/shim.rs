@@ -737,7 +737,7 @@ fn init_wait_set() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set; sigaddset only gets valid signal numbers.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
             libc::sigaddset(set.as_mut_ptr(), sig);
         }
         set.assume_init()

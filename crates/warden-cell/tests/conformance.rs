@@ -457,6 +457,32 @@ fn fence_renewed(kind: Kind) {
     h.assert_torn_down(&cfg, &started);
 }
 
+fn fence_of_a_hot_standby_is_adopted_on_promotion(kind: Kind) {
+    let h = harness(kind);
+    let t0 = boottime_ns();
+    // A standby: epoch 0, extended by its supervisor alone.
+    let cfg =
+        h.fenced("fence-standby", "trap '' TERM; echo ready; sleep 60", warden_cell::STANDBY_EPOCH, deadline_in(FIRST_LEASE));
+    let started = h.start(&cfg);
+    let cell = pidfd(started.pid).unwrap();
+    while boottime_ns() < t0 + 700_000_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        h.backend.renew_lease(&cfg.cell_id, warden_cell::STANDBY_EPOCH, deadline_in(Duration::from_millis(300))).unwrap();
+    }
+    // Promoted: its epoch from now on is 5, and it lives exactly as long as epoch 5's lease.
+    let mut last = deadline_in(Duration::from_millis(300));
+    h.backend.renew_lease(&cfg.cell_id, 5, last).unwrap();
+    while boottime_ns() < t0 + 1_500_000_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!poll_readable(&cell, Duration::ZERO), "the promoted cell died although its lease was renewed");
+        last = deadline_in(Duration::from_millis(300));
+        h.backend.renew_lease(&cfg.cell_id, 5, last).unwrap();
+    }
+    assert!(read_log(&cfg).contains("ready"));
+    h.assert_fenced_at(&cfg, &started, 5, last);
+    h.assert_torn_down(&cfg, &started);
+}
+
 fn fence_survives_supervisor_kill(kind: Kind) {
     let h = harness(kind);
     let deadline = deadline_in(Duration::from_millis(1200));
@@ -589,6 +615,7 @@ conformance!(
     teardown,
     fence_expires,
     fence_renewed,
+    fence_of_a_hot_standby_is_adopted_on_promotion,
     fence_survives_supervisor_kill,
     fence_refuses_expired_lease,
 );

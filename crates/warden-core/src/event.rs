@@ -112,8 +112,17 @@ pub enum EventData {
 
     /// Where the cell decided by the preceding `workload.starting` runs: the host, and for a
     /// fenced primary on a cluster host the lease epoch it runs under (`WARDEN_EPOCH`).
+    /// `adopts`: a hot standby's cell, already running there, *is* the new cell (it is promoted
+    /// in place); the workload's cell is that one from here on.
     #[serde(rename = "dev.warden.workload.placed.v1")]
-    CellPlaced { workload_id: String, cell_id: String, host: String, epoch: Option<u64> },
+    CellPlaced {
+        workload_id: String,
+        cell_id: String,
+        host: String,
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        adopts: Option<String>,
+    },
 
     /// The lease of a workload's primary was granted to `host` at `epoch` (compare-and-swap on
     /// the previous epoch; see `lease`).

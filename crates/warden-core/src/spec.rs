@@ -415,6 +415,10 @@ impl RawSpec {
 
         let cell = self.cell.validate("cell.")?;
         if let (Some(raw), Isolation::Oci) = (&self.replication, cell.isolation) {
+            if let Some(hot) = raw.hot.as_ref().filter(|h| *h.get_ref()) {
+                // The role file a hot standby is promoted through lives on the host.
+                return Err((Some(hot.span()), "replication.hot is not supported with isolation = \"oci\" yet".into()));
+            }
             if let Some(dir) = &raw.state_dir {
                 // The agent restores and snapshots `state_dir` on the host; inside an OCI rootfs
                 // that would be `rootfs + state_dir`, which is not wired up yet.
@@ -453,6 +457,12 @@ impl RawSpec {
                     return Err((
                         Some(field),
                         "replication.standbys, promotion_delay and hot apply only to mode = \"warm-standby\"".into(),
+                    ));
+                }
+                if let (Some(hot), Some(_)) = (raw.hot.as_ref().filter(|h| *h.get_ref()), &raw.state_dir) {
+                    return Err((
+                        Some(hot.span()),
+                        "replication.hot standbys run already and keep their own state: state_dir (restored before a start) applies to warm standbys only".into(),
                     ));
                 }
                 let state_field = raw.state_dir.as_ref().map(|d| d.span()).or(raw.checkpoint_interval.as_ref().map(|i| i.span()));

@@ -124,6 +124,14 @@ fn rendezvous(workload_id: &str, host: &str) -> u64 {
     hash
 }
 
+impl StandbySlot {
+    /// The cell a hot standby runs in this slot: named by the slot's arming, so a slot armed
+    /// anew gets a new cell, and the control plane and the agent agree on it without asking.
+    pub fn hot_cell_id(&self, workload_id: &str) -> String {
+        format!("{workload_id}.hot-{}", self.created_at)
+    }
+}
+
 /// One host's role for one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -347,8 +355,13 @@ mod plan_tests {
             [crate::Effect::StartCell { cell_id, .. }] => cell_id.clone(),
             other => panic!("{other:?}"),
         };
-        let placed =
-            EventData::CellPlaced { workload_id: "w-1".into(), cell_id: cell_id.clone(), host: "a".into(), epoch: Some(1) };
+        let placed = EventData::CellPlaced {
+            workload_id: "w-1".into(),
+            cell_id: cell_id.clone(),
+            host: "a".into(),
+            epoch: Some(1),
+            adopts: None,
+        };
         projection.apply_data(&placed, 0);
         projection.advance("w-1", &Input::CellStarted { cell_id: cell_id.clone(), pid: 7, pid_start_time: 1 }, 1).unwrap();
         (projection, cell_id)
@@ -388,7 +401,13 @@ mod plan_tests {
         apply(
             &mut projection,
             &[
-                EventData::CellPlaced { workload_id: "w-1".into(), cell_id: new_cell, host: "b".into(), epoch: Some(2) },
+                EventData::CellPlaced {
+                    workload_id: "w-1".into(),
+                    cell_id: new_cell,
+                    host: "b".into(),
+                    epoch: Some(2),
+                    adopts: None,
+                },
                 EventData::StandbyReleased { workload_id: "w-1".into(), host: "b".into(), reason: "promoted".into() },
             ],
         );

@@ -529,10 +529,15 @@ impl Workload {
             | EventData::HostDrain { .. }
             | EventData::LeaseRevoked { .. }
             | EventData::HostUp { .. } => {}
-            EventData::CellPlaced { cell_id, host, epoch, .. } => {
+            EventData::CellPlaced { cell_id, host, epoch, adopts, .. } => {
                 self.host = Some(host.clone());
                 self.epoch = *epoch;
-                self.placed_cell = Some(cell_id.clone());
+                self.placed_cell = Some(adopts.as_ref().unwrap_or(cell_id).clone());
+                if let (Some(adopted), Phase::Starting { cell_id: starting, .. }) = (adopts, &mut self.phase) {
+                    if starting == cell_id {
+                        *starting = adopted.clone();
+                    }
+                }
             }
             EventData::WorkloadStarting { cell_id, attempt, .. } => {
                 self.cells_created += 1;

@@ -233,6 +233,7 @@ impl Cluster {
                 cell_id: cell_id.to_string(),
                 host,
                 epoch: None,
+                adopts: None,
             }]);
         }
         let current = self.lease(projection, workload_id);
@@ -247,6 +248,7 @@ impl Cluster {
                         cell_id: cell_id.to_string(),
                         host,
                         epoch: Some(lease.epoch),
+                        adopts: None,
                     },
                 ])
             }
@@ -308,9 +310,15 @@ impl Cluster {
         if !offered {
             return refuse(format!("cell {} is not waiting for a standby", request.cell_id));
         }
-        if !workload.standbys.iter().any(|slot| slot.host == host) {
+        let Some(slot) = workload.standbys.iter().find(|slot| slot.host == host) else {
             return refuse(format!("host {host} holds no standby slot of {}", request.workload_id));
-        }
+        };
+        // A hot standby is promoted in place: its running cell becomes the workload's.
+        let adopts = match &request.hot_cell {
+            Some(cell) if workload.spec.replication.hot && *cell == slot.hot_cell_id(workload.id()) => Some(cell.clone()),
+            Some(cell) => return refuse(format!("{cell} is not the hot standby of {} on {host}", request.workload_id)),
+            None => None,
+        };
         let current = self.lease(projection, &request.workload_id);
         let lease = acquire(current.as_ref(), &request.workload_id, host, request.expected_epoch, now, &self.config.lease)
             .map_err(|refused| AcquireRefused(refused.to_string()))?;
@@ -325,6 +333,7 @@ impl Cluster {
                 cell_id: request.cell_id.clone(),
                 host: host.to_string(),
                 epoch: Some(lease.epoch),
+                adopts,
             },
             EventData::StandbyReleased {
                 workload_id: request.workload_id.clone(),

@@ -962,9 +962,17 @@ impl Engine {
             }
         }
         // Cells the journal does not expect there (a host back from a partition after its
-        // workload moved on): kill them and clean up.
+        // workload moved on): kill them and clean up. Hot standbys of slots armed there are
+        // expected.
+        let hot: Vec<String> = self
+            .live
+            .workloads
+            .values()
+            .filter(|w| w.spec.replication.hot)
+            .flat_map(|w| w.standbys.iter().filter(|s| s.host == host).map(|s| s.hot_cell_id(w.id())))
+            .collect();
         for cell in inventory {
-            if !on_host.iter().any(|(_, c)| *c == cell.cell_id) {
+            if !on_host.iter().any(|(_, c)| *c == cell.cell_id) && !hot.contains(&cell.cell_id) {
                 if matches!(cell.state, InventoryState::Running { .. }) {
                     self.cluster.queues.push(host, CommandKind::Signal { cell_id: cell.cell_id.clone(), kill: true });
                 }
@@ -1176,7 +1184,8 @@ impl Engine {
             self.live.apply_data(data, now);
         }
         events.extend(placed);
-        effects.push(Effect::StartCell { workload_id: request.workload_id.clone(), cell_id: request.cell_id.clone() });
+        let cell_id = self.live.workloads[&request.workload_id].phase.cell_id().unwrap_or(&request.cell_id).to_string();
+        effects.push(Effect::StartCell { workload_id: request.workload_id.clone(), cell_id });
         tracing::info!(workload_id = %request.workload_id, host = %request.host, epoch, "a standby won the lease");
         Ok(epoch)
     }
@@ -1220,6 +1229,7 @@ impl Engine {
             logs: workload.spec.logs,
             promotion_delay_ms: workload.spec.replication.promotion_delay(),
             checkpoint: self.checkpoint_plan(workload),
+            hot: workload.spec.replication.hot,
         }
     }
 

@@ -192,6 +192,10 @@ pub enum CommandKind {
         promotion_delay_ms: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checkpoint: Option<CheckpointPlan>,
+        /// Run the cell now as a hot standby (`slot.hot_cell_id`), fenced under epoch 0, with
+        /// `WARDEN_ROLE=standby`; a promotion then gives it the lease in place.
+        #[serde(default)]
+        hot: bool,
     },
     /// This host no longer keeps a standby of the workload.
     Disarm { workload_id: String },
@@ -265,6 +269,9 @@ pub struct AcquireRequest {
     pub workload_id: String,
     pub cell_id: String,
     pub expected_epoch: u64,
+    /// A hot standby's running cell, to be promoted in place instead of starting `cell_id`.
+    #[serde(default)]
+    pub hot_cell: Option<String>,
 }
 
 /// The lease was granted at `epoch`; the `Start` of the cell follows on the command stream.

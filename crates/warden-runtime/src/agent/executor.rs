@@ -100,7 +100,7 @@ pub fn pending_reports(queue: &DurableQueue, limit: usize) -> Result<Vec<Report>
 }
 
 #[derive(Clone, Debug)]
-enum Tracked {
+pub(super) enum Tracked {
     /// Being started by a `Start` command (possibly still claiming its lease).
     Starting,
     Running(StartedCell),
@@ -108,21 +108,24 @@ enum Tracked {
 }
 
 #[derive(Clone, Debug)]
-struct Entry {
-    workload_id: String,
-    state: Tracked,
+pub(super) struct Entry {
+    pub(super) workload_id: String,
+    pub(super) state: Tracked,
     /// Fenced cells only, while the lease is held: renewed with every heartbeat.
-    lease: Option<HeldLease>,
+    pub(super) lease: Option<HeldLease>,
     /// The control plane refused the lease while the cell was starting: kill it once it runs.
-    lease_lost: bool,
+    pub(super) lease_lost: bool,
     /// A `Remove` came while the cell still ran: it was killed; remove it once it has exited,
     /// without a report (its end is already journaled).
-    remove_when_exited: bool,
+    pub(super) remove_when_exited: bool,
     /// Checkpointed cells: wakes the checkpoint task to take one now.
-    checkpoint_now: Option<Arc<Notify>>,
+    pub(super) checkpoint_now: Option<Arc<Notify>>,
     /// Being evicted (a drain) under this lease epoch: once it has ended, a final checkpoint and
     /// the lease given up before its exit is reported.
-    evicting: Option<u64>,
+    pub(super) evicting: Option<u64>,
+    /// A hot standby: fenced under epoch 0, which this agent extends on its own until a
+    /// promotion gives the cell a lease (see `standby.rs`).
+    pub(super) hot_standby: bool,
 }
 
 impl Entry {
@@ -136,6 +139,7 @@ impl Entry {
             remove_when_exited: false,
             checkpoint_now: None,
             evicting: None,
+            hot_standby: false,
         }
     }
 }
@@ -213,6 +217,10 @@ impl Executor {
         &self.inner.cells_dir
     }
 
+    pub(super) fn logs_dir(&self) -> &Path {
+        &self.inner.logs_dir
+    }
+
     pub(super) fn standbys(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Armed>> {
         self.inner.standbys.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -239,7 +247,7 @@ impl Executor {
         self.inner.pushed.notified().await
     }
 
-    fn cells(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    pub(super) fn cells(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.inner.cells.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -428,9 +436,14 @@ impl Executor {
         lease: Option<StartLease>,
         checkpoint: Option<CheckpointPlan>,
     ) {
-        if self.cells().contains_key(&cell_id) {
-            tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
-            return;
+        let hot = self.cells().get(&cell_id).map(|entry| entry.hot_standby && matches!(entry.state, Tracked::Running(_)));
+        match (hot, lease) {
+            (Some(true), Some(StartLease { epoch })) => return self.promote_hot(workload_id, cell_id, epoch).await,
+            (Some(_), _) => {
+                tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
+                return;
+            }
+            (None, _) => {}
         }
         let backend = self.inner.backend.clone();
         let id = cell_id.clone();
@@ -454,6 +467,7 @@ impl Executor {
                 remove_when_exited: false,
                 checkpoint_now: None,
                 evicting: None,
+                hot_standby: false,
             },
         );
 
@@ -621,7 +635,7 @@ impl Executor {
         Ok(state_uri)
     }
 
-    async fn spawn_cell(&self, config: CellConfig) -> Result<StartedCell, String> {
+    pub(super) async fn spawn_cell(&self, config: CellConfig) -> Result<StartedCell, String> {
         if let Some(dir) = config.log_path.parent() {
             let _ = tokio::fs::create_dir_all(dir).await;
         }
@@ -633,7 +647,7 @@ impl Executor {
     }
 
     /// Sends a claim to the heartbeat loop and waits for its answer: the send time if renewed.
-    async fn claim(&self, claim: LeaseClaim) -> Option<u64> {
+    pub(super) async fn claim(&self, claim: LeaseClaim) -> Option<u64> {
         let (reply, answer) = oneshot::channel();
         self.inner.claims.send(ClaimRequest { claim, reply }).ok()?;
         answer.await.ok().flatten()
@@ -642,7 +656,10 @@ impl Executor {
     /// Tracks a running cell found on disk: watches it, renews its lease (as `lease.json` left
     /// it), and resumes its checkpoints.
     fn track_running(&self, workload_id: String, cell_id: String, started: StartedCell, lease: Option<LeaseRecord>) {
-        let lease = lease.map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
+        let hot_standby = lease.is_some_and(|record| record.epoch == warden_cell::STANDBY_EPOCH);
+        let lease = lease
+            .filter(|_| !hot_standby)
+            .map(|record| HeldLease { epoch: record.epoch, deadline_ms: record.deadline_boottime_ns / 1_000_000 });
         let entry = Entry {
             workload_id,
             state: Tracked::Running(started.clone()),
@@ -651,8 +668,12 @@ impl Executor {
             remove_when_exited: false,
             checkpoint_now: None,
             evicting: None,
+            hot_standby,
         };
         self.cells().insert(cell_id.clone(), entry);
+        if hot_standby {
+            self.keep_standby_fence(cell_id.clone());
+        }
         self.watch(cell_id.clone(), started);
         if let Some(plan) = read_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id)) {
             self.checkpointer(workload_id_of(self, &cell_id), cell_id, plan);
@@ -711,7 +732,7 @@ impl Executor {
 
     /// Waits for a cell's shim to exit (its pidfd turns readable), then records and reports how
     /// the cell ended.
-    fn watch(&self, cell_id: String, started: StartedCell) {
+    pub(super) fn watch(&self, cell_id: String, started: StartedCell) {
         let executor = self.clone();
         tokio::spawn(async move {
             let exit = crate::cells::wait_exit(executor.inner.backend.clone(), &cell_id, started).await;
@@ -817,7 +838,7 @@ impl Executor {
 
     /// Queues a report durably, then wakes the heartbeat loop to send it. A queue that cannot
     /// be written is fatal: the fact would be lost, and a restart re-derives it from the cells.
-    async fn report(&self, workload_id: String, cell_id: String, event: ReportEvent) {
+    pub(super) async fn report(&self, workload_id: String, cell_id: String, event: ReportEvent) {
         let body = serde_json::to_vec(&Queued { workload_id, cell_id: cell_id.clone(), event }).expect("report serializes");
         let queue = self.inner.queue.clone();
         match tokio::task::spawn_blocking(move || queue.push(&body)).await {

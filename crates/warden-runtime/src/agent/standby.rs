@@ -8,16 +8,32 @@
 //! the lease with the epoch it was told; the control plane's compare-and-swap admits one winner,
 //! which gets the ordinary `Start` and restores from the blob fetched here instead of
 //! downloading it. The cached blob is checked against its hash when it is restored, like any.
+//!
+//! A *hot* standby (`hot = true`) runs its cell already, with `WARDEN_ROLE=standby` and
+//! `WARDEN_ROLE_FILE` (holding `standby`), fenced under epoch 0 ([`STANDBY_EPOCH`]), which
+//! this agent extends on its own: a standby without its agent dies like a primary without one.
+//! It bids with its cell's id; the winner's `Start` names that cell, which is promoted in place:
+//! the lease is claimed like any start's, written to `lease.json` (its shim adopts the epoch and
+//! enforces that lease from then on), `primary <epoch>` goes into the role file, and the cell
+//! gets SIGUSR1.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::executor::Executor;
+use super::executor::{Entry, Executor, Tracked, EPOCH_ENV};
 use super::http::HttpError;
 use crate::checkpoint;
-use crate::proto::{AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind};
+use crate::proto::{AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, LeaseClaim, ReportEvent};
+use warden_cell::{Fence, STANDBY_EPOCH};
+use warden_core::lease::HeldLease;
+
+/// What a hot standby's cell is told of its role.
+pub const ROLE_ENV: &str = "WARDEN_ROLE";
+/// The file a hot standby's role is in: `standby`, then `primary <epoch>` once promoted.
+pub const ROLE_FILE_ENV: &str = "WARDEN_ROLE_FILE";
+const ROLE_FILE: &str = "role";
 
 /// One armed slot, as `Arm` described it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +45,9 @@ pub struct Armed {
     pub promotion_delay_ms: u64,
     #[serde(default)]
     pub checkpoint: Option<CheckpointPlan>,
+    /// A hot standby's cell.
+    #[serde(default)]
+    pub hot_cell: Option<String>,
 }
 
 /// How long a bid may take before it counts as lost (the control plane then falls back).
@@ -62,13 +81,15 @@ impl Executor {
     /// `Arm`: keeps the slot (durably) and fetches its checkpoint ahead of a failover, in the
     /// background (a large checkpoint must not hold up the commands after it).
     pub(super) fn arm(&self, command: CommandKind) {
-        let CommandKind::Arm { workload_id, slot, promotion_delay_ms, checkpoint, .. } = command else { return };
+        let CommandKind::Arm { workload_id, slot, promotion_delay_ms, checkpoint, hot, cell, logs } = command else { return };
+        let hot_cell = hot.then(|| slot.hot_cell_id(&workload_id));
         let armed = Armed {
             workload_id: workload_id.clone(),
             standby_index: slot.standby_index,
             standby_count: slot.standby_count,
             promotion_delay_ms,
             checkpoint,
+            hot_cell: hot_cell.clone(),
         };
         let dir = self.standby_dir();
         let path = dir.join(format!("{workload_id}.json"));
@@ -81,6 +102,11 @@ impl Executor {
         self.standbys().insert(workload_id.clone(), armed);
         tracing::info!(%workload_id, index = slot.standby_index, primary = %slot.primary, "standby armed");
         remove_blobs(&dir, &workload_id, wanted.as_deref());
+        if let Some(cell_id) = hot_cell.filter(|id| !self.cells().contains_key(id)) {
+            let executor = self.clone();
+            let workload_id = workload_id.clone();
+            tokio::spawn(async move { executor.start_hot(workload_id, cell_id, cell, logs).await });
+        }
         let Some(hex) = wanted else { return };
         let blob_path = blob_path(&dir, &workload_id, &hex);
         if blob_path.exists() {
@@ -105,8 +131,21 @@ impl Executor {
 
     /// `Disarm`, or this host became the primary: forgets the slot and its checkpoint.
     pub(super) fn disarm(&self, workload_id: &str) {
-        if self.standbys().remove(workload_id).is_some() {
-            tracing::info!(%workload_id, "standby disarmed");
+        let Some(armed) = self.standbys().remove(workload_id) else { return };
+        tracing::info!(%workload_id, "standby disarmed");
+        // A hot standby that was not promoted goes with its slot, without a report.
+        if let Some(cell_id) = armed.hot_cell {
+            let still_standby = match self.cells().get_mut(&cell_id) {
+                Some(entry) if entry.hot_standby => {
+                    entry.remove_when_exited = true;
+                    true
+                }
+                _ => false,
+            };
+            if still_standby {
+                let backend = self.backend().clone();
+                tokio::task::spawn_blocking(move || backend.signal(&cell_id, true));
+            }
         }
         let dir = self.standby_dir();
         let _ = std::fs::remove_file(dir.join(format!("{workload_id}.json")));
@@ -130,7 +169,10 @@ impl Executor {
             let turn = armed.promotion_delay_ms.saturating_mul(place as u64);
             tokio::time::sleep(Duration::from_millis(turn)).await;
             let Some((http, host)) = executor.control_plane() else { return };
-            let request = AcquireRequest { host, workload_id: workload_id.clone(), cell_id, expected_epoch };
+            let hot_cell = armed
+                .hot_cell
+                .filter(|id| executor.cells().get(id).is_some_and(|e| e.hot_standby && matches!(e.state, Tracked::Running(_))));
+            let request = AcquireRequest { host, workload_id: workload_id.clone(), cell_id, expected_epoch, hot_cell };
             let result: Result<AcquireResponse, HttpError> =
                 http.json("POST", "/v1/agents/acquire", Some(&request), ACQUIRE_TIMEOUT).await;
             match result {
@@ -138,6 +180,118 @@ impl Executor {
                 Err(e) => tracing::info!(%workload_id, "did not win the lease: {e}"),
             }
         });
+    }
+
+    /// Starts a hot standby's cell, fenced under epoch 0 (see the module docs).
+    async fn start_hot(
+        &self,
+        workload_id: String,
+        cell_id: String,
+        cell: warden_core::spec::CellSpec,
+        logs: warden_core::spec::LogSpec,
+    ) {
+        let mut config = crate::cells::cell_config(&workload_id, &cell_id, &cell, &logs, self.logs_dir());
+        let validity_ns = self.timing().holder_validity_ms().saturating_mul(1_000_000);
+        config.fence = Some(Fence {
+            epoch: STANDBY_EPOCH,
+            initial_deadline_boottime_ns: warden_cell::boottime_ns().saturating_add(validity_ns),
+        });
+        config.env.insert(ROLE_ENV.into(), "standby".into());
+        let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
+        config.env.insert(ROLE_FILE_ENV.into(), role_file.display().to_string());
+        config.env.remove(EPOCH_ENV);
+        self.cells().insert(
+            cell_id.clone(),
+            Entry {
+                workload_id: workload_id.clone(),
+                state: Tracked::Starting,
+                lease: None,
+                lease_lost: false,
+                remove_when_exited: false,
+                checkpoint_now: None,
+                evicting: None,
+                hot_standby: true,
+            },
+        );
+        match self.spawn_cell(config).await {
+            Ok(started) => {
+                // Written after the start (the shim makes the dir): a cell that finds no file yet
+                // is a standby, as WARDEN_ROLE says.
+                if let Err(e) = write_private(&role_file, b"standby\n") {
+                    tracing::warn!(%cell_id, "cannot write the role file: {e}");
+                }
+                if let Some(entry) = self.cells().get_mut(&cell_id) {
+                    entry.state = Tracked::Running(started.clone());
+                }
+                tracing::info!(%workload_id, %cell_id, "hot standby running");
+                self.watch(cell_id.clone(), started);
+                self.keep_standby_fence(cell_id);
+            }
+            Err(error) => {
+                self.cells().remove(&cell_id);
+                tracing::warn!(%cell_id, "hot standby did not start: {error}");
+            }
+        }
+    }
+
+    /// Extends a hot standby's epoch-0 fence every renewal interval while it is one. The write
+    /// happens under the cells lock, so it can never land after a promotion's.
+    pub(super) fn keep_standby_fence(&self, cell_id: String) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(executor.timing().renew_every_ms.max(50));
+            loop {
+                tokio::time::sleep(every).await;
+                let cells = executor.cells();
+                match cells.get(&cell_id) {
+                    Some(entry) if entry.hot_standby && matches!(entry.state, Tracked::Running(_)) => {
+                        let validity_ns = executor.timing().holder_validity_ms().saturating_mul(1_000_000);
+                        let deadline = warden_cell::boottime_ns().saturating_add(validity_ns);
+                        if let Err(e) = executor.backend().renew_lease(&cell_id, STANDBY_EPOCH, deadline) {
+                            tracing::warn!(%cell_id, "cannot extend the hot standby's fence: {e}");
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
+    }
+
+    /// The `Start` after this hot standby won: claims the lease like any start, hands it to the
+    /// running cell's shim, and tells the cell (role file, SIGUSR1).
+    pub(super) async fn promote_hot(&self, workload_id: String, cell_id: String, epoch: u64) {
+        let Some(sent_at) = self.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
+            let error = format!("lease epoch {epoch} could not be claimed");
+            tracing::info!(%cell_id, "hot standby not promoted: {error}");
+            self.disarm(&workload_id);
+            self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+            return;
+        };
+        let held = HeldLease::answered(epoch, sent_at, self.timing());
+        let started = {
+            let mut cells = self.cells();
+            let Some(entry) = cells.get_mut(&cell_id) else { return };
+            let Tracked::Running(started) = entry.state.clone() else { return };
+            entry.hot_standby = false;
+            entry.lease = Some(held);
+            // Under the lock: no standby extension can follow this write.
+            if let Err(e) = self.backend().renew_lease(&cell_id, epoch, held.deadline_ms.saturating_mul(1_000_000)) {
+                tracing::warn!(%cell_id, "cannot hand lease epoch {epoch} to the shim: {e}");
+            }
+            started
+        };
+        let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
+        if let Err(e) = write_private(&role_file, format!("primary {epoch}\n").as_bytes()) {
+            tracing::warn!(%cell_id, "cannot write the role file: {e}");
+        }
+        // SAFETY: a signal to the cell's process, which this agent watches (its pidfd is open).
+        unsafe { libc::kill(started.pid as libc::pid_t, libc::SIGUSR1) };
+        tracing::info!(%workload_id, %cell_id, epoch, "hot standby promoted in place");
+        self.standbys().remove(&workload_id);
+        let dir = self.standby_dir();
+        let _ = std::fs::remove_file(dir.join(format!("{workload_id}.json")));
+        let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
+        self.report(workload_id, cell_id, event).await;
     }
 
     /// The checkpoint `hex` of `workload_id` if a standby slot fetched it, for a restore.
