@@ -137,3 +137,44 @@ fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() 
     assert_eq!(running_on.iter().filter(|h| **h == "h2").count(), 1, "{running_on:?}");
     assert_eq!(list.len(), 3, "no extra instance for a host that left: {list:?}");
 }
+
+#[test]
+fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
+    let cluster = Cluster::start(2);
+    let truth = cluster.server.root.path().join("truth.log");
+    let spec = ground_truth_spec(&truth).replace("[placement]\n", "[placement]\nlost_after = \"4s\"\n");
+    let id = cluster.server.run("truth.toml", &spec);
+    let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");
+    let (host, epoch, pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 2.5 s without heartbeats: the host is declared down (host_ttl 1.5 s), the cell is not
+    // written off, and its shim keeps it (its lease lasts lost_after).
+    let agent_pid = cluster.agent(&host).pid();
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
+    cluster.wait_host(&host, "down", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(800));
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
+    cluster.wait_hosts_up(2);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let after = cluster.server.status(&id);
+    assert_eq!((after.host.as_str(), after.epoch, after.pid), (host.as_str(), Some(epoch), Some(pid)), "{after:?}");
+    assert!(alive(pid), "the cell rode out the disconnect");
+    assert_eq!(after.restarts, 0);
+
+    // A disconnect longer than lost_after: replaced elsewhere, and never two primaries.
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
+    let stopped_at = Instant::now();
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &host, epoch, Instant::now(), Duration::from_secs(20));
+    eprintln!("replaced after {took:?} of silence (lost_after 4 s)");
+    assert!(stopped_at.elapsed() >= Duration::from_secs(4), "not before lost_after: {took:?}");
+    assert!(!alive(pid), "the old cell was fenced by its shim");
+    // SAFETY: as above.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(500));
+    check_no_overlap(&truth);
+    assert!(moved.epoch.unwrap() > epoch);
+}

@@ -33,6 +33,12 @@ pub struct PlacementSpec {
     /// Only hosts that have every one of these tags.
     pub tags: Vec<String>,
     pub count: PlacementCount,
+    /// How long the workload's host may be silent before its cell is written off and replaced
+    /// (default: the cluster's `host_ttl`). Its lease lasts this long too, so a cell that rides
+    /// out a disconnect keeps running, fenced as ever, and one that does not is gone before a
+    /// replacement starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +202,8 @@ pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_STANDBYS: u32 = 1;
+/// The longest disconnect a workload may ride out (`placement.lost_after`).
+pub const MAX_LOST_AFTER_MS: u64 = 3_600_000;
 /// At most this many standbys: each is a host kept armed.
 pub const MAX_STANDBYS: u32 = 8;
 pub const DEFAULT_PROMOTION_DELAY_MS: u64 = 300;
@@ -264,6 +272,7 @@ struct RawPlacement {
     tags: Vec<Spanned<String>>,
     instances: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
+    lost_after: Option<Spanned<String>>,
 }
 
 impl RawPlacement {
@@ -289,7 +298,14 @@ impl RawPlacement {
             }
             tags.push(tag.into_inner());
         }
-        Ok(PlacementSpec { channel: self.channel.map(Spanned::into_inner), tags, count })
+        let lost_after_ms = match &self.lost_after {
+            None => None,
+            Some(value) => match duration("placement.lost_after", &self.lost_after, 0)? {
+                ms if (1_000..=MAX_LOST_AFTER_MS).contains(&ms) => Some(ms),
+                ms => return Err((Some(value.span()), format!("placement.lost_after must be between 1s and 1h, got {ms}ms"))),
+            },
+        };
+        Ok(PlacementSpec { channel: self.channel.map(Spanned::into_inner), tags, count, lost_after_ms })
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Cluster {
     last_seen: HashMap<String, u64>,
     /// Lease expiry per workload, on this process's clock (not journaled; see module docs).
     lease_expiry: HashMap<String, u64>,
+    /// When the next cell on a down host reaches its `lost_after` (see the engine).
+    pub next_write_off: Option<u64>,
     /// Hosts whose inventory is wanted (all of them after a restart).
     pub want_inventory: HashSet<String>,
     /// Starts waiting for a host or a lease: (workload, cell) → when to try again.
@@ -133,11 +135,15 @@ impl Cluster {
                 .leases
                 .iter()
                 .filter(|(_, l)| l.holder.is_some())
-                .map(|(w, _)| (w.clone(), now + config.lease.ttl_ms))
+                .map(|(w, _)| {
+                    let lost_after = projection.workloads.get(w).and_then(|w| w.spec.placement.as_ref()?.lost_after_ms);
+                    (w.clone(), now + config.lease.ttl_ms.max(lost_after.unwrap_or(0)))
+                })
                 .collect(),
             want_inventory: projection.hosts.keys().cloned().collect(),
             deferred: BTreeMap::new(),
             promoting: HashMap::new(),
+            next_write_off: None,
         }
     }
 
@@ -148,6 +154,12 @@ impl Cluster {
     pub fn seen(&mut self, host: &str, now: u64) {
         let entry = self.last_seen.entry(host.to_string()).or_insert(now);
         *entry = (*entry).max(now);
+    }
+
+    /// The last heartbeat from `host` on this process's clock (the end of the restart grace
+    /// period for one not heard from since).
+    pub fn last_seen(&self, host: &str) -> Option<u64> {
+        self.last_seen.get(host).copied()
     }
 
     /// Hosts that are up in the journal but silent past `host_ttl`.
@@ -169,7 +181,21 @@ impl Cluster {
             .filter(|h| h.up && !self.is_local(&h.name))
             .filter_map(|h| self.last_seen.get(&h.name).map(|seen| seen + self.config.host_ttl_ms + 1))
             .min();
-        [silence, self.deferred.values().min().copied()].into_iter().flatten().min()
+        [silence, self.deferred.values().min().copied(), self.next_write_off].into_iter().flatten().min()
+    }
+
+    /// A workload's lease timing: the cluster's, with the ttl stretched to its `lost_after`.
+    pub fn lease_timing(&self, workload: &Workload) -> LeaseTiming {
+        let mut timing = self.config.lease;
+        if let Some(lost_after) = workload.spec.placement.as_ref().and_then(|p| p.lost_after_ms) {
+            timing.ttl_ms = timing.ttl_ms.max(lost_after);
+        }
+        timing
+    }
+
+    /// How long `workload`'s host may be silent before its cell is written off.
+    pub fn tolerance_ms(&self, workload: &Workload) -> u64 {
+        self.lease_timing(workload).ttl_ms.max(self.config.host_ttl_ms)
     }
 
     /// The lease as `warden_core::lease` sees it: the journaled epoch and holder plus the
@@ -193,7 +219,8 @@ impl Cluster {
             .get(&claim.workload_id)
             .is_some_and(|w| w.current_host() == Some(host) && w.epoch == Some(claim.epoch));
         let Some(lease) = self.lease(projection, &claim.workload_id) else { return false };
-        match (current, warden_core::lease::renew(&lease, host, claim.epoch, now, &self.config.lease)) {
+        let Some(timing) = projection.workloads.get(&claim.workload_id).map(|w| self.lease_timing(w)) else { return false };
+        match (current, warden_core::lease::renew(&lease, host, claim.epoch, now, &timing)) {
             (true, Ok(renewed)) => {
                 self.lease_expiry.insert(claim.workload_id.clone(), renewed.expires_at_ms);
                 true
@@ -238,7 +265,7 @@ impl Cluster {
         }
         let current = self.lease(projection, workload_id);
         let expected = current.as_ref().map_or(0, |l| l.epoch);
-        match acquire(current.as_ref(), workload_id, &host, expected, now, &self.config.lease) {
+        match acquire(current.as_ref(), workload_id, &host, expected, now, &self.lease_timing(workload)) {
             Ok(lease) => {
                 self.lease_expiry.insert(workload_id.to_string(), lease.expires_at_ms);
                 Ok(vec![
@@ -320,7 +347,8 @@ impl Cluster {
             None => None,
         };
         let current = self.lease(projection, &request.workload_id);
-        let lease = acquire(current.as_ref(), &request.workload_id, host, request.expected_epoch, now, &self.config.lease)
+        let timing = self.lease_timing(workload);
+        let lease = acquire(current.as_ref(), &request.workload_id, host, request.expected_epoch, now, &timing)
             .map_err(|refused| AcquireRefused(refused.to_string()))?;
         self.lease_expiry.insert(request.workload_id.clone(), lease.expires_at_ms);
         let key = (request.workload_id.clone(), request.cell_id.clone());

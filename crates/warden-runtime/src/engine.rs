@@ -688,7 +688,10 @@ impl Engine {
                         cell_id,
                         cell: workload.spec.cell.clone(),
                         logs: workload.spec.logs,
-                        lease: workload.epoch.map(|epoch| StartLease { epoch }),
+                        lease: workload.epoch.map(|epoch| {
+                            let ttl_ms = self.cluster.lease_timing(workload).ttl_ms;
+                            StartLease { epoch, ttl_ms: (ttl_ms != self.cluster.config.lease.ttl_ms).then_some(ttl_ms) }
+                        }),
                         checkpoint: self.checkpoint_plan(workload),
                     };
                     self.cluster.queues.push(&host, start);
@@ -981,8 +984,10 @@ impl Engine {
         }
     }
 
-    /// Hosts silent past `host_ttl` are down; their cells are written off (their leases are not
-    /// released: each stays held until it expires, and the shims fence the cells before that).
+    /// Hosts silent past `host_ttl` are down. Their cells are written off once the host has been
+    /// silent for the workload's tolerance (`host_ttl`, or its `placement.lost_after`), which is
+    /// also how long its lease lasts: the lease is not released, and the shim fences the cell
+    /// before it expires.
     fn hosts_gone_silent(&mut self, now: u64, events: &mut Vec<EventData>, effects: &mut Vec<Effect>) {
         for host in self.cluster.silent_hosts(&self.live, now) {
             let ttl = self.cluster.config.host_ttl_ms;
@@ -990,17 +995,27 @@ impl Engine {
             self.live.apply_data(&data, now);
             events.push(data);
             self.cluster.want_inventory.insert(host.clone());
-            let cells: Vec<(String, String)> = self
-                .live
-                .workloads
-                .values()
-                .filter(|w| w.current_host() == Some(host.as_str()))
-                .filter_map(|w| w.phase.cell_id().map(|c| (w.id().to_string(), c.to_string())))
-                .collect();
-            for (workload_id, cell_id) in cells {
-                let input = Input::HostLost { cell_id, host: Some(host.clone()), reason: format!("host {host} is down") };
-                self.advance_into(&workload_id, &input, now, events, effects);
+        }
+        self.cluster.next_write_off = None;
+        if self.live.hosts.values().all(|h| h.up) {
+            return;
+        }
+        let mut lost = Vec::new();
+        for w in self.live.workloads.values() {
+            let Some(host) = w.current_host().filter(|h| self.live.hosts.get(*h).is_some_and(|r| !r.up)) else { continue };
+            let Some(cell_id) = w.phase.cell_id() else { continue };
+            let silent_since = self.cluster.last_seen(host).unwrap_or(0);
+            let write_off_at = silent_since.saturating_add(self.cluster.tolerance_ms(w));
+            if now > write_off_at {
+                lost.push((w.id().to_string(), cell_id.to_string(), host.to_string()));
+            } else {
+                let next = self.cluster.next_write_off.map_or(write_off_at + 1, |at| at.min(write_off_at + 1));
+                self.cluster.next_write_off = Some(next);
             }
+        }
+        for (workload_id, cell_id, host) in lost {
+            let input = Input::HostLost { cell_id, host: Some(host.clone()), reason: format!("host {host} is down") };
+            self.advance_into(&workload_id, &input, now, events, effects);
         }
     }
 

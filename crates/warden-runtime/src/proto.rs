@@ -247,6 +247,9 @@ impl std::fmt::Debug for CheckpointPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartLease {
     pub epoch: u64,
+    /// The workload's lease ttl when it is not the cluster's (`placement.lost_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// `POST /v1/agents/revoke`: the holder of `epoch` evicted `cell_id` and gives the lease up;

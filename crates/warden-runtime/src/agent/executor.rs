@@ -39,6 +39,9 @@ pub(super) const BLOB_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// checkpointing the cells it re-adopts.
 const CHECKPOINT_FILE: &str = "checkpoint.json";
 
+/// `<cell dir>/lease_ttl_ms`: a workload's own lease ttl (`lost_after`), for re-adoption.
+const LEASE_TTL_FILE: &str = "lease_ttl_ms";
+
 /// The environment variable a fenced cell finds its lease epoch in.
 pub const EPOCH_ENV: &str = "WARDEN_EPOCH";
 
@@ -126,6 +129,8 @@ pub(super) struct Entry {
     /// A hot standby: fenced under epoch 0, which this agent extends on its own until a
     /// promotion gives the cell a lease (see `standby.rs`).
     pub(super) hot_standby: bool,
+    /// The lease ttl of the cell's workload when it is not the cluster's (`lost_after`).
+    pub(super) lease_ttl_ms: Option<u64>,
 }
 
 impl Entry {
@@ -140,6 +145,7 @@ impl Entry {
             checkpoint_now: None,
             evicting: None,
             hot_standby: false,
+            lease_ttl_ms: None,
         }
     }
 }
@@ -240,6 +246,15 @@ impl Executor {
 
     pub fn timing(&self) -> &LeaseTiming {
         &self.inner.timing
+    }
+
+    /// The lease timing of a cell whose workload has its own ttl (`lost_after`), if it has.
+    pub(super) fn timing_for(&self, ttl_ms: Option<u64>) -> LeaseTiming {
+        let mut timing = self.inner.timing;
+        if let Some(ttl) = ttl_ms {
+            timing.ttl_ms = timing.ttl_ms.max(ttl);
+        }
+        timing
     }
 
     /// Resolves once a report was queued since the last call (a permit is kept if nobody waits).
@@ -349,9 +364,10 @@ impl Executor {
             let mut cells = self.cells();
             for (renewal, &renewed) in renewals.iter().zip(answers) {
                 let Some(entry) = cells.get_mut(&renewal.cell_id) else { continue };
+                let timing = self.timing_for(entry.lease_ttl_ms);
                 let Some(held) = entry.lease.as_mut().filter(|held| held.epoch == renewal.claim.epoch) else { continue };
                 if renewed {
-                    held.extend(sent_at_ms, &self.inner.timing);
+                    held.extend(sent_at_ms, &timing);
                     extend.push((renewal.cell_id.clone(), *held));
                 } else {
                     tracing::warn!(
@@ -438,7 +454,9 @@ impl Executor {
     ) {
         let hot = self.cells().get(&cell_id).map(|entry| entry.hot_standby && matches!(entry.state, Tracked::Running(_)));
         match (hot, lease) {
-            (Some(true), Some(StartLease { epoch })) => return self.promote_hot(workload_id, cell_id, epoch).await,
+            (Some(true), Some(StartLease { epoch, ttl_ms })) => {
+                return self.promote_hot(workload_id, cell_id, epoch, ttl_ms).await
+            }
             (Some(_), _) => {
                 tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
                 return;
@@ -457,6 +475,7 @@ impl Executor {
             self.adopt(workload_id, cell_id, state).await;
             return;
         }
+        let ttl = lease.and_then(|l| l.ttl_ms);
         self.cells().insert(
             cell_id.clone(),
             Entry {
@@ -468,11 +487,12 @@ impl Executor {
                 checkpoint_now: None,
                 evicting: None,
                 hot_standby: false,
+                lease_ttl_ms: ttl,
             },
         );
 
         let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, &self.inner.logs_dir);
-        if let Some(StartLease { epoch }) = lease {
+        if let Some(StartLease { epoch, ttl_ms }) = lease {
             // The command may be old news: claim the lease now, and count the fence from the
             // claim's send time, not from when the control plane granted it.
             let Some(sent_at) = self.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
@@ -482,7 +502,7 @@ impl Executor {
                 self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
                 return;
             };
-            let held = HeldLease::answered(epoch, sent_at, &self.inner.timing);
+            let held = HeldLease::answered(epoch, sent_at, &self.timing_for(ttl_ms));
             if let Some(entry) = self.cells().get_mut(&cell_id) {
                 entry.lease = Some(held);
             }
@@ -524,6 +544,11 @@ impl Executor {
                     let _ = tokio::task::spawn_blocking(move || backend.signal(&id, true)).await;
                 }
                 self.watch(cell_id.clone(), started);
+                if let Some(ttl) = ttl {
+                    if let Err(e) = std::fs::write(self.inner.backend.cell_dir(&cell_id).join(LEASE_TTL_FILE), ttl.to_string()) {
+                        tracing::warn!(%cell_id, "cannot keep the lease ttl in the cell dir (a restarted agent fences it sooner): {e}");
+                    }
+                }
                 if let Some(plan) = checkpoint {
                     if let Err(e) = write_checkpoint_plan(&self.inner.backend.cell_dir(&cell_id), &plan) {
                         tracing::warn!(%cell_id, "cannot keep the checkpoint plan in the cell dir (a restarted agent will not checkpoint this cell): {e}");
@@ -669,6 +694,9 @@ impl Executor {
             checkpoint_now: None,
             evicting: None,
             hot_standby,
+            lease_ttl_ms: std::fs::read_to_string(self.inner.backend.cell_dir(&cell_id).join(LEASE_TTL_FILE))
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
         };
         self.cells().insert(cell_id.clone(), entry);
         if hot_standby {

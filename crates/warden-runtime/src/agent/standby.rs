@@ -211,6 +211,7 @@ impl Executor {
                 checkpoint_now: None,
                 evicting: None,
                 hot_standby: true,
+                lease_ttl_ms: None,
             },
         );
         match self.spawn_cell(config).await {
@@ -259,7 +260,7 @@ impl Executor {
 
     /// The `Start` after this hot standby won: claims the lease like any start, hands it to the
     /// running cell's shim, and tells the cell (role file, SIGUSR1).
-    pub(super) async fn promote_hot(&self, workload_id: String, cell_id: String, epoch: u64) {
+    pub(super) async fn promote_hot(&self, workload_id: String, cell_id: String, epoch: u64, ttl_ms: Option<u64>) {
         let Some(sent_at) = self.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
             let error = format!("lease epoch {epoch} could not be claimed");
             tracing::info!(%cell_id, "hot standby not promoted: {error}");
@@ -267,13 +268,14 @@ impl Executor {
             self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
             return;
         };
-        let held = HeldLease::answered(epoch, sent_at, self.timing());
+        let held = HeldLease::answered(epoch, sent_at, &self.timing_for(ttl_ms));
         let started = {
             let mut cells = self.cells();
             let Some(entry) = cells.get_mut(&cell_id) else { return };
             let Tracked::Running(started) = entry.state.clone() else { return };
             entry.hot_standby = false;
             entry.lease = Some(held);
+            entry.lease_ttl_ms = ttl_ms;
             // Under the lock: no standby extension can follow this write.
             if let Err(e) = self.backend().renew_lease(&cell_id, epoch, held.deadline_ms.saturating_mul(1_000_000)) {
                 tracing::warn!(%cell_id, "cannot hand lease epoch {epoch} to the shim: {e}");
