@@ -67,6 +67,18 @@ fn starts(path: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The counter the cell of `epoch` started from (waiting up to 5 s for it to start).
+fn counter_at_start(starts_log: &Path, epoch: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((_, n)) = starts(starts_log).into_iter().find(|(e, _)| *e == epoch.to_string()) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the cell of epoch {epoch} never started: {:?}", starts(starts_log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn respawn(cluster: &mut Cluster, name: &str) {
     let (url, token, config_home) =
         (format!("http://{}", cluster.server.addr()), cluster.server.join_token(), cluster.server.config_home());
@@ -140,15 +152,7 @@ fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
     eprintln!("warm-standby failover: {took:?}, to {} at epoch {:?}", moved.host, moved.epoch);
     assert!(slot_hosts.contains(&moved.host), "a standby took over, not a cold host: {moved:?}");
     assert_eq!((moved.failovers, moved.restarts), (1, 0), "a failover is not a restart: {moved:?}");
-    let new_epoch = moved.epoch.unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let restored = loop {
-        if let Some((_, n)) = starts(&starts_log).into_iter().find(|(e, _)| *e == new_epoch) {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "the promoted standby never started: {:?}", starts(&starts_log));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let restored = counter_at_start(&starts_log, moved.epoch.unwrap());
     assert!(restored >= staged_counter, "started from {restored}, below the staged checkpoint's {staged_counter}");
     assert_eq!(current_hex, hex, "the checkpoint the standby staged was the latest one");
 
@@ -245,15 +249,7 @@ fn draining_the_primary_hands_over_its_final_state_without_waiting_for_the_lease
     assert_eq!(moved.host, standby, "the standby took over: {moved:?}");
     assert_eq!((moved.failovers, moved.restarts), (1, 0));
 
-    let new_epoch = moved.epoch.unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let restored = loop {
-        if let Some((_, n)) = starts(&starts_log).into_iter().find(|(e, _)| *e == new_epoch) {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "the new primary never started: {:?}", starts(&starts_log));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let restored = counter_at_start(&starts_log, moved.epoch.unwrap());
     std::thread::sleep(Duration::from_millis(300));
     let spans = check_no_overlap(&truth);
     let old_lines = spans[&epoch].lines as u64;

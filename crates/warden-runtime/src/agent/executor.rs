@@ -136,16 +136,21 @@ pub(super) struct Entry {
 impl Entry {
     /// A cell found already ended: nothing to renew, watch or checkpoint.
     fn exited(workload_id: String, exit: CellExit) -> Entry {
+        Entry { state: Tracked::Exited(exit), ..Entry::starting(workload_id, false, None) }
+    }
+
+    /// A cell being started here (a hot standby's, or one with its own lease ttl).
+    pub(super) fn starting(workload_id: String, hot_standby: bool, lease_ttl_ms: Option<u64>) -> Entry {
         Entry {
             workload_id,
-            state: Tracked::Exited(exit),
+            state: Tracked::Starting,
             lease: None,
             lease_lost: false,
             remove_when_exited: false,
             checkpoint_now: None,
             evicting: None,
-            hot_standby: false,
-            lease_ttl_ms: None,
+            hot_standby,
+            lease_ttl_ms,
         }
     }
 }
@@ -476,20 +481,7 @@ impl Executor {
             return;
         }
         let ttl = lease.and_then(|l| l.ttl_ms);
-        self.cells().insert(
-            cell_id.clone(),
-            Entry {
-                workload_id: workload_id.clone(),
-                state: Tracked::Starting,
-                lease: None,
-                lease_lost: false,
-                remove_when_exited: false,
-                checkpoint_now: None,
-                evicting: None,
-                hot_standby: false,
-                lease_ttl_ms: ttl,
-            },
-        );
+        self.cells().insert(cell_id.clone(), Entry::starting(workload_id.clone(), false, ttl));
 
         let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, &self.inner.logs_dir);
         if let Some(StartLease { epoch, ttl_ms }) = lease {

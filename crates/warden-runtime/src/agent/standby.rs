@@ -200,20 +200,7 @@ impl Executor {
         let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
         config.env.insert(ROLE_FILE_ENV.into(), role_file.display().to_string());
         config.env.remove(EPOCH_ENV);
-        self.cells().insert(
-            cell_id.clone(),
-            Entry {
-                workload_id: workload_id.clone(),
-                state: Tracked::Starting,
-                lease: None,
-                lease_lost: false,
-                remove_when_exited: false,
-                checkpoint_now: None,
-                evicting: None,
-                hot_standby: true,
-                lease_ttl_ms: None,
-            },
-        );
+        self.cells().insert(cell_id.clone(), Entry::starting(workload_id.clone(), true, None));
         match self.spawn_cell(config).await {
             Ok(started) => {
                 // Written after the start (the shim makes the dir): a cell that finds no file yet
