@@ -100,6 +100,13 @@ fn checkpoint_round_trip_across_hosts() {
         seen.len() >= 2
     });
     assert!(seen.iter().all(|uri| uri.starts_with("blob:sha256:")), "{seen:?}");
+    // A superseded checkpoint is deleted from the blob store once the next one is journaled.
+    let first = warden_runtime::checkpoint::blob_hex(&seen[0]).unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.server.api("GET", &format!("/v1/blobs/{first}"), b"").0 != 404 {
+        assert!(Instant::now() < deadline, "superseded checkpoint {first} is still stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // One on request.
     let before = cluster.server.status(&id).info.state_uri.unwrap();

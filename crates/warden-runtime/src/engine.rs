@@ -201,6 +201,8 @@ pub struct Engine {
     cluster: Cluster,
     /// Checkpointed workloads' keys (`<data-dir>/keys`, see `checkpoint.rs`).
     keys: Keys,
+    /// Checkpoint blobs superseded in this batch (`sha256:<hex>`), deleted once it is durable.
+    superseded: Vec<String>,
 }
 
 impl Engine {
@@ -258,6 +260,7 @@ impl Engine {
             manifests,
             cluster,
             keys: Keys::new(keys_dir),
+            superseded: Vec::new(),
         };
         Ok((engine, handle))
     }
@@ -553,6 +556,17 @@ impl Engine {
         if !events.is_empty() || !jobs.artifacts.is_empty() {
             self.commit(events, jobs.artifacts, now).await;
         }
+        // Superseded checkpoints: the new one is durable, nothing will restore the old one (only
+        // the current cell's reports move `state_uri`, and it already started).
+        let superseded = std::mem::take(&mut self.superseded);
+        if !superseded.is_empty() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.delete_artifacts(superseded) {
+                    tracing::warn!("cannot delete superseded checkpoints: {e}");
+                }
+            });
+        }
         for run_id in jobs.finished {
             let dir = self.jobs.run_dir(&run_id);
             tokio::task::spawn_blocking(move || {
@@ -847,6 +861,7 @@ impl Engine {
             let epoch = workload.epoch;
             if let ReportEvent::Checkpointed { state_uri, size_bytes } = &report.event {
                 if crate::checkpoint::blob_hex(state_uri).is_some() && workload.info.state_uri.as_deref() != Some(state_uri) {
+                    self.superseded.extend(workload.info.state_uri.as_deref().and_then(blob_artifact_id));
                     let data = EventData::CheckpointTaken {
                         workload_id: report.workload_id.clone(),
                         cell_id: report.cell_id.clone(),
@@ -1152,6 +1167,11 @@ impl Engine {
                 return Err(ApiError::BadRequest(format!("state_uri {uri:?} is not blob:sha256:<hex>")));
             }
         }
+        if let Some(previous) =
+            request.state_uri.as_ref().and(self.live.workloads[&request.workload_id].info.state_uri.as_deref())
+        {
+            self.superseded.extend(blob_artifact_id(previous));
+        }
         let data = EventData::LeaseRevoked {
             workload_id: request.workload_id.clone(),
             epoch: request.epoch,
@@ -1299,6 +1319,11 @@ impl Engine {
             }
         });
     }
+}
+
+/// The blob store's artifact id of a `blob:sha256:<hex>` state uri.
+fn blob_artifact_id(state_uri: &str) -> Option<String> {
+    crate::checkpoint::blob_hex(state_uri).map(|hex| format!("sha256:{hex}"))
 }
 
 /// The service an `each-host` instance belongs to: `ID` of its consumer id `ID@HOST`.

@@ -130,6 +130,11 @@ pub trait Store: Send + Sync + 'static {
     /// mismatch is [`StoreError::ArtifactCorrupt`], never the damaged bytes.
     fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Forgets the artifacts `ids` (those not stored are skipped); how many were there. Only
+    /// for artifacts nothing will read again — superseded checkpoint blobs: events may still
+    /// name them, as history. Not part of the hash chain, so the journal stays verifiable.
+    fn delete_artifacts(&self, ids: Vec<String>) -> Result<usize, StoreError>;
+
     /// Events with seq > after_seq, ascending, at most `limit`; if `subject` is Some, only
     /// events with that subject.
     fn read_after(&self, after_seq: u64, limit: usize, subject: Option<&str>) -> Result<Vec<CloudEvent>, StoreError>;

@@ -81,6 +81,7 @@ enum Request {
     // Snapshots go through the writer too, so there is only ever one writing connection and
     // no SQLITE_BUSY between it and another.
     Snapshot { seq: u64, body: Vec<u8>, reply: SyncSender<Result<(), StoreError>> },
+    DeleteArtifacts { ids: Vec<String>, reply: SyncSender<Result<usize, StoreError>> },
 }
 
 /// The SQLite journal. See the module docs.
@@ -210,6 +211,15 @@ impl Store for SqliteStore {
         answer.recv().map_err(|_| StoreError::Closed)?
     }
 
+    fn delete_artifacts(&self, ids: Vec<String>) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Request::DeleteArtifacts { ids, reply })?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1")?;
@@ -243,6 +253,9 @@ impl Writer {
             match first {
                 Request::Snapshot { seq, body, reply } => {
                     let _ = reply.send(self.put_snapshot(seq, &body));
+                }
+                Request::DeleteArtifacts { ids, reply } => {
+                    let _ = reply.send(self.delete_artifacts(&ids));
                 }
                 Request::Append(pending) => {
                     let mut n_rows = pending.n_rows();
@@ -334,6 +347,16 @@ impl Writer {
         // With synchronous=FULL this is the fsync; nobody hears back before it returns.
         tx.commit()?;
         Ok((sealed_groups, Head { seq, hash: prev_hash }))
+    }
+
+    fn delete_artifacts(&mut self, ids: &[String]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += tx.prepare_cached("DELETE FROM artifacts WHERE id = ?1")?.execute([id])?;
+        }
+        tx.commit()?;
+        Ok(deleted)
     }
 
     fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {

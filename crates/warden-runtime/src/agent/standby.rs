@@ -116,8 +116,12 @@ impl Executor {
         tokio::spawn(async move {
             match executor.fetch_blob(&hex).await {
                 Ok(blob) => {
-                    // Disarmed or re-armed meanwhile: this blob is no longer wanted.
-                    if !executor.standbys().contains_key(&workload_id) {
+                    // Disarmed, or re-armed with a newer checkpoint meanwhile: not wanted.
+                    let still_wanted = executor.standbys().get(&workload_id).is_some_and(|armed| {
+                        armed.checkpoint.as_ref().and_then(|p| p.restore.as_deref()).and_then(checkpoint::blob_hex)
+                            == Some(hex.as_str())
+                    });
+                    if !still_wanted {
                         return;
                     }
                     if let Err(e) = write_private(&blob_path, &blob) {
