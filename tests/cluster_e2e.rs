@@ -178,3 +178,40 @@ fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     check_no_overlap(&truth);
     assert!(moved.epoch.unwrap() > epoch);
 }
+
+#[test]
+fn logs_of_a_cell_on_an_agent_are_relayed_and_followed() {
+    let cluster = Cluster::start(2);
+    let spec = "name = \"chatty\"\n[cell]\nargv = [\"sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.1; done\"]\ngraceful_shutdown = \"1s\"\n[placement]\ninstances = 1\n";
+    let id = cluster.server.run("chatty.toml", spec);
+    let view = cluster.server.wait_for(&id, "running", |v| v.state == "running");
+    assert_ne!(view.host, "", "{view:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    let logs = cluster.server.cli_ok(&["logs", &id]);
+    assert!(logs.starts_with("line-1\n") && logs.contains("line-3\n"), "the agent's output, from the start: {logs:?}");
+
+    // Followed: new lines keep coming until the workload is stopped, then the stream ends.
+    let mut follow = std::process::Command::new(support::bin())
+        .args(["logs", "-f", &id])
+        .env("WARDEN_ADDR", cluster.server.addr())
+        .env("XDG_CONFIG_HOME", cluster.server.config_home())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    cluster.server.cli_ok(&["stop", &id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "logs -f did not end with the workload");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(follow.stdout.as_mut().unwrap(), &mut out).unwrap();
+    let last: u64 = out.lines().last().and_then(|l| l.strip_prefix("line-")).unwrap().parse().unwrap();
+    let before: u64 = logs.lines().last().unwrap().strip_prefix("line-").unwrap().parse().unwrap();
+    assert!(last > before + 5, "followed past what the first call saw ({before} → {last})");
+}

@@ -339,3 +339,79 @@ fn a_hot_standby_is_promoted_in_place() {
     let rearmed = cluster.wait_for(&id, "a new hot standby", |v| v.standbys.len() == 1 && v.standbys[0].primary == moved.host);
     assert_ne!(rearmed.standbys[0].host, moved.host);
 }
+
+/// Waits (10 s at most) until every host of `slot_hosts` has staged the checkpoint `hex` of
+/// `id`; the counter in it (decrypted with the control plane's key into `<root>/peek-<hex>`).
+fn staged_counter(cluster: &Cluster, id: &str, hex: &str, slot_hosts: &[String]) -> u64 {
+    let staged = |host: &str| cluster.agent(host).data_dir.join("standbys").join(format!("{id}.{hex}.blob"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !slot_hosts.iter().all(|h| staged(h).exists()) {
+        assert!(Instant::now() < deadline, "the standbys never fetched blob {hex}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = std::fs::read(cluster.server.data_dir().join("keys").join(id)).unwrap();
+    let dir = cluster.server.root.path().join(format!("peek-{hex}"));
+    let blob = std::fs::read(staged(&slot_hosts[0])).unwrap();
+    warden_runtime::checkpoint::restore(&dir, &key.try_into().unwrap(), id, hex, &blob).unwrap();
+    std::fs::read_to_string(dir.join("counter")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_control_plane_restart_mid_failover_still_promotes_one_standby() {
+    let mut cluster = Cluster::start(3);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
+    let armed = cluster.wait_for(&id, "two armed standbys", |v| v.state == "running" && v.standbys.len() == 2);
+    let (primary, epoch) = (armed.host.clone(), armed.epoch.expect("a primary has an epoch"));
+    let slot_hosts: Vec<String> = armed.standbys.iter().map(|s| s.host.clone()).collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.server.cli_ok(&["checkpoint", &id]);
+    let checkpointed = cluster.wait_for(&id, "a checkpoint", |v| v.info.state_uri.is_some());
+    let uri = checkpointed.info.state_uri.clone().unwrap();
+    let hex = warden_runtime::checkpoint::blob_hex(&uri).unwrap().to_string();
+    let checkpoint_counter = staged_counter(&cluster, &id, &hex, &slot_hosts);
+
+    // The primary's host dies; 300 ms later, before the control plane could notice (host_ttl is
+    // 1.5 s), so does the control plane. It comes back a second later on the same data dir and
+    // address; the agents left reconnect by themselves.
+    let port = cluster.server.port;
+    cluster.agent_mut(&primary).kill_host();
+    let killed_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.server.kill9();
+    let server_killed = killed_at.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let restarting = Instant::now();
+    cluster.server.up();
+    let (restarted, restart_took) = (killed_at.elapsed(), restarting.elapsed());
+    assert_eq!(cluster.server.port, port, "the agents reconnect to the same address");
+
+    // The restarted control plane gives every host a 5 s grace and counts the lease as renewed
+    // at start-up, so this takes longer than a failover it saw from the start.
+    let (moved, took) = cluster.wait_primary_elsewhere(&id, &primary, epoch, killed_at, Duration::from_secs(15));
+    let after_restart = took.saturating_sub(restarted);
+    eprintln!(
+        "control plane killed {server_killed:?} after the host, back after {restarted:?} (up in {restart_took:?}); \
+         failover {took:?} after the host died, {after_restart:?} after the restart, to {} at epoch {:?}",
+        moved.host, moved.epoch
+    );
+    let new_epoch = moved.epoch.unwrap();
+    assert!(slot_hosts.contains(&moved.host), "a standby took over, not a cold host: {moved:?}");
+    assert_eq!((moved.failovers, moved.restarts), (1, 0), "one failover, no restart: {moved:?}");
+    let restored = counter_at_start(&starts_log, new_epoch);
+    assert!(restored >= checkpoint_counter, "started from {restored}, below the checkpoint's {checkpoint_counter}");
+
+    // No second promotion: two seconds on, still the same primary, and the ground truth holds
+    // the old epoch and exactly one more.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = cluster.server.status(&id);
+    assert_eq!((later.host.as_str(), later.epoch, later.failovers), (moved.host.as_str(), Some(new_epoch), 1), "{later:?}");
+    let spans = check_no_overlap(&truth);
+    assert_eq!(spans.keys().copied().collect::<Vec<_>>(), vec![epoch, new_epoch], "one new epoch served: {spans:?}");
+    let starts_seen = starts(&starts_log);
+    assert_eq!(starts_seen.len(), 2, "two starts, the primary's and the promoted standby's: {starts_seen:?}");
+    let events = cluster.server.cli_ok(&["events", "-o", "json"]);
+    assert_eq!(events.matches("dev.warden.workload.failover.v1").count(), 1, "one failover journaled");
+}

@@ -328,8 +328,9 @@ for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
             wrote += 1
         except OSError:
             pass
-for sig in (signal.SIGKILL, signal.SIGUSR1, signal.SIGCHLD):
-    os.kill(1, sig)  # PID 1 ignores what it has no use for
+# PID 1 ignores what it has no use for (SIGHUP/SIGUSR1/SIGUSR2 it would forward: back to us).
+for sig in (signal.SIGKILL, signal.SIGPIPE, signal.SIGCHLD):
+    os.kill(1, sig)
 print("\nforged into", wrote, "places", flush=True)
 sys.exit(3)
 "#

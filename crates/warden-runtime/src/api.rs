@@ -71,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/heartbeat", post(agent_heartbeat))
         .route("/v1/agents/acquire", post(agent_acquire))
         .route("/v1/agents/revoke", post(agent_revoke))
+        .route("/v1/agents/logs/:request", post(agent_logs))
         .route("/v1/agents/commands", get(agent_commands))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
     // Checkpoint blobs: hosts store and fetch them, admins may fetch them; bodies up to
@@ -95,6 +96,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(ErrorBody { error: self.to_string() })).into_response()
@@ -496,71 +498,85 @@ async fn logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let (id, max_files) = {
+    let (id, max_files, remote) = {
         let shared = state.shared.read().expect("projection lock");
         let id = resolve(&shared, &id)?;
-        let max_files = shared.workloads[&id].spec.logs.max_files;
-        (id, max_files)
+        let workload = &shared.workloads[&id];
+        // The latest cell's host has its output (an earlier host's is not fetched).
+        let remote = workload.host.clone().filter(|h| shared.hosts.contains_key(h));
+        (id, workload.spec.logs.max_files, remote)
     };
-    let dir = state.logs_dir.join(&id);
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        for n in (1..=max_files).rev() {
-            if let Ok(bytes) = tokio::fs::read(dir.join(format!("output.log.{n}"))).await {
-                if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let live = dir.join("output.log");
-        let mut offset = 0u64;
-        let mut inode = None;
-        loop {
-            let ended = {
-                let shared = state.shared.read().expect("projection lock");
-                shared.workloads.get(&id).is_none_or(|w| w.phase.is_terminal())
+    let (tx, rx) = mpsc::channel::<crate::logs::Chunk>(16);
+    match remote {
+        Some(host) => {
+            let request_id = state.queues.open_logs(&host, tx);
+            let command = crate::proto::CommandKind::Logs {
+                request_id: request_id.clone(),
+                workload_id: id,
+                max_files,
+                follow: query.follow,
             };
-            if let Ok(meta) = tokio::fs::metadata(&live).await {
-                use std::os::unix::fs::MetadataExt;
-                if inode.is_some_and(|i| i != meta.ino()) || meta.len() < offset {
-                    offset = 0; // rotated: the new live file starts from its beginning
-                }
-                inode = Some(meta.ino());
-                if meta.len() > offset {
-                    match read_from(&live, offset).await {
-                        Ok(bytes) => {
-                            offset += bytes.len() as u64;
-                            if tx.send(Ok(Bytes::from(bytes))).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
+            state.queues.push(&host, command);
+            // A host that does not answer (down, partitioned) must not hold the caller forever.
+            let queues = state.queues.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(REMOTE_LOGS_ANSWER_WITHIN).await;
+                if let Some(session) = queues.log_session(&request_id) {
+                    if !session.answered.load(std::sync::atomic::Ordering::Relaxed) {
+                        let why = format!("host {} did not send the logs within {REMOTE_LOGS_ANSWER_WITHIN:?}", session.host);
+                        let _ = session.tx.send(Err(std::io::Error::other(why))).await;
+                        queues.close_logs(&request_id);
                     }
                 }
-            }
-            if !query.follow || ended {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            });
         }
-    });
+        None => {
+            let dir = state.logs_dir.join(&id);
+            let shared = state.shared.clone();
+            let ended = move || shared.read().expect("projection lock").workloads.get(&id).is_none_or(|w| w.phase.is_terminal());
+            tokio::spawn(crate::logs::tail(dir, max_files, query.follow, ended, tx));
+        }
+    }
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .expect("valid response"))
 }
 
-async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut bytes = Vec::new();
-    file.take(1 << 20).read_to_end(&mut bytes).await?;
-    Ok(bytes)
+/// How long an agent has to start sending a `warden logs` it was asked for.
+const REMOTE_LOGS_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+struct AgentLogsQuery {
+    #[serde(default)]
+    done: bool,
+}
+
+/// `POST /v1/agents/logs/:request`: a chunk of a cell's output for a `warden logs` (and, with
+/// `done`, its end); 410 once nobody reads it any more.
+async fn agent_logs(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    Path(request_id): Path<String>,
+    Query(query): Query<AgentLogsQuery>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Some(session) = state.queues.log_session(&request_id) else {
+        return Err(ApiError::Gone(format!("no one reads logs {request_id} any more")));
+    };
+    let principal_of_host = state.shared.read().expect("projection lock").hosts.get(&session.host).map(|h| h.principal.clone());
+    if principal_of_host.as_deref() != Some(principal.as_str()) {
+        return Err(ApiError::Forbidden(format!("logs {request_id} were asked of host {}", session.host)));
+    }
+    session.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+    if !body.is_empty() && session.tx.send(Ok(body)).await.is_err() {
+        state.queues.close_logs(&request_id);
+        return Err(ApiError::Gone(format!("no one reads logs {request_id} any more")));
+    }
+    if query.done {
+        state.queues.close_logs(&request_id);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

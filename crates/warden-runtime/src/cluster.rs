@@ -49,6 +49,17 @@ pub struct Queues {
     hosts: Mutex<HashMap<String, HostQueue>>,
     /// For views only (`warden hosts`); liveness decisions use the engine's own record.
     heartbeats: Mutex<HashMap<String, u64>>,
+    /// `warden logs` of cells on agents, by request id: where the agent's chunks go.
+    log_sessions: Mutex<HashMap<String, LogSession>>,
+}
+
+/// A `warden logs` waiting on an agent's chunks.
+#[derive(Clone)]
+pub struct LogSession {
+    pub host: String,
+    pub tx: tokio::sync::mpsc::Sender<crate::logs::Chunk>,
+    /// The agent sent something (else the caller is told it did not answer).
+    pub answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -64,7 +75,29 @@ const MAX_QUEUED: usize = 10_000;
 
 impl Queues {
     pub fn new(incarnation: String) -> Queues {
-        Queues { incarnation, hosts: Mutex::new(HashMap::new()), heartbeats: Mutex::new(HashMap::new()) }
+        Queues {
+            incarnation,
+            hosts: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(HashMap::new()),
+            log_sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a `warden logs` of a cell on `host`; its request id.
+    pub fn open_logs(&self, host: &str, tx: tokio::sync::mpsc::Sender<crate::logs::Chunk>) -> String {
+        let id = crate::engine::random_id("l-");
+        let session = LogSession { host: host.to_string(), tx, answered: Arc::default() };
+        self.log_sessions.lock().expect("log sessions lock").insert(id.clone(), session);
+        id
+    }
+
+    pub fn log_session(&self, id: &str) -> Option<LogSession> {
+        self.log_sessions.lock().expect("log sessions lock").get(id).cloned()
+    }
+
+    /// Ends a session: its reader sees the end of the stream.
+    pub fn close_logs(&self, id: &str) {
+        self.log_sessions.lock().expect("log sessions lock").remove(id);
     }
 
     pub fn heartbeat_seen(&self, host: &str, now: u64) {

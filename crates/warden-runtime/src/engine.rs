@@ -61,6 +61,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// What was asked for is over (a `warden logs` nobody reads any more): a 410.
+    #[error("{0}")]
+    Gone(String),
     /// warden's own fault (e.g. a corrupt artifact): a 500.
     #[error("{0}")]
     Internal(String),

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod engine;
 pub mod jobs;
+pub mod logs;
 pub mod paths;
 pub mod proto;
 pub mod view;

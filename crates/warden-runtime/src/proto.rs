@@ -11,6 +11,7 @@
 //!                                                               arm / disarm / promote standbys
 //!   POST /v1/agents/revoke   {workload, cell, epoch, state_uri} ──▶ a drained host gives a lease up
 //!   POST /v1/agents/acquire  {workload, cell, expected epoch} ──▶ a standby asks for the lease
+//!   POST /v1/agents/logs/<request>  (a chunk of a cell's output) ──▶ relayed to `warden logs`
 //!        ◀── {epoch} (won: a `Start` follows)  |  409 (lost: someone else holds it)
 //! ```
 //!
@@ -199,6 +200,10 @@ pub enum CommandKind {
     },
     /// This host no longer keeps a standby of the workload.
     Disarm { workload_id: String },
+    /// Send the workload's output here (`logs::tail`) to `POST /v1/agents/logs/<request_id>`, in
+    /// chunks, then once more with `?done=true`; with `follow`, until its cell here has ended or
+    /// the control plane answers 410 (nobody reads any more).
+    Logs { request_id: String, workload_id: String, max_files: u32, follow: bool },
     /// The host is drained: stop this primary (SIGTERM, SIGKILL after `grace_ms`), take a final
     /// checkpoint if it keeps them, and give the lease up (`revoke`) so a standby or a new
     /// cell elsewhere takes over at once, without waiting for the lease to expire.

@@ -441,6 +441,9 @@ impl Executor {
             CommandKind::Remove { cell_id } => self.remove(cell_id).await,
             arm @ CommandKind::Arm { .. } => self.arm(arm),
             CommandKind::Disarm { workload_id } => self.disarm(&workload_id),
+            CommandKind::Logs { request_id, workload_id, max_files, follow } => {
+                self.send_logs(request_id, workload_id, max_files, follow)
+            }
             CommandKind::Evict { workload_id, cell_id, epoch, grace_ms } => {
                 self.evict(workload_id, cell_id, epoch, grace_ms).await
             }
@@ -757,6 +760,37 @@ impl Executor {
         tokio::spawn(async move {
             let exit = crate::cells::wait_exit(executor.inner.backend.clone(), &cell_id, started).await;
             executor.ended(cell_id, exit).await;
+        });
+    }
+
+    /// Sends a workload's output up for a `warden logs` (see `CommandKind::Logs`), in the
+    /// background.
+    fn send_logs(&self, request_id: String, workload_id: String, max_files: u32, follow: bool) {
+        let Some((http, _)) = self.control_plane() else { return };
+        let (tx, mut rx) = mpsc::channel::<crate::logs::Chunk>(4);
+        let dir = self.inner.logs_dir.join(&workload_id);
+        let executor = self.clone();
+        let running = move || {
+            executor
+                .cells()
+                .values()
+                .any(|e| e.workload_id == workload_id && matches!(e.state, Tracked::Running(_) | Tracked::Starting))
+        };
+        tokio::spawn(crate::logs::tail(dir, max_files, follow, move || !running(), tx));
+        tokio::spawn(async move {
+            let path = format!("/v1/agents/logs/{request_id}");
+            while let Some(chunk) = rx.recv().await {
+                let bytes = match chunk {
+                    Ok(bytes) => bytes,
+                    Err(e) => axum::body::Bytes::from(format!("\n[warden agent: cannot read the log: {e}]\n")),
+                };
+                // A refusal (410: nobody reads any more) or a broken link ends it; dropping
+                // `rx` stops the tail.
+                if http.call("POST", &path, &bytes, std::time::Duration::from_secs(10)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = http.call("POST", &format!("{path}?done=true"), b"", std::time::Duration::from_secs(10)).await;
         });
     }
 
