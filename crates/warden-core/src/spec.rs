@@ -577,7 +577,15 @@ impl RawSpec {
             }
         };
 
+        let each_host = self.placement.as_ref().and_then(|p| p.mode.as_ref()).map(|m| m.span());
         let placement = self.placement.map(RawPlacement::validate).transpose()?;
+        if let (Some(span), ReplicationMode::WarmStandby) = (each_host, replication.mode) {
+            // An each-host instance may run on its own host only: there is nowhere to fail over to.
+            return Err((
+                Some(span),
+                "placement mode = \"each-host\" cannot have warm standbys (each instance runs on its host only)".into(),
+            ));
+        }
         Ok(Spec { name: name.clone(), ttl_ms, cell, restart, replication, logs, placement })
     }
 }
@@ -800,6 +808,25 @@ mod tests {
         let plain = Spec::parse("a", &format!("{base}mode='warm-standby'\n")).unwrap();
         let json = String::from_utf8(crate::canonical::canonical_json(&plain)).unwrap();
         assert!(!json.contains("state_dir") && !json.contains("checkpoint_interval"), "{json}");
+    }
+
+    #[test]
+    fn warm_standbys_parse_and_refuse_what_cannot_work() {
+        let base = "name='kv'\n[cell]\nargv=['sh']\n[replication]\nmode='warm-standby'\n";
+        let spec = Spec::parse("kv.toml", &format!("{base}standbys=2\npromotion_delay='100ms'\nstate_dir='/s'\n")).unwrap();
+        assert_eq!((spec.replication.standby_count(), spec.replication.promotion_delay()), (2, 100));
+        assert!(spec.replication.checkpoints());
+        let hot_with_state = Spec::parse("kv.toml", &format!("{base}hot=true\nstate_dir='/s'\n")).unwrap_err();
+        assert_eq!(hot_with_state.line, Some(6), "{hot_with_state}");
+        let too_many = Spec::parse("kv.toml", &format!("{base}standbys=9\n")).unwrap_err();
+        assert!(too_many.message.contains("1 to 8"), "{too_many}");
+        let each_host = Spec::parse("kv.toml", &format!("{base}[placement]\nmode='each-host'\n")).unwrap_err();
+        assert_eq!(each_host.line, Some(7), "{each_host}");
+        let not_warm =
+            Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[replication]\nmode='none'\nstandbys=1\n").unwrap_err();
+        assert_eq!(not_warm.line, Some(6), "{not_warm}");
+        let lost = Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\nlost_after='100ms'\n").unwrap_err();
+        assert!(lost.message.contains("between 1s and 1h"), "{lost}");
     }
 
     #[test]
