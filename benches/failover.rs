@@ -15,7 +15,14 @@
 //! The modes differ only in the spec's `[replication]`: `none`, `warm-standby` with one standby,
 //! and the same with `hot = true`. A mode the server rejects (4xx on submit) or that never arms a
 //! standby (for `hot`: one whose host runs the cell already) is printed as `unsupported: <why>`;
-//! the other modes still run.
+//! the other rows still run.
+//!
+//! The `, drain` rows measure a planned handover the same way: instead of the SIGKILL, `t0` is
+//! taken just before `warden hosts drain <primary's host>` runs (the CLI, signed with the admin
+//! key). The host's agent stops the primary (SIGTERM), takes a final checkpoint if the workload
+//! keeps one (this one does not) and gives its lease up with a signed revocation, so the standby
+//! takes over without waiting for the lease to expire. The run ends with `warden hosts undrain`
+//! and the same settling.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -33,7 +40,7 @@ use warden_runtime::view::{ErrorBody, HostView, SubmitRequest};
 
 use super::{
     bench_exe, cell_pid_files, log_file, machine_summary, median, one_line, process_tree, progress, signal, signal_group, sorted,
-    still_running, tail, toml_string, wait_every, wait_until, warden_bin, Api, Proc,
+    still_running, tail, toml_string, wait_every, wait_until, warden_bin, warden_cli, Api, Proc,
 };
 
 /// Set (to the ground-truth file's path) only in the environment of the failover workload.
@@ -48,12 +55,64 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A standby is armed in the same decision that places the primary, or a heartbeat later.
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `(name, [replication] section, the standby to wait for)` of each mode, in table order.
-const MODES: [(&str, &str, Standby); 3] = [
-    ("none", "", Standby::None),
-    ("warm-standby", "[replication]\nmode = \"warm-standby\"\nstandbys = 1\n", Standby::Armed),
-    ("hot", "[replication]\nmode = \"warm-standby\"\nstandbys = 1\nhot = true\n", Standby::Running),
+const WARM: &str = "[replication]\nmode = \"warm-standby\"\nstandbys = 1\n";
+const HOT: &str = "[replication]\nmode = \"warm-standby\"\nstandbys = 1\nhot = true\n";
+
+/// The table's rows, in order.
+const ROWS: [Row; 5] = [
+    Row { mode: "none", replication: "", standby: Standby::None, trigger: Trigger::Kill },
+    Row { mode: "warm-standby", replication: WARM, standby: Standby::Armed, trigger: Trigger::Kill },
+    Row { mode: "hot", replication: HOT, standby: Standby::Running, trigger: Trigger::Kill },
+    Row { mode: "warm-standby", replication: WARM, standby: Standby::Armed, trigger: Trigger::Drain },
+    Row { mode: "hot", replication: HOT, standby: Standby::Running, trigger: Trigger::Drain },
 ];
+
+/// One row of the table: a replication mode and how each run takes its primary away.
+#[derive(Clone, Copy)]
+struct Row {
+    mode: &'static str,
+    /// The spec's `[replication]` section.
+    replication: &'static str,
+    /// What must be ready before each run.
+    standby: Standby,
+    trigger: Trigger,
+}
+
+impl Row {
+    /// The row's name in the table: the mode, then `, drain` for a planned handover.
+    fn name(&self) -> String {
+        match self.trigger {
+            Trigger::Kill => self.mode.to_string(),
+            Trigger::Drain => format!("{}, drain", self.mode),
+        }
+    }
+
+    /// About how long the row takes: a kill waits out the lease and the host's re-join, a drain
+    /// hands over in tens of ms.
+    fn seconds(&self, runs: usize) -> usize {
+        match self.trigger {
+            Trigger::Kill => runs * 2 + 2,
+            Trigger::Drain => runs / 4 + 2,
+        }
+    }
+
+    /// The workload's name: one per row, each on a cluster of its own.
+    fn workload(&self) -> String {
+        match self.trigger {
+            Trigger::Kill => format!("failover-{}", self.mode),
+            Trigger::Drain => format!("failover-{}-drain", self.mode),
+        }
+    }
+}
+
+/// How a run takes the primary away from its host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// SIGKILL the host whole; the new primary waits out the lease. The host is restarted after.
+    Kill,
+    /// `warden hosts drain` the host: its lease is revoked. The host is undrained after.
+    Drain,
+}
 
 /// What must be ready on another host before a primary's host may be killed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -333,7 +392,7 @@ impl Cluster {
 
     fn start_host(&mut self, i: usize) -> Result<()> {
         let url = format!("http://127.0.0.1:{}", self.port);
-        let config_home = self.root.path().join("config");
+        let config_home = self.config_home();
         self.hosts[i].start(&url, &self.join_token, &config_home)
     }
 
@@ -342,6 +401,17 @@ impl Cluster {
             .iter()
             .position(|h| h.name == name)
             .ok_or_else(|| anyhow!("the primary runs on {name:?}, not one of our hosts"))
+    }
+
+    /// The `warden` CLI against this cluster's server, signed with its admin key.
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        warden_cli(&format!("127.0.0.1:{}", self.port), &self.config_home(), &args)
+    }
+
+    /// `XDG_CONFIG_HOME` of the server, its agents and the CLI: where the admin key lives.
+    fn config_home(&self) -> PathBuf {
+        self.root.path().join("config")
     }
 
     fn hosts(&self) -> Result<Vec<HostView>> {
@@ -451,7 +521,7 @@ enum ModeOutcome {
 }
 
 struct Measured {
-    /// Host killed → the new primary's first line, in ns, one per completed run.
+    /// Host killed (or drain invoked) → the new primary's first line, in ns, one per completed run.
     failovers_ns: Vec<u64>,
     /// Runs after which two epochs' spans overlapped that had not before.
     runs_with_overlap: usize,
@@ -459,30 +529,31 @@ struct Measured {
     stopped: Option<String>,
 }
 
-/// Measures every mode on a fresh cluster of its own; returns the section's table (markdown).
+/// Measures every row on a fresh cluster of its own; returns the section's table (markdown).
 pub fn failover_section() -> String {
     let runs = runs_per_mode();
     let timing = warden_runtime::cluster::ClusterConfig::default().lease;
     progress(format_args!(
-        "failover: {} modes × {runs} runs on {N_HOSTS} hosts (~{} s if every mode runs)",
-        MODES.len(),
-        MODES.len() * (runs * 3 + 2)
+        "failover: {} rows × {runs} runs on {N_HOSTS} hosts (~{} s if every row runs)",
+        ROWS.len(),
+        ROWS.iter().map(|row| row.seconds(runs)).sum::<usize>()
     ));
-    let outcomes: Vec<(&str, ModeOutcome)> = MODES
+    let outcomes: Vec<(String, ModeOutcome)> = ROWS
         .iter()
-        .map(|&(mode, replication, standby)| {
-            progress(format_args!("failover: mode {mode}"));
-            let outcome = measure_mode(mode, replication, standby, runs);
+        .map(|row| {
+            let name = row.name();
+            progress(format_args!("failover: {name}"));
+            let outcome = measure_row(row, runs);
             match &outcome {
-                ModeOutcome::Unsupported(why) => progress(format_args!("  {mode}: unsupported: {why}")),
-                ModeOutcome::Failed(e) => progress(format_args!("  {mode}: failed: {e:#}")),
+                ModeOutcome::Unsupported(why) => progress(format_args!("  {name}: unsupported: {why}")),
+                ModeOutcome::Failed(e) => progress(format_args!("  {name}: failed: {e:#}")),
                 ModeOutcome::Measured(m) => {
                     if let Some(why) = &m.stopped {
-                        progress(format_args!("  {mode}: stopped after {} runs: {why}", m.failovers_ns.len()));
+                        progress(format_args!("  {name}: stopped after {} runs: {why}", m.failovers_ns.len()));
                     }
                 }
             }
-            (mode, outcome)
+            (name, outcome)
         })
         .collect();
     failover_table(&outcomes, runs, timing.ttl_ms, timing.margin_ms)
@@ -498,7 +569,7 @@ fn runs_per_mode() -> usize {
     }
 }
 
-fn measure_mode(mode: &str, replication: &str, standby: Standby, runs: usize) -> ModeOutcome {
+fn measure_row(row: &Row, runs: usize) -> ModeOutcome {
     let mut cluster = match Cluster::start() {
         Ok(cluster) => cluster,
         Err(e) => return ModeOutcome::Failed(e),
@@ -507,8 +578,10 @@ fn measure_mode(mode: &str, replication: &str, standby: Standby, runs: usize) ->
     // No restart backoff: warden counts a lost host as a failure of the workload's cell, so
     // with one each run would wait a longer backoff than the last (backoff_reset is 10 min).
     let spec = format!(
-        "name = \"failover-{mode}\"\n[cell]\nargv = [{exe}]\nenv = {{ {TRUTH_ENV} = {truth} }}\n\
+        "name = \"{name}\"\n[cell]\nargv = [{exe}]\nenv = {{ {TRUTH_ENV} = {truth} }}\n\
          [restart]\npolicy = \"always\"\nbackoff = \"0s\"\nbackoff_max = \"0s\"\n[placement]\ninstances = 1\n{replication}",
+        name = row.workload(),
+        replication = row.replication,
         exe = toml_string(&bench_exe()),
         truth = toml_string(&truth),
     );
@@ -517,7 +590,7 @@ fn measure_mode(mode: &str, replication: &str, standby: Standby, runs: usize) ->
         Ok(Submitted::Rejected(why)) => return ModeOutcome::Unsupported(why),
         Err(e) => return ModeOutcome::Failed(e),
     };
-    match run_mode(&mut cluster, &id, &truth, standby, runs) {
+    match run_row(&mut cluster, &id, &truth, row, runs) {
         Ok(outcome) => outcome,
         Err(e) => {
             cluster.print_logs();
@@ -526,16 +599,16 @@ fn measure_mode(mode: &str, replication: &str, standby: Standby, runs: usize) ->
     }
 }
 
-/// Waits for the first primary (and standby), then does `runs` failovers; a run that fails
-/// ends the mode with what was measured so far.
-fn run_mode(cluster: &mut Cluster, id: &str, truth: &Path, standby: Standby, runs: usize) -> Result<ModeOutcome> {
-    if let Settled::NoStandby(why) = settle(cluster, id, None, standby)? {
+/// Waits for the first primary (and standby), then does `runs` failovers the row's way; a run
+/// that fails ends the row with what was measured so far.
+fn run_row(cluster: &mut Cluster, id: &str, truth: &Path, row: &Row, runs: usize) -> Result<ModeOutcome> {
+    if let Settled::NoStandby(why) = settle(cluster, id, None, row.standby)? {
         return Ok(ModeOutcome::Unsupported(why));
     }
     let mut measured = Measured { failovers_ns: Vec::new(), runs_with_overlap: 0, stopped: None };
     let mut overlaps_seen = BTreeSet::new();
     for run in 1..=runs {
-        let result = one_failover(cluster, id, truth, standby).and_then(|failover_ns| {
+        let result = one_failover(cluster, id, truth, row.standby, row.trigger).and_then(|failover_ns| {
             let overlaps = overlapping_epochs(&spans(&read_truth(truth)?));
             let new_overlap = overlaps.difference(&overlaps_seen).count() > 0;
             overlaps_seen = overlaps;
@@ -603,10 +676,11 @@ fn settle(cluster: &Cluster, id: &str, after_epoch: Option<u64>, standby: Standb
     }
 }
 
-/// One failover: kill the primary's host, wait for the first line of a newer epoch, restart the
-/// host and let the workload settle. Returns host killed → that line, in ns.
-fn one_failover(cluster: &mut Cluster, id: &str, truth: &Path, standby: Standby) -> Result<u64> {
-    // The primary to kill is the one the status names *and* the one writing now.
+/// One failover: kill (or drain) the primary's host, wait for the first line of a newer epoch,
+/// restart (or undrain) the host and let the workload settle. Returns host killed (drain
+/// invoked) → that line, in ns.
+fn one_failover(cluster: &mut Cluster, id: &str, truth: &Path, standby: Standby, trigger: Trigger) -> Result<u64> {
+    // The primary to take away is the one the status names *and* the one writing now.
     let primary = wait_until(STEP_TIMEOUT, "the primary to be writing the ground truth", || {
         let Some(primary) = running_primary(&cluster.status(id)?) else { return Ok(None) };
         let lines = read_truth(truth)?;
@@ -615,31 +689,44 @@ fn one_failover(cluster: &mut Cluster, id: &str, truth: &Path, standby: Standby)
         });
         Ok(writing.then_some(primary))
     })?;
-    let i = cluster.host_index(&primary.host)?;
-    let killed_at_ns = cluster.hosts[i].kill();
+    let (i, host) = (cluster.host_index(&primary.host)?, primary.host.as_str());
+    let started_ns = match trigger {
+        Trigger::Kill => cluster.hosts[i].kill(),
+        Trigger::Drain => {
+            let started_ns = monotonic_ns();
+            cluster.cli(&["hosts", "drain", host])?;
+            started_ns
+        }
+    };
 
     let first_ns = wait_every(STEP_TIMEOUT, Duration::from_millis(10), "a line of a newer epoch", || {
         Ok(read_truth(truth)?.into_iter().filter(|&(epoch, _)| epoch > primary.epoch).map(|(_, ns)| ns).min())
     })?;
 
-    // The host comes back only once the server has seen it go, so "up" below is its re-join.
-    let host = primary.host.as_str();
-    wait_until(STEP_TIMEOUT, "the killed host to be down", || {
-        Ok(cluster.hosts()?.iter().any(|h| h.name == host && h.state == "down").then_some(()))
-    })?;
-    cluster.start_host(i)?;
-    wait_until(STEP_TIMEOUT, "the killed host to re-join", || Ok((cluster.hosts_up()?.len() == N_HOSTS).then_some(())))?;
+    match trigger {
+        Trigger::Kill => {
+            // The host comes back only once the server has seen it go, so "up" below is its re-join.
+            wait_until(STEP_TIMEOUT, "the killed host to be down", || {
+                Ok(cluster.hosts()?.iter().any(|h| h.name == host && h.state == "down").then_some(()))
+            })?;
+            cluster.start_host(i)?;
+        }
+        Trigger::Drain => {
+            cluster.cli(&["hosts", "undrain", host])?;
+        }
+    }
+    wait_until(STEP_TIMEOUT, "the host to be back in service", || Ok((cluster.hosts_up()?.len() == N_HOSTS).then_some(())))?;
     if let Settled::NoStandby(why) = settle(cluster, id, Some(primary.epoch), standby)? {
         bail!("the standby was not re-armed after the host came back: {why}");
     }
-    Ok(first_ns.saturating_sub(killed_at_ns))
+    Ok(first_ns.saturating_sub(started_ns))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The table
 // ---------------------------------------------------------------------------------------------
 
-fn failover_table(outcomes: &[(&str, ModeOutcome)], runs: usize, ttl_ms: u64, margin_ms: u64) -> String {
+fn failover_table(outcomes: &[(String, ModeOutcome)], runs: usize, ttl_ms: u64, margin_ms: u64) -> String {
     let lease = format!("lease ttl {ttl_ms} ms + margin {margin_ms} ms");
     let mut out = String::new();
     let _ = writeln!(out, "## warden failover\n");
@@ -689,6 +776,12 @@ fn failover_table(outcomes: &[(&str, ModeOutcome)], runs: usize, ttl_ms: u64, ma
          a restart backoff every run would add a doubling delay. Overlap: a run after which some older epoch's last \
          line follows a newer epoch's first one.",
         LINE_EVERY.as_millis()
+    );
+    let _ = writeln!(
+        out,
+        "\ndrain: `warden hosts drain` of the primary's host → first line under the new epoch; the lease is revoked, \
+         not waited out. The clock starts just before the CLI process is spawned; the host is undrained and the \
+         workload settles before the next run."
     );
     out
 }

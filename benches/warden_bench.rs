@@ -23,6 +23,8 @@
 //! loopback, the primary's whole host SIGKILLed `WARDEN_BENCH_FAILOVER_RUNS` times (default 20)
 //! per replication mode (`none`, `warm-standby`, `hot`); p50 / p95 / max of host killed → the
 //! new primary's first line, next to the lease TTL, and the runs in which two epochs overlapped.
+//! Two more rows (`warm-standby, drain`, `hot, drain`) hand over on purpose instead: `warden
+//! hosts drain` of the primary's host → the new primary's first line (the lease is revoked).
 //!
 //! The machine is shared and small, so absolute figures drift from run to run; the ratios between
 //! figures taken in one run are what to compare. Progress goes to stderr, the markdown table to
@@ -442,15 +444,7 @@ impl WardenServer {
 
     /// The `warden` CLI against this server, as a user would run it.
     fn cli(&self, args: &[&OsStr]) -> Result<String> {
-        let Output { status, stdout, stderr } = Command::new(warden_bin())
-            .args(args)
-            .env("WARDEN_ADDR", self.addr())
-            .env("XDG_CONFIG_HOME", self.config_home())
-            .output()?;
-        if !status.success() {
-            bail!("warden {args:?} failed: {}", String::from_utf8_lossy(&stderr));
-        }
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
+        warden_cli(&self.addr(), &self.config_home(), args)
     }
 
     fn api(&self) -> Result<Api> {
@@ -482,6 +476,17 @@ impl Drop for WardenServer {
             }
         }
     }
+}
+
+/// The `warden` CLI against the server at `addr`, signing with the admin key under
+/// `config_home`, as a user would run it; its stdout.
+fn warden_cli(addr: &str, config_home: &Path, args: &[&OsStr]) -> Result<String> {
+    let Output { status, stdout, stderr } =
+        Command::new(warden_bin()).args(args).env("WARDEN_ADDR", addr).env("XDG_CONFIG_HOME", config_home).output()?;
+    if !status.success() {
+        bail!("warden {args:?} failed: {}", String::from_utf8_lossy(&stderr));
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 fn cell_pid_files(data_dir: &Path) -> Vec<serde_json::Value> {
