@@ -415,3 +415,29 @@ fn a_control_plane_restart_mid_failover_still_promotes_one_standby() {
     let events = cluster.server.cli_ok(&["events", "-o", "json"]);
     assert_eq!(events.matches("dev.warden.workload.failover.v1").count(), 1, "one failover journaled");
 }
+
+#[test]
+fn an_agent_that_lost_its_slot_is_armed_again() {
+    let mut cluster = Cluster::start(2);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 1));
+    let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);
+    let standby = armed.standbys[0].host.clone();
+    let slot_file = cluster.agent(&standby).data_dir.join("standbys").join(format!("{id}.json"));
+    assert!(slot_file.exists(), "the slot is kept on the standby's disk");
+
+    // The standby's agent stops and comes back without its slot (a wiped disk, an Arm lost in
+    // a control-plane restart: the same to the agent). Its first heartbeat says what it keeps.
+    let agent = cluster.agent_mut(&standby);
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(slot_file.parent().unwrap()).unwrap();
+    respawn(&mut cluster, &standby);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !slot_file.exists() {
+        assert!(Instant::now() < deadline, "the slot was not armed again\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -21,7 +21,7 @@ use proptest::test_runner::TestCaseError;
 use warden_core::event::{CloudEvent, EventData, NewEvent, Outcome, GENESIS_HASH};
 use warden_core::projection::{Projection, ReplayError};
 use warden_core::spec::Spec;
-use warden_core::types::{CellExit, LifecycleTerminalState, RestartPolicy, WorkloadInfo};
+use warden_core::types::{CellExit, LifecycleTerminalState, ReplicationMode, RestartPolicy, WorkloadInfo};
 use warden_core::workload::{Decision, Effect, Input, Phase, StopReason, StopSignal, Workload};
 
 /// Where simulated time starts: late 2026, in Unix milliseconds.
@@ -72,6 +72,10 @@ struct SpecParams {
     ttl_ms: Option<u64>,
     /// Write whole seconds as `1h2m3s` rather than milliseconds.
     long_units: bool,
+    /// `[replication] mode = "warm-standby"`: a lost host means a failover, not an exit.
+    warm_standby: bool,
+    /// `replication.standbys`, only with `warm_standby`; `None` leaves the key out (1).
+    standbys: Option<u32>,
 }
 
 fn duration_text(ms: u64, long_units: bool) -> String {
@@ -155,7 +159,21 @@ impl SpecParams {
             Reset::Huge => text.push_str("backoff_reset = \"1000d\"\n"),
             Reset::Ms(ms) => text.push_str(&format!("backoff_reset = \"{}\"\n", d(ms))),
         }
+        if self.warm_standby {
+            text.push_str("\n[replication]\nmode = \"warm-standby\"\n");
+            if let Some(n) = self.standbys {
+                text.push_str(&format!("standbys = {n}\n"));
+            }
+        }
         text
+    }
+
+    fn replication_mode(&self) -> ReplicationMode {
+        if self.warm_standby {
+            ReplicationMode::WarmStandby
+        } else {
+            ReplicationMode::None
+        }
     }
 
     /// Parses the generated TOML and checks it means what was generated.
@@ -169,6 +187,10 @@ impl SpecParams {
         prop_assert_eq!(spec.restart.backoff_ms, self.backoff(), "{}", text);
         prop_assert_eq!(spec.restart.backoff_max_ms, self.backoff_max(), "{}", text);
         prop_assert_eq!(spec.restart.backoff_reset_ms, self.reset_ms(), "{}", text);
+        prop_assert_eq!(spec.replication.mode, self.replication_mode(), "{}", text);
+        prop_assert_eq!(spec.replication.standbys, self.standbys.filter(|_| self.warm_standby), "{}", text);
+        let standby_count = if self.warm_standby { self.standbys.unwrap_or(1) as usize } else { 0 };
+        prop_assert_eq!(spec.replication.standby_count(), standby_count, "{}", text);
         Ok(spec)
     }
 }
@@ -197,15 +219,20 @@ fn spec_params(policy: BoxedStrategy<Policy>, reset: BoxedStrategy<Reset>, with_
         prop::option::of(prop_oneof![Just(0u64), 1u64..=200, 1u64..=10_000]),
         ttl,
         any::<bool>(),
+        (prop::bool::weighted(0.3), prop::option::of(1u32..=3)),
     )
-        .prop_map(|(policy, backoff_ms, backoff_max_extra, reset, graceful_ms, ttl_ms, long_units)| SpecParams {
-            policy,
-            backoff_ms,
-            backoff_max_extra,
-            reset,
-            graceful_ms,
-            ttl_ms,
-            long_units,
+        .prop_map(|(policy, backoff_ms, backoff_max_extra, reset, graceful_ms, ttl_ms, long_units, (warm_standby, standbys))| {
+            SpecParams {
+                policy,
+                backoff_ms,
+                backoff_max_extra,
+                reset,
+                graceful_ms,
+                ttl_ms,
+                long_units,
+                warm_standby,
+                standbys: standbys.filter(|_| warm_standby),
+            }
         })
         .boxed()
 }
@@ -261,6 +288,8 @@ enum Action {
     Stop { workload: Index },
     /// The next workload is submitted.
     Submit,
+    /// The host of one of the cells that exist or are being started is lost.
+    Lost { cell: Index },
 }
 
 fn actions(stop_weight: u32) -> impl Strategy<Value = Vec<Action>> {
@@ -279,6 +308,7 @@ fn actions(stop_weight: u32) -> impl Strategy<Value = Vec<Action>> {
         ),
         stop_weight => any::<Index>().prop_map(|workload| Action::Stop { workload }),
         1 => Just(Action::Submit),
+        3 => any::<Index>().prop_map(|cell| Action::Lost { cell }),
     ];
     prop::collection::vec(action, 0..120)
 }
@@ -321,6 +351,8 @@ struct Sim {
     /// Every event, with the time it was decided at.
     journal: Vec<(u64, EventData)>,
     sealed: Vec<CloudEvent>,
+    /// Per workload, counted from the journal as it is sealed.
+    tallies: BTreeMap<String, Tally>,
     /// Outstanding `StartCell` effects: (workload id, cell id).
     starting: Vec<(String, String)>,
     /// Cells whose process exists: (workload id, cell id).
@@ -328,6 +360,17 @@ struct Sim {
     steps: Vec<Step>,
     /// After each action: the journal's length and the live projection then.
     boundaries: Vec<(usize, Projection)>,
+}
+
+/// Events of one workload, counted as they are sealed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    /// `lifecycle.started`
+    runs: u32,
+    /// `workload.failover`
+    failovers: u32,
+    /// `workload.starting`
+    starts: u32,
 }
 
 fn info_for(index: usize, spec: &Spec, now_ms: u64) -> WorkloadInfo {
@@ -358,6 +401,7 @@ impl Sim {
             replay: Projection::default(),
             journal: Vec::new(),
             sealed: Vec::new(),
+            tallies: BTreeMap::new(),
             starting: Vec::new(),
             alive: Vec::new(),
             steps: Vec::new(),
@@ -419,6 +463,14 @@ impl Sim {
                 let exit = exit.cell_exit(self.rules.successes);
                 self.drive(&wid, Input::CellExited { cell_id, exit })
             }
+            Action::Lost { cell } => {
+                let cells: Vec<(String, String)> = self.alive.iter().chain(&self.starting).cloned().collect();
+                if cells.is_empty() {
+                    return Ok(());
+                }
+                let (wid, cell_id) = cell.get(&cells).clone();
+                self.drive(&wid, Input::HostLost { cell_id, host: Some("h1".into()), reason: "host h1 is down".into() })
+            }
         }
     }
 
@@ -449,6 +501,8 @@ impl Sim {
         let pure = before
             .step(&input, self.now)
             .map_err(|err| bad(format!("step({input:?}) refused at {} in phase {:?}: {err}", self.now, before.phase)))?;
+        // What the projection would have become had the lost cell simply exited instead.
+        let twin = matches!(input, Input::HostLost { .. }).then(|| self.live.clone());
         let decision = self
             .live
             .advance(wid, &input, self.now)
@@ -460,7 +514,80 @@ impl Sim {
             pure
         );
         let after = self.live.workloads[wid].clone();
+        if let (Input::HostLost { cell_id, host, reason }, Some(twin)) = (&input, twin) {
+            self.check_host_lost(wid, (cell_id, host, reason), &before, twin, (&pure, &decision), &after)?;
+        }
         self.record(wid.to_string(), Some(input), Some(before), after, decision)
+    }
+
+    /// A lost host: a warm-standby workload in Starting or Running (before its ttl) fails over
+    /// to a fresh cell at once, with no backoff and without counting a failure; anything else
+    /// takes it exactly as the cell exiting without a status.
+    fn check_host_lost(
+        &self,
+        wid: &str,
+        (cell_id, host, reason): (&String, &Option<String>, &String),
+        before: &Workload,
+        mut twin: Projection,
+        (pure, decision): (&Decision, &Decision),
+        after: &Workload,
+    ) -> R {
+        let expired = before.info.expires_at.is_some_and(|secs| self.now >= secs.saturating_mul(1000));
+        let warm = before.spec.replication.mode == ReplicationMode::WarmStandby;
+        let fails_over = warm && !expired && matches!(before.phase, Phase::Starting { .. } | Phase::Running { .. });
+        if !fails_over {
+            let exit = CellExit { exit_code: None, signal: None, reason: reason.clone(), terminal_state: None };
+            let exited = Input::CellExited { cell_id: cell_id.clone(), exit };
+            let pure_exit = before.step(&exited, self.now).map_err(|err| bad(format!("step({exited:?}) refused: {err}")))?;
+            prop_assert_eq!(&pure.events, &pure_exit.events, "{}: a host loss in {:?} is an exit", wid, &before.phase);
+            prop_assert_eq!(&pure.effects, &pure_exit.effects);
+            let twin_decision = twin.advance(wid, &exited, self.now).map_err(|err| bad(format!("advance({exited:?}): {err}")))?;
+            prop_assert_eq!(&decision.events, &twin_decision.events, "{}: a host loss in {:?} is an exit", wid, &before.phase);
+            prop_assert_eq!(&decision.effects, &twin_decision.effects);
+            prop_assert_eq!(after, &twin.workloads[wid]);
+            prop_assert_eq!(after.failovers, before.failovers);
+            return Ok(());
+        }
+        let Phase::Starting { cell_id: next, attempt } = &after.phase else {
+            return Err(bad(format!("{wid}: a failover from {:?} left it {:?}", before.phase, after.phase)));
+        };
+        prop_assert_eq!(*attempt, before.runs);
+        prop_assert_ne!(next, cell_id);
+        let seen = self.events_of(wid).any(|(_, data)| cell_ids_of(data).contains(&next.as_str()));
+        prop_assert!(!seen, "{}: the failover's cell {} is not fresh", wid, next);
+        let ran_ms = before.phase.running_cell().map(|cell| self.now - cell.started_at_ms);
+        let expected = vec![
+            EventData::LifecycleDestroyed {
+                workload_id: wid.to_string(),
+                cell_id: cell_id.clone(),
+                outcome: Outcome::Failed,
+                exit_code: None,
+                signal: None,
+                reason: reason.clone(),
+                terminal_state: None,
+                ran_ms,
+            },
+            EventData::WorkloadFailover {
+                workload_id: wid.to_string(),
+                from_cell: cell_id.clone(),
+                from_host: host.clone(),
+                cell_id: next.clone(),
+                reason: reason.clone(),
+            },
+        ];
+        // Nothing follows at once: no backoff, no stop.
+        prop_assert_eq!(&decision.events, &expected, "{}: failover from {:?}", wid, &before.phase);
+        let backs_off = decision.events.iter().any(|data| matches!(data, EventData::WorkloadBackoff { .. }));
+        prop_assert!(!backs_off, "{}: a failover backs off: {:?}", wid, decision);
+        let start = Effect::StartCell { workload_id: wid.to_string(), cell_id: next.clone() };
+        prop_assert_eq!(&decision.effects, &vec![start]);
+        prop_assert_eq!(pure, decision);
+        prop_assert_eq!(after.consecutive_failures, before.consecutive_failures);
+        prop_assert_eq!(after.failovers, before.failovers + 1);
+        prop_assert_eq!(after.runs, before.runs);
+        prop_assert_eq!(after.cells_created, before.cells_created + 1);
+        prop_assert_eq!(after.stop_reason, before.stop_reason);
+        Ok(())
     }
 
     /// Journals a step's events, carries out its effects' bookkeeping, and checks the state.
@@ -482,8 +609,13 @@ impl Sim {
             Some(Input::CellStartFailed { cell_id, .. }) => {
                 self.starting.retain(|(_, c)| c != cell_id);
             }
-            Some(Input::CellExited { cell_id, .. } | Input::HostLost { cell_id, .. }) => {
+            Some(Input::CellExited { cell_id, .. }) => {
                 self.alive.retain(|(_, c)| c != cell_id);
+            }
+            // A lost cell is gone, whether it ran or was still being started.
+            Some(Input::HostLost { cell_id, .. }) => {
+                self.alive.retain(|(_, c)| c != cell_id);
+                self.starting.retain(|(_, c)| c != cell_id);
             }
             Some(Input::Tick | Input::Stop) | None => {}
         }
@@ -517,6 +649,15 @@ impl Sim {
         prop_assert_eq!(read.hash(), event.hash());
         prop_assert_eq!(&read.typed_data()?, &data);
         self.replay.apply_event(&read)?;
+        if let Some(wid) = data.workload_id() {
+            let tally = self.tallies.entry(wid.to_string()).or_default();
+            match &data {
+                EventData::LifecycleStarted { .. } => tally.runs += 1,
+                EventData::WorkloadFailover { .. } => tally.failovers += 1,
+                EventData::WorkloadStarting { .. } => tally.starts += 1,
+                _ => {}
+            }
+        }
         // What the runtime does once the event is durable: the core cannot know seqs.
         self.live.last_seq = seq;
         self.sealed.push(event);
@@ -529,6 +670,15 @@ impl Sim {
         for (id, workload) in &self.live.workloads {
             if let Err(why) = workload.validate() {
                 return Err(bad(format!("{id} invalid after a step: {why}")));
+            }
+            // Failovers are new cells, and runs, that are not restarts; `never` allows them.
+            let tally = self.tallies.get(id).copied().unwrap_or_default();
+            prop_assert_eq!(workload.runs, tally.runs, "{}: runs vs lifecycle.started", id);
+            prop_assert_eq!(workload.failovers, tally.failovers, "{}: failovers vs workload.failover", id);
+            prop_assert_eq!(workload.restarts(), workload.runs.saturating_sub(1).saturating_sub(workload.failovers));
+            if workload.spec.restart.policy == RestartPolicy::Never {
+                prop_assert!(workload.runs <= 1 + workload.failovers, "{}: never, yet {} runs", id, workload.runs);
+                prop_assert!(tally.starts <= 1, "{}: never, yet {} workload.starting", id, tally.starts);
             }
             // The runtime's view of the cells agrees with the phases.
             let running: Vec<&str> = workload.phase.running_cell().map(|c| c.cell_id.as_str()).into_iter().collect();
@@ -642,6 +792,26 @@ fn is_starting(data: &EventData) -> bool {
     matches!(data, EventData::WorkloadStarting { .. })
 }
 
+fn is_failover(data: &EventData) -> bool {
+    matches!(data, EventData::WorkloadFailover { .. })
+}
+
+/// A new cell decided: a start (first or after a backoff), or a failover.
+fn is_new_cell(data: &EventData) -> bool {
+    matches!(data, EventData::WorkloadStarting { .. } | EventData::WorkloadFailover { .. })
+}
+
+/// The cells an event names.
+fn cell_ids_of(data: &EventData) -> Vec<&str> {
+    match data {
+        EventData::WorkloadStarting { cell_id, .. }
+        | EventData::LifecycleStarted { cell_id, .. }
+        | EventData::LifecycleDestroyed { cell_id, .. } => vec![cell_id],
+        EventData::WorkloadFailover { from_cell, cell_id, .. } => vec![from_cell, cell_id],
+        _ => vec![],
+    }
+}
+
 fn is_terminal_event(data: &EventData) -> bool {
     matches!(
         data,
@@ -679,13 +849,16 @@ fn expected_delay(backoff: u64, backoff_max: u64, consecutive_failures: u32) -> 
 /// Property 3: nothing starts once a workload has ended, or once its stop was decided.
 fn check_nothing_starts_after_the_end(sim: &Sim) -> R {
     for step in &sim.steps {
-        // Every StartCell comes with the workload.starting that decided it, and vice versa.
+        // Every StartCell comes with the workload.starting (or workload.failover) that decided
+        // it, and vice versa.
         let starting: Vec<&str> = step
             .decision
             .events
             .iter()
             .filter_map(|data| match data {
-                EventData::WorkloadStarting { cell_id, .. } => Some(cell_id.as_str()),
+                EventData::WorkloadStarting { cell_id, .. } | EventData::WorkloadFailover { cell_id, .. } => {
+                    Some(cell_id.as_str())
+                }
                 _ => None,
             })
             .collect();
@@ -724,7 +897,7 @@ fn check_nothing_starts_after_the_end(sim: &Sim) -> R {
             let Some(phase_when_asked) = stop_asked else {
                 continue;
             };
-            if let Some(data) = step.decision.events.iter().find(|data| is_starting(data)) {
+            if let Some(data) = step.decision.events.iter().find(|data| is_new_cell(data)) {
                 return Err(bad(format!("{wid}: {data:?} at {} after a stop was asked for", step.now)));
             }
             if !phase_when_asked.is_terminal() && step.after.phase.is_terminal() {
@@ -750,7 +923,7 @@ fn check_nothing_starts_after_the_end(sim: &Sim) -> R {
             if ended {
                 return Err(bad(format!("{wid}: {data:?} at {at} after the workload ended")));
             }
-            if stop_decided && is_starting(data) {
+            if stop_decided && is_new_cell(data) {
                 return Err(bad(format!("{wid}: {data:?} at {at} after its stop was decided")));
             }
             ended |= is_terminal_event(data);
@@ -816,7 +989,10 @@ fn check_stop_semantics(sim: &Sim) -> R {
         prop_assert_eq!(step.decision.effects.first(), Some(&term));
 
         let later: Vec<(usize, &Step)> = sim.steps.iter().enumerate().skip(i).filter(|(_, s)| s.wid == step.wid).collect();
-        let exited = later.iter().find(|(_, s)| matches!(&s.input, Some(Input::CellExited { cell_id: c, .. }) if c == cell_id));
+        // The cell's end: it exits, or its host is lost (which, while stopping, is an exit).
+        let exited = later.iter().find(|(_, s)| {
+            matches!(&s.input, Some(Input::CellExited { cell_id: c, .. } | Input::HostLost { cell_id: c, .. }) if c == cell_id)
+        });
         let kill_steps: Vec<usize> = later
             .iter()
             .filter(|(_, s)| {
@@ -873,6 +1049,15 @@ fn check_backoff_model(sim: &Sim) -> R {
                     prop_assert_eq!(*outcome, if succeeded { Outcome::Succeeded } else { Outcome::Failed });
                     last_exit = Some((succeeded, *ran_ms));
                 }
+                // A failover follows the lost cell's failed lifecycle.destroyed at once, without a
+                // backoff, and leaves the count of consecutive failures alone.
+                EventData::WorkloadFailover { .. } => {
+                    let Some((succeeded, _)) = last_exit.take() else {
+                        return Err(bad(format!("{wid}: {data:?} without an exit before it")));
+                    };
+                    prop_assert!(!succeeded, "{}: failover after a successful exit", &wid);
+                    prop_assert!(backoff_until.is_none(), "{}: failover during a backoff", &wid);
+                }
                 EventData::WorkloadBackoff { consecutive_failures, .. }
                 | EventData::WorkloadFailed { consecutive_failures, .. } => {
                     let Some((succeeded, ran_ms)) = last_exit.take() else {
@@ -916,6 +1101,42 @@ fn check_backoff_model(sim: &Sim) -> R {
     Ok(())
 }
 
+/// `Workload::restarts` against its definition, worked out from the events: every run after the
+/// first whose cell was not decided by a failover.
+fn check_restarts_model(sim: &Sim) -> R {
+    for wid in sim.workload_ids() {
+        let mut runs = 0u32;
+        let mut restarts = 0u32;
+        let mut failover_cells: Vec<&str> = Vec::new();
+        for step in sim.steps.iter().filter(|s| s.wid == wid) {
+            for data in &step.decision.events {
+                match data {
+                    EventData::WorkloadFailover { cell_id, .. } => failover_cells.push(cell_id),
+                    EventData::LifecycleStarted { cell_id, .. } => {
+                        if runs > 0 && !failover_cells.contains(&cell_id.as_str()) {
+                            restarts += 1;
+                        }
+                        runs += 1;
+                    }
+                    _ => {}
+                }
+            }
+            prop_assert_eq!(
+                step.after.restarts(),
+                restarts,
+                "{}: after {:?} at {} ({} runs, {} failovers, failover cells {:?})",
+                &wid,
+                &step.input,
+                step.now,
+                step.after.runs,
+                step.after.failovers,
+                &failover_cells
+            );
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The properties.
 // ---------------------------------------------------------------------------------------------
@@ -949,7 +1170,8 @@ fn run_length() -> impl Strategy<Value = RunLength> {
 
 proptest! {
     /// 1a. Under on-failure with max_attempts = m and a backoff_reset no run reaches, a workload
-    /// starts at most 1 + m cells, whatever else happens (successes, start failures, stops, ttl).
+    /// starts at most 1 + m cells, whatever else happens (successes, start failures, stops, ttl,
+    /// lost hosts); failovers come on top, as new cells that are not restarts.
     #[test]
     fn on_failure_runs_at_most_one_plus_max_attempts(
         params in specs(on_failure(), Just(Reset::Huge).boxed(), true),
@@ -965,14 +1187,23 @@ proptest! {
             }
             let runs = sim.count(&wid, is_lifecycle_started);
             let decided = sim.count(&wid, is_starting);
-            prop_assert!(runs as u64 <= 1 + u64::from(m), "{}: {} runs with max_attempts {}", wid, runs, m);
+            let failovers = sim.count(&wid, is_failover);
+            prop_assert!(
+                runs as u64 <= 1 + u64::from(m) + failovers as u64,
+                "{}: {} runs with max_attempts {} and {} failovers",
+                wid,
+                runs,
+                m,
+                failovers
+            );
             prop_assert!(decided as u64 <= 1 + u64::from(m), "{}: {} cells with max_attempts {}", wid, decided, m);
             prop_assert_eq!(sim.live.workloads[&wid].runs as usize, runs);
         }
     }
 
     /// 1b. Under on-failure with max_attempts = m, a workload whose every run fails ends `failed`
-    /// after exactly 1 + m runs once enough time passes.
+    /// after exactly 1 + m failed cells once enough time passes: 1 + m runs, plus one per
+    /// failover, less the cells lost before they started.
     #[test]
     fn on_failure_gives_up_after_exactly_one_plus_max_attempts_failed_runs(
         params in specs(on_failure(), Just(Reset::Huge).boxed(), false),
@@ -989,8 +1220,12 @@ proptest! {
             let m = max_attempts_of(sim.spec_of(&wid));
             let workload = &sim.live.workloads[&wid];
             prop_assert!(matches!(workload.phase, Phase::Failed { .. }), "{} ended {:?}", wid, workload.phase);
-            prop_assert_eq!(u64::from(workload.runs), 1 + u64::from(m));
-            prop_assert_eq!(sim.count(&wid, is_lifecycle_started) as u64, 1 + u64::from(m));
+            // Start failures and stops are off: a cell that never ran was lost while starting.
+            let never_ran = sim.count(&wid, |data| matches!(data, EventData::LifecycleDestroyed { ran_ms: None, .. }));
+            let failovers = sim.count(&wid, is_failover) as u64;
+            prop_assert_eq!(u64::from(workload.cells_created), 1 + u64::from(m) + failovers);
+            prop_assert_eq!(u64::from(workload.runs), 1 + u64::from(m) + failovers - never_ran as u64);
+            prop_assert_eq!(sim.count(&wid, is_lifecycle_started) as u64, u64::from(workload.runs));
             let failed: Vec<u32> = sim
                 .events_of(&wid)
                 .filter_map(|(_, data)| match data {
@@ -1002,7 +1237,8 @@ proptest! {
         }
     }
 
-    /// 2. Under `never`, at most one run, ever; and the workload always comes to an end.
+    /// 2. Under `never`, at most one start, ever (a failover is not a restart, so its cell may
+    /// run besides); and the workload always comes to an end.
     #[test]
     fn never_runs_at_most_once(
         params in specs(Just(Policy::Never).boxed(), any_reset(), true),
@@ -1012,8 +1248,10 @@ proptest! {
         sim.drain()?;
         sim.check_journal()?;
         for wid in sim.workload_ids() {
-            prop_assert!(sim.count(&wid, is_lifecycle_started) <= 1, "{} ran twice", wid);
+            let failovers = sim.count(&wid, is_failover);
+            prop_assert!(sim.count(&wid, is_lifecycle_started) <= 1 + failovers, "{} ran twice", wid);
             prop_assert!(sim.count(&wid, is_starting) <= 1, "{} started twice", wid);
+            prop_assert_eq!(sim.live.workloads[&wid].failovers as usize, failovers);
             prop_assert!(sim.live.workloads[&wid].phase.is_terminal());
         }
     }
@@ -1113,6 +1351,16 @@ proptest! {
         check_backoff_model(&sim)?;
     }
 
+    /// 8. `restarts()` counts the runs after the first that are not failovers, at every step.
+    #[test]
+    fn restarts_count_runs_after_the_first_that_are_not_failovers(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions(1),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        check_restarts_model(&sim)?;
+    }
+
     /// 7b. A crash loop: delays are backoff, 2×backoff, 4×backoff … capped at backoff_max, and a
     /// run that lasted at least backoff_reset sets the next delay back to backoff.
     #[test]
@@ -1130,6 +1378,8 @@ proptest! {
             graceful_ms: None,
             ttl_ms: None,
             long_units: false,
+            warm_standby: false,
+            standbys: None,
         };
         let max = backoff + extra;
         let rules = Rules { successes: false, start_failures: false, stops: false };

@@ -285,7 +285,8 @@ async fn heartbeat_loop(
         renew.extend(waiting.iter().map(|c| c.claim.clone()));
         let inventory = send_inventory.then(|| executor.inventory());
         let carried_inventory = inventory.is_some();
-        let heartbeat = Heartbeat { host: enrolled.host.clone(), reports, renew, inventory };
+        let standbys = inventory.is_some().then(|| executor.armed());
+        let heartbeat = Heartbeat { host: enrolled.host.clone(), reports, renew, inventory, standbys };
 
         let sent_at = boottime_ms();
         next = Instant::now() + interval;

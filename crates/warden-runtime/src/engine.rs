@@ -912,6 +912,9 @@ impl Engine {
             self.cluster.want_inventory.remove(&host);
             self.reconcile(&host, inventory, now, events, effects);
         }
+        if let Some(armed) = &heartbeat.standbys {
+            self.reconcile_standbys(&host, armed);
+        }
         Ok(HeartbeatResponse {
             acked_reports_through: acked,
             renewed,
@@ -998,6 +1001,24 @@ impl Engine {
                     self.cluster.queues.push(host, CommandKind::Signal { cell_id: cell.cell_id.clone(), kill: true });
                 }
                 self.cluster.queues.push(host, CommandKind::Remove { cell_id: cell.cell_id.clone() });
+            }
+        }
+    }
+
+    /// The slots a host keeps against the journal's: `Arm` what it lacks, `Disarm` what it keeps
+    /// but should not.
+    fn reconcile_standbys(&self, host: &str, armed: &[String]) {
+        for w in self.live.workloads.values() {
+            if let Some(slot) = w.standbys.iter().find(|s| s.host == host) {
+                if !armed.iter().any(|a| a == w.id()) {
+                    self.cluster.queues.push(host, self.arm_command(w, slot.clone()));
+                }
+            }
+        }
+        for workload_id in armed {
+            let kept = self.live.workloads.get(workload_id).is_some_and(|w| w.standbys.iter().any(|s| s.host == host));
+            if !kept {
+                self.cluster.queues.push(host, CommandKind::Disarm { workload_id: workload_id.clone() });
             }
         }
     }

@@ -73,6 +73,10 @@ pub struct Heartbeat {
     /// (the agent sees a new `incarnation`), so the control plane can reconcile.
     #[serde(default)]
     pub inventory: Option<Vec<InventoryCell>>,
+    /// With the inventory: the workloads this host keeps a standby slot of, so slots whose
+    /// `Arm` or `Disarm` was lost (a control-plane restart) are sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standbys: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
