@@ -345,7 +345,9 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                 println!("{}", serde_json::to_string(&views)?);
                 return Ok(());
             }
-            let mut rows = vec![["ID", "NAME", "VMID", "STATE", "RESTARTS", "PID", "POLICY", "SINCE"].map(String::from).to_vec()];
+            let mut rows = vec![["ID", "NAME", "VMID", "STATE", "HOST", "EPOCH", "RESTARTS", "PID", "POLICY", "SINCE"]
+                .map(String::from)
+                .to_vec()];
             let now = now_ms();
             for v in &views {
                 rows.push(vec![
@@ -353,6 +355,8 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                     v.name.clone(),
                     v.info.vmid.to_string(),
                     v.state.clone(),
+                    v.host.clone(),
+                    v.epoch.map_or("-".into(), |e| e.to_string()),
                     v.restarts.to_string(),
                     v.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                     v.info.restart_policy.name().to_string(),
