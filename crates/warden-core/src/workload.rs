@@ -47,6 +47,13 @@ pub struct Workload {
     /// Failovers to a standby (`workload.failover`): new cells that are not restarts.
     #[serde(default)]
     pub failovers: u32,
+    /// Of those, the ones whose cell ran and was not the workload's first run (what `restarts`
+    /// leaves out).
+    #[serde(default)]
+    pub failovers_ran: u32,
+    /// The cell the latest failover decided, until it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_cell: Option<String>,
     pub updated_at_ms: u64,
 }
 
@@ -260,6 +267,8 @@ impl Workload {
             pinned_host: None,
             standbys: Vec::new(),
             failovers: 0,
+            failovers_ran: 0,
+            failover_cell: None,
             updated_at_ms: at_ms,
         }
     }
@@ -274,9 +283,9 @@ impl Workload {
         &self.info.id
     }
 
-    /// Restarts so far: every run after the first that was not a failover.
+    /// Restarts so far: every run after the first that was not a failover's.
     pub fn restarts(&self) -> u32 {
-        self.runs.saturating_sub(1).saturating_sub(self.failovers)
+        self.runs.saturating_sub(1).saturating_sub(self.failovers_ran)
     }
 
     fn expires_at_ms(&self) -> Option<u64> {
@@ -533,6 +542,11 @@ impl Workload {
                 self.host = Some(host.clone());
                 self.epoch = *epoch;
                 self.placed_cell = Some(adopts.as_ref().unwrap_or(cell_id).clone());
+                if let (Some(adopted), Some(failover)) = (adopts, &mut self.failover_cell) {
+                    if failover == cell_id {
+                        *failover = adopted.clone();
+                    }
+                }
                 if let (Some(adopted), Phase::Starting { cell_id: starting, .. }) = (adopts, &mut self.phase) {
                     if starting == cell_id {
                         *starting = adopted.clone();
@@ -546,6 +560,7 @@ impl Workload {
             EventData::WorkloadFailover { cell_id, .. } => {
                 self.cells_created += 1;
                 self.failovers += 1;
+                self.failover_cell = Some(cell_id.clone());
                 self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: self.runs };
             }
             EventData::StandbyArmed { slot, .. } => {
@@ -555,6 +570,12 @@ impl Workload {
             }
             EventData::StandbyReleased { host, .. } => self.standbys.retain(|s| s.host != *host),
             EventData::LifecycleStarted { cell_id, pid, pid_start_time, .. } => {
+                if self.failover_cell.as_deref() == Some(cell_id.as_str()) {
+                    if self.runs > 0 {
+                        self.failovers_ran += 1;
+                    }
+                    self.failover_cell = None;
+                }
                 self.runs += 1;
                 let cell =
                     RunningCell { cell_id: cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time, started_at_ms: at_ms };
@@ -605,8 +626,8 @@ impl Workload {
             return Err(format!("{} runs but only {} cells created", self.runs, self.cells_created));
         }
         if let RestartPolicy::Never = self.spec.restart.policy {
-            if self.runs > 1 + self.failovers {
-                return Err(format!("restart policy never, but {} runs and {} failovers", self.runs, self.failovers));
+            if self.runs > 1 + self.failovers_ran {
+                return Err(format!("restart policy never, but {} runs and {} failovers", self.runs, self.failovers_ran));
             }
         }
         Ok(())
