@@ -116,20 +116,8 @@ fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
     let checkpointed = cluster.wait_for(&id, "a checkpoint", |v| v.info.state_uri.is_some());
     let uri = checkpointed.info.state_uri.clone().unwrap();
     let hex = warden_runtime::checkpoint::blob_hex(&uri).unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let staged = |host: &str| cluster.agent(host).data_dir.join("standbys").join(format!("{id}.{hex}.blob"));
-    while !slot_hosts.iter().all(|h| staged(h).exists()) {
-        assert!(Instant::now() < deadline, "the standbys never fetched {uri}\n{}", cluster.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let staged_counter: u64 = {
-        // What the standbys hold: the counter in that checkpoint.
-        let key = std::fs::read(cluster.server.data_dir().join("keys").join(&id)).unwrap();
-        let dir = root.join("peek");
-        let blob = std::fs::read(staged(&slot_hosts[0])).unwrap();
-        warden_runtime::checkpoint::restore(&dir, &key.try_into().unwrap(), &id, &hex, &blob).unwrap();
-        std::fs::read_to_string(dir.join("counter")).unwrap().trim().parse().unwrap()
-    };
+    // What the standbys hold: the counter in that checkpoint.
+    let staged_counter = staged_counter(&cluster, &id, &hex, &slot_hosts);
 
     // No more checkpoints reach the control plane from here on (the primary dies first), and its
     // copy of the latest is damaged: only a standby's own copy can carry the state over.

@@ -9,6 +9,7 @@ pub mod event;
 pub mod job;
 pub mod lease;
 pub mod projection;
+pub mod rollout;
 pub mod spec;
 pub mod standby;
 pub mod time;

@@ -102,7 +102,13 @@ impl Executor {
         self.standbys().insert(workload_id.clone(), armed);
         tracing::info!(%workload_id, index = slot.standby_index, primary = %slot.primary, "standby armed");
         remove_blobs(&dir, &workload_id, wanted.as_deref());
-        if let Some(cell_id) = hot_cell.filter(|id| !self.cells().contains_key(id)) {
+        // The entry is claimed here, under the lock, so an `Arm` sent twice (a reconciliation
+        // racing the first) starts the hot cell once.
+        let claimed = hot_cell.filter(|id| {
+            let mut cells = self.cells();
+            !cells.contains_key(id) && cells.insert(id.clone(), Entry::starting(workload_id.clone(), true, None)).is_none()
+        });
+        if let Some(cell_id) = claimed {
             let executor = self.clone();
             let workload_id = workload_id.clone();
             tokio::spawn(async move { executor.start_hot(workload_id, cell_id, cell, logs).await });
@@ -186,7 +192,8 @@ impl Executor {
         });
     }
 
-    /// Starts a hot standby's cell, fenced under epoch 0 (see the module docs).
+    /// Starts a hot standby's cell, fenced under epoch 0 (see the module docs); its entry was
+    /// claimed by `arm`.
     async fn start_hot(
         &self,
         workload_id: String,
@@ -204,7 +211,6 @@ impl Executor {
         let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
         config.env.insert(ROLE_FILE_ENV.into(), role_file.display().to_string());
         config.env.remove(EPOCH_ENV);
-        self.cells().insert(cell_id.clone(), Entry::starting(workload_id.clone(), true, None));
         match self.spawn_cell(config).await {
             Ok(started) => {
                 // Written after the start (the shim makes the dir): a cell that finds no file yet
