@@ -1191,10 +1191,12 @@ impl Engine {
                 return Err(ApiError::BadRequest(format!("state_uri {uri:?} is not blob:sha256:<hex>")));
             }
         }
-        if let Some(previous) =
-            request.state_uri.as_ref().and(self.live.workloads[&request.workload_id].info.state_uri.as_deref())
-        {
-            self.superseded.extend(blob_artifact_id(previous));
+        // The final checkpoint's own report may have come first: then it is the current one.
+        let previous = self.live.workloads[&request.workload_id].info.state_uri.as_deref();
+        if let (Some(new), Some(previous)) = (&request.state_uri, previous) {
+            if new != previous {
+                self.superseded.extend(blob_artifact_id(previous));
+            }
         }
         let data = EventData::LeaseRevoked {
             workload_id: request.workload_id.clone(),
