@@ -7,12 +7,13 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::cluster::{check_no_overlap, Cluster, ControlPlane};
 use support::{bin, Warden};
+use warden_runtime::view::WorkloadView;
 
 /// Appends `epoch monotonic_ns` every 20 ms to `truth` (the failover ground truth), counts in
 /// `state_dir/counter`, and logs `epoch counter-at-start` to `starts` once per start. Its
@@ -79,6 +80,26 @@ fn counter_at_start(starts_log: &Path, epoch: u64) -> u64 {
     }
 }
 
+/// A cluster of `n_agents` running the `kv` workload with `standbys` slots, once they are armed:
+/// the cluster, the ground truth, state dir and starts log, the workload id and its view.
+struct Kv {
+    cluster: Cluster,
+    truth: PathBuf,
+    state: PathBuf,
+    starts_log: PathBuf,
+    id: String,
+    armed: WorkloadView,
+}
+
+fn armed_kv(n_agents: usize, standbys: u32) -> Kv {
+    let cluster = Cluster::start(n_agents);
+    let root = cluster.server.root.path().to_path_buf();
+    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, standbys));
+    let armed = cluster.wait_for(&id, "armed standbys", |v| v.state == "running" && v.standbys.len() == standbys as usize);
+    Kv { cluster, truth, state, starts_log, id, armed }
+}
+
 fn respawn(cluster: &mut Cluster, name: &str) {
     let (url, token, config_home) =
         (format!("http://{}", cluster.server.addr()), cluster.server.join_token(), cluster.server.config_home());
@@ -89,13 +110,9 @@ fn respawn(cluster: &mut Cluster, name: &str) {
 
 #[test]
 fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
-    let mut cluster = Cluster::start(3);
-    let root = cluster.server.root.path().to_path_buf();
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
-    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
+    let Kv { mut cluster, truth, state, starts_log, id, armed } = armed_kv(3, 2);
 
     // Armed: a slot on each other host, naming the primary and each other.
-    let armed = cluster.wait_for(&id, "two armed standbys", |v| v.state == "running" && v.standbys.len() == 2);
     let (primary, epoch) = (armed.host.clone(), armed.epoch.expect("a primary has an epoch"));
     let slot_hosts: Vec<String> = armed.standbys.iter().map(|s| s.host.clone()).collect();
     for (i, slot) in armed.standbys.iter().enumerate() {
@@ -219,11 +236,7 @@ fn standbys_need_other_hosts_and_the_lowest_index_wins() {
 
 #[test]
 fn draining_the_primary_hands_over_its_final_state_without_waiting_for_the_lease() {
-    let cluster = Cluster::start(3);
-    let root = cluster.server.root.path().to_path_buf();
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
-    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 1));
-    let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);
+    let Kv { cluster, truth, starts_log, id, armed, .. } = armed_kv(3, 1);
     let (primary, epoch, standby) = (armed.host.clone(), armed.epoch.unwrap(), armed.standbys[0].host.clone());
     std::thread::sleep(Duration::from_millis(500));
 
@@ -346,11 +359,7 @@ fn staged_counter(cluster: &Cluster, id: &str, hex: &str, slot_hosts: &[String])
 
 #[test]
 fn a_control_plane_restart_mid_failover_still_promotes_one_standby() {
-    let mut cluster = Cluster::start(3);
-    let root = cluster.server.root.path().to_path_buf();
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
-    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
-    let armed = cluster.wait_for(&id, "two armed standbys", |v| v.state == "running" && v.standbys.len() == 2);
+    let Kv { mut cluster, truth, starts_log, id, armed, .. } = armed_kv(3, 2);
     let (primary, epoch) = (armed.host.clone(), armed.epoch.expect("a primary has an epoch"));
     let slot_hosts: Vec<String> = armed.standbys.iter().map(|s| s.host.clone()).collect();
 
@@ -406,11 +415,7 @@ fn a_control_plane_restart_mid_failover_still_promotes_one_standby() {
 
 #[test]
 fn an_agent_that_lost_its_slot_is_armed_again() {
-    let mut cluster = Cluster::start(2);
-    let root = cluster.server.root.path().to_path_buf();
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
-    let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 1));
-    let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);
+    let Kv { mut cluster, id, armed, .. } = armed_kv(2, 1);
     let standby = armed.standbys[0].host.clone();
     let slot_file = cluster.agent(&standby).data_dir.join("standbys").join(format!("{id}.json"));
     assert!(slot_file.exists(), "the slot is kept on the standby's disk");

@@ -965,12 +965,19 @@ fn workload_id_of(executor: &Executor, cell_id: &str) -> String {
 }
 
 fn write_checkpoint_plan(cell_dir: &Path, plan: &CheckpointPlan) -> std::io::Result<()> {
+    write_private(&cell_dir.join(CHECKPOINT_FILE), &serde_json::to_vec(plan).expect("serializes"))
+}
+
+/// Writes a file only this user can read (it may hold a key), replacing it atomically. Not
+/// fsynced: like the cells' own records it must survive the agent, not the host (see
+/// ARCHITECTURE, "Durability lives in the journal").
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = cell_dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(&serde_json::to_vec(plan).expect("serializes"))?;
-    std::fs::rename(&tmp, cell_dir.join(CHECKPOINT_FILE))
+    file.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn read_checkpoint_plan(cell_dir: &Path) -> Option<CheckpointPlan> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::executor::{Entry, Executor, Tracked, EPOCH_ENV};
+use super::executor::{write_private, Entry, Executor, Tracked, EPOCH_ENV};
 use super::http::HttpError;
 use crate::checkpoint;
 use crate::proto::{AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, LeaseClaim, ReportEvent};
@@ -286,9 +286,8 @@ impl Executor {
         // SAFETY: a signal to the cell's process, which this agent watches (its pidfd is open).
         unsafe { libc::kill(started.pid as libc::pid_t, libc::SIGUSR1) };
         tracing::info!(%workload_id, %cell_id, epoch, "hot standby promoted in place");
-        self.standbys().remove(&workload_id);
-        let dir = self.standby_dir();
-        let _ = std::fs::remove_file(dir.join(format!("{workload_id}.json")));
+        // The cell is no standby any more, so this only forgets the slot.
+        self.disarm(&workload_id);
         let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
         self.report(workload_id, cell_id, event).await;
     }
@@ -321,15 +320,4 @@ fn remove_blobs(dir: &Path, workload_id: &str, keep: Option<&str>) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-}
-
-/// Writes a file only this user can read (it may hold a key), replacing it atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
