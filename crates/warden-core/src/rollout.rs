@@ -54,8 +54,8 @@
 //! Dispatched     ·      ✓     ·        ·         ·        ·    ✓       ·         ·           ·           ·
 //! Acked          ·      ·     ✓        ·         ✓        ·    ✓       ·         ·           ·           ·
 //! Activating     ·      ·     ·        ✓         ✓        ·    ✓       ·         ·           ·           ·
-//! Soaking        ·      ·     ·        ·         ·        ✓    ✓       ·         ·           ·           ·
-//! Converged      ·      ·     ·        ·         ·        ·    ✓       ·         ·           ·           ·
+//! Soaking        ·      ·     ·        ·         ·        ✓    ✓       ✓         ·           ·           ·
+//! Converged      ·      ·     ·        ·         ·        ·    ✓       ✓         ·           ·           ·
 //! Failed         ·      ·     ·        ·         ·        ·    ✓       ✓         ·           ·           ·
 //! Reverting      ·      ·     ·        ·         ·        ·    ✓       ·         ✓           ✓           ✓
 //! Reverted       ·      ·     ·        ·         ·        ·    ✓       ·         ·           ·           ·
@@ -222,6 +222,23 @@ pub struct RolloutPolicy {
     /// have not all passed together this long after its soak ended, is reported as blocking the
     /// wave ([`Action::Blocked`]); it keeps its place and its budget, it is never skipped.
     pub stall_after_ms: u64,
+    /// How long a host may take to activate (or roll back) before it counts as failed.
+    #[serde(default = "default_activation_timeout_ms")]
+    pub activation_timeout_ms: u64,
+    /// A host activation (a rollout of an artifact, not of a service): the argv each host runs
+    /// to switch to the target, `{target}` replaced by it; must print nothing in particular and
+    /// exit 0. Empty for a service rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub activate: Vec<String>,
+    /// The argv that returns a host to `{previous}` (also given `{target}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<String>,
+}
+
+pub const DEFAULT_ACTIVATION_TIMEOUT_MS: u64 = 600_000;
+
+fn default_activation_timeout_ms() -> u64 {
+    DEFAULT_ACTIVATION_TIMEOUT_MS
 }
 
 /// A policy that cannot run.
@@ -319,6 +336,9 @@ struct RawPolicy {
     on_failure: Option<Spanned<String>>,
     require_probes: Option<bool>,
     stall_after: Option<Spanned<String>>,
+    activation_timeout: Option<Spanned<String>>,
+    activate: Option<Spanned<Vec<String>>>,
+    rollback: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     probes: Vec<RawProbe>,
 }
@@ -395,6 +415,17 @@ impl RawPolicy {
             }
         };
         let probes = self.probes.into_iter().enumerate().map(|(i, raw)| raw.validate(i)).collect::<Result<Vec<_>, _>>()?;
+        let argv = |field: &str, raw: Option<Spanned<Vec<String>>>| match raw {
+            Some(argv) if argv.get_ref().is_empty() || argv.get_ref()[0].is_empty() => {
+                Err((Some(argv.span()), format!("{field}: a non-empty argv")))
+            }
+            raw => Ok(raw.map(Spanned::into_inner).unwrap_or_default()),
+        };
+        let activate = argv("activate", self.activate)?;
+        let rollback = argv("rollback", self.rollback)?;
+        if activate.is_empty() != rollback.is_empty() {
+            return Err((None, "a host activation needs both activate and rollback (or neither, for a service rollout)".into()));
+        }
         let policy = RolloutPolicy {
             waves,
             max_in_flight,
@@ -402,6 +433,9 @@ impl RawPolicy {
             probes,
             require_probes: self.require_probes.unwrap_or(true),
             stall_after_ms: duration("stall_after", &self.stall_after, DEFAULT_STALL_AFTER_MS)?,
+            activation_timeout_ms: duration("activation_timeout", &self.activation_timeout, DEFAULT_ACTIVATION_TIMEOUT_MS)?,
+            activate,
+            rollback,
         };
         policy.check().map_err(|InvalidPolicy(message)| (None, message))?;
         Ok(policy)
@@ -650,8 +684,8 @@ pub const LEGAL: [[bool; 11]; 9] = {
         /* Dispatched */ [N, Y, N, N, N, N, Y, N, N, N, N],
         /* Acked      */ [N, N, Y, N, Y, N, Y, N, N, N, N],
         /* Activating */ [N, N, N, Y, Y, N, Y, N, N, N, N],
-        /* Soaking    */ [N, N, N, N, N, Y, Y, N, N, N, N],
-        /* Converged  */ [N, N, N, N, N, N, Y, N, N, N, N],
+        /* Soaking    */ [N, N, N, N, N, Y, Y, Y, N, N, N],
+        /* Converged  */ [N, N, N, N, N, N, Y, Y, N, N, N],
         /* Failed     */ [N, N, N, N, N, N, Y, Y, N, N, N],
         /* Reverting  */ [N, N, N, N, N, N, Y, N, Y, Y, Y],
         /* Reverted   */ [N, N, N, N, N, N, Y, N, N, N, N],
@@ -948,7 +982,8 @@ impl HostRolloutSnapshot {
                 }
             }
             (_, HostInput::Tick) => Vec::new(),
-            (S::Failed, HostInput::RollBack) => vec![HostEvent::RollbackOrdered],
+            // Failed: decided by `next_actions`; Soaking or Converged: an operator's undo.
+            (S::Failed | S::Soaking | S::Converged, HostInput::RollBack) => vec![HostEvent::RollbackOrdered],
             (S::Reverting, HostInput::RollbackStarted { seq }) => vec![HostEvent::RollbackStarted { seq: *seq }],
             (S::Reverting, HostInput::RollbackCompleted { seq, current }) if *current == self.previous => {
                 vec![HostEvent::Reverted { seq: *seq, current: current.clone() }]
@@ -1072,6 +1107,8 @@ impl HostRolloutSnapshot {
             HostEvent::RollbackOrdered => {
                 self.state = HostRolloutState::Reverting;
                 self.n_rollbacks += 1;
+                // Only a failed host is rolled back on the rollout's own decision.
+                self.failure.get_or_insert_with(|| "rolled back by an operator (warden rollout undo)".into());
             }
             HostEvent::RollbackStarted { seq } => self.reported(*seq, at_ms),
             HostEvent::Reverted { seq, current } => {
@@ -1163,6 +1200,10 @@ pub struct Rollout {
     pub quarantined: bool,
     /// Every host converged.
     pub completed: bool,
+    /// An operator undid the rollout: it is halted, and every host that reached the target (or
+    /// failed on it) is rolled back to `previous`.
+    #[serde(default)]
+    pub undone: bool,
     pub updated_at_ms: u64,
 }
 
@@ -1175,6 +1216,8 @@ pub enum RolloutEvent {
     Halted { reason: String },
     Quarantined { target: String },
     Completed,
+    /// An operator's undo (`warden rollout undo`): halts, and rolls back every host on the target.
+    Undone { reason: String },
 }
 
 /// What [`next_actions`] asks of the runtime.
@@ -1306,6 +1349,7 @@ impl Rollout {
             halted: None,
             quarantined: false,
             completed: false,
+            undone: false,
             updated_at_ms: at_ms,
         })
     }
@@ -1370,6 +1414,10 @@ impl Rollout {
             }
             RolloutEvent::Quarantined { .. } => self.quarantined = true,
             RolloutEvent::Completed => self.completed = true,
+            RolloutEvent::Undone { reason } => {
+                self.undone = true;
+                self.halted.get_or_insert_with(|| reason.clone());
+            }
         }
         debug_assert_eq!(self.validate(), Ok(()));
     }
@@ -1389,7 +1437,7 @@ impl Rollout {
             if host.wave > self.wave && host.state != HostRolloutState::Pending {
                 return Err(format!("{name} of wave {} is {} while the rollout is at wave {}", host.wave, host.state, self.wave));
             }
-            if host.wave < self.wave && host.state != HostRolloutState::Converged {
+            if host.wave < self.wave && host.state != HostRolloutState::Converged && !self.undone {
                 return Err(format!(
                     "{name} of wave {} is {}, yet the rollout moved on to wave {}",
                     host.wave, host.state, self.wave
@@ -1406,11 +1454,12 @@ impl Rollout {
             }
         }
         if self.completed
+            && !self.undone
             && (self.wave + 1 != self.waves.len() || self.hosts.values().any(|h| h.state != HostRolloutState::Converged))
         {
             return Err("completed, but not every host converged".into());
         }
-        if self.quarantined && self.halted.is_none() {
+        if (self.quarantined || self.undone) && self.halted.is_none() {
             return Err("the target is quarantined but the rollout is not halted".into());
         }
         Ok(())
@@ -1435,6 +1484,17 @@ pub fn next_actions(rollout: &Rollout, now_ms: u64) -> Vec<Action> {
     use HostRolloutState as S;
     let policy = &rollout.policy;
     let mut actions = Vec::new();
+    if rollout.undone {
+        // Every host that reached the target, or failed on it, goes back once; hosts still on
+        // their way are rolled back when they get there.
+        for hostname in rollout.waves.iter().flatten() {
+            let host = &rollout.hosts[hostname];
+            if matches!(host.state, S::Soaking | S::Converged | S::Failed) && host.n_rollbacks == 0 {
+                actions.push(Action::RollBack { hostname: hostname.clone(), to: host.previous.clone() });
+            }
+        }
+        return actions;
+    }
     if rollout.completed {
         return actions;
     }
@@ -1535,6 +1595,9 @@ mod tests {
             ],
             require_probes: true,
             stall_after_ms: 60_000,
+            activation_timeout_ms: DEFAULT_ACTIVATION_TIMEOUT_MS,
+            activate: Vec::new(),
+            rollback: Vec::new(),
         }
     }
 

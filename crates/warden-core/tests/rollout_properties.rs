@@ -84,6 +84,9 @@ fn policies() -> impl Strategy<Value = RolloutPolicy> {
                 probes,
                 require_probes: require_probes && has_enforce,
                 stall_after_ms,
+                activation_timeout_ms: warden_core::rollout::DEFAULT_ACTIVATION_TIMEOUT_MS,
+                activate: Vec::new(),
+                rollback: Vec::new(),
             }
         })
 }
@@ -632,6 +635,9 @@ proptest! {
             probes: probe_specs_with_threshold(failure_threshold),
             require_probes: true,
             stall_after_ms: 60_000,
+            activation_timeout_ms: warden_core::rollout::DEFAULT_ACTIVATION_TIMEOUT_MS,
+            activate: Vec::new(),
+            rollback: Vec::new(),
         };
         let mut sim = Sim::new(policy, &[Agent::Healthy], 0)?;
         sim.pass(0, false)?;

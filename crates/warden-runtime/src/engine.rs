@@ -710,6 +710,7 @@ impl Engine {
                             StartLease { epoch, ttl_ms: (ttl_ms != self.cluster.config.lease.ttl_ms).then_some(ttl_ms) }
                         }),
                         checkpoint: self.checkpoint_plan(workload),
+                        spec_id: Some(workload.info.spec_id.clone()),
                     };
                     self.cluster.queues.push(&host, start);
                 }
@@ -920,6 +921,7 @@ impl Engine {
             renewed,
             incarnation: self.cluster.queues.incarnation.clone(),
             send_inventory: self.cluster.want_inventory.contains(&host),
+            rollouts: Vec::new(),
         })
     }
 

@@ -11,8 +11,10 @@
 //!                                                               arm / disarm / promote standbys
 //!   POST /v1/agents/revoke   {workload, cell, epoch, state_uri} ──▶ a drained host gives a lease up
 //!   POST /v1/agents/acquire  {workload, cell, expected epoch} ──▶ a standby asks for the lease
-//!   POST /v1/agents/logs/<request>  (a chunk of a cell's output) ──▶ relayed to `warden logs`
 //!        ◀── {epoch} (won: a `Start` follows)  |  409 (lost: someone else holds it)
+//!   POST /v1/agents/logs/<request>  (a chunk of a cell's output) ──▶ relayed to `warden logs`
+//!   POST /v1/agents/rollout  {rollout, input (seq'd)}  ──▶ the host's part in a rollout advances
+//!        ◀── {snapshot after it, outcome}
 //! ```
 //!
 //! Warm standbys: the control plane arms a `StandbySlot` on each standby host (`Arm`: the spec,
@@ -31,6 +33,7 @@
 
 use serde::{Deserialize, Serialize};
 use warden_core::lease::LeaseTiming;
+use warden_core::rollout::{HostInput, HostRolloutSnapshot, ProbeSpec};
 use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::standby::StandbySlot;
 use warden_core::CellExit;
@@ -90,6 +93,56 @@ pub struct HeartbeatResponse {
     pub incarnation: String,
     /// The control plane wants the inventory (it restarted, or lost track).
     pub send_inventory: bool,
+    /// Answering a heartbeat that carried the inventory (the first after either side
+    /// restarted): this host's part in every rollout that is not over for it, so an agent that
+    /// lost its memory resumes activations, probes and rollbacks (and keeps each soak deadline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutOrder>,
+}
+
+/// This host's part in a rollout: its snapshot (the control plane's view, `last_event_seq`
+/// included, so the agent numbers its next report above it), the probes to run while it soaks,
+/// and how it activates (or rolls back). Sent as a `Rollout` command whenever the control plane
+/// decides something for the host (dispatch, roll back, converged, failed), and in the heartbeat
+/// answer after a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutOrder {
+    pub snapshot: HostRolloutSnapshot,
+    pub probes: Vec<ProbeSpec>,
+    pub activation: Activation,
+    /// How long activating or rolling back may take before the agent reports it failed.
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Activation {
+    /// A service's instances here move to the spec `target` (a `spec_id`). The control plane
+    /// replaces their cells once the agent reports the activation started (and back to
+    /// `previous` once it reports a rollback started); the agent's activation completes when each
+    /// of `workloads` runs a cell of the wanted spec on this host.
+    Service { workloads: Vec<String> },
+    /// A host activation (the nixfleet case): the agent runs `activate` (`{target}` replaced by
+    /// the target, `{previous}` by what the host ran before), or `rollback` to go back.
+    Command { activate: Vec<String>, rollback: Vec<String> },
+}
+
+/// `POST /v1/agents/rollout`: one report of this host's part in a rollout (`input.seq()` is
+/// the agent's, one above the snapshot's `last_event_seq`). Answered with the snapshot after it:
+/// the agent follows that, so a redelivered report (a duplicate) changes nothing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutReport {
+    pub host: String,
+    pub rollout_id: String,
+    pub input: HostInput,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutReportResponse {
+    pub snapshot: HostRolloutSnapshot,
+    /// `applied`, `duplicate`, or why the report does not apply (the snapshot says where the
+    /// host stands; a stale report is not an error the agent can fix).
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +237,10 @@ pub enum CommandKind {
         lease: Option<StartLease>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         checkpoint: Option<CheckpointPlan>,
+        /// The workload's spec (`spec_id`): set in the cell's environment as `WARDEN_SPEC_ID`,
+        /// which is how the agent tells which version a cell runs (service rollouts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec_id: Option<String>,
     },
     /// Take a checkpoint of this (checkpointed) cell now (`warden checkpoint ID`).
     Checkpoint { cell_id: String },
@@ -217,6 +274,8 @@ pub enum CommandKind {
     Promote { workload_id: String, cell_id: String, expected_epoch: u64 },
     /// SIGTERM (or SIGKILL with `kill`) to the cell.
     Signal { cell_id: String, kill: bool },
+    /// This host's part in a rollout changed (see [`RolloutOrder`]).
+    Rollout { order: RolloutOrder },
     /// The cell's end is journaled: remove what is left of it.
     Remove { cell_id: String },
 }

@@ -218,3 +218,71 @@ pub struct HostView {
     /// Workloads whose current cell is on this host.
     pub cells: Vec<String>,
 }
+
+/// `POST /v1/rollouts`: a service (`service` + a new spec) or a host activation (`channel` +
+/// `target`, with `activate`/`rollback` in the policy) rolled out under `policy_toml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// The service: the id it was submitted with (`warden run --id`), e.g. an `each-host` group.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The new spec, for a service rollout; `spec_file` names it in errors.
+    #[serde(default)]
+    pub spec_file: Option<String>,
+    #[serde(default)]
+    pub spec_toml: Option<String>,
+    /// A host activation: the artifact every host of `channel` (all hosts if none) switches to.
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// The policy; `policy_file` names it in errors. Empty: the defaults (which need probes, so
+    /// an empty policy is refused unless it says `require_probes = false`).
+    pub policy_file: String,
+    pub policy_toml: String,
+}
+
+/// A rollout as the API shows it: the rollout, every host's `HostRolloutSnapshot`, and what
+/// holds it up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: String,
+    /// `running|paused|halted|completed|undone`.
+    pub state: String,
+    /// The service rolled out, or none for a host activation.
+    pub service: Option<String>,
+    pub channel: String,
+    pub target: String,
+    pub policy: warden_core::rollout::RolloutPolicy,
+    /// The current wave (0 is the canary).
+    pub wave: usize,
+    pub waves: Vec<WaveView>,
+    pub halted: Option<String>,
+    pub quarantined: bool,
+    pub hosts: Vec<warden_core::rollout::HostRolloutSnapshot>,
+    /// Hosts of the current wave holding it up (silent, or soaked but not passing).
+    pub blocked: Vec<BlockedView>,
+    pub started_by: String,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WaveView {
+    /// As written in the policy: `1`, `"25%"`.
+    pub size: String,
+    pub soak_ms: u64,
+    /// In dispatch order.
+    pub hosts: Vec<String>,
+    pub n_converged: usize,
+    pub n_failed: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockedView {
+    pub host: String,
+    pub state: String,
+    pub since_ms: u64,
+    /// `silent` or `not-passing`.
+    pub reason: String,
+}

@@ -416,7 +416,7 @@ impl Executor {
     /// `Signal` to a cell that ended, a `Remove` of a cell that is gone change nothing.
     pub async fn execute(&self, command: CommandKind) {
         match command {
-            CommandKind::Start { workload_id, cell_id, cell, logs, lease, checkpoint } => {
+            CommandKind::Start { workload_id, cell_id, cell, logs, lease, checkpoint, spec_id: _ } => {
                 self.start(workload_id, cell_id, cell, logs, lease, checkpoint).await
             }
             CommandKind::Checkpoint { cell_id } => {
@@ -448,6 +448,7 @@ impl Executor {
                 self.evict(workload_id, cell_id, epoch, grace_ms).await
             }
             CommandKind::Promote { workload_id, cell_id, expected_epoch } => self.promote(workload_id, cell_id, expected_epoch),
+            CommandKind::Rollout { order } => tracing::warn!(rollout = %order.snapshot.rollout_id, "rollouts are not carried out yet"),
         }
     }
 
