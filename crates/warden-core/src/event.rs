@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::sha256_hex;
 use crate::job::JobEvent;
+use crate::rollout::{RolloutEvent, RolloutStart};
 use crate::spec::Spec;
 use crate::standby::StandbySlot;
 use crate::time::format_rfc3339_ms;
@@ -241,6 +242,22 @@ pub enum EventData {
     /// The journal found a torn or corrupt tail at start-up and cut it back.
     #[serde(rename = "dev.warden.journal.recovered.v1")]
     JournalRecovered { discarded_from_seq: u64, n_discarded: u64, reason: String },
+
+    /// The workload runs `spec` from now on (a rollout, or its rollback): its cell is replaced.
+    #[serde(rename = "dev.warden.workload.replaced.v1")]
+    WorkloadReplaced { workload_id: String, spec_id: String, spec: Spec, reason: String },
+
+    /// A rollout began: every host with what it ran, in dispatch order, and the policy.
+    #[serde(rename = "dev.warden.rollout.started.v1")]
+    RolloutStarted(RolloutStart),
+
+    /// A rollout moved: a host's step (`kind = host`), or the rollout's own (a wave, a halt, …).
+    #[serde(rename = "dev.warden.rollout.progressed.v1")]
+    RolloutProgressed { rollout_id: String, event: RolloutEvent },
+
+    /// An operator paused (no more dispatches or waves) or resumed a rollout.
+    #[serde(rename = "dev.warden.rollout.paused.v1")]
+    RolloutPaused { rollout_id: String, paused: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,13 +289,17 @@ impl EventData {
             | EventData::LeaseGranted { workload_id, .. }
             | EventData::LeaseReleased { workload_id, .. }
             | EventData::LeaseRevoked { workload_id, .. }
-            | EventData::CheckpointTaken { workload_id, .. } => Some(workload_id),
+            | EventData::CheckpointTaken { workload_id, .. }
+            | EventData::WorkloadReplaced { workload_id, .. } => Some(workload_id),
             EventData::Job(_)
             | EventData::JournalRecovered { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }
-            | EventData::HostUp { .. } => None,
+            | EventData::HostUp { .. }
+            | EventData::RolloutStarted(_)
+            | EventData::RolloutProgressed { .. }
+            | EventData::RolloutPaused { .. } => None,
         }
     }
 
@@ -290,6 +311,8 @@ impl EventData {
             | EventData::HostDown { host, .. }
             | EventData::HostUp { host }
             | EventData::HostDrain { host, .. } => Some(host),
+            EventData::RolloutStarted(start) => Some(&start.rollout_id),
+            EventData::RolloutProgressed { rollout_id, .. } | EventData::RolloutPaused { rollout_id, .. } => Some(rollout_id),
             other => other.workload_id(),
         }
     }

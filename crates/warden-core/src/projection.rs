@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{CloudEvent, EventData};
 use crate::job::RunRecord;
+use crate::rollout::RolloutRecord;
 use crate::spec::Spec;
 use crate::time::parse_rfc3339_ms;
 use crate::types::WorkloadInfo;
@@ -29,6 +30,9 @@ pub struct Projection {
     /// not events); after a restart every held lease counts as renewed then (`lease::after_restart`).
     #[serde(default)]
     pub leases: BTreeMap<String, LeaseRecord>,
+    /// Rollouts by id.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, RolloutRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +142,24 @@ impl Projection {
                 }
                 if let (Some(uri), Some(w)) = (state_uri, self.workloads.get_mut(workload_id)) {
                     w.info.state_uri = Some(uri.clone());
+                }
+                return;
+            }
+            EventData::RolloutStarted(start) => {
+                if let Some(record) = RolloutRecord::start(start, at_ms) {
+                    self.rollouts.insert(start.rollout_id.clone(), record);
+                }
+                return;
+            }
+            EventData::RolloutProgressed { rollout_id, event } => {
+                if let Some(record) = self.rollouts.get_mut(rollout_id) {
+                    record.rollout.apply(event, at_ms);
+                }
+                return;
+            }
+            EventData::RolloutPaused { rollout_id, paused } => {
+                if let Some(record) = self.rollouts.get_mut(rollout_id) {
+                    record.paused = *paused;
                 }
                 return;
             }

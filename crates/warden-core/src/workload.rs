@@ -54,6 +54,9 @@ pub struct Workload {
     /// The cell the latest failover decided, until it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover_cell: Option<String>,
+    /// Cells started because the spec was replaced (a rollout): new versions, not restarts.
+    #[serde(default)]
+    pub replacements: u32,
     pub updated_at_ms: u64,
 }
 
@@ -78,6 +81,8 @@ pub struct RunningCell {
 pub enum StopReason {
     Requested,
     Expired,
+    /// The spec was replaced (a rollout): the cell stops and one of the new spec starts at once.
+    Replaced,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +201,15 @@ pub enum Input {
         host: Option<String>,
         reason: String,
     },
+    /// Run `spec` (`spec_id`) from now on (a rollout moving the workload to a new version, or
+    /// back): a running cell is stopped (SIGTERM, SIGKILL after its grace) and a cell of the new
+    /// spec starts as soon as it is gone, without backoff; a workload that failed or completed
+    /// starts again. Refused once the workload was stopped or expired.
+    Replace {
+        spec: Box<Spec>,
+        spec_id: String,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +250,7 @@ impl Input {
             Input::CellStartFailed { .. } => "cell-start-failed",
             Input::CellExited { .. } => "cell-exited",
             Input::HostLost { .. } => "host-lost",
+            Input::Replace { .. } => "replace",
         }
     }
 
@@ -245,7 +260,7 @@ impl Input {
             | Input::CellStartFailed { cell_id, .. }
             | Input::CellExited { cell_id, .. }
             | Input::HostLost { cell_id, .. } => Some(cell_id),
-            Input::Tick | Input::Stop => None,
+            Input::Tick | Input::Stop | Input::Replace { .. } => None,
         }
     }
 }
@@ -269,6 +284,7 @@ impl Workload {
             failovers: 0,
             failovers_ran: 0,
             failover_cell: None,
+            replacements: 0,
             updated_at_ms: at_ms,
         }
     }
@@ -283,9 +299,9 @@ impl Workload {
         &self.info.id
     }
 
-    /// Restarts so far: every run after the first that was not a failover's.
+    /// Restarts so far: every run after the first that was not a failover's or a new version's.
     pub fn restarts(&self) -> u32 {
-        self.runs.saturating_sub(1).saturating_sub(self.failovers_ran)
+        self.runs.saturating_sub(1).saturating_sub(self.failovers_ran).saturating_sub(self.replacements)
     }
 
     fn expires_at_ms(&self) -> Option<u64> {
@@ -324,6 +340,10 @@ impl Workload {
         }
         let id = self.id().to_string();
         let mut decision = Decision::default();
+        if let Input::Replace { spec, spec_id, reason } = input {
+            self.decide_replace(spec, spec_id, reason, now_ms, &mut decision)?;
+            return Ok(decision);
+        }
         match (&self.phase, input) {
             (Phase::Pending | Phase::Backoff { .. }, Input::Tick) if self.is_expired(now_ms) => {
                 decision.events.push(EventData::WorkloadExpired { workload_id: id });
@@ -447,6 +467,43 @@ impl Workload {
         Ok(decision)
     }
 
+    fn decide_replace(
+        &self,
+        spec: &Spec,
+        spec_id: &str,
+        reason: &str,
+        now_ms: u64,
+        decision: &mut Decision,
+    ) -> Result<(), StepError> {
+        let id = self.id().to_string();
+        let refused = || StepError::WrongPhase { workload_id: id.clone(), phase: self.phase.name(), input: "replace" };
+        let replaced = EventData::WorkloadReplaced {
+            workload_id: id.clone(),
+            spec_id: spec_id.into(),
+            spec: spec.clone(),
+            reason: reason.into(),
+        };
+        match &self.phase {
+            Phase::Stopped { .. } | Phase::Expired => return Err(refused()),
+            Phase::Stopping { reason: StopReason::Replaced, .. } => decision.events.push(replaced),
+            Phase::Stopping { .. } => return Err(refused()),
+            Phase::Starting { .. } | Phase::Running { .. } => {
+                decision.events.push(replaced);
+                // The old version's grace, not the new one's: it is the old cell that stops.
+                let kill_at_ms = now_ms.saturating_add(self.spec.cell.graceful_shutdown_ms);
+                decision.events.push(EventData::WorkloadStopping { workload_id: id.clone(), reason: StopReason::Replaced, kill_at_ms });
+                if let Phase::Running { cell } = &self.phase {
+                    decision.effects.push(Effect::SignalCell { workload_id: id, cell_id: cell.cell_id.clone(), signal: StopSignal::Term });
+                }
+            }
+            // No cell: the replaced workload is pending again, and its next tick starts the new spec.
+            Phase::Pending | Phase::Exited { .. } | Phase::Backoff { .. } | Phase::Completed | Phase::Failed { .. } => {
+                decision.events.push(replaced)
+            }
+        }
+        Ok(())
+    }
+
     fn decide_start(&self, decision: &mut Decision) {
         let cell_id = format!("{}.{}", self.id(), self.cells_created + 1);
         decision.events.push(EventData::WorkloadStarting {
@@ -481,6 +538,14 @@ impl Workload {
                 return;
             }
             Some(StopReason::Expired) => {
+                decision.events.push(EventData::WorkloadExpired { workload_id: id });
+                return;
+            }
+            Some(StopReason::Replaced) if !self.is_expired(now_ms) => {
+                self.decide_start(decision);
+                return;
+            }
+            Some(StopReason::Replaced) => {
                 decision.events.push(EventData::WorkloadExpired { workload_id: id });
                 return;
             }
@@ -537,7 +602,10 @@ impl Workload {
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }
             | EventData::LeaseRevoked { .. }
-            | EventData::HostUp { .. } => {}
+            | EventData::HostUp { .. }
+            | EventData::RolloutStarted(_)
+            | EventData::RolloutProgressed { .. }
+            | EventData::RolloutPaused { .. } => {}
             EventData::CellPlaced { cell_id, host, epoch, adopts, .. } => {
                 self.host = Some(host.clone());
                 self.epoch = *epoch;
@@ -554,6 +622,10 @@ impl Workload {
                 }
             }
             EventData::WorkloadStarting { cell_id, attempt, .. } => {
+                if self.stop_reason == Some(StopReason::Replaced) {
+                    self.stop_reason = None;
+                    self.replacements += 1;
+                }
                 self.cells_created += 1;
                 self.phase = Phase::Starting { cell_id: cell_id.clone(), attempt: *attempt };
             }
@@ -615,6 +687,18 @@ impl Workload {
             }
             EventData::WorkloadStopped { reason, .. } => self.phase = Phase::Stopped { reason: reason.clone() },
             EventData::WorkloadExpired { .. } => self.phase = Phase::Expired,
+            EventData::WorkloadReplaced { spec, spec_id, .. } => {
+                self.spec = spec.clone();
+                self.info.spec_id = spec_id.clone();
+                self.consecutive_failures = 0;
+                if matches!(
+                    self.phase,
+                    Phase::Exited { .. } | Phase::Backoff { .. } | Phase::Completed | Phase::Failed { .. }
+                ) {
+                    self.phase = Phase::Pending;
+                    self.stop_reason = Some(StopReason::Replaced);
+                }
+            }
             EventData::CheckpointTaken { state_uri, .. } => self.info.state_uri = Some(state_uri.clone()),
         }
         debug_assert_eq!(self.validate(), Ok(()));
@@ -626,7 +710,7 @@ impl Workload {
             return Err(format!("{} runs but only {} cells created", self.runs, self.cells_created));
         }
         if let RestartPolicy::Never = self.spec.restart.policy {
-            if self.runs > 1 + self.failovers_ran {
+            if self.runs > 1 + self.failovers_ran + self.replacements {
                 return Err(format!("restart policy never, but {} runs and {} failovers", self.runs, self.failovers_ran));
             }
         }

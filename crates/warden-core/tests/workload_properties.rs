@@ -290,9 +290,16 @@ enum Action {
     Submit,
     /// The host of one of the cells that exist or are being started is lost.
     Lost { cell: Index },
+    /// A rollout moves one of the submitted workloads to a new spec, whatever its phase.
+    Replace { workload: Index },
 }
 
 fn actions(stop_weight: u32) -> impl Strategy<Value = Vec<Action>> {
+    actions_with(stop_weight, 0)
+}
+
+/// `actions`, with new versions (`Action::Replace`) weighted `replace_weight`.
+fn actions_with(stop_weight: u32, replace_weight: u32) -> impl Strategy<Value = Vec<Action>> {
     let advance = prop_oneof![
         1 => Just(0u64),
         4 => 0u64..=500,
@@ -309,6 +316,7 @@ fn actions(stop_weight: u32) -> impl Strategy<Value = Vec<Action>> {
         stop_weight => any::<Index>().prop_map(|workload| Action::Stop { workload }),
         1 => Just(Action::Submit),
         3 => any::<Index>().prop_map(|cell| Action::Lost { cell }),
+        replace_weight => any::<Index>().prop_map(|workload| Action::Replace { workload }),
     ];
     prop::collection::vec(action, 0..120)
 }
@@ -371,6 +379,10 @@ struct Tally {
     failovers: u32,
     /// `workload.starting`
     starts: u32,
+    /// `workload.starting` after an earlier one with a `workload.replaced` in between: a new
+    /// version's cell, not a restart.
+    replacements: u32,
+    replaced_since_start: bool,
 }
 
 fn info_for(index: usize, spec: &Spec, now_ms: u64) -> WorkloadInfo {
@@ -471,7 +483,59 @@ impl Sim {
                 let (wid, cell_id) = cell.get(&cells).clone();
                 self.drive(&wid, Input::HostLost { cell_id, host: Some("h1".into()), reason: "host h1 is down".into() })
             }
+            Action::Replace { workload } => {
+                let ids: Vec<String> = self.live.workloads.keys().cloned().collect();
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let wid = workload.get(&ids).clone();
+                self.replace(&wid)
+            }
         }
+    }
+
+    /// A new version: refused only once the workload was stopped or expired (or is stopping for
+    /// either); otherwise the spec is the new one at once, a cell is stopped as for a stop, and
+    /// a workload without a cell starts the new spec at once, without backoff.
+    fn replace(&mut self, wid: &str) -> R {
+        let before = self.live.workloads[wid].clone();
+        let mut spec = before.spec.clone();
+        spec.cell.argv.push(format!("v{}", before.replacements + 2));
+        let spec_id = format!("spec-{}", spec.cell.argv.len());
+        let input = Input::Replace { spec: Box::new(spec.clone()), spec_id: spec_id.clone(), reason: "rollout r-1".into() };
+        let refused = matches!(
+            before.phase,
+            Phase::Stopped { .. }
+                | Phase::Expired
+                | Phase::Stopping { reason: StopReason::Requested | StopReason::Expired, .. }
+        );
+        if refused {
+            prop_assert!(before.step(&input, self.now).is_err(), "{}: replace accepted in {:?}", wid, before.phase);
+            return Ok(());
+        }
+        self.drive(wid, input)?;
+        let after = &self.live.workloads[wid];
+        prop_assert_eq!(&after.spec, &spec);
+        prop_assert_eq!(&after.info.spec_id, &spec_id);
+        prop_assert_eq!(after.consecutive_failures, 0);
+        let expired = before.info.expires_at.is_some_and(|secs| self.now >= secs.saturating_mul(1000));
+        match &before.phase {
+            Phase::Starting { .. } | Phase::Running { .. } if !expired => {
+                let stopping = matches!(after.phase, Phase::Stopping { reason: StopReason::Replaced, .. });
+                prop_assert!(stopping, "{}: the old cell stops for the new spec: {:?}", wid, after.phase);
+            }
+            Phase::Exited { .. } | Phase::Backoff { .. } | Phase::Completed | Phase::Failed { .. } if !expired => {
+                prop_assert!(
+                    matches!(after.phase, Phase::Starting { .. }),
+                    "{}: the new spec starts at once from {:?}: {:?}",
+                    wid,
+                    before.phase,
+                    after.phase
+                );
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn submit_next(&mut self) -> R {
@@ -617,7 +681,7 @@ impl Sim {
                 self.alive.retain(|(_, c)| c != cell_id);
                 self.starting.retain(|(_, c)| c != cell_id);
             }
-            Some(Input::Tick | Input::Stop) | None => {}
+            Some(Input::Tick | Input::Stop | Input::Replace { .. }) | None => {}
         }
         for effect in &decision.effects {
             match effect {
@@ -654,7 +718,14 @@ impl Sim {
             match &data {
                 EventData::LifecycleStarted { .. } => tally.runs += 1,
                 EventData::WorkloadFailover { .. } => tally.failovers += 1,
-                EventData::WorkloadStarting { .. } => tally.starts += 1,
+                EventData::WorkloadStarting { .. } => {
+                    if tally.starts > 0 && tally.replaced_since_start {
+                        tally.replacements += 1;
+                    }
+                    tally.replaced_since_start = false;
+                    tally.starts += 1;
+                }
+                EventData::WorkloadReplaced { .. } => tally.replaced_since_start = true,
                 _ => {}
             }
         }
@@ -675,11 +746,14 @@ impl Sim {
             let tally = self.tallies.get(id).copied().unwrap_or_default();
             prop_assert_eq!(workload.runs, tally.runs, "{}: runs vs lifecycle.started", id);
             prop_assert_eq!(workload.failovers, tally.failovers, "{}: failovers vs workload.failover", id);
-            prop_assert_eq!(workload.restarts(), workload.runs.saturating_sub(1).saturating_sub(workload.failovers_ran));
+            let restarts = workload.runs.saturating_sub(1).saturating_sub(workload.failovers_ran);
+            prop_assert_eq!(workload.restarts(), restarts.saturating_sub(workload.replacements));
+            prop_assert_eq!(workload.replacements, tally.replacements, "{}: replacements vs starts after a replace", id);
             prop_assert!(workload.failovers_ran <= workload.failovers);
             if workload.spec.restart.policy == RestartPolicy::Never {
-                prop_assert!(workload.runs <= 1 + workload.failovers, "{}: never, yet {} runs", id, workload.runs);
-                prop_assert!(tally.starts <= 1, "{}: never, yet {} workload.starting", id, tally.starts);
+                let allowed = 1 + workload.failovers + workload.replacements;
+                prop_assert!(workload.runs <= allowed, "{}: never, yet {} runs", id, workload.runs);
+                prop_assert!(tally.starts <= 1 + tally.replacements, "{}: never, yet {} workload.starting", id, tally.starts);
             }
             // The runtime's view of the cells agrees with the phases.
             let running: Vec<&str> = workload.phase.running_cell().map(|c| c.cell_id.as_str()).into_iter().collect();
@@ -1336,6 +1410,19 @@ proptest! {
     fn stop_sends_term_then_one_kill_at_the_deadline(
         params in specs(any_policy(), any_reset(), true),
         actions in actions(3),
+    ) {
+        let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
+        check_stop_semantics(&sim)?;
+    }
+
+    /// 9. A new version (a rollout's `Replace`) is refused only for a workload stopped or
+    /// expired; otherwise the spec changes at once, a running cell is stopped, and the new
+    /// spec's cell starts without backoff (also after a failure: a rollback revives the
+    /// workload). Replacement cells are not restarts; replay rebuilds every step.
+    #[test]
+    fn replacing_the_spec_starts_the_new_version_without_counting_a_restart(
+        params in specs(any_policy(), any_reset(), true),
+        actions in actions_with(1, 3),
     ) {
         let sim = Sim::run(&params, ANYTHING_GOES, &actions)?;
         check_stop_semantics(&sim)?;
