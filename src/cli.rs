@@ -1,5 +1,8 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`,
-//! `job run|status|history|cancel|ls`, `artifact get`.
+//! `job run|status|history|cancel|ls`, `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`),
+//! `artifact get`.
+
+mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -131,6 +134,12 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: JobCommand,
+    },
+    /// Rollouts: a service's new spec, or a host activation, host by host in waves, each host
+    /// proven healthy by probes over a soak before the next wave starts.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
     },
     /// Content-addressed artifacts: job manifests and context snapshots.
     Artifact {
@@ -425,6 +434,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
             Ok(())
         }
         Command::Job { command } => run_job(client, command, output),
+        Command::Rollout { command } => rollout::run_rollout(client, command, output),
         Command::Artifact { command: ArtifactCommand::Get { id } } => {
             let mut reader = client.call("GET", &format!("/v1/artifacts/{}", encode(&id)), None)?.into_reader();
             let mut stdout = std::io::stdout().lock();
@@ -597,12 +607,20 @@ fn short_id(id: &str) -> &str {
 }
 
 fn print_table(rows: &[Vec<String>]) {
+    print!("{}", format_table(rows));
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each (trailing spaces trimmed).
+fn format_table(rows: &[Vec<String>]) -> String {
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n_columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut text = String::new();
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
     }
+    text
 }
 
 fn print_status(v: &WorkloadView) {

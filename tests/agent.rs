@@ -89,6 +89,7 @@ fn start(workload_id: &str, cell_id: &str, argv: &str, lease: Option<u64>) -> Co
         logs: spec.logs,
         lease: lease.map(|epoch| StartLease { epoch, ttl_ms: None }),
         checkpoint: None,
+        spec_id: Some(format!("spec-of-{workload_id}")),
     }
 }
 
@@ -211,6 +212,7 @@ async fn a_start_of_an_existing_cell_is_a_no_op_and_failures_are_reported() {
             logs,
             lease: None,
             checkpoint: None,
+            spec_id: None,
         })
         .await;
     match events_of(&executor, "w-missing.1").as_slice() {

@@ -9,7 +9,8 @@
 //! <data-dir>/commands.json   the command cursor: {incarnation, after}
 //! <data-dir>/reports.db      the durable outbound report queue (warden_store::queue)
 //! <data-dir>/cells/, logs/   as for `warden up`; a checkpointed cell's dir also holds
-//!                            checkpoint.json (0600: its CheckpointPlan, key included)
+//!                            checkpoint.json (0600: its CheckpointPlan, key included); a
+//!                            cell's spec is WARDEN_SPEC_ID in the env of its config.json
 //! ```
 //!
 //! A checkpointed cell (`checkpoint.rs`) also has a **checkpoint task**: every `interval_ms`, or
@@ -26,7 +27,15 @@
 //!   out in order ([`Executor::execute`]). `N` is kept in `commands.json`, so an agent that
 //!   restarts does not run the current incarnation's commands again (a `Start` of a cell that was
 //!   since removed would start it twice); a new incarnation starts over at 0;
-//! * one **watch task per cell**, waiting on its shim's pidfd, queues its exit.
+//! * one **watch task per cell**, waiting on its shim's pidfd, queues its exit;
+//! * one **rollout worker per rollout** this host is in (`rollout.rs`), started by a `Rollout`
+//!   command or by the rollouts in a heartbeat answer (after either side restarted, the answer
+//!   to the inventory), and fed every newer order for it. It follows the control plane's
+//!   snapshot of the host: acknowledges, activates (runs the activation command, or waits until
+//!   the service's cells here run the target spec, `WARDEN_SPEC_ID`), runs the probes while the
+//!   host soaks, rolls back when told, and reports each step (`POST /v1/agents/rollout`,
+//!   numbered, sent again with the same number until answered). It keeps nothing on disk: the
+//!   control plane's snapshot is where a restarted agent resumes.
 //!
 //! Cells run under their shims and outlive the agent: SIGINT/SIGTERM (or SIGKILL) leaves them
 //! running, and the next agent on the data dir re-adopts them. A fenced cell survives its agent
@@ -34,9 +43,10 @@
 
 mod executor;
 mod http;
+mod rollout;
 mod standby;
 
-pub use executor::{boottime_ms, pending_reports, ClaimRequest, Executor, Readoption, Renewal, EPOCH_ENV};
+pub use executor::{boottime_ms, pending_reports, ClaimRequest, Executor, Readoption, Renewal, EPOCH_ENV, SPEC_ID_ENV};
 pub use http::{Http, HttpError};
 
 use std::fs::File;
@@ -332,6 +342,11 @@ async fn heartbeat_loop(
         let first = incarnation.is_none();
         send_inventory = answer.send_inventory || ((restarted || first) && !carried_inventory);
         incarnation = Some(answer.incarnation);
+        // This host's part in every rollout not over for it (the answer to an inventory):
+        // what a restarted agent (or a restarted control plane) resumes from.
+        for order in answer.rollouts {
+            executor.follow_rollout(order);
+        }
         if send_inventory || n_reports == MAX_REPORTS_PER_HEARTBEAT {
             next = Instant::now();
         }

@@ -28,6 +28,7 @@ use warden_core::CellExit;
 use warden_store::queue::DurableQueue;
 
 use super::http::{Http, HttpError};
+use super::rollout::RolloutWorker;
 use super::standby::Armed;
 use crate::cells::{cell_config, cell_exit, lost_exit};
 use crate::checkpoint;
@@ -44,6 +45,11 @@ const LEASE_TTL_FILE: &str = "lease_ttl_ms";
 
 /// The environment variable a fenced cell finds its lease epoch in.
 pub const EPOCH_ENV: &str = "WARDEN_EPOCH";
+
+/// The environment variable a cell finds its workload's spec (`spec_id`) in. It is also how a
+/// restarted agent tells which version a re-adopted cell runs (service rollouts): it is read
+/// back from the cell's `config.json`.
+pub const SPEC_ID_ENV: &str = "WARDEN_SPEC_ID";
 
 /// `CLOCK_BOOTTIME` in milliseconds: the agent's clock for leases (see `warden_cell::Fence`).
 pub fn boottime_ms() -> u64 {
@@ -131,6 +137,9 @@ pub(super) struct Entry {
     pub(super) hot_standby: bool,
     /// The lease ttl of the cell's workload when it is not the cluster's (`lost_after`).
     pub(super) lease_ttl_ms: Option<u64>,
+    /// The spec the cell runs (`WARDEN_SPEC_ID`), if its `Start` said: what a service rollout
+    /// waits for.
+    pub(super) spec_id: Option<String>,
 }
 
 impl Entry {
@@ -151,6 +160,7 @@ impl Entry {
             evicting: None,
             hot_standby,
             lease_ttl_ms,
+            spec_id: None,
         }
     }
 }
@@ -172,6 +182,9 @@ struct Inner {
     host: std::sync::OnceLock<String>,
     /// Warm-standby slots armed here, by workload (see `standby.rs`).
     standbys: Mutex<BTreeMap<String, Armed>>,
+    /// The rollout workers running here, by rollout id: each follows the newest order sent on
+    /// its channel (see `rollout.rs`).
+    rollouts: Mutex<BTreeMap<String, RolloutWorker>>,
 }
 
 /// Carries out commands on this host's cells and queues what happens to them; see the module
@@ -207,6 +220,7 @@ impl Executor {
                 blobs: std::sync::OnceLock::new(),
                 host: std::sync::OnceLock::new(),
                 standbys: Mutex::new(BTreeMap::new()),
+                rollouts: Mutex::new(BTreeMap::new()),
             }),
         };
         executor.load_standbys();
@@ -239,6 +253,29 @@ impl Executor {
     /// The workloads this host keeps a standby of.
     pub fn armed(&self) -> Vec<String> {
         self.standbys().keys().cloned().collect()
+    }
+
+    pub(super) fn rollout_workers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, RolloutWorker>> {
+        self.inner.rollouts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The spec (`spec_id`) workload `workload_id`'s running cell here runs: `None` if no cell of
+    /// it runs here (cells still starting or already ended do not count), if its `Start` named
+    /// no spec, or if several run and do not agree.
+    pub fn running_spec(&self, workload_id: &str) -> Option<String> {
+        let specs = self.running_specs(workload_id);
+        let first = specs.first()?.clone()?;
+        specs.iter().all(|spec| spec.as_deref() == Some(first.as_str())).then_some(first)
+    }
+
+    /// The spec of every running cell of `workload_id` here (normally one; two while a
+    /// replacement overlaps the cell it replaces), `None` for a cell whose `Start` named none.
+    pub fn running_specs(&self, workload_id: &str) -> Vec<Option<String>> {
+        self.cells()
+            .values()
+            .filter(|entry| entry.workload_id == workload_id && matches!(entry.state, Tracked::Running(_)))
+            .map(|entry| entry.spec_id.clone())
+            .collect()
     }
 
     pub fn backend(&self) -> &Arc<ProcessBackend> {
@@ -299,13 +336,13 @@ impl Executor {
             .collect();
 
         let mut summary = Readoption::default();
-        for Found { cell_id, workload_id, state, lease } in found {
+        for Found { cell_id, workload_id, state, lease, spec_id } in found {
             let exit = match state {
                 CellState::NotStarted => continue,
                 CellState::Running(started) => {
                     summary.running += 1;
                     summary.fenced += usize::from(lease.is_some());
-                    self.track_running(workload_id, cell_id, started, lease);
+                    self.track_running(workload_id, cell_id, started, lease, spec_id);
                     continue;
                 }
                 CellState::Exited(status) => {
@@ -416,8 +453,8 @@ impl Executor {
     /// `Signal` to a cell that ended, a `Remove` of a cell that is gone change nothing.
     pub async fn execute(&self, command: CommandKind) {
         match command {
-            CommandKind::Start { workload_id, cell_id, cell, logs, lease, checkpoint, spec_id: _ } => {
-                self.start(workload_id, cell_id, cell, logs, lease, checkpoint).await
+            CommandKind::Start { workload_id, cell_id, cell, logs, lease, checkpoint, spec_id } => {
+                self.start(workload_id, cell_id, cell, logs, lease, checkpoint, spec_id).await
             }
             CommandKind::Checkpoint { cell_id } => {
                 let now = self.cells().get(&cell_id).and_then(|entry| entry.checkpoint_now.clone());
@@ -448,7 +485,7 @@ impl Executor {
                 self.evict(workload_id, cell_id, epoch, grace_ms).await
             }
             CommandKind::Promote { workload_id, cell_id, expected_epoch } => self.promote(workload_id, cell_id, expected_epoch),
-            CommandKind::Rollout { order } => tracing::warn!(rollout = %order.snapshot.rollout_id, "rollouts are not carried out yet"),
+            CommandKind::Rollout { order } => self.follow_rollout(order),
         }
     }
 
@@ -460,11 +497,17 @@ impl Executor {
         logs: LogSpec,
         lease: Option<StartLease>,
         checkpoint: Option<CheckpointPlan>,
+        spec_id: Option<String>,
     ) {
         let hot = self.cells().get(&cell_id).map(|entry| entry.hot_standby && matches!(entry.state, Tracked::Running(_)));
         match (hot, lease) {
             (Some(true), Some(StartLease { epoch, ttl_ms })) => {
-                return self.promote_hot(workload_id, cell_id, epoch, ttl_ms).await
+                // The hot cell was started by `Arm`, without the spec in its environment: known
+                // from here on, but only in memory (a restarted agent does not know it).
+                if let Some(entry) = self.cells().get_mut(&cell_id) {
+                    entry.spec_id = spec_id;
+                }
+                return self.promote_hot(workload_id, cell_id, epoch, ttl_ms).await;
             }
             (Some(_), _) => {
                 tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
@@ -485,9 +528,13 @@ impl Executor {
             return;
         }
         let ttl = lease.and_then(|l| l.ttl_ms);
-        self.cells().insert(cell_id.clone(), Entry::starting(workload_id.clone(), false, ttl));
+        let entry = Entry { spec_id: spec_id.clone(), ..Entry::starting(workload_id.clone(), false, ttl) };
+        self.cells().insert(cell_id.clone(), entry);
 
         let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, &self.inner.logs_dir);
+        if let Some(spec_id) = spec_id {
+            config.env.insert(SPEC_ID_ENV.to_string(), spec_id);
+        }
         if let Some(StartLease { epoch, ttl_ms }) = lease {
             // The command may be old news: claim the lease now, and count the fence from the
             // claim's send time, not from when the control plane granted it.
@@ -675,8 +722,15 @@ impl Executor {
     }
 
     /// Tracks a running cell found on disk: watches it, renews its lease (as `lease.json` left
-    /// it), and resumes its checkpoints.
-    fn track_running(&self, workload_id: String, cell_id: String, started: StartedCell, lease: Option<LeaseRecord>) {
+    /// it), and resumes its checkpoints. `spec_id` is its `WARDEN_SPEC_ID`, from `config.json`.
+    fn track_running(
+        &self,
+        workload_id: String,
+        cell_id: String,
+        started: StartedCell,
+        lease: Option<LeaseRecord>,
+        spec_id: Option<String>,
+    ) {
         let hot_standby = lease.is_some_and(|record| record.epoch == warden_cell::STANDBY_EPOCH);
         let lease = lease
             .filter(|_| !hot_standby)
@@ -693,6 +747,7 @@ impl Executor {
             lease_ttl_ms: std::fs::read_to_string(self.inner.backend.cell_dir(&cell_id).join(LEASE_TTL_FILE))
                 .ok()
                 .and_then(|t| t.trim().parse().ok()),
+            spec_id,
         };
         self.cells().insert(cell_id.clone(), entry);
         if hot_standby {
@@ -709,8 +764,10 @@ impl Executor {
         let exit = match state {
             CellState::NotStarted => return,
             CellState::Running(started) => {
-                let lease = read_lease(&self.inner.backend.cell_dir(&cell_id));
-                self.track_running(workload_id, cell_id, started, lease);
+                let cell_dir = self.inner.backend.cell_dir(&cell_id);
+                let lease = read_lease(&cell_dir);
+                let spec_id = read_config(&cell_dir).and_then(|config| spec_id_of(&config));
+                self.track_running(workload_id, cell_id, started, lease, spec_id);
                 return;
             }
             CellState::Exited(status) => cell_exit(&status),
@@ -911,6 +968,8 @@ struct Found {
     state: CellState,
     /// `lease.json`, for a running fenced cell.
     lease: Option<LeaseRecord>,
+    /// `WARDEN_SPEC_ID` in its `config.json`.
+    spec_id: Option<String>,
 }
 
 /// Inspects every cell dir (blocking: `inspect` may wait for a shim that is still starting).
@@ -938,8 +997,7 @@ fn scan(backend: &ProcessBackend, cells_dir: &Path) -> std::io::Result<Vec<Found
         .into_iter()
         .map(|cell_id| {
             let dir = backend.cell_dir(&cell_id);
-            let config =
-                std::fs::read(dir.join("config.json")).ok().and_then(|bytes| serde_json::from_slice::<CellConfig>(&bytes).ok());
+            let config = read_config(&dir);
             // Cell ids are `<workload-id>.<n>`: the fallback when config.json is unreadable.
             let workload_id = config.as_ref().map(|c| c.workload_id.clone()).unwrap_or_else(|| {
                 cell_id.rsplit_once('.').map(|(workload, _)| workload.to_string()).unwrap_or_else(|| cell_id.clone())
@@ -956,7 +1014,8 @@ fn scan(backend: &ProcessBackend, cells_dir: &Path) -> std::io::Result<Vec<Found
                 }
                 _ => None,
             };
-            Found { cell_id, workload_id, state, lease }
+            let spec_id = config.as_ref().and_then(spec_id_of);
+            Found { cell_id, workload_id, state, lease, spec_id }
         })
         .collect())
 }
@@ -984,6 +1043,16 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn read_checkpoint_plan(cell_dir: &Path) -> Option<CheckpointPlan> {
     let bytes = std::fs::read(cell_dir.join(CHECKPOINT_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+fn read_config(cell_dir: &Path) -> Option<CellConfig> {
+    let bytes = std::fs::read(cell_dir.join("config.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The spec a cell was started with, as its environment says.
+fn spec_id_of(config: &CellConfig) -> Option<String> {
+    config.env.get(SPEC_ID_ENV).cloned()
 }
 
 fn read_lease(cell_dir: &Path) -> Option<LeaseRecord> {
