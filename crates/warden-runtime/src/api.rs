@@ -23,8 +23,10 @@ use crate::cluster::Queues;
 use crate::engine::{now_ms, ApiError, Command, Manifests};
 use crate::proto::{
     AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest,
+    RolloutReport, RolloutReportResponse,
 };
-use crate::view::{ErrorBody, HostView, JobRunRequest, RunView, SubmitRequest, WorkloadView};
+use crate::rollouts;
+use crate::view::{ErrorBody, HostView, JobRunRequest, RolloutRequest, RolloutView, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -65,6 +67,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/artifacts/:id", get(artifact))
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/:name/drain", post(drain_host))
+        .route("/v1/rollouts", post(rollout_start).get(rollout_list))
+        .route("/v1/rollouts/:id", get(rollout_status))
+        .route("/v1/rollouts/:id/:control", post(rollout_control))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Agents sign with their host keys, which may call nothing but these.
     let agents = Router::new()
@@ -73,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agents/revoke", post(agent_revoke))
         .route("/v1/agents/logs/:request", post(agent_logs))
         .route("/v1/agents/commands", get(agent_commands))
+        .route("/v1/agents/rollout", post(agent_rollout))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_host));
     // Checkpoint blobs: hosts store and fetch them, admins may fetch them; bodies up to
     // MAX_BLOB_BYTES (only here: everything else keeps MAX_BODY_BYTES).
@@ -328,6 +334,60 @@ async fn drain_host(State(state): State<ApiState>, Path(name): Path<String>, bod
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad drain request: {e}")))?;
     ask(&state, |reply| Command::Drain { host: name, drain: request.drain, reply }).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/rollouts`: a service's new spec, or a host activation, rolled out by policy.
+async fn rollout_start(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    let request: RolloutRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad rollout request: {e}")))?;
+    let view = ask(&state, |reply| Command::RolloutStart { request, caller, reply }).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `GET /v1/rollouts`: newest first.
+async fn rollout_list(State(state): State<ApiState>) -> Json<Vec<RolloutView>> {
+    let shared = state.shared.read().expect("projection lock");
+    let now = now_ms();
+    let mut views: Vec<RolloutView> = shared.rollouts.values().map(|r| rollouts::view(r, now)).collect();
+    views.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then_with(|| a.id.cmp(&b.id)));
+    Json(views)
+}
+
+async fn rollout_status(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RolloutView>, ApiError> {
+    let shared = state.shared.read().expect("projection lock");
+    let id = rollouts::resolve(&shared, &id)?;
+    Ok(Json(rollouts::view(&shared.rollouts[&id], now_ms())))
+}
+
+/// `POST /v1/rollouts/:id/pause|resume|undo`.
+async fn rollout_control(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path((id, control)): Path<(String, String)>,
+) -> Result<Json<RolloutView>, ApiError> {
+    let control = match control.as_str() {
+        "pause" => rollouts::Control::Pause,
+        "resume" => rollouts::Control::Resume,
+        "undo" => rollouts::Control::Undo,
+        other => return Err(ApiError::NotFound(format!("no rollout action {other:?} (pause, resume, undo)"))),
+    };
+    let id = rollouts::resolve(&state.shared.read().expect("projection lock"), &id)?;
+    Ok(Json(ask(&state, |reply| Command::RolloutControl { id, control, caller, reply }).await?))
+}
+
+/// `POST /v1/agents/rollout`: a host's report on its part in a rollout.
+async fn agent_rollout(
+    State(state): State<ApiState>,
+    Extension(Caller(principal)): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<RolloutReportResponse>, ApiError> {
+    let report: RolloutReport =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad rollout report: {e}")))?;
+    Ok(Json(ask(&state, |reply| Command::RolloutReport { principal, report, reply }).await?))
 }
 
 /// `POST /v1/agents/acquire`: a standby's bid for a lease; 409 when it lost.

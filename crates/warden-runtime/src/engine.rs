@@ -30,7 +30,9 @@ use crate::proto::{
     AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse,
     InventoryCell, InventoryState, ReportEvent, RevokeRequest, StartLease,
 };
-use crate::view::{RunView, WorkloadView};
+use crate::proto::{RolloutReport, RolloutReportResponse};
+use crate::rollouts;
+use crate::view::{RolloutRequest, RolloutView, RunView, WorkloadView};
 
 /// Snapshot the projection every this many events by default, so start-up replays only the tail.
 pub const DEFAULT_SNAPSHOT_EVERY_N_EVENTS: u64 = 10_000;
@@ -133,6 +135,25 @@ pub enum Command {
         request: AcquireRequest,
         reply: Reply<AcquireResponse>,
     },
+    /// Start a rollout (`warden rollout start`).
+    RolloutStart {
+        request: RolloutRequest,
+        caller: String,
+        reply: Reply<RolloutView>,
+    },
+    /// Pause, resume or undo a rollout.
+    RolloutControl {
+        id: String,
+        control: rollouts::Control,
+        caller: String,
+        reply: Reply<RolloutView>,
+    },
+    /// A host signed by `principal` reports on its part in a rollout.
+    RolloutReport {
+        principal: String,
+        report: RolloutReport,
+        reply: Reply<RolloutReportResponse>,
+    },
 }
 
 /// Every job manifest the engine knows, by `manifest_id`: written by the engine, read by the
@@ -175,6 +196,17 @@ enum PendingReply {
     Acquired {
         reply: Reply<AcquireResponse>,
         epoch: u64,
+    },
+    Rollout {
+        id: String,
+        reply: Reply<RolloutView>,
+    },
+    /// Answered with the host's snapshot once the report's events are durable.
+    RolloutReported {
+        rollout_id: String,
+        host: String,
+        outcome: String,
+        reply: Reply<RolloutReportResponse>,
     },
 }
 
@@ -360,11 +392,15 @@ impl Engine {
     pub async fn run(mut self) {
         loop {
             let mut batch = Vec::new();
-            let deadline =
-                [self.live.next_deadline_ms(), self.jobs.next_wake_ms(&self.live), self.cluster.next_deadline_ms(&self.live)]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [
+                self.live.next_deadline_ms(),
+                self.jobs.next_wake_ms(&self.live),
+                self.cluster.next_deadline_ms(&self.live),
+                rollouts::next_wake_ms(&self.live, now_ms()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = match deadline {
                 // Capped, so a deadline centuries away cannot overflow the timer.
                 Some(at_ms) => Duration::from_millis(at_ms.saturating_sub(now_ms()).min(3_600_000)),
@@ -393,6 +429,7 @@ impl Engine {
         let mut effects = Vec::new();
         let mut replies = Vec::new();
         let mut jobs = Produced::default();
+        let mut rollout = rollouts::Produced::default();
         for command in batch {
             match command {
                 Command::Submit { spec, owner, consumer_workload_id, reply } => {
@@ -525,6 +562,41 @@ impl Engine {
                         }
                     }
                 }
+                Command::RolloutStart { request, caller, reply } => {
+                    match rollouts::start(&mut self.live, &request, &caller, now, &mut rollout) {
+                        Ok(id) => replies.push(PendingReply::Rollout { id, reply }),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+                Command::RolloutControl { id, control, caller, reply } => {
+                    match rollouts::control(&mut self.live, &id, control, &caller, now, &mut rollout) {
+                        Ok(()) => replies.push(PendingReply::Rollout { id, reply }),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+                Command::RolloutReport { principal, report, reply } => {
+                    let host = report.host.clone();
+                    let outcome = match self.live.hosts.get(&host) {
+                        None => Err(ApiError::NotFound(format!("host {host:?} is not enrolled"))),
+                        Some(record) if record.principal != principal => {
+                            Err(ApiError::Forbidden(format!("host {host:?} is enrolled with another key")))
+                        }
+                        Some(_) => rollouts::report(&mut self.live, &report, now, &mut rollout),
+                    };
+                    match outcome {
+                        Ok(outcome) => {
+                            self.cluster.seen(&host, now);
+                            replies.push(PendingReply::RolloutReported { rollout_id: report.rollout_id, host, outcome, reply })
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
                 Command::Heartbeat { principal, heartbeat, reply } => {
                     match self.heartbeat(&principal, heartbeat, now, &mut events, &mut effects) {
                         Ok(response) => replies.push(PendingReply::Heartbeat { reply, response }),
@@ -534,9 +606,15 @@ impl Engine {
                     }
                 }
             }
+            // In the order they were applied to `live`: replay must rebuild it exactly.
+            events.append(&mut rollout.events);
+            effects.append(&mut rollout.effects);
         }
         self.hosts_gone_silent(now, &mut events, &mut effects);
         self.maintain_each_host(now, &mut events, &mut effects);
+        rollouts::maintain(&mut self.live, now, &mut rollout);
+        events.append(&mut rollout.events);
+        effects.append(&mut rollout.effects);
         for id in self.live.due(now) {
             match self.live.advance(&id, &Input::Tick, now) {
                 Ok(decision) => {
@@ -583,6 +661,11 @@ impl Engine {
         for effect in effects {
             self.carry_out(effect);
         }
+        for (host, rollout_id) in rollout.orders {
+            if let Some(order) = rollouts::order(&self.live, &rollout_id, &host) {
+                self.cluster.queues.push(&host, CommandKind::Rollout { order });
+            }
+        }
         let shared = self.shared.read().expect("projection lock");
         for pending in replies {
             match pending {
@@ -614,6 +697,15 @@ impl Engine {
                 }
                 PendingReply::Acquired { reply, epoch } => {
                     let _ = reply.send(Ok(AcquireResponse { epoch }));
+                }
+                PendingReply::Rollout { id, reply } => {
+                    let view = shared.rollouts.get(&id).map(|r| rollouts::view(r, now_ms()));
+                    let _ = reply.send(view.ok_or_else(|| ApiError::NotFound(format!("no rollout {id}"))));
+                }
+                PendingReply::RolloutReported { rollout_id, host, outcome, reply } => {
+                    let snapshot = shared.rollouts.get(&rollout_id).and_then(|r| r.rollout.hosts.get(&host)).cloned();
+                    let answer = snapshot.map(|snapshot| RolloutReportResponse { snapshot, outcome });
+                    let _ = reply.send(answer.ok_or_else(|| ApiError::NotFound(format!("no rollout {rollout_id}"))));
                 }
             }
         }
@@ -921,7 +1013,7 @@ impl Engine {
             renewed,
             incarnation: self.cluster.queues.incarnation.clone(),
             send_inventory: self.cluster.want_inventory.contains(&host),
-            rollouts: Vec::new(),
+            rollouts: if heartbeat.inventory.is_some() { rollouts::orders_for_host(&self.live, &host) } else { Vec::new() },
         })
     }
 

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod logs;
 pub mod paths;
 pub mod proto;
+pub mod rollouts;
 pub mod view;
 
 use std::fs::File;
