@@ -792,10 +792,13 @@ impl Engine {
             Effect::StartCell { workload_id, cell_id } => match remote(&workload_id) {
                 Some(host) => {
                     let workload = &self.live.workloads[&workload_id];
+                    // The cell learns its host, e.g. to bind its address or name its metrics.
+                    let mut cell = workload.spec.cell.clone();
+                    cell.env.insert("WARDEN_HOST".into(), host.clone());
                     let start = CommandKind::Start {
                         workload_id: workload_id.clone(),
                         cell_id,
-                        cell: workload.spec.cell.clone(),
+                        cell,
                         logs: workload.spec.logs,
                         lease: workload.epoch.map(|epoch| {
                             let ttl_ms = self.cluster.lease_timing(workload).ttl_ms;
