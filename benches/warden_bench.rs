@@ -1,10 +1,11 @@
 //! The benchmark table behind `cargo xtask bench`: warden's restart latency, journal throughput,
 //! cell start rate, memory per cell, start latency and memory per isolation backend, and the cost
 //! of durable jobs, each measured side by side with supervisord, runit, s6, bare process spawns
-//! or raw SQLite in the same run and reported as a ratio; and failover times on a cluster.
+//! or raw SQLite in the same run and reported as a ratio; failover times on a cluster; and the
+//! control plane's cost per host of a rollout.
 //!
-//! Sections: `restart`, `journal`, `cells`, `memory`, `isolation`, `jobs` and `failover`. The
-//! `jobs` figures are:
+//! Sections: `restart`, `journal`, `cells`, `memory`, `isolation`, `jobs`, `failover` and
+//! `rollout`. The `jobs` figures are:
 //!
 //! * overhead per state: a job of 1,000 `true` states in one dependency chain on a fresh
 //!   `warden up`; (wall − Σ ran_ms) ÷ 1,000, where wall is the run's `RunStarted` →
@@ -26,14 +27,20 @@
 //! Two more rows (`warm-standby, drain`, `hot, drain`) hand over on purpose instead: `warden
 //! hosts drain` of the primary's host → the new primary's first line (the lease is revoked).
 //!
+//! `rollout` prints a table of its own too (see [`rollout`]): a `warden server` and 1,000 (then
+//! 100) hosts the bench simulates itself (enrolled keys, no agent processes), one host activation
+//! with `soak = "0s"` driven to `completed` by signed agent reports; wall time and server CPU per
+//! host, beside raw SQLite writing the rollout's own events one transaction per report.
+//! `WARDEN_BENCH_ROLLOUT_HOSTS=1000,100` sets the fleet sizes.
+//!
 //! The machine is shared and small, so absolute figures drift from run to run; the ratios between
 //! figures taken in one run are what to compare. Progress goes to stderr, the markdown table to
 //! stdout. Nothing is asserted: the targets are printed for context only.
 //!
 //! Needs `target/release/warden-shim` next to `warden` (`cargo xtask bench` builds both first) and
 //! `supervisord`, `runsv`/`runsvdir`, `s6-supervise`/`s6-svscan` on the PATH (it installs them).
-//! `WARDEN_BENCH_ONLY=restart,journal,cells,memory,isolation,jobs,failover` runs a subset while
-//! developing.
+//! `WARDEN_BENCH_ONLY=restart,journal,cells,memory,isolation,jobs,failover,rollout` runs a
+//! subset while developing.
 //! The `isolation` section also needs `runc` and a static `/bin/busybox` (Debian's
 //! `busybox-static`) for its `isolation = "oci"` rows, and root for `cell` and `oci`.
 //!
@@ -43,6 +50,7 @@
 //! failover test's workload instead, appending `<WARDEN_EPOCH> <CLOCK_MONOTONIC ns>` every 20 ms.
 
 mod failover;
+mod rollout;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -127,12 +135,13 @@ fn main() {
         rows.extend(jobs_section());
     }
     let failover = wanted("failover").then(failover::failover_section);
+    let rollout = wanted("rollout").then(rollout::rollout_section);
     progress(format_args!("done in {:.0} s", started.elapsed().as_secs_f64()));
     if !rows.is_empty() {
         print_table(&rows);
     }
-    if let Some(table) = failover {
-        print!("{}{table}", if rows.is_empty() { "" } else { "\n" });
+    for (i, table) in failover.into_iter().chain(rollout).enumerate() {
+        print!("{}{table}", if rows.is_empty() && i == 0 { "" } else { "\n" });
     }
 }
 

@@ -81,11 +81,11 @@ impl Web {
         )
     }
 
-    /// `[1, 1, "100%"]` over the three hosts, one at a time, an enforce HTTP probe.
+    /// `[1, 2, "100%"]` (cumulative) over the three hosts, one at a time, an enforce HTTP probe.
     fn policy(&self, soak: &str, extra: &str) -> String {
         format!(
-            "waves = [1, 1, \"100%\"]\nmax_in_flight = 1\nsoak = {soak:?}\nstall_after = \"20s\"\nactivation_timeout = \"20s\"\n{extra}\n\
-             [[probes]]\nname = \"health\"\nhttp = \"http://{{host}}:{port}/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfailure_threshold = 3\n",
+            "waves = [1, 2, \"100%\"]\nmax_in_flight = 1\nsoak = {soak:?}\nstall_after = \"20s\"\nactivation_timeout = \"20s\"\n{extra}\n\
+             [[probes]]\nname = \"health\"\nhttp = \"http://{{host}}:{port}/health\"\ninterval = \"250ms\"\ntimeout = \"250ms\"\nfailure_threshold = 8\n",
             port = self.port
         )
     }
@@ -270,13 +270,13 @@ fn a_failing_health_endpoint_halts_after_the_canary_and_rolls_it_back() {
     for host in HOSTS {
         assert_eq!(cluster.server.status(&format!("web@{host}")).info.spec_id, v1, "{host}");
     }
-    // The probe failures were what failed it: three in a row.
+    // The probe failures were what failed it: failure_threshold (8) in a row.
     let steps = rollout_events(&cluster.server, &id);
     let failures = steps
         .iter()
         .filter(|(_, s)| matches!(s, RolloutEvent::Host { event: HostEvent::ProbeRecorded { passed: false, .. }, .. }))
         .count();
-    assert!(failures >= 3, "{steps:?}");
+    assert!(failures >= 8, "{steps:?}");
     // The same version is refused while quarantined.
     let spec = cluster.server.write_spec("again.toml", &bad);
     let policy = cluster.server.write_spec("again-policy.toml", &policy);
