@@ -384,3 +384,42 @@ fn a_host_activation_runs_its_command_on_each_host_and_undo_reverts_them() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("service") && body.contains("target"), "{body}");
 }
+
+#[test]
+fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
+    let mut cluster = start_cluster();
+    let dir = cluster.server.root.path().join("systems");
+    std::fs::create_dir_all(&dir).unwrap();
+    let late = HOSTS[2];
+    let mut child = cluster.agent_mut(late).child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    cluster.wait_host(late, "down", Duration::from_secs(10));
+
+    let policy = format!(
+        "waves = [1, \"100%\"]\nmax_in_flight = 2\nsoak = \"0s\"\nstall_after = \"1s\"\nrequire_probes = false\n\
+         activate = [\"sh\", \"-c\", \"echo {{target}} > {d}/{{host}}\"]\nrollback = [\"true\"]\n",
+        d = dir.display()
+    );
+    let policy = cluster.server.write_spec("activation.toml", &policy);
+    let out = cluster.server.cli_ok(&["rollout", "start", "--target", "system-3", "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
+    let blocked = wait_rollout(&cluster, &id, "the down host reported as blocking", Duration::from_secs(30), |v| {
+        v.blocked.iter().any(|b| b.host == late && b.reason == "silent")
+    });
+    assert_eq!(blocked.state, "running", "{blocked:#?}");
+    assert_eq!(host_state(&blocked, late), HostRolloutState::Dispatched, "never skipped: {blocked:#?}");
+    for host in &HOSTS[..2] {
+        assert_eq!(host_state(&blocked, host), HostRolloutState::Converged, "{blocked:#?}");
+    }
+    let status = cluster.server.cli_ok(&["rollout", "status", &id]);
+    assert!(status.contains(late) && status.contains("blocked"), "{status}");
+
+    // It comes back: it picks its order up and the rollout completes.
+    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
+    let mut command = Command::new(bin());
+    command.env("XDG_CONFIG_HOME", cluster.server.config_home());
+    cluster.agent_mut(late).spawn(command, &url, &token);
+    wait_rollout(&cluster, &id, "the rollout to complete", Duration::from_secs(30), |v| v.state == "completed");
+    assert_eq!(std::fs::read_to_string(dir.join(late)).unwrap().trim(), "system-3");
+}
