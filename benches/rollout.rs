@@ -391,7 +391,7 @@ fn drive_host(
     loop {
         let seq = snapshot.last_event_seq + 1;
         let input = match snapshot.state {
-            HostRolloutState::Dispatched => HostInput::Ack { seq },
+            HostRolloutState::Dispatched => HostInput::Ack { seq, current: None },
             HostRolloutState::Acked => HostInput::ActivationStarted { seq },
             HostRolloutState::Activating => HostInput::ActivationCompleted { seq, current: TARGET.into() },
             HostRolloutState::Soaking if !probed => {

@@ -144,7 +144,13 @@ fn rollout(cluster: &Cluster, id: &str) -> RolloutView {
     serde_json::from_str(&cluster.server.cli_ok(&["rollout", "status", id, "-o", "json"])).unwrap()
 }
 
-fn wait_rollout(cluster: &Cluster, id: &str, what: &str, within: Duration, mut done: impl FnMut(&RolloutView) -> bool) -> RolloutView {
+fn wait_rollout(
+    cluster: &Cluster,
+    id: &str,
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut(&RolloutView) -> bool,
+) -> RolloutView {
     let deadline = Instant::now() + within;
     loop {
         let view = rollout(cluster, id);
@@ -188,7 +194,10 @@ fn check_budget_and_waves(steps: &[(u64, RolloutEvent)], waves: &[Vec<String>], 
             HostEvent::Dispatched => {
                 let wave = wave_of[hostname.as_str()];
                 for earlier in waves[..wave].iter().flatten() {
-                    assert!(converged.contains(earlier), "seq {seq}: {hostname} (wave {wave}) dispatched before {earlier} converged");
+                    assert!(
+                        converged.contains(earlier),
+                        "seq {seq}: {hostname} (wave {wave}) dispatched before {earlier} converged"
+                    );
                 }
                 in_flight.insert(hostname.clone());
             }
@@ -280,7 +289,8 @@ fn a_failing_health_endpoint_halts_after_the_canary_and_rolls_it_back() {
     // The same version is refused while quarantined.
     let spec = cluster.server.write_spec("again.toml", &bad);
     let policy = cluster.server.write_spec("again-policy.toml", &policy);
-    let again = cluster.server.cli(&["rollout", "start", "web", "--spec", spec.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
+    let again =
+        cluster.server.cli(&["rollout", "start", "web", "--spec", spec.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("quarantined"), "{again:?}");
 }
@@ -352,34 +362,43 @@ fn a_host_activation_runs_its_command_on_each_host_and_undo_reverts_them() {
     let dir = cluster.server.root.path().join("systems");
     std::fs::create_dir_all(&dir).unwrap();
     let system = |host: &str| std::fs::read_to_string(dir.join(host)).unwrap_or_default().trim().to_string();
+    for host in HOSTS {
+        std::fs::write(dir.join(host), "system-1\n").unwrap();
+    }
+    // `current` is the host's own word for what it runs (like `readlink /run/current-system`).
     let policy = format!(
         "waves = [1, \"100%\"]\nmax_in_flight = 2\nsoak = \"500ms\"\n\
          activate = [\"sh\", \"-c\", \"echo {{target}} > {d}/{{host}}\"]\n\
          rollback = [\"sh\", \"-c\", \"echo {{previous}} > {d}/{{host}}\"]\n\
+         current = [\"cat\", \"{d}/{{host}}\"]\n\
          [[probes]]\nname = \"booted\"\nexec = [\"grep\", \"-q\", \"system-\", \"{d}/{{host}}\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
         d = dir.display()
     );
     let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out = cluster.server.cli_ok(&["rollout", "start", "--target", "system-2", "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    let out =
+        cluster.server.cli_ok(&["rollout", "start", "--target", "system-2", "--policy", policy.to_str().unwrap(), "-o", "json"]);
     let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
     let done = wait_rollout(&cluster, &id, "the activation to complete", Duration::from_secs(60), |v| v.state == "completed");
     for host in HOSTS {
         assert_eq!(system(host), "system-2", "{host}");
     }
     assert!(done.hosts.iter().all(|h| h.current.as_deref() == Some("system-2")), "{done:#?}");
+    assert!(done.hosts.iter().all(|h| h.previous.as_deref() == Some("system-1")), "as the hosts said: {done:#?}");
 
-    // Undo: every host goes back to what it ran (nothing was activated before: an empty line).
+    // Undo: every host goes back to what it said it ran.
     cluster.server.cli_ok(&["rollout", "undo", &id]);
     let undone = wait_rollout(&cluster, &id, "every host reverted", Duration::from_secs(60), |v| {
         v.hosts.iter().all(|h| h.state == HostRolloutState::Reverted)
     });
     assert_eq!(undone.state, "undone");
     for host in HOSTS {
-        assert_eq!(system(host), "", "{host} rolled back");
+        assert_eq!(system(host), "system-1", "{host} rolled back");
     }
+    assert!(undone.hosts.iter().all(|h| h.current.as_deref() == Some("system-1")), "{undone:#?}");
 
     // A request that names neither a service nor a target is a 400 with a reason.
-    let request = RolloutRequest { policy_file: "p.toml".into(), policy_toml: "require_probes = false\n".into(), ..Default::default() };
+    let request =
+        RolloutRequest { policy_file: "p.toml".into(), policy_toml: "require_probes = false\n".into(), ..Default::default() };
     let (status, body) = cluster.server.api("POST", "/v1/rollouts", &serde_json::to_vec(&request).unwrap());
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("service") && body.contains("target"), "{body}");
@@ -402,7 +421,8 @@ fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
         d = dir.display()
     );
     let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out = cluster.server.cli_ok(&["rollout", "start", "--target", "system-3", "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    let out =
+        cluster.server.cli_ok(&["rollout", "start", "--target", "system-3", "--policy", policy.to_str().unwrap(), "-o", "json"]);
     let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
     let blocked = wait_rollout(&cluster, &id, "the down host reported as blocking", Duration::from_secs(30), |v| {
         v.blocked.iter().any(|b| b.host == late && b.reason == "silent")

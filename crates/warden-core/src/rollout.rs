@@ -233,6 +233,12 @@ pub struct RolloutPolicy {
     /// The argv that returns a host to `{previous}` (also given `{target}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollback: Vec<String>,
+    /// Optional, for a host activation: an argv whose first line of output is what the host
+    /// runs (e.g. `readlink /run/current-system`). The agent reports it when it takes its
+    /// order (it becomes `previous`) and after activating or rolling back, so convergence needs
+    /// the host's own word that it runs the target, not only a command that exited 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub current: Vec<String>,
 }
 
 pub const DEFAULT_ACTIVATION_TIMEOUT_MS: u64 = 600_000;
@@ -339,6 +345,7 @@ struct RawPolicy {
     activation_timeout: Option<Spanned<String>>,
     activate: Option<Spanned<Vec<String>>>,
     rollback: Option<Spanned<Vec<String>>>,
+    current: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     probes: Vec<RawProbe>,
 }
@@ -426,6 +433,11 @@ impl RawPolicy {
         if activate.is_empty() != rollback.is_empty() {
             return Err((None, "a host activation needs both activate and rollback (or neither, for a service rollout)".into()));
         }
+        let current_span = self.current.as_ref().map(Spanned::span);
+        let current = argv("current", self.current)?;
+        if !current.is_empty() && activate.is_empty() {
+            return Err((current_span, "current is for a host activation (with activate and rollback)".into()));
+        }
         let policy = RolloutPolicy {
             waves,
             max_in_flight,
@@ -436,6 +448,7 @@ impl RawPolicy {
             activation_timeout_ms: duration("activation_timeout", &self.activation_timeout, DEFAULT_ACTIVATION_TIMEOUT_MS)?,
             activate,
             rollback,
+            current,
         };
         policy.check().map_err(|InvalidPolicy(message)| (None, message))?;
         Ok(policy)
@@ -759,8 +772,13 @@ pub struct HostRolloutSnapshot {
 pub enum HostInput {
     /// The control plane sends the host to `target` (decided by [`next_actions`]).
     Dispatch,
+    /// The host has its order. `current`: what it runs, when it can tell (a host activation with
+    /// a `current` command): it replaces the control plane's idea of it, as `current` and as
+    /// `previous` (where a rollback returns it).
     Ack {
         seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<String>,
     },
     ActivationStarted {
         seq: u64,
@@ -820,7 +838,7 @@ impl HostInput {
     /// The agent's sequence number, for the inputs that are agent reports.
     pub fn seq(&self) -> Option<u64> {
         match self {
-            HostInput::Ack { seq }
+            HostInput::Ack { seq, .. }
             | HostInput::ActivationStarted { seq }
             | HostInput::ActivationCompleted { seq, .. }
             | HostInput::ActivationFailed { seq, .. }
@@ -842,6 +860,9 @@ pub enum HostEvent {
     Dispatched,
     Acked {
         seq: u64,
+        /// What the host said it runs (see [`HostInput::Ack`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<String>,
     },
     ActivationStarted {
         seq: u64,
@@ -944,7 +965,9 @@ impl HostRolloutSnapshot {
         }
         let mut events = match (self.state, input) {
             (S::Pending, HostInput::Dispatch) => vec![HostEvent::Dispatched],
-            (S::Dispatched, HostInput::Ack { seq }) => vec![HostEvent::Acked { seq: *seq }],
+            (S::Dispatched, HostInput::Ack { seq, current }) => {
+                vec![HostEvent::Acked { seq: *seq, current: current.clone() }]
+            }
             (S::Acked, HostInput::ActivationStarted { seq }) => vec![HostEvent::ActivationStarted { seq: *seq }],
             (S::Acked | S::Activating, HostInput::ActivationFailed { seq, error }) => {
                 vec![HostEvent::Failed { seq: Some(*seq), reason: format!("activation failed: {error}") }]
@@ -1054,8 +1077,12 @@ impl HostRolloutSnapshot {
                 self.dispatched_at = Some(at_ms);
                 self.last_report_at = Some(at_ms);
             }
-            HostEvent::Acked { seq } => {
+            HostEvent::Acked { seq, current } => {
                 self.reported(*seq, at_ms);
+                if let Some(current) = current {
+                    self.current = Some(current.clone());
+                    self.previous = Some(current.clone());
+                }
                 self.state = HostRolloutState::Acked;
                 self.dispatch_acked_at = Some(at_ms);
             }
@@ -1211,13 +1238,24 @@ pub struct Rollout {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RolloutEvent {
-    Host { hostname: String, event: HostEvent },
-    WaveAdvanced { wave: usize },
-    Halted { reason: String },
-    Quarantined { target: String },
+    Host {
+        hostname: String,
+        event: HostEvent,
+    },
+    WaveAdvanced {
+        wave: usize,
+    },
+    Halted {
+        reason: String,
+    },
+    Quarantined {
+        target: String,
+    },
     Completed,
     /// An operator's undo (`warden rollout undo`): halts, and rolls back every host on the target.
-    Undone { reason: String },
+    Undone {
+        reason: String,
+    },
 }
 
 /// What `dev.warden.rollout.started.v1` records: everything [`Rollout::new`] needs, so replay
@@ -1689,6 +1727,7 @@ mod tests {
             activation_timeout_ms: DEFAULT_ACTIVATION_TIMEOUT_MS,
             activate: Vec::new(),
             rollback: Vec::new(),
+            current: Vec::new(),
         }
     }
 
@@ -1715,9 +1754,9 @@ mod tests {
         let path: &[HostInput] = match state {
             S::Pending => &[],
             S::Dispatched => &[HostInput::Dispatch],
-            S::Acked => &[HostInput::Dispatch, HostInput::Ack { seq: 10 }],
+            S::Acked => &[HostInput::Dispatch, HostInput::Ack { seq: 10, current: None }],
             S::Activating | S::Soaking | S::Converged | S::Failed | S::Reverting | S::Reverted => {
-                &[HostInput::Dispatch, HostInput::Ack { seq: 10 }, HostInput::ActivationStarted { seq: 20 }]
+                &[HostInput::Dispatch, HostInput::Ack { seq: 10, current: None }, HostInput::ActivationStarted { seq: 20 }]
             }
         };
         for input in path {
@@ -1743,7 +1782,7 @@ mod tests {
     fn sample(kind: InputKind, seq: u64) -> HostInput {
         match kind {
             InputKind::Dispatch => HostInput::Dispatch,
-            InputKind::Ack => HostInput::Ack { seq },
+            InputKind::Ack => HostInput::Ack { seq, current: None },
             InputKind::ActivationStarted => HostInput::ActivationStarted { seq },
             InputKind::ActivationCompleted => HostInput::ActivationCompleted { seq, current: "v2".into() },
             InputKind::ActivationFailed => HostInput::ActivationFailed { seq, error: "boom".into() },
@@ -1791,7 +1830,7 @@ mod tests {
         let policy = policy(60_000, OnFailure::Halt);
         let mut h = host();
         feed(&mut h, HostInput::Dispatch, T0, &policy);
-        feed(&mut h, HostInput::Ack { seq: 1 }, T0 + 10, &policy);
+        feed(&mut h, HostInput::Ack { seq: 1, current: None }, T0 + 10, &policy);
         feed(&mut h, HostInput::ActivationStarted { seq: 2 }, T0 + 20, &policy);
         // A slow activation: the soak is not eaten by it (the origin started the clock at open).
         let done = T0 + 500_000;
@@ -1803,6 +1842,25 @@ mod tests {
         assert_eq!(h.step(&HostInput::Tick, done + 60_000, &policy), Ok(Decision::Events(vec![])));
         let decision = h.step(&probe(5, true, done + 61_000), done + 61_000, &policy).unwrap();
         assert_eq!(decision.events().last(), Some(&HostEvent::Converged));
+    }
+
+    #[test]
+    fn the_hosts_own_word_on_what_it_runs_is_where_a_rollback_returns_it() {
+        let policy = policy(0, OnFailure::Rollback);
+        let mut h = host();
+        feed(&mut h, HostInput::Dispatch, T0, &policy);
+        assert_eq!(h.previous.as_deref(), Some("v1"), "the control plane's idea, until the host says");
+        feed(&mut h, HostInput::Ack { seq: 1, current: Some("v0-hotfix".into()) }, T0 + 10, &policy);
+        assert_eq!((h.current.as_deref(), h.previous.as_deref()), (Some("v0-hotfix"), Some("v0-hotfix")));
+        feed(&mut h, HostInput::ActivationStarted { seq: 2 }, T0 + 20, &policy);
+        // The activation command exited 0, but the host says it still runs the old system.
+        feed(&mut h, HostInput::ActivationCompleted { seq: 3, current: "v0-hotfix".into() }, T0 + 30, &policy);
+        assert_eq!(h.state, HostRolloutState::Failed);
+        assert!(h.failure.as_deref().unwrap().contains("not the target"), "{:?}", h.failure);
+        feed(&mut h, HostInput::RollBack, T0 + 40, &policy);
+        feed(&mut h, HostInput::RollbackStarted { seq: 4 }, T0 + 50, &policy);
+        feed(&mut h, HostInput::RollbackCompleted { seq: 5, current: Some("v0-hotfix".into()) }, T0 + 60, &policy);
+        assert_eq!(h.state, HostRolloutState::Reverted);
     }
 
     #[test]
@@ -1885,7 +1943,7 @@ mod tests {
     }
 
     fn activate(rollout: &mut Rollout, hostname: &str, now_ms: u64) {
-        report(rollout, hostname, HostInput::Ack { seq: 1 }, now_ms);
+        report(rollout, hostname, HostInput::Ack { seq: 1, current: None }, now_ms);
         report(rollout, hostname, HostInput::ActivationStarted { seq: 2 }, now_ms);
         report(rollout, hostname, HostInput::ActivationCompleted { seq: 3, current: "v2".into() }, now_ms);
     }

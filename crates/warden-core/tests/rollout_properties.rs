@@ -87,6 +87,7 @@ fn policies() -> impl Strategy<Value = RolloutPolicy> {
                 activation_timeout_ms: warden_core::rollout::DEFAULT_ACTIVATION_TIMEOUT_MS,
                 activate: Vec::new(),
                 rollback: Vec::new(),
+                current: Vec::new(),
             }
         })
 }
@@ -280,10 +281,10 @@ impl Sim {
         let fails_activation = matches!(agent.kind, Agent::ActivationFails | Agent::RollbackFails);
         let input = match host.state {
             // Stray reports, which must be refused without changing anything.
-            S::Pending => HostInput::Ack { seq },
+            S::Pending => HostInput::Ack { seq, current: None },
             S::Failed => HostInput::RollbackStarted { seq },
             S::Converged | S::Reverted | S::Soaking if policy.probes.is_empty() => HostInput::ActivationStarted { seq },
-            S::Dispatched => HostInput::Ack { seq },
+            S::Dispatched => HostInput::Ack { seq, current: None },
             S::Acked if fails_activation => HostInput::ActivationFailed { seq, error: "switch exited 1".into() },
             S::Acked => HostInput::ActivationStarted { seq },
             S::Activating if agent.kind == Agent::WrongVersion => HostInput::ActivationCompleted { seq, current: "v3".into() },
@@ -638,10 +639,11 @@ proptest! {
             activation_timeout_ms: warden_core::rollout::DEFAULT_ACTIVATION_TIMEOUT_MS,
             activate: Vec::new(),
             rollback: Vec::new(),
+                current: Vec::new(),
         };
         let mut sim = Sim::new(policy, &[Agent::Healthy], 0)?;
         sim.pass(0, false)?;
-        for input in [HostInput::Ack { seq: 1 }, HostInput::ActivationStarted { seq: 2 }] {
+        for input in [HostInput::Ack { seq: 1, current: None }, HostInput::ActivationStarted { seq: 2 }] {
             sim.report("h00", input)?;
         }
         sim.report("h00", HostInput::ActivationCompleted { seq: 3, current: TARGET.into() })?;

@@ -123,8 +123,15 @@ pub enum Activation {
     /// of `workloads` runs a cell of the wanted spec on this host.
     Service { workloads: Vec<String> },
     /// A host activation (the nixfleet case): the agent runs `activate` (`{target}` replaced by
-    /// the target, `{previous}` by what the host ran before), or `rollback` to go back.
-    Command { activate: Vec<String>, rollback: Vec<String> },
+    /// the target, `{previous}` by what the host ran before), or `rollback` to go back; with
+    /// `current`, it asks the host what it runs (first line of output) when it takes the order
+    /// and after each.
+    Command {
+        activate: Vec<String>,
+        rollback: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        current: Vec<String>,
+    },
 }
 
 /// `POST /v1/agents/rollout`: one report of this host's part in a rollout (`input.seq()` is

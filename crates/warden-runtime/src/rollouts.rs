@@ -63,7 +63,8 @@ pub fn start(
     now: u64,
     out: &mut Produced,
 ) -> Result<String, ApiError> {
-    let policy = RolloutPolicy::parse(&request.policy_file, &request.policy_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let policy =
+        RolloutPolicy::parse(&request.policy_file, &request.policy_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let rollout_id = random_id("r-");
     let start = match (&request.service, &request.target) {
         (Some(service), None) => service_start(live, request, service, policy, caller, &rollout_id)?,
@@ -80,10 +81,8 @@ pub fn start(
             start.target, start.channel, quarantined.0
         )));
     }
-    if let Some(running) = live
-        .rollouts
-        .values()
-        .find(|r| r.rollout.channel == start.channel && !r.is_settled() && !r.rollout.undone)
+    if let Some(running) =
+        live.rollouts.values().find(|r| r.rollout.channel == start.channel && !r.is_settled() && !r.rollout.undone)
     {
         return Err(ApiError::Conflict(format!(
             "rollout {} of {} is still {}; wait for it, or undo it first",
@@ -236,7 +235,14 @@ fn quarantine_of<'a>(live: &'a Projection, channel: &str) -> Option<(&'a str, &'
 }
 
 /// Pause, resume or undo `rollout_id`.
-pub fn control(live: &mut Projection, rollout_id: &str, control: Control, caller: &str, now: u64, out: &mut Produced) -> Result<(), ApiError> {
+pub fn control(
+    live: &mut Projection,
+    rollout_id: &str,
+    control: Control,
+    caller: &str,
+    now: u64,
+    out: &mut Produced,
+) -> Result<(), ApiError> {
     let record = live.rollouts.get(rollout_id).ok_or_else(|| ApiError::NotFound(format!("no rollout {rollout_id}")))?;
     if record.started_by != caller {
         return Err(ApiError::Forbidden(format!("rollout {rollout_id} was started by {}", record.started_by)));
@@ -266,10 +272,8 @@ pub fn control(live: &mut Projection, rollout_id: &str, control: Control, caller
 /// An agent's report. `Ok(outcome)`: `applied`, `duplicate`, or why it does not apply (the
 /// agent then follows the snapshot it gets back).
 pub fn report(live: &mut Projection, report: &RolloutReport, now: u64, out: &mut Produced) -> Result<String, ApiError> {
-    let record = live
-        .rollouts
-        .get(&report.rollout_id)
-        .ok_or_else(|| ApiError::NotFound(format!("no rollout {}", report.rollout_id)))?;
+    let record =
+        live.rollouts.get(&report.rollout_id).ok_or_else(|| ApiError::NotFound(format!("no rollout {}", report.rollout_id)))?;
     if matches!(report.input, HostInput::Dispatch | HostInput::Tick | HostInput::RollBack) {
         return Err(ApiError::BadRequest(format!("{} is the control plane's decision, not a report", report.input.kind())));
     }
@@ -317,10 +321,8 @@ fn maintain_one(live: &mut Projection, rollout_id: &str, now: u64, out: &mut Pro
 /// the host again when the control plane decided something it must act on or stop acting on,
 /// and a service's workloads there change spec when its activation (or rollback) starts.
 fn host_event(live: &mut Projection, rollout_id: &str, hostname: &str, event: HostEvent, now: u64, out: &mut Produced) {
-    let notify = matches!(
-        event,
-        HostEvent::Dispatched | HostEvent::RollbackOrdered | HostEvent::Converged | HostEvent::Failed { .. }
-    );
+    let notify =
+        matches!(event, HostEvent::Dispatched | HostEvent::RollbackOrdered | HostEvent::Converged | HostEvent::Failed { .. });
     let replace = match &event {
         HostEvent::ActivationStarted { .. } => Some(true),
         HostEvent::RollbackStarted { .. } => Some(false),
@@ -381,7 +383,11 @@ pub fn order(live: &Projection, rollout_id: &str, hostname: &str) -> Option<Roll
     let policy = &record.rollout.policy;
     let activation = match &record.service {
         Some(service) => Activation::Service { workloads: service.workloads.get(hostname).cloned().unwrap_or_default() },
-        None => Activation::Command { activate: policy.activate.clone(), rollback: policy.rollback.clone() },
+        None => Activation::Command {
+            activate: policy.activate.clone(),
+            rollback: policy.rollback.clone(),
+            current: policy.current.clone(),
+        },
     };
     Some(RolloutOrder { snapshot, probes: policy.probes.clone(), activation, timeout_ms: policy.activation_timeout_ms })
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use warden_core::canonical::Artifact;
 use warden_core::{CloudEvent, NewEvent};
 
-pub use chain::verify_chain;
+pub use chain::{verify_chain, verify_signed_chain, ChainError, ChainVerifier, SignedHead, Verified};
 pub use sqlite::SqliteStore;
 
 /// The last event in the journal.

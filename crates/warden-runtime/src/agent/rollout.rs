@@ -170,7 +170,16 @@ impl Worker {
                 self.rollback_started = false;
             }
             let step = match state {
-                HostRolloutState::Dispatched => self.report(|seq| HostInput::Ack { seq }).await,
+                HostRolloutState::Dispatched => {
+                    let current = match self.ask_current().await {
+                        Ok(current) => current,
+                        Err(error) => {
+                            tracing::warn!(rollout = %self.rollout_id, "cannot tell what this host runs: {error}");
+                            None
+                        }
+                    };
+                    self.report(|seq| HostInput::Ack { seq, current }).await
+                }
                 HostRolloutState::Acked => self.report(|seq| HostInput::ActivationStarted { seq }).await,
                 HostRolloutState::Activating => self.activate().await,
                 HostRolloutState::Soaking => self.soak().await,
@@ -288,14 +297,35 @@ impl Worker {
                 self.until_state_changes(wait).await
             }
         };
+        // With a `current` command the host's own word counts (nothing printed: it runs
+        // nothing, which is not the target); without one, a command that succeeded did it.
+        let outcome = match outcome {
+            Some(Ok(())) if self.asks_current() => Some(self.ask_current().await.map(Option::unwrap_or_default)),
+            outcome => outcome.map(|result| result.map(|()| target)),
+        };
         match outcome {
             None => Step::Next,
-            Some(Ok(())) => self.report(|seq| HostInput::ActivationCompleted { seq, current: target }).await,
+            Some(Ok(current)) => self.report(|seq| HostInput::ActivationCompleted { seq, current }).await,
             Some(Err(error)) => {
                 tracing::warn!(rollout = %self.rollout_id, "activation failed: {error}");
                 self.report(|seq| HostInput::ActivationFailed { seq, error }).await
             }
         }
+    }
+
+    /// What the host runs by its own account: the first line of the `current` command's output
+    /// (`None` for an empty one). `Ok(None)` without a `current` command, or for a service.
+    fn asks_current(&self) -> bool {
+        matches!(&self.order.activation, Activation::Command { current, .. } if !current.is_empty())
+    }
+
+    async fn ask_current(&mut self) -> Result<Option<String>, String> {
+        let Activation::Command { current, .. } = &self.order.activation else { return Ok(None) };
+        if current.is_empty() {
+            return Ok(None);
+        }
+        let argv = self.substitutions().apply_all(current);
+        first_line_of(argv, self.timeout()).await
     }
 
     /// Reverting, after RollbackStarted: roll back and report how it went.
@@ -313,9 +343,13 @@ impl Worker {
                 self.until_state_changes(wait).await
             }
         };
+        let outcome = match outcome {
+            Some(Ok(())) if self.asks_current() => Some(self.ask_current().await),
+            outcome => outcome.map(|result| result.map(|()| previous)),
+        };
         match outcome {
             None => Step::Next,
-            Some(Ok(())) => self.report(|seq| HostInput::RollbackCompleted { seq, current: previous }).await,
+            Some(Ok(current)) => self.report(|seq| HostInput::RollbackCompleted { seq, current }).await,
             Some(Err(error)) => {
                 tracing::warn!(rollout = %self.rollout_id, "rollback failed: {error}");
                 self.report(|seq| HostInput::RollbackFailed { seq, error }).await
@@ -560,6 +594,26 @@ async fn run_command(argv: Vec<String>, timeout: Duration, label: String, log: O
         return Ok(());
     }
     Err(format!("{program:?} {}{}", describe_exit(status), tails.last_words()))
+}
+
+/// Runs `argv` (killed at `timeout`) and returns the first line of its stdout, trimmed; `None`
+/// if it printed nothing. A non-zero exit is an error.
+async fn first_line_of(argv: Vec<String>, timeout: Duration) -> Result<Option<String>, String> {
+    let Some((program, args)) = argv.split_first() else { return Err("no command to run (an empty argv)".into()) };
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).stdin(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+    let output = match tokio::time::timeout(timeout, command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(format!("cannot run {program:?}: {e}")),
+        Err(_) => return Err(format!("{program:?} timed out after {} ms", timeout.as_millis())),
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().map(|line| format!(": {line}")).unwrap_or_default();
+        return Err(format!("{program:?} {}{last}", describe_exit(output.status)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    Ok(stdout.lines().next().map(str::trim).filter(|line| !line.is_empty()).map(str::to_string))
 }
 
 fn describe_exit(status: ExitStatus) -> String {
@@ -1079,6 +1133,7 @@ mod tests {
         Activation::Command {
             activate: sh(format!("{activate} && echo {{target}} > {}", file.display())),
             rollback: sh(format!("echo {{previous}} > {}", file.display())),
+            current: sh(format!("cat {} 2>/dev/null || true", file.display())),
         }
     }
 
