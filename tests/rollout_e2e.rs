@@ -443,3 +443,35 @@ fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
     wait_rollout(&cluster, &id, "the rollout to complete", Duration::from_secs(30), |v| v.state == "completed");
     assert_eq!(std::fs::read_to_string(dir.join(late)).unwrap().trim(), "system-3");
 }
+
+#[test]
+fn a_paused_rollout_dispatches_nothing_until_resumed() {
+    let cluster = start_cluster();
+    let dir = cluster.server.root.path().join("systems");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = format!(
+        "waves = [1, \"100%\"]\nmax_in_flight = 1\nsoak = \"1s\"\nrequire_probes = false\n\
+         activate = [\"sh\", \"-c\", \"echo {{target}} > {d}/{{host}}\"]\nrollback = [\"true\"]\n",
+        d = dir.display()
+    );
+    let policy = cluster.server.write_spec("activation.toml", &policy);
+    let out = cluster.server.cli_ok(&["rollout", "start", "--target", "system-4", "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
+    cluster.server.cli_ok(&["rollout", "pause", &id]);
+    let canary = wait_rollout(&cluster, &id, "the canary converged while paused", Duration::from_secs(30), |v| {
+        v.hosts.iter().any(|h| h.state == HostRolloutState::Converged)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let paused = rollout(&cluster, &id);
+    assert_eq!(paused.state, "paused", "{paused:#?}");
+    assert_eq!(paused.wave, 0, "no new wave while paused: {paused:#?}");
+    let pending = paused.hosts.iter().filter(|h| h.state == HostRolloutState::Pending).count();
+    assert_eq!(pending, 2, "nothing dispatched while paused: {paused:#?}");
+    assert_eq!(canary.waves[0].n_converged, 1);
+
+    cluster.server.cli_ok(&["rollout", "resume", &id]);
+    wait_rollout(&cluster, &id, "the rollout to complete", Duration::from_secs(30), |v| v.state == "completed");
+    // Over: it cannot be paused any more.
+    let again = cluster.server.cli(&["rollout", "pause", &id]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("completed"), "{again:?}");
+}
