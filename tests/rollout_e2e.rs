@@ -72,10 +72,14 @@ impl Web {
     }
 
     fn spec(&self, version: &str, health: &str) -> String {
+        self.spec_placed(version, health, "mode = \"each-host\"")
+    }
+
+    fn spec_placed(&self, version: &str, health: &str, placement: &str) -> String {
         format!(
             "name = \"web\"\n[cell]\nargv = [\"python3\", \"-u\", {script:?}]\ngraceful_shutdown = \"2s\"\n\
              env = {{ VERSION = {version:?}, HEALTH = {health:?}, PORT = \"{port}\" }}\n\
-             [restart]\npolicy = \"always\"\nbackoff = \"200ms\"\n[placement]\nmode = \"each-host\"\n",
+             [restart]\npolicy = \"always\"\nbackoff = \"200ms\"\n[placement]\n{placement}\n",
             script = self.script,
             port = self.port,
         )
@@ -212,7 +216,7 @@ fn check_budget_and_waves(steps: &[(u64, RolloutEvent)], waves: &[Vec<String>], 
         max_seen = max_seen.max(in_flight.len());
         assert!(in_flight.len() <= max_in_flight, "seq {seq}: {in_flight:?} in flight, max_in_flight = {max_in_flight}");
     }
-    assert_eq!(max_seen, max_in_flight.min(1), "some host was in flight");
+    assert!(max_seen >= 1, "some host was in flight");
 }
 
 #[test]
@@ -455,7 +459,8 @@ fn a_paused_rollout_dispatches_nothing_until_resumed() {
         d = dir.display()
     );
     let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out = cluster.server.cli_ok(&["rollout", "start", "--target", "system-4", "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    let out =
+        cluster.server.cli_ok(&["rollout", "start", "--target", "system-4", "--policy", policy.to_str().unwrap(), "-o", "json"]);
     let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
     cluster.server.cli_ok(&["rollout", "pause", &id]);
     let canary = wait_rollout(&cluster, &id, "the canary converged while paused", Duration::from_secs(30), |v| {
@@ -474,4 +479,36 @@ fn a_paused_rollout_dispatches_nothing_until_resumed() {
     // Over: it cannot be paused any more.
     let again = cluster.server.cli(&["rollout", "pause", &id]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("completed"), "{again:?}");
+}
+
+#[test]
+fn a_service_of_instances_moves_to_the_new_version_host_by_host_in_place() {
+    let cluster = start_cluster();
+    let web = Web::new(&cluster);
+    let path = cluster.server.write_spec("web-v1.toml", &web.spec_placed("v1", "ok", "instances = 3"));
+    cluster.server.cli_ok(&["run", path.to_str().unwrap(), "--id", "web"]);
+    let mut placed = BTreeMap::new();
+    for i in 0..3 {
+        let view = cluster.server.wait_for(&format!("web.{i}"), "v1 running", |v| v.state == "running");
+        placed.insert(i, view.host.clone());
+    }
+    let hosts: std::collections::BTreeSet<&String> = placed.values().collect();
+    assert_eq!(hosts.len(), 3, "spread one per host: {placed:?}");
+    for host in HOSTS {
+        wait_until(&cluster, &format!("v1 on {host}"), Duration::from_secs(20), || web.version_on(host).as_deref() == Some("v1"));
+    }
+    let policy = web
+        .policy("500ms", "")
+        .replace("waves = [1, 2, \"100%\"]\nmax_in_flight = 1", "waves = [1, \"100%\"]\nmax_in_flight = 2");
+    let id = start_service_rollout(&cluster, &web.spec_placed("v2", "ok", "instances = 3"), &policy);
+    let done = wait_rollout(&cluster, &id, "the rollout to complete", Duration::from_secs(60), |v| v.state == "completed");
+    for (i, host) in &placed {
+        let view = cluster.server.status(&format!("web.{i}"));
+        assert_eq!(&view.host, host, "web.{i} stayed on its host");
+        assert_eq!(view.info.spec_id, done.target);
+        assert_eq!(web.version_on(host).as_deref(), Some("v2"), "{host}");
+    }
+    let waves: Vec<Vec<String>> = done.waves.iter().map(|w| w.hosts.clone()).collect();
+    assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
+    check_budget_and_waves(&rollout_events(&cluster.server, &id), &waves, 2);
 }

@@ -57,6 +57,11 @@ pub struct Workload {
     /// Cells started because the spec was replaced (a rollout): new versions, not restarts.
     #[serde(default)]
     pub replacements: u32,
+    /// A replaced workload's host: the new version's cell goes there if it still can (a
+    /// rollout replaces a host's cells; the new ones must not land elsewhere). Cleared once
+    /// the next cell is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_on: Option<String>,
     pub updated_at_ms: u64,
 }
 
@@ -285,6 +290,7 @@ impl Workload {
             failovers_ran: 0,
             failover_cell: None,
             replacements: 0,
+            replaced_on: None,
             updated_at_ms: at_ms,
         }
     }
@@ -607,6 +613,7 @@ impl Workload {
             | EventData::RolloutProgressed { .. }
             | EventData::RolloutPaused { .. } => {}
             EventData::CellPlaced { cell_id, host, epoch, adopts, .. } => {
+                self.replaced_on = None;
                 self.host = Some(host.clone());
                 self.epoch = *epoch;
                 self.placed_cell = Some(adopts.as_ref().unwrap_or(cell_id).clone());
@@ -688,6 +695,9 @@ impl Workload {
             EventData::WorkloadStopped { reason, .. } => self.phase = Phase::Stopped { reason: reason.clone() },
             EventData::WorkloadExpired { .. } => self.phase = Phase::Expired,
             EventData::WorkloadReplaced { spec, spec_id, .. } => {
+                if self.replaced_on.is_none() {
+                    self.replaced_on = self.host.clone();
+                }
                 self.spec = spec.clone();
                 self.info.spec_id = spec_id.clone();
                 self.consecutive_failures = 0;

@@ -424,13 +424,17 @@ impl Cluster {
                 entry.1 += 1;
             }
         }
+        // A new version goes where the old one ran (`replaced_on`), if that host still may take it.
         projection
             .hosts
             .values()
             .filter(|h| h.up && (!h.draining || workload.pinned_host.is_some()))
             .filter(|h| workload.pinned_host.as_deref().is_none_or(|pin| pin == h.name))
             .filter(|h| placement.is_none_or(|p| p.admits(h.channel.as_deref(), &h.tags)))
-            .min_by_key(|h| (load.get(h.name.as_str()).copied().unwrap_or_default(), h.name.clone()))
+            .min_by_key(|h| {
+                let elsewhere = workload.replaced_on.as_deref() != Some(h.name.as_str());
+                (elsewhere, load.get(h.name.as_str()).copied().unwrap_or_default(), h.name.clone())
+            })
             .map(|h| h.name.clone())
     }
 }
