@@ -1,7 +1,8 @@
-//! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`,
-//! `job run|status|history|cancel|ls`, `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`),
-//! `artifact get`.
+//! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
+//! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
+//! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`.
 
+mod events;
 mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -119,8 +120,12 @@ enum Command {
     Stop { id: String },
     /// Take a checkpoint of a checkpointed workload now; its `state_uri` changes once stored.
     Checkpoint { id: String },
-    /// Print journaled events.
+    /// Print journaled events; `events head` prints the signed chain head, `events verify`
+    /// proves that no event up to it was removed or altered.
+    #[command(args_conflicts_with_subcommands = true)]
     Events {
+        #[command(subcommand)]
+        action: Option<events::EventsAction>,
         #[arg(long, short)]
         follow: bool,
         /// Only events after this sequence number.
@@ -225,6 +230,10 @@ pub fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             runtime.block_on(warden_runtime::agent::run(config))?;
             Ok(())
+        }
+        // An export is verified with no server and no credential.
+        Command::Events { action: Some(events::EventsAction::Verify(args)), .. } if events::is_offline(&args) => {
+            events::verify_offline(args, cli.output)
         }
         command => {
             let client = Client::new(&cli.addr, cli.credential)?;
@@ -411,7 +420,9 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
                 stdout.flush()?;
             }
         }
-        Command::Events { follow, after, workload } => {
+        Command::Events { action: Some(events::EventsAction::Head), .. } => events::print_head(client, output),
+        Command::Events { action: Some(events::EventsAction::Verify(args)), .. } => events::verify_online(client, args, output),
+        Command::Events { action: None, follow, after, workload } => {
             let mut query = format!("/v1/events?after={after}");
             if follow {
                 query.push_str("&follow=true");

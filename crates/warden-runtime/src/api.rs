@@ -44,6 +44,8 @@ pub struct ApiState {
     pub queues: Arc<Queues>,
     /// What `POST /v1/agents/enroll` must present (`<data-dir>/join-token`).
     pub join_token: Arc<String>,
+    /// Signs the journal's chain head (`<data-dir>/server.key`).
+    pub server_key: Arc<crate::auth::Identity>,
 }
 
 /// The authenticated caller's principal (`ed25519:<hex>`).
@@ -60,6 +62,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/workloads/:id/checkpoint", post(checkpoint_now))
         .route("/v1/workloads/:id/logs", get(logs))
         .route("/v1/events", get(events))
+        .route("/v1/events/head", get(events_head))
         .route("/v1/jobs", post(job_run).get(job_list))
         .route("/v1/jobs/:id", get(job_status))
         .route("/v1/jobs/:id/history", get(job_history))
@@ -732,6 +735,20 @@ async fn events(
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .expect("valid response"))
+}
+
+/// `GET /v1/events/head`: the journal's last durable event (seq and hash), signed now with the
+/// server key (`warden_store::SignedHead`). The head comes from the store, which moves it only
+/// after the append's fsync, so only durable events are ever signed; `GET /v1/events` read
+/// afterwards returns at least every event up to it.
+async fn events_head(State(state): State<ApiState>) -> Result<Json<warden_store::SignedHead>, ApiError> {
+    let store = state.store.clone();
+    let head = match tokio::task::spawn_blocking(move || store.head()).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => return Err(ApiError::Internal(format!("reading the journal head: {e}"))),
+        Err(e) => return Err(ApiError::Internal(format!("reading the journal head: {e}"))),
+    };
+    Ok(Json(state.server_key.sign_chain_head(&head, now_ms())))
 }
 
 /// Prometheus text exposition: workloads by state, restarts, and the journal head.

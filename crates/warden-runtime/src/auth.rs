@@ -72,6 +72,14 @@ impl Identity {
             fs::create_dir_all(dir).map_err(write_err)?;
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
         }
+        self.save_in_place(path)
+    }
+
+    /// Writes the key pair with mode 0600 into an existing directory, leaving the directory's
+    /// own mode alone (the data dir's is the operator's business).
+    pub fn save_in_place(&self, path: &Path) -> Result<(), IdentityError> {
+        let display = path.display().to_string();
+        let write_err = |source| IdentityError::Write { path: display.clone(), source };
         let file = IdentityFile {
             name: self.name.clone(),
             public_key: hex::encode(self.signing_key.verifying_key().as_bytes()),
@@ -82,6 +90,12 @@ impl Identity {
         out.write_all(serde_json::to_string_pretty(&file).expect("serializes").as_bytes()).map_err(write_err)?;
         out.sync_all().map_err(write_err)?;
         fs::rename(&tmp, path).map_err(write_err)
+    }
+
+    /// Signs the journal's durable `head` as of `signed_at_ms` (`GET /v1/events/head`; what
+    /// is signed: `warden_store::chain::head_message`).
+    pub fn sign_chain_head(&self, head: &warden_store::Head, signed_at_ms: u64) -> warden_store::SignedHead {
+        warden_store::SignedHead::sign(head, signed_at_ms, &self.signing_key)
     }
 
     /// The `Authorization` header value for one request.
@@ -125,13 +139,18 @@ pub enum AuthError {
 #[derive(Default)]
 pub struct ReplayGuard {
     seen: std::collections::HashMap<[u8; 64], u64>,
+    /// Prune when `seen` grows past this (twice its size after the last prune).
+    prune_at: usize,
 }
 
 impl ReplayGuard {
     /// Records a verified request's signature; false if it was already used.
     pub fn first_use(&mut self, signature: [u8; 64], ts_ms: u64, now_ms: u64) -> bool {
-        if self.seen.len() > 4096 {
+        // Pruned when it doubled since the last prune: amortized O(1) per request even when
+        // every signature seen is still inside the window.
+        if self.seen.len() > self.prune_at.max(4096) {
             self.seen.retain(|_, ts| now_ms.abs_diff(*ts) <= MAX_CLOCK_SKEW_MS);
+            self.prune_at = self.seen.len().saturating_mul(2);
         }
         self.seen.insert(signature, ts_ms).is_none()
     }

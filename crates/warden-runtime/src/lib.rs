@@ -80,6 +80,8 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         admin.save(&credential_path)?;
         admin
     };
+    let server_key_path = data_dir.join(paths::SERVER_KEY_FILE);
+    let server_key = Arc::new(load_or_create_server_key(data_dir)?);
     let authorized_path = data_dir.join("authorized_keys");
     authorize_key(&authorized_path, &admin).map_err(dir_err)?;
     let authorized_keys = Arc::new(RwLock::new(load_authorized_keys(&authorized_path).map_err(dir_err)?));
@@ -139,6 +141,12 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         report.verified_from_seq
     );
     eprintln!("  credential   {} ({})", credential_path.display(), admin.principal());
+    eprintln!(
+        "  server key   {} ({}; signs the chain head, pin it from {})",
+        server_key_path.display(),
+        server_key.principal(),
+        data_dir.join(paths::SERVER_PUB_FILE).display()
+    );
     eprintln!("  cell shim    {shim_note}");
     eprintln!("  cgroups      {} (cell limits and teardown)", warden_cell::cgroup_layout());
     let n_hosts = handle.shared.read().expect("lock").hosts.len();
@@ -163,12 +171,41 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         manifests: handle.manifests.clone(),
         queues: handle.queues.clone(),
         join_token: Arc::new(join_token),
+        server_key,
     };
     let engine_task = tokio::spawn(engine.run());
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.map_err(UpError::Serve)?;
     engine_task.abort();
     eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
     Ok(())
+}
+
+/// The server's Ed25519 key (`<data-dir>/server.key`, mode 0600), created on first start; it
+/// signs the journal's chain head (`GET /v1/events/head`). Its principal is (re)written to
+/// `<data-dir>/server.pub` (mode 0644) on every start, so an operator can pin it for
+/// `warden events verify --key-file`.
+fn load_or_create_server_key(data_dir: &std::path::Path) -> Result<Identity, UpError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(paths::SERVER_KEY_FILE);
+    let key = if path.exists() {
+        Identity::load(&path)?
+    } else {
+        let key = Identity::generate("server");
+        key.save_in_place(&path)?;
+        key
+    };
+    let pub_path = data_dir.join(paths::SERVER_PUB_FILE);
+    let write_err = |source| UpError::DataDir { path: pub_path.display().to_string(), source };
+    let tmp = pub_path.with_extension("pub.tmp");
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(write_err)?;
+    writeln!(file, "{}", key.principal()).map_err(write_err)?;
+    // World-readable whatever the umask: it is public, and meant to be copied.
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(write_err)?;
+    file.sync_all().map_err(write_err)?;
+    std::fs::rename(&tmp, &pub_path).map_err(write_err)?;
+    Ok(key)
 }
 
 /// The secret an agent presents to enroll: created at first start, kept in `<data-dir>/join-token`

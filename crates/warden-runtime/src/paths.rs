@@ -3,6 +3,13 @@
 use std::path::PathBuf;
 
 pub const ADMIN_CREDENTIAL_FILE: &str = "admin.key";
+/// In the data dir: the server's Ed25519 key, which signs the journal's chain head (mode 0600).
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// In the data dir: the server key's principal (`ed25519:<hex>`), for operators to pin.
+pub const SERVER_PUB_FILE: &str = "server.pub";
+/// In the config dir: `<address> ed25519:<hex>` per line, the server keys `warden events verify`
+/// trusted on first use.
+pub const KNOWN_SERVERS_FILE: &str = "known_servers";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7480";
 
 fn home() -> PathBuf {

@@ -67,8 +67,9 @@ impl SignedHead {
     /// key the head itself names, which anyone who altered it could have replaced.
     pub fn verify_signature(&self, pinned_key: &str) -> Result<(), ChainError> {
         let pinned = parse_principal(pinned_key).ok_or_else(|| ChainError::BadPinnedKey { key: pinned_key.to_string() })?;
-        let claimed = parse_principal(&self.server_key)
-            .ok_or_else(|| ChainError::MalformedHead(format!("server_key {:?} is not ed25519:<64 hex digits>", self.server_key)))?;
+        let claimed = parse_principal(&self.server_key).ok_or_else(|| {
+            ChainError::MalformedHead(format!("server_key {:?} is not ed25519:<64 hex digits>", self.server_key))
+        })?;
         if claimed != pinned {
             return Err(ChainError::WrongKey { signed_by: self.server_key.clone(), pinned: pinned_key.to_string() });
         }
@@ -144,7 +145,9 @@ pub enum ChainError {
     #[error("the head is signed by {signed_by}, not by the pinned server key {pinned}")]
     WrongKey { signed_by: String, pinned: String },
 
-    #[error("bad signature: the signed head's seq, hash or time was altered after signing, or the signature is not the server key's")]
+    #[error(
+        "bad signature: the signed head's seq, hash or time was altered after signing, or the signature is not the server key's"
+    )]
     BadSignature,
 }
 
@@ -182,8 +185,7 @@ fn prevhash_mismatch_text(seq: u64) -> String {
 /// One line of an export (`warden events -o json`: one CloudEvent per line, `line` from 1),
 /// which must be exactly the event's canonical bytes: anything else is not what was hashed.
 pub fn parse_event_line(line: u64, text: &str) -> Result<CloudEvent, ChainError> {
-    let event: CloudEvent =
-        serde_json::from_str(text).map_err(|e| ChainError::NotAnEvent { line, reason: e.to_string() })?;
+    let event: CloudEvent = serde_json::from_str(text).map_err(|e| ChainError::NotAnEvent { line, reason: e.to_string() })?;
     if event.canonical_bytes() != text.as_bytes() {
         return Err(ChainError::NotCanonical { line, seq: event.seq });
     }
@@ -338,6 +340,11 @@ impl ChainVerifier {
         }
         let first_prevhash = (from_seq == 1).then(|| GENESIS_HASH.to_string());
         Ok(ChainVerifier { head, from_seq, links: Links::new(from_seq, first_prevhash), n_events: 0, n_after_head: 0 })
+    }
+
+    /// The signed head's seq: the last event the signature covers.
+    pub fn head_seq(&self) -> u64 {
+        self.head.seq
     }
 
     pub fn push(&mut self, event: &CloudEvent) -> Result<(), ChainError> {
@@ -503,7 +510,11 @@ mod tests {
         assert_eq!((verified.n_events, verified.from_seq, verified.n_after_head), (5, 1, 0));
         assert_eq!(
             verified.to_string(),
-            format!("ok: 5 events, seq 1..5, head sha256:{} signed by {} at 2026-09-21T14:13:20.000Z", events[4].hash(), pinned())
+            format!(
+                "ok: 5 events, seq 1..5, head sha256:{} signed by {} at 2026-09-21T14:13:20.000Z",
+                events[4].hash(),
+                pinned()
+            )
         );
         // An empty journal: seq 0, the genesis hash.
         let empty = head_of(&[], &server_key());
@@ -638,7 +649,10 @@ mod tests {
         let line = String::from_utf8(events[1].canonical_bytes()).unwrap();
         assert_eq!(parse_event_line(2, &line), Ok(events[1].clone()));
         let extra = line.replacen('{', "{\"extra\":1,", 1);
-        assert_eq!(parse_event_line(2, &extra).unwrap_err().to_string(), "line 2 (event 2): not in canonical form (compact JSON, sorted keys, nothing extra), so it is not what was hashed");
+        assert_eq!(
+            parse_event_line(2, &extra).unwrap_err().to_string(),
+            "line 2 (event 2): not in canonical form (compact JSON, sorted keys, nothing extra), so it is not what was hashed"
+        );
         let spaced = serde_json::to_string_pretty(&events[1]).unwrap().replace('\n', " ");
         assert!(matches!(parse_event_line(2, &spaced), Err(ChainError::NotCanonical { line: 2, seq: 2 })));
         assert!(parse_event_line(7, &line[..line.len() - 1]).unwrap_err().to_string().starts_with("line 7: not an event: "));
