@@ -1628,12 +1628,13 @@ pub fn next_actions(rollout: &Rollout, now_ms: u64) -> Vec<Action> {
         return actions;
     }
 
-    let mut converging = Vec::new();
+    // A set: a wave can have thousands of hosts, and each is looked up here below.
+    let mut converging = std::collections::BTreeSet::new();
     for hostname in &rollout.waves[rollout.wave] {
         let host = &rollout.hosts[hostname];
         let decided = host.step(&HostInput::Tick, now_ms, policy).ok();
         if decided.is_some_and(|d| d.events().contains(&HostEvent::Converged)) {
-            converging.push(hostname.as_str());
+            converging.insert(hostname.as_str());
             actions.push(Action::Converge { hostname: hostname.clone() });
         }
     }
@@ -1655,7 +1656,7 @@ pub fn next_actions(rollout: &Rollout, now_ms: u64) -> Vec<Action> {
 
     let mut wave = rollout.wave;
     if !halted {
-        let converged = |name: &String| rollout.hosts[name].state == S::Converged || converging.contains(&name.as_str());
+        let converged = |name: &String| rollout.hosts[name].state == S::Converged || converging.contains(name.as_str());
         while rollout.waves[wave].iter().all(converged) {
             if wave + 1 == rollout.waves.len() {
                 actions.push(Action::Complete);
@@ -1673,7 +1674,7 @@ pub fn next_actions(rollout: &Rollout, now_ms: u64) -> Vec<Action> {
     let stalled = |since: u64| now_ms >= since.saturating_add(policy.stall_after_ms);
     for hostname in &rollout.waves[wave] {
         let host = &rollout.hosts[hostname];
-        if !host.state.is_in_flight() || converging.contains(&hostname.as_str()) {
+        if !host.state.is_in_flight() || converging.contains(hostname.as_str()) {
             continue;
         }
         let last_report_at = host.last_report_at.unwrap_or(rollout.updated_at_ms);

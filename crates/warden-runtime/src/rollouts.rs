@@ -291,7 +291,8 @@ pub fn report(live: &mut Projection, report: &RolloutReport, now: u64, out: &mut
     for event in events {
         host_event(live, &report.rollout_id, &report.host, event, now, out);
     }
-    maintain_one(live, &report.rollout_id, now, out);
+    // What follows from it (the next dispatch, a halt) is decided by `maintain` at the end of
+    // this same batch, once for all the reports in it.
     Ok("applied".into())
 }
 
