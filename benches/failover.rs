@@ -39,8 +39,8 @@ use tempfile::TempDir;
 use warden_runtime::view::{ErrorBody, HostView, SubmitRequest};
 
 use super::{
-    bench_exe, cell_pid_files, log_file, machine_summary, median, one_line, process_tree, progress, signal, signal_group, sorted,
-    still_running, tail, toml_string, wait_every, wait_until, warden_bin, warden_cli, Api, Proc,
+    bench_exe, cell_pid_files, machine_summary, median, one_line, process_tree, progress, signal, signal_group, sorted,
+    start_control_plane, still_running, tail, toml_string, wait_every, wait_until, warden_bin, warden_cli, Api, Proc,
 };
 
 /// Set (to the ground-truth file's path) only in the environment of the failover workload.
@@ -356,32 +356,15 @@ struct Cluster {
 impl Cluster {
     fn start() -> Result<Cluster> {
         let root = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (server, port, _, config_home, join_token) = start_control_plane(root.path())?;
         let addr = format!("127.0.0.1:{port}");
-        let (data_dir, config_home) = (root.path().join("data"), root.path().join("config"));
-        let server_log = root.path().join("server.log");
-        let mut server = Proc::spawn(
-            "warden server",
-            Command::new(warden_bin())
-                .args(["server", "--listen", &addr, "--data-dir"])
-                .arg(&data_dir)
-                .env("XDG_CONFIG_HOME", &config_home)
-                .stdout(Stdio::null())
-                .stderr(log_file(&server_log)),
-        )?;
-        let health = format!("http://{addr}/v1/health");
-        wait_until(Duration::from_secs(20), "warden server to answer", || {
-            server.check_alive("warden server", &server_log)?;
-            Ok(ureq::get(&health).call().is_ok().then_some(()))
-        })?;
-        let join_token = fs::read_to_string(data_dir.join("join-token")).context("warden server wrote no join-token")?;
         let identity = warden_runtime::auth::Identity::load(&config_home.join("warden/admin.key"))?;
         let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(10)).build();
         let api = Api { base: format!("http://{addr}"), identity, agent };
         let hosts = (1..=N_HOSTS)
             .map(|i| Host { name: format!("h{i}"), data_dir: root.path().join(format!("agent-h{i}")), agent: None })
             .collect();
-        let mut cluster = Cluster { root, port, server: Some(server), hosts, api, join_token: join_token.trim().to_string() };
+        let mut cluster = Cluster { root, port, server: Some(server), hosts, api, join_token };
         for i in 0..N_HOSTS {
             cluster.start_host(i)?;
         }

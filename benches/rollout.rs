@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read as _};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -48,8 +47,8 @@ use warden_runtime::proto::{EnrollRequest, RolloutReport, RolloutReportResponse}
 use warden_runtime::view::{HostView, RolloutRequest, RolloutView};
 
 use super::{
-    fmt_ms, fmt_ratio, fmt_s, group_thousands, log_file, machine_summary, one_line, parallel, progress, sorted, tail, wait_until,
-    warden_bin, Api, Proc,
+    fmt_ms, fmt_ratio, fmt_s, group_thousands, machine_summary, one_line, open_raw_sqlite, parallel, progress, sorted,
+    start_control_plane, tail, wait_until, Api, Proc,
 };
 
 /// The table's rows: hosts per fleet, each on a control plane of its own, unless
@@ -99,29 +98,12 @@ struct ControlPlane {
 impl ControlPlane {
     fn start() -> Result<ControlPlane> {
         let root = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (server, port, _, config_home, join_token) = start_control_plane(root.path())?;
         let addr = format!("127.0.0.1:{port}");
-        let (data_dir, config_home) = (root.path().join("data"), root.path().join("config"));
-        let server_log = root.path().join("server.log");
-        let mut server = Proc::spawn(
-            "warden server",
-            Command::new(warden_bin())
-                .args(["server", "--listen", &addr, "--data-dir"])
-                .arg(&data_dir)
-                .env("XDG_CONFIG_HOME", &config_home)
-                .stdout(Stdio::null())
-                .stderr(log_file(&server_log)),
-        )?;
-        let health = format!("http://{addr}/v1/health");
-        wait_until(Duration::from_secs(20), "warden server to answer", || {
-            server.check_alive("warden server", &server_log)?;
-            Ok(ureq::get(&health).call().is_ok().then_some(()))
-        })?;
-        let join_token = std::fs::read_to_string(data_dir.join("join-token")).context("warden server wrote no join-token")?;
         let identity = Identity::load(&config_home.join("warden/admin.key"))?;
         let base = format!("http://{addr}");
         let admin = Api { base: base.clone(), identity, agent: http_agent(1) };
-        Ok(ControlPlane { server, root, base, admin, join_token: join_token.trim().to_string() })
+        Ok(ControlPlane { server, root, base, admin, join_token })
     }
 
     fn log_tail(&self) -> String {
@@ -572,12 +554,7 @@ fn measure_on(plane: &ControlPlane, n_hosts: usize, deadline: Instant) -> Result
 /// journal of these rows has to pay.
 fn raw_sqlite_journal(bodies: &[Vec<u8>], n_transactions: usize) -> Result<RawJournal> {
     let dir = tempfile::tempdir()?;
-    let mut conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        bail!("raw SQLite file is not in WAL mode ({mode})");
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    let mut conn = open_raw_sqlite(&dir.path().join("raw.db"))?;
     conn.execute_batch("CREATE TABLE events (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);")?;
     let n_transactions = n_transactions.clamp(1, bodies.len().max(1));
     let cpu_before = own_cpu_ms(libc::RUSAGE_THREAD);

@@ -489,6 +489,31 @@ impl Drop for WardenServer {
 
 /// The `warden` CLI against the server at `addr`, signing with the admin key under
 /// `config_home`, as a user would run it; its stdout.
+/// A `warden server` (control plane only) on a free loopback port, its data dir and config
+/// home under `root`, answering; with its port, data dir, config home and join token.
+fn start_control_plane(root: &Path) -> Result<(Proc, u16, PathBuf, PathBuf, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let (data_dir, config_home) = (root.join("data"), root.join("config"));
+    let server_log = root.join("server.log");
+    let mut server = Proc::spawn(
+        "warden server",
+        Command::new(warden_bin())
+            .args(["server", "--listen", &addr, "--data-dir"])
+            .arg(&data_dir)
+            .env("XDG_CONFIG_HOME", &config_home)
+            .stdout(Stdio::null())
+            .stderr(log_file(&server_log)),
+    )?;
+    let health = format!("http://{addr}/v1/health");
+    wait_until(Duration::from_secs(20), "warden server to answer", || {
+        server.check_alive("warden server", &server_log)?;
+        Ok(ureq::get(&health).call().is_ok().then_some(()))
+    })?;
+    let join_token = std::fs::read_to_string(data_dir.join("join-token")).context("warden server wrote no join-token")?;
+    Ok((server, port, data_dir, config_home, join_token.trim().to_string()))
+}
+
 fn warden_cli(addr: &str, config_home: &Path, args: &[&OsStr]) -> Result<String> {
     let Output { status, stdout, stderr } =
         Command::new(warden_bin()).args(args).env("WARDEN_ADDR", addr).env("XDG_CONFIG_HOME", config_home).output()?;
@@ -927,17 +952,24 @@ fn warden_case(threads: usize, per_append: usize) -> Result<JournalCase> {
     }))
 }
 
-/// Rows into a bare SQLite file with warden's durability (`journal_mode=WAL`,
-/// `synchronous=FULL`) and warden's `events` table, one thread, `per_tx` rows per transaction.
-/// Every row has exactly the bytes of a sealed sample event, so the ratio is warden's own cost.
-fn raw_case(per_tx: usize) -> Result<JournalCase> {
-    let dir = tempfile::tempdir()?;
-    let mut conn = rusqlite::Connection::open(dir.path().join("raw.db"))?;
+/// A bare SQLite file with warden's durability (`journal_mode=WAL`, `synchronous=FULL`): the
+/// reference every journal figure is compared with.
+fn open_raw_sqlite(path: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("raw SQLite file is not in WAL mode ({mode})");
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Rows into a bare SQLite file with warden's durability (`journal_mode=WAL`,
+/// `synchronous=FULL`) and warden's `events` table, one thread, `per_tx` rows per transaction.
+/// Every row has exactly the bytes of a sealed sample event, so the ratio is warden's own cost.
+fn raw_case(per_tx: usize) -> Result<JournalCase> {
+    let dir = tempfile::tempdir()?;
+    let mut conn = open_raw_sqlite(&dir.path().join("raw.db"))?;
     conn.execute_batch(
         "CREATE TABLE events (seq INTEGER PRIMARY KEY, subject TEXT, hash TEXT NOT NULL, body BLOB NOT NULL);
          CREATE INDEX events_subject_seq ON events (subject, seq);",

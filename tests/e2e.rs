@@ -4,18 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{alive, assert_contiguous_chain, kill9, Warden};
-
-const CRASHER: &str = r#"
-name = "crasher"
-[cell]
-argv = ["sh", "-c", "echo run; exit 3"]
-[restart]
-policy = "on-failure"
-max_attempts = 2
-backoff = "10ms"
-backoff_max = "40ms"
-"#;
+use support::{alive, assert_contiguous_chain, kill9, Warden, CRASHER};
 
 #[test]
 fn crashing_workload_runs_one_plus_max_attempts_times_then_fails() {

@@ -8,19 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::Warden;
+use support::{Warden, CRASHER};
 use warden_store::SignedHead;
-
-const CRASHER: &str = r#"
-name = "crasher"
-[cell]
-argv = ["sh", "-c", "echo run; exit 3"]
-[restart]
-policy = "on-failure"
-max_attempts = 2
-backoff = "10ms"
-backoff_max = "40ms"
-"#;
 
 const DONE: &str = r#"
 name = "done"
@@ -50,16 +39,14 @@ fn stderr(out: &Output) -> String {
 /// `warden events verify` on an export, pinned to the server's `server.pub`.
 fn verify_export(warden: &Warden, events: &Path, head: &Path) -> Output {
     let key_file = server_pub(warden);
-    warden.cli(&[
-        "events",
-        "verify",
-        "--events",
-        events.to_str().unwrap(),
-        "--head",
-        head.to_str().unwrap(),
-        "--key-file",
-        key_file.to_str().unwrap(),
-    ])
+    verify_export_with(warden, events, head, &["--key-file", key_file.to_str().unwrap()])
+}
+
+/// `warden events verify` on an export, with `key` naming the key to trust.
+fn verify_export_with(warden: &Warden, events: &Path, head: &Path, key: &[&str]) -> Output {
+    let mut args = vec!["events", "verify", "--events", events.to_str().unwrap(), "--head", head.to_str().unwrap()];
+    args.extend_from_slice(key);
+    warden.cli(&args)
 }
 
 fn assert_fails_with(out: &Output, expected: &str) {
@@ -169,16 +156,7 @@ fn events_verify_online_offline_tampered_and_after_kill9() {
     std::fs::write(&forged_path, serde_json::to_string(&forged).unwrap()).unwrap();
     assert_fails_with(&verify_export(&warden, &write("cut2.jsonl", cut), &forged_path), "bad signature");
     let stranger = warden_runtime::auth::Identity::generate("stranger").principal();
-    let out = warden.cli(&[
-        "events",
-        "verify",
-        "--events",
-        events.to_str().unwrap(),
-        "--head",
-        head.to_str().unwrap(),
-        "--key",
-        &stranger,
-    ]);
+    let out = verify_export_with(&warden, &events, &head, &["--key", &stranger]);
     assert_fails_with(&out, &format!("the head is signed by {principal}, not by the pinned server key {stranger}"));
     let out = warden.cli(&["events", "verify", "--events", events.to_str().unwrap(), "--head", head.to_str().unwrap()]);
     assert_fails_with(&out, "needs the server key to trust");

@@ -170,6 +170,36 @@ fn host_state(view: &RolloutView, host: &str) -> HostRolloutState {
     view.hosts.iter().find(|h| h.hostname == host).unwrap().state
 }
 
+/// `warden rollout start --target TARGET --policy …` (a host activation), by the CLI; its id.
+fn start_activation(cluster: &Cluster, target: &str, policy: &str) -> String {
+    let policy = cluster.server.write_spec("activation.toml", policy);
+    let out =
+        cluster.server.cli_ok(&["rollout", "start", "--target", target, "--policy", policy.to_str().unwrap(), "-o", "json"]);
+    serde_json::from_str::<RolloutView>(&out).unwrap_or_else(|e| panic!("{e}: {out}")).id
+}
+
+/// Where the host activations of these tests keep each host's "system" (a file per host).
+fn systems_dir(cluster: &Cluster) -> std::path::PathBuf {
+    let dir = cluster.server.root.path().join("systems");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// kill -9 of the agent alone: its cells live on under their shims.
+fn kill_agent(cluster: &mut Cluster, name: &str) {
+    let mut child = cluster.agent_mut(name).child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The agent again, on the same data dir.
+fn restart_agent(cluster: &mut Cluster, name: &str) {
+    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
+    let mut command = Command::new(bin());
+    command.env("XDG_CONFIG_HOME", cluster.server.config_home());
+    cluster.agent_mut(name).spawn(command, &url, &token);
+}
+
 /// The rollout's journaled steps, in order: (seq, host or "", event).
 fn rollout_events(server: &impl ControlPlane, id: &str) -> Vec<(u64, RolloutEvent)> {
     let out = server.cli_ok(&["events", "-o", "json"]);
@@ -312,15 +342,9 @@ fn an_agent_killed_mid_soak_resumes_the_same_soak() {
     let due = canary.soak_due_at.unwrap();
 
     // kill -9 the agent (its cells live on under their shims), then start it again.
-    let agent = cluster.agent_mut(&canary.hostname);
-    let mut child = agent.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_agent(&mut cluster, &canary.hostname);
     let killed_seq = rollout(&cluster, &id).hosts.iter().find(|h| h.hostname == canary.hostname).unwrap().last_event_seq;
-    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
-    let mut command = Command::new(bin());
-    command.env("XDG_CONFIG_HOME", cluster.server.config_home());
-    cluster.agent_mut(&canary.hostname).spawn(command, &url, &token);
+    restart_agent(&mut cluster, &canary.hostname);
 
     let converged = wait_rollout(&cluster, &id, "the canary converged", Duration::from_secs(60), |v| {
         host_state(v, &canary.hostname) == HostRolloutState::Converged
@@ -363,8 +387,7 @@ fn a_control_plane_killed_mid_rollout_finishes_it_after_a_restart() {
 #[test]
 fn a_host_activation_runs_its_command_on_each_host_and_undo_reverts_them() {
     let cluster = start_cluster();
-    let dir = cluster.server.root.path().join("systems");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = systems_dir(&cluster);
     let system = |host: &str| std::fs::read_to_string(dir.join(host)).unwrap_or_default().trim().to_string();
     for host in HOSTS {
         std::fs::write(dir.join(host), "system-1\n").unwrap();
@@ -378,10 +401,7 @@ fn a_host_activation_runs_its_command_on_each_host_and_undo_reverts_them() {
          [[probes]]\nname = \"booted\"\nexec = [\"grep\", \"-q\", \"system-\", \"{d}/{{host}}\"]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n",
         d = dir.display()
     );
-    let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out =
-        cluster.server.cli_ok(&["rollout", "start", "--target", "system-2", "--policy", policy.to_str().unwrap(), "-o", "json"]);
-    let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
+    let id = start_activation(&cluster, "system-2", &policy);
     let done = wait_rollout(&cluster, &id, "the activation to complete", Duration::from_secs(60), |v| v.state == "completed");
     for host in HOSTS {
         assert_eq!(system(host), "system-2", "{host}");
@@ -411,12 +431,9 @@ fn a_host_activation_runs_its_command_on_each_host_and_undo_reverts_them() {
 #[test]
 fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
     let mut cluster = start_cluster();
-    let dir = cluster.server.root.path().join("systems");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = systems_dir(&cluster);
     let late = HOSTS[2];
-    let mut child = cluster.agent_mut(late).child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_agent(&mut cluster, late);
     cluster.wait_host(late, "down", Duration::from_secs(10));
 
     let policy = format!(
@@ -424,10 +441,7 @@ fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
          activate = [\"sh\", \"-c\", \"echo {{target}} > {d}/{{host}}\"]\nrollback = [\"true\"]\n",
         d = dir.display()
     );
-    let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out =
-        cluster.server.cli_ok(&["rollout", "start", "--target", "system-3", "--policy", policy.to_str().unwrap(), "-o", "json"]);
-    let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
+    let id = start_activation(&cluster, "system-3", &policy);
     let blocked = wait_rollout(&cluster, &id, "the down host reported as blocking", Duration::from_secs(30), |v| {
         v.blocked.iter().any(|b| b.host == late && b.reason == "silent")
     });
@@ -440,10 +454,7 @@ fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
     assert!(status.contains(late) && status.contains("blocked"), "{status}");
 
     // It comes back: it picks its order up and the rollout completes.
-    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
-    let mut command = Command::new(bin());
-    command.env("XDG_CONFIG_HOME", cluster.server.config_home());
-    cluster.agent_mut(late).spawn(command, &url, &token);
+    restart_agent(&mut cluster, late);
     wait_rollout(&cluster, &id, "the rollout to complete", Duration::from_secs(30), |v| v.state == "completed");
     assert_eq!(std::fs::read_to_string(dir.join(late)).unwrap().trim(), "system-3");
 }
@@ -451,17 +462,13 @@ fn a_host_down_in_its_turn_holds_the_wave_until_it_returns() {
 #[test]
 fn a_paused_rollout_dispatches_nothing_until_resumed() {
     let cluster = start_cluster();
-    let dir = cluster.server.root.path().join("systems");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = systems_dir(&cluster);
     let policy = format!(
         "waves = [1, \"100%\"]\nmax_in_flight = 1\nsoak = \"1s\"\nrequire_probes = false\n\
          activate = [\"sh\", \"-c\", \"echo {{target}} > {d}/{{host}}\"]\nrollback = [\"true\"]\n",
         d = dir.display()
     );
-    let policy = cluster.server.write_spec("activation.toml", &policy);
-    let out =
-        cluster.server.cli_ok(&["rollout", "start", "--target", "system-4", "--policy", policy.to_str().unwrap(), "-o", "json"]);
-    let id = serde_json::from_str::<RolloutView>(&out).unwrap().id;
+    let id = start_activation(&cluster, "system-4", &policy);
     cluster.server.cli_ok(&["rollout", "pause", &id]);
     let canary = wait_rollout(&cluster, &id, "the canary converged while paused", Duration::from_secs(30), |v| {
         v.hosts.iter().any(|h| h.state == HostRolloutState::Converged)

@@ -12,6 +12,18 @@ use warden_core::CloudEvent;
 use warden_runtime::auth::Identity;
 use warden_runtime::view::WorkloadView;
 
+/// A workload that crashes (exit 3) and is given up after two retries.
+pub const CRASHER: &str = r#"
+name = "crasher"
+[cell]
+argv = ["sh", "-c", "echo run; exit 3"]
+[restart]
+policy = "on-failure"
+max_attempts = 2
+backoff = "10ms"
+backoff_max = "40ms"
+"#;
+
 pub struct Warden {
     pub root: tempfile::TempDir,
     pub port: u16,
