@@ -81,11 +81,11 @@ pub fn start(
             start.target, start.channel, quarantined.0
         )));
     }
-    if let Some(running) =
-        live.rollouts.values().find(|r| r.rollout.channel == start.channel && !r.is_settled() && !r.rollout.undone)
-    {
+    // One at a time: an undone rollout still reverting counts too (two rollouts' workers on
+    // one host would fight over it).
+    if let Some(running) = live.rollouts.values().find(|r| r.rollout.channel == start.channel && !r.is_settled()) {
         return Err(ApiError::Conflict(format!(
-            "rollout {} of {} is still {}; wait for it, or undo it first",
+            "rollout {} of {} is still {} (hosts in flight or reverting); wait for it, or undo it and let it revert",
             running.rollout.rollout_id,
             start.channel,
             running.state_name()
