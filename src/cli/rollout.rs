@@ -469,8 +469,19 @@ fn wave_progress(wave: &WaveView, hosts: &[HostRolloutSnapshot]) -> String {
     if n_in_flight > 0 {
         text.push_str(&format!(", {n_in_flight} in flight"));
     }
-    if wave.n_failed > 0 {
-        text.push_str(&format!(", {} failed", wave.n_failed));
+    // Failed hosts, and the ones on their way back or back (after a failure or an undo).
+    let count = |state: HostRolloutState| {
+        wave.hosts.iter().filter(|name| hosts.iter().any(|h| &h.hostname == *name && h.state == state)).count()
+    };
+    for (state, word) in [
+        (HostRolloutState::Failed, "failed"),
+        (HostRolloutState::Reverting, "reverting"),
+        (HostRolloutState::Reverted, "reverted"),
+    ] {
+        let n = count(state);
+        if n > 0 {
+            text.push_str(&format!(", {n} {word}"));
+        }
     }
     text
 }
@@ -550,10 +561,10 @@ fn host_notes(view: &RolloutView, now_ms: u64) -> Vec<String> {
         };
         format!("blocked  {} ({}): {why} for {}", b.host, b.state, elapsed_text(now_ms.saturating_sub(b.since_ms)))
     });
-    let failed = hosts_in_order(view)
-        .into_iter()
-        .filter(|h| h.state.is_failure())
-        .map(|h| format!("failed   {} ({}): {}", h.hostname, h.state, h.failure.as_deref().unwrap_or("no reason recorded")));
+    let failed = hosts_in_order(view).into_iter().filter(|h| h.state.is_failure()).map(|h| {
+        let label = if h.state == HostRolloutState::Failed { "failed  " } else { "reverted" };
+        format!("{label} {} ({}): {}", h.hostname, h.state, h.failure.as_deref().unwrap_or("no reason recorded"))
+    });
     blocked.chain(failed).collect()
 }
 
