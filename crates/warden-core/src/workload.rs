@@ -497,9 +497,17 @@ impl Workload {
                 decision.events.push(replaced);
                 // The old version's grace, not the new one's: it is the old cell that stops.
                 let kill_at_ms = now_ms.saturating_add(self.spec.cell.graceful_shutdown_ms);
-                decision.events.push(EventData::WorkloadStopping { workload_id: id.clone(), reason: StopReason::Replaced, kill_at_ms });
+                decision.events.push(EventData::WorkloadStopping {
+                    workload_id: id.clone(),
+                    reason: StopReason::Replaced,
+                    kill_at_ms,
+                });
                 if let Phase::Running { cell } = &self.phase {
-                    decision.effects.push(Effect::SignalCell { workload_id: id, cell_id: cell.cell_id.clone(), signal: StopSignal::Term });
+                    decision.effects.push(Effect::SignalCell {
+                        workload_id: id,
+                        cell_id: cell.cell_id.clone(),
+                        signal: StopSignal::Term,
+                    });
                 }
             }
             // No cell: the replaced workload is pending again, and its next tick starts the new spec.
@@ -701,10 +709,7 @@ impl Workload {
                 self.spec = spec.clone();
                 self.info.spec_id = spec_id.clone();
                 self.consecutive_failures = 0;
-                if matches!(
-                    self.phase,
-                    Phase::Exited { .. } | Phase::Backoff { .. } | Phase::Completed | Phase::Failed { .. }
-                ) {
+                if matches!(self.phase, Phase::Exited { .. } | Phase::Backoff { .. } | Phase::Completed | Phase::Failed { .. }) {
                     self.phase = Phase::Pending;
                     self.stop_reason = Some(StopReason::Replaced);
                 }

@@ -505,9 +505,7 @@ impl Sim {
         let input = Input::Replace { spec: Box::new(spec.clone()), spec_id: spec_id.clone(), reason: "rollout r-1".into() };
         let refused = matches!(
             before.phase,
-            Phase::Stopped { .. }
-                | Phase::Expired
-                | Phase::Stopping { reason: StopReason::Requested | StopReason::Expired, .. }
+            Phase::Stopped { .. } | Phase::Expired | Phase::Stopping { reason: StopReason::Requested | StopReason::Expired, .. }
         );
         if refused {
             prop_assert!(before.step(&input, self.now).is_err(), "{}: replace accepted in {:?}", wid, before.phase);
