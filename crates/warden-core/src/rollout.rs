@@ -206,6 +206,10 @@ pub struct ProbeSpec {
     /// Consecutive failures that fail the host (enforce probes only).
     pub failure_threshold: u32,
     pub mode: ProbeMode,
+    /// Failures within this long of the host's activation are recorded but not counted toward
+    /// `failure_threshold`: the new version may still be starting.
+    #[serde(default)]
+    pub grace_ms: u64,
 }
 
 /// How a rollout proceeds: validated, durations in ms, defaults filled in.
@@ -369,6 +373,7 @@ struct RawProbe {
     timeout: Option<Spanned<String>>,
     failure_threshold: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
 }
 
 impl RawPolicy {
@@ -522,6 +527,7 @@ impl RawProbe {
             timeout_ms: duration(&field("timeout"), &self.timeout, DEFAULT_PROBE_TIMEOUT_MS)?,
             failure_threshold,
             mode,
+            grace_ms: duration(&field("grace"), &self.grace, 0)?,
             name,
         })
     }
@@ -882,6 +888,9 @@ pub enum HostEvent {
         mode: ProbeMode,
         passed: bool,
         at: u64,
+        /// A failure within the probe's `grace` after the activation: not counted.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_grace: bool,
     },
     Converged,
     Failed {
@@ -990,10 +999,16 @@ impl HostRolloutSnapshot {
                     probe: probe.clone(),
                     mode: *mode,
                 })?;
+                let activated_at = self.activation_completed_at.unwrap_or(now_ms);
+                let in_grace = !*passed && now_ms < activated_at.saturating_add(spec.grace_ms);
                 let recorded =
-                    HostEvent::ProbeRecorded { seq: *seq, probe: probe.clone(), mode: *mode, passed: *passed, at: *at };
-                let consecutive_failures =
-                    if *passed { 0 } else { self.probes.get(probe).map_or(0, |s| s.consecutive_failures) + 1 };
+                    HostEvent::ProbeRecorded { seq: *seq, probe: probe.clone(), mode: *mode, passed: *passed, at: *at, in_grace };
+                let before = self.probes.get(probe).map_or(0, |s| s.consecutive_failures);
+                let consecutive_failures = match (*passed, in_grace) {
+                    (true, _) => 0,
+                    (false, true) => before,
+                    (false, false) => before + 1,
+                };
                 if *mode == ProbeMode::Enforce && consecutive_failures >= spec.failure_threshold {
                     let reason = format!(
                         "enforce probe {probe} failed {consecutive_failures} times in a row (failure_threshold = {})",
@@ -1100,7 +1115,7 @@ impl HostRolloutSnapshot {
                 self.soak_due_at = Some(*soak_due_at);
                 self.probes.clear();
             }
-            HostEvent::ProbeRecorded { seq, probe, mode, passed, at } => {
+            HostEvent::ProbeRecorded { seq, probe, mode, passed, at, in_grace } => {
                 self.reported(*seq, at_ms);
                 let status = self.probes.entry(probe.clone()).or_insert(ProbeStatus {
                     mode: *mode,
@@ -1117,7 +1132,9 @@ impl HostRolloutSnapshot {
                     status.last_pass_at = Some(at_ms);
                 } else {
                     status.n_failures += 1;
-                    status.consecutive_failures += 1;
+                    if !*in_grace {
+                        status.consecutive_failures += 1;
+                    }
                 }
             }
             HostEvent::Converged => {
@@ -1713,6 +1730,7 @@ mod tests {
                     timeout_ms: 500,
                     failure_threshold: 3,
                     mode: ProbeMode::Enforce,
+                    grace_ms: 0,
                 },
                 ProbeSpec {
                     name: "latency".into(),
@@ -1721,6 +1739,7 @@ mod tests {
                     timeout_ms: 500,
                     failure_threshold: 1,
                     mode: ProbeMode::Observe,
+                    grace_ms: 0,
                 },
             ],
             require_probes: true,
@@ -1862,6 +1881,31 @@ mod tests {
         feed(&mut h, HostInput::RollbackStarted { seq: 4 }, T0 + 50, &policy);
         feed(&mut h, HostInput::RollbackCompleted { seq: 5, current: Some("v0-hotfix".into()) }, T0 + 60, &policy);
         assert_eq!(h.state, HostRolloutState::Reverted);
+    }
+
+    #[test]
+    fn failures_within_a_probes_grace_after_activation_do_not_count() {
+        let mut policy = policy(60_000, OnFailure::Halt);
+        policy.probes[0].grace_ms = 5_000;
+        let mut h = host();
+        feed(&mut h, HostInput::Dispatch, T0, &policy);
+        feed(&mut h, HostInput::Ack { seq: 1, current: None }, T0, &policy);
+        feed(&mut h, HostInput::ActivationStarted { seq: 2 }, T0, &policy);
+        feed(&mut h, HostInput::ActivationCompleted { seq: 3, current: "v2".into() }, T0, &policy);
+        // Still starting: four failures (threshold 3) inside the grace are recorded, not counted.
+        for (i, seq) in (4..8).enumerate() {
+            let now = T0 + 1_000 * (i as u64 + 1);
+            let decision = h.step(&probe(seq, false, now), now, &policy).unwrap();
+            assert!(matches!(decision.events(), [HostEvent::ProbeRecorded { in_grace: true, .. }]), "{decision:?}");
+            feed(&mut h, probe(seq, false, now), now, &policy);
+        }
+        assert_eq!(h.state, HostRolloutState::Soaking);
+        assert_eq!((h.probes["health"].n_failures, h.probes["health"].consecutive_failures), (4, 0));
+        // After it, three in a row fail the host as always.
+        for seq in 8..11 {
+            feed(&mut h, probe(seq, false, T0 + 5_000 + seq), T0 + 5_000 + seq, &policy);
+        }
+        assert_eq!(h.state, HostRolloutState::Failed);
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn probe_specs() -> impl Strategy<Value = Vec<ProbeSpec>> {
                 timeout_ms: 500,
                 failure_threshold,
                 mode,
+                grace_ms: 0,
             })
             .collect()
     })
@@ -697,5 +698,6 @@ fn probe_specs_with_threshold(failure_threshold: u32) -> Vec<ProbeSpec> {
         timeout_ms: 500,
         failure_threshold,
         mode: ProbeMode::Enforce,
+        grace_ms: 0,
     }]
 }
