@@ -454,8 +454,8 @@ pub fn view(record: &RolloutRecord, now: u64) -> RolloutView {
             _ => None,
         })
         .collect();
-    let mut hosts: Vec<_> = rollout.waves.iter().flatten().map(|h| rollout.hosts[h].clone()).collect();
-    hosts.extend(rollout.hosts.values().filter(|h| !rollout.waves.iter().flatten().any(|n| *n == h.hostname)).cloned());
+    // Every host is in exactly one wave (`Rollout::new`): dispatch order.
+    let hosts = rollout.waves.iter().flatten().map(|h| rollout.hosts[h].clone()).collect();
     RolloutView {
         id: rollout.rollout_id.clone(),
         state: record.state_name().into(),

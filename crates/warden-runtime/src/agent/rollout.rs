@@ -285,18 +285,7 @@ impl Worker {
     /// Activating: run the activation (again, after an agent restart) and report how it went.
     async fn activate(&mut self) -> Step {
         let target = self.order.snapshot.target.clone();
-        let timeout = self.timeout();
-        let outcome = match self.order.activation.clone() {
-            Activation::Command { activate, .. } => {
-                let argv = self.substitutions().apply_all(&activate);
-                let label = format!("rollout {}: activate", self.rollout_id);
-                self.until_state_changes(run_command(argv, timeout, label, OutputLog::Info)).await
-            }
-            Activation::Service { workloads } => {
-                let wait = wait_for_specs(self.executor.clone(), workloads, Some(target.clone()), timeout);
-                self.until_state_changes(wait).await
-            }
-        };
+        let outcome = self.switch(Some(target.clone()), true).await;
         // With a `current` command the host's own word counts (nothing printed: it runs
         // nothing, which is not the target); without one, a command that succeeded did it.
         let outcome = match outcome {
@@ -313,36 +302,44 @@ impl Worker {
         }
     }
 
-    /// What the host runs by its own account: the first line of the `current` command's output
-    /// (`None` for an empty one). `Ok(None)` without a `current` command, or for a service.
+    /// Moves the host to `wanted`: a host activation runs its `activate` (`forward`) or
+    /// `rollback` command; a service waits until its workloads here run `wanted`. `None` if a
+    /// newer order moved the host to another state meanwhile (the work was dropped).
+    async fn switch(&mut self, wanted: Option<String>, forward: bool) -> Option<Result<(), String>> {
+        let timeout = self.timeout();
+        match self.order.activation.clone() {
+            Activation::Command { activate, rollback, .. } => {
+                let (argv, what) = if forward { (activate, "activate") } else { (rollback, "rollback") };
+                let argv = self.substitutions().apply_all(&argv);
+                let label = format!("rollout {}: {what}", self.rollout_id);
+                self.until_state_changes(run_command(argv, timeout, label, OutputLog::Info)).await
+            }
+            Activation::Service { workloads } => {
+                self.until_state_changes(wait_for_specs(self.executor.clone(), workloads, wanted, timeout)).await
+            }
+        }
+    }
+
+    /// Whether the host can say what it runs (a host activation with a `current` command).
     fn asks_current(&self) -> bool {
         matches!(&self.order.activation, Activation::Command { current, .. } if !current.is_empty())
     }
 
+    /// What the host runs by its own account: the first line of the `current` command's output
+    /// (`None` for an empty one). `Ok(None)` without a `current` command, or for a service.
     async fn ask_current(&mut self) -> Result<Option<String>, String> {
-        let Activation::Command { current, .. } = &self.order.activation else { return Ok(None) };
-        if current.is_empty() {
-            return Ok(None);
+        match &self.order.activation {
+            Activation::Command { current, .. } if !current.is_empty() => {
+                first_line_of(self.substitutions().apply_all(current), self.timeout()).await
+            }
+            _ => Ok(None),
         }
-        let argv = self.substitutions().apply_all(current);
-        first_line_of(argv, self.timeout()).await
     }
 
     /// Reverting, after RollbackStarted: roll back and report how it went.
     async fn roll_back(&mut self) -> Step {
         let previous = self.order.snapshot.previous.clone();
-        let timeout = self.timeout();
-        let outcome = match self.order.activation.clone() {
-            Activation::Command { rollback, .. } => {
-                let argv = self.substitutions().apply_all(&rollback);
-                let label = format!("rollout {}: rollback", self.rollout_id);
-                self.until_state_changes(run_command(argv, timeout, label, OutputLog::Info)).await
-            }
-            Activation::Service { workloads } => {
-                let wait = wait_for_specs(self.executor.clone(), workloads, previous.clone(), timeout);
-                self.until_state_changes(wait).await
-            }
-        };
+        let outcome = self.switch(previous.clone(), false).await;
         let outcome = match outcome {
             Some(Ok(())) if self.asks_current() => Some(self.ask_current().await),
             outcome => outcome.map(|result| result.map(|()| previous)),
