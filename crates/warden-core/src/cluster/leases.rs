@@ -102,8 +102,11 @@ impl ClusterState {
             return Err(ClusterError::HostDown { host: host.to_string() });
         }
         self.seen(host, batch.now_ms);
-        let refused =
-            |refused: AcquireRefused| ClusterError::AcquireRefused { host: host.to_string(), workload_id: request.workload_id.clone(), refused };
+        let refused = |refused: AcquireRefused| ClusterError::AcquireRefused {
+            host: host.to_string(),
+            workload_id: request.workload_id.clone(),
+            refused,
+        };
         let Some(workload) = batch.live().workloads.get(&request.workload_id) else {
             return Err(refused(AcquireRefused::UnknownWorkload(request.workload_id.clone())));
         };
@@ -129,7 +132,11 @@ impl ClusterState {
         let key = (request.workload_id.clone(), request.cell_id.clone());
         self.promoting.remove(&key);
         self.deferred.remove(&key);
-        batch.record(EventData::LeaseGranted { workload_id: request.workload_id.clone(), epoch: lease.epoch, host: host.to_string() });
+        batch.record(EventData::LeaseGranted {
+            workload_id: request.workload_id.clone(),
+            epoch: lease.epoch,
+            host: host.to_string(),
+        });
         batch.record(EventData::CellPlaced {
             workload_id: request.workload_id.clone(),
             cell_id: request.cell_id.clone(),

@@ -87,7 +87,8 @@ pub fn each_host_missing(projection: &Projection) -> Vec<EachHostInstance> {
     // group → (a live instance, the hosts that ever had an instance)
     let mut groups: std::collections::BTreeMap<&str, (Option<&Workload>, Vec<&str>)> = Default::default();
     for w in projection.workloads.values() {
-        let (Some(pin), Some(group)) = (w.pinned_host.as_deref(), w.info.consumer_workload_id.as_deref().and_then(each_host_group))
+        let (Some(pin), Some(group)) =
+            (w.pinned_host.as_deref(), w.info.consumer_workload_id.as_deref().and_then(each_host_group))
         else {
             continue;
         };
@@ -204,7 +205,8 @@ impl ClusterState {
         match acquire(current.as_ref(), workload_id, &host, expected, now, &self.lease_timing(workload)) {
             Ok(lease) => {
                 self.lease_expiry.insert(workload_id.to_string(), lease.expires_at_ms);
-                let granted = EventData::LeaseGranted { workload_id: workload_id.to_string(), epoch: lease.epoch, host: host.clone() };
+                let granted =
+                    EventData::LeaseGranted { workload_id: workload_id.to_string(), epoch: lease.epoch, host: host.clone() };
                 Ok((vec![granted, placed(host, Some(lease.epoch))], Vec::new()))
             }
             Err(LeaseRefused::Held { grantable_at_ms, .. }) => Err((grantable_at_ms, Vec::new())),
@@ -216,7 +218,13 @@ impl ClusterState {
     /// granted, every standby host is told to `Promote`, and the first to win the lease runs the
     /// cell ([`ClusterState::acquire`]). `Some((retry_at, offers))` while that is under way;
     /// `None` if there is no live standby to offer it to.
-    fn offer_to_standbys(&mut self, projection: &Projection, workload: &Workload, cell_id: &str, now: u64) -> Option<(u64, Vec<Order>)> {
+    fn offer_to_standbys(
+        &mut self,
+        projection: &Projection,
+        workload: &Workload,
+        cell_id: &str,
+        now: u64,
+    ) -> Option<(u64, Vec<Order>)> {
         let live: Vec<&str> = workload
             .standbys
             .iter()

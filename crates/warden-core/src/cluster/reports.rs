@@ -40,7 +40,12 @@ fn lost_exit(reason: String) -> CellExit {
 
 impl ClusterState {
     /// Takes a heartbeat signed by `principal`.
-    pub fn heartbeat(&mut self, batch: &mut Batch, principal: &str, heartbeat: &Heartbeat) -> Result<HeartbeatAnswer, ClusterError> {
+    pub fn heartbeat(
+        &mut self,
+        batch: &mut Batch,
+        principal: &str,
+        heartbeat: &Heartbeat,
+    ) -> Result<HeartbeatAnswer, ClusterError> {
         let host = heartbeat.host.as_str();
         if !self.authenticate(batch.live(), host, principal)?.up {
             batch.record(EventData::HostUp { host: host.to_string() });
@@ -86,7 +91,11 @@ impl ClusterState {
                     let arms: Vec<Order> = workload
                         .standbys
                         .iter()
-                        .map(|slot| Order::Arm { host: slot.host.clone(), workload_id: workload.id().to_string(), slot: slot.clone() })
+                        .map(|slot| Order::Arm {
+                            host: slot.host.clone(),
+                            workload_id: workload.id().to_string(),
+                            slot: slot.clone(),
+                        })
                         .collect();
                     batch.orders.extend(arms);
                 }
@@ -95,7 +104,9 @@ impl ClusterState {
             ReportEvent::Started { pid, pid_start_time } => {
                 Input::CellStarted { cell_id: report.cell_id.clone(), pid: *pid, pid_start_time: *pid_start_time }
             }
-            ReportEvent::StartFailed { error } => Input::CellStartFailed { cell_id: report.cell_id.clone(), error: error.clone() },
+            ReportEvent::StartFailed { error } => {
+                Input::CellStartFailed { cell_id: report.cell_id.clone(), error: error.clone() }
+            }
             ReportEvent::Exited { exit } => Input::CellExited { cell_id: report.cell_id.clone(), exit: exit.clone() },
         };
         let ended = !matches!(report.event, ReportEvent::Started { .. });
@@ -138,9 +149,9 @@ impl ClusterState {
                     let input = Input::CellExited { cell_id: cell_id.clone(), exit: exit.clone() };
                     batch.advance_report(workload_id, &input);
                 }
-                (None, Phase::Starting { .. }) => {
-                    batch.effects.push(crate::workload::Effect::StartCell { workload_id: workload_id.clone(), cell_id: cell_id.clone() })
-                }
+                (None, Phase::Starting { .. }) => batch
+                    .effects
+                    .push(crate::workload::Effect::StartCell { workload_id: workload_id.clone(), cell_id: cell_id.clone() }),
                 (None, _) => {
                     let exit = lost_exit(format!("host {host} no longer has the cell"));
                     batch.advance_report(workload_id, &Input::CellExited { cell_id: cell_id.clone(), exit });

@@ -20,32 +20,24 @@
 //! plane folds it back and its next `maintain` carries on; an agent that restarted gets its
 //! orders in the answer to its first heartbeat (the one with the inventory).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
+use warden_core::batch::{Batch, Order};
 use warden_core::rollout::{
     Action, HostEvent, HostInput, HostRolloutState, RolloutEvent, RolloutPolicy, RolloutRecord, RolloutStart, ServiceRollout,
 };
 use warden_core::spec::Spec;
-use warden_core::workload::{Effect, Input};
+use warden_core::workload::Input;
 use warden_core::{EventData, Projection};
 
-use crate::engine::{random_id, ApiError};
+use crate::clock::random_id;
+use crate::error::ApiError;
 use crate::proto::{Activation, RolloutOrder, RolloutReport};
 use crate::view::{BlockedView, RolloutRequest, RolloutView, WaveView};
 
 /// How often the engine looks at an unsettled rollout when nothing else wakes it: soaks end
 /// and hosts stall on the clock, not on a report.
 pub const ROLLOUT_TICK_MS: u64 = 250;
-
-/// What a rollout step produced, carried out by the engine: events to journal (already applied
-/// to the live projection), workload effects, and the hosts whose order changed (sent once the
-/// events are durable).
-#[derive(Default)]
-pub struct Produced {
-    pub events: Vec<EventData>,
-    pub effects: Vec<Effect>,
-    pub orders: BTreeSet<(String, String)>,
-}
 
 /// An operator's control of a running rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,13 +48,9 @@ pub enum Control {
 }
 
 /// A request to roll out, parsed and checked; `start` turns it into `rollout.started`.
-pub fn start(
-    live: &mut Projection,
-    request: &RolloutRequest,
-    caller: &str,
-    now: u64,
-    out: &mut Produced,
-) -> Result<String, ApiError> {
+pub fn start(batch: &mut Batch, request: &RolloutRequest, caller: &str) -> Result<String, ApiError> {
+    let now = batch.now_ms;
+    let live = batch.live();
     let policy =
         RolloutPolicy::parse(&request.policy_file, &request.policy_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let rollout_id = random_id("r-");
@@ -93,9 +81,9 @@ pub fn start(
     }
     warden_core::rollout::Rollout::new(&rollout_id, &start.channel, &start.target, start.policy.clone(), &start.hosts, now)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    journal(live, EventData::RolloutStarted(start), now, out);
+    batch.record(EventData::RolloutStarted(start));
     // The first wave goes out in the same batch.
-    maintain_one(live, &rollout_id, now, out);
+    maintain_one(batch, &rollout_id);
     Ok(rollout_id)
 }
 
@@ -235,15 +223,8 @@ fn quarantine_of<'a>(live: &'a Projection, channel: &str) -> Option<(&'a str, &'
 }
 
 /// Pause, resume or undo `rollout_id`.
-pub fn control(
-    live: &mut Projection,
-    rollout_id: &str,
-    control: Control,
-    caller: &str,
-    now: u64,
-    out: &mut Produced,
-) -> Result<(), ApiError> {
-    let record = live.rollouts.get(rollout_id).ok_or_else(|| ApiError::NotFound(format!("no rollout {rollout_id}")))?;
+pub fn control(batch: &mut Batch, rollout_id: &str, control: Control, caller: &str) -> Result<(), ApiError> {
+    let record = batch.live().rollouts.get(rollout_id).ok_or_else(|| ApiError::NotFound(format!("no rollout {rollout_id}")))?;
     if record.started_by != caller {
         return Err(ApiError::Forbidden(format!("rollout {rollout_id} was started by {}", record.started_by)));
     }
@@ -264,16 +245,20 @@ pub fn control(
             event: RolloutEvent::Undone { reason: format!("undone by {caller}") },
         },
     };
-    journal(live, data, now, out);
-    maintain_one(live, rollout_id, now, out);
+    batch.record(data);
+    maintain_one(batch, rollout_id);
     Ok(())
 }
 
 /// An agent's report. `Ok(outcome)`: `applied`, `duplicate`, or why it does not apply (the
 /// agent then follows the snapshot it gets back).
-pub fn report(live: &mut Projection, report: &RolloutReport, now: u64, out: &mut Produced) -> Result<String, ApiError> {
-    let record =
-        live.rollouts.get(&report.rollout_id).ok_or_else(|| ApiError::NotFound(format!("no rollout {}", report.rollout_id)))?;
+pub fn report(batch: &mut Batch, report: &RolloutReport) -> Result<String, ApiError> {
+    let now = batch.now_ms;
+    let record = batch
+        .live()
+        .rollouts
+        .get(&report.rollout_id)
+        .ok_or_else(|| ApiError::NotFound(format!("no rollout {}", report.rollout_id)))?;
     if matches!(report.input, HostInput::Dispatch | HostInput::Tick | HostInput::RollBack) {
         return Err(ApiError::BadRequest(format!("{} is the control plane's decision, not a report", report.input.kind())));
     }
@@ -289,7 +274,7 @@ pub fn report(live: &mut Projection, report: &RolloutReport, now: u64, out: &mut
         warden_core::rollout::Decision::Events(events) => events,
     };
     for event in events {
-        host_event(live, &report.rollout_id, &report.host, event, now, out);
+        host_event(batch, &report.rollout_id, &report.host, event);
     }
     // What follows from it (the next dispatch, a halt) is decided by `maintain` at the end of
     // this same batch, once for all the reports in it.
@@ -297,23 +282,23 @@ pub fn report(live: &mut Projection, report: &RolloutReport, now: u64, out: &mut
 }
 
 /// Every unsettled rollout takes the steps that are due (called once per engine batch).
-pub fn maintain(live: &mut Projection, now: u64, out: &mut Produced) {
-    let ids: Vec<String> = live.rollouts.iter().filter(|(_, r)| !r.is_settled()).map(|(id, _)| id.clone()).collect();
+pub fn maintain(batch: &mut Batch) {
+    let ids: Vec<String> = batch.live().rollouts.iter().filter(|(_, r)| !r.is_settled()).map(|(id, _)| id.clone()).collect();
     for id in ids {
-        maintain_one(live, &id, now, out);
+        maintain_one(batch, &id);
     }
 }
 
-fn maintain_one(live: &mut Projection, rollout_id: &str, now: u64, out: &mut Produced) {
-    let Some(record) = live.rollouts.get(rollout_id) else { return };
-    for action in record.next_actions(now) {
+fn maintain_one(batch: &mut Batch, rollout_id: &str) {
+    let Some(record) = batch.live().rollouts.get(rollout_id) else { return };
+    for action in record.next_actions(batch.now_ms) {
         let Some(event) = action.event() else { continue };
         if let Action::Halt { reason } = &action {
             tracing::warn!(rollout = %rollout_id, "rollout halted: {reason}");
         }
         match event {
-            RolloutEvent::Host { hostname, event } => host_event(live, rollout_id, &hostname, event, now, out),
-            event => journal(live, EventData::RolloutProgressed { rollout_id: rollout_id.into(), event }, now, out),
+            RolloutEvent::Host { hostname, event } => host_event(batch, rollout_id, &hostname, event),
+            event => batch.record(EventData::RolloutProgressed { rollout_id: rollout_id.into(), event }),
         }
     }
 }
@@ -321,7 +306,7 @@ fn maintain_one(live: &mut Projection, rollout_id: &str, now: u64, out: &mut Pro
 /// Journals (and applies) one host event, and does what follows from it: the order goes to
 /// the host again when the control plane decided something it must act on or stop acting on,
 /// and a service's workloads there change spec when its activation (or rollback) starts.
-fn host_event(live: &mut Projection, rollout_id: &str, hostname: &str, event: HostEvent, now: u64, out: &mut Produced) {
+fn host_event(batch: &mut Batch, rollout_id: &str, hostname: &str, event: HostEvent) {
     let notify =
         matches!(event, HostEvent::Dispatched | HostEvent::RollbackOrdered | HostEvent::Converged | HostEvent::Failed { .. });
     let replace = match &event {
@@ -333,19 +318,19 @@ fn host_event(live: &mut Projection, rollout_id: &str, hostname: &str, event: Ho
         rollout_id: rollout_id.into(),
         event: RolloutEvent::Host { hostname: hostname.into(), event },
     };
-    journal(live, data, now, out);
+    batch.record(data);
     if notify {
-        out.orders.insert((hostname.to_string(), rollout_id.to_string()));
+        batch.order(Order::Rollout { host: hostname.to_string(), rollout_id: rollout_id.to_string() });
     }
     if let Some(forward) = replace {
-        replace_service(live, rollout_id, hostname, forward, now, out);
+        replace_service(batch, rollout_id, hostname, forward);
     }
 }
 
 /// A service's workloads on `hostname` move to the target (`forward`) or back to what the host
 /// ran before.
-fn replace_service(live: &mut Projection, rollout_id: &str, hostname: &str, forward: bool, now: u64, out: &mut Produced) {
-    let Some(record) = live.rollouts.get(rollout_id) else { return };
+fn replace_service(batch: &mut Batch, rollout_id: &str, hostname: &str, forward: bool) {
+    let Some(record) = batch.live().rollouts.get(rollout_id) else { return };
     let Some(service) = &record.service else { return };
     let snapshot = &record.rollout.hosts[hostname];
     let (spec_id, spec) = if forward {
@@ -358,23 +343,14 @@ fn replace_service(live: &mut Projection, rollout_id: &str, hostname: &str, forw
     let workloads = service.workloads.get(hostname).cloned().unwrap_or_default();
     let reason = format!("rollout {rollout_id}: {}", if forward { "new version" } else { "rolled back" });
     for workload_id in workloads {
-        if live.workloads.get(&workload_id).is_some_and(|w| w.info.spec_id == spec_id) {
+        if batch.live().workloads.get(&workload_id).is_some_and(|w| w.info.spec_id == spec_id) {
             continue;
         }
         let input = Input::Replace { spec: Box::new(spec.clone()), spec_id: spec_id.clone(), reason: reason.clone() };
-        match live.advance(&workload_id, &input, now) {
-            Ok(decision) => {
-                out.events.extend(decision.events);
-                out.effects.extend(decision.effects);
-            }
-            Err(e) => tracing::warn!(rollout = %rollout_id, %workload_id, "cannot move to {spec_id}: {e}"),
+        if let Err(e) = batch.advance(&workload_id, &input) {
+            tracing::warn!(rollout = %rollout_id, %workload_id, "cannot move to {spec_id}: {e}");
         }
     }
-}
-
-fn journal(live: &mut Projection, data: EventData, now: u64, out: &mut Produced) {
-    live.apply_data(&data, now);
-    out.events.push(data);
 }
 
 /// The order for `hostname` in `rollout_id`, as it stands.

@@ -21,14 +21,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
+use warden_core::batch::Batch;
 use warden_core::canonical::Artifact;
 use warden_core::job::{JobEvent, JobManifest, KernelEvent, RunStatus, StateError, StateSpec, ORPHANED};
 use warden_core::spec::{Isolation, RestartSpec};
-use warden_core::workload::{Effect, Input};
+use warden_core::workload::Input;
 use warden_core::{EventData, Phase, Projection, RestartPolicy, Spec, Workload};
 use warden_store::Store;
 
-use crate::engine::{new_workload_info, random_id, ApiError, Manifests};
+use super::workloads::new_workload_info;
+use super::Manifests;
+use crate::clock::random_id;
+use crate::error::ApiError;
 use crate::view::{run_of_step_workload, step_workload_id};
 
 /// A step leaving more than this in its context file fails with `bad_context`.
@@ -37,30 +41,6 @@ pub const MAX_CONTEXT_BYTES: u64 = 16 << 20;
 const OCI_JOB_DIR: &str = "/run/warden/job";
 /// Decide → journal rounds per run per batch (close, then schedule/enter/finish).
 const MAX_ROUNDS: usize = 8;
-
-/// What job steps produced in one batch, to be journaled together with the batch.
-#[derive(Default)]
-pub struct Produced {
-    pub events: Vec<EventData>,
-    pub effects: Vec<Effect>,
-    pub artifacts: Vec<Artifact>,
-    /// Runs that ended in this batch; their attempt directories go once the end is durable.
-    pub finished: Vec<String>,
-}
-
-impl Produced {
-    fn artifact(&mut self, artifact: Artifact) -> String {
-        let id = artifact.id.clone();
-        if !self.artifacts.iter().any(|a| a.id == id) {
-            self.artifacts.push(artifact);
-        }
-        id
-    }
-
-    fn bytes_of(&self, id: &str) -> Option<&[u8]> {
-        self.artifacts.iter().find(|a| a.id == id).map(|a| a.bytes.as_slice())
-    }
-}
 
 pub struct Jobs {
     manifests: Manifests,
@@ -120,49 +100,39 @@ impl Jobs {
     }
 
     /// A manifest by id: from the cache, else read (verified) from the store and cached.
-    fn manifest(&self, id: &str) -> Result<Arc<JobManifest>, String> {
+    fn manifest(&self, id: &str) -> Result<Arc<JobManifest>, ContextError> {
         if let Some(manifest) = self.manifests.read().expect("manifests lock").get(id) {
             return Ok(manifest.clone());
         }
-        let bytes = self.store.get_artifact(id).map_err(|e| e.to_string())?.ok_or("the artifact is missing")?;
-        let manifest: JobManifest = serde_json::from_slice(&bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        let bytes = self
+            .store
+            .get_artifact(id)
+            .map_err(|source| ContextError::Read { id: id.to_string(), source })?
+            .ok_or_else(|| ContextError::Missing { id: id.to_string() })?;
+        let manifest: JobManifest =
+            serde_json::from_slice(&bytes).map_err(|source| ContextError::NotJson { id: id.to_string(), source })?;
         let manifest = Arc::new(manifest);
         self.manifests.write().expect("manifests lock").insert(id.to_string(), manifest.clone());
         Ok(manifest)
     }
 
     /// Journals a new run of `manifest` on `input`; returns its id.
-    pub fn start(
-        &mut self,
-        live: &mut Projection,
-        manifest: JobManifest,
-        input: Value,
-        owner: String,
-        now: u64,
-        out: &mut Produced,
-    ) -> String {
+    pub fn start(&mut self, batch: &mut Batch, manifest: JobManifest, input: Value, owner: String) -> String {
         let run_id = random_id("r-");
         let manifest_artifact = Artifact::of_json(&manifest);
-        let manifest_id = out.artifact(manifest_artifact);
-        let initial_snapshot_id = out.artifact(Artifact::of_json(&input));
+        let manifest_id = batch.artifact(manifest_artifact);
+        let initial_snapshot_id = batch.artifact(Artifact::of_json(&input));
         self.manifests.write().expect("manifests lock").entry(manifest_id.clone()).or_insert_with(|| Arc::new(manifest));
         let event = KernelEvent::RunStarted { op_id: run_id.clone(), manifest_id, initial_snapshot_id };
-        record(live, out, &run_id, Some(owner), event, now);
+        record(batch, &run_id, Some(owner), event);
         self.active.insert(run_id.clone());
         self.dirty.insert(run_id.clone());
         run_id
     }
 
     /// Stops the run's running steps and ends it `cancelled`.
-    pub fn cancel(
-        &mut self,
-        live: &mut Projection,
-        run_id: &str,
-        caller: &str,
-        now: u64,
-        out: &mut Produced,
-    ) -> Result<(), ApiError> {
-        let run = live.runs.get(run_id).ok_or_else(|| ApiError::NotFound(format!("no job run {run_id}")))?;
+    pub fn cancel(&mut self, batch: &mut Batch, run_id: &str, caller: &str) -> Result<(), ApiError> {
+        let run = batch.live().runs.get(run_id).ok_or_else(|| ApiError::NotFound(format!("no job run {run_id}")))?;
         if run.owner != caller {
             return Err(ApiError::Forbidden(format!("run {run_id} belongs to {}", run.owner)));
         }
@@ -172,28 +142,24 @@ impl Jobs {
         let open: Vec<(String, u32)> = run.fold.open_attempts().map(|(state, attempt)| (state.to_string(), attempt)).collect();
         for (state_id, attempt) in open {
             let workload_id = step_workload_id(run_id, &state_id, attempt);
-            if live.workloads.get(&workload_id).is_some_and(|w| !w.phase.is_terminal()) {
-                match live.advance(&workload_id, &Input::Stop, now) {
-                    Ok(decision) => {
-                        out.events.extend(decision.events);
-                        out.effects.extend(decision.effects);
-                    }
-                    Err(e) => tracing::warn!(%workload_id, "cancel: {e}"),
+            if batch.live().workloads.get(&workload_id).is_some_and(|w| !w.phase.is_terminal()) {
+                if let Err(e) = batch.advance(&workload_id, &Input::Stop) {
+                    tracing::warn!(%workload_id, "cancel: {e}");
                 }
             }
             let error = StateError { code: "cancelled".into(), message: format!("run cancelled by {caller}"), retryable: false };
-            record(live, out, run_id, None, KernelEvent::StateFailed { state_id, error, failure_snapshot_id: None }, now);
+            record(batch, run_id, None, KernelEvent::StateFailed { state_id, error, failure_snapshot_id: None });
         }
         let end = KernelEvent::RunCompleted { status: RunStatus::Cancelled, final_snapshot_id: None };
-        record(live, out, run_id, None, end, now);
-        self.finish(run_id, out);
+        record(batch, run_id, None, end);
+        self.finish(run_id, batch);
         Ok(())
     }
 
-    fn finish(&mut self, run_id: &str, out: &mut Produced) {
+    fn finish(&mut self, run_id: &str, batch: &mut Batch) {
         self.active.remove(run_id);
         self.dirty.remove(run_id);
-        out.finished.push(run_id.to_string());
+        batch.finished_runs.push(run_id.to_string());
     }
 
     /// Marks the runs whose step workloads these events are about.
@@ -226,9 +192,9 @@ impl Jobs {
 
     /// Brings every marked run up to date: closes attempts whose workloads ended, schedules
     /// retries, enters what is ready, finishes what is done.
-    pub fn step(&mut self, live: &mut Projection, now: u64, out: &mut Produced) {
+    pub fn step(&mut self, batch: &mut Batch) {
         while let Some(run_id) = self.dirty.pop_first() {
-            let Some(run) = live.runs.get(&run_id) else { continue };
+            let Some(run) = batch.live().runs.get(&run_id) else { continue };
             if run.status.is_some() {
                 self.active.remove(&run_id);
                 continue;
@@ -241,7 +207,7 @@ impl Jobs {
                 }
             };
             for _ in 0..MAX_ROUNDS {
-                if !self.step_run(live, &manifest, &run_id, now, out) {
+                if !self.step_run(batch, &manifest, &run_id) {
                     break;
                 }
             }
@@ -249,28 +215,29 @@ impl Jobs {
     }
 
     /// One round for one run; whether it journaled anything.
-    fn step_run(&mut self, live: &mut Projection, manifest: &JobManifest, run_id: &str, now: u64, out: &mut Produced) -> bool {
-        let Some(run) = live.runs.get(run_id) else { return false };
-        let resume = run.fold.next_actions(manifest, now);
+    fn step_run(&mut self, batch: &mut Batch, manifest: &JobManifest, run_id: &str) -> bool {
+        let Some(run) = batch.live().runs.get(run_id) else { return false };
+        let resume = run.fold.next_actions(manifest, batch.now_ms);
         if resume.done {
             return false;
         }
         let mut decided = Vec::new();
         for open in &resume.orphaned {
             let workload_id = step_workload_id(run_id, &open.state_id, open.attempt);
-            match live.workloads.get(&workload_id) {
+            match batch.live().workloads.get(&workload_id) {
                 None => decided.push(open.orphaned_failure()),
                 Some(workload) if !workload.phase.is_terminal() => {} // still ours: supervised as usual
                 Some(workload) => {
+                    let workload = workload.clone();
                     let path = self.context_path(run_id, &open.state_id, open.attempt);
                     let ended_while_down = self.ended_while_down.contains(&workload_id);
-                    decided.push(outcome(&open.state_id, workload, &path, ended_while_down, out));
+                    decided.push(outcome(&open.state_id, &workload, &path, ended_while_down, batch));
                 }
             }
         }
         if !decided.is_empty() {
             for event in decided {
-                record(live, out, run_id, None, event, now);
+                record(batch, run_id, None, event);
             }
             return true;
         }
@@ -279,12 +246,12 @@ impl Jobs {
             decided.push(scheduled.event());
         }
         for event in decided.drain(..) {
-            record(live, out, run_id, None, event, now);
+            record(batch, run_id, None, event);
         }
         let mut progressed = !resume.schedule.is_empty();
         for enter in &resume.enter {
             let Some(spec) = manifest.state(&enter.state_id) else { continue };
-            let base_snapshot_id = match self.base(&enter.base_snapshot_ids, out) {
+            let base_snapshot_id = match self.base(&enter.base_snapshot_ids, batch) {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::error!(%run_id, state = %enter.state_id, "cannot build the base context: {e}");
@@ -292,19 +259,17 @@ impl Jobs {
                 }
             };
             let event = KernelEvent::StateEntered { state_id: enter.state_id.clone(), attempt: enter.attempt, base_snapshot_id };
-            record(live, out, run_id, None, event, now);
-            let owner = live.runs[run_id].owner.clone();
+            record(batch, run_id, None, event);
+            let owner = batch.live().runs[run_id].owner.clone();
             let workload_id = step_workload_id(run_id, &enter.state_id, enter.attempt);
             let step = self.step_spec(manifest, spec, run_id, enter.attempt);
-            let decision = live.submit(new_workload_info(workload_id, &step, owner, None, now), step, now);
-            out.events.extend(decision.events);
-            out.effects.extend(decision.effects);
+            batch.submit(new_workload_info(workload_id, &step, owner, None, batch.now_ms), step, None);
             progressed = true;
         }
         if let Some(finish) = resume.finish {
             let final_snapshot_id = match (finish.status, finish.snapshot_ids.as_slice()) {
                 (_, []) => None,
-                (RunStatus::Completed, ids) => match self.base(ids, out) {
+                (RunStatus::Completed, ids) => match self.base(ids, batch) {
                     Ok(id) => Some(id),
                     Err(e) => {
                         tracing::error!(%run_id, "cannot build the final context: {e}");
@@ -313,30 +278,34 @@ impl Jobs {
                 },
                 (_, [first, ..]) => Some(first.clone()),
             };
-            record(live, out, run_id, None, KernelEvent::RunCompleted { status: finish.status, final_snapshot_id }, now);
-            self.finish(run_id, out);
+            record(batch, run_id, None, KernelEvent::RunCompleted { status: finish.status, final_snapshot_id });
+            self.finish(run_id, batch);
             return false;
         }
         progressed
     }
 
     /// One snapshot id for a list of them: itself, or their merge (a new artifact).
-    fn base(&self, ids: &[String], out: &mut Produced) -> Result<String, String> {
+    fn base(&self, ids: &[String], batch: &mut Batch) -> Result<String, ContextError> {
         if let [one] = ids {
             return Ok(one.clone());
         }
         let mut merged = Value::Object(Default::default());
         for id in ids {
-            let bytes = match out.bytes_of(id) {
-                Some(bytes) => bytes.to_vec(),
-                None => {
-                    self.store.get_artifact(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("snapshot {id} is missing"))?
-                }
+            let pending = batch.artifacts.iter().find(|a| a.id == *id).map(|a| a.bytes.clone());
+            let bytes = match pending {
+                Some(bytes) => bytes,
+                None => self
+                    .store
+                    .get_artifact(id)
+                    .map_err(|source| ContextError::Read { id: id.clone(), source })?
+                    .ok_or_else(|| ContextError::Missing { id: id.clone() })?,
             };
-            let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("snapshot {id} is not JSON: {e}"))?;
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|source| ContextError::NotJson { id: id.clone(), source })?;
             merge(&mut merged, value);
         }
-        Ok(out.artifact(Artifact::of_json(&merged)))
+        Ok(batch.artifact(Artifact::of_json(&merged)))
     }
 
     /// The workload spec of one attempt: the state's cell, never restarted, its timeout as ttl.
@@ -410,34 +379,61 @@ impl StepContext {
 
     /// Writes the base context into `dir/context.json` (atomically: a half-written file is never
     /// what a step reads).
-    pub fn materialize(&self, store: &dyn Store) -> Result<(), String> {
+    pub fn materialize(&self, store: &dyn Store) -> Result<(), ContextError> {
+        let id = &self.base_snapshot_id;
         let bytes = store
-            .get_artifact(&self.base_snapshot_id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("base snapshot {} is missing", self.base_snapshot_id))?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+            .get_artifact(id)
+            .map_err(|source| ContextError::Read { id: id.clone(), source })?
+            .ok_or_else(|| ContextError::Missing { id: id.clone() })?;
+        let write = |path: &Path, result: std::io::Result<()>| {
+            result.map_err(|source| ContextError::Write { path: path.to_path_buf(), source })
+        };
+        write(&self.dir, std::fs::create_dir_all(&self.dir))?;
         let tmp = self.dir.join(".context.json.tmp");
-        std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, self.dir.join("context.json")).map_err(|e| format!("{}: {e}", self.dir.display()))
+        write(&tmp, std::fs::write(&tmp, &bytes))?;
+        write(&self.dir, std::fs::rename(&tmp, self.dir.join("context.json")))
     }
 }
 
-/// Journals-to-be: applies a kernel event to the live projection and queues it.
-fn record(live: &mut Projection, out: &mut Produced, run_id: &str, owner: Option<String>, event: KernelEvent, now: u64) {
-    let data = EventData::Job(JobEvent { run_id: run_id.to_string(), owner, event });
-    live.apply_data(&data, now);
-    out.events.push(data);
+/// Why a run's context (a snapshot, a manifest, an attempt's context file) could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("cannot read artifact {id} from the journal")]
+    Read {
+        id: String,
+        #[source]
+        source: warden_store::StoreError,
+    },
+    #[error("artifact {id} is missing from the journal")]
+    Missing { id: String },
+    #[error("artifact {id} is not the JSON expected")]
+    NotJson {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Records a kernel event of `run_id` in the batch.
+fn record(batch: &mut Batch, run_id: &str, owner: Option<String>, event: KernelEvent) {
+    batch.record(EventData::Job(JobEvent { run_id: run_id.to_string(), owner, event }));
 }
 
 /// How an attempt whose workload ended turned out.
-fn outcome(state_id: &str, workload: &Workload, context: &Path, ended_while_down: bool, out: &mut Produced) -> KernelEvent {
+fn outcome(state_id: &str, workload: &Workload, context: &Path, ended_while_down: bool, batch: &mut Batch) -> KernelEvent {
     let state_id = state_id.to_string();
     if workload.phase == Phase::Completed {
         return match read_context(context) {
-            Ok(value) => KernelEvent::StateCompleted { state_id, context_snapshot_id: out.artifact(Artifact::of_json(&value)) },
+            Ok(value) => KernelEvent::StateCompleted { state_id, context_snapshot_id: batch.artifact(Artifact::of_json(&value)) },
             Err(why) => KernelEvent::StateFailed {
                 state_id,
-                error: StateError { code: "bad_context".into(), message: why, retryable: false },
+                error: StateError { code: "bad_context".into(), message: why.to_string(), retryable: false },
                 failure_snapshot_id: None,
             },
         };
@@ -460,20 +456,31 @@ fn outcome(state_id: &str, workload: &Workload, context: &Path, ended_while_down
             _ => (ORPHANED, format!("the attempt's outcome is unknown: {reason}"), true),
         },
     };
-    let failure_snapshot_id = read_context(context).ok().map(|value| out.artifact(Artifact::of_json(&value)));
+    let failure_snapshot_id = read_context(context).ok().map(|value| batch.artifact(Artifact::of_json(&value)));
     KernelEvent::StateFailed { state_id, error: StateError { code: code.into(), message, retryable }, failure_snapshot_id }
 }
 
 /// What a step left in its context file: JSON, at most `MAX_CONTEXT_BYTES`.
-fn read_context(path: &Path) -> Result<Value, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("the step's WARDEN_CONTEXT file {} is unreadable: {e}", path.display()))?;
+fn read_context(path: &Path) -> Result<Value, StepContextError> {
+    let unreadable = |source| StepContextError::Unreadable { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.len() > MAX_CONTEXT_BYTES {
-        return Err(format!("the step left {} bytes in WARDEN_CONTEXT; the limit is {MAX_CONTEXT_BYTES}", meta.len()));
+        return Err(StepContextError::TooLarge { bytes: meta.len() });
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("the step's WARDEN_CONTEXT file {} is unreadable: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("the step left something that is not JSON in WARDEN_CONTEXT: {e}"))
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    serde_json::from_slice(&bytes).map_err(StepContextError::NotJson)
+}
+
+/// Why what a step left in `WARDEN_CONTEXT` is not its new context: the state's failure
+/// message, shown to the user whole (its source is part of it).
+#[derive(Debug, thiserror::Error)]
+enum StepContextError {
+    #[error("the step's WARDEN_CONTEXT file {} is unreadable: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("the step left {bytes} bytes in WARDEN_CONTEXT; the limit is {MAX_CONTEXT_BYTES}")]
+    TooLarge { bytes: u64 },
+    #[error("the step left something that is not JSON in WARDEN_CONTEXT: {0}")]
+    NotJson(serde_json::Error),
 }
 
 /// Merges `next` into `into`: objects key by key (later wins), anything else replaces.
