@@ -222,10 +222,16 @@ impl Engine {
             self.commit(decided.events, decided.artifacts, now).await;
         }
         self.after_commit(decided.superseded_blobs, decided.finished_runs);
+        // Hosts get their orders in the order they were decided, before the cells the batch
+        // starts (a promoted standby's `Disarm` before its `Start`), and rollout orders last.
+        let rollout_orders = self.dispatch(decided.orders);
         for effect in decided.effects {
             self.carry_out(effect);
         }
-        self.dispatch(decided.orders);
+        let dispatch = Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys };
+        for order in rollout_orders {
+            dispatch.order(order);
+        }
         let shared = self.shared.read().expect("projection lock");
         let context = AnswerContext { host: &self.host, manifests: &self.manifests, now_ms: now_ms() };
         for waiting in pending {
@@ -332,8 +338,9 @@ impl Engine {
         }
     }
 
-    /// Sends the batch's orders to their hosts (each rollout order once per host).
-    fn dispatch(&self, orders: Vec<Order>) {
+    /// Sends the batch's orders to their hosts; rollout orders are held back (each once per
+    /// host) and returned, to be sent after the batch's cells.
+    fn dispatch(&self, orders: Vec<Order>) -> Vec<Order> {
         let dispatch = Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys };
         let mut rollout_orders = BTreeSet::new();
         for order in orders {
@@ -344,9 +351,7 @@ impl Engine {
                 order => dispatch.order(order),
             }
         }
-        for (host, rollout_id) in rollout_orders {
-            dispatch.order(Order::Rollout { host, rollout_id });
-        }
+        rollout_orders.into_iter().map(|(host, rollout_id)| Order::Rollout { host, rollout_id }).collect()
     }
 
     /// Journals `events` durably, folds them into the readers' projection and publishes them.
