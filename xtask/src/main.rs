@@ -13,7 +13,7 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "busybox"),
     ("crun", "crun"),
     ("python3", "python3"),
-    // tests/cluster_netns.rs: namespaces, veths and a bridge per test.
+    // tests/e2e/cluster_netns.rs: namespaces, veths and a bridge per test.
     ("iproute2", "ip"),
 ];
 

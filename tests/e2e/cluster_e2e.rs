@@ -4,12 +4,10 @@
 //! truth kept by the workload itself — `epoch monotonic_ns` lines appended every 20 ms to one
 //! file — shows no two epochs ever overlapped.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::alive;
-use support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
+use crate::support::alive;
+use crate::support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
 use warden_runtime::view::WorkloadView;
 
 /// Waits (30 s at most) for a running primary on another host with a higher epoch.
@@ -111,8 +109,8 @@ fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() 
     // A host joins: it gets its instance.
     let root = cluster.server.root.path().to_path_buf();
     let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
-    let mut agent = support::cluster::Agent::new("h2", root.join("agent-h2"));
-    let mut command = std::process::Command::new(support::bin());
+    let mut agent = crate::support::cluster::Agent::new("h2", root.join("agent-h2"));
+    let mut command = std::process::Command::new(crate::support::bin());
     command.env("XDG_CONFIG_HOME", cluster.server.config_home());
     agent.spawn(command, &url, &token);
     cluster.agents.push(agent);
@@ -191,7 +189,7 @@ fn logs_of_a_cell_on_an_agent_are_relayed_and_followed() {
     assert!(logs.starts_with("line-1\n") && logs.contains("line-3\n"), "the agent's output, from the start: {logs:?}");
 
     // Followed: new lines keep coming until the workload is stopped, then the stream ends.
-    let mut follow = std::process::Command::new(support::bin())
+    let mut follow = std::process::Command::new(crate::support::bin())
         .args(["logs", "-f", &id])
         .env("WARDEN_ADDR", cluster.server.addr())
         .env("XDG_CONFIG_HOME", cluster.server.config_home())
