@@ -46,7 +46,8 @@ fn a_frozen_agent_is_fenced_by_its_shim_before_the_new_primary_starts() {
     // The agent stops (no heartbeats, no renewals), its cell keeps running: only the shim can
     // stop it in time.
     let agent_pid = cluster.agent(&old_host).pid();
-    // SAFETY: signalling a child we own.
+    // SAFETY: kill(2) reads no memory of ours; the pid is the agent child the cluster spawned and
+    // still holds (unreaped), so it names that process.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     let (moved, took) = wait_primary_elsewhere(&cluster, &id, &old_host, old_epoch);
     eprintln!("failover after a frozen agent: {took:?} to {} epoch {:?}", moved.host, moved.epoch);
@@ -55,7 +56,7 @@ fn a_frozen_agent_is_fenced_by_its_shim_before_the_new_primary_starts() {
     check_no_overlap(&truth);
 
     // The agent comes back: it must not resurrect anything, and its host is up again.
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     cluster.wait_hosts_up(3);
     std::thread::sleep(Duration::from_millis(1_000));
@@ -149,11 +150,12 @@ fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     // 2.5 s without heartbeats: the host is declared down (host_ttl 1.5 s), the cell is not
     // written off, and its shim keeps it (its lease lasts lost_after).
     let agent_pid = cluster.agent(&host).pid();
-    // SAFETY: signalling a child we own.
+    // SAFETY: kill(2) reads no memory of ours; the pid is the agent child the cluster spawned and
+    // still holds (unreaped), so it names that process.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     cluster.wait_host(&host, "down", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(800));
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     cluster.wait_hosts_up(2);
     std::thread::sleep(Duration::from_millis(1_000));
@@ -163,14 +165,14 @@ fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     assert_eq!(after.restarts, 0);
 
     // A disconnect longer than lost_after: replaced elsewhere, and never two primaries.
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child runs again and is still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     let stopped_at = Instant::now();
     let (moved, took) = cluster.wait_primary_elsewhere(&id, &host, epoch, Instant::now(), Duration::from_secs(20));
     eprintln!("replaced after {took:?} of silence (lost_after 4 s)");
     assert!(stopped_at.elapsed() >= Duration::from_secs(4), "not before lost_after: {took:?}");
     assert!(!alive(pid), "the old cell was fenced by its shim");
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     std::thread::sleep(Duration::from_millis(500));
     check_no_overlap(&truth);

@@ -121,7 +121,8 @@ pub(crate) fn signal(pid: u32, signal: libc::c_int) {
 
 pub(crate) fn signal_group(pgid: u32, signal: libc::c_int) {
     if let Ok(pgid) = i32::try_from(pgid) {
-        // SAFETY: as above; a negative pid names the process group.
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid names
+        // the process group.
         unsafe { libc::kill(-pgid, signal) };
     }
 }

@@ -211,7 +211,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub fn kill9(pid: u32) {
-    // SAFETY: sending a signal; no memory involved.
+    // SAFETY: kill(2) takes plain integers and reads no memory of ours.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
@@ -233,7 +233,8 @@ fn kill_cells(cells: &Path) {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         for (key, group) in [("pid", true), ("shim_pid", false)] {
             if let Some(pid) = json[key].as_u64() {
-                // SAFETY: sending signals; no memory involved.
+                // SAFETY: kill(2) takes plain integers and reads no memory of ours; the pids come
+                // from this test's own cells' pid files.
                 unsafe { libc::kill(if group { -(pid as i32) } else { pid as i32 }, libc::SIGKILL) };
             }
         }
