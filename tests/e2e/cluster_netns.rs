@@ -21,16 +21,14 @@
 //! The same ground truth as `cluster_e2e.rs`: the workload appends `epoch monotonic_ns` lines
 //! every 20 ms to a file, and two epochs must never overlap. Needs root and iproute2 (`ip`).
 
-mod support;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
-use support::{alive, bin, kill9};
+use crate::support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
+use crate::support::{alive, bin, kill9};
 use warden_runtime::view::WorkloadView;
 
 /// The longest a failover may take. At the defaults the control plane needs ~2 s (a host is down

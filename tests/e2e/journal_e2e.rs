@@ -1,13 +1,11 @@
 //! End to end: the journal as a user meets it — a corrupt tail cut back at start, snapshots, and
 //! the live event and log streams.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{assert_contiguous_chain, bin, Warden};
+use crate::support::{assert_contiguous_chain, bin, Warden};
 
 const QUICK: &str = "name = \"quick\"\n[cell]\nargv = [\"sh\", \"-c\", \"echo hello\"]\n[restart]\npolicy = \"never\"\n";
 

@@ -2,13 +2,11 @@
 //! server at all; tampered exports fail with a message naming the problem; the server key and
 //! the proof survive kill -9.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::{Warden, CRASHER};
+use crate::support::{Warden, CRASHER};
 use warden_store::SignedHead;
 
 const DONE: &str = r#"

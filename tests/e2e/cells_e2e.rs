@@ -1,9 +1,7 @@
 //! End to end: isolated cells through the real binary — PID namespaces with an authenticated exit
 //! report (`terminal_state` clean or forced), and cgroup limits that end a hog with reason `oom`.
 
-mod support;
-
-use support::Warden;
+use crate::support::{rootfs, Warden};
 
 fn destroyed(warden: &Warden, id: &str) -> serde_json::Value {
     let events = warden.events(&["--workload", id]);
@@ -55,10 +53,6 @@ fn a_memory_hog_over_its_limit_ends_with_reason_oom() {
     assert!(data["reason"].as_str().unwrap().contains("oom"), "{data}");
     assert!(view.reason.unwrap().contains("oom"));
 }
-
-#[path = "../crates/warden-cell/tests/support/rootfs.rs"]
-#[allow(dead_code)] // shared with the cell crate's OCI tests; not every helper is used here
-mod rootfs;
 
 #[test]
 fn an_oci_cell_runs_on_a_busybox_rootfs_and_reports_its_exit() {

@@ -11,14 +11,12 @@
 //! - the control plane killed with kill -9 mid-rollout finishes it after a restart;
 //! - a host activation (the nixfleet case: a command per host) converges and can be undone.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, ControlPlane};
-use support::{bin, Warden};
+use crate::support::cluster::{Cluster, ControlPlane};
+use crate::support::{bin, Warden};
 use warden_core::rollout::{HostEvent, HostRolloutState, RolloutEvent};
 use warden_core::{CloudEvent, EventData};
 use warden_runtime::view::{RolloutRequest, RolloutView};

@@ -1,10 +1,8 @@
 //! End to end: the real `warden` binary, started as a user would, killed with SIGKILL, restarted.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{alive, assert_contiguous_chain, kill9, Warden, CRASHER};
+use crate::support::{alive, assert_contiguous_chain, kill9, Warden, CRASHER};
 
 #[test]
 fn crashing_workload_runs_one_plus_max_attempts_times_then_fails() {

@@ -4,12 +4,10 @@
 //! truth kept by the workload itself — `epoch monotonic_ns` lines appended every 20 ms to one
 //! file — shows no two epochs ever overlapped.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::alive;
-use support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
+use crate::support::alive;
+use crate::support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
 use warden_runtime::view::WorkloadView;
 
 /// Waits (30 s at most) for a running primary on another host with a higher epoch.
@@ -48,7 +46,8 @@ fn a_frozen_agent_is_fenced_by_its_shim_before_the_new_primary_starts() {
     // The agent stops (no heartbeats, no renewals), its cell keeps running: only the shim can
     // stop it in time.
     let agent_pid = cluster.agent(&old_host).pid();
-    // SAFETY: signalling a child we own.
+    // SAFETY: kill(2) reads no memory of ours; the pid is the agent child the cluster spawned and
+    // still holds (unreaped), so it names that process.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     let (moved, took) = wait_primary_elsewhere(&cluster, &id, &old_host, old_epoch);
     eprintln!("failover after a frozen agent: {took:?} to {} epoch {:?}", moved.host, moved.epoch);
@@ -57,7 +56,7 @@ fn a_frozen_agent_is_fenced_by_its_shim_before_the_new_primary_starts() {
     check_no_overlap(&truth);
 
     // The agent comes back: it must not resurrect anything, and its host is up again.
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     cluster.wait_hosts_up(3);
     std::thread::sleep(Duration::from_millis(1_000));
@@ -111,8 +110,8 @@ fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() 
     // A host joins: it gets its instance.
     let root = cluster.server.root.path().to_path_buf();
     let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
-    let mut agent = support::cluster::Agent::new("h2", root.join("agent-h2"));
-    let mut command = std::process::Command::new(support::bin());
+    let mut agent = crate::support::cluster::Agent::new("h2", root.join("agent-h2"));
+    let mut command = std::process::Command::new(crate::support::bin());
     command.env("XDG_CONFIG_HOME", cluster.server.config_home());
     agent.spawn(command, &url, &token);
     cluster.agents.push(agent);
@@ -151,11 +150,12 @@ fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     // 2.5 s without heartbeats: the host is declared down (host_ttl 1.5 s), the cell is not
     // written off, and its shim keeps it (its lease lasts lost_after).
     let agent_pid = cluster.agent(&host).pid();
-    // SAFETY: signalling a child we own.
+    // SAFETY: kill(2) reads no memory of ours; the pid is the agent child the cluster spawned and
+    // still holds (unreaped), so it names that process.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     cluster.wait_host(&host, "down", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(800));
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     cluster.wait_hosts_up(2);
     std::thread::sleep(Duration::from_millis(1_000));
@@ -165,14 +165,14 @@ fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     assert_eq!(after.restarts, 0);
 
     // A disconnect longer than lost_after: replaced elsewhere, and never two primaries.
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child runs again and is still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGSTOP) };
     let stopped_at = Instant::now();
     let (moved, took) = cluster.wait_primary_elsewhere(&id, &host, epoch, Instant::now(), Duration::from_secs(20));
     eprintln!("replaced after {took:?} of silence (lost_after 4 s)");
     assert!(stopped_at.elapsed() >= Duration::from_secs(4), "not before lost_after: {took:?}");
     assert!(!alive(pid), "the old cell was fenced by its shim");
-    // SAFETY: as above.
+    // SAFETY: kill(2) reads no memory of ours; the agent child is stopped, not reaped: still ours.
     unsafe { libc::kill(agent_pid as i32, libc::SIGCONT) };
     std::thread::sleep(Duration::from_millis(500));
     check_no_overlap(&truth);
@@ -191,7 +191,7 @@ fn logs_of_a_cell_on_an_agent_are_relayed_and_followed() {
     assert!(logs.starts_with("line-1\n") && logs.contains("line-3\n"), "the agent's output, from the start: {logs:?}");
 
     // Followed: new lines keep coming until the workload is stopped, then the stream ends.
-    let mut follow = std::process::Command::new(support::bin())
+    let mut follow = std::process::Command::new(crate::support::bin())
         .args(["logs", "-f", &id])
         .env("WARDEN_ADDR", cluster.server.addr())
         .env("XDG_CONFIG_HOME", cluster.server.config_home())

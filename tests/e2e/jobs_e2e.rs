@@ -2,13 +2,11 @@
 //! in the middle of one (together with the step's cell), and finishes it after a restart without
 //! redoing completed work.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::{assert_contiguous_chain, kill9, rootfs, Warden};
 use serde_json::{json, Value};
-use support::{assert_contiguous_chain, kill9, Warden};
 
 /// A step that adds `key = value` to its context with python3 (what a real step would do: read
 /// WARDEN_CONTEXT, change it, leave it there). Has both quote kinds: use it in a `'''` string.
@@ -243,10 +241,6 @@ fn a_cancelled_run_stops_its_step_and_bad_manifests_name_their_line() {
     let missing = format!("/v1/artifacts/sha256:{}", "0".repeat(64));
     assert_eq!(warden.api("GET", &missing, b"").0, 404);
 }
-
-#[path = "../crates/warden-cell/tests/support/rootfs.rs"]
-#[allow(dead_code)]
-mod rootfs;
 
 #[test]
 fn steps_get_their_context_in_every_isolation_mode() {

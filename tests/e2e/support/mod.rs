@@ -1,11 +1,13 @@
 //! A real `warden up` for tests: its own data dir, config dir and port; kill -9 and restart.
 
-#![allow(dead_code)] // each test binary uses a different part of this harness
-
 pub mod cluster;
+#[path = "../../../crates/warden-cell/tests/support/rootfs.rs"]
+#[allow(dead_code)] // shared with the cell crate's OCI tests; not every helper is used here
+pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use warden_core::CloudEvent;
@@ -23,6 +25,18 @@ max_attempts = 2
 backoff = "10ms"
 backoff_max = "40ms"
 "#;
+
+/// Held by the tests that must not share the machine with one another: the kill -9 stress test
+/// (`crash`), which keeps six clients and a restarting server busy, and the failovers whose
+/// duration is asserted tightly (`standby_e2e`'s second failover within 5 s). Before the suite
+/// was one binary, each file ran alone; now a neighbour from any module may run beside them.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// Waits until no other heavy or timing-sensitive test runs; hold the guard for the whole test.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding it leaves nothing behind that the next one could trip on.
+    EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 pub struct Warden {
     pub root: tempfile::TempDir,
@@ -107,10 +121,6 @@ impl Warden {
         let mut child = self.server.take().expect("server is up");
         child.kill().unwrap();
         child.wait().unwrap();
-    }
-
-    pub fn server_pid(&self) -> u32 {
-        self.server.as_ref().unwrap().id()
     }
 
     /// Runs the `warden` CLI against this server.
@@ -201,7 +211,7 @@ pub fn alive(pid: u32) -> bool {
 }
 
 pub fn kill9(pid: u32) {
-    // SAFETY: sending a signal; no memory involved.
+    // SAFETY: kill(2) takes plain integers and reads no memory of ours.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
 
@@ -223,7 +233,8 @@ fn kill_cells(cells: &Path) {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         for (key, group) in [("pid", true), ("shim_pid", false)] {
             if let Some(pid) = json[key].as_u64() {
-                // SAFETY: sending signals; no memory involved.
+                // SAFETY: kill(2) takes plain integers and reads no memory of ours; the pids come
+                // from this test's own cells' pid files.
                 unsafe { libc::kill(if group { -(pid as i32) } else { pid as i32 }, libc::SIGKILL) };
             }
         }

@@ -46,10 +46,11 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::proto::{EnrollRequest, RolloutReport, RolloutReportResponse};
 use warden_runtime::view::{HostView, RolloutRequest, RolloutView};
 
-use super::{
-    fmt_ms, fmt_ratio, fmt_s, group_thousands, machine_summary, one_line, open_raw_sqlite, parallel, progress, sorted,
-    start_control_plane, tail, wait_until, Api, Proc,
-};
+use crate::common::control_plane::{parallel, start_control_plane, Api};
+use crate::common::process::{progress, tail, wait_until, Proc};
+use crate::common::stats::sorted;
+use crate::common::table::{fmt_ms, fmt_ratio, fmt_s, group_thousands, machine_summary, one_line};
+use crate::journal::open_raw_sqlite;
 
 /// The table's rows: hosts per fleet, each on a control plane of its own, unless
 /// `WARDEN_BENCH_ROLLOUT_HOSTS` (e.g. `10,3`) says otherwise.
@@ -614,7 +615,7 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 
 /// Measures every fleet size on a control plane of its own; returns the section's table.
-pub fn rollout_section() -> String {
+pub(crate) fn rollout_section() -> String {
     let sizes = fleet_sizes();
     let rows: Vec<(usize, Result<Measured>)> = sizes
         .iter()

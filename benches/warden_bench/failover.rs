@@ -38,13 +38,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 use warden_runtime::view::{ErrorBody, HostView, SubmitRequest};
 
-use super::{
-    bench_exe, cell_pid_files, machine_summary, median, one_line, process_tree, progress, signal, signal_group, sorted,
-    start_control_plane, still_running, tail, toml_string, wait_every, wait_until, warden_bin, warden_cli, Api, Proc,
+use crate::common::control_plane::{cell_pid_files, start_control_plane, toml_string, warden_bin, warden_cli, Api};
+use crate::common::process::{
+    bench_exe, process_tree, progress, signal, signal_group, still_running, tail, wait_every, wait_until, Proc,
 };
+use crate::common::stats::{median, sorted};
+use crate::common::table::{machine_summary, one_line};
 
 /// Set (to the ground-truth file's path) only in the environment of the failover workload.
-pub const TRUTH_ENV: &str = "WARDEN_BENCH_TRUTH";
+pub(crate) const TRUTH_ENV: &str = "WARDEN_BENCH_TRUTH";
 /// Runs per mode unless `WARDEN_BENCH_FAILOVER_RUNS` says otherwise.
 const DEFAULT_RUNS: usize = 20;
 const N_HOSTS: usize = 3;
@@ -133,7 +135,7 @@ enum Standby {
 ///
 /// A hot standby (`WARDEN_ROLE=standby`) writes nothing until it is promoted (SIGUSR1), then
 /// takes its epoch from the first number in its role file (`WARDEN_ROLE_FILE`).
-pub fn truth_writer_main(truth: &OsStr) -> ! {
+pub(crate) fn truth_writer_main(truth: &OsStr) -> ! {
     let epoch = if std::env::var_os("WARDEN_ROLE").is_some_and(|role| role == "standby") {
         wait_for_promotion();
         std::env::var_os("WARDEN_ROLE_FILE").and_then(|path| first_number(&fs::read_to_string(path).ok()?))
@@ -513,7 +515,7 @@ struct Measured {
 }
 
 /// Measures every row on a fresh cluster of its own; returns the section's table (markdown).
-pub fn failover_section() -> String {
+pub(crate) fn failover_section() -> String {
     let runs = runs_per_mode();
     let timing = warden_runtime::cluster::ClusterConfig::default().lease;
     progress(format_args!(

@@ -4,13 +4,11 @@
 //! after its host dies the new cell elsewhere starts from the checkpoint, not from zero. A blob
 //! damaged in the server's store is refused on read, and a start that needs it fails loudly.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::cluster::Cluster;
-use support::kill9;
+use crate::support::cluster::Cluster;
+use crate::support::kill9;
 
 /// The counter a checkpoint holds: the blob read straight from the server's store, decrypted
 /// with the workload's key from `<data-dir>/keys`, unpacked.

@@ -248,7 +248,8 @@ impl<S: ControlPlane> Drop for Cluster<S> {
     fn drop(&mut self) {
         for agent in &mut self.agents {
             if let Some(mut child) = agent.child.take() {
-                // A frozen agent must run again to die. SAFETY: signalling a child we own.
+                // A frozen agent must run again to die.
+                // SAFETY: kill(2) reads no memory of ours; the pid is our unreaped child's.
                 unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
                 let _ = child.kill();
                 let _ = child.wait();
@@ -269,7 +270,8 @@ pub fn kill_cells_under(cells: &Path) {
                 .and_then(|v| v.get("pid").and_then(|p| p.as_u64()).or_else(|| v.get("shim_pid").and_then(|p| p.as_u64())));
             if let Some(pid) = pid {
                 // The cell's process group, then the process itself.
-                // SAFETY: sending signals; no memory involved.
+                // SAFETY: kill(2) takes plain integers and reads no memory of ours; the pids come
+                // from this cluster's own cells' pid files.
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                 kill9(pid as u32);
             }

@@ -5,14 +5,12 @@
 //! control plane's copy of that checkpoint was damaged meanwhile — with no two epochs ever
 //! overlapping, and the slots are armed again so a second failure is covered too.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::cluster::{check_no_overlap, Cluster, ControlPlane};
-use support::{bin, Warden};
+use crate::support::cluster::{check_no_overlap, Cluster, ControlPlane};
+use crate::support::{bin, Warden};
 use warden_runtime::view::WorkloadView;
 
 /// Appends `epoch monotonic_ns` every 20 ms to `truth` (the failover ground truth), counts in
@@ -110,6 +108,8 @@ fn respawn(cluster: &mut Cluster, name: &str) {
 
 #[test]
 fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
+    // Asserts the second failover took < 5 s: not beside the kill -9 stress test.
+    let _alone = crate::support::exclusive();
     let Kv { mut cluster, truth, state, starts_log, id, armed } = armed_kv(3, 2);
 
     // Armed: a slot on each other host, naming the primary and each other.
@@ -212,7 +212,7 @@ fn standbys_need_other_hosts_and_the_lowest_index_wins() {
     let token = cluster.server.join_token();
     let url = format!("http://{}", cluster.server.addr());
     for name in ["b", "c"] {
-        let mut agent = support::cluster::Agent::new(name, root.join(format!("agent-{name}")));
+        let mut agent = crate::support::cluster::Agent::new(name, root.join(format!("agent-{name}")));
         let mut command = Command::new(bin());
         command.env("XDG_CONFIG_HOME", &config_home);
         agent.spawn(command, &url, &token);
