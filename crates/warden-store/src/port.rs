@@ -47,7 +47,7 @@ pub struct OpenReport {
     pub verified_from_seq: u64,
 }
 
-/// The journal port, with its artifact store. Implementations must pass [`conformance::run_all`].
+/// The journal port, with its artifact store. Implementations must pass [`conformance::run_all`](crate::conformance::run_all).
 pub trait Store: Send + Sync + 'static {
     /// Appends atomically and durably (fsynced before returning) in order; assigns seq (global,
     /// from 1, no gaps) and prevhash. Returns the sealed events.

@@ -76,7 +76,7 @@ pub struct HostRolloutSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "kebab-case")]
 pub enum HostInput {
-    /// The control plane sends the host to `target` (decided by [`next_actions`]).
+    /// The control plane sends the host to `target` (decided by [`next_actions`](crate::rollout::next_actions)).
     Dispatch,
     /// The host has its order. `current`: what it runs, when it can tell (a host activation with
     /// a `current` command): it replaces the control plane's idea of it, as `current` and as
@@ -108,7 +108,7 @@ pub enum HostInput {
     },
     /// Time passed.
     Tick,
-    /// The control plane orders the host back to `previous` (decided by [`next_actions`], or an
+    /// The control plane orders the host back to `previous` (decided by [`next_actions`](crate::rollout::next_actions), or an
     /// operator's undo).
     RollBack,
     RollbackStarted {

@@ -1,8 +1,8 @@
 //! The states a host goes through in one rollout, the kinds of input it takes, and which input
 //! each state accepts.
 //!
-//! Legality of input × state ([`LEGAL`]; anything else is [`StepError::Illegal`] and changes
-//! nothing):
+//! Legality of input × state ([`LEGAL`]; anything else is
+//! [`StepError::Illegal`](crate::rollout::StepError::Illegal) and changes nothing):
 //!
 //! ```text
 //!             dispatch ack started completed act-failed probe tick roll-back rb-started rb-completed rb-failed
@@ -124,7 +124,7 @@ impl fmt::Display for HostRolloutState {
     }
 }
 
-/// The kinds of [`HostInput`], in the column order of [`LEGAL`].
+/// The kinds of [`HostInput`](crate::rollout::HostInput), in the column order of [`LEGAL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InputKind {

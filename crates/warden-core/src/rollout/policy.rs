@@ -19,10 +19,6 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 /// More waves than this is almost certainly a mistake, and each is a pause for an operator to watch.
 pub const MAX_WAVES: usize = 100;
 
-// ---------------------------------------------------------------------------------------------
-// Policy
-// ---------------------------------------------------------------------------------------------
-
 /// How far a wave reaches, counted from the start of the rollout: waves are cumulative, so
 /// `[1, "25%", "100%"]` is one canary host, then up to a quarter of the hosts, then all of them.
 /// Written as a host count (`1`) or a whole percentage (`"25%"`, rounded up to a whole host).
@@ -164,7 +160,7 @@ pub struct RolloutPolicy {
     pub require_probes: bool,
     /// A host of the current wave that has not reported for this long, or whose enforce probes
     /// have not all passed together this long after its soak ended, is reported as blocking the
-    /// wave ([`Action::Blocked`]); it keeps its place and its budget, it is never skipped.
+    /// wave ([`Action::Blocked`](crate::rollout::Action::Blocked)); it keeps its place and its budget, it is never skipped.
     pub stall_after_ms: u64,
     /// How long a host may take to activate (or roll back) before it counts as failed.
     #[serde(default = "default_activation_timeout_ms")]
