@@ -11,7 +11,8 @@
 //! `/proc/1/fd` and ptrace are all closed to it, and the report pipe is close-on-exec.
 
 use crate::exit_report::{self, Key, Outcome, KEY_LEN, MAX_REPORT};
-use crate::shim::{exec_child, read_child_error, ChildOpts, ExecPlan, STAGE_OK};
+use crate::shim::exec::{exec_child, read_child_error, ChildOpts, ExecPlan, STAGE_OK};
+use crate::sys;
 use std::os::fd::RawFd;
 
 /// Stages of the init's own set-up, reported to the shim like the workload's exec stages.
@@ -72,8 +73,8 @@ fn send_stage(fd: RawFd, stage: i32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&stage.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: writes a local buffer to an open pipe; 8 bytes < PIPE_BUF, so never torn.
-    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+    // 8 bytes < PIPE_BUF, so never torn; a dead shim needs no message.
+    let _ = sys::write_all_fd(fd, &msg);
 }
 
 /// Set-up as PID 1 up to a running workload; returns the workload's pid (2).
@@ -82,97 +83,113 @@ fn send_stage(fd: RawFd, stage: i32, errno: i32) {
 /// As [`init_main`].
 unsafe fn set_up(ctx: &InitCtx<'_>, key: &mut Key) -> Result<libc::pid_t, (i32, i32)> {
     let check = |ret: libc::c_int, stage: i32| if ret < 0 { Err((stage, errno())) } else { Ok(()) };
-    // SAFETY (whole block): plain syscalls on descriptors and buffers prepared by the shim.
+    let stage = |stage: i32| move |e: std::io::Error| (stage, e.raw_os_error().unwrap_or(libc::EIO));
+    // The cell must not outlive its shim: nobody would record its end.
+    // SAFETY: prctl with integer arguments only; PR_SET_PDEATHSIG reads no memory.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }, STAGE_INIT_PRCTL)?;
+    // Before the key arrives: no /proc/1/mem, /proc/1/environ or ptrace for non-root-
+    // equivalent peers, and no core dump that could carry the key.
+    sys::set_not_dumpable().map_err(stage(STAGE_INIT_PRCTL))?;
+    // A group of its own, so the supervisor's `kill(-pid)` of a lost cell reaches it. (As the
+    // new namespace's PID 1 it is not yet a group leader; this cannot fail.)
+    let _ = sys::setpgid(0, 0);
+    // SAFETY: `wait_set` is an initialised sigset the shim built; the old mask is not asked for.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &ctx.wait_set, std::ptr::null_mut()) };
+
+    // Nothing of the shim's may stay open here: its lock above all (a held flock would
+    // make a dead shim look alive), the handshake pipe, the signalfd, the pipes' other ends.
+    let mut keep = [-1; MAX_KEEP];
+    let mut n = 0;
+    for fd in [ctx.devnull, ctx.log_write, ctx.err_write, ctx.key_read, ctx.report_write].iter().chain(ctx.cgroup_procs) {
+        if n < MAX_KEEP {
+            keep[n] = *fd;
+            n += 1;
+        }
+    }
+    close_all_but(&mut keep[..n]);
+    let _ = sys::dup2(ctx.devnull, libc::STDIN_FILENO);
+    let _ = sys::dup2(ctx.devnull, libc::STDOUT_FILENO);
+    // stderr stays the shim's `shim.err`, for the init's own diagnostics.
+
+    // Joined first, so everything below (mount, the workload) is charged to the cell.
+    for &fd in ctx.cgroup_procs {
+        sys::write_all_fd(fd, b"0").map_err(stage(STAGE_INIT_CGROUP))?;
+        // SAFETY: the shim's `cgroup.procs` descriptor, inherited by the clone; no Rust object
+        // in this process owns it, and it is closed once.
+        unsafe { libc::close(fd) };
+    }
+    // Our mounts must not propagate back to the host (or anywhere else).
+    // SAFETY: NULL source, type and data are allowed for a propagation change; the target is a
+    // NUL-terminated literal.
+    let private = unsafe {
+        libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+    };
+    check(private, STAGE_INIT_PRIVATE)?;
+    // A /proc of this PID namespace: the workload sees itself as 2 and nothing of the host.
+    // SAFETY: source, target and type are NUL-terminated literals; NULL data is allowed.
+    let proc = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    check(proc, STAGE_INIT_PROC)?;
+    // SAFETY: `hostname` is a valid slice of the length passed (the shim cut it to 64 bytes).
+    check(unsafe { libc::sethostname(ctx.hostname.as_ptr().cast(), ctx.hostname.len()) }, STAGE_INIT_HOSTNAME)?;
+
+    // The key: EOF here means the shim died before sending it.
+    let mut got = 0;
+    while got < KEY_LEN {
+        match sys::read_fd(ctx.key_read, &mut key[got..]) {
+            Ok(0) => return Err((STAGE_INIT_KEY, libc::EPIPE)),
+            Ok(n) => got += n,
+            Err(e) => return Err(stage(STAGE_INIT_KEY)(e)),
+        }
+    }
+    // SAFETY: the key pipe's read end, inherited by the clone and owned by no Rust object here;
+    // closed once.
+    unsafe { libc::close(ctx.key_read) };
+
+    let mut exec_err = [0; 2];
+    // SAFETY: `exec_err` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(exec_err.as_mut_ptr(), libc::O_CLOEXEC) }, STAGE_INIT_FORK)?;
+    // SAFETY: the init is single-threaded; the child only runs `exec_child`, which is
+    // async-signal-safe and never returns.
+    let workload = unsafe { libc::fork() };
+    if workload < 0 {
+        return Err((STAGE_INIT_FORK, errno()));
+    }
+    if workload == 0 {
+        // The workload must not get to the key: no ptrace capability for it, ever.
+        let opts = ChildOpts { cgroup_procs: &[], drop_ptrace: true, parent_death: 0 };
+        // SAFETY: we are the freshly forked child; `ctx.plan` was built before the clone and the
+        // descriptors are open here.
+        unsafe { exec_child(ctx.plan, ctx.devnull, ctx.log_write, exec_err[1], &opts) }
+    }
+    // As in the shim: no window in which a forwarded signal misses the new group.
+    let _ = sys::setpgid(workload, workload);
+    // SAFETY: our write end of the pipe made above, owned by no Rust object; closed once.
+    unsafe { libc::close(exec_err[1]) };
+    let failure = read_child_error(exec_err[0]);
+    // SAFETY: the read end of that pipe, likewise.
+    unsafe { libc::close(exec_err[0]) };
+    if let Some(failure) = failure {
+        sys::reap_blocking(workload);
+        return Err(failure);
+    }
+    // SAFETY: the shim's descriptors inherited by the clone, owned by no Rust object here and
+    // needed no more (the workload has its own copies); each closed once.
     unsafe {
-        // The cell must not outlive its shim: nobody would record its end.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0), STAGE_INIT_PRCTL)?;
-        // Before the key arrives: no /proc/1/mem, /proc/1/environ or ptrace for non-root-
-        // equivalent peers, and no core dump that could carry the key.
-        check(libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0), STAGE_INIT_PRCTL)?;
-        // A group of its own, so the supervisor's `kill(-pid)` of a lost cell reaches it.
-        libc::setpgid(0, 0);
-        libc::sigprocmask(libc::SIG_SETMASK, &ctx.wait_set, std::ptr::null_mut());
-
-        // Nothing of the shim's may stay open here: its lock above all (a held flock would
-        // make a dead shim look alive), the handshake pipe, the signalfd, the pipes' other ends.
-        let mut keep = [-1; MAX_KEEP];
-        let mut n = 0;
-        for fd in [ctx.devnull, ctx.log_write, ctx.err_write, ctx.key_read, ctx.report_write].iter().chain(ctx.cgroup_procs) {
-            if n < MAX_KEEP {
-                keep[n] = *fd;
-                n += 1;
-            }
-        }
-        close_all_but(&mut keep[..n]);
-        libc::dup2(ctx.devnull, libc::STDIN_FILENO);
-        libc::dup2(ctx.devnull, libc::STDOUT_FILENO);
-        // stderr stays the shim's `shim.err`, for the init's own diagnostics.
-
-        // Joined first, so everything below (mount, the workload) is charged to the cell.
-        for &fd in ctx.cgroup_procs {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                return Err((STAGE_INIT_CGROUP, errno()));
-            }
-            libc::close(fd);
-        }
-        // Our mounts must not propagate back to the host (or anywhere else).
-        check(
-            libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
-            STAGE_INIT_PRIVATE,
-        )?;
-        // A /proc of this PID namespace: the workload sees itself as 2 and nothing of the host.
-        check(
-            libc::mount(
-                c"proc".as_ptr(),
-                c"/proc".as_ptr(),
-                c"proc".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ),
-            STAGE_INIT_PROC,
-        )?;
-        check(libc::sethostname(ctx.hostname.as_ptr().cast(), ctx.hostname.len()), STAGE_INIT_HOSTNAME)?;
-
-        // The key: EOF here means the shim died before sending it.
-        let mut got = 0;
-        while got < KEY_LEN {
-            let r = libc::read(ctx.key_read, key[got..].as_mut_ptr().cast(), KEY_LEN - got);
-            if r > 0 {
-                got += r as usize;
-            } else if r == 0 {
-                return Err((STAGE_INIT_KEY, libc::EPIPE));
-            } else if errno() != libc::EINTR {
-                return Err((STAGE_INIT_KEY, errno()));
-            }
-        }
-        libc::close(ctx.key_read);
-
-        let mut exec_err = [0; 2];
-        check(libc::pipe2(exec_err.as_mut_ptr(), libc::O_CLOEXEC), STAGE_INIT_FORK)?;
-        let workload = libc::fork();
-        if workload < 0 {
-            return Err((STAGE_INIT_FORK, errno()));
-        }
-        if workload == 0 {
-            // The workload must not get to the key: no ptrace capability for it, ever.
-            let opts = ChildOpts { cgroup_procs: &[], drop_ptrace: true, parent_death: 0 };
-            exec_child(ctx.plan, ctx.devnull, ctx.log_write, exec_err[1], &opts)
-        }
-        // As in the shim: no window in which a forwarded signal misses the new group.
-        libc::setpgid(workload, workload);
-        libc::close(exec_err[1]);
-        let failure = read_child_error(exec_err[0]);
-        libc::close(exec_err[0]);
-        if let Some(failure) = failure {
-            libc::waitpid(workload, std::ptr::null_mut(), 0);
-            return Err(failure);
-        }
         libc::close(ctx.log_write);
         libc::close(ctx.devnull);
-        send_stage(ctx.err_write, STAGE_OK, 0);
-        libc::close(ctx.err_write);
-        Ok(workload)
     }
+    send_stage(ctx.err_write, STAGE_OK, 0);
+    // SAFETY: as above.
+    unsafe { libc::close(ctx.err_write) };
+    Ok(workload)
 }
 
 /// Closes every descriptor >= 3 not in `keep` (which gets sorted).
