@@ -13,7 +13,7 @@
 //!                            cell's spec is WARDEN_SPEC_ID in the env of its config.json
 //! ```
 //!
-//! A checkpointed cell (`checkpoint.rs`) also has a **checkpoint task**: every `interval_ms`, or
+//! A checkpointed cell (`checkpoint.rs`, `agent/checkpointing.rs`) also has a **checkpoint task**: every `interval_ms`, or
 //! at once on a `Checkpoint` command, it tars, seals and uploads `state_dir` and queues a
 //! `checkpointed` report.
 //!
@@ -28,7 +28,7 @@
 //!   restarts does not run the current incarnation's commands again (a `Start` of a cell that was
 //!   since removed would start it twice); a new incarnation starts over at 0;
 //! * one **watch task per cell**, waiting on its shim's pidfd, queues its exit;
-//! * one **rollout worker per rollout** this host is in (`rollout.rs`), started by a `Rollout`
+//! * one **rollout worker per rollout** this host is in (`agent/rollout/`), started by a `Rollout`
 //!   command or by the rollouts in a heartbeat answer (after either side restarted, the answer
 //!   to the inventory), and fed every newer order for it. It follows the control plane's
 //!   snapshot of the host: acknowledges, activates (runs the activation command, or waits until
@@ -36,6 +36,24 @@
 //!   host soaks, rolls back when told, and reports each step (`POST /v1/agents/rollout`,
 //!   numbered, sent again with the same number until answered). It keeps nothing on disk: the
 //!   control plane's snapshot is where a restarted agent resumes.
+//!
+//! The rooms, each one idea; a room uses only those listed after it:
+//!
+//! ```text
+//! executor.rs       carries out commands, re-adopts cells, watches them end, evicts and revokes
+//! rollout/          the per-rollout worker (mod.rs), its commands (command.rs), probes
+//!                   (probe.rs) and placeholders (substitutions.rs)
+//! standby.rs        warm-standby slots: arm, disarm, bid, hot standbys promoted in place
+//! checkpointing.rs  restore before a start, the per-cell checkpoint task, the final checkpoint
+//! leases.rs         renewals to send with a heartbeat, and their answers applied
+//! blobs.rs          checkpoint blobs to and from the control plane, and a standby's cached copies
+//! context.rs        what all of them share: the cell table, backend, outbox, timing, control plane
+//! cell_table.rs     what the agent knows of each cell, in memory
+//! cell_files.rs     the agent's records in a cell's dir, and the env it gives a cell
+//! outbox.rs         the durable report queue, and the exit when it fails
+//! error_text.rs     an error and its sources in one line, for reports
+//! http.rs           the signed client for the control plane
+//! ```
 //!
 //! Cells run under their shims and outlive the agent: SIGINT/SIGTERM (or SIGKILL) leaves them
 //! running, and the next agent on the data dir re-adopts them. A fenced cell survives its agent

@@ -1,8 +1,8 @@
 //! The agent's hands: carries out the control plane's commands on this host's cells, re-adopts
-//! the cells it finds after a restart, holds the leases of its fenced cells, and turns everything
-//! that happens to a cell into a report in the durable queue. No HTTP here: the heartbeat loop
-//! (`agent.rs`) sends what is queued and hands back the answers to lease claims and renewals,
-//! so all of this runs and is tested against real cells without a control plane.
+//! the cells it finds after a restart, holds the leases of its fenced cells, and turns
+//! everything that happens to a cell into a report in the durable queue (`outbox.rs`). The
+//! heartbeat loop (`agent.rs`) sends what is queued and hands back the answers to lease claims
+//! and renewals, so all of this runs and is tested against real cells without a control plane.
 //!
 //! # Leases
 //!
