@@ -13,7 +13,7 @@
 //!                            cell's spec is WARDEN_SPEC_ID in the env of its config.json
 //! ```
 //!
-//! A checkpointed cell (`checkpoint.rs`) also has a **checkpoint task**: every `interval_ms`, or
+//! A checkpointed cell (`checkpoint.rs`, `agent/checkpointing.rs`) also has a **checkpoint task**: every `interval_ms`, or
 //! at once on a `Checkpoint` command, it tars, seals and uploads `state_dir` and queues a
 //! `checkpointed` report.
 //!
@@ -28,7 +28,7 @@
 //!   restarts does not run the current incarnation's commands again (a `Start` of a cell that was
 //!   since removed would start it twice); a new incarnation starts over at 0;
 //! * one **watch task per cell**, waiting on its shim's pidfd, queues its exit;
-//! * one **rollout worker per rollout** this host is in (`rollout.rs`), started by a `Rollout`
+//! * one **rollout worker per rollout** this host is in (`agent/rollout/`), started by a `Rollout`
 //!   command or by the rollouts in a heartbeat answer (after either side restarted, the answer
 //!   to the inventory), and fed every newer order for it. It follows the control plane's
 //!   snapshot of the host: acknowledges, activates (runs the activation command, or waits until
@@ -37,21 +37,50 @@
 //!   numbered, sent again with the same number until answered). It keeps nothing on disk: the
 //!   control plane's snapshot is where a restarted agent resumes.
 //!
+//! The rooms, each one idea; a room uses only those listed after it:
+//!
+//! ```text
+//! executor.rs       carries out commands, re-adopts cells, watches them end, evicts and revokes
+//! rollout/          the per-rollout worker (mod.rs), its commands (command.rs), probes
+//!                   (probe.rs) and placeholders (substitutions.rs)
+//! standby.rs        warm-standby slots: arm, disarm, bid, hot standbys promoted in place
+//! checkpointing.rs  restore before a start, the per-cell checkpoint task, the final checkpoint
+//! leases.rs         renewals to send with a heartbeat, and their answers applied
+//! blobs.rs          checkpoint blobs to and from the control plane, and a standby's cached copies
+//! context.rs        what all of them share: the cell table, backend, outbox, timing, control plane
+//! cell_table.rs     what the agent knows of each cell, in memory
+//! cell_files.rs     the agent's records in a cell's dir, and the env it gives a cell
+//! outbox.rs         the durable report queue, and the exit when it fails
+//! error_text.rs     an error and its sources in one line, for reports
+//! http.rs           the signed client for the control plane
+//! ```
+//!
 //! Cells run under their shims and outlive the agent: SIGINT/SIGTERM (or SIGKILL) leaves them
 //! running, and the next agent on the data dir re-adopts them. A fenced cell survives its agent
 //! only as long as its lease: without renewals its shim kills it at the deadline.
 
+mod blobs;
+mod cell_files;
+mod cell_table;
+mod checkpointing;
+mod context;
+mod error_text;
 mod executor;
 mod http;
+mod leases;
+mod outbox;
 mod rollout;
 mod standby;
 
-pub use executor::{boottime_ms, pending_reports, ClaimRequest, Executor, Readoption, Renewal, EPOCH_ENV, SPEC_ID_ENV};
+pub use cell_files::{EPOCH_ENV, SPEC_ID_ENV};
+pub use context::{boottime_ms, ClaimRequest};
+pub use executor::{Executor, ReadoptError, Readoption};
 pub use http::{Http, HttpError};
+pub use leases::Renewal;
+pub use outbox::{pending_reports, MAX_REPORTS_PER_HEARTBEAT};
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -62,11 +91,10 @@ use tokio::time::Instant;
 use warden_cell::ShimExe;
 use warden_store::queue::DurableQueue;
 
+use self::outbox::fatal;
 use crate::auth::Identity;
 use crate::proto::{Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, LeaseClaim};
 
-/// Most reports sent in one heartbeat; more are sent by the heartbeats right after.
-pub const MAX_REPORTS_PER_HEARTBEAT: usize = 256;
 /// The control plane holds a long poll up to ~20 s; wait longer than that for its answer.
 const COMMANDS_TIMEOUT: Duration = Duration::from_secs(35);
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,8 +130,12 @@ pub enum AgentError {
     EnrollRefused(String),
     #[error("data dir {data_dir} is enrolled as host {enrolled:?}, not {name:?}: use --name {enrolled} or another --data-dir")]
     NameMismatch { data_dir: String, enrolled: String, name: String },
-    #[error("{path} is unreadable: {reason}")]
-    Enrollment { path: String, reason: String },
+    #[error("{path} is unreadable")]
+    EnrollmentUnreadable { path: String, source: std::io::Error },
+    #[error("{path} is not an enrollment")]
+    EnrollmentCorrupt { path: String, source: serde_json::Error },
+    #[error("cannot take on the cells in data dir {path}")]
+    Readopt { path: String, source: ReadoptError },
     #[error("report queue")]
     Queue(#[from] warden_store::queue::QueueError),
 }
@@ -168,7 +200,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         claims_tx,
     );
     executor.set_control_plane(http.clone(), &enrolled.host);
-    let readoption = executor.readopt().await.map_err(dir_err)?;
+    let readoption =
+        executor.readopt().await.map_err(|source| AgentError::Readopt { path: data_dir.display().to_string(), source })?;
     let queued = queue.len()?;
 
     eprintln!("warden agent: host {:?} → {}", enrolled.host, http.base_url());
@@ -228,29 +261,41 @@ async fn enroll(http: &Http, request: &EnrollRequest) -> Result<EnrollResponse, 
 /// attempt: an agent waiting minutes for its control plane writes one line, not thousands.
 struct Link {
     what: &'static str,
-    state: Mutex<Option<Result<(), String>>>,
+    state: Mutex<LinkState>,
+}
+
+/// What a [`Link`] last saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// No attempt yet.
+    Unknown,
+    Answering,
+    /// Failing, in this way (`HttpError::class`).
+    Failing {
+        class: String,
+    },
 }
 
 impl Link {
     fn new(what: &'static str) -> Link {
-        Link { what, state: Mutex::new(None) }
+        Link { what, state: Mutex::new(LinkState::Unknown) }
     }
 
     fn ok(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(*state, Some(Err(_))) {
+        if matches!(*state, LinkState::Failing { .. }) {
             tracing::info!("{}: the control plane answers again", self.what);
         }
-        *state = Some(Ok(()));
+        *state = LinkState::Answering;
     }
 
     fn failed(&self, error: &HttpError) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let class = error.class();
-        if state.as_ref().and_then(|s| s.as_ref().err()) != Some(&class) {
+        let failing = LinkState::Failing { class: error.class() };
+        if *state != failing {
             tracing::warn!("{}: {error}; retrying (logged again only when this changes)", self.what);
         }
-        *state = Some(Err(class));
+        *state = failing;
     }
 }
 
@@ -436,11 +481,11 @@ fn read_enrollment(path: &Path) -> Result<Option<EnrollResponse>, AgentError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(AgentError::Enrollment { path: path.display().to_string(), reason: e.to_string() }),
+        Err(source) => return Err(AgentError::EnrollmentUnreadable { path: path.display().to_string(), source }),
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| AgentError::Enrollment { path: path.display().to_string(), reason: e.to_string() })
+        .map_err(|source| AgentError::EnrollmentCorrupt { path: path.display().to_string(), source })
 }
 
 /// Temp file, fsync, rename, fsync of the dir: the enrollment must not be half-written or lost,
@@ -462,9 +507,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
     let path = data_dir.join("agent.lock");
     let file = File::create(&path).map_err(|source| AgentError::DataDir { path: path.display().to_string(), source })?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
+    if crate::sys::try_lock_exclusive(&file).is_err() {
         return Err(AgentError::AlreadyRunning(data_dir.display().to_string()));
     }
     Ok(file)
@@ -476,12 +519,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-}
-
-/// The report queue cannot be written or read: exit (70, like the engine's journal failures)
-/// rather than lose a fact. The next start re-adopts the cells and reports what they did.
-pub(crate) fn fatal(message: &str) -> ! {
-    tracing::error!("fatal: {message}");
-    eprintln!("warden agent: fatal: {message}; exiting so the next start re-adopts the cells");
-    std::process::exit(70)
 }

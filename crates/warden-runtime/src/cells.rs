@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use tokio::io::unix::AsyncFd;
 use warden_cell::{CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
 use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::{CellExit, LifecycleTerminalState};
@@ -84,14 +83,11 @@ pub fn lost_exit(reason: &str) -> CellExit {
 /// Waits for a cell's shim to exit (its pidfd turns readable), then collects how the cell ended.
 pub async fn wait_exit(backend: Arc<ProcessBackend>, cell_id: &str, started: StartedCell) -> CellExit {
     match backend.exit_fd(cell_id, &started) {
-        // SAFETY: `fd` is an OwnedFd (a valid, open pidfd or eventfd) moved into the AsyncFd,
-        // which owns it until it is dropped at the end of this match; its raw fd never changes.
-        Ok(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-            Ok(fd) => {
-                let _ = fd.readable().await;
+        Ok(fd) => {
+            if let Err(e) = crate::sys::wait_readable(fd).await {
+                tracing::warn!(%cell_id, "cannot watch the cell: {e}");
             }
-            Err(e) => tracing::warn!(%cell_id, "cannot watch the cell: {e}"),
-        },
+        }
         // `exit_fd` returns an already-readable fd when the shim is gone, so this is a real failure.
         Err(e) => tracing::warn!(%cell_id, "cannot watch the cell; collecting its exit now: {e}"),
     }

@@ -13,11 +13,11 @@ pub mod error;
 pub mod logs;
 pub mod paths;
 pub mod proto;
+mod sys;
 pub mod view;
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -239,9 +239,7 @@ async fn shutdown_signal() {
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, UpError> {
     let path = data_dir.join("warden.lock");
     let file = File::create(&path).map_err(|source| UpError::DataDir { path: path.display().to_string(), source })?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
+    if sys::try_lock_exclusive(&file).is_err() {
         return Err(UpError::AlreadyRunning(data_dir.display().to_string()));
     }
     Ok(file)

@@ -17,23 +17,29 @@
 //! enforces that lease from then on), `primary <epoch>` goes into the role file, and the cell
 //! gets SIGUSR1.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use warden_cell::{Fence, StartedCell, STANDBY_EPOCH};
+use warden_core::lease::HeldLease;
+use warden_core::spec::{CellSpec, LogSpec};
 
-use super::executor::{write_private, Entry, Executor, Tracked, EPOCH_ENV};
+use super::blobs;
+use super::cell_files::{write_private, EPOCH_ENV, ROLE_FILE};
+use super::cell_table::{Entry, Tracked};
+use super::context::AgentContext;
+use super::error_text::error_text;
 use super::http::HttpError;
 use crate::checkpoint;
 use crate::proto::{AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, LeaseClaim, ReportEvent};
-use warden_cell::{Fence, STANDBY_EPOCH};
-use warden_core::lease::HeldLease;
+use crate::sys::{signal_process, Signal};
 
 /// What a hot standby's cell is told of its role.
 pub const ROLE_ENV: &str = "WARDEN_ROLE";
 /// The file a hot standby's role is in: `standby`, then `primary <epoch>` once promoted.
 pub const ROLE_FILE_ENV: &str = "WARDEN_ROLE_FILE";
-const ROLE_FILE: &str = "role";
 
 /// One armed slot, as `Arm` described it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,35 +59,83 @@ pub struct Armed {
 /// How long a bid may take before it counts as lost (the control plane then falls back).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl Executor {
-    fn standby_dir(&self) -> PathBuf {
-        self.cells_dir().with_file_name("standbys")
-    }
+/// A hot standby's cell to start, as `Arm` described it; its entry is already in the table.
+pub(super) struct HotStart {
+    pub(super) workload_id: String,
+    pub(super) cell_id: String,
+    cell: CellSpec,
+    logs: LogSpec,
+}
 
-    /// Loads the slots armed before a restart.
-    pub(super) fn load_standbys(&self) {
-        let Ok(entries) = std::fs::read_dir(self.standby_dir()) else { return };
+/// Why a slot's checkpoint could not be fetched ahead of a failover.
+#[derive(Debug, thiserror::Error)]
+enum PrefetchError {
+    #[error("no control plane to fetch checkpoints from")]
+    NoControlPlane,
+    #[error(transparent)]
+    Fetch(HttpError),
+}
+
+/// Why a slot kept on disk was not loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadSlotError {
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    #[error("cannot decode it")]
+    Decode(#[source] serde_json::Error),
+}
+
+/// The standby slots armed on this host, by workload. Cheap to clone: all clones share them.
+#[derive(Clone)]
+pub(super) struct Standbys {
+    context: AgentContext,
+    slots: Arc<Mutex<BTreeMap<String, Armed>>>,
+}
+
+impl Standbys {
+    /// The slots armed before a restart, loaded from the standby dir.
+    pub(super) fn load(context: AgentContext) -> Standbys {
+        let standbys = Standbys { context, slots: Arc::new(Mutex::new(BTreeMap::new())) };
+        let Ok(entries) = std::fs::read_dir(standbys.context.standby_dir()) else { return standbys };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Armed>(&b).map_err(|e| e.to_string()))
-            {
+            let armed = std::fs::read(&path)
+                .map_err(LoadSlotError::Read)
+                .and_then(|b| serde_json::from_slice::<Armed>(&b).map_err(LoadSlotError::Decode));
+            match armed {
                 Ok(armed) => {
-                    self.standbys().insert(armed.workload_id.clone(), armed);
+                    standbys.slots().insert(armed.workload_id.clone(), armed);
                 }
-                Err(e) => tracing::warn!("ignoring standby slot {}: {e}", path.display()),
+                Err(e) => tracing::warn!("ignoring standby slot {}: {}", path.display(), error_text(&e)),
             }
         }
+        standbys
+    }
+
+    fn slots(&self) -> MutexGuard<'_, BTreeMap<String, Armed>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The workloads this host keeps a standby of.
+    pub(super) fn armed(&self) -> Vec<String> {
+        self.slots().keys().cloned().collect()
+    }
+
+    pub(super) fn is_armed(&self, workload_id: &str) -> bool {
+        self.slots().contains_key(workload_id)
     }
 
     /// `Arm`: keeps the slot (durably) and fetches its checkpoint ahead of a failover, in the
-    /// background (a large checkpoint must not hold up the commands after it).
-    pub(super) fn arm(&self, command: CommandKind) {
-        let CommandKind::Arm { workload_id, slot, promotion_delay_ms, checkpoint, hot, cell, logs } = command else { return };
+    /// background (a large checkpoint must not hold up the commands after it). A hot slot's
+    /// cell is claimed in the table here and returned, for the caller to start
+    /// ([`Standbys::start_hot`]).
+    pub(super) fn arm(&self, command: CommandKind) -> Option<HotStart> {
+        let CommandKind::Arm { workload_id, slot, promotion_delay_ms, checkpoint, hot, cell, logs } = command else {
+            return None;
+        };
         let hot_cell = hot.then(|| slot.hot_cell_id(&workload_id));
         let armed = Armed {
             workload_id: workload_id.clone(),
@@ -91,7 +145,7 @@ impl Executor {
             checkpoint,
             hot_cell: hot_cell.clone(),
         };
-        let dir = self.standby_dir();
+        let dir = self.context.standby_dir();
         let path = dir.join(format!("{workload_id}.json"));
         let body = serde_json::to_vec_pretty(&armed).expect("serializes");
         if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| write_private(&path, &body)) {
@@ -99,31 +153,39 @@ impl Executor {
         }
         let wanted = armed.checkpoint.as_ref().and_then(|plan| plan.restore.as_deref()).and_then(checkpoint::blob_hex);
         let wanted = wanted.map(str::to_owned);
-        self.standbys().insert(workload_id.clone(), armed);
+        self.slots().insert(workload_id.clone(), armed);
         tracing::info!(%workload_id, index = slot.standby_index, primary = %slot.primary, "standby armed");
-        remove_blobs(&dir, &workload_id, wanted.as_deref());
+        blobs::remove_cached(&dir, &workload_id, wanted.as_deref());
         // The entry is claimed here, under the lock, so an `Arm` sent twice (a reconciliation
         // racing the first) starts the hot cell once.
         let claimed = hot_cell.filter(|id| {
-            let mut cells = self.cells();
+            let mut cells = self.context.cells();
             !cells.contains_key(id) && cells.insert(id.clone(), Entry::starting(workload_id.clone(), true, None)).is_none()
         });
-        if let Some(cell_id) = claimed {
-            let executor = self.clone();
-            let workload_id = workload_id.clone();
-            tokio::spawn(async move { executor.start_hot(workload_id, cell_id, cell, logs).await });
+        let hot_start = claimed.map(|cell_id| HotStart { workload_id: workload_id.clone(), cell_id, cell, logs });
+        if let Some(hex) = wanted {
+            self.prefetch(workload_id, hex, &dir);
         }
-        let Some(hex) = wanted else { return };
-        let blob_path = blob_path(&dir, &workload_id, &hex);
+        hot_start
+    }
+
+    /// Fetches checkpoint `hex` of a slot into the standby dir, in the background, unless it is
+    /// there already.
+    fn prefetch(&self, workload_id: String, hex: String, dir: &std::path::Path) {
+        let blob_path = blobs::cached_path(dir, &workload_id, &hex);
         if blob_path.exists() {
             return;
         }
-        let executor = self.clone();
+        let standbys = self.clone();
         tokio::spawn(async move {
-            match executor.fetch_blob(&hex).await {
+            let fetched = match standbys.context.control_plane() {
+                Some((http, _)) => blobs::fetch(&http, &hex).await.map_err(PrefetchError::Fetch),
+                None => Err(PrefetchError::NoControlPlane),
+            };
+            match fetched {
                 Ok(blob) => {
                     // Disarmed, or re-armed with a newer checkpoint meanwhile: not wanted.
-                    let still_wanted = executor.standbys().get(&workload_id).is_some_and(|armed| {
+                    let still_wanted = standbys.slots().get(&workload_id).is_some_and(|armed| {
                         armed.checkpoint.as_ref().and_then(|p| p.restore.as_deref()).and_then(checkpoint::blob_hex)
                             == Some(hex.as_str())
                     });
@@ -141,11 +203,11 @@ impl Executor {
 
     /// `Disarm`, or this host became the primary: forgets the slot and its checkpoint.
     pub(super) fn disarm(&self, workload_id: &str) {
-        let Some(armed) = self.standbys().remove(workload_id) else { return };
+        let Some(armed) = self.slots().remove(workload_id) else { return };
         tracing::info!(%workload_id, "standby disarmed");
         // A hot standby that was not promoted goes with its slot, without a report.
         if let Some(cell_id) = armed.hot_cell {
-            let still_standby = match self.cells().get_mut(&cell_id) {
+            let still_standby = match self.context.cells().get_mut(&cell_id) {
                 Some(entry) if entry.hot_standby => {
                     entry.remove_when_exited = true;
                     true
@@ -153,35 +215,33 @@ impl Executor {
                 _ => false,
             };
             if still_standby {
-                let backend = self.backend().clone();
+                let backend = self.context.backend().clone();
                 tokio::task::spawn_blocking(move || backend.signal(&cell_id, true));
             }
         }
-        let dir = self.standby_dir();
+        let dir = self.context.standby_dir();
         let _ = std::fs::remove_file(dir.join(format!("{workload_id}.json")));
-        remove_blobs(&dir, workload_id, None);
+        blobs::remove_cached(&dir, workload_id, None);
     }
 
     /// `Promote`: bids for the lease after this slot's turn. Winning needs nothing more here: the
     /// control plane sends the `Start`. A standby that could not fetch its checkpoint is not
     /// warm: it lets every standby that is take its turn first.
     pub(super) fn promote(&self, workload_id: String, cell_id: String, expected_epoch: u64) {
-        let Some(armed) = self.standbys().get(&workload_id).cloned() else {
+        let Some(armed) = self.slots().get(&workload_id).cloned() else {
             return tracing::info!(%workload_id, "promotion for a workload this host keeps no standby of");
         };
-        let executor = self.clone();
+        let context = self.context.clone();
         tokio::spawn(async move {
             let staged = match armed.checkpoint.as_ref().and_then(|p| p.restore.as_deref()).and_then(checkpoint::blob_hex) {
-                Some(hex) => blob_path(&executor.standby_dir(), &workload_id, hex).exists(),
+                Some(hex) => blobs::cached_path(&context.standby_dir(), &workload_id, hex).exists(),
                 None => true,
             };
             let place = if staged { armed.standby_index } else { armed.standby_count + armed.standby_index };
             let turn = armed.promotion_delay_ms.saturating_mul(place as u64);
             tokio::time::sleep(Duration::from_millis(turn)).await;
-            let Some((http, host)) = executor.control_plane() else { return };
-            let hot_cell = armed
-                .hot_cell
-                .filter(|id| executor.cells().get(id).is_some_and(|e| e.hot_standby && matches!(e.state, Tracked::Running(_))));
+            let Some((http, host)) = context.control_plane() else { return };
+            let hot_cell = armed.hot_cell.filter(|id| context.cells().get(id).is_some_and(|e| e.hot_standby && e.is_running()));
             let request = AcquireRequest { host, workload_id: workload_id.clone(), cell_id, expected_epoch, hot_cell };
             let result: Result<AcquireResponse, HttpError> =
                 http.json("POST", "/v1/agents/acquire", Some(&request), ACQUIRE_TIMEOUT).await;
@@ -192,60 +252,57 @@ impl Executor {
         });
     }
 
-    /// Starts a hot standby's cell, fenced under epoch 0 (see the module docs); its entry was
-    /// claimed by `arm`.
-    async fn start_hot(
-        &self,
-        workload_id: String,
-        cell_id: String,
-        cell: warden_core::spec::CellSpec,
-        logs: warden_core::spec::LogSpec,
-    ) {
-        let mut config = crate::cells::cell_config(&workload_id, &cell_id, &cell, &logs, self.logs_dir());
-        let validity_ns = self.timing().holder_validity_ms().saturating_mul(1_000_000);
+    /// Starts a hot standby's cell, fenced under epoch 0 (see the module docs), whose entry
+    /// `arm` claimed. The started cell, for the caller to watch (then [`Standbys::keep_fence`]);
+    /// `None` if it did not start (its entry is gone).
+    pub(super) async fn start_hot(&self, hot: &HotStart) -> Option<StartedCell> {
+        let HotStart { workload_id, cell_id, cell, logs } = hot;
+        let context = &self.context;
+        let mut config = crate::cells::cell_config(workload_id, cell_id, cell, logs, context.logs_dir());
+        let validity_ns = context.timing().holder_validity_ms().saturating_mul(1_000_000);
         config.fence = Some(Fence {
             epoch: STANDBY_EPOCH,
             initial_deadline_boottime_ns: warden_cell::boottime_ns().saturating_add(validity_ns),
         });
         config.env.insert(ROLE_ENV.into(), "standby".into());
-        let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
+        let role_file = context.backend().cell_dir(cell_id).join(ROLE_FILE);
         config.env.insert(ROLE_FILE_ENV.into(), role_file.display().to_string());
         config.env.remove(EPOCH_ENV);
-        match self.spawn_cell(config).await {
+        match context.spawn_cell(config).await {
             Ok(started) => {
                 // Written after the start (the shim makes the dir): a cell that finds no file yet
                 // is a standby, as WARDEN_ROLE says.
                 if let Err(e) = write_private(&role_file, b"standby\n") {
                     tracing::warn!(%cell_id, "cannot write the role file: {e}");
                 }
-                if let Some(entry) = self.cells().get_mut(&cell_id) {
+                if let Some(entry) = context.cells().get_mut(cell_id) {
                     entry.state = Tracked::Running(started.clone());
                 }
                 tracing::info!(%workload_id, %cell_id, "hot standby running");
-                self.watch(cell_id.clone(), started);
-                self.keep_standby_fence(cell_id);
+                Some(started)
             }
             Err(error) => {
-                self.cells().remove(&cell_id);
-                tracing::warn!(%cell_id, "hot standby did not start: {error}");
+                context.cells().remove(cell_id);
+                tracing::warn!(%cell_id, "hot standby did not start: {}", error_text(&error));
+                None
             }
         }
     }
 
     /// Extends a hot standby's epoch-0 fence every renewal interval while it is one. The write
     /// happens under the cells lock, so it can never land after a promotion's.
-    pub(super) fn keep_standby_fence(&self, cell_id: String) {
-        let executor = self.clone();
+    pub(super) fn keep_fence(&self, cell_id: String) {
+        let context = self.context.clone();
         tokio::spawn(async move {
-            let every = Duration::from_millis(executor.timing().renew_every_ms.max(50));
+            let every = Duration::from_millis(context.timing().renew_every_ms.max(50));
             loop {
                 tokio::time::sleep(every).await;
-                let cells = executor.cells();
+                let cells = context.cells();
                 match cells.get(&cell_id) {
-                    Some(entry) if entry.hot_standby && matches!(entry.state, Tracked::Running(_)) => {
-                        let validity_ns = executor.timing().holder_validity_ms().saturating_mul(1_000_000);
+                    Some(entry) if entry.hot_standby && entry.is_running() => {
+                        let validity_ns = context.timing().holder_validity_ms().saturating_mul(1_000_000);
                         let deadline = warden_cell::boottime_ns().saturating_add(validity_ns);
-                        if let Err(e) = executor.backend().renew_lease(&cell_id, STANDBY_EPOCH, deadline) {
+                        if let Err(e) = context.backend().renew_lease(&cell_id, STANDBY_EPOCH, deadline) {
                             tracing::warn!(%cell_id, "cannot extend the hot standby's fence: {e}");
                         }
                     }
@@ -258,66 +315,41 @@ impl Executor {
     /// The `Start` after this hot standby won: claims the lease like any start, hands it to the
     /// running cell's shim, and tells the cell (role file, SIGUSR1).
     pub(super) async fn promote_hot(&self, workload_id: String, cell_id: String, epoch: u64, ttl_ms: Option<u64>) {
-        let Some(sent_at) = self.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
+        let context = &self.context;
+        let Some(sent_at) = context.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
             let error = format!("lease epoch {epoch} could not be claimed");
             tracing::info!(%cell_id, "hot standby not promoted: {error}");
             self.disarm(&workload_id);
-            self.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+            context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
             return;
         };
-        let held = HeldLease::answered(epoch, sent_at, &self.timing_for(ttl_ms));
+        let held = HeldLease::answered(epoch, sent_at, &context.timing_for(ttl_ms));
         let started = {
-            let mut cells = self.cells();
+            let mut cells = context.cells();
             let Some(entry) = cells.get_mut(&cell_id) else { return };
             let Tracked::Running(started) = entry.state.clone() else { return };
             entry.hot_standby = false;
             entry.lease = Some(held);
             entry.lease_ttl_ms = ttl_ms;
             // Under the lock: no standby extension can follow this write.
-            if let Err(e) = self.backend().renew_lease(&cell_id, epoch, held.deadline_ms.saturating_mul(1_000_000)) {
+            if let Err(e) = context.backend().renew_lease(&cell_id, epoch, held.deadline_ms.saturating_mul(1_000_000)) {
                 tracing::warn!(%cell_id, "cannot hand lease epoch {epoch} to the shim: {e}");
             }
             started
         };
-        let role_file = self.backend().cell_dir(&cell_id).join(ROLE_FILE);
+        let role_file = context.backend().cell_dir(&cell_id).join(ROLE_FILE);
         if let Err(e) = write_private(&role_file, format!("primary {epoch}\n").as_bytes()) {
             tracing::warn!(%cell_id, "cannot write the role file: {e}");
         }
-        // SAFETY: a signal to the cell's process, which this agent watches (its pidfd is open).
-        unsafe { libc::kill(started.pid as libc::pid_t, libc::SIGUSR1) };
+        // The cell's process is the one this agent watches (its shim's pidfd is open), so the
+        // pid is still the cell's.
+        if let Err(e) = signal_process(started.pid, Signal::User1) {
+            tracing::warn!(%cell_id, "cannot tell the cell it was promoted (SIGUSR1): {e}");
+        }
         tracing::info!(%workload_id, %cell_id, epoch, "hot standby promoted in place");
         // The cell is no standby any more, so this only forgets the slot.
         self.disarm(&workload_id);
         let event = ReportEvent::Started { pid: started.pid, pid_start_time: started.pid_start_time };
-        self.report(workload_id, cell_id, event).await;
-    }
-
-    /// The checkpoint `hex` of `workload_id` if a standby slot fetched it, for a restore.
-    pub(super) fn cached_blob(&self, workload_id: &str, hex: &str) -> Option<Vec<u8>> {
-        std::fs::read(blob_path(&self.standby_dir(), workload_id, hex)).ok()
-    }
-
-    async fn fetch_blob(&self, hex: &str) -> Result<Vec<u8>, String> {
-        let (http, _) = self.control_plane().ok_or("no control plane to fetch checkpoints from")?;
-        let (_, blob) =
-            http.call("GET", &format!("/v1/blobs/{hex}"), b"", super::executor::BLOB_TIMEOUT).await.map_err(|e| e.to_string())?;
-        Ok(blob)
-    }
-}
-
-fn blob_path(dir: &Path, workload_id: &str, hex: &str) -> PathBuf {
-    dir.join(format!("{workload_id}.{hex}.blob"))
-}
-
-/// Removes the workload's cached checkpoints but `keep`.
-fn remove_blobs(dir: &Path, workload_id: &str, keep: Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let prefix = format!("{workload_id}.");
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hex) = name.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".blob")) else { continue };
-        if Some(hex) != keep {
-            let _ = std::fs::remove_file(entry.path());
-        }
+        context.report(workload_id, cell_id, event).await;
     }
 }

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Orders come from `Rollout` commands and, after either side restarted, from the heartbeat
-//! answer ([`Executor::follow_rollout`]); each replaces the snapshot the worker follows through
+//! answer (`Executor::follow_rollout`); each replaces the snapshot the worker follows through
 //! a `watch` channel, so only the newest counts. An order that moves the host to another state
 //! stops what the worker was doing (a running command is killed with its process group) and the
 //! worker acts on the new state. An order older than what the worker knows (a lower
@@ -34,19 +34,24 @@
 //! report was refused (it no longer fitted the host's state). A 404 (the control plane does not
 //! know the rollout) ends the worker.
 
-use std::collections::VecDeque;
+mod command;
+mod probe;
+mod substitutions;
+
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use warden_core::rollout::{HostInput, HostRolloutState, ProbeKind, ProbeMode, ProbeSpec};
+use warden_core::rollout::{HostInput, HostRolloutState};
 
-use super::executor::Executor;
+use self::command::{first_line_of, run_command, CommandError, OutputLog};
+use self::probe::{probe_every, ProbeOutcome};
+use self::substitutions::Substitutions;
+use super::context::AgentContext;
+use super::error_text::error_text;
 use super::http::{Http, HttpError};
 use crate::proto::{Activation, RolloutOrder, RolloutReport, RolloutReportResponse};
 
@@ -60,33 +65,63 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 const REFUSED_PAUSE: Duration = Duration::from_secs(2);
 /// How often a service activation (or rollback) looks at the cells here.
 const SERVICE_POLL: Duration = Duration::from_millis(200);
-/// Lines of a command's output kept for the error message when it fails.
-const OUTPUT_LINES_KEPT: usize = 5;
-/// Longest line of a command's output that is logged or kept whole.
-const MAX_LINE_CHARS: usize = 1_000;
-/// After a command exited, how long its output may still take to drain (a process it left
-/// behind may hold the pipes open).
-const OUTPUT_DRAIN: Duration = Duration::from_millis(200);
-/// An HTTP probe's status line must come within this many bytes.
-const MAX_STATUS_LINE_BYTES: usize = 8 * 1024;
 
-/// The executor's handle on one rollout's worker: the newest order goes in here.
-pub(super) struct RolloutWorker {
-    orders: watch::Sender<RolloutOrder>,
+/// Why the host could not be moved to a version (activation or rollback). Its words go into
+/// the host's report (`activation-failed`, `rollback-failed`) as they are.
+#[derive(Debug, thiserror::Error)]
+enum SwitchError {
+    /// The `activate`, `rollback` or `current` command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Service(#[from] ServiceWaitError),
 }
 
-impl Executor {
+/// A service's cells here did not reach the wanted spec in time.
+#[derive(Debug, thiserror::Error)]
+#[error("after {timeout_ms} ms, not {} on this host: {}", describe_wanted(.wanted), .off.join(", "))]
+struct ServiceWaitError {
+    timeout_ms: u128,
+    wanted: Option<String>,
+    /// Each workload not there, with what it runs.
+    off: Vec<String>,
+}
+
+fn describe_wanted(wanted: &Option<String>) -> String {
+    match wanted {
+        Some(spec) => format!("running spec {spec}"),
+        None => "stopped".to_string(),
+    }
+}
+
+/// The rollout workers running here, by rollout id: each follows the newest order sent on its
+/// channel. Cheap to clone: all clones share the workers.
+#[derive(Clone)]
+pub(super) struct Rollouts {
+    context: AgentContext,
+    workers: Arc<Mutex<BTreeMap<String, watch::Sender<RolloutOrder>>>>,
+}
+
+impl Rollouts {
+    pub(super) fn new(context: AgentContext) -> Rollouts {
+        Rollouts { context, workers: Arc::new(Mutex::new(BTreeMap::new())) }
+    }
+
+    fn workers(&self) -> MutexGuard<'_, BTreeMap<String, watch::Sender<RolloutOrder>>> {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Hands `order` (a `Rollout` command, or an order in a heartbeat answer) to the worker of
     /// its rollout on this host, starting one if none runs. Returns at once.
-    pub fn follow_rollout(&self, order: RolloutOrder) {
+    pub(super) fn follow(&self, order: RolloutOrder) {
         let rollout_id = order.snapshot.rollout_id.clone();
-        let Some((http, host)) = self.control_plane() else {
+        let Some((http, host)) = self.context.control_plane() else {
             return tracing::warn!(rollout = %rollout_id, "rollout order without a control plane to report to: ignored");
         };
-        let mut workers = self.rollout_workers();
+        let mut workers = self.workers();
         // A worker whose receiver is gone has ended (or panicked): start a new one.
-        if let Some(worker) = workers.get(&rollout_id).filter(|worker| !worker.orders.is_closed()) {
-            worker.orders.send_replace(order);
+        if let Some(worker) = workers.get(&rollout_id).filter(|worker| !worker.is_closed()) {
+            worker.send_replace(order);
             return;
         }
         if !has_work(order.snapshot.state) {
@@ -95,9 +130,9 @@ impl Executor {
         }
         tracing::info!(rollout = %rollout_id, state = %order.snapshot.state, "following rollout");
         let (orders, receiver) = watch::channel(order.clone());
-        workers.insert(rollout_id.clone(), RolloutWorker { orders });
+        workers.insert(rollout_id.clone(), orders);
         let worker = Worker {
-            executor: self.clone(),
+            rollouts: self.clone(),
             http,
             host,
             rollout_id,
@@ -110,8 +145,8 @@ impl Executor {
     }
 
     /// The rollouts this host has a worker for (running, or about to end).
-    pub fn rollouts_followed(&self) -> Vec<String> {
-        self.rollout_workers().keys().cloned().collect()
+    pub(super) fn followed(&self) -> Vec<String> {
+        self.workers().keys().cloned().collect()
     }
 }
 
@@ -143,7 +178,8 @@ enum Step {
 
 /// One rollout's worker; see the module docs.
 struct Worker {
-    executor: Executor,
+    /// The workers of this host (this one leaves when it ends) and the agent's context.
+    rollouts: Rollouts,
     http: Arc<Http>,
     host: String,
     rollout_id: String,
@@ -212,7 +248,7 @@ impl Worker {
     /// Removes this worker from the executor, unless a newer order came meanwhile (checked
     /// under the same lock `follow_rollout` sends under, so no order is lost).
     fn end(&mut self) -> bool {
-        let mut workers = self.executor.rollout_workers();
+        let mut workers = self.rollouts.workers();
         if self.orders.has_changed().unwrap_or(false) {
             return false;
         }
@@ -289,13 +325,16 @@ impl Worker {
         // With a `current` command the host's own word counts (nothing printed: it runs
         // nothing, which is not the target); without one, a command that succeeded did it.
         let outcome = match outcome {
-            Some(Ok(())) if self.asks_current() => Some(self.ask_current().await.map(Option::unwrap_or_default)),
+            Some(Ok(())) if self.asks_current() => {
+                Some(self.ask_current().await.map(Option::unwrap_or_default).map_err(SwitchError::Command))
+            }
             outcome => outcome.map(|result| result.map(|()| target)),
         };
         match outcome {
             None => Step::Next,
             Some(Ok(current)) => self.report(|seq| HostInput::ActivationCompleted { seq, current }).await,
             Some(Err(error)) => {
+                let error = error_text(&error);
                 tracing::warn!(rollout = %self.rollout_id, "activation failed: {error}");
                 self.report(|seq| HostInput::ActivationFailed { seq, error }).await
             }
@@ -305,17 +344,19 @@ impl Worker {
     /// Moves the host to `wanted`: a host activation runs its `activate` (`forward`) or
     /// `rollback` command; a service waits until its workloads here run `wanted`. `None` if a
     /// newer order moved the host to another state meanwhile (the work was dropped).
-    async fn switch(&mut self, wanted: Option<String>, forward: bool) -> Option<Result<(), String>> {
+    async fn switch(&mut self, wanted: Option<String>, forward: bool) -> Option<Result<(), SwitchError>> {
         let timeout = self.timeout();
         match self.order.activation.clone() {
             Activation::Command { activate, rollback, .. } => {
                 let (argv, what) = if forward { (activate, "activate") } else { (rollback, "rollback") };
                 let argv = self.substitutions().apply_all(&argv);
                 let label = format!("rollout {}: {what}", self.rollout_id);
-                self.until_state_changes(run_command(argv, timeout, label, OutputLog::Info)).await
+                let run = run_command(argv, timeout, label, OutputLog::Info);
+                self.until_state_changes(run).await.map(|result| result.map_err(SwitchError::Command))
             }
             Activation::Service { workloads } => {
-                self.until_state_changes(wait_for_specs(self.executor.clone(), workloads, wanted, timeout)).await
+                let wait = wait_for_specs(self.rollouts.context.clone(), workloads, wanted, timeout);
+                self.until_state_changes(wait).await.map(|result| result.map_err(SwitchError::Service))
             }
         }
     }
@@ -327,7 +368,7 @@ impl Worker {
 
     /// What the host runs by its own account: the first line of the `current` command's output
     /// (`None` for an empty one). `Ok(None)` without a `current` command, or for a service.
-    async fn ask_current(&mut self) -> Result<Option<String>, String> {
+    async fn ask_current(&mut self) -> Result<Option<String>, CommandError> {
         match &self.order.activation {
             Activation::Command { current, .. } if !current.is_empty() => {
                 first_line_of(self.substitutions().apply_all(current), self.timeout()).await
@@ -341,13 +382,14 @@ impl Worker {
         let previous = self.order.snapshot.previous.clone();
         let outcome = self.switch(previous.clone(), false).await;
         let outcome = match outcome {
-            Some(Ok(())) if self.asks_current() => Some(self.ask_current().await),
+            Some(Ok(())) if self.asks_current() => Some(self.ask_current().await.map_err(SwitchError::Command)),
             outcome => outcome.map(|result| result.map(|()| previous)),
         };
         match outcome {
             None => Step::Next,
             Some(Ok(current)) => self.report(|seq| HostInput::RollbackCompleted { seq, current }).await,
             Some(Err(error)) => {
+                let error = error_text(&error);
                 tracing::warn!(rollout = %self.rollout_id, "rollback failed: {error}");
                 self.report(|seq| HostInput::RollbackFailed { seq, error }).await
             }
@@ -454,67 +496,20 @@ impl Worker {
     }
 }
 
-/// The placeholders of activation and rollback commands and of probes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Substitutions {
-    /// This agent's host name: `{host}`.
-    pub host: String,
-    /// `{target}`.
-    pub target: String,
-    /// `{previous}`; empty when the host ran nothing before.
-    pub previous: Option<String>,
-}
-
-impl Substitutions {
-    /// `text` with each `{target}`, `{previous}` and `{host}` replaced, in one pass: a value
-    /// that itself contains a placeholder is not replaced again. Other braces are left alone.
-    pub fn apply(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let after = &rest[open..];
-            let value = [
-                ("{target}", self.target.as_str()),
-                ("{previous}", self.previous.as_deref().unwrap_or("")),
-                ("{host}", &self.host),
-            ]
-            .into_iter()
-            .find(|(placeholder, _)| after.starts_with(placeholder));
-            match value {
-                Some((placeholder, value)) => {
-                    out.push_str(value);
-                    rest = &after[placeholder.len()..];
-                }
-                None => {
-                    out.push('{');
-                    rest = &after[1..];
-                }
-            }
-        }
-        out.push_str(rest);
-        out
-    }
-
-    pub fn apply_all(&self, argv: &[String]) -> Vec<String> {
-        argv.iter().map(|arg| self.apply(arg)).collect()
-    }
-}
-
 /// Waits until each of `workloads` has its running cells here on spec `wanted` (with `None`:
 /// none of them runs), at most `timeout`; the error names the ones that are not.
 async fn wait_for_specs(
-    executor: Executor,
+    context: AgentContext,
     workloads: Vec<String>,
     wanted: Option<String>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ServiceWaitError> {
     let deadline = Instant::now() + timeout;
     loop {
         let off: Vec<String> = workloads
             .iter()
             .filter_map(|workload_id| {
-                let specs = executor.running_specs(workload_id);
+                let specs = context.running_specs(workload_id);
                 let there = match &wanted {
                     Some(wanted) => !specs.is_empty() && specs.iter().all(|spec| spec.as_ref() == Some(wanted)),
                     None => specs.is_empty(),
@@ -526,11 +521,7 @@ async fn wait_for_specs(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let wanted = match &wanted {
-                Some(spec) => format!("running spec {spec}"),
-                None => "stopped".to_string(),
-            };
-            return Err(format!("after {} ms, not {wanted} on this host: {}", timeout.as_millis(), off.join(", ")));
+            return Err(ServiceWaitError { timeout_ms: timeout.as_millis(), wanted, off });
         }
         tokio::time::sleep(SERVICE_POLL).await;
     }
@@ -544,457 +535,65 @@ fn describe_specs(specs: &[Option<String>]) -> String {
     format!("runs {}", each.join(" and "))
 }
 
-/// Where a command's output goes in the agent's log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OutputLog {
-    /// Activations and rollbacks: an operator wants to see what they did.
-    Info,
-    /// Exec probes, which run every few seconds.
-    Debug,
-}
-
-/// Runs `argv` in its own process group with its output in the agent's log (each line
-/// prefixed with `label`), at most `timeout`: then (or if this future is dropped) the whole
-/// group is killed. `Err` says why it did not succeed: exit code or signal, or the timeout,
-/// with the last line of its stderr (or stdout).
-async fn run_command(argv: Vec<String>, timeout: Duration, label: String, log: OutputLog) -> Result<(), String> {
-    let Some((program, args)) = argv.split_first() else { return Err("no command to run (an empty argv)".into()) };
-    let mut command = tokio::process::Command::new(program);
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let mut child = command.spawn().map_err(|e| format!("cannot run {program:?}: {e}"))?;
-    let mut group = ProcessGroup(child.id());
-    let tails = Arc::new(Tails::default());
-    let label: Arc<str> = label.into();
-    let mut forwards = tokio::task::JoinSet::new();
-    if let Some(stdout) = child.stdout.take() {
-        forwards.spawn(forward_output(stdout, label.clone(), log, tails.clone(), false));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        forwards.spawn(forward_output(stderr, label.clone(), log, tails.clone(), true));
-    }
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => {
-            // Reaped: the group id may be reused from here on, so it must not be signalled.
-            group.0 = None;
-            status
-        }
-        Ok(Err(e)) => return Err(format!("cannot wait for {program:?}: {e}")),
-        Err(_) => {
-            group.kill();
-            let _ = child.wait().await;
-            let _ = tokio::time::timeout(OUTPUT_DRAIN, async { while forwards.join_next().await.is_some() {} }).await;
-            return Err(format!("{program:?} timed out after {} ms and was killed{}", timeout.as_millis(), tails.last_words()));
-        }
-    };
-    let _ = tokio::time::timeout(OUTPUT_DRAIN, async { while forwards.join_next().await.is_some() {} }).await;
-    if status.success() {
-        return Ok(());
-    }
-    Err(format!("{program:?} {}{}", describe_exit(status), tails.last_words()))
-}
-
-/// Runs `argv` (killed at `timeout`) and returns the first line of its stdout, trimmed; `None`
-/// if it printed nothing. A non-zero exit is an error.
-async fn first_line_of(argv: Vec<String>, timeout: Duration) -> Result<Option<String>, String> {
-    let Some((program, args)) = argv.split_first() else { return Err("no command to run (an empty argv)".into()) };
-    let mut command = tokio::process::Command::new(program);
-    command.args(args).stdin(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
-    let output = match tokio::time::timeout(timeout, command.output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => return Err(format!("cannot run {program:?}: {e}")),
-        Err(_) => return Err(format!("{program:?} timed out after {} ms", timeout.as_millis())),
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().last().map(|line| format!(": {line}")).unwrap_or_default();
-        return Err(format!("{program:?} {}{last}", describe_exit(output.status)));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    Ok(stdout.lines().next().map(str::trim).filter(|line| !line.is_empty()).map(str::to_string))
-}
-
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        (None, None) => format!("ended with {status}"),
-    }
-}
-
-/// A command's process group, killed when this is dropped unless it was reaped (`None`).
-struct ProcessGroup(Option<u32>);
-
-impl ProcessGroup {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
-            // SAFETY: a signal to the process group this command was started in (its leader
-            // not yet reaped, so the id cannot have been reused); no memory is involved.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The last lines of a command's stdout and stderr, for its error message.
-#[derive(Default)]
-struct Tails {
-    stdout: Mutex<VecDeque<String>>,
-    stderr: Mutex<VecDeque<String>>,
-}
-
-impl Tails {
-    fn push(&self, stderr: bool, line: String) {
-        let mut lines = if stderr { &self.stderr } else { &self.stdout }.lock().unwrap_or_else(PoisonError::into_inner);
-        if lines.len() == OUTPUT_LINES_KEPT {
-            lines.pop_front();
-        }
-        lines.push_back(line);
-    }
-
-    /// `: <the last line of stderr>` (of stdout if stderr said nothing), or nothing.
-    fn last_words(&self) -> String {
-        let last = |lines: &Mutex<VecDeque<String>>| lines.lock().unwrap_or_else(PoisonError::into_inner).back().cloned();
-        match last(&self.stderr).or_else(|| last(&self.stdout)) {
-            Some(line) => format!(": {line}"),
-            None => String::new(),
-        }
-    }
-}
-
-async fn forward_output(output: impl AsyncRead + Unpin, label: Arc<str>, log: OutputLog, tails: Arc<Tails>, stderr: bool) {
-    let mut reader = BufReader::new(output);
-    let mut bytes = Vec::new();
-    loop {
-        bytes.clear();
-        match reader.read_until(b'\n', &mut bytes).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&bytes);
-        let line: String = text.trim_end().chars().take(MAX_LINE_CHARS).collect();
-        if line.is_empty() {
-            continue;
-        }
-        let stream = if stderr { "stderr" } else { "stdout" };
-        match log {
-            OutputLog::Info => tracing::info!("{label} ({stream}): {line}"),
-            OutputLog::Debug => tracing::debug!("{label} ({stream}): {line}"),
-        }
-        tails.push(stderr, line);
-    }
-}
-
-/// One probe's result, as the worker reports it.
-#[derive(Clone, Debug)]
-struct ProbeOutcome {
-    probe: String,
-    passed: bool,
-    mode: ProbeMode,
-    /// Unix ms when it was taken, by this host's clock.
-    at: u64,
-}
-
-/// Runs `spec` every `interval_ms` (the first at once), each run bounded by `timeout_ms`, and
-/// sends each result; ends when the worker stops listening.
-async fn probe_every(spec: ProbeSpec, substitutions: Substitutions, label: String, results: mpsc::Sender<ProbeOutcome>) {
-    let mut ticks = tokio::time::interval(Duration::from_millis(spec.interval_ms.max(1)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = Duration::from_millis(spec.timeout_ms.max(1));
-    let mut last_passed = None;
-    loop {
-        ticks.tick().await;
-        let result = run_probe(&spec.kind, &substitutions, timeout, &label).await;
-        let passed = result.is_ok();
-        // Each change is logged at info, the same result again only at debug.
-        match (&result, last_passed == Some(passed)) {
-            (Ok(()), false) => tracing::info!("{label}: passes"),
-            (Err(e), false) => tracing::info!("{label}: fails: {e}"),
-            (Ok(()), true) => tracing::debug!("{label}: passes"),
-            (Err(e), true) => tracing::debug!("{label}: fails: {e}"),
-        }
-        last_passed = Some(passed);
-        let outcome = ProbeOutcome { probe: spec.name.clone(), passed, mode: spec.mode, at: crate::engine::now_ms() };
-        if results.send(outcome).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Runs a probe once, at most `timeout`; `Err` says why it failed.
-pub(super) async fn run_probe(
-    kind: &ProbeKind,
-    substitutions: &Substitutions,
-    timeout: Duration,
-    label: &str,
-) -> Result<(), String> {
-    let bounded = |what: String| move |_| format!("{what}: no result within {} ms", timeout.as_millis());
-    match kind {
-        ProbeKind::Http { url, expect_status } => {
-            let url = substitutions.apply(url);
-            let status = tokio::time::timeout(timeout, http_status(&url)).await.map_err(bounded(format!("GET {url}")))??;
-            if status == *expect_status {
-                Ok(())
-            } else {
-                Err(format!("GET {url}: HTTP {status}, expected {expect_status}"))
-            }
-        }
-        ProbeKind::Tcp { address } => {
-            let address = substitutions.apply(address);
-            let connect = TcpStream::connect(&address);
-            match tokio::time::timeout(timeout, connect).await.map_err(bounded(format!("connect to {address}")))? {
-                Ok(_) => Ok(()),
-                Err(e) => Err(format!("connect to {address}: {e}")),
-            }
-        }
-        ProbeKind::Exec { argv } => {
-            run_command(substitutions.apply_all(argv), timeout, label.to_string(), OutputLog::Debug).await
-        }
-    }
-}
-
-/// The status of a plain HTTP/1.1 GET of `url` (`http://host[:port][/path][?query]`). The
-/// agent speaks no TLS: an `https://` URL is refused with an error saying so.
-async fn http_status(url: &str) -> Result<u16, String> {
-    let (authority, connect_to, path) = split_http_url(url)?;
-    let mut stream =
-        TcpStream::connect(&connect_to).await.map_err(|e| format!("GET {url}: cannot connect to {connect_to}: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: warden-agent-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("GET {url}: cannot send the request: {e}"))?;
-    let mut head = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head.windows(2).position(|pair| pair == b"\r\n") {
-            return parse_status_line(&head[..end]).map_err(|e| format!("GET {url}: {e}"));
-        }
-        if head.len() > MAX_STATUS_LINE_BYTES {
-            return Err(format!("GET {url}: no HTTP status line in the first {MAX_STATUS_LINE_BYTES} bytes"));
-        }
-        let n = stream.read(&mut chunk).await.map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
-        if n == 0 {
-            return Err(format!("GET {url}: the connection closed before an HTTP status line"));
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// `http://host[:port][/path][?query]` → (`host[:port]` as written, for `Host`; `host:port` to
-/// connect to; `/path?query`).
-fn split_http_url(url: &str) -> Result<(String, String, String), String> {
-    let rest = match url.strip_prefix("http://") {
-        Some(rest) => rest,
-        None if url.starts_with("https://") => {
-            return Err(format!(
-                "{url}: https is not supported by the agent's probes (it speaks no TLS); probe an http:// URL, or use a tcp or exec probe"
-            ))
-        }
-        None => return Err(format!("{url}: not an http:// URL")),
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("{url}: expected http://HOST[:PORT][/PATH]"));
-    }
-    let path = match path {
-        "" => "/".to_string(),
-        query if query.starts_with('?') => format!("/{query}"),
-        path => path.to_string(),
-    };
-    // `host:port`, `[v6]:port`, or a host without a port.
-    let has_port = match authority.rfind(']') {
-        Some(bracket) => authority[bracket..].contains(':'),
-        None => authority.contains(':'),
-    };
-    let connect_to = if has_port { authority.to_string() } else { format!("{authority}:80") };
-    Ok((authority.to_string(), connect_to, path))
-}
-
-fn parse_status_line(line: &[u8]) -> Result<u16, String> {
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split(' ');
-    let (version, code) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-    match code.parse::<u16>() {
-        Ok(code) if version.starts_with("HTTP/1.") && (100..=999).contains(&code) => Ok(code),
-        _ => Err(format!("not an HTTP answer: {line:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+
     use super::*;
+    use crate::agent::cell_table::{Entry, Tracked};
     use tokio::net::TcpListener;
 
-    fn substitutions() -> Substitutions {
-        Substitutions { host: "h1".into(), target: "v2".into(), previous: Some("v1".into()) }
+    /// This host's side of a rollout, for a test: no cells and no shim (none is started),
+    /// reporting to `server`.
+    #[derive(Clone)]
+    struct TestHost {
+        context: AgentContext,
+        rollouts: Rollouts,
     }
 
-    #[test]
-    fn placeholders_are_replaced_once() {
-        let s = substitutions();
-        assert_eq!(s.apply("switch --to {target} --from {previous} on {host}"), "switch --to v2 --from v1 on h1");
-        assert_eq!(s.apply("{target}{target}"), "v2v2");
-        assert_eq!(s.apply("{other} {target"), "{other} {target", "unknown or unclosed braces stay");
-        assert_eq!(s.apply("{{host}}"), "{h1}");
-        let none = Substitutions { previous: None, ..s.clone() };
-        assert_eq!(none.apply("[{previous}]"), "[]", "no previous: empty");
-        let tricky = Substitutions { target: "{host}".into(), ..s };
-        assert_eq!(tricky.apply("{target}"), "{host}", "a value is not substituted again");
-        assert_eq!(tricky.apply_all(&["a-{host}".into(), "{target}".into()]), vec!["a-h1".to_string(), "{host}".into()]);
+    impl TestHost {
+        fn cells(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+            self.context.cells()
+        }
+
+        fn running_spec(&self, workload_id: &str) -> Option<String> {
+            self.context.running_spec(workload_id)
+        }
+
+        fn follow_rollout(&self, order: RolloutOrder) {
+            self.rollouts.follow(order)
+        }
+
+        fn rollouts_followed(&self) -> Vec<String> {
+            self.rollouts.followed()
+        }
     }
 
-    #[test]
-    fn http_urls() {
-        let split = |url: &str| split_http_url(url).unwrap();
-        assert_eq!(split("http://h:8080/health?x=1"), ("h:8080".into(), "h:8080".into(), "/health?x=1".into()));
-        assert_eq!(split("http://h"), ("h".into(), "h:80".into(), "/".into()));
-        assert_eq!(split("http://h?ready"), ("h".into(), "h:80".into(), "/?ready".into()));
-        assert_eq!(split("http://[::1]:9/x#frag"), ("[::1]:9".into(), "[::1]:9".into(), "/x".into()));
-        assert!(split_http_url("https://h/").unwrap_err().contains("https is not supported"));
-        assert!(split_http_url("ftp://h/").is_err());
-        assert!(split_http_url("http://user@h/").is_err());
-        assert_eq!(parse_status_line(b"HTTP/1.1 503 Service Unavailable"), Ok(503));
-        assert_eq!(parse_status_line(b"HTTP/1.0 200"), Ok(200));
-        assert!(parse_status_line(b"SSH-2.0-OpenSSH_9").is_err());
-    }
-
-    /// A tiny HTTP server: `/ok` answers 200, anything else 500; `/hang` never answers.
-    async fn http_server() -> std::net::SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let request = String::from_utf8_lossy(&request);
-                    let path = request.split(' ').nth(1).unwrap_or_default().to_string();
-                    assert!(request.contains(&format!("Host: {addr}\r\n")), "{request}");
-                    if path == "/hang" {
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                        return;
-                    }
-                    let status = if path == "/ok" { "200 OK" } else { "500 Internal Server Error" };
-                    let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        addr
-    }
-
-    async fn probe(kind: ProbeKind, timeout_ms: u64) -> Result<(), String> {
-        run_probe(&kind, &substitutions(), Duration::from_millis(timeout_ms), "test probe").await
-    }
-
-    #[tokio::test]
-    async fn http_probes() {
-        let addr = http_server().await;
-        let http = |path: &str, expect_status| ProbeKind::Http { url: format!("http://{addr}{path}"), expect_status };
-        probe(http("/ok", 200), 2_000).await.unwrap();
-        let error = probe(http("/broken", 200), 2_000).await.unwrap_err();
-        assert!(error.contains("HTTP 500, expected 200"), "{error}");
-        probe(http("/broken", 500), 2_000).await.unwrap();
-        // Placeholders in the URL: `{target}` is `v2` here, which is not a path that answers 200.
-        let error = probe(http("/{target}", 200), 2_000).await.unwrap_err();
-        assert!(error.contains("/v2"), "{error}");
-
-        let started = std::time::Instant::now();
-        let error = probe(http("/hang", 200), 300).await.unwrap_err();
-        assert!(error.contains("no result within 300 ms"), "{error}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-
-        let error = probe(ProbeKind::Http { url: "https://127.0.0.1:1/".into(), expect_status: 200 }, 1_000).await.unwrap_err();
-        assert!(error.contains("https is not supported"), "{error}");
-    }
-
-    #[tokio::test]
-    async fn tcp_probes() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let open = listener.local_addr().unwrap();
-        probe(ProbeKind::Tcp { address: open.to_string() }, 2_000).await.unwrap();
-        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let error = probe(ProbeKind::Tcp { address: closed.to_string() }, 2_000).await.unwrap_err();
-        assert!(error.contains(&format!("connect to {closed}")), "{error}");
-    }
-
-    #[tokio::test]
-    async fn exec_probes() {
-        let exec = |argv: &[&str]| ProbeKind::Exec { argv: argv.iter().map(|a| a.to_string()).collect() };
-        probe(exec(&["true"]), 2_000).await.unwrap();
-        let error = probe(exec(&["false"]), 2_000).await.unwrap_err();
-        assert!(error.contains("exited with code 1"), "{error}");
-        let error =
-            probe(exec(&["sh", "-c", "echo first >&2; echo 'why: {host} {target}' >&2; exit 3"]), 2_000).await.unwrap_err();
-        assert!(error.contains("exited with code 3: why: h1 v2"), "{error}");
-        let error = probe(exec(&["sh", "-c", "echo only stdout; exit 4"]), 2_000).await.unwrap_err();
-        assert!(error.ends_with("exited with code 4: only stdout"), "{error}");
-        let error = probe(exec(&["sh", "-c", "kill -9 $$"]), 2_000).await.unwrap_err();
-        assert!(error.contains("killed by signal 9"), "{error}");
-        let error = probe(exec(&["/nonexistent/probe"]), 2_000).await.unwrap_err();
-        assert!(error.contains("cannot run \"/nonexistent/probe\""), "{error}");
-    }
-
-    /// A command past its timeout is killed with everything it started.
-    #[tokio::test]
-    async fn a_command_past_its_timeout_is_killed_with_its_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pid");
-        let script = format!("sleep 30 & echo $! > {}; echo waiting >&2; wait", pid_file.display());
-        let started = std::time::Instant::now();
-        let argv = vec!["sh".to_string(), "-c".into(), script];
-        let error = run_command(argv, Duration::from_millis(500), "test".into(), OutputLog::Debug).await.unwrap_err();
-        assert!(error.contains("timed out after 500 ms and was killed: waiting"), "{error}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-        let gone = (0..100).any(|_| {
-            // SAFETY: signal 0 only checks whether the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0 && !is_zombie(pid);
-            if alive {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            !alive
-        });
-        assert!(gone, "the command's child {pid} outlived the timeout");
-    }
-
-    /// An executor with no cells and no shim (none is started), reporting to `server`.
-    fn executor(dir: &std::path::Path, server: Option<std::net::SocketAddr>) -> Executor {
+    fn executor(dir: &std::path::Path, server: Option<std::net::SocketAddr>) -> TestHost {
         let queue = Arc::new(warden_store::queue::DurableQueue::open(&dir.join("reports.db")).unwrap());
         let (claims, _) = mpsc::unbounded_channel();
         let shim = warden_cell::ShimExe::Standalone(dir.join("no-shim"));
         let timing = warden_core::lease::LeaseTiming::default();
-        let executor = Executor::new(dir.join("cells"), dir.join("logs"), shim, queue, timing, claims);
+        let context = AgentContext::new(dir.join("cells"), dir.join("logs"), shim, queue, timing, claims);
         if let Some(addr) = server {
             let identity = Arc::new(crate::auth::Identity::generate("h1"));
-            executor.set_control_plane(Arc::new(Http::new(&format!("http://{addr}"), identity).unwrap()), "h1");
+            context.set_control_plane(Arc::new(Http::new(&format!("http://{addr}"), identity).unwrap()), "h1");
         }
-        executor
+        TestHost { rollouts: Rollouts::new(context.clone()), context }
     }
 
     /// Pretends workload `workload_id` runs cell `cell_id` of spec `spec_id` here.
-    fn pretend_running(executor: &Executor, workload_id: &str, cell_id: &str, spec_id: Option<&str>) {
+    fn pretend_running(executor: &TestHost, workload_id: &str, cell_id: &str, spec_id: Option<&str>) {
         let started = warden_cell::StartedCell { pid: 1, pid_start_time: 1, shim_pid: 1, shim_start_time: 1 };
-        let entry = super::super::executor::Entry {
-            state: super::super::executor::Tracked::Running(started),
+        let entry = Entry {
+            state: Tracked::Running(started),
             spec_id: spec_id.map(str::to_string),
-            ..super::super::executor::Entry::starting(workload_id.into(), false, None)
+            ..Entry::starting(workload_id.into(), false, None)
         };
         executor.cells().insert(cell_id.into(), entry);
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
     }
 
     #[tokio::test]
@@ -1002,20 +601,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let executor = executor(dir.path(), None);
         assert_eq!(executor.running_spec("web"), None);
-        wait_for_specs(executor.clone(), vec!["web".into()], None, Duration::from_millis(100)).await.unwrap();
-        let error = wait_for_specs(executor.clone(), vec!["web".into()], Some("v2".into()), Duration::from_millis(100))
+        wait_for_specs(executor.context.clone(), vec!["web".into()], None, Duration::from_millis(100)).await.unwrap();
+        let error = wait_for_specs(executor.context.clone(), vec!["web".into()], Some("v2".into()), Duration::from_millis(100))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("not running spec v2 on this host: web (no running cell)"), "{error}");
 
         pretend_running(&executor, "web", "web.1", Some("v1"));
-        executor.cells().insert("web.0".into(), super::super::executor::Entry::starting("web".into(), false, None));
+        executor.cells().insert("web.0".into(), Entry::starting("web".into(), false, None));
         assert_eq!(executor.running_spec("web"), Some("v1".into()), "a cell still starting does not count");
-        let error = wait_for_specs(executor.clone(), vec!["web".into()], Some("v2".into()), Duration::from_millis(100))
+        let error = wait_for_specs(executor.context.clone(), vec!["web".into()], Some("v2".into()), Duration::from_millis(100))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("web (runs v1)"), "{error}");
-        let error = wait_for_specs(executor.clone(), vec!["web".into()], None, Duration::from_millis(100)).await.unwrap_err();
+        let error = wait_for_specs(executor.context.clone(), vec!["web".into()], None, Duration::from_millis(100))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("not stopped on this host: web (runs v1)"), "{error}");
 
         // The replacement overlaps the old cell for a while: not there until the old one is gone.
@@ -1026,7 +630,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             later.cells().remove("web.1");
         });
-        wait_for_specs(executor.clone(), vec!["web".into()], Some("v2".into()), Duration::from_secs(5)).await.unwrap();
+        wait_for_specs(executor.context.clone(), vec!["web".into()], Some("v2".into()), Duration::from_secs(5)).await.unwrap();
         assert_eq!(executor.running_spec("web"), Some("v2".into()));
     }
 
@@ -1050,7 +654,7 @@ mod tests {
             let policy = warden_core::rollout::RolloutPolicy::parse("policy.toml", policy_toml).unwrap();
             let mut snapshot =
                 warden_core::rollout::HostRolloutSnapshot::pending("r-1", "h1", "default", "v2", Some("v1".into()), 0);
-            snapshot.apply(&warden_core::rollout::HostEvent::Dispatched, crate::engine::now_ms());
+            snapshot.apply(&warden_core::rollout::HostEvent::Dispatched, now_ms());
             let state = PlaneState { snapshot, policy, received: Vec::new(), lose_answers: 0 };
             let plane = Plane { state: Arc::new(Mutex::new(state)) };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1068,7 +672,7 @@ mod tests {
             use axum::response::IntoResponse;
             assert_eq!((report.host.as_str(), report.rollout_id.as_str()), ("h1", "r-1"));
             let mut state = plane.state.lock().unwrap();
-            let now = crate::engine::now_ms();
+            let now = now_ms();
             let outcome = match state.snapshot.step(&report.input, now, &state.policy) {
                 Ok(warden_core::rollout::Decision::Events(events)) => {
                     events.iter().for_each(|event| state.snapshot.apply(event, now));
@@ -1088,7 +692,7 @@ mod tests {
         /// The control plane's own decision (a roll back): applied, and the order for the agent.
         fn decide(&self, input: HostInput, activation: &Activation) -> RolloutOrder {
             let mut state = self.state.lock().unwrap();
-            let now = crate::engine::now_ms();
+            let now = now_ms();
             let events = state.snapshot.step(&input, now, &state.policy).unwrap();
             events.events().iter().for_each(|event| state.snapshot.apply(event, now));
             self.order_locked(&state, activation)
@@ -1116,7 +720,7 @@ mod tests {
         }
     }
 
-    async fn until_worker_ends(executor: &Executor) {
+    async fn until_worker_ends(executor: &TestHost) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !executor.rollouts_followed().is_empty() {
             assert!(Instant::now() < deadline, "the rollout worker did not end");
@@ -1269,11 +873,5 @@ mod tests {
         assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
         let kinds: Vec<&str> = received.iter().rev().take(2).map(|(input, _)| input.kind().name()).collect();
         assert_eq!(kinds, ["rollback-completed", "rollback-started"]);
-    }
-
-    fn is_zombie(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-            .unwrap_or(true)
     }
 }
