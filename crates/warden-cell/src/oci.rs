@@ -82,8 +82,12 @@ pub enum OciError {
     /// The runtime did not finish within [`COMMAND_TIMEOUT`] and was killed.
     #[error("`{command}` did not finish within {limit:?} and was killed")]
     Timeout { command: String, limit: Duration },
-    #[error("cannot parse the output of `{command}`: {reason}")]
-    BadOutput { command: String, reason: String },
+    #[error("cannot parse the output of `{command}`")]
+    BadOutput {
+        command: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("read {}", .path.display())]
     Io {
         path: PathBuf,
@@ -349,12 +353,12 @@ pub fn state(runtime: &Path, state_root: &Path, container_id: &str) -> Result<Op
         }
         return Err(failed(command, &out));
     }
-    let bad = |reason: String| OciError::BadOutput { command: command.clone(), reason };
-    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| bad(e.to_string()))?;
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| OciError::BadOutput { command: command.clone(), source };
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| bad(e.into()))?;
     let status = v.get("status").and_then(Value::as_str).ok_or_else(|| bad("no \"status\"".into()))?;
     let pid = match v.get("pid").and_then(Value::as_u64) {
         None | Some(0) => None,
-        Some(pid) => Some(u32::try_from(pid).map_err(|_| bad(format!("pid {pid} out of range")))?),
+        Some(pid) => Some(u32::try_from(pid).map_err(|_| bad(format!("pid {pid} out of range").into()))?),
     };
     Ok(Some(ContainerState { status: status.to_string(), pid }))
 }

@@ -67,7 +67,7 @@ pub(crate) enum StartFailure {
     },
     #[error("{} missing", path.display())]
     ConfigMissing { path: PathBuf },
-    #[error("cannot run the cell's config")]
+    #[error("invalid cell config")]
     Plan(#[source] ExecPlanError),
     #[error("the cell dir {} has no parent", cell_dir.display())]
     NoCellsDir { cell_dir: PathBuf },

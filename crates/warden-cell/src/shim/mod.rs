@@ -35,7 +35,7 @@
 //! * [`cell_init`] – PID 1 of an isolated cell (shim code in the clone child, no exec);
 //! * [`isolated`] – the shim's side of an isolated cell: the clone, the key, the exit report;
 //! * [`oci_cell`] – the shim's side of an OCI cell: bundle, runtime, container start and end;
-//! * [`supervise`] – the loop after the handshake, and `exit.json`;
+//! * [`supervise`](mod@supervise) – the loop after the handshake, and `exit.json`;
 //! * [`signals`] – the signals the shim takes (signalfd) and sends;
 //! * [`stack`] – the output buffer, and handing start-up's stack pages back to the kernel;
 //! * [`failure`] – why a start failed, and the `err` line that says so.
