@@ -5,7 +5,7 @@ use crate::batch::{Batch, Order};
 use crate::event::EventData;
 use crate::workload::{Input, Phase};
 
-use super::{ClusterError, ClusterState};
+use super::state::{ClusterError, ClusterState};
 
 impl ClusterState {
     /// A host enrolls (its join token already checked) with its host key `principal`. A known

@@ -5,29 +5,13 @@
 
 use crate::batch::Batch;
 use crate::event::EventData;
-use crate::lease::{acquire, LeaseRefused};
+use crate::lease::acquire;
 use crate::projection::Projection;
 use crate::workload::{Effect, Input, Phase};
 
 use super::messages::{AcquireRequest, LeaseClaim, RevokeRequest};
 use super::reports::{blob_artifact_id, blob_hex};
-use super::{ClusterError, ClusterState};
-
-/// Why a standby's bid for a lease was refused (a 409 to the agent: someone else promoted, or
-/// the cell is no longer waiting).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AcquireRefused {
-    #[error("no workload {0}")]
-    UnknownWorkload(String),
-    #[error("cell {0} is not waiting for a standby")]
-    NotOffered(String),
-    #[error("the host holds no standby slot of the workload")]
-    NoSlot,
-    #[error("{0} is not the workload's hot standby on the host")]
-    NotHotStandby(String),
-    #[error(transparent)]
-    Lease(#[from] LeaseRefused),
-}
+use super::state::{AcquireRefused, ClusterError, ClusterState};
 
 impl ClusterState {
     /// Renews `host`'s claim if the lease is still its own *and* the workload's current cell is

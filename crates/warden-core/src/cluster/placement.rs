@@ -10,7 +10,7 @@ use crate::spec::{PlacementCount, PlacementSpec, Spec};
 use crate::types::ReplicationMode;
 use crate::workload::{Effect, Phase, Workload};
 
-use super::{ClusterState, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS};
+use super::state::{ClusterState, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS};
 
 /// The service an `each-host` instance belongs to: `ID` of its consumer id `ID@HOST`.
 pub fn each_host_group(consumer_workload_id: &str) -> Option<&str> {

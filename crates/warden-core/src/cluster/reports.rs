@@ -8,7 +8,7 @@ use crate::types::CellExit;
 use crate::workload::{Input, Phase};
 
 use super::messages::{Heartbeat, InventoryCell, InventoryState, Report, ReportEvent};
-use super::{ClusterError, ClusterState};
+use super::state::{ClusterError, ClusterState};
 
 /// What the control plane answers a heartbeat (the runtime adds its incarnation and orders).
 #[derive(Clone, Debug, PartialEq, Eq)]
