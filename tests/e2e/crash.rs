@@ -14,8 +14,8 @@ const N_CLIENTS: usize = 6;
 
 #[test]
 fn acknowledged_submissions_survive_kill9_at_random_moments() {
-    // The heaviest test of the suite: a timed failover beside it would miss its deadline.
-    let _alone = crate::support::exclusive();
+    // The heaviest test of the suite: no cluster test (timed failovers) runs beside it.
+    let _heavy = crate::support::heavy();
     let mut warden = Warden::start();
     let acknowledged: Arc<Mutex<HashSet<String>>> = Arc::default();
     // A cheap xorshift, seeded from the clock and printed, so a failure can be replayed.

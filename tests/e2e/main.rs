@@ -2,8 +2,8 @@
 //! restarted and checked. One test binary with a module per area, so the suite links once.
 //!
 //! Tests of different modules run side by side (`--test-threads=2`): each makes its own data
-//! dir, port and network names. The few that must not share the machine with another heavy test
-//! take [`support::exclusive`].
+//! dir, port and network names. The cluster tests never run beside the kill -9 stress test
+//! (see [`support::heavy`]).
 
 mod support;
 

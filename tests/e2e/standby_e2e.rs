@@ -108,8 +108,6 @@ fn respawn(cluster: &mut Cluster, name: &str) {
 
 #[test]
 fn a_warm_standby_takes_over_a_dead_host_from_the_state_it_staged() {
-    // Asserts the second failover took < 5 s: not beside the kill -9 stress test.
-    let _alone = crate::support::exclusive();
     let Kv { mut cluster, truth, state, starts_log, id, armed } = armed_kv(3, 2);
 
     // Armed: a slot on each other host, naming the primary and each other.

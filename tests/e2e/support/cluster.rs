@@ -9,11 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::RwLockReadGuard;
 use std::time::{Duration, Instant};
 
 use warden_runtime::view::{HostView, WorkloadView};
 
-use super::{bin, kill9, Warden};
+use super::{bin, kill9, not_beside_heavy, Warden};
 
 /// What a cluster needs of its control plane: where it listens, its data dir, its CLI and log.
 pub trait ControlPlane {
@@ -110,6 +111,9 @@ pub struct Cluster<S: ControlPlane = Warden> {
     pub agents: Vec<Agent>,
     /// An agent's heading in [`Cluster::logs`]: its name unless told otherwise.
     pub agent_label: Box<dyn Fn(&Agent) -> String>,
+    /// Keeps the kill -9 stress test from running beside this cluster's timed failovers
+    /// ([`super::not_beside_heavy`]); declared last, so released after the agents are gone.
+    _not_beside_heavy: RwLockReadGuard<'static, ()>,
 }
 
 impl Cluster<Warden> {
@@ -140,7 +144,12 @@ impl<S: ControlPlane> Cluster<S> {
         mut launch: impl FnMut(&str) -> Command,
     ) -> Cluster<S> {
         let (token, url) = (server.join_token(), format!("http://{}", server.addr()));
-        let mut cluster = Cluster { server, agents: Vec::new(), agent_label: Box::new(|agent| agent.name.clone()) };
+        let mut cluster = Cluster {
+            server,
+            agents: Vec::new(),
+            agent_label: Box::new(|agent| agent.name.clone()),
+            _not_beside_heavy: not_beside_heavy(),
+        };
         for name in names {
             let mut agent = Agent::new(&name, root.join(format!("agent-{name}")));
             agent.spawn(launch(&name), &url, &token);
