@@ -13,9 +13,9 @@
 //!                            cell's spec is WARDEN_SPEC_ID in the env of its config.json
 //! ```
 //!
-//! A checkpointed cell (`checkpoint.rs`, `agent/checkpointing.rs`) also has a **checkpoint task**: every `interval_ms`, or
-//! at once on a `Checkpoint` command, it tars, seals and uploads `state_dir` and queues a
-//! `checkpointed` report.
+//! A checkpointed cell (`checkpoint.rs`, `agent/checkpointing.rs`) also has a **checkpoint
+//! task**: every `interval_ms`, or at once on a `Checkpoint` command, it tars, seals and uploads
+//! `state_dir` and queues a `checkpointed` report.
 //!
 //! Three things run at once:
 //! * the **heartbeat loop** sends, every `heartbeat_interval_ms` and at once whenever a report
