@@ -501,28 +501,40 @@ mod tests {
     #[test]
     fn accepts_a_sealed_chain_and_its_suffixes() {
         let events = chain(5);
-        assert_eq!(chain_verdict(&events, GENESIS_HASH), Ok(()));
-        assert_eq!(chain_verdict(&events[2..], &events[1].hash()), Ok(()));
-        assert_eq!(chain_verdict(&[], "anything"), Ok(()));
+        assert_eq!(verify_chain(&events, GENESIS_HASH), Ok(()));
+        assert_eq!(verify_chain(&events[2..], &events[1].hash()), Ok(()));
+        assert_eq!(verify_chain(&[], "anything"), Ok(()));
     }
 
     #[test]
     fn names_the_broken_link() {
         let mut events = chain(5);
-        assert_eq!(chain_verdict(&events, &events[0].hash()), Err("event 1: prevhash is not the genesis hash".into()));
+        assert_eq!(
+            verify_chain(&events, &events[0].hash()).unwrap_err().to_string(),
+            "event 1: prevhash is not the genesis hash"
+        );
         events[2].id = "tampered".into();
-        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("event 4: prevhash does not match event 3's hash".into()));
+        assert_eq!(
+            verify_chain(&events, GENESIS_HASH).unwrap_err().to_string(),
+            "event 4: prevhash does not match event 3's hash"
+        );
         let mut events = chain(5);
         events.remove(2);
-        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("event 3 is missing: event 2 is followed by event 4".into()));
+        assert_eq!(
+            verify_chain(&events, GENESIS_HASH).unwrap_err().to_string(),
+            "event 3 is missing: event 2 is followed by event 4"
+        );
         let mut events = chain(5);
         events.drain(1..3);
-        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("events 2..3 are missing: event 1 is followed by event 4".into()));
+        assert_eq!(
+            verify_chain(&events, GENESIS_HASH).unwrap_err().to_string(),
+            "events 2..3 are missing: event 1 is followed by event 4"
+        );
         let mut events = chain(5);
         events.swap(2, 3);
         assert_eq!(
-            chain_verdict(&events, GENESIS_HASH),
-            Err("events 4 and 3 are out of order: event 4 comes before event 3".into())
+            verify_chain(&events, GENESIS_HASH).unwrap_err().to_string(),
+            "events 4 and 3 are out of order: event 4 comes before event 3"
         );
     }
 
@@ -549,14 +561,9 @@ mod tests {
         verify(events, head).unwrap_err().to_string()
     }
 
-    /// `check_row`'s verdict as a tail repair would record it.
-    fn check(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Result<(), String> {
-        check_row(expected_seq, prev_hash, row).map_err(|broken| broken.reason())
-    }
-
-    /// `verify_chain`'s verdict, as a user reads it.
-    fn chain_verdict(events: &[CloudEvent], prev_hash: &str) -> Result<(), String> {
-        verify_chain(events, prev_hash).map_err(|e| e.to_string())
+    /// Why `check_row` refuses `row`, as a tail repair would record it; `None` if it accepts it.
+    fn refused_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Option<String> {
+        check_row(expected_seq, prev_hash, row).err().map(|broken| broken.reason())
     }
 
     #[test]
@@ -716,26 +723,26 @@ mod tests {
         let hash = sha256_hex(&body);
         let prev = events[0].hash();
         let good = StoredRow { seq: 2, subject: Some("w"), hash: &hash, body: &body };
-        assert_eq!(check(2, &prev, &good), Ok(()));
-        assert_eq!(check(1, &prev, &good), Err("gap: expected 1, found 2".into()));
-        assert_eq!(check(2, GENESIS_HASH, &good), Err("event 2: prevhash does not match event 1".into()));
+        assert_eq!(refused_row(2, &prev, &good), None);
+        assert_eq!(refused_row(1, &prev, &good), Some("gap: expected 1, found 2".into()));
+        assert_eq!(refused_row(2, GENESIS_HASH, &good), Some("event 2: prevhash does not match event 1".into()));
         let wrong_subject = StoredRow { subject: None, ..good };
-        assert_eq!(check(2, &prev, &wrong_subject), Err("event 2: subject column does not match the body".into()));
+        assert_eq!(refused_row(2, &prev, &wrong_subject), Some("event 2: subject column does not match the body".into()));
 
         let mut flipped = body.clone();
         flipped[10] ^= 1;
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &hash, body: &flipped };
-        assert_eq!(check(2, &prev, &row), Err("event 2: hash mismatch".into()));
+        assert_eq!(refused_row(2, &prev, &row), Some("event 2: hash mismatch".into()));
 
         // Pretty-printed: same event, valid hash of the bytes, but not the canonical bytes.
         let pretty = serde_json::to_vec_pretty(&events[1]).unwrap();
         let pretty_hash = sha256_hex(&pretty);
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &pretty_hash, body: &pretty };
-        assert_eq!(check(2, &prev, &row), Err("event 2: body is not in canonical form".into()));
+        assert_eq!(refused_row(2, &prev, &row), Some("event 2: body is not in canonical form".into()));
 
         let torn = &body[..body.len() / 2];
         let torn_hash = sha256_hex(torn);
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &torn_hash, body: torn };
-        assert!(check(2, &prev, &row).unwrap_err().starts_with("event 2: body is not an event"));
+        assert!(refused_row(2, &prev, &row).unwrap().starts_with("event 2: body is not an event"));
     }
 }
