@@ -1,7 +1,10 @@
 //! `cargo xtask ci`: the project's one test command (what `.ci/run` calls).
 //!
 //! Installs the system packages the tests need (we run as root on Debian), then runs
-//! `cargo fmt --check`, `cargo clippy -D warnings` and the whole test suite.
+//! `cargo fmt --check`, `cargo clippy -D warnings`, the module-level import-cycle check
+//! (`cargo xtask cycles`) and the whole test suite. `cargo xtask bench` runs the benchmark table.
+
+mod cycles;
 
 use std::process::{exit, Command};
 
@@ -13,7 +16,7 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "busybox"),
     ("crun", "crun"),
     ("python3", "python3"),
-    // tests/cluster_netns.rs: namespaces, veths and a bridge per test.
+    // tests/e2e/cluster_netns.rs: namespaces, veths and a bridge per test.
     ("iproute2", "ip"),
 ];
 
@@ -22,8 +25,9 @@ fn main() {
     match task.as_str() {
         "ci" => ci(),
         "bench" => bench(),
+        "cycles" => exit(cycles::main()),
         _ => {
-            eprintln!("usage: cargo xtask ci | bench");
+            eprintln!("usage: cargo xtask ci | bench | cycles");
             exit(2);
         }
     }
@@ -33,6 +37,11 @@ fn ci() {
     install_packages(SYSTEM_PACKAGES);
     run("cargo", &["fmt", "--all", "--", "--check"]);
     run("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    let code = cycles::main();
+    if code != 0 {
+        eprintln!("xtask: module-level import cycles (above) fail the run");
+        exit(code);
+    }
     run("cargo", &["test", "--workspace", "--", "--test-threads=2"]);
 }
 

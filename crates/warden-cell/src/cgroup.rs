@@ -13,9 +13,10 @@
 //! The shim records the directories it created in `<cell_dir>/cgroups.json` before anything
 //! joins them, so the supervisor can still clean up after a shim that died.
 
+use crate::cell::CellLimits;
+use crate::diag::{report, Chain};
 use crate::durable::{read_json, write_json_atomic};
 use crate::sys;
-use crate::CellLimits;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
@@ -37,6 +38,68 @@ const TEARDOWN_LIMIT: Duration = Duration::from_secs(3);
 
 /// The controllers warden uses.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// Why a cell's cgroups could not be set up (created, limited, recorded or opened to join).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CgroupSetupError {
+    #[error("read /proc/self/cgroup")]
+    ReadOwnCgroup(#[source] io::Error),
+    #[error("no v2 entry in /proc/self/cgroup")]
+    NoV2Entry,
+    #[error("no memory, cpu or pids cgroup hierarchy is mounted")]
+    NoHierarchy,
+    #[error("a {controller} limit was set but the {controller} cgroup controller is not available")]
+    ControllerMissing { controller: &'static str },
+    #[error("create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "enable controllers in {} (cgroup v2 allows controllers only below a cgroup without processes of its own: run the supervisor in a delegated cgroup, in a leaf of its own)",
+        dir.display()
+    )]
+    EnableControllers {
+        dir: PathBuf,
+        #[source]
+        source: AttrWriteError,
+    },
+    #[error("set the cell's limits")]
+    Limits(#[source] AttrWriteError),
+    #[error("write {RECORD} in {}", cell_dir.display())]
+    Record {
+        cell_dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no free cgroup name for cell {cell_id}")]
+    NoFreeName { cell_id: String },
+    #[error("open {}", path.display())]
+    OpenProcs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why writing one cgroup attribute file (a limit, `cgroup.subtree_control`) failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttrWriteError {
+    #[error("open {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("write {value:?} to {}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Which cgroup layout the host runs, as detected from `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,21 +236,21 @@ struct Target {
 impl CellCgroups {
     /// Creates (and records in `cell_dir`) the cgroups for a cell and writes its limits.
     /// `Ok(None)`: no cgroups, which is only allowed when `limits` asks for nothing.
-    pub(crate) fn create(cell_dir: &Path, cell_id: &str, limits: &CellLimits) -> Result<Option<CellCgroups>, String> {
+    pub(crate) fn create(cell_dir: &Path, cell_id: &str, limits: &CellLimits) -> Result<Option<CellCgroups>, CgroupSetupError> {
         let wanted = limits.memory_max_bytes.is_some() || limits.cpu_max_millicores.is_some() || limits.pids_max.is_some();
         match Self::try_create(cell_dir, cell_id, limits) {
             Ok(cgroups) => Ok(Some(cgroups)),
             Err(e) if wanted => Err(e),
             Err(e) => {
-                crate::shim::report(format_args!("running without a cgroup (no limits were asked for): {e}"));
+                report(format_args!("running without a cgroup (no limits were asked for): {}", Chain(&e)));
                 Ok(None)
             }
         }
     }
 
-    fn try_create(cell_dir: &Path, cell_id: &str, limits: &CellLimits) -> Result<CellCgroups, String> {
+    fn try_create(cell_dir: &Path, cell_id: &str, limits: &CellLimits) -> Result<CellCgroups, CgroupSetupError> {
         let mounts = mounts();
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("read /proc/self/cgroup: {e}"))?;
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(CgroupSetupError::ReadOwnCgroup)?;
         let (v2, targets) = targets(&mounts, &own)?;
         for (controller, set) in [
             ("memory", limits.memory_max_bytes.is_some()),
@@ -195,11 +258,12 @@ impl CellCgroups {
             ("pids", limits.pids_max.is_some()),
         ] {
             if set && !targets.iter().any(|t| t.controllers.iter().any(|c| c == controller)) {
-                return Err(format!("a {controller} limit was set but the {controller} cgroup controller is not available"));
+                return Err(CgroupSetupError::ControllerMissing { controller });
             }
         }
         for t in &targets {
-            std::fs::create_dir_all(&t.parent).map_err(|e| format!("create {}: {e}", t.parent.display()))?;
+            std::fs::create_dir_all(&t.parent)
+                .map_err(|source| CgroupSetupError::CreateDir { path: t.parent.clone(), source })?;
             if v2 {
                 enable_v2_controllers(&t.parent, &t.controllers)?;
             }
@@ -207,14 +271,14 @@ impl CellCgroups {
         let cgroups = make_dirs(cell_dir, cell_id, v2, &targets)?;
         if let Err(e) = cgroups.write_limits(limits) {
             cgroups.remove();
-            return Err(e);
+            return Err(CgroupSetupError::Limits(e));
         }
         Ok(cgroups)
     }
 
     /// Opens every directory's `cgroup.procs` for writing; a process joins the cell by writing
     /// `0` to each (async-signal-safe, so the forked child can do it right before `exec`).
-    pub(crate) fn open_procs(&self) -> Result<Vec<OwnedFd>, String> {
+    pub(crate) fn open_procs(&self) -> Result<Vec<OwnedFd>, CgroupSetupError> {
         self.dirs
             .iter()
             .map(|d| {
@@ -224,12 +288,12 @@ impl CellCgroups {
                     .custom_flags(libc::O_CLOEXEC)
                     .open(&path)
                     .map(OwnedFd::from)
-                    .map_err(|e| format!("open {}: {e}", path.display()))
+                    .map_err(|source| CgroupSetupError::OpenProcs { path, source })
             })
             .collect()
     }
 
-    fn write_limits(&self, limits: &CellLimits) -> Result<(), String> {
+    fn write_limits(&self, limits: &CellLimits) -> Result<(), AttrWriteError> {
         for dir in &self.dirs {
             let has = |c: &str| if self.v2 { true } else { dir.controller == c };
             if let (Some(bytes), true) = (limits.memory_max_bytes, dir.memory) {
@@ -338,7 +402,7 @@ impl CellCgroups {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => {
-                        crate::shim::report(format_args!("cgroup {} left behind: {e}", dir.path.display()));
+                        report(format_args!("cgroup {} left behind: {e}", dir.path.display()));
                         break;
                     }
                 }
@@ -366,7 +430,7 @@ fn cpu_quota_us(millicores: u32) -> u64 {
 }
 
 /// The hierarchies a cell gets a directory in: `(is v2, targets)`.
-fn targets(mounts: &[Mount], own: &str) -> Result<(bool, Vec<Target>), String> {
+fn targets(mounts: &[Mount], own: &str) -> Result<(bool, Vec<Target>), CgroupSetupError> {
     // `/proc/self/cgroup`: `hierarchy-id:controller,list:/path`; v2 is `0::/path`.
     let own_path = |pred: &dyn Fn(&str) -> bool| {
         own.lines().find_map(|l| {
@@ -385,7 +449,7 @@ fn targets(mounts: &[Mount], own: &str) -> Result<(bool, Vec<Target>), String> {
         (dir, format!("{}/warden", path.trim_end_matches('/')))
     };
     if let Some(m) = mounts.iter().find(|m| m.v2 && v2_has_memory(&m.point)) {
-        let path = own_path(&|c| c.is_empty()).ok_or("no v2 entry in /proc/self/cgroup")?;
+        let path = own_path(&|c| c.is_empty()).ok_or(CgroupSetupError::NoV2Entry)?;
         let available = std::fs::read_to_string(m.point.join("cgroup.controllers")).unwrap_or_default();
         let controllers =
             CONTROLLERS.iter().filter(|c| available.split_whitespace().any(|a| a == **c)).map(|c| c.to_string()).collect();
@@ -415,7 +479,7 @@ fn targets(mounts: &[Mount], own: &str) -> Result<(bool, Vec<Target>), String> {
         });
     }
     if targets.is_empty() {
-        return Err("no memory, cpu or pids cgroup hierarchy is mounted".into());
+        return Err(CgroupSetupError::NoHierarchy);
     }
     Ok((false, targets))
 }
@@ -460,7 +524,7 @@ pub(crate) fn remove_runtime_leftovers(cell_id: &str) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    crate::shim::report(format_args!("cgroup {} left behind: {e}", dir.display()));
+                    report(format_args!("cgroup {} left behind: {e}", dir.display()));
                     break;
                 }
                 _ => break,
@@ -473,23 +537,22 @@ pub(crate) fn remove_runtime_leftovers(cell_id: &str) {
 /// ones warden uses in the supervisor's cgroup and in `warden/`. Fails (EBUSY) when the
 /// supervisor's own cgroup still holds processes: v2 forbids controllers there, so the
 /// supervisor must run in a delegated cgroup whose processes sit in a leaf of their own.
-fn enable_v2_controllers(warden_dir: &Path, controllers: &[String]) -> Result<(), String> {
+fn enable_v2_controllers(warden_dir: &Path, controllers: &[String]) -> Result<(), CgroupSetupError> {
     let want: String = controllers.iter().map(|c| format!("+{c} ")).collect();
     for dir in [warden_dir.parent().unwrap_or(warden_dir), warden_dir] {
         let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
         if controllers.iter().all(|c| enabled.split_whitespace().any(|e| e == c)) {
             continue;
         }
-        write_file(dir, "cgroup.subtree_control", want.trim_end()).map_err(|e| {
-            format!("{e} (cgroup v2 allows controllers only below a cgroup without processes of its own: run the supervisor in a delegated cgroup, in a leaf of its own)")
-        })?;
+        write_file(dir, "cgroup.subtree_control", want.trim_end())
+            .map_err(|source| CgroupSetupError::EnableControllers { dir: dir.to_path_buf(), source })?;
     }
     Ok(())
 }
 
 /// Creates `warden/<cell_id>` in every hierarchy — or `warden/<cell_id>~N` if another cell of
 /// that name is live (e.g. a second warden with its own data dir) — and records the result.
-fn make_dirs(cell_dir: &Path, cell_id: &str, v2: bool, targets: &[Target]) -> Result<CellCgroups, String> {
+fn make_dirs(cell_dir: &Path, cell_id: &str, v2: bool, targets: &[Target]) -> Result<CellCgroups, CgroupSetupError> {
     'names: for n in 0..1000u32 {
         let name = if n == 0 { cell_id.to_string() } else { format!("{cell_id}~{n}") };
         let mut made = CellCgroups { v2, dirs: Vec::new() };
@@ -502,23 +565,23 @@ fn make_dirs(cell_dir: &Path, cell_id: &str, v2: bool, targets: &[Target]) -> Re
                     controller: t.controller.clone(),
                     memory: t.controllers.iter().any(|c| c == "memory"),
                 }),
-                Err(e) => {
+                Err(source) => {
                     made.remove();
-                    if e.kind() == io::ErrorKind::AlreadyExists {
+                    if source.kind() == io::ErrorKind::AlreadyExists {
                         continue 'names;
                     }
-                    return Err(format!("create {}: {e}", path.display()));
+                    return Err(CgroupSetupError::CreateDir { path, source });
                 }
             }
         }
         // Recorded before any process joins, so a dead shim's cgroups can always be found.
-        if let Err(e) = write_json_atomic(cell_dir, RECORD, &made) {
+        if let Err(source) = write_json_atomic(cell_dir, RECORD, &made) {
             made.remove();
-            return Err(format!("write {RECORD}: {e}"));
+            return Err(CgroupSetupError::Record { cell_dir: cell_dir.to_path_buf(), source });
         }
         return Ok(made);
     }
-    Err(format!("no free cgroup name for cell {cell_id}"))
+    Err(CgroupSetupError::NoFreeName { cell_id: cell_id.to_string() })
 }
 
 /// SIGKILLs `pid` only if it is (still) in `dir`: a pidfd pins the process, and checking its
@@ -545,16 +608,22 @@ fn kill_if_member(pid: u32, dir: &CgroupDir) {
     }
 }
 
-fn write_file(dir: &Path, name: &str, value: &str) -> Result<(), String> {
+fn write_file(dir: &Path, name: &str, value: &str) -> Result<(), AttrWriteError> {
     let path = dir.join(name);
     // Plain O_WRONLY (no O_TRUNC/O_CREAT): these are kernel attributes, not files.
-    let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    sys::write_all_fd(std::os::fd::AsRawFd::as_raw_fd(&file), value.as_bytes())
-        .map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+    let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(file) => file,
+        Err(source) => return Err(AttrWriteError::Open { path, source }),
+    };
+    sys::write_all_fd(std::os::fd::AsRawFd::as_raw_fd(&file), value.as_bytes()).map_err(|source| AttrWriteError::Write {
+        path,
+        value: value.to_string(),
+        source,
+    })
 }
 
 /// Like [`write_file`], but a file the kernel does not offer (e.g. no swap accounting) is fine.
-fn write_optional(dir: &Path, name: &str, value: &str) -> Result<(), String> {
+fn write_optional(dir: &Path, name: &str, value: &str) -> Result<(), AttrWriteError> {
     if dir.join(name).exists() {
         write_file(dir, name, value)
     } else {

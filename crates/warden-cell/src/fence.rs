@@ -23,6 +23,7 @@
 //! The fence is only as alive as the shim: a shim that is itself stopped (SIGSTOP, a frozen
 //! cgroup) or starved fires late, which the caller's kill budget has to cover.
 
+use crate::cell::STANDBY_EPOCH;
 use crate::durable::read_json;
 use crate::sys;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The lease file's name in the cell dir.
 pub(crate) const LEASE_FILE: &str = "lease.json";
@@ -77,21 +79,45 @@ pub(crate) fn write_lease(cell_dir: &Path, lease: &LeaseRecord) -> io::Result<()
     result
 }
 
-/// The deadline `lease.json` grants `epoch` right now, or why it grants none ("fenced: lease
-/// epoch N expired (...)"), the words `exit.json`'s `detail` gets.
-pub(crate) fn current_deadline(cell_dir: &Path, epoch: u64) -> Result<u64, String> {
-    let expired = |why: String| format!("fenced: lease epoch {epoch} expired ({why})");
+/// Why a fenced cell may not run (any more): the fence fired. Its chain is the `detail` that
+/// `exit.json` records, and it always starts `fenced: lease epoch N expired (...)` — or, if the
+/// deadline cannot even be watched, `fenced: lease epoch N cannot be watched (...)`.
+/// Cloneable (sources are shared), because the fired fence keeps it for the exit record.
+#[derive(Clone, Debug, thiserror::Error)]
+pub(crate) enum FenceFired {
+    #[error("fenced: lease epoch {epoch} expired ({LEASE_FILE} is missing)")]
+    LeaseMissing { epoch: u64 },
+    #[error("fenced: lease epoch {epoch} expired ({LEASE_FILE} is unreadable)")]
+    LeaseUnreadable {
+        epoch: u64,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("fenced: lease epoch {epoch} expired ({LEASE_FILE} names epoch {found})")]
+    OtherEpoch { epoch: u64, found: u64 },
+    #[error("fenced: lease epoch {epoch} expired (deadline {deadline_ns} ns passed; CLOCK_BOOTTIME reads {now_ns} ns)")]
+    DeadlinePassed { epoch: u64, deadline_ns: u64, now_ns: u64 },
+    #[error("fenced: lease epoch {epoch} cannot be watched (timerfd_settime failed)")]
+    Unwatchable {
+        epoch: u64,
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+/// The deadline `lease.json` grants `epoch` right now, or why it grants none.
+pub(crate) fn current_deadline(cell_dir: &Path, epoch: u64) -> Result<u64, FenceFired> {
     let lease = match read_json::<LeaseRecord>(&cell_dir.join(LEASE_FILE)) {
         Ok(Some(lease)) => lease,
-        Ok(None) => return Err(expired(format!("{LEASE_FILE} is missing"))),
-        Err(e) => return Err(expired(format!("{LEASE_FILE} is unreadable: {e}"))),
+        Ok(None) => return Err(FenceFired::LeaseMissing { epoch }),
+        Err(e) => return Err(FenceFired::LeaseUnreadable { epoch, source: Arc::new(e) }),
     };
     if lease.epoch != epoch {
-        return Err(expired(format!("{LEASE_FILE} names epoch {}", lease.epoch)));
+        return Err(FenceFired::OtherEpoch { epoch, found: lease.epoch });
     }
-    let now = boottime_ns();
-    if lease.deadline_boottime_ns <= now {
-        return Err(expired(format!("deadline {} ns passed; CLOCK_BOOTTIME reads {now} ns", lease.deadline_boottime_ns)));
+    let now_ns = boottime_ns();
+    if lease.deadline_boottime_ns <= now_ns {
+        return Err(FenceFired::DeadlinePassed { epoch, deadline_ns: lease.deadline_boottime_ns, now_ns });
     }
     Ok(lease.deadline_boottime_ns)
 }
@@ -103,7 +129,7 @@ pub(crate) struct FenceWatch {
     /// The deadline the timer is armed for.
     deadline: u64,
     /// Once the fence fired: why (the `detail` of `exit.json`). Nothing re-arms the timer then.
-    pub(crate) fired: Option<String>,
+    pub(crate) fired: Option<FenceFired>,
 }
 
 impl FenceWatch {
@@ -120,11 +146,11 @@ impl FenceWatch {
     /// Re-reads the lease: re-arms the timer for a deadline still in the future, or else says
     /// why the cell must die now (and keeps that in `fired`). A standby's watch (epoch 0) takes
     /// the first other epoch it finds as its own: the standby was promoted.
-    pub(crate) fn rearm(&mut self, cell_dir: &Path) -> Result<(), String> {
+    pub(crate) fn rearm(&mut self, cell_dir: &Path) -> Result<(), FenceFired> {
         if let Some(why) = &self.fired {
             return Err(why.clone());
         }
-        if self.epoch == crate::STANDBY_EPOCH {
+        if self.epoch == STANDBY_EPOCH {
             if let Ok(Some(lease)) = read_json::<LeaseRecord>(&cell_dir.join(LEASE_FILE)) {
                 self.epoch = lease.epoch;
             }
@@ -134,7 +160,7 @@ impl FenceWatch {
         let result = current_deadline(cell_dir, self.epoch).and_then(|deadline| {
             self.deadline = deadline;
             sys::timerfd_set_absolute(&self.timer, deadline)
-                .map_err(|e| format!("fenced: lease epoch {} cannot be watched (timerfd_settime: {e})", self.epoch))
+                .map_err(|e| FenceFired::Unwatchable { epoch: self.epoch, source: Arc::new(e) })
         });
         if let Err(why) = &result {
             self.fired = Some(why.clone());
@@ -144,7 +170,7 @@ impl FenceWatch {
 
     /// Like [`FenceWatch::rearm`], but only reads the lease once the armed deadline has passed:
     /// for start-up, which does not poll the timer.
-    pub(crate) fn check(&mut self, cell_dir: &Path) -> Result<(), String> {
+    pub(crate) fn check(&mut self, cell_dir: &Path) -> Result<(), FenceFired> {
         if self.fired.is_none() && boottime_ns() < self.deadline {
             return Ok(());
         }

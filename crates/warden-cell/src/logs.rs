@@ -1,6 +1,7 @@
 //! The shim's log sink: appends workload output to `output.log` and rotates it to
 //! `output.log.1` .. `.N` so a chatty workload can never fill the disk.
 
+use crate::diag::report;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -67,7 +68,7 @@ impl LogSink {
         if let Err(e) = self.try_write(data) {
             if !self.reported_error {
                 self.reported_error = true;
-                crate::shim::report(format_args!("log {}: {e}", self.path.display()));
+                report(format_args!("log {}: {e}", self.path.display()));
             }
         }
     }

@@ -8,8 +8,8 @@
 //! tears down with [`delete`]. The runtime's own state lives under a `state_root` that belongs to
 //! warden (`<cells_dir>/.oci-state`, see [`state_root`]; not the runtime's default `/run/runc`),
 //! so after a supervisor crash [`state`] finds exactly warden's containers, and nobody else's.
-//! Every runtime command is bounded by [`COMMAND_TIMEOUT`]: a hung runtime must not hang the
-//! shim or the supervisor's recovery.
+//! Every runtime command is bounded by [`COMMAND_TIMEOUT`], and a container's start by
+//! [`START_LIMIT`]: a hung runtime must not hang the shim or the supervisor's recovery.
 //!
 //! cgroups: the bundle asks for the relative cgroup path `warden/<cell_id>`. runc's cgroupfs
 //! driver (runc 1.1, cgroup v1, hybrid or v2 alike) resolves a relative path under the cgroup of
@@ -17,7 +17,9 @@
 //! counted against whatever limits the supervisor itself runs under (a systemd unit, a sandbox).
 //! An absolute `/warden/<cell_id>` also works with runc, but escapes those limits.
 
-use crate::{CellConfig, CellLimits, OciRuntime};
+use crate::cell::{CellConfig, CellLimits, OciRuntime};
+use crate::durable::write_atomic;
+use crate::sys;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -34,6 +36,11 @@ pub const STATE_DIR: &str = ".oci-state";
 /// take tens of milliseconds; one stuck on, say, a process in uninterruptible sleep must not keep
 /// a shim from recording its cell's end, or the supervisor's recovery from finishing.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an OCI runtime may take to start a container. It creates namespaces, mounts and
+/// cgroups, which takes well under a second; one that hangs must not hang the start. The
+/// supervisor waits for a starting shim a little longer than this.
+pub const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// The runtime state root of the cells in `cells_dir`: `<cells_dir>/.oci-state`. Part of what
 /// warden recovers after a crash: a container the runtime still knows there whose shim is gone
@@ -58,7 +65,7 @@ pub enum OciError {
         "OCI runtime `{name}` not found (searched PATH and {searched}): install the {name} package (apt-get install -y {name})"
     )]
     NotInstalled { name: &'static str, searched: String },
-    #[error("cannot run {}: {source}", .runtime.display())]
+    #[error("cannot run {}", .runtime.display())]
     Spawn {
         runtime: PathBuf,
         #[source]
@@ -77,7 +84,7 @@ pub enum OciError {
     Timeout { command: String, limit: Duration },
     #[error("cannot parse the output of `{command}`: {reason}")]
     BadOutput { command: String, reason: String },
-    #[error("{}: {source}", .path.display())]
+    #[error("read {}", .path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -256,7 +263,7 @@ pub fn write_bundle(bundle_dir: &Path, config: &CellConfig, rootfs: &Path, netwo
     std::fs::create_dir_all(bundle_dir)?;
     let mut bytes = serde_json::to_vec_pretty(&bundle_config(config, rootfs, network_none)).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    crate::durable::write_atomic(bundle_dir, "config.json", &bytes)
+    write_atomic(bundle_dir, "config.json", &bytes)
 }
 
 /// Where Debian and most distributions install runtimes; searched after `PATH` because a
@@ -440,7 +447,7 @@ fn output_within(mut child: Child, limit: Duration) -> Result<Output, Option<io:
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut result = (|| {
         for fd in [stdout.as_ref().map(AsRawFd::as_raw_fd), stderr.as_ref().map(AsRawFd::as_raw_fd)].into_iter().flatten() {
-            set_nonblocking(fd).map_err(Some)?;
+            sys::set_nonblocking(fd, true).map_err(Some)?;
         }
         while stdout.is_some() || stderr.is_some() {
             let left = deadline.checked_duration_since(Instant::now()).ok_or(None)?;
@@ -449,13 +456,10 @@ fn output_within(mut child: Child, limit: Duration) -> Result<Output, Option<io:
                 libc::pollfd { fd: stderr.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
             ];
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-            // SAFETY: `fds` is a valid array of two pollfds; negative fds are ignored.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(Some(e));
-                }
-                continue;
+            match sys::poll(&mut fds, ms) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Some(e)),
+                Ok(_) => {}
             }
             if fds[0].revents != 0 && stdout.as_mut().is_none_or(|p| drain(p, &mut out)) {
                 stdout = None;
@@ -498,15 +502,6 @@ fn drain(pipe: &mut impl Read, into: &mut Vec<u8>) -> bool {
             Err(_) => return true,
         }
     }
-}
-
-fn set_nonblocking(fd: std::os::fd::RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments.
-    unsafe {
-        let flags = crate::sys::cvt(libc::fcntl(fd, libc::F_GETFL))?;
-        crate::sys::cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
-    }
-    Ok(())
 }
 
 fn failed(command: String, out: &Output) -> OciError {

@@ -2,13 +2,15 @@
 //! restart works out from the cell directory alone whether the cell is running, has exited,
 //! never started, or was lost — never starting a cell twice and never trusting a bare pid.
 
+use crate::cell::{CellConfig, CellIsolation, CellState, ExitStatus, OciRuntime, StartedCell};
 use crate::cgroup::CellCgroups;
+use crate::diag::Chain;
 use crate::durable::{read_json, write_json_atomic};
+use crate::exit_report::MAX_CELL_ID;
 use crate::fence::{boottime_ns, write_lease, LeaseRecord};
 use crate::oci;
 use crate::procfs::{is_alive, process_start_time};
 use crate::sys::{self, TryLock};
-use crate::{CellConfig, CellIsolation, CellState, ExitStatus, OciRuntime, SignalError, StartError, StartedCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
@@ -18,11 +20,79 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long `inspect` waits for a live shim that is still starting to write `pid.json`. Longer
-/// than the shim's own bound on a start (`OCI_START_LIMIT`, the slowest kind), so the shim has
+/// than the shim's own bound on a start ([`oci::START_LIMIT`], the slowest kind), so the shim has
 /// always either reported its workload or given up and exited by then: reporting a cell that is
 /// merely slow to start as `Lost` would get its workload started a second time.
-const MID_START_WAIT: Duration = Duration::from_secs(crate::shim::OCI_START_LIMIT.as_secs() + 10);
+const MID_START_WAIT: Duration = Duration::from_secs(oci::START_LIMIT.as_secs() + 10);
 const MID_START_POLL: Duration = Duration::from_millis(10);
+
+/// Why [`ProcessBackend::start`] failed. The workload is not running after any of these (the
+/// shim reaps or kills it before reporting), unless the shim itself was killed between exec and
+/// handshake (`Handshake`). The cell dir is left in place for post-mortems (`shim.err`);
+/// [`ProcessBackend::inspect`] reports it as `NotStarted`, and [`ProcessBackend::remove`]
+/// deletes it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid cell config: {0}")]
+    InvalidConfig(String),
+    #[error("cell directory {} already exists", .0.display())]
+    AlreadyExists(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot spawn shim {}: {source}", .path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workload could not be exec'd (or its workdir entered), e.g. "No such file or directory".
+    #[error("cannot exec workload: {0}")]
+    Exec(String),
+    /// The shim reported a failure of its own before the workload ran.
+    #[error("shim failed: {0}")]
+    Shim(String),
+    /// The OCI runtime could not be found or refused to start the container (e.g. crun on a
+    /// host with hybrid cgroups); carries the runtime's own words. Never retried with another
+    /// runtime.
+    #[error("OCI runtime: {0}")]
+    Runtime(String),
+    /// A fenced cell's lease had expired (or was missing, unreadable or for another epoch) before
+    /// its workload ran: no lease, no cell. Nothing was started.
+    #[error("lease expired, cell not started: {0}")]
+    LeaseExpired(String),
+    /// The shim went away (or spoke nonsense) without reporting success or failure.
+    #[error("no handshake from shim: {0}")]
+    Handshake(String),
+}
+
+/// Why [`ProcessBackend::signal`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("no such cell: {0}")]
+    NoSuchCell(String),
+    #[error("cell {0} has no running workload yet (pid.json missing)")]
+    NotStarted(String),
+    #[error("cannot signal cell {cell_id}: {source}")]
+    Io {
+        cell_id: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A cell id that cannot name a cell directory.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InvalidCellId {
+    #[error("cell id {0:?} is not a plain file name")]
+    NotAFileName(String),
+    /// Hidden names in the cells dir are warden's own (the OCI runtime's `.oci-state`).
+    #[error("cell id {0:?} starts with a dot")]
+    Hidden(String),
+}
 
 /// How to run the shim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,7 +248,7 @@ impl ProcessBackend {
     /// rename wins, so callers should not race deadlines that go backwards).
     pub fn renew_lease(&self, cell_id: &str, epoch: u64, deadline_boottime_ns: u64) -> io::Result<()> {
         if validate_id(cell_id).is_err() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cell id {cell_id:?} is not a plain file name")));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, InvalidCellId::NotAFileName(cell_id.to_string())));
         }
         write_lease(&self.cell_dir(cell_id), &LeaseRecord { epoch, deadline_boottime_ns })
     }
@@ -217,7 +287,7 @@ impl ProcessBackend {
             match read_exit(&dir) {
                 Ok(Some(exit)) => return CellState::Exited(exit),
                 Ok(None) => {}
-                Err(e) => return lost(e),
+                Err(e) => return lost(format!("cannot read exit.json: {e}")),
             }
             match sys::try_lock_exclusive(&lock) {
                 // We hold the lock until `lock` drops: no shim can start meanwhile.
@@ -239,7 +309,7 @@ impl ProcessBackend {
         match read_exit(dir) {
             Ok(Some(exit)) => return CellState::Exited(exit),
             Ok(None) => {}
-            Err(e) => return lost(e),
+            Err(e) => return lost(format!("cannot read exit.json: {e}")),
         }
         // config.json is written before the shim is spawned, so it is there for every cell.
         let oci_runtime = match read_json::<CellConfig>(&dir.join("config.json")) {
@@ -256,7 +326,10 @@ impl ProcessBackend {
                 // alone, it would run unwatched and block the cell id.
                 if let Some(runtime) = oci_runtime {
                     if let Err(e) = self.delete_container(runtime, cell_id) {
-                        return lost(format!("shim died while starting its container, which could not be deleted: {e}"));
+                        return lost(format!(
+                            "shim died while starting its container, which could not be deleted: {}",
+                            Chain(&e)
+                        ));
                     }
                 }
                 // Move the dir aside so that a shim which was spawned but has not reached its
@@ -296,7 +369,7 @@ impl ProcessBackend {
         let root = self.oci_state_root();
         let binary = match oci::runtime_binary(runtime) {
             Ok(binary) => binary,
-            Err(e) => return lost(format!("shim lost; cannot end its container: {e}")),
+            Err(e) => return lost(format!("shim lost; cannot end its container: {}", Chain(&e))),
         };
         let known = oci::state(&binary, &root, &id);
         let deleted = oci::delete(&binary, &root, &id);
@@ -306,7 +379,7 @@ impl ProcessBackend {
             let _ = sys::kill(started.pid as libc::pid_t, libc::SIGKILL);
         }
         match (known, deleted) {
-            (_, Err(e)) => lost(format!("shim lost; deleting its container failed: {e}")),
+            (_, Err(e)) => lost(format!("shim lost; deleting its container failed: {}", Chain(&e))),
             (Ok(Some(state)), Ok(())) if state.status != "stopped" => lost("shim lost; container killed and deleted".into()),
             _ => lost("shim lost before the cell ended; exit status unknown; container deleted".into()),
         }
@@ -385,9 +458,8 @@ impl ProcessBackend {
         // Only reap a pid that is still provably the shim: waiting on a recycled pid could
         // steal the exit status of some other child of ours.
         if process_start_time(started.shim_pid) == Some(started.shim_start_time) {
-            let mut status = 0;
-            // SAFETY: waitpid writes into a valid local; ECHILD (not our child) is ignored.
-            unsafe { libc::waitpid(started.shim_pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            // Not our child (ECHILD), or still running: nothing to reap.
+            let _ = sys::try_reap(started.shim_pid as libc::pid_t);
         }
         self.inspect(cell_id)
     }
@@ -412,8 +484,8 @@ fn lost(reason: String) -> CellState {
     CellState::Lost { reason }
 }
 
-fn read_exit(dir: &Path) -> Result<Option<ExitStatus>, String> {
-    read_json(&dir.join("exit.json")).map_err(|e| format!("cannot read exit.json: {e}"))
+fn read_exit(dir: &Path) -> io::Result<Option<ExitStatus>> {
+    read_json(&dir.join("exit.json"))
 }
 
 fn io_err(context: &'static str) -> impl Fn(io::Error) -> StartError {
@@ -423,7 +495,7 @@ fn io_err(context: &'static str) -> impl Fn(io::Error) -> StartError {
 /// Rejects what the shim could not exec, before any directory is created.
 fn validate(config: &CellConfig) -> Result<(), StartError> {
     let bad = |msg: String| Err(StartError::InvalidConfig(msg));
-    validate_id(&config.cell_id).map_err(StartError::InvalidConfig)?;
+    validate_id(&config.cell_id).map_err(|e| StartError::InvalidConfig(e.to_string()))?;
     if let CellIsolation::Oci { rootfs, .. } = &config.isolation {
         // The runtime would resolve a relative root against the bundle, not the supervisor.
         if !rootfs.is_absolute() {
@@ -455,13 +527,12 @@ fn validate(config: &CellConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > crate::exit_report::MAX_CELL_ID {
-        return Err(format!("cell id {id:?} is not a plain file name"));
+fn validate_id(id: &str) -> Result<(), InvalidCellId> {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0']) || id.len() > MAX_CELL_ID {
+        return Err(InvalidCellId::NotAFileName(id.to_string()));
     }
     if id.starts_with('.') {
-        // Hidden names in the cells dir are warden's own (the OCI runtime's `.oci-state`).
-        return Err(format!("cell id {id:?} starts with a dot"));
+        return Err(InvalidCellId::Hidden(id.to_string()));
     }
     Ok(())
 }

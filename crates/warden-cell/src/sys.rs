@@ -1,5 +1,6 @@
 //! Thin, safe wrappers over the few Linux syscalls the backend and the shim need (flock, pidfd,
-//! renameat2, pipes, clone, timerfd); each keeps its `unsafe` next to its SAFETY argument.
+//! renameat2, pipes, clone, timerfd, signalfd, waitpid, poll, ...); each keeps its `unsafe` next
+//! to its SAFETY argument, so that callers need none.
 
 use std::ffi::CString;
 use std::io;
@@ -210,4 +211,177 @@ pub(crate) unsafe fn clone_fork(flags: libc::c_ulong) -> io::Result<libc::pid_t>
     // like fork; no tid pointers or TLS are passed. The caller vouches for the rest.
     let ret = unsafe { libc::syscall(libc::SYS_clone, flags, null, null, null, 0 as libc::c_ulong) };
     cvt_long(ret).map(|pid| pid as libc::pid_t)
+}
+
+/// `fcntl(F_SETFL)`: sets or clears `O_NONBLOCK` on an open descriptor.
+pub(crate) fn set_nonblocking(fd: RawFd, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no third argument and only reads the descriptor's flags; an invalid
+    // descriptor is reported as EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let flags = if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: F_SETFL takes an integer flag set; no memory is passed.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// `poll(2)` on `fds` (entries with a negative fd are ignored); returns how many are ready, 0
+/// on timeout. `timeout_ms < 0` waits forever.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, writable array of exactly `fds.len()` pollfds for the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    cvt(n).map(|n| n as usize)
+}
+
+/// `waitpid(pid, WNOHANG)`: the wait status if `pid` (a child of ours) has ended and was reaped
+/// now, `None` if it still runs (or is not our child).
+pub(crate) fn try_reap(pid: libc::pid_t) -> Option<libc::c_int> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into a valid local; no other memory is involved.
+    let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    (ret == pid && pid > 0).then_some(status)
+}
+
+/// Blocking `waitpid(pid)`, retried on EINTR; the status is not needed.
+pub(crate) fn reap_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a valid local; no other memory is involved.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// A child's exit, if it has exited, without reaping it (`waitid(WNOWAIT)`): `(si_code,
+/// si_status)`.
+pub(crate) fn peek_exit(pid: libc::pid_t) -> Option<(libc::c_int, libc::c_int)> {
+    // SAFETY: siginfo_t is a plain C struct (integers and a union of integers and pointers), for
+    // which all-zero bytes are a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+    let ret = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    // SAFETY: si_pid and si_status read the SIGCHLD members of the union, which waitid fills in
+    // on success; after WNOHANG found nothing they are still the zeros written above.
+    let (child, status) = unsafe { (info.si_pid(), info.si_status()) };
+    (ret == 0 && child != 0).then_some((info.si_code, status))
+}
+
+/// `setpgid(pid, pgid)`; `(0, 0)` makes the caller a group leader.
+pub(crate) fn setpgid(pid: libc::pid_t, pgid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: setpgid takes plain integers and touches no memory of ours.
+    cvt(unsafe { libc::setpgid(pid, pgid) }).map(drop)
+}
+
+/// `setsid()`: a session (and process group) of the caller's own.
+pub(crate) fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments and only changes this process's session.
+    cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// `close_range(first, ~0, 0)`: closes every descriptor from `first` on. The caller must own
+/// none of them any more (an `OwnedFd` among them would later close a recycled number).
+pub(crate) fn close_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes integers and only closes descriptors; the caller vouches that no
+    // live Rust object owns one of them.
+    cvt_long(unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0 as libc::c_uint) }).map(drop)
+}
+
+/// `dup2(from, to)`: `to` atomically becomes a copy of `from`.
+pub(crate) fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes plain descriptor numbers; it closes `to` first, which the caller owns.
+    cvt(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: no core dumps, and no `/proc/<pid>/mem` or ptrace for peers.
+pub(crate) fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; PR_SET_DUMPABLE reads no memory.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(drop)
+}
+
+/// A signal set holding exactly `signals`.
+pub(crate) fn sigset(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the whole set it is pointed at.
+    cvt(unsafe { libc::sigemptyset(set.as_mut_ptr()) })?;
+    for &sig in signals {
+        // SAFETY: the set was initialised above; an invalid signal number is reported as EINVAL.
+        cvt(unsafe { libc::sigaddset(set.as_mut_ptr(), sig) })?;
+    }
+    // SAFETY: sigemptyset succeeded, so the set is initialised.
+    Ok(unsafe { set.assume_init() })
+}
+
+/// `sigprocmask(SIG_BLOCK, set)`.
+pub(crate) fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
+    // SAFETY: `set` is an initialised sigset; the old mask is not asked for (NULL).
+    cvt(unsafe { libc::sigprocmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) }).map(drop)
+}
+
+/// A new non-blocking, close-on-exec signalfd for `set` (which must be blocked to be read).
+pub(crate) fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: -1 asks for a new descriptor; `set` is an initialised sigset read during the call.
+    let fd = cvt(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: freshly created descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one pending signal from a non-blocking signalfd: its number, or `Ok(None)` if none is
+/// pending.
+pub(crate) fn read_signal(signal_fd: &OwnedFd) -> io::Result<Option<libc::c_int>> {
+    let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    loop {
+        // SAFETY: `info` has room for one signalfd_siginfo, the unit a signalfd is read in.
+        let n = unsafe { libc::read(signal_fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n == size as isize {
+            // SAFETY: the kernel filled in the whole struct (a signalfd never reads short).
+            return Ok(Some(unsafe { info.assume_init() }.ssi_signo as libc::c_int));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted if n < 0 => continue,
+            io::ErrorKind::WouldBlock if n < 0 => return Ok(None),
+            _ if n < 0 => return Err(e),
+            _ => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read from a signalfd")),
+        }
+    }
+}
+
+/// Fills `buf` from the kernel's random pool (`getrandom`, blocking only until it is seeded).
+pub(crate) fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        // SAFETY: `rest` is a valid, writable slice of exactly the length passed.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
+    Ok(())
+}
+
+/// The size of a memory page, if the system says.
+pub(crate) fn page_size() -> Option<usize> {
+    // SAFETY: sysconf takes an integer and has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => Some(n as usize),
+        _ => None,
+    }
+}
+
+/// Gives free heap memory back to the kernel (glibc only; elsewhere a no-op).
+pub(crate) fn malloc_trim() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds as free; no live allocation
+    // is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

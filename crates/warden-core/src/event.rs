@@ -9,10 +9,8 @@ use crate::canonical::sha256_hex;
 use crate::job::JobEvent;
 use crate::rollout::{RolloutEvent, RolloutStart};
 use crate::spec::Spec;
-use crate::standby::StandbySlot;
 use crate::time::format_rfc3339_ms;
-use crate::types::{LifecycleTerminalState, WorkloadInfo};
-use crate::workload::StopReason;
+use crate::types::{LifecycleTerminalState, StandbySlot, StopReason, WorkloadInfo};
 
 /// `prevhash` of the first event in a journal.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -59,7 +59,7 @@ pub struct LeaseRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("event {seq}: unknown type or malformed data: {source}")]
+    #[error("event {seq}: unknown type or malformed data")]
     Malformed { seq: u64, source: serde_json::Error },
     #[error("event {seq}: bad time {time:?}")]
     BadTime { seq: u64, time: String },

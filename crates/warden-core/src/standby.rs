@@ -1,4 +1,5 @@
-//! Warm standbys: the seed's `StandbySlot`, and the pure state machine of one host's role for one
+//! Warm standbys: where a workload's `StandbySlot`s go (`plan`; the slot itself is a leaf type in
+//! `types`), and the pure state machine of one host's role for one
 //! workload — the primary, running under a fenced lease, or standby *i*, armed and waiting its
 //! turn to promote.
 //!
@@ -21,28 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventData;
 use crate::lease::{HeldLease, LeaseTiming};
 use crate::projection::HostRecord;
-use crate::{Phase, Workload};
-
-/// A standby reserved on another host for a warm-standby workload, with every field of the seed
-/// (`primary_npub` → `primary`, `owner_npub` → `owner`, `peer_standby_npubs` → `peer_standbys`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StandbySlot {
-    /// The workload's consumer id (what the submitter named it); slots are keyed by it.
-    pub workload_id: String,
-    /// The host running the primary when the slot was armed.
-    pub primary: String,
-    pub standby_index: usize,
-    pub standby_count: usize,
-    pub spec_id: String,
-    pub expires_at: Option<u64>,
-    pub owner: String,
-    /// The silence baseline before any heartbeat of the primary was seen.
-    pub created_at: u64,
-    /// The hosts holding the other slots, by index.
-    pub peer_standbys: Vec<String>,
-    /// The host this slot is on.
-    pub host: String,
-}
+use crate::workload::{Phase, Workload};
+// Defined in the leaf `types` (events carry it too); kept at its old path for other crates.
+pub use crate::types::StandbySlot;
 
 /// The slot changes that bring `workload`'s standbys to what its spec asks for, given the hosts:
 /// `standbys` slots on up, admissible hosts other than the primary's, each naming the current
@@ -313,8 +295,10 @@ mod tests {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
-    use crate::workload::Input;
-    use crate::{Projection, Spec, WorkloadInfo};
+    use crate::projection::Projection;
+    use crate::spec::Spec;
+    use crate::types::WorkloadInfo;
+    use crate::workload::{Effect, Input};
 
     fn host(name: &str, up: bool) -> (String, HostRecord) {
         let record = HostRecord {
@@ -352,7 +336,7 @@ mod plan_tests {
         let mut projection = Projection::default();
         let decision = projection.submit(info, spec, 0);
         let cell_id = match &decision.effects[..] {
-            [crate::Effect::StartCell { cell_id, .. }] => cell_id.clone(),
+            [Effect::StartCell { cell_id, .. }] => cell_id.clone(),
             other => panic!("{other:?}"),
         };
         let placed = EventData::CellPlaced {

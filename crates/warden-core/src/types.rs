@@ -1,4 +1,6 @@
-//! The seed types (`WorkloadInfo`, `ReplicationMode`, `RestartPolicy`, `LifecycleTerminalState`) and ids.
+//! The seed types (`WorkloadInfo`, `ReplicationMode`, `RestartPolicy`, `LifecycleTerminalState`,
+//! `StandbySlot`) and the other plain types that events carry (`CellExit`, `StopReason`): a leaf
+//! module, so the event module and the state machines that emit events can both use them.
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +91,37 @@ pub struct WorkloadInfo {
     pub state_uri: Option<String>,
     /// The id the submitter chose, if any (`warden run --id`).
     pub consumer_workload_id: Option<String>,
+}
+
+/// A standby reserved on another host for a warm-standby workload, with every field of the seed
+/// (`primary_npub` → `primary`, `owner_npub` → `owner`, `peer_standby_npubs` → `peer_standbys`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandbySlot {
+    /// The workload's consumer id (what the submitter named it); slots are keyed by it.
+    pub workload_id: String,
+    /// The host running the primary when the slot was armed.
+    pub primary: String,
+    pub standby_index: usize,
+    pub standby_count: usize,
+    pub spec_id: String,
+    pub expires_at: Option<u64>,
+    pub owner: String,
+    /// The silence baseline before any heartbeat of the primary was seen.
+    pub created_at: u64,
+    /// The hosts holding the other slots, by index.
+    pub peer_standbys: Vec<String>,
+    /// The host this slot is on.
+    pub host: String,
+}
+
+/// Why a workload's cell is being stopped (`workload.stopping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    Requested,
+    Expired,
+    /// The spec was replaced (a rollout): the cell stops and one of the new spec starts at once.
+    Replaced,
 }
 
 /// What is known about how a cell ended, as the backend observed it.

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{EventData, Outcome};
 use crate::spec::Spec;
-use crate::standby::StandbySlot;
-use crate::types::{CellExit, ReplicationMode, RestartPolicy, WorkloadInfo};
+use crate::types::{CellExit, ReplicationMode, RestartPolicy, StandbySlot, WorkloadInfo};
+// Defined in the leaf `types` (events carry it too); kept at its old path for other crates.
+pub use crate::types::StopReason;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
@@ -79,15 +80,6 @@ pub struct RunningCell {
     pub pid: u32,
     pub pid_start_time: u64,
     pub started_at_ms: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StopReason {
-    Requested,
-    Expired,
-    /// The spec was replaced (a rollout): the cell stops and one of the new spec starts at once.
-    Replaced,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -720,17 +712,27 @@ impl Workload {
     }
 
     /// Invariants that hold after every event.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkloadInvariantError> {
         if self.runs > self.cells_created {
-            return Err(format!("{} runs but only {} cells created", self.runs, self.cells_created));
+            return Err(WorkloadInvariantError::MoreRunsThanCells { runs: self.runs, cells_created: self.cells_created });
         }
         if let RestartPolicy::Never = self.spec.restart.policy {
             if self.runs > 1 + self.failovers_ran + self.replacements {
-                return Err(format!("restart policy never, but {} runs and {} failovers", self.runs, self.failovers_ran));
+                return Err(WorkloadInvariantError::RestartedUnderNever { runs: self.runs, failovers_ran: self.failovers_ran });
             }
         }
         Ok(())
     }
+}
+
+/// An invariant of a workload that does not hold: a bug in `step` or `apply` (see
+/// [`Workload::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadInvariantError {
+    #[error("{runs} runs but only {cells_created} cells created")]
+    MoreRunsThanCells { runs: u32, cells_created: u32 },
+    #[error("restart policy never, but {runs} runs and {failovers_ran} failovers")]
+    RestartedUnderNever { runs: u32, failovers_ran: u32 },
 }
 
 /// `backoff × 2^(n-1)` for the n-th consecutive failure, capped at `backoff_max`; the base delay

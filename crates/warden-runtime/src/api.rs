@@ -19,13 +19,15 @@ use warden_core::{CloudEvent, Projection, Spec};
 use warden_store::{Store, StoreError};
 
 use crate::auth::{verify_request, ReplayGuard};
+use crate::clock::now_ms;
 use crate::cluster::Queues;
-use crate::engine::{now_ms, ApiError, Command, Manifests};
+use crate::engine::rollouts;
+use crate::engine::{Command, Manifests};
+use crate::error::ApiError;
 use crate::proto::{
     AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest,
     RolloutReport, RolloutReportResponse,
 };
-use crate::rollouts;
 use crate::view::{ErrorBody, HostView, JobRunRequest, RolloutRequest, RolloutView, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Clone)]
@@ -100,14 +102,7 @@ pub fn router(state: ApiState) -> Router {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Gone(_) => StatusCode::GONE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(ErrorBody { error: self.to_string() })).into_response()
     }
 }

@@ -38,10 +38,7 @@ pub fn state_uri(hex: &str) -> String {
     format!("blob:sha256:{hex}")
 }
 
-/// The sha256 hex a `state_uri` names, if it names a blob.
-pub fn blob_hex(state_uri: &str) -> Option<&str> {
-    state_uri.strip_prefix("blob:sha256:").filter(|hex| is_sha256_hex(hex))
-}
+pub use warden_core::cluster::blob_hex;
 
 /// 64 lowercase hex digits.
 pub fn is_sha256_hex(hex: &str) -> bool {

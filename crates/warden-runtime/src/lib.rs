@@ -7,13 +7,13 @@ pub mod auth;
 pub mod cells;
 pub mod checkpoint;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod engine;
-pub mod jobs;
+pub mod error;
 pub mod logs;
 pub mod paths;
 pub mod proto;
-pub mod rollouts;
 pub mod view;
 
 use std::fs::File;
@@ -27,7 +27,7 @@ use warden_core::EventData;
 use warden_store::{SqliteStore, Store};
 
 use crate::auth::{authorize_key, load_authorized_keys, Identity};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 
 pub struct UpConfig {
     pub listen: SocketAddr,
@@ -99,17 +99,16 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
     let join_token = load_or_create_join_token(data_dir).map_err(dir_err)?;
-    let (mut engine, handle) = Engine::load(
-        store.clone(),
-        backend,
-        &config.node_name,
-        logs_dir.clone(),
-        data_dir.join("jobs"),
-        config.snapshot_every_n_events,
-        config.cluster,
-        config.local_cells.then(|| config.node_name.clone()),
-        data_dir.join("keys"),
-    )?;
+    let engine_config = EngineConfig {
+        host: config.node_name.clone(),
+        logs_dir: logs_dir.clone(),
+        jobs_dir: data_dir.join("jobs"),
+        keys_dir: data_dir.join("keys"),
+        snapshot_every_n_events: config.snapshot_every_n_events,
+        cluster: config.cluster,
+        local_host: config.local_cells.then(|| config.node_name.clone()),
+    };
+    let (mut engine, handle) = Engine::load(store.clone(), backend, engine_config)?;
     if let Some(repair) = &report.repaired {
         eprintln!(
             "warden: journal tail was torn or corrupt at event {} ({}); discarded {} event(s) from there, kept 1..{}",

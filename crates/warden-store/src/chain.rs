@@ -25,7 +25,7 @@ use warden_core::event::GENESIS_HASH;
 use warden_core::time::format_rfc3339_ms;
 use warden_core::CloudEvent;
 
-use crate::Head;
+use crate::port::Head;
 
 /// The first line of every signed head message: what the signature is for, and its version.
 pub const HEAD_SIGNATURE_CONTEXT: &str = "warden-chain-head/v1";
@@ -263,13 +263,13 @@ impl Links {
 /// Checks that `events` continue a chain whose last hash is `prev_hash`: each event's
 /// `prevhash` is the hash of the one before it (the first's is `prev_hash`) and their `seq`s
 /// are consecutive. Says which event broke the chain, and how.
-pub fn verify_chain(events: &[CloudEvent], prev_hash: &str) -> Result<(), String> {
+pub fn verify_chain(events: &[CloudEvent], prev_hash: &str) -> Result<(), ChainError> {
     let Some(first) = events.first() else { return Ok(()) };
     let mut links = Links::new(first.seq, Some(prev_hash.to_string()));
     for event in events {
-        links.push(event).map_err(|e| e.to_string())?;
+        links.push(event)?;
     }
-    links.finish().map_err(|e| e.to_string())
+    links.finish()
 }
 
 /// What a successful verification proved.
@@ -384,8 +384,50 @@ pub fn verify_signed_chain(
     verifier.finish()
 }
 
-/// The message `check_row` gives (stored rows keep their wording: repair reasons are journaled).
-fn prevhash_mismatch(seq: u64) -> String {
+/// Why a stored row is not the event the chain needs next. Its message becomes a tail repair's
+/// `reason`, which is journaled (`journal.recovered`), so the wording stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BrokenRow {
+    #[error("gap: expected {expected}, found {found}")]
+    Gap { expected: u64, found: u64 },
+    #[error("event {seq}: hash mismatch")]
+    HashMismatch { seq: u64 },
+    #[error("event {seq}: subject is not UTF-8")]
+    SubjectNotUtf8 { seq: u64 },
+    #[error("event {seq}: subject is not text")]
+    SubjectNotText { seq: u64 },
+    #[error("event {seq}: body is not a blob")]
+    BodyNotBlob { seq: u64 },
+    #[error("event {seq}: body is not an event")]
+    NotAnEvent {
+        seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("event {seq}: body says seq {body_seq}")]
+    WrongSeq { seq: u64, body_seq: u64 },
+    #[error("{}", row_prevhash_mismatch_text(*seq))]
+    PrevhashMismatch { seq: u64 },
+    #[error("event {seq}: body is not in canonical form")]
+    NotCanonical { seq: u64 },
+    #[error("event {seq}: subject column does not match the body")]
+    SubjectMismatch { seq: u64 },
+}
+
+impl BrokenRow {
+    /// The message followed by its source, if any (`event 7: body is not an event: EOF while
+    /// parsing…`): what a tail repair records as its `reason`.
+    pub(crate) fn reason(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(source) => format!("{self}: {source}"),
+            None => self.to_string(),
+        }
+    }
+}
+
+/// Stored rows keep their wording, which differs from [`ChainError::PrevhashMismatch`]'s:
+/// repair reasons are journaled.
+fn row_prevhash_mismatch_text(seq: u64) -> String {
     if seq <= 1 {
         format!("event {seq}: prevhash is not the genesis hash")
     } else {
@@ -407,28 +449,28 @@ pub(crate) struct StoredRow<'a> {
 /// link: the stored hash must cover the body, the body must be the canonical form of an event
 /// that says it is this `seq` and points at the previous hash, and the `subject` column (which
 /// filtered reads use) must agree with the body.
-pub(crate) fn check_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Result<(), String> {
+pub(crate) fn check_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Result<(), BrokenRow> {
     let seq = row.seq;
     if seq != expected_seq {
-        return Err(format!("gap: expected {expected_seq}, found {seq}"));
+        return Err(BrokenRow::Gap { expected: expected_seq, found: seq });
     }
     if sha256_hex(row.body) != row.hash {
-        return Err(format!("event {seq}: hash mismatch"));
+        return Err(BrokenRow::HashMismatch { seq });
     }
-    let event: CloudEvent = serde_json::from_slice(row.body).map_err(|e| format!("event {seq}: body is not an event: {e}"))?;
+    let event: CloudEvent = serde_json::from_slice(row.body).map_err(|source| BrokenRow::NotAnEvent { seq, source })?;
     if event.seq != seq {
-        return Err(format!("event {seq}: body says seq {}", event.seq));
+        return Err(BrokenRow::WrongSeq { seq, body_seq: event.seq });
     }
     if event.prevhash != prev_hash {
-        return Err(prevhash_mismatch(seq));
+        return Err(BrokenRow::PrevhashMismatch { seq });
     }
     // A body can parse and hash correctly yet not be what `seal` produced (reordered keys,
     // unknown fields, whitespace); then its hash is not the event's hash and the chain lies.
     if event.canonical_bytes() != row.body {
-        return Err(format!("event {seq}: body is not in canonical form"));
+        return Err(BrokenRow::NotCanonical { seq });
     }
     if event.subject.as_deref() != row.subject {
-        return Err(format!("event {seq}: subject column does not match the body"));
+        return Err(BrokenRow::SubjectMismatch { seq });
     }
     Ok(())
 }
@@ -459,27 +501,27 @@ mod tests {
     #[test]
     fn accepts_a_sealed_chain_and_its_suffixes() {
         let events = chain(5);
-        assert_eq!(verify_chain(&events, GENESIS_HASH), Ok(()));
-        assert_eq!(verify_chain(&events[2..], &events[1].hash()), Ok(()));
-        assert_eq!(verify_chain(&[], "anything"), Ok(()));
+        assert_eq!(chain_verdict(&events, GENESIS_HASH), Ok(()));
+        assert_eq!(chain_verdict(&events[2..], &events[1].hash()), Ok(()));
+        assert_eq!(chain_verdict(&[], "anything"), Ok(()));
     }
 
     #[test]
     fn names_the_broken_link() {
         let mut events = chain(5);
-        assert_eq!(verify_chain(&events, &events[0].hash()), Err("event 1: prevhash is not the genesis hash".into()));
+        assert_eq!(chain_verdict(&events, &events[0].hash()), Err("event 1: prevhash is not the genesis hash".into()));
         events[2].id = "tampered".into();
-        assert_eq!(verify_chain(&events, GENESIS_HASH), Err("event 4: prevhash does not match event 3's hash".into()));
+        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("event 4: prevhash does not match event 3's hash".into()));
         let mut events = chain(5);
         events.remove(2);
-        assert_eq!(verify_chain(&events, GENESIS_HASH), Err("event 3 is missing: event 2 is followed by event 4".into()));
+        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("event 3 is missing: event 2 is followed by event 4".into()));
         let mut events = chain(5);
         events.drain(1..3);
-        assert_eq!(verify_chain(&events, GENESIS_HASH), Err("events 2..3 are missing: event 1 is followed by event 4".into()));
+        assert_eq!(chain_verdict(&events, GENESIS_HASH), Err("events 2..3 are missing: event 1 is followed by event 4".into()));
         let mut events = chain(5);
         events.swap(2, 3);
         assert_eq!(
-            verify_chain(&events, GENESIS_HASH),
+            chain_verdict(&events, GENESIS_HASH),
             Err("events 4 and 3 are out of order: event 4 comes before event 3".into())
         );
     }
@@ -498,8 +540,23 @@ mod tests {
         principal_of(&server_key().verifying_key())
     }
 
-    fn verify(events: &[CloudEvent], head: &SignedHead) -> Result<Verified, String> {
-        verify_signed_chain(events, head, &pinned(), 1).map_err(|e| e.to_string())
+    fn verify(events: &[CloudEvent], head: &SignedHead) -> Result<Verified, ChainError> {
+        verify_signed_chain(events, head, &pinned(), 1)
+    }
+
+    /// Why `events` do not verify against `head`, as a user reads it.
+    fn refusal(events: &[CloudEvent], head: &SignedHead) -> String {
+        verify(events, head).unwrap_err().to_string()
+    }
+
+    /// `check_row`'s verdict as a tail repair would record it.
+    fn check(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Result<(), String> {
+        check_row(expected_seq, prev_hash, row).map_err(|broken| broken.reason())
+    }
+
+    /// `verify_chain`'s verdict, as a user reads it.
+    fn chain_verdict(events: &[CloudEvent], prev_hash: &str) -> Result<(), String> {
+        verify_chain(events, prev_hash).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -539,13 +596,13 @@ mod tests {
         let mut events = chain(5);
         let head = head_of(&events, &server_key());
         events[2].data = serde_json::json!({"workload_id": "x"});
-        assert_eq!(verify(&events, &head).unwrap_err(), "event 4: prevhash does not match event 3's hash");
+        assert_eq!(refusal(&events, &head), "event 4: prevhash does not match event 3's hash");
         // The last event has no successor: the signed head is what catches it.
         let mut events = chain(5);
         events[4].time = "2020-01-01T00:00:00.000Z".into();
         let altered = events[4].hash();
         assert_eq!(
-            verify(&events, &head).unwrap_err(),
+            refusal(&events, &head),
             format!(
                 "event 5: its hash is sha256:{altered} but the signed head says sha256:{}: event 5 was altered, or is not the event the server signed",
                 head.hash
@@ -557,7 +614,7 @@ mod tests {
         for i in 2..5 {
             events[i].prevhash = events[i - 1].hash();
         }
-        assert!(verify(&events, &head).unwrap_err().starts_with("event 5: its hash is"));
+        assert!(refusal(&events, &head).starts_with("event 5: its hash is"));
     }
 
     #[test]
@@ -565,29 +622,23 @@ mod tests {
         let mut events = chain(5);
         let head = head_of(&events, &server_key());
         events.remove(2);
-        assert_eq!(verify(&events, &head).unwrap_err(), "event 3 is missing: event 2 is followed by event 4");
+        assert_eq!(refusal(&events, &head), "event 3 is missing: event 2 is followed by event 4");
         // Renumbering to hide the gap breaks the hashes instead.
         for (i, event) in events.iter_mut().enumerate() {
             event.seq = i as u64 + 1;
         }
-        assert_eq!(verify(&events, &head).unwrap_err(), "event 3: prevhash does not match event 2's hash");
+        assert_eq!(refusal(&events, &head), "event 3: prevhash does not match event 2's hash");
         let mut events = chain(5);
         events.remove(0);
-        assert_eq!(verify(&events, &head).unwrap_err(), "the events start at seq 2, not 1: 1 event missing at the start");
+        assert_eq!(refusal(&events, &head), "the events start at seq 2, not 1: 1 event missing at the start");
     }
 
     #[test]
     fn a_truncated_tail_fails() {
         let events = chain(5);
         let head = head_of(&events, &server_key());
-        assert_eq!(
-            verify(&events[..3], &head).unwrap_err(),
-            "the signed head is seq 5 but the events end at 3: 2 events missing at the end"
-        );
-        assert_eq!(
-            verify(&[], &head).unwrap_err(),
-            "the signed head is seq 5 but there are no events: 5 events missing at the end"
-        );
+        assert_eq!(refusal(&events[..3], &head), "the signed head is seq 5 but the events end at 3: 2 events missing at the end");
+        assert_eq!(refusal(&[], &head), "the signed head is seq 5 but there are no events: 5 events missing at the end");
     }
 
     #[test]
@@ -595,17 +646,17 @@ mod tests {
         let mut events = chain(5);
         let head = head_of(&events, &server_key());
         events.swap(1, 2);
-        assert_eq!(verify(&events, &head).unwrap_err(), "events 3 and 2 are out of order: event 3 comes before event 2");
+        assert_eq!(refusal(&events, &head), "events 3 and 2 are out of order: event 3 comes before event 2");
         // Swapping the seqs back into order too leaves the hashes out of order.
         events[1].seq = 2;
         events[2].seq = 3;
-        assert_eq!(verify(&events, &head).unwrap_err(), "event 2: prevhash does not match event 1's hash");
+        assert_eq!(refusal(&events, &head), "event 2: prevhash does not match event 1's hash");
         let mut events = chain(5);
         events.swap(0, 1);
-        assert_eq!(verify(&events, &head).unwrap_err(), "events 2 and 1 are out of order: event 2 comes before event 1");
+        assert_eq!(refusal(&events, &head), "events 2 and 1 are out of order: event 2 comes before event 1");
         let mut events = chain(5);
         events.insert(3, events[2].clone());
-        assert_eq!(verify(&events, &head).unwrap_err(), "event 3 comes after event 3: repeated or out of order");
+        assert_eq!(refusal(&events, &head), "event 3 comes after event 3: repeated or out of order");
     }
 
     #[test]
@@ -614,12 +665,12 @@ mod tests {
         let other = SigningKey::from_bytes(&[9; 32]);
         let forged = head_of(&events, &other);
         assert_eq!(
-            verify(&events, &forged).unwrap_err(),
+            refusal(&events, &forged),
             format!("the head is signed by {}, not by the pinned server key {}", forged.server_key, pinned())
         );
         // Naming the pinned key does not help: the signature is still the other key's.
         let claimed = SignedHead { server_key: pinned(), ..forged };
-        assert!(verify(&events, &claimed).unwrap_err().starts_with("bad signature"));
+        assert!(refusal(&events, &claimed).starts_with("bad signature"));
         assert_eq!(
             verify_signed_chain(&events, &claimed, "ed25519:nothex", 1).unwrap_err().to_string(),
             "\"ed25519:nothex\" is not a server key: expected ed25519:<64 hex digits> (the line in <data-dir>/server.pub)"
@@ -633,14 +684,14 @@ mod tests {
         let mut tampered = head.clone();
         let flipped = if tampered.signature.starts_with('0') { "1" } else { "0" };
         tampered.signature.replace_range(0..1, flipped);
-        assert!(verify(&events, &tampered).unwrap_err().starts_with("bad signature"));
+        assert!(refusal(&events, &tampered).starts_with("bad signature"));
         // The time is covered as well as the seq and hash.
         let later = SignedHead { signed_at_ms: head.signed_at_ms + 1, ..head.clone() };
-        assert!(verify(&events, &later).unwrap_err().starts_with("bad signature"));
+        assert!(refusal(&events, &later).starts_with("bad signature"));
         let shorter = SignedHead { seq: 3, hash: events[2].hash(), ..head.clone() };
-        assert!(verify(&events[..3], &shorter).unwrap_err().starts_with("bad signature"));
+        assert!(refusal(&events[..3], &shorter).starts_with("bad signature"));
         let cut = SignedHead { signature: "abcd".into(), ..head };
-        assert_eq!(verify(&events, &cut).unwrap_err(), "the signed head is malformed: signature is not 128 hex digits");
+        assert_eq!(refusal(&events, &cut), "the signed head is malformed: signature is not 128 hex digits");
     }
 
     #[test]
@@ -665,26 +716,26 @@ mod tests {
         let hash = sha256_hex(&body);
         let prev = events[0].hash();
         let good = StoredRow { seq: 2, subject: Some("w"), hash: &hash, body: &body };
-        assert_eq!(check_row(2, &prev, &good), Ok(()));
-        assert_eq!(check_row(1, &prev, &good), Err("gap: expected 1, found 2".into()));
-        assert_eq!(check_row(2, GENESIS_HASH, &good), Err("event 2: prevhash does not match event 1".into()));
+        assert_eq!(check(2, &prev, &good), Ok(()));
+        assert_eq!(check(1, &prev, &good), Err("gap: expected 1, found 2".into()));
+        assert_eq!(check(2, GENESIS_HASH, &good), Err("event 2: prevhash does not match event 1".into()));
         let wrong_subject = StoredRow { subject: None, ..good };
-        assert_eq!(check_row(2, &prev, &wrong_subject), Err("event 2: subject column does not match the body".into()));
+        assert_eq!(check(2, &prev, &wrong_subject), Err("event 2: subject column does not match the body".into()));
 
         let mut flipped = body.clone();
         flipped[10] ^= 1;
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &hash, body: &flipped };
-        assert_eq!(check_row(2, &prev, &row), Err("event 2: hash mismatch".into()));
+        assert_eq!(check(2, &prev, &row), Err("event 2: hash mismatch".into()));
 
         // Pretty-printed: same event, valid hash of the bytes, but not the canonical bytes.
         let pretty = serde_json::to_vec_pretty(&events[1]).unwrap();
         let pretty_hash = sha256_hex(&pretty);
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &pretty_hash, body: &pretty };
-        assert_eq!(check_row(2, &prev, &row), Err("event 2: body is not in canonical form".into()));
+        assert_eq!(check(2, &prev, &row), Err("event 2: body is not in canonical form".into()));
 
         let torn = &body[..body.len() / 2];
         let torn_hash = sha256_hex(torn);
         let row = StoredRow { seq: 2, subject: Some("w"), hash: &torn_hash, body: torn };
-        assert!(check_row(2, &prev, &row).unwrap_err().starts_with("event 2: body is not an event"));
+        assert!(check(2, &prev, &row).unwrap_err().starts_with("event 2: body is not an event"));
     }
 }

@@ -11,7 +11,9 @@ use warden_core::canonical::Artifact;
 use warden_core::event::GENESIS_HASH;
 use warden_core::{CloudEvent, EventData, NewEvent};
 
-use crate::{verify_chain, Head, Store, StoreError};
+use crate::chain::verify_chain;
+use crate::error::StoreError;
+use crate::port::{Head, Store};
 
 /// One named check: it gets a fresh empty store and panics if the store breaks the contract.
 pub type Check = (&'static str, fn(&dyn Store));

@@ -22,8 +22,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Rows, TransactionBeha
 use warden_core::canonical::{sha256_hex, Artifact};
 use warden_core::{CloudEvent, NewEvent};
 
-use crate::chain::{check_row, StoredRow};
-use crate::{Head, OpenReport, Store, StoreError, TailRepair};
+use crate::chain::{check_row, BrokenRow, StoredRow};
+use crate::error::{During, StoreError, StoreOperation};
+use crate::port::{Head, OpenReport, Store, TailRepair};
 
 /// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
 /// Still 1 with the `artifacts` table: that table is additive (`CREATE TABLE IF NOT EXISTS`), so
@@ -99,16 +100,16 @@ impl SqliteStore {
     /// Opens (creating if needed) the journal at `path`, verifies the hash chain after the latest
     /// snapshot, cuts off a corrupt or torn tail if there is one, and starts the writer thread.
     pub fn open(path: &Path) -> Result<(SqliteStore, OpenReport), StoreError> {
-        let mut conn = Connection::open(path)?;
+        let mut conn = Connection::open(path).during(StoreOperation::Open)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
         let report = verify_and_repair(&mut conn)?;
 
         // Opened after the writer switched the file to WAL (a persistent mode), so it reads
         // alongside the writer instead of blocking it.
-        let reader = Connection::open(path)?;
-        reader.busy_timeout(BUSY_TIMEOUT)?;
-        reader.pragma_update(None, "query_only", true)?;
+        let reader = Connection::open(path).during(StoreOperation::Open)?;
+        reader.busy_timeout(BUSY_TIMEOUT).during(StoreOperation::Open)?;
+        reader.pragma_update(None, "query_only", true).during(StoreOperation::Open)?;
 
         let head = Arc::new(Mutex::new(report.head.clone()));
         let writer = Writer { conn, head: report.head.clone(), shared_head: Arc::clone(&head) };
@@ -159,15 +160,16 @@ impl Store for SqliteStore {
     }
 
     fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let op = StoreOperation::ReadArtifact;
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT body FROM artifacts WHERE id = ?1")?;
-        let mut rows = stmt.query([id])?;
-        let Some(row) = rows.next()? else {
+        let mut stmt = conn.prepare_cached("SELECT body FROM artifacts WHERE id = ?1").during(op)?;
+        let mut rows = stmt.query([id]).during(op)?;
+        let Some(row) = rows.next().during(op)? else {
             return Ok(None);
         };
         let corrupt = || StoreError::ArtifactCorrupt { id: id.to_owned() };
         // SQLite does not enforce column types; a body that became TEXT is still checked by content.
-        let bytes = match row.get_ref(0)? {
+        let bytes = match row.get_ref(0).during(op)? {
             ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
             _ => return Err(corrupt()),
         };
@@ -183,19 +185,23 @@ impl Store for SqliteStore {
         }
         let after = to_sql(after_seq);
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let op = StoreOperation::ReadEvents;
         let conn = self.reader();
         let mut out = Vec::with_capacity(limit.min(1024));
         match subject {
             None => {
-                let mut stmt = conn.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-                collect_events(stmt.query(params![after, limit_sql])?, &mut out)?;
+                let mut stmt =
+                    conn.prepare_cached("SELECT seq, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2").during(op)?;
+                collect_events(stmt.query(params![after, limit_sql]).during(op)?, &mut out)?;
             }
             Some(subject) => {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT seq, body FROM events WHERE subject = ?3 AND seq > ?1 \
-                     ORDER BY seq LIMIT ?2",
-                )?;
-                collect_events(stmt.query(params![after, limit_sql, subject])?, &mut out)?;
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT seq, body FROM events WHERE subject = ?3 AND seq > ?1 \
+                         ORDER BY seq LIMIT ?2",
+                    )
+                    .during(op)?;
+                collect_events(stmt.query(params![after, limit_sql, subject]).during(op)?, &mut out)?;
             }
         }
         Ok(out)
@@ -221,11 +227,13 @@ impl Store for SqliteStore {
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let op = StoreOperation::ReadSnapshot;
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1")?;
+        let mut stmt = conn.prepare_cached("SELECT seq, body FROM snapshots ORDER BY seq DESC LIMIT 1").during(op)?;
         let found = stmt
             .query_row([], |row| Ok((from_sql(row.get(0)?), row.get::<_, Option<Vec<u8>>>(1)?.unwrap_or_default())))
-            .optional()?;
+            .optional()
+            .during(op)?;
         Ok(found)
     }
 }
@@ -350,13 +358,16 @@ impl Writer {
     }
 
     fn delete_artifacts(&mut self, ids: &[String]) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut deleted = 0;
-        for id in ids {
-            deleted += tx.prepare_cached("DELETE FROM artifacts WHERE id = ?1")?.execute([id])?;
-        }
-        tx.commit()?;
-        Ok(deleted)
+        let delete = |conn: &mut Connection| -> rusqlite::Result<usize> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut deleted = 0;
+            for id in ids {
+                deleted += tx.prepare_cached("DELETE FROM artifacts WHERE id = ?1")?.execute([id])?;
+            }
+            tx.commit()?;
+            Ok(deleted)
+        };
+        delete(&mut self.conn).during(StoreOperation::DeleteArtifacts)
     }
 
     fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
@@ -365,93 +376,102 @@ impl Writer {
         if seq > self.head.seq {
             return Err(StoreError::SnapshotAhead { seq, head: self.head.seq });
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached("INSERT OR REPLACE INTO snapshots (seq, body) VALUES (?1, ?2)")?.execute(params![to_sql(seq), body])?;
-        tx.prepare_cached(
-            "DELETE FROM snapshots WHERE seq NOT IN \
-             (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
-        )?
-        .execute([KEEP_SNAPSHOTS])?;
-        tx.commit()?;
-        Ok(())
+        let put = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached("INSERT OR REPLACE INTO snapshots (seq, body) VALUES (?1, ?2)")?
+                .execute(params![to_sql(seq), body])?;
+            tx.prepare_cached(
+                "DELETE FROM snapshots WHERE seq NOT IN \
+                 (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
+            )?
+            .execute([KEEP_SNAPSHOTS])?;
+            tx.commit()
+        };
+        put(&mut self.conn).during(StoreOperation::PutSnapshot)
     }
 }
 
 fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    let op = StoreOperation::Open;
+    conn.busy_timeout(BUSY_TIMEOUT).during(op)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).during(op)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::NoWal(mode));
     }
     // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and an
     // acknowledged event must never be lost.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(())
+    conn.pragma_update(None, "synchronous", "FULL").during(op)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let op = StoreOperation::Open;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).during(op)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::SchemaVersion(version));
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    tx.commit()?;
-    Ok(())
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).during(op)?;
+    tx.execute_batch(SCHEMA).during(op)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION).during(op)?;
+    tx.commit().during(op)
 }
 
 /// Checks the chain after the latest snapshot and cuts the journal at the first bad row.
 fn verify_and_repair(conn: &mut Connection) -> Result<OpenReport, StoreError> {
-    let anchor = chain_anchor(conn)?;
+    let op = StoreOperation::VerifyChain;
+    let anchor = chain_anchor(conn).during(op)?;
     let verified_from_seq = anchor.seq + 1;
 
     let mut last_good = anchor;
     // (first seq to discard, why)
-    let mut broken: Option<(u64, String)> = None;
+    let mut broken: Option<(u64, BrokenRow)> = None;
     {
-        let mut stmt = conn.prepare("SELECT seq, subject, hash, body FROM events WHERE seq > ?1 ORDER BY seq")?;
-        let mut rows = stmt.query([to_sql(last_good.seq)])?;
-        while let Some(row) = rows.next()? {
-            let seq = from_sql(row.get(0)?);
+        let mut stmt = conn.prepare("SELECT seq, subject, hash, body FROM events WHERE seq > ?1 ORDER BY seq").during(op)?;
+        let mut rows = stmt.query([to_sql(last_good.seq)]).during(op)?;
+        while let Some(row) = rows.next().during(op)? {
+            let seq = from_sql(row.get(0).during(op)?);
             let expected = last_good.seq + 1;
             let verdict = if seq != expected {
-                Err(format!("gap: expected {expected}, found {seq}"))
+                Err(BrokenRow::Gap { expected, found: seq })
             } else {
-                stored_row(seq, row)?
+                stored_row(seq, row)
+                    .during(op)?
                     .and_then(|stored| check_row(expected, &last_good.hash, &stored).map(|()| stored.hash.to_owned()))
             };
             match verdict {
                 Ok(hash) => last_good = Head { seq, hash },
-                Err(reason) => {
+                Err(why) => {
                     // Cut at the seq the chain needed next: with a gap that is the missing one,
                     // so the next append fills it and the chain is contiguous again.
-                    broken = Some((expected, reason));
+                    broken = Some((expected, why));
                     break;
                 }
             }
         }
     }
 
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let repaired = match broken {
-        Some((from, reason)) => {
-            let n_discarded = tx.execute("DELETE FROM events WHERE seq >= ?1", [to_sql(from)])?;
-            Some(TailRepair { discarded_from_seq: from, n_discarded: n_discarded as u64, reason })
-        }
-        None => None,
+    let cut = |conn: &mut Connection| -> rusqlite::Result<Option<TailRepair>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let repaired = match broken {
+            Some((from, why)) => {
+                let n_discarded = tx.execute("DELETE FROM events WHERE seq >= ?1", [to_sql(from)])?;
+                Some(TailRepair { discarded_from_seq: from, n_discarded: n_discarded as u64, reason: why.reason() })
+            }
+            None => None,
+        };
+        // Snapshots past the head describe events that are gone (or never verified); a
+        // projection restored from one would be ahead of the journal.
+        tx.execute("DELETE FROM snapshots WHERE seq > ?1", [to_sql(last_good.seq)])?;
+        tx.commit()?;
+        Ok(repaired)
     };
-    // Snapshots past the head describe events that are gone (or never verified); a projection
-    // restored from one would be ahead of the journal.
-    tx.execute("DELETE FROM snapshots WHERE seq > ?1", [to_sql(last_good.seq)])?;
-    tx.commit()?;
+    let repaired = cut(conn).during(op)?;
 
     Ok(OpenReport { head: last_good, repaired, verified_from_seq })
 }
 
 /// Where the chain check starts: the latest snapshot's event, whose stored hash is trusted, or
 /// genesis. If the snapshot's event is missing the whole journal is checked instead.
-fn chain_anchor(conn: &Connection) -> Result<Head, StoreError> {
+fn chain_anchor(conn: &Connection) -> rusqlite::Result<Head> {
     let snapshot: Option<i64> = conn.query_row("SELECT MAX(seq) FROM snapshots", [], |row| row.get(0))?;
     let Some(snapshot) = snapshot.filter(|&seq| seq > 0) else {
         return Ok(Head::genesis());
@@ -471,39 +491,39 @@ fn chain_anchor(conn: &Connection) -> Result<Head, StoreError> {
 }
 
 /// The columns of a row as `check_row` wants them, or why they cannot be (wrong types).
-fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, String>> {
+fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
     let subject = match row.get_ref(1)? {
         ValueRef::Null => None,
         ValueRef::Text(text) => match std::str::from_utf8(text) {
             Ok(text) => Some(text),
-            Err(_) => return Ok(Err(format!("event {seq}: subject is not UTF-8"))),
+            Err(_) => return Ok(Err(BrokenRow::SubjectNotUtf8 { seq })),
         },
-        _ => return Ok(Err(format!("event {seq}: subject is not text"))),
+        _ => return Ok(Err(BrokenRow::SubjectNotText { seq })),
     };
     let hash = match row.get_ref(2)? {
         ValueRef::Text(text) => std::str::from_utf8(text).unwrap_or(""),
-        _ => return Ok(Err(format!("event {seq}: hash mismatch"))),
+        _ => return Ok(Err(BrokenRow::HashMismatch { seq })),
     };
     // SQLite does not enforce column types; a body that became TEXT is still checked by content.
     let body = match row.get_ref(3)? {
         ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
-        _ => return Ok(Err(format!("event {seq}: body is not a blob"))),
+        _ => return Ok(Err(BrokenRow::BodyNotBlob { seq })),
     };
     Ok(Ok(StoredRow { seq, subject, hash, body }))
 }
 
 fn collect_events(mut rows: Rows<'_>, out: &mut Vec<CloudEvent>) -> Result<(), StoreError> {
-    while let Some(row) = rows.next()? {
-        let seq = from_sql(row.get(0)?);
-        let corrupt = |reason: String| StoreError::Corrupt { seq, reason };
-        let event: CloudEvent = match row.get_ref(1)? {
+    let op = StoreOperation::ReadEvents;
+    while let Some(row) = rows.next().during(op)? {
+        let seq = from_sql(row.get(0).during(op)?);
+        let event: CloudEvent = match row.get_ref(1).during(op)? {
             ValueRef::Blob(bytes) | ValueRef::Text(bytes) => {
-                serde_json::from_slice(bytes).map_err(|e| corrupt(format!("body is not an event: {e}")))?
+                serde_json::from_slice(bytes).map_err(|source| StoreError::Undecodable { seq, source })?
             }
-            _ => return Err(corrupt("body is not a blob".into())),
+            _ => return Err(StoreError::Corrupt { seq, reason: "body is not a blob".into() }),
         };
         if event.seq != seq {
-            return Err(corrupt(format!("body says seq {}", event.seq)));
+            return Err(StoreError::Corrupt { seq, reason: format!("body says seq {}", event.seq) });
         }
         out.push(event);
     }

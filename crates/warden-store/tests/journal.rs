@@ -9,7 +9,7 @@ use warden_core::canonical::sha256_hex;
 use warden_core::event::GENESIS_HASH;
 use warden_core::CloudEvent;
 use warden_store::conformance::sample_event;
-use warden_store::{verify_chain, Head, SqliteStore, Store, StoreError, TailRepair};
+use warden_store::{verify_chain, Head, SqliteStore, Store, StoreError, StoreOperation, TailRepair};
 
 fn journal() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -397,5 +397,5 @@ fn a_failed_group_commit_does_not_advance_the_head() {
 fn open_fails_cleanly_where_there_is_no_directory() {
     let (dir, _) = journal();
     let missing = dir.path().join("no-such-dir").join("journal.db");
-    assert!(matches!(SqliteStore::open(&missing), Err(StoreError::Sqlite(_))));
+    assert!(matches!(SqliteStore::open(&missing), Err(StoreError::Sqlite { operation: StoreOperation::Open, .. })));
 }

@@ -1,0 +1,109 @@
+//! Hosts: enrollment, liveness (a host silent past `host_ttl` is down), the write-off of cells on
+//! a host that stays down past their tolerance, and drain.
+
+use crate::batch::{Batch, Order};
+use crate::event::EventData;
+use crate::workload::{Input, Phase};
+
+use super::{ClusterError, ClusterState};
+
+impl ClusterState {
+    /// A host enrolls (its join token already checked) with its host key `principal`. A known
+    /// host may enroll again with the same key (an agent that lost its state); another key for
+    /// the same name is refused.
+    pub fn enroll(
+        &mut self,
+        batch: &mut Batch,
+        host: &str,
+        principal: &str,
+        channel: Option<String>,
+        tags: Vec<String>,
+    ) -> Result<(), ClusterError> {
+        match batch.live().hosts.get(host) {
+            Some(record) if record.principal != principal => return Err(ClusterError::WrongKey { host: host.to_string() }),
+            Some(_) => {}
+            None => {
+                if self.is_local(host) {
+                    return Err(ClusterError::LocalNode { host: host.to_string() });
+                }
+                batch.record(EventData::HostEnrolled { host: host.to_string(), principal: principal.to_string(), channel, tags });
+            }
+        }
+        self.seen(host, batch.now_ms);
+        Ok(())
+    }
+
+    /// Hosts silent past `host_ttl` are down. Their cells are written off once the host has been
+    /// silent for the workload's tolerance (`host_ttl`, or its `placement.lost_after`), which is
+    /// also how long its lease lasts: the lease is not released, and the shim fences the cell
+    /// before it expires.
+    pub fn check_hosts(&mut self, batch: &mut Batch) {
+        let now = batch.now_ms;
+        let ttl = self.config.host_ttl_ms;
+        let silent: Vec<String> = self
+            .cluster_hosts(batch.live())
+            .filter(|h| h.up)
+            .filter(|h| self.last_seen.get(&h.name).is_none_or(|seen| now.saturating_sub(*seen) > ttl))
+            .map(|h| h.name.clone())
+            .collect();
+        for host in silent {
+            batch.record(EventData::HostDown { host: host.clone(), reason: format!("no heartbeat for {ttl} ms") });
+            self.want_inventory.insert(host);
+        }
+        self.next_write_off = None;
+        if batch.live().hosts.values().all(|h| h.up) {
+            return;
+        }
+        let mut lost = Vec::new();
+        for w in batch.live().workloads.values() {
+            let Some(host) = w.current_host().filter(|h| batch.live().hosts.get(*h).is_some_and(|r| !r.up)) else { continue };
+            let Some(cell_id) = w.phase.cell_id() else { continue };
+            let silent_since = self.last_seen(host).unwrap_or(0);
+            let write_off_at = silent_since.saturating_add(self.tolerance_ms(w));
+            if now > write_off_at {
+                lost.push((w.id().to_string(), cell_id.to_string(), host.to_string()));
+            } else {
+                self.next_write_off = Some(self.next_write_off.map_or(write_off_at + 1, |at| at.min(write_off_at + 1)));
+            }
+        }
+        for (workload_id, cell_id, host) in lost {
+            let input = Input::HostLost { cell_id, host: Some(host.clone()), reason: format!("host {host} is down") };
+            batch.advance_report(&workload_id, &input);
+        }
+    }
+
+    /// Drains a host (or takes it back into service): it takes no new cells or standbys, and
+    /// each primary on it (but `each-host` instances, which may run nowhere else) is evicted by
+    /// its agent, which gives the lease up with a final checkpoint (`revoke`), so the failover
+    /// needs no timeout.
+    pub fn drain(&mut self, batch: &mut Batch, host: &str, drain: bool) -> Result<(), ClusterError> {
+        let Some(record) = batch.live().hosts.get(host) else {
+            return Err(ClusterError::UnknownHost { host: host.to_string() });
+        };
+        if record.draining != drain {
+            batch.record(EventData::HostDrain { host: host.to_string(), drain });
+        }
+        if !drain {
+            return Ok(());
+        }
+        let mut evictions = Vec::new();
+        for w in batch.live().workloads.values() {
+            if w.current_host() != Some(host) || w.pinned_host.is_some() {
+                continue;
+            }
+            let (Some(cell), Some(epoch)) = (w.phase.running_cell(), w.epoch) else { continue };
+            if matches!(w.phase, Phase::Stopping { .. }) {
+                continue;
+            }
+            evictions.push(Order::Evict {
+                host: host.to_string(),
+                workload_id: w.id().to_string(),
+                cell_id: cell.cell_id.clone(),
+                epoch,
+                grace_ms: w.spec.cell.graceful_shutdown_ms,
+            });
+        }
+        batch.orders.extend(evictions);
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! What the API answers when a request cannot be done: one enum, each variant saying what
+//! failed, and the HTTP status it maps to (`ApiError::status`) decided here, in one place.
+
+use warden_core::cluster::{ClusterError, SubmitRefused};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong (a bad spec, a malformed body): a 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// What the request names does not exist: a 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller may not do this (not the owner, not a host): a 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the current state (already ended, ambiguous): a 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// What was asked for is over (a `warden logs` nobody reads any more): a 410.
+    #[error("{0}")]
+    Gone(String),
+    /// warden's own fault (e.g. a corrupt artifact): a 500.
+    #[error("{0}")]
+    Internal(String),
+    /// A host's request the cluster refused (`warden_core::cluster`).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// A submission that cannot be accepted as it stands.
+    #[error(transparent)]
+    Submit(#[from] SubmitRefused),
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::NotFound(_) => 404,
+            ApiError::Forbidden(_) => 403,
+            ApiError::Conflict(_) => 409,
+            ApiError::Gone(_) => 410,
+            ApiError::Internal(_) => 500,
+            ApiError::Cluster(error) => match error {
+                ClusterError::UnknownHost { .. } => 404,
+                ClusterError::WrongKey { .. } => 403,
+                ClusterError::BadStateUri { .. } => 400,
+                ClusterError::LocalNode { .. }
+                | ClusterError::HostDown { .. }
+                | ClusterError::NotHolder { .. }
+                | ClusterError::AcquireRefused { .. } => 409,
+            },
+            ApiError::Submit(_) => 409,
+        }
+    }
+}
+
+/// An error and its sources, one after another: what a user-facing message shows.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,21 @@
+//! The end-to-end suite: the real `warden` binary, started as a user would, killed mid-work,
+//! restarted and checked. One test binary with a module per area, so the suite links once.
+//!
+//! Tests of different modules run side by side (`--test-threads=2`): each makes its own data
+//! dir, port and network names. The few that must not share the machine with another heavy test
+//! take [`support::exclusive`].
+
+mod support;
+
+mod agent;
+mod cells_e2e;
+mod checkpoint_e2e;
+mod cluster_e2e;
+mod cluster_netns;
+mod crash;
+mod e2e;
+mod events_verify;
+mod jobs_e2e;
+mod journal_e2e;
+mod rollout_e2e;
+mod standby_e2e;

@@ -1,0 +1,242 @@
+//! A real `warden up` for tests: its own data dir, config dir and port; kill -9 and restart.
+
+pub mod cluster;
+#[path = "../../../crates/warden-cell/tests/support/rootfs.rs"]
+#[allow(dead_code)] // shared with the cell crate's OCI tests; not every helper is used here
+pub mod rootfs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use warden_core::CloudEvent;
+use warden_runtime::auth::Identity;
+use warden_runtime::view::WorkloadView;
+
+/// A workload that crashes (exit 3) and is given up after two retries.
+pub const CRASHER: &str = r#"
+name = "crasher"
+[cell]
+argv = ["sh", "-c", "echo run; exit 3"]
+[restart]
+policy = "on-failure"
+max_attempts = 2
+backoff = "10ms"
+backoff_max = "40ms"
+"#;
+
+/// Held by the tests that must not share the machine with one another: the kill -9 stress test
+/// (`crash`), which keeps six clients and a restarting server busy, and the failovers whose
+/// duration is asserted tightly (`standby_e2e`'s second failover within 5 s). Before the suite
+/// was one binary, each file ran alone; now a neighbour from any module may run beside them.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// Waits until no other heavy or timing-sensitive test runs; hold the guard for the whole test.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding it leaves nothing behind that the next one could trip on.
+    EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub struct Warden {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub server: Option<Child>,
+    /// Extra arguments for `warden up`.
+    pub up_args: Vec<String>,
+    /// `up` (the all-in-one) or `server` (control plane only).
+    pub command: &'static str,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warden")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Warden {
+    pub fn start() -> Warden {
+        Warden::start_with(&[])
+    }
+
+    pub fn start_with(up_args: &[&str]) -> Warden {
+        Warden::start_with_command("up", up_args)
+    }
+
+    /// `warden <command>` (`up` or `server`) with extra arguments.
+    pub fn start_with_command(command: &'static str, up_args: &[&str]) -> Warden {
+        let up_args = up_args.iter().map(|a| a.to_string()).collect();
+        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args, command };
+        warden.up();
+        warden
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn config_home(&self) -> PathBuf {
+        self.root.path().join("config")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `warden up` and waits until it answers.
+    pub fn up(&mut self) {
+        assert!(self.server.is_none(), "already up");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("up.log")).unwrap();
+        let child = Command::new(bin())
+            .args([self.command, "--listen", &self.addr(), "--data-dir"])
+            .arg(self.data_dir())
+            .args(&self.up_args)
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if ureq::get(&format!("http://{}/v1/health", self.addr())).call().is_ok() {
+                return;
+            }
+            if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
+                panic!("warden up exited with {status}: {}", self.up_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("warden up did not answer within 20s: {}", self.up_log());
+    }
+
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL the server, the way a crash would.
+    pub fn kill9(&mut self) {
+        let mut child = self.server.take().expect("server is up");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Runs the `warden` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("WARDEN_ADDR", self.addr())
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and returns stdout, panicking with stderr on failure.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "warden {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `warden run SPEC`, returning the id from the last line.
+    pub fn run(&self, spec_name: &str, text: &str) -> String {
+        let path = self.write_spec(spec_name, text);
+        let stdout = self.cli_ok(&["run", path.to_str().unwrap()]);
+        stdout.lines().last().expect("run prints the id").trim().to_string()
+    }
+
+    pub fn status(&self, id: &str) -> WorkloadView {
+        serde_json::from_str(&self.cli_ok(&["status", id, "-o", "json"])).unwrap()
+    }
+
+    pub fn wait_for(&self, id: &str, what: &str, mut pred: impl FnMut(&WorkloadView) -> bool) -> WorkloadView {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.status(id);
+            if pred(&view) {
+                return view;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {view:?}\n{}", self.up_log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn events(&self, extra: &[&str]) -> Vec<CloudEvent> {
+        let mut args = vec!["events", "-o", "json"];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity::load(&self.config_home().join("warden/admin.key")).unwrap()
+    }
+
+    /// A signed HTTP request straight to the API, for what the CLI would refuse to send.
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let header = self.identity().authorization(method, path, body, warden_runtime::engine::now_ms());
+        let request = ureq::request(method, &format!("http://{}{path}", self.addr())).set("Authorization", &header);
+        let result = if body.is_empty() { request.call() } else { request.send_bytes(body) };
+        match result {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Every event from 1 to the head is there, and each carries its predecessor's hash.
+pub fn assert_contiguous_chain(events: &[CloudEvent]) {
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.seq, i as u64 + 1, "seq gap before event {}", event.seq);
+        if i > 0 {
+            assert_eq!(event.prevhash, events[i - 1].hash(), "prevhash of event {} does not match", event.seq);
+        }
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is not alive for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn kill9(pid: u32) {
+    // SAFETY: kill(2) takes plain integers and reads no memory of ours.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+impl Drop for Warden {
+    /// Tears down whatever the test left: the server, then every cell's shim and process group.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_cells(&self.data_dir().join("cells"));
+    }
+}
+
+fn kill_cells(cells: &Path) {
+    let Ok(entries) = std::fs::read_dir(cells) else { return };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("pid.json")) else { continue };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        for (key, group) in [("pid", true), ("shim_pid", false)] {
+            if let Some(pid) = json[key].as_u64() {
+                // SAFETY: kill(2) takes plain integers and reads no memory of ours; the pids come
+                // from this test's own cells' pid files.
+                unsafe { libc::kill(if group { -(pid as i32) } else { pid as i32 }, libc::SIGKILL) };
+            }
+        }
+    }
+}
