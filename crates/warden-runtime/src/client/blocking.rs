@@ -60,6 +60,11 @@ impl BlockingClient {
         Ok(BlockingClient { client, runtime: Arc::new(runtime) })
     }
 
+    /// The same client signing as `identity`, sharing its connections and runtime.
+    pub fn with_identity(&self, identity: Arc<Identity>) -> BlockingClient {
+        BlockingClient { client: self.client.with_identity(identity), runtime: self.runtime.clone() }
+    }
+
     /// The async client underneath.
     pub fn client(&self) -> &Client {
         &self.client

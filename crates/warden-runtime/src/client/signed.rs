@@ -93,6 +93,12 @@ impl Client {
         })
     }
 
+    /// The same client signing as `identity`, sharing its connections: one pool for many
+    /// signers (a bench playing a fleet of hosts).
+    pub fn with_identity(&self, identity: Arc<Identity>) -> Client {
+        Client { identity: Some(identity), ..self.clone() }
+    }
+
     /// `http://host:port`, for messages.
     pub fn base_url(&self) -> &str {
         &self.base_url
