@@ -7,6 +7,7 @@ mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,9 +16,10 @@ use warden_core::time::format_rfc3339_ms;
 use warden_core::units::format_duration_ms;
 use warden_core::{CloudEvent, ReplicationMode, Spec};
 use warden_runtime::auth::Identity;
+use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, HttpError};
 use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
-use warden_runtime::view::{ErrorBody, JobRunRequest, RunView, SubmitRequest, WorkloadView};
+use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -246,10 +248,10 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
+/// The CLI's signed requests: the workspace's one client (`warden_runtime::client`), blocking,
+/// with what the server says turned into messages for people.
 struct Client {
-    base: String,
-    identity: Identity,
-    agent: ureq::Agent,
+    http: BlockingClient,
 }
 
 impl Client {
@@ -257,35 +259,39 @@ impl Client {
         let path = credential.unwrap_or_else(|| paths::default_config_dir().join(paths::ADMIN_CREDENTIAL_FILE));
         let identity =
             Identity::load(&path).with_context(|| "no credential; `warden up` creates one on its first start".to_string())?;
-        let base = if addr.starts_with("http://") { addr.trim_end_matches('/').to_string() } else { format!("http://{addr}") };
-        let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(5)).build();
-        Ok(Client { base, identity, agent })
+        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())
+            .context("set --addr or WARDEN_ADDR to HOST[:PORT] or http://HOST[:PORT]")?;
+        Ok(Client { http })
     }
 
-    /// Sends a signed request; a 4xx/5xx becomes an error carrying the server's message.
-    fn call(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<ureq::Response> {
-        let body = body.unwrap_or_default();
-        let authorization = self.identity.authorization(method, path_and_query, body, now_ms());
-        let request = self.agent.request(method, &format!("{}{path_and_query}", self.base)).set("Authorization", &authorization);
-        let result =
-            if body.is_empty() { request.call() } else { request.set("Content-Type", "application/json").send_bytes(body) };
-        match result {
-            Ok(response) => Ok(response),
-            Err(ureq::Error::Status(code, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-                bail!("{message} (HTTP {code})")
-            }
-            Err(ureq::Error::Transport(e)) => {
-                Err(anyhow!("cannot reach warden at {}: {e}; is `warden up` running? (set --addr or WARDEN_ADDR)", self.base))
-            }
-        }
+    /// The server's `host:port`.
+    fn authority(&self) -> &str {
+        self.http.client().address().authority()
+    }
+
+    /// Sends a signed request; a 2xx answer's body, or the server's message as the error.
+    fn call(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        let (_, answer) = self.http.call(method, path_and_query, body.unwrap_or_default(), None).map_err(explain)?;
+        Ok(answer)
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<T> {
-        let response = self.call(method, path_and_query, body)?;
-        let text = response.into_string().context("reading the response")?;
-        serde_json::from_str(&text).with_context(|| format!("unexpected response: {text}"))
+        let answer = self.call(method, path_and_query, body)?;
+        serde_json::from_slice(&answer).with_context(|| format!("unexpected response: {}", String::from_utf8_lossy(&answer)))
+    }
+
+    /// A signed `GET` whose answer is read as it comes (follows, histories, artifacts).
+    fn stream(&self, path_and_query: &str) -> Result<BlockingResponse> {
+        self.http.stream("GET", path_and_query, b"").map_err(explain)
+    }
+}
+
+/// A failed request as a message for people: the server's own words for an error status, a hint
+/// for a server that does not answer.
+fn explain(error: HttpError) -> anyhow::Error {
+    match error {
+        HttpError::Transport(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
+        other => other.into(),
     }
 }
 
@@ -408,7 +414,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
         }
         Command::Logs { id, follow } => {
             let path = format!("/v1/workloads/{}/logs{}", encode(&id), if follow { "?follow=true" } else { "" });
-            let mut reader = client.call("GET", &path, None)?.into_reader();
+            let mut reader = client.stream(&path)?;
             let mut stdout = std::io::stdout().lock();
             let mut buffer = [0u8; 8192];
             loop {
@@ -430,7 +436,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
             if let Some(workload) = workload {
                 query.push_str(&format!("&workload={}", encode(&workload)));
             }
-            let reader = BufReader::new(client.call("GET", &query, None)?.into_reader());
+            let reader = BufReader::new(client.stream(&query)?);
             let mut stdout = std::io::stdout().lock();
             for line in reader.lines() {
                 let line = line?;
@@ -447,7 +453,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
         Command::Job { command } => run_job(client, command, output),
         Command::Rollout { command } => rollout::run_rollout(client, command, output),
         Command::Artifact { command: ArtifactCommand::Get { id } } => {
-            let mut reader = client.call("GET", &format!("/v1/artifacts/{}", encode(&id)), None)?.into_reader();
+            let mut reader = client.stream(&format!("/v1/artifacts/{}", encode(&id)))?;
             let mut stdout = std::io::stdout().lock();
             std::io::copy(&mut reader, &mut stdout).context("writing the artifact")?;
             stdout.flush()?;
@@ -524,7 +530,7 @@ fn run_job(client: &Client, command: JobCommand, output: Output) -> Result<()> {
             })
         }
         JobCommand::History { run } => {
-            let reader = BufReader::new(client.call("GET", &format!("/v1/jobs/{}/history", encode(&run)), None)?.into_reader());
+            let reader = BufReader::new(client.stream(&format!("/v1/jobs/{}/history", encode(&run)))?);
             let mut stdout = std::io::stdout().lock();
             for line in reader.lines() {
                 let line = line.context("reading the history")?;

@@ -54,7 +54,7 @@ fn cell_rate(n: usize) -> Result<CellRate> {
     let (all_started_tx, all_started) = mpsc::channel::<Instant>();
     let follow_api = warden.api()?;
     std::thread::spawn(move || {
-        let response = match follow_api.request("GET", "/v1/events?follow=true", b"") {
+        let response = match follow_api.stream("/v1/events?follow=true") {
             Ok(response) => response,
             Err(e) => {
                 let _ = connected_tx.send(Err(e));
@@ -63,7 +63,7 @@ fn cell_rate(n: usize) -> Result<CellRate> {
         };
         let _ = connected_tx.send(Ok(()));
         let mut started = 0;
-        for line in BufReader::new(response.into_reader()).lines() {
+        for line in BufReader::new(response).lines() {
             let Ok(line) = line else { return };
             if line.contains("\"dev.warden.lifecycle.started.v1\"") {
                 started += 1;

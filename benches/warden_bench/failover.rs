@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
-use warden_runtime::view::{ErrorBody, HostView, SubmitRequest};
+use warden_runtime::client::HttpError;
+use warden_runtime::view::{HostView, SubmitRequest};
 
 use crate::common::control_plane::{cell_pid_files, start_control_plane, toml_string, warden_bin, warden_cli, Api};
 use crate::common::process::{
@@ -361,8 +362,7 @@ impl Cluster {
         let (server, port, _, config_home, join_token) = start_control_plane(root.path())?;
         let addr = format!("127.0.0.1:{port}");
         let identity = warden_runtime::auth::Identity::load(&config_home.join("warden/admin.key"))?;
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(10)).build();
-        let api = Api { base: format!("http://{addr}"), identity, agent };
+        let api = Api::new(&addr, identity, Duration::from_secs(10))?;
         let hosts = (1..=N_HOSTS)
             .map(|i| Host { name: format!("h{i}"), data_dir: root.path().join(format!("agent-h{i}")), agent: None })
             .collect();
@@ -400,7 +400,7 @@ impl Cluster {
     }
 
     fn hosts(&self) -> Result<Vec<HostView>> {
-        Ok(serde_json::from_reader(self.api.request("GET", "/v1/hosts", b"")?.into_reader())?)
+        Ok(serde_json::from_slice(&self.api.request("GET", "/v1/hosts", b"")?)?)
     }
 
     fn hosts_up(&self) -> Result<BTreeSet<String>> {
@@ -408,7 +408,7 @@ impl Cluster {
     }
 
     fn status(&self, id: &str) -> Result<serde_json::Value> {
-        Ok(serde_json::from_reader(self.api.request("GET", &format!("/v1/workloads/{id}"), b"")?.into_reader())?)
+        Ok(serde_json::from_slice(&self.api.request("GET", &format!("/v1/workloads/{id}"), b"")?)?)
     }
 
     /// The workload's standby slots armed now, host → the primary's host they were armed for:
@@ -439,20 +439,16 @@ impl Cluster {
             spec_toml: spec_toml.to_string(),
             consumer_workload_id: None,
         })?;
-        let authorization = self.api.identity.authorization("POST", path, &body, warden_runtime::engine::now_ms());
-        let request = self.api.agent.post(&format!("{}{path}", self.api.base)).set("Authorization", &authorization);
-        match request.set("Content-Type", "application/json").send_bytes(&body) {
-            Ok(response) => {
-                let view: serde_json::Value = serde_json::from_reader(response.into_reader())?;
+        match self.api.http.call("POST", path, &body, Some(self.api.timeout)) {
+            Ok((_, answer)) => {
+                let view: serde_json::Value = serde_json::from_slice(&answer)?;
                 let id = view["id"].as_str().ok_or_else(|| anyhow!("the submission's answer has no id: {view}"))?;
                 Ok(Submitted::Accepted(id.to_string()))
             }
-            Err(ureq::Error::Status(code @ 400..=499, response)) => {
-                let text = response.into_string()?;
-                let error = serde_json::from_str::<ErrorBody>(&text).map(|body| body.error).unwrap_or(text);
-                Ok(Submitted::Rejected(format!("HTTP {code}: {error}")))
+            Err(HttpError::Status { code: code @ 400..=499, message }) => {
+                Ok(Submitted::Rejected(format!("HTTP {code}: {message}")))
             }
-            Err(e) => bail!("POST {path}: {e}"),
+            Err(e) => Err(e).context(format!("POST {path}")),
         }
     }
 

@@ -14,7 +14,7 @@ use warden_core::job::{JobEvent, JobManifest, KernelEvent, RetrySpec, StateSpec}
 use warden_core::{EventData, NewEvent, Projection, Spec};
 use warden_store::{SqliteStore, Store};
 
-use crate::common::control_plane::{why, WardenServer};
+use crate::common::control_plane::{unsigned_client, why, WardenServer};
 use crate::common::process::{progress, wait_every};
 use crate::common::table::{figure, fmt_ms, fmt_s, group_thousands, ratio_of, Alt, Row};
 
@@ -445,10 +445,11 @@ fn replay_in_process(db: &Path, journal: &ResumeJournal) -> Result<InProcessRepl
 fn resume_warden(warden: &mut WardenServer, journal: ResumeJournal, in_process: Result<InProcessReplay>) -> Result<JobResume> {
     let (spawned, to_health) = warden.launch(Duration::from_millis(5), Duration::from_secs(300))?;
     let api = warden.api()?;
-    let metrics = format!("http://{}/metrics", warden.addr());
+    let metrics = unsigned_client(&warden.addr())?;
     let run_id = journal.run_id.clone();
     let to_ended = wait_every(Duration::from_secs(600), Duration::from_millis(2), "the resumed run to end", || {
-        let text = ureq::get(&metrics).call().map_err(|e| anyhow!("GET /metrics: {e}"))?.into_string()?;
+        let (_, text) = metrics.call("GET", "/metrics", b"", None).context("GET /metrics")?;
+        let text = String::from_utf8(text).context("GET /metrics")?;
         let runs: HashMap<&str, u64> = text
             .lines()
             .filter_map(|line| {

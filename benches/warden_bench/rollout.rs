@@ -32,9 +32,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read as _};
+use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -42,6 +42,7 @@ use tempfile::TempDir;
 use warden_core::rollout::{HostInput, HostRolloutSnapshot, HostRolloutState, ProbeMode};
 use warden_core::CloudEvent;
 use warden_runtime::auth::Identity;
+use warden_runtime::client::{BlockingClient, ClientConfig};
 use warden_runtime::engine::now_ms;
 use warden_runtime::proto::{EnrollRequest, RolloutReport, RolloutReportResponse};
 use warden_runtime::view::{HostView, RolloutRequest, RolloutView};
@@ -90,7 +91,8 @@ timeout = "1s"
 struct ControlPlane {
     server: Proc,
     root: TempDir,
-    base: String,
+    /// The server's `host:port`.
+    addr: String,
     /// Signed with the admin key the server created.
     admin: Api,
     join_token: String,
@@ -102,9 +104,8 @@ impl ControlPlane {
         let (server, port, _, config_home, join_token) = start_control_plane(root.path())?;
         let addr = format!("127.0.0.1:{port}");
         let identity = Identity::load(&config_home.join("warden/admin.key"))?;
-        let base = format!("http://{addr}");
-        let admin = Api { base: base.clone(), identity, agent: http_agent(1) };
-        Ok(ControlPlane { server, root, base, admin, join_token })
+        let admin = Api::new(&addr, identity, REQUEST_TIMEOUT)?;
+        Ok(ControlPlane { server, root, addr, admin, join_token })
     }
 
     fn log_tail(&self) -> String {
@@ -112,65 +113,57 @@ impl ControlPlane {
     }
 
     fn hosts(&self) -> Result<Vec<HostView>> {
-        Ok(serde_json::from_reader(self.admin.request("GET", "/v1/hosts", b"")?.into_reader())?)
+        Ok(serde_json::from_slice(&self.admin.request("GET", "/v1/hosts", b"")?)?)
     }
 
     fn rollout(&self, rollout_id: &str) -> Result<RolloutView> {
-        let response = self.admin.request("GET", &format!("/v1/rollouts/{rollout_id}"), b"")?;
-        // Read as a stream: a thousand snapshots can pass the 10 MB `into_string` accepts.
-        Ok(serde_json::from_reader(response.into_reader())?)
+        // A thousand snapshots can pass 10 MB: the client sets no limit.
+        Ok(serde_json::from_slice(&self.admin.request("GET", &format!("/v1/rollouts/{rollout_id}"), b"")?)?)
     }
 
     /// Every journaled event with seq > `after`.
     fn events_after(&self, after: u64) -> Result<Vec<CloudEvent>> {
-        let response = self.admin.request("GET", &format!("/v1/events?after={after}"), b"")?;
-        BufReader::new(response.into_reader()).lines().map(|line| Ok(serde_json::from_str(&line?)?)).collect()
+        let answer = self.admin.request("GET", &format!("/v1/events?after={after}"), b"")?;
+        answer.lines().map(|line| Ok(serde_json::from_str(&line?)?)).collect()
     }
 }
 
 /// A host the bench plays: a name and the key it enrolled with.
 struct SimulatedHost {
     name: String,
-    identity: Identity,
+    identity: Arc<Identity>,
 }
 
-fn http_agent(max_idle_connections: usize) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(REQUEST_TIMEOUT)
-        .max_idle_connections_per_host(max_idle_connections)
-        .build()
+/// A client of the control plane keeping up to `idle_connections` keep-alive connections; it
+/// signs as each host in turn (`post_signed`).
+fn http_client(plane: &ControlPlane, idle_connections: usize) -> Result<BlockingClient> {
+    let config = ClientConfig { idle_connections_per_host: idle_connections, ..ClientConfig::default() };
+    Ok(BlockingClient::unsigned(&plane.addr, &config)?)
 }
 
-/// `POST path` signed by `identity`; the answer's body. A refusal is an error naming the
-/// request, the status and the server's body.
-fn post_signed(agent: &ureq::Agent, base: &str, identity: &Identity, path: &str, body: &[u8]) -> Result<Vec<u8>> {
-    let authorization = identity.authorization("POST", path, body, now_ms());
-    let request = agent.post(&format!("{base}{path}")).set("Authorization", &authorization);
-    match request.set("Content-Type", "application/json").send_bytes(body) {
-        Ok(response) => {
-            let mut answer = Vec::new();
-            response.into_reader().read_to_end(&mut answer)?;
-            Ok(answer)
-        }
-        Err(ureq::Error::Status(code, response)) => bail!("POST {path}: HTTP {code}: {}", response.into_string()?),
-        Err(e) => bail!("POST {path}: {e}"),
-    }
+/// `POST path` signed by `identity`, through `client`'s connections; the answer's body. A
+/// refusal is an error naming the request, the status and the server's message.
+fn post_signed(client: &BlockingClient, identity: &Arc<Identity>, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+    let (_, answer) = client
+        .with_identity(identity.clone())
+        .call("POST", path, body, Some(REQUEST_TIMEOUT))
+        .with_context(|| format!("POST {path}"))?;
+    Ok(answer)
 }
 
 /// Enrolls `n_hosts` fresh keys in channel `bench`, [`DRIVERS`] at a time.
 fn enroll_fleet(plane: &ControlPlane, n_hosts: usize) -> Result<Vec<SimulatedHost>> {
-    let agent = http_agent(DRIVERS);
+    let client = http_client(plane, DRIVERS)?;
     parallel(n_hosts, DRIVERS, |i| {
         let name = format!("sim-{i:04}");
-        let host = SimulatedHost { identity: Identity::generate(&name), name };
+        let host = SimulatedHost { identity: Arc::new(Identity::generate(&name)), name };
         let request = EnrollRequest {
             join_token: plane.join_token.clone(),
             name: host.name.clone(),
             channel: Some(CHANNEL.into()),
             tags: vec![],
         };
-        post_signed(&agent, &plane.base, &host.identity, "/v1/agents/enroll", &serde_json::to_vec(&request)?)
+        post_signed(&client, &host.identity, "/v1/agents/enroll", &serde_json::to_vec(&request)?)
             .with_context(|| format!("enrolling {}", host.name))?;
         Ok(host)
     })
@@ -346,13 +339,19 @@ fn hosts_by_state(view: &RolloutView) -> String {
 /// One driver thread: takes hosts off the queue and reports each through its steps. Returns the
 /// latencies of its reports, in ns.
 fn driver(state: &DriveState<'_>, queue: &Mutex<mpsc::Receiver<(usize, HostRolloutSnapshot)>>) -> Vec<u64> {
-    let agent = http_agent(1);
+    let client = match http_client(state.plane, 1) {
+        Ok(client) => client,
+        Err(error) => {
+            state.fail(error);
+            return Vec::new();
+        }
+    };
     let mut latencies_ns = Vec::new();
     loop {
         let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok((i, snapshot)) = job else { return latencies_ns };
         if !state.stop.load(Ordering::Relaxed) {
-            if let Err(error) = drive_host(state, &agent, i, snapshot, &mut latencies_ns) {
+            if let Err(error) = drive_host(state, &client, i, snapshot, &mut latencies_ns) {
                 state.fail(error);
             }
         }
@@ -364,7 +363,7 @@ fn driver(state: &DriveState<'_>, queue: &Mutex<mpsc::Receiver<(usize, HostRollo
 /// it waits on nothing of the agent's (converged, or pending again) or has been probed once.
 fn drive_host(
     state: &DriveState<'_>,
-    agent: &ureq::Agent,
+    client: &BlockingClient,
     i: usize,
     mut snapshot: HostRolloutSnapshot,
     latencies_ns: &mut Vec<u64>,
@@ -408,7 +407,7 @@ fn drive_host(
         let report = RolloutReport { host: host.name.clone(), rollout_id: state.rollout_id.to_string(), input };
         let body = serde_json::to_vec(&report)?;
         let sent = Instant::now();
-        let answer = post_signed(agent, &state.plane.base, &host.identity, "/v1/agents/rollout", &body)
+        let answer = post_signed(client, &host.identity, "/v1/agents/rollout", &body)
             .with_context(|| format!("report {}", String::from_utf8_lossy(&body)))?;
         latencies_ns.push(sent.elapsed().as_nanos() as u64);
         let answer: RolloutReportResponse = serde_json::from_slice(&answer).with_context(|| {
@@ -503,9 +502,8 @@ fn measure_on(plane: &ControlPlane, n_hosts: usize, deadline: Instant) -> Result
     let body = serde_json::to_vec(&request)?;
     let (server_cpu_before, client_cpu_before) = (cpu_ms_of(server_pid)?, own_cpu_ms(libc::RUSAGE_SELF));
     let started = Instant::now();
-    let view: RolloutView = serde_json::from_reader(
-        plane.admin.request("POST", "/v1/rollouts", &body).context("starting the rollout")?.into_reader(),
-    )?;
+    let view: RolloutView =
+        serde_json::from_slice(&plane.admin.request("POST", "/v1/rollouts", &body).context("starting the rollout")?)?;
     let drive = drive_rollout(plane, &hosts, &view.id, deadline)?;
     let completed_at = drive.completed_at.ok_or_else(|| anyhow!("the drive ended without seeing the rollout completed"))?;
     let (server_cpu_after, client_cpu_after) = (cpu_ms_of(server_pid)?, own_cpu_ms(libc::RUSAGE_SELF));

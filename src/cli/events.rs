@@ -98,7 +98,7 @@ pub(super) fn verify_offline(args: VerifyArgs, output: Output) -> Result<()> {
 /// event up to it.
 pub(super) fn verify_online(client: &Client, args: VerifyArgs, output: Output) -> Result<()> {
     let head: SignedHead = client.json("GET", "/v1/events/head", None)?;
-    let address = client.base.trim_start_matches("http://").to_string();
+    let address = client.authority().to_string();
     let known_servers = paths::default_config_dir().join(paths::KNOWN_SERVERS_FILE);
     let (pinned, first_use) = match explicit_key(&args)? {
         Some(key) => (key, false),
@@ -116,8 +116,8 @@ pub(super) fn verify_online(client: &Client, args: VerifyArgs, output: Output) -
     let head_seq = head.seq;
     let verifier = ChainVerifier::new(head, &pinned, args.after + 1).map_err(failed)?;
     // Events journaled after the head was signed are not asked for: reading stops at the head.
-    let response = client.call("GET", &format!("/v1/events?after={}", args.after), None)?;
-    let verified = verify_lines(response.into_reader(), verifier, true)?;
+    let response = client.stream(&format!("/v1/events?after={}", args.after))?;
+    let verified = verify_lines(response, verifier, true)?;
     debug_assert_eq!(verified.head.seq, head_seq);
     if first_use {
         remember_key(&known_servers, &address, &pinned)?;

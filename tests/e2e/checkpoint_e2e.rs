@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::Cluster;
-use crate::support::kill9;
+use crate::support::{kill9, signed_client};
+use warden_runtime::client::HttpError;
 
 /// The counter a checkpoint holds: the blob read straight from the server's store, decrypted
 /// with the workload's key from `<data-dir>/keys`, unpacked.
@@ -163,11 +164,8 @@ fn a_tampered_blob_is_rejected() {
     let wrong = format!("/v1/blobs/{}", "0".repeat(64));
     assert_eq!(cluster.server.api("PUT", &wrong, b"bytes").0, 403, "an admin key cannot store blobs");
     let host = warden_runtime::auth::Identity::load(&cluster.agents[0].data_dir.join("host.key")).unwrap();
-    let header = host.authorization("PUT", &wrong, b"bytes", warden_runtime::engine::now_ms());
-    let answer = ureq::request("PUT", &format!("http://{}{wrong}", cluster.server.addr()))
-        .set("Authorization", &header)
-        .send_bytes(b"bytes");
-    assert!(matches!(answer, Err(ureq::Error::Status(400, _))), "a blob not named by its hash is refused: {answer:?}");
+    let answer = signed_client(&cluster.server.addr(), host).call("PUT", &wrong, b"bytes", None);
+    assert!(matches!(answer, Err(HttpError::Status { code: 400, .. })), "a blob not named by its hash is refused: {answer:?}");
 
     // One byte flipped in the server's store.
     let conn = raw(&cluster.server.data_dir().join("journal.db"));

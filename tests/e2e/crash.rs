@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{assert_contiguous_chain, Warden};
+use crate::support::{assert_contiguous_chain, signed_client, Warden};
 use warden_runtime::view::WorkloadView;
 
 const ROUNDS: usize = 16;
@@ -35,6 +35,7 @@ fn acknowledged_submissions_survive_kill9_at_random_moments() {
                 let (addr, identity_path) = (warden.addr(), warden.config_home().join("warden/admin.key"));
                 std::thread::spawn(move || {
                     let identity = warden_runtime::auth::Identity::load(&identity_path).unwrap();
+                    let http = signed_client(&addr, identity);
                     let mut n = 0;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
@@ -42,20 +43,16 @@ fn acknowledged_submissions_survive_kill9_at_random_moments() {
                             "name = \"c{client}-{round}-{n}\"\n[cell]\nargv = [\"true\"]\n[restart]\npolicy = \"never\"\n"
                         );
                         let body = serde_json::json!({"file": "crash.toml", "spec_toml": spec}).to_string();
-                        let header =
-                            identity.authorization("POST", "/v1/workloads", body.as_bytes(), warden_runtime::engine::now_ms());
-                        let response = ureq::post(&format!("http://{addr}/v1/workloads"))
-                            .set("Authorization", &header)
-                            .timeout(Duration::from_secs(5))
-                            .send_string(&body);
-                        match response {
-                            Ok(r) if r.status() == 201 => {
-                                let view: WorkloadView = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+                        let request = http.prepare("POST", "/v1/workloads", body).unwrap();
+                        match http.exchange(&request, Some(Duration::from_secs(5))) {
+                            Ok((201, answer)) => {
+                                let view: WorkloadView = serde_json::from_slice(&answer).unwrap();
                                 acknowledged.lock().unwrap().insert(view.info.id);
                             }
-                            Ok(r) => panic!("unexpected status {}", r.status()),
-                            // The server died mid-request: not acknowledged, so no promise was made.
-                            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                            Ok((code, _)) if code < 400 => panic!("unexpected status {code}"),
+                            // Refused, or the server died mid-request: not acknowledged, so no
+                            // promise was made.
+                            Ok(_) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
                         }
                     }
                 })

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::{alive, assert_contiguous_chain, kill9, Warden, CRASHER};
+use crate::support::{alive, assert_contiguous_chain, kill9, signed_client, unsigned_client, Warden, CRASHER};
+use warden_runtime::client::HttpError;
 
 #[test]
 fn crashing_workload_runs_one_plus_max_attempts_times_then_fails() {
@@ -128,19 +129,17 @@ fn bad_specs_and_bad_requests_are_rejected_clearly() {
     assert_eq!(code, 404, "{text}");
 
     // Unauthenticated and forged requests are refused.
-    let err = ureq::get(&format!("http://{}/v1/workloads", warden.addr())).call().unwrap_err();
-    assert!(matches!(err, ureq::Error::Status(401, _)), "{err:?}");
-    let stranger = warden_runtime::auth::Identity::generate("stranger");
-    let header = stranger.authorization("GET", "/v1/workloads", b"", warden_runtime::engine::now_ms());
-    let err = ureq::get(&format!("http://{}/v1/workloads", warden.addr())).set("Authorization", &header).call().unwrap_err();
-    assert!(matches!(err, ureq::Error::Status(401, _)), "{err:?}");
+    let err = unsigned_client(&warden.addr()).call("GET", "/v1/workloads", b"", None).unwrap_err();
+    assert!(matches!(err, HttpError::Status { code: 401, .. }), "{err:?}");
+    let stranger = signed_client(&warden.addr(), warden_runtime::auth::Identity::generate("stranger"));
+    let err = stranger.call("GET", "/v1/workloads", b"", None).unwrap_err();
+    assert!(matches!(err, HttpError::Status { code: 401, .. }), "{err:?}");
 
     // A captured request sent again verbatim is refused.
-    let header = warden.identity().authorization("GET", "/v1/workloads", b"", warden_runtime::engine::now_ms());
-    let url = format!("http://{}/v1/workloads", warden.addr());
-    assert!(ureq::get(&url).set("Authorization", &header).call().is_ok());
-    let err = ureq::get(&url).set("Authorization", &header).call().unwrap_err();
-    assert!(matches!(err, ureq::Error::Status(401, _)), "{err:?}");
+    let client = warden.client();
+    let request = client.prepare("GET", "/v1/workloads", Vec::new()).unwrap();
+    assert_eq!(client.exchange(&request, None).unwrap().0, 200);
+    assert_eq!(client.exchange(&request, None).unwrap().0, 401);
 
     // Nothing was stored by any of that.
     assert!(warden.events(&[]).is_empty());
@@ -180,7 +179,8 @@ fn ttl_expires_a_workload_and_status_shows_every_field() {
     let events = warden.events(&["--workload", &id]);
     assert_eq!(events.last().unwrap().event_type, "dev.warden.workload.expired.v1");
 
-    let metrics = ureq::get(&format!("http://{}/metrics", warden.addr())).call().unwrap().into_string().unwrap();
+    let (_, metrics) = unsigned_client(&warden.addr()).call("GET", "/metrics", b"", None).unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("warden_workloads{state=\"expired\"} 1"), "{metrics}");
     assert!(metrics.contains(&format!("warden_journal_head_seq {}", warden.events(&[]).len())), "{metrics}");
 }

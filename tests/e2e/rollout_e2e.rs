@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{Cluster, ControlPlane};
-use crate::support::{bin, Warden};
+use crate::support::{bin, unsigned_client, Warden};
 use warden_core::rollout::{HostEvent, HostRolloutState, RolloutEvent};
 use warden_core::{CloudEvent, EventData};
 use warden_runtime::view::{RolloutRequest, RolloutView};
@@ -94,12 +94,10 @@ impl Web {
 
     /// What `host`'s instance answers, if anything.
     fn version_on(&self, host: &str) -> Option<String> {
-        let url = format!("http://{host}:{}/", self.port);
-        match ureq::get(&url).timeout(Duration::from_millis(500)).call() {
-            Ok(response) => response.into_string().ok(),
-            Err(ureq::Error::Status(_, response)) => response.into_string().ok(),
-            Err(_) => None,
-        }
+        let client = unsigned_client(&format!("http://{host}:{}", self.port));
+        let request = client.prepare("GET", "/", Vec::new()).ok()?;
+        let (_, body) = client.exchange(&request, Some(Duration::from_millis(500))).ok()?;
+        String::from_utf8(body).ok()
     }
 
     /// Submits v1 on every host and waits until each instance answers.

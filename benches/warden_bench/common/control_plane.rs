@@ -2,15 +2,17 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 use warden_runtime::auth::Identity;
+use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig};
 use warden_runtime::view::{SubmitRequest, WorkloadView};
 
 use crate::common::process::{log_file, signal, signal_group, tail, wait_until, Proc};
@@ -59,9 +61,9 @@ impl WardenServer {
                 .stderr(log_file(&log)),
         )?;
         self.server = Some(server);
-        let health = format!("http://{}/v1/health", self.addr());
+        let health = unsigned_client(&self.addr())?;
         let deadline = spawned + timeout;
-        while ureq::get(&health).call().is_err() {
+        while !answers_health(&health) {
             if let Some(server) = self.server.as_mut() {
                 server.check_alive("warden up", &log)?;
             }
@@ -100,8 +102,7 @@ impl WardenServer {
 
     pub(crate) fn api(&self) -> Result<Api> {
         let identity = Identity::load(&self.config_home().join("warden/admin.key"))?;
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).timeout(Duration::from_secs(60)).build();
-        Ok(Api { base: format!("http://{}", self.addr()), identity, agent })
+        Api::new(&self.addr(), identity, Duration::from_secs(60))
     }
 
     /// `shim_pid` of every cell that has written its `pid.json`.
@@ -147,10 +148,10 @@ pub(crate) fn start_control_plane(root: &Path) -> Result<(Proc, u16, PathBuf, Pa
             .stdout(Stdio::null())
             .stderr(log_file(&server_log)),
     )?;
-    let health = format!("http://{addr}/v1/health");
+    let health = unsigned_client(&addr)?;
     wait_until(Duration::from_secs(20), "warden server to answer", || {
         server.check_alive("warden server", &server_log)?;
-        Ok(ureq::get(&health).call().is_ok().then_some(()))
+        Ok(answers_health(&health).then_some(()))
     })?;
     let join_token = std::fs::read_to_string(data_dir.join("join-token")).context("warden server wrote no join-token")?;
     Ok((server, port, data_dir, config_home, join_token.trim().to_string()))
@@ -173,24 +174,41 @@ pub(crate) fn cell_pid_files(data_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Signed requests to warden's HTTP API (what the CLI does, without a process per request).
+/// The workspace's client for `addr`, signing nothing: health and metrics.
+pub(crate) fn unsigned_client(addr: &str) -> Result<BlockingClient> {
+    Ok(BlockingClient::unsigned(addr, &ClientConfig::default())?)
+}
+
+/// Whether the server behind `client` answers `GET /v1/health` (within a second).
+pub(crate) fn answers_health(client: &BlockingClient) -> bool {
+    client.call("GET", "/v1/health", b"", Some(Duration::from_secs(1))).is_ok()
+}
+
+/// Signed requests to warden's HTTP API (what the CLI does, without a process per request),
+/// through the workspace's one client.
 pub(crate) struct Api {
-    pub(crate) base: String,
-    pub(crate) identity: Identity,
-    pub(crate) agent: ureq::Agent,
+    pub(crate) http: BlockingClient,
+    /// The longest any one request may take, its answer read.
+    pub(crate) timeout: Duration,
 }
 
 impl Api {
-    pub(crate) fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<ureq::Response> {
-        let authorization = self.identity.authorization(method, path, body, warden_runtime::engine::now_ms());
-        let request = self.agent.request(method, &format!("{}{path}", self.base)).set("Authorization", &authorization);
-        let result =
-            if body.is_empty() { request.call() } else { request.set("Content-Type", "application/json").send_bytes(body) };
-        match result {
-            Ok(response) => Ok(response),
-            Err(ureq::Error::Status(code, response)) => bail!("{method} {path}: HTTP {code}: {}", response.into_string()?),
-            Err(e) => bail!("{method} {path}: {e}"),
-        }
+    /// Requests to the server at `addr`, signed with `identity`, each within `timeout`.
+    pub(crate) fn new(addr: &str, identity: Identity, timeout: Duration) -> Result<Api> {
+        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())?;
+        Ok(Api { http, timeout })
+    }
+
+    /// A signed request; a 2xx answer's body, or an error naming the request and what the
+    /// server said.
+    pub(crate) fn request(&self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let (_, answer) = self.http.call(method, path, body, Some(self.timeout)).with_context(|| format!("{method} {path}"))?;
+        Ok(answer)
+    }
+
+    /// A signed `GET` whose answer is read as it comes (a follow), with no time limit.
+    pub(crate) fn stream(&self, path: &str) -> Result<BlockingResponse> {
+        self.http.stream("GET", path, b"").with_context(|| format!("GET {path}"))
     }
 
     pub(crate) fn submit(&self, file: &str, spec_toml: &str) -> Result<WorkloadView> {
@@ -199,16 +217,16 @@ impl Api {
             spec_toml: spec_toml.to_string(),
             consumer_workload_id: None,
         })?;
-        Ok(serde_json::from_str(&self.request("POST", "/v1/workloads", &body)?.into_string()?)?)
+        Ok(serde_json::from_slice(&self.request("POST", "/v1/workloads", &body)?)?)
     }
 
     /// Live (non-terminal) workloads.
     pub(crate) fn list(&self) -> Result<Vec<WorkloadView>> {
-        Ok(serde_json::from_str(&self.request("GET", "/v1/workloads", b"")?.into_string()?)?)
+        Ok(serde_json::from_slice(&self.request("GET", "/v1/workloads", b"")?)?)
     }
 
     pub(crate) fn status(&self, id: &str) -> Result<WorkloadView> {
-        Ok(serde_json::from_str(&self.request("GET", &format!("/v1/workloads/{id}"), b"")?.into_string()?)?)
+        Ok(serde_json::from_slice(&self.request("GET", &format!("/v1/workloads/{id}"), b"")?)?)
     }
 
     pub(crate) fn stop(&self, id: &str) -> Result<()> {
@@ -219,19 +237,18 @@ impl Api {
     /// `POST /v1/jobs`: starts a run of the manifest; returns its run view.
     pub(crate) fn job_run(&self, file: &str, manifest_toml: &str) -> Result<serde_json::Value> {
         let body = serde_json::to_vec(&serde_json::json!({ "file": file, "manifest_toml": manifest_toml }))?;
-        Ok(serde_json::from_reader(self.request("POST", "/v1/jobs", &body)?.into_reader())?)
+        Ok(serde_json::from_slice(&self.request("POST", "/v1/jobs", &body)?)?)
     }
 
-    /// A run's view, read as a stream: the view of a run of many states is larger than the
-    /// 10 MB that `into_string` accepts.
+    /// A run's view (of a run of many states, more than 10 MB: the client sets no limit).
     pub(crate) fn job(&self, run_id: &str) -> Result<serde_json::Value> {
-        Ok(serde_json::from_reader(self.request("GET", &format!("/v1/jobs/{run_id}"), b"")?.into_reader())?)
+        Ok(serde_json::from_slice(&self.request("GET", &format!("/v1/jobs/{run_id}"), b"")?)?)
     }
 
     /// Every journaled event with seq > `after`, as parsed CloudEvents.
     pub(crate) fn events_after(&self, after: u64) -> Result<Vec<serde_json::Value>> {
-        let response = self.request("GET", &format!("/v1/events?after={after}"), b"")?;
-        BufReader::new(response.into_reader()).lines().map(|line| Ok(serde_json::from_str(&line?)?)).collect()
+        let answer = self.request("GET", &format!("/v1/events?after={after}"), b"")?;
+        answer.lines().map(|line| Ok(serde_json::from_str(&line?)?)).collect()
     }
 }
 

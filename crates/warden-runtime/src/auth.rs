@@ -14,6 +14,7 @@ use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 use warden_core::canonical::sha256_hex;
 
 pub const AUTH_SCHEME: &str = "Warden-Ed25519";
@@ -170,9 +171,10 @@ pub fn parse_principal(principal: &str) -> Option<VerifyingKey> {
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
-/// Equality that takes as long whatever the first differing byte (for secrets like join tokens).
+/// Equality that takes as long whatever the first differing byte (for secrets like join tokens);
+/// only the lengths are compared in variable time.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// Checks one request's `Authorization` header; returns the caller's principal.
@@ -288,5 +290,13 @@ mod tests {
             verify_request(Some(&header), "GET", "/v1/workloads", b"", 1_000_000, &keys, &guard),
             Err(AuthError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn constant_time_eq_is_plain_equality() {
+        assert!(constant_time_eq(b"join-token", b"join-token"));
+        assert!(!constant_time_eq(b"join-token", b"join-tokem"));
+        assert!(!constant_time_eq(b"join-token", b"join-token-longer"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

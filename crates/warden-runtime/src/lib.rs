@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod cells;
 pub mod checkpoint;
+pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod engine;

@@ -7,11 +7,12 @@ pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use warden_core::CloudEvent;
 use warden_runtime::auth::Identity;
+use warden_runtime::client::{BlockingClient, ClientConfig};
 use warden_runtime::view::WorkloadView;
 
 /// A workload that crashes (exit 3) and is given up after two retries.
@@ -107,8 +108,9 @@ impl Warden {
             .unwrap();
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let health = unsigned_client(&self.addr());
         while Instant::now() < deadline {
-            if ureq::get(&format!("http://{}/v1/health", self.addr())).call().is_ok() {
+            if answers_health(&health) {
                 return;
             }
             if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
@@ -186,17 +188,34 @@ impl Warden {
         Identity::load(&self.config_home().join("warden/admin.key")).unwrap()
     }
 
-    /// A signed HTTP request straight to the API, for what the CLI would refuse to send.
-    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let header = self.identity().authorization(method, path, body, warden_runtime::engine::now_ms());
-        let request = ureq::request(method, &format!("http://{}{path}", self.addr())).set("Authorization", &header);
-        let result = if body.is_empty() { request.call() } else { request.send_bytes(body) };
-        match result {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("{e}"),
-        }
+    /// The API client, signing as the admin (what the CLI signs with).
+    pub fn client(&self) -> BlockingClient {
+        signed_client(&self.addr(), self.identity())
     }
+
+    /// A signed HTTP request straight to the API, for what the CLI would refuse to send: the
+    /// status and the body, whatever the status.
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let client = self.client();
+        let request = client.prepare(method, path, body.to_vec()).unwrap();
+        let (code, answer) = client.exchange(&request, None).unwrap();
+        (code, String::from_utf8(answer).unwrap())
+    }
+}
+
+/// The workspace's client for the server at `addr`, signing with `identity`.
+pub fn signed_client(addr: &str, identity: Identity) -> BlockingClient {
+    BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default()).unwrap()
+}
+
+/// The workspace's client for `addr`, signing nothing: health, metrics, workloads' own HTTP.
+pub fn unsigned_client(addr: &str) -> BlockingClient {
+    BlockingClient::unsigned(addr, &ClientConfig::default()).unwrap()
+}
+
+/// Whether the server behind `client` answers `GET /v1/health` (within a second).
+pub fn answers_health(client: &BlockingClient) -> bool {
+    client.call("GET", "/v1/health", b"", Some(Duration::from_secs(1))).is_ok()
 }
 
 /// Every event from 1 to the head is there, and each carries its predecessor's hash.

@@ -1,0 +1,55 @@
+//! The one place an HTTP connection is configured: timeouts, pooling, proxies — and, next, TLS
+//! (rustls goes into `reqwest_client`, and `ServerAddress` learns `https://`).
+
+use std::time::Duration;
+
+use super::address::ServerAddressError;
+
+/// How a client connects and how much it accepts.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long a TCP connect may take before the request fails as unreachable.
+    pub connect_timeout: Duration,
+    /// The largest answer read whole (`call`, `json`, `exchange`); `None` for no limit.
+    /// Streamed answers (`stream`) are the caller's to bound.
+    pub max_response_bytes: Option<usize>,
+    /// Idle keep-alive connections kept per server; 0 opens a fresh connection per request.
+    pub idle_connections_per_host: usize,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            max_response_bytes: None,
+            idle_connections_per_host: 8,
+            user_agent: concat!("warden/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error(transparent)]
+    Address(#[from] ServerAddressError),
+    #[error("cannot set up the HTTP client")]
+    Connection(#[source] reqwest::Error),
+    #[error("cannot start the HTTP client's runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The reqwest client every `Client` sends through.
+pub(super) fn reqwest_client(config: &ClientConfig) -> Result<reqwest::Client, ClientSetupError> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .pool_max_idle_per_host(config.idle_connections_per_host)
+        .user_agent(config.user_agent.clone())
+        // Requests go straight to the control plane, as they did before reqwest: an
+        // `HTTP_PROXY` meant for the outside world must not see signed requests.
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(ClientSetupError::Connection)
+}

@@ -1,0 +1,72 @@
+//! How a request to the control plane failed, and the one place answers become errors: the
+//! server's `ErrorBody` → `HttpError::Status`, reqwest's failures → `HttpError::Transport`.
+
+use std::time::Duration;
+
+use crate::view::ErrorBody;
+
+/// Why a request got no usable answer.
+///
+/// The payloads are flattened text, not chained sources: callers log an error with `{e}` and
+/// compare or classify it (`class`), so each cause is written into the message once, in a
+/// sentence that names the request and the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The request could not be built: a path that does not start with `/`, a method that is
+    /// not one, a body that does not encode.
+    #[error("cannot build the request: {0}")]
+    Request(String),
+    /// No answer: cannot connect, connection reset, timed out, or not HTTP.
+    #[error("{0}")]
+    Transport(String),
+    /// The server answered with an error status; `message` is its `ErrorBody` (or raw text).
+    #[error("{message} (HTTP {code})")]
+    Status { code: u16, message: String },
+    /// The answer is larger than the client's limit: refused, not buffered.
+    #[error("the answer to {request} exceeds {limit_bytes} bytes")]
+    TooLarge { request: String, limit_bytes: usize },
+    /// A 2xx whose body is not the JSON expected.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl HttpError {
+    /// A short name for the kind of failure, so a caller can log each change only once.
+    pub fn class(&self) -> String {
+        match self {
+            HttpError::Transport(_) => "unreachable".into(),
+            HttpError::Status { code, .. } => format!("HTTP {code}"),
+            HttpError::Request(_) => "bad request".into(),
+            HttpError::TooLarge { .. } | HttpError::Decode(_) => "bad response".into(),
+        }
+    }
+}
+
+/// An error status's body as the error it is: the server's `ErrorBody` message, or the text.
+pub(super) fn status_error(code: u16, body: &[u8]) -> HttpError {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+    HttpError::Status { code, message }
+}
+
+/// A reqwest failure of `request` (`METHOD /path`) to `base_url`, in one sentence.
+pub(super) fn transport_error(request: &str, base_url: &str, error: &reqwest::Error) -> HttpError {
+    // reqwest's own message names only the URL; the reason is the innermost source.
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let what = if error.is_connect() {
+        "cannot connect to"
+    } else if error.is_timeout() {
+        "timed out waiting for"
+    } else {
+        "no answer from"
+    };
+    HttpError::Transport(format!("{request}: {what} {base_url}: {cause}"))
+}
+
+/// The whole exchange took longer than `timeout`.
+pub(super) fn timeout_error(request: &str, base_url: &str, timeout: Duration) -> HttpError {
+    HttpError::Transport(format!("{request}: no answer from {base_url} within {timeout:?}"))
+}
