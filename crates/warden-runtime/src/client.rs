@@ -4,8 +4,9 @@
 //! `Client` (async, on reqwest over hyper) turns (method, path, body, identity) into a signed
 //! request in one place (`Client::prepare`), and decodes answers in one place: the server's
 //! `ErrorBody` becomes `HttpError::Status`, a failed connection `HttpError::Transport`. The
-//! connection itself is configured only in `connection::builder`: that is where TLS (rustls)
-//! plugs in.
+//! connection itself is configured only in `connection::reqwest_client`: that is where TLS
+//! (rustls) plugs in. reqwest rather than bare hyper: pooling, connect timeouts, proxies and
+//! rustls are its configuration, not code of ours to keep.
 //!
 //! Sync callers (the CLI, tests, benches) use `BlockingClient`: the same async `Client` driven by
 //! `block_on` on a private one-worker tokio runtime, not reqwest's `blocking` module. reqwest's
