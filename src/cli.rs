@@ -2,24 +2,24 @@
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
 //! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`.
 
+mod common;
 mod events;
 mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use warden_core::job::{JobEvent, JobManifest, KernelEvent};
 use warden_core::time::format_rfc3339_ms;
 use warden_core::units::format_duration_ms;
 use warden_core::{CloudEvent, ReplicationMode, Spec};
-use warden_runtime::auth::Identity;
-use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, HttpError};
 use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
 use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
+
+use common::{encode, format_table, short_spec_id, show, Client, Output};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -35,12 +35,6 @@ struct Cli {
     output: Output,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 /// What `warden up` and `warden server` share.
@@ -246,53 +240,6 @@ pub fn main() -> Result<()> {
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
-
-/// The CLI's signed requests: the workspace's one client (`warden_runtime::client`), blocking,
-/// with what the server says turned into messages for people.
-struct Client {
-    http: BlockingClient,
-}
-
-impl Client {
-    fn new(addr: &str, credential: Option<PathBuf>) -> Result<Client> {
-        let path = credential.unwrap_or_else(|| paths::default_config_dir().join(paths::ADMIN_CREDENTIAL_FILE));
-        let identity =
-            Identity::load(&path).with_context(|| "no credential; `warden up` creates one on its first start".to_string())?;
-        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())
-            .context("set --addr or WARDEN_ADDR to HOST[:PORT] or http://HOST[:PORT]")?;
-        Ok(Client { http })
-    }
-
-    /// The server's `host:port`.
-    fn authority(&self) -> &str {
-        self.http.client().address().authority()
-    }
-
-    /// Sends a signed request; a 2xx answer's body, or the server's message as the error.
-    fn call(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
-        let (_, answer) = self.http.call(method, path_and_query, body.unwrap_or_default(), None).map_err(explain)?;
-        Ok(answer)
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<T> {
-        let answer = self.call(method, path_and_query, body)?;
-        serde_json::from_slice(&answer).with_context(|| format!("unexpected response: {}", String::from_utf8_lossy(&answer)))
-    }
-
-    /// A signed `GET` whose answer is read as it comes (follows, histories, artifacts).
-    fn stream(&self, path_and_query: &str) -> Result<BlockingResponse> {
-        self.http.stream("GET", path_and_query, b"").map_err(explain)
-    }
-}
-
-/// A failed request as a message for people: the server's own words for an error status, a hint
-/// for a server that does not answer.
-fn explain(error: HttpError) -> anyhow::Error {
-    match error {
-        HttpError::Transport(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
-        other => other.into(),
-    }
 }
 
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
@@ -605,19 +552,6 @@ fn read_input(path: &Path) -> Result<serde_json::Value> {
     Ok(input)
 }
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn short_spec_id(spec_id: &str) -> &str {
-    &spec_id[..spec_id.len().min(19)]
-}
-
 /// `sha256:` and the first 12 hex digits of an artifact id.
 fn short_id(id: &str) -> &str {
     short_spec_id(id)
@@ -625,19 +559,6 @@ fn short_id(id: &str) -> &str {
 
 fn print_table(rows: &[Vec<String>]) {
     print!("{}", format_table(rows));
-}
-
-/// Rows as left-aligned columns two spaces apart, one line each (trailing spaces trimmed).
-fn format_table(rows: &[Vec<String>]) -> String {
-    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n_columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut text = String::new();
-    for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
 }
 
 fn print_status(v: &WorkloadView) {
@@ -790,14 +711,4 @@ fn history_line(line: &str) -> String {
         }
     };
     format!("{seq:>6}  {time}  {kind:<14}  {details}")
-}
-
-/// Prints `value` as one line of JSON with `-o json`, else the human way.
-fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&T)) -> Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string(value)?);
-    } else {
-        human(value);
-    }
-    Ok(())
 }

@@ -16,7 +16,7 @@ use warden_runtime::paths;
 use warden_store::chain::parse_event_line;
 use warden_store::{ChainVerifier, SignedHead, Verified};
 
-use super::{Client, Output};
+use super::common::{Client, Output};
 
 #[derive(Subcommand)]
 pub(super) enum EventsAction {

@@ -18,7 +18,7 @@ use warden_core::{Spec, SpecError};
 use warden_runtime::engine::now_ms;
 use warden_runtime::view::{BlockedView, RolloutRequest, RolloutView, WaveView};
 
-use super::{encode, format_table, short_spec_id, show, Client, Output};
+use super::common::{encode, format_table, short_spec_id, show, Client, Output};
 
 #[derive(Subcommand)]
 pub(super) enum RolloutCommand {

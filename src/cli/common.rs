@@ -1,0 +1,101 @@
+//! What every `warden` subcommand shares: the signed client (the workspace's one HTTP client,
+//! blocking, with the server's answers turned into messages for people), `-o table|json`, and
+//! the small formatting helpers tables and paths need.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use clap::ValueEnum;
+use warden_runtime::auth::Identity;
+use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, HttpError};
+use warden_runtime::paths;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// The CLI's signed requests: the workspace's one client (`warden_runtime::client`), blocking,
+/// with what the server says turned into messages for people.
+pub struct Client {
+    http: BlockingClient,
+}
+
+impl Client {
+    pub fn new(addr: &str, credential: Option<PathBuf>) -> Result<Client> {
+        let path = credential.unwrap_or_else(|| paths::default_config_dir().join(paths::ADMIN_CREDENTIAL_FILE));
+        let identity =
+            Identity::load(&path).with_context(|| "no credential; `warden up` creates one on its first start".to_string())?;
+        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())
+            .context("set --addr or WARDEN_ADDR to HOST[:PORT] or http://HOST[:PORT]")?;
+        Ok(Client { http })
+    }
+
+    /// The server's `host:port`.
+    pub fn authority(&self) -> &str {
+        self.http.client().address().authority()
+    }
+
+    /// Sends a signed request; a 2xx answer's body, or the server's message as the error.
+    pub fn call(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        let (_, answer) = self.http.call(method, path_and_query, body.unwrap_or_default(), None).map_err(explain)?;
+        Ok(answer)
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self, method: &str, path_and_query: &str, body: Option<&[u8]>) -> Result<T> {
+        let answer = self.call(method, path_and_query, body)?;
+        serde_json::from_slice(&answer).with_context(|| format!("unexpected response: {}", String::from_utf8_lossy(&answer)))
+    }
+
+    /// A signed `GET` whose answer is read as it comes (follows, histories, artifacts).
+    pub fn stream(&self, path_and_query: &str) -> Result<BlockingResponse> {
+        self.http.stream("GET", path_and_query, b"").map_err(explain)
+    }
+}
+
+/// A failed request as a message for people: the server's own words for an error status, a hint
+/// for a server that does not answer.
+fn explain(error: HttpError) -> anyhow::Error {
+    match error {
+        HttpError::Transport(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
+        other => other.into(),
+    }
+}
+
+pub fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn short_spec_id(spec_id: &str) -> &str {
+    &spec_id[..spec_id.len().min(19)]
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each (trailing spaces trimmed).
+pub fn format_table(rows: &[Vec<String>]) -> String {
+    let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n_columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut text = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// Prints `value` as one line of JSON with `-o json`, else the human way.
+pub fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
