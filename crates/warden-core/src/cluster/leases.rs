@@ -102,6 +102,10 @@ impl ClusterState {
         let Some(slot) = workload.standbys.iter().find(|slot| slot.host == host) else {
             return Err(refused(AcquireRefused::NoSlot));
         };
+        // Offered before the host was drained: a drained host takes no new cells.
+        if batch.live().hosts.get(host).is_some_and(|h| h.draining) {
+            return Err(refused(AcquireRefused::Drained));
+        }
         // A hot standby is promoted in place: its running cell becomes the workload's.
         let adopts = match &request.hot_cell {
             Some(cell) if workload.spec.replication.hot && *cell == slot.hot_cell_id(workload.id()) => Some(cell.clone()),

@@ -229,7 +229,7 @@ impl ClusterState {
             .standbys
             .iter()
             .map(|slot| slot.host.as_str())
-            .filter(|host| projection.hosts.get(*host).is_some_and(|h| h.up))
+            .filter(|host| projection.hosts.get(*host).is_some_and(|h| h.up && !h.draining))
             .collect();
         if live.is_empty() {
             return None;

@@ -205,6 +205,8 @@ pub enum AcquireRefused {
     NotOffered(String),
     #[error("the host holds no standby slot of the workload")]
     NoSlot,
+    #[error("the host is drained: it takes no new primary")]
+    Drained,
     #[error("{0} is not the workload's hot standby on the host")]
     NotHotStandby(String),
     #[error(transparent)]
