@@ -162,8 +162,18 @@ impl Agent {
     }
 
     fn send_heartbeat(&mut self, world: &mut World, now: u64) -> Msg {
+        // A renewal for the primary cell this host runs under the role's lease (as the real
+        // agent renews per fenced cell): none while a won lease waits for its `Start`.
         let renewals: Vec<LeaseClaim> = match &self.role {
-            Some(Role::Primary { held }) => vec![LeaseClaim { workload_id: crate::world::WORKLOAD.into(), epoch: held.epoch }],
+            Some(Role::Primary { held }) => world
+                .cells
+                .get(self.host)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.epoch == held.epoch && !c.exit_queued)
+                .map(|c| LeaseClaim { workload_id: c.workload_id.clone(), epoch: c.epoch })
+                .take(1)
+                .collect(),
             _ => Vec::new(),
         };
         let mut renew = renewals.clone();
@@ -308,9 +318,9 @@ impl Agent {
         Vec::new()
     }
 
-    /// `Start`: a cell this host has is not started again; one whose lease this host's role
-    /// already holds (it won the bid) starts under that fence; any other claims its lease first,
-    /// in the next heartbeat, and starts under the fence counted from that heartbeat's send.
+    /// `Start`: a cell this host has is not started again; any other claims its lease first, in
+    /// the next heartbeat, and starts under the fence counted from that heartbeat's send (the
+    /// command may be old news), whether or not this host's role won the bid for it.
     fn start_cell(&mut self, world: &mut World, workload_id: String, cell_id: String, epoch: Option<u64>) {
         let exists = world.cells.get(self.host).is_some_and(|cells| cells.iter().any(|c| c.cell_id == cell_id));
         if exists || self.claims.iter().any(|c| c.cell_id == cell_id) {
@@ -320,16 +330,8 @@ impl Agent {
             world.log(format!("{} refuses to start {cell_id} without a lease", self.host));
             return;
         };
-        let now = world.local_ms(self.host);
-        match self.role {
-            Some(Role::Primary { held }) if held.epoch == epoch && !held.expired(now) => {
-                self.run_cell(world, &workload_id, &cell_id, held);
-            }
-            _ => {
-                self.claims.push(Claim { workload_id, cell_id, epoch });
-                self.hurry = true;
-            }
-        }
+        self.claims.push(Claim { workload_id, cell_id, epoch });
+        self.hurry = true;
     }
 
     fn run_cell(&mut self, world: &mut World, workload_id: &str, cell_id: &str, held: HeldLease) {

@@ -215,6 +215,10 @@ impl ControlPlane {
         drop(batch);
         // Durable first; only then does anything leave this node.
         world.commit(now, events);
+        // What the batch decided on is exactly what its journaled events fold to.
+        if self.live != world.committed && world.violation.is_none() {
+            world.violation = Some("the live projection differs from the fold of the events it journaled".into());
+        }
         self.carry_out(world, effects, orders);
         pending.map(|pending| match pending {
             Pending::Heartbeat { request, host, cursor, answer } => {
