@@ -1,6 +1,7 @@
-//! Invariant 3 under fire: thousands of seeded worlds of the lease and warm-standby protocol, each
-//! with crashes, partitions, slow links and clock drift at the bound; never two primaries at any
-//! step, and a primary again after healing. A failure prints its seed and the world's last events;
+//! Invariant 3 under fire: thousands of seeded worlds of the lease and warm-standby protocol, run
+//! by the core's real cluster module and workload machine, each with crashes, partitions, slow
+//! links and clock drift at the bound; never two primaries at any step, and a primary again after
+//! healing. A failure prints its seed and the world's last events;
 //! `WARDEN_SIM_SEED=<seed>` replays one random world (`WARDEN_SIM_TRACE=1` prints its events),
 //! `WARDEN_SIM_SEEDS=<n>` sets how many run.
 
@@ -55,8 +56,11 @@ fn never_two_primaries_and_always_a_primary_again_after_healing() {
         totals.fenced,
         totals.faults
     );
-    assert!(totals.grants > seeds.len() as u64, "promotions happened: the worlds were not idle");
-    assert!(totals.faults > 2 * seeds.len() as u64, "faults were injected");
+    // Across many worlds, not in each: one replayed world may well see no failover.
+    if seeds.len() >= 100 {
+        assert!(totals.grants > seeds.len() as u64, "promotions happened: the worlds were not idle");
+        assert!(totals.faults > 2 * seeds.len() as u64, "faults were injected");
+    }
 }
 
 /// The scenarios of issue 5's failover test, scripted: the primary's whole host dies; the primary
