@@ -51,7 +51,6 @@
 //! cell_table.rs     what the agent knows of each cell, in memory
 //! cell_files.rs     the agent's records in a cell's dir, and the env it gives a cell
 //! outbox.rs         the durable report queue, and the exit when it fails
-//! error_text.rs     an error and its sources in one line, for reports
 //! http.rs           the signed client for the control plane
 //! ```
 //!
@@ -64,7 +63,6 @@ mod cell_files;
 mod cell_table;
 mod checkpointing;
 mod context;
-mod error_text;
 mod executor;
 mod http;
 mod leases;
@@ -124,8 +122,8 @@ pub enum AgentError {
     Identity(#[from] crate::auth::IdentityError),
     #[error("this host is not enrolled yet: its first start needs --join-token or WARDEN_JOIN_TOKEN (`warden server` prints the token and writes it to <server data dir>/join-token)")]
     NoJoinToken,
-    #[error("bad --server: {0}")]
-    Server(String),
+    #[error("bad --server")]
+    Server(#[source] crate::client::ClientSetupError),
     #[error("the control plane refused to enroll this host: {0}")]
     EnrollRefused(String),
     #[error("data dir {data_dir} is enrolled as host {enrolled:?}, not {name:?}: use --name {enrolled} or another --data-dir")]

@@ -60,25 +60,39 @@ pub fn seal(key: &[u8; 32], workload_id: &str, plaintext: &[u8]) -> Vec<u8> {
 
 /// The plaintext of a [`seal`]ed blob, or why it cannot be had (wrong key, another workload's
 /// blob, damaged bytes).
-pub fn open(key: &[u8; 32], workload_id: &str, blob: &[u8]) -> Result<Vec<u8>, String> {
+pub fn open(key: &[u8; 32], workload_id: &str, blob: &[u8]) -> Result<Vec<u8>, CheckpointError> {
     if blob.len() < NONCE_LEN + 16 {
-        return Err(format!("checkpoint blob is too short ({} bytes)", blob.len()));
+        return Err(CheckpointError::TooShort { bytes: blob.len() });
     }
     let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
     XChaCha20Poly1305::new(&(*key).into())
         .decrypt(&nonce.into(), Payload { msg: ciphertext, aad: workload_id.as_bytes() })
-        .map_err(|_| {
-            format!("checkpoint blob does not decrypt for workload {workload_id}: wrong key, another workload's blob, or damaged")
-        })
+        .map_err(|_| CheckpointError::Undecryptable { workload_id: workload_id.to_string() })
 }
 
 /// The key as hex (how the `Start` command carries it) → bytes.
-pub fn parse_key(hex_key: &str) -> Result<[u8; 32], String> {
-    hex::decode(hex_key)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| "checkpoint key is not 32 bytes of hex".to_string())
+pub fn parse_key(hex_key: &str) -> Result<[u8; 32], CheckpointError> {
+    hex::decode(hex_key).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).ok_or(CheckpointError::BadKey)
+}
+
+/// Why a checkpoint could not be opened or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint key is not 32 bytes of hex")]
+    BadKey,
+    #[error("checkpoint blob is too short ({bytes} bytes)")]
+    TooShort { bytes: usize },
+    #[error("checkpoint blob does not decrypt for workload {workload_id}: wrong key, another workload's blob, or damaged")]
+    Undecryptable { workload_id: String },
+    #[error("checkpoint blob {hex} is corrupt: its bytes hash to {actual}")]
+    Corrupt { hex: String, actual: String },
+    #[error("cannot unpack the checkpoint into {}", dir.display())]
+    Unpack {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A tar of everything under `dir` (paths relative to it; symlinks kept as links).
@@ -129,13 +143,13 @@ pub fn take(state_dir: &Path, key: &[u8; 32], workload_id: &str) -> std::io::Res
 }
 
 /// Checks a downloaded blob against its name, decrypts it and unpacks it into `state_dir`.
-pub fn restore(state_dir: &Path, key: &[u8; 32], workload_id: &str, hex: &str, blob: &[u8]) -> Result<(), String> {
+pub fn restore(state_dir: &Path, key: &[u8; 32], workload_id: &str, hex: &str, blob: &[u8]) -> Result<(), CheckpointError> {
     let actual = sha256_hex(blob);
     if actual != hex {
-        return Err(format!("checkpoint blob {hex} is corrupt: its bytes hash to {actual}"));
+        return Err(CheckpointError::Corrupt { hex: hex.to_string(), actual });
     }
     let tar = open(key, workload_id, blob)?;
-    untar_into(state_dir, &tar).map_err(|e| format!("cannot unpack the checkpoint into {}: {e}", state_dir.display()))
+    untar_into(state_dir, &tar).map_err(|source| CheckpointError::Unpack { dir: state_dir.to_path_buf(), source })
 }
 
 /// The control plane's keys: `<data-dir>/keys/<workload-id>`, 32 raw bytes, mode 0600.
@@ -198,8 +212,8 @@ mod tests {
         let key: [u8; 32] = rand::random();
         let blob = seal(&key, "w-1", b"state");
         let other: [u8; 32] = rand::random();
-        assert!(open(&other, "w-1", &blob).unwrap_err().contains("does not decrypt"));
-        assert!(open(&key, "w-2", &blob).unwrap_err().contains("does not decrypt"), "the workload id is the AAD");
+        assert!(open(&other, "w-1", &blob).unwrap_err().to_string().contains("does not decrypt"));
+        assert!(open(&key, "w-2", &blob).unwrap_err().to_string().contains("does not decrypt"), "the workload id is the AAD");
         let mut flipped = blob.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(open(&key, "w-1", &flipped).is_err());
@@ -224,7 +238,7 @@ mod tests {
         assert!(!dst.join("stale").exists());
         let mut bad = blob.clone();
         bad[30] ^= 1;
-        assert!(restore(&dst, &key, "w-1", &hex, &bad).unwrap_err().contains("corrupt"));
+        assert!(restore(&dst, &key, "w-1", &hex, &bad).unwrap_err().to_string().contains("corrupt"));
         assert_eq!(blob_hex(&state_uri(&hex)), Some(hex.as_str()));
     }
 

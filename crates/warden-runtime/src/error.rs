@@ -55,14 +55,40 @@ impl ApiError {
     }
 }
 
-/// An error and its sources, one after another: what a user-facing message shows.
+/// An error's message followed by each source's, joined by `: ` on one line (`cannot fetch
+/// checkpoint x: connection refused`): what a user-facing message or a report shows. A source
+/// whose words the message already ends with is not repeated (some errors of other crates still
+/// print their source themselves).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let words = cause.to_string();
+        if !words.is_empty() && !text.ends_with(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot fetch checkpoint {0}")]
+    struct Fetch(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot spawn shim: {0}")]
+    struct PrintsItsSource(#[source] std::io::Error);
+
+    #[test]
+    fn sources_are_joined_once() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(error_chain(&Fetch("sha256:ab", refused())), "cannot fetch checkpoint sha256:ab: connection refused");
+        assert_eq!(error_chain(&PrintsItsSource(refused())), "cannot spawn shim: connection refused");
+    }
 }

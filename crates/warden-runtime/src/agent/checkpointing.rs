@@ -12,16 +12,16 @@ use tokio::sync::Notify;
 use super::blobs;
 use super::cell_files::read_checkpoint_plan;
 use super::context::AgentContext;
-use super::error_text::error_text;
 use super::http::HttpError;
 use crate::checkpoint;
+use crate::error::error_chain;
 use crate::proto::{CheckpointPlan, ReportEvent};
 
 /// Why a checkpointed cell's `state_dir` could not be filled for its start.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("{reason}")]
-    BadKey { reason: String },
+    #[error(transparent)]
+    BadKey(checkpoint::CheckpointError),
     #[error("cannot create {}", .dir.display())]
     CreateDir {
         dir: PathBuf,
@@ -40,16 +40,16 @@ pub enum RestoreError {
     },
     #[error("restore task failed")]
     Task(#[source] tokio::task::JoinError),
-    /// The blob did not check out, decrypt or unpack (`checkpoint::restore`'s reason).
-    #[error("{reason}")]
-    Unpack { reason: String },
+    /// The blob did not check out, decrypt or unpack.
+    #[error(transparent)]
+    Unpack(checkpoint::CheckpointError),
 }
 
 /// Why a checkpoint of a running cell was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeCheckpointError {
-    #[error("{reason}")]
-    BadKey { reason: String },
+    #[error(transparent)]
+    BadKey(checkpoint::CheckpointError),
     #[error("no control plane to store checkpoints in")]
     NoControlPlane,
     #[error("checkpoint task failed")]
@@ -69,7 +69,7 @@ pub enum TakeCheckpointError {
 /// or, with none, the dir as it is (created if missing). Any failure is the start's failure:
 /// never a silently empty state.
 pub(super) async fn restore(context: &AgentContext, workload_id: &str, plan: &CheckpointPlan) -> Result<(), RestoreError> {
-    let key = checkpoint::parse_key(&plan.key_hex).map_err(|reason| RestoreError::BadKey { reason })?;
+    let key = checkpoint::parse_key(&plan.key_hex).map_err(RestoreError::BadKey)?;
     let dir = PathBuf::from(&plan.state_dir);
     let Some(uri) = &plan.restore else {
         return std::fs::create_dir_all(&dir).map_err(|source| RestoreError::CreateDir { dir, source });
@@ -78,8 +78,8 @@ pub(super) async fn restore(context: &AgentContext, workload_id: &str, plan: &Ch
     if let Some(blob) = blobs::cached(&context.standby_dir(), workload_id, &hex) {
         match unpack(&dir, key, workload_id, &hex, blob).await {
             Ok(()) => return Ok(()),
-            Err(RestoreError::Unpack { reason }) => {
-                tracing::warn!("the standby's copy of checkpoint {uri} is unusable ({reason}); fetching it again")
+            Err(RestoreError::Unpack(reason)) => {
+                tracing::warn!("the standby's copy of checkpoint {uri} is unusable ({}); fetching it again", error_chain(&reason))
             }
             Err(e) => return Err(e),
         }
@@ -106,7 +106,7 @@ async fn unpack(dir: &std::path::Path, key: [u8; 32], workload_id: &str, hex: &s
     tokio::task::spawn_blocking(move || checkpoint::restore(&dir, &key, &workload_id, &hex, &blob))
         .await
         .map_err(RestoreError::Task)?
-        .map_err(|reason| RestoreError::Unpack { reason })
+        .map_err(RestoreError::Unpack)
 }
 
 /// Takes a checkpoint of a running cell every `interval_ms`, and whenever a `Checkpoint`
@@ -133,7 +133,7 @@ pub(super) fn start_checkpoints(context: &AgentContext, workload_id: String, cel
                 return;
             }
             if let Err(e) = take(&context, &workload_id, &cell_id, &plan, &key).await {
-                tracing::warn!(%cell_id, "checkpoint failed: {}", error_text(&e));
+                tracing::warn!(%cell_id, "checkpoint failed: {}", error_chain(&e));
             }
         }
     });
@@ -145,12 +145,12 @@ pub(super) async fn final_checkpoint(context: &AgentContext, workload_id: &str, 
     let plan = read_checkpoint_plan(&context.backend().cell_dir(cell_id))?;
     let taken = match checkpoint::parse_key(&plan.key_hex) {
         Ok(key) => take(context, workload_id, cell_id, &plan, &key).await,
-        Err(reason) => Err(TakeCheckpointError::BadKey { reason }),
+        Err(e) => Err(TakeCheckpointError::BadKey(e)),
     };
     match taken {
         Ok(uri) => Some(uri),
         Err(e) => {
-            tracing::warn!(%cell_id, "no final checkpoint: {}", error_text(&e));
+            tracing::warn!(%cell_id, "no final checkpoint: {}", error_chain(&e));
             None
         }
     }

@@ -33,13 +33,13 @@ use super::cell_files::{
 use super::cell_table::{Entry, Tracked};
 use super::checkpointing::{self, RestoreError};
 use super::context::{AgentContext, ClaimRequest, SpawnCellError};
-use super::error_text::error_text;
 use super::http::{Http, HttpError};
 use super::leases::{self, Renewal};
 use super::outbox::pending_reports;
 use super::rollout::Rollouts;
 use super::standby::Standbys;
 use crate::cells::{cell_config, cell_exit, lost_exit};
+use crate::error::error_chain;
 use crate::proto::{
     CheckpointPlan, CommandKind, InventoryCell, InventoryState, LeaseClaim, ReportEvent, RolloutOrder, StartLease,
 };
@@ -353,7 +353,7 @@ impl Executor {
             // claim's send time, not from when the control plane granted it.
             let Some(sent_at) = self.context.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
                 self.context.cells().remove(&cell_id);
-                let error = error_text(&StartFailure::LeaseNotClaimed { epoch });
+                let error = error_chain(&StartFailure::LeaseNotClaimed { epoch });
                 tracing::info!(%cell_id, "not started: {error}");
                 self.context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
                 return;
@@ -369,7 +369,7 @@ impl Executor {
         if let Some(plan) = &checkpoint {
             if let Err(error) = checkpointing::restore(&self.context, &workload_id, plan).await {
                 self.context.cells().remove(&cell_id);
-                let error = error_text(&StartFailure::Restore(error));
+                let error = error_chain(&StartFailure::Restore(error));
                 tracing::warn!(%cell_id, "not started: {error}");
                 self.context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
                 return;
@@ -414,7 +414,7 @@ impl Executor {
             }
             Err(error) => {
                 self.context.cells().remove(&cell_id);
-                let error = error_text(&StartFailure::Spawn(error));
+                let error = error_chain(&StartFailure::Spawn(error));
                 tracing::info!(%cell_id, "start failed: {error}");
                 self.context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
             }

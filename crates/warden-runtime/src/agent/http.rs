@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::Identity;
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, ClientSetupError};
 
 pub use crate::client::HttpError;
 
@@ -28,14 +28,14 @@ pub struct Http {
 impl Http {
     /// `server` is `http://host[:port]` (port 80 if omitted) or `host[:port]` (port 7480 if
     /// omitted), with nothing after the authority but an optional `/`.
-    pub fn new(server: &str, identity: Arc<Identity>) -> Result<Http, String> {
+    pub fn new(server: &str, identity: Arc<Identity>) -> Result<Http, ClientSetupError> {
         let config = ClientConfig {
             max_response_bytes: Some(MAX_RESPONSE_BYTES),
             idle_connections_per_host: 0,
             user_agent: concat!("warden-agent/", env!("CARGO_PKG_VERSION")).to_string(),
             ..ClientConfig::default()
         };
-        let client = Client::new(server, identity, &config).map_err(|e| error_chain(&e))?;
+        let client = Client::new(server, identity, &config)?;
         Ok(Http { client })
     }
 
@@ -70,16 +70,4 @@ impl Http {
     ) -> Result<(u16, Vec<u8>), HttpError> {
         self.client.call(method, path_and_query, body, Some(timeout)).await
     }
-}
-
-/// An error and its sources in one line, for the agent's `String` errors.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -30,9 +30,9 @@ use super::blobs;
 use super::cell_files::{write_private, EPOCH_ENV, ROLE_FILE};
 use super::cell_table::{Entry, Tracked};
 use super::context::AgentContext;
-use super::error_text::error_text;
 use super::http::HttpError;
 use crate::checkpoint;
+use crate::error::error_chain;
 use crate::proto::{AcquireRequest, AcquireResponse, CheckpointPlan, CommandKind, LeaseClaim, ReportEvent};
 use crate::sys::{signal_process, Signal};
 
@@ -109,7 +109,7 @@ impl Standbys {
                 Ok(armed) => {
                     standbys.slots().insert(armed.workload_id.clone(), armed);
                 }
-                Err(e) => tracing::warn!("ignoring standby slot {}: {}", path.display(), error_text(&e)),
+                Err(e) => tracing::warn!("ignoring standby slot {}: {}", path.display(), error_chain(&e)),
             }
         }
         standbys
@@ -283,7 +283,7 @@ impl Standbys {
             }
             Err(error) => {
                 context.cells().remove(cell_id);
-                tracing::warn!(%cell_id, "hot standby did not start: {}", error_text(&error));
+                tracing::warn!(%cell_id, "hot standby did not start: {}", error_chain(&error));
                 None
             }
         }

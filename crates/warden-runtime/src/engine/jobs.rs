@@ -84,7 +84,7 @@ impl Jobs {
         let wanted: BTreeSet<&str> = projection.runs.values().map(|run| run.manifest_id.as_str()).collect();
         for id in wanted {
             if let Err(e) = jobs.manifest(id) {
-                tracing::error!("job manifest {id}: {e}");
+                tracing::error!("job manifest {id}: {}", crate::error::error_chain(&e));
             }
         }
         (jobs, manifests)
@@ -202,7 +202,7 @@ impl Jobs {
             let manifest = match self.manifest(&run.manifest_id) {
                 Ok(manifest) => manifest,
                 Err(e) => {
-                    tracing::error!(%run_id, "cannot resume: manifest {}: {e}", run.manifest_id);
+                    tracing::error!(%run_id, "cannot resume: manifest {}: {}", run.manifest_id, crate::error::error_chain(&e));
                     continue;
                 }
             };
@@ -254,7 +254,7 @@ impl Jobs {
             let base_snapshot_id = match self.base(&enter.base_snapshot_ids, batch) {
                 Ok(id) => id,
                 Err(e) => {
-                    tracing::error!(%run_id, state = %enter.state_id, "cannot build the base context: {e}");
+                    tracing::error!(%run_id, state = %enter.state_id, "cannot build the base context: {}", crate::error::error_chain(&e));
                     continue;
                 }
             };
@@ -272,7 +272,7 @@ impl Jobs {
                 (RunStatus::Completed, ids) => match self.base(ids, batch) {
                     Ok(id) => Some(id),
                     Err(e) => {
-                        tracing::error!(%run_id, "cannot build the final context: {e}");
+                        tracing::error!(%run_id, "cannot build the final context: {}", crate::error::error_chain(&e));
                         return progressed;
                     }
                 },

@@ -38,6 +38,7 @@ use crate::cluster::Queues;
 use crate::proto::CommandKind;
 
 pub use crate::clock::{now_ms, random_id};
+use crate::error::error_chain;
 pub use crate::error::ApiError;
 pub use command::{Command, Manifests, Reply};
 pub use local::RecoverySummary;
@@ -322,7 +323,7 @@ impl Engine {
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = store.delete_artifacts(superseded_blobs) {
-                    tracing::warn!("cannot delete superseded checkpoints: {e}");
+                    tracing::warn!("cannot delete superseded checkpoints: {}", error_chain(&e));
                 }
             });
         }
@@ -371,7 +372,7 @@ impl Engine {
         let store = self.store.clone();
         let sealed = match tokio::task::spawn_blocking(move || store.append_with_artifacts(artifacts, new_events)).await {
             Ok(Ok(sealed)) => sealed,
-            Ok(Err(e)) => fatal(&format!("journal append failed: {e}")),
+            Ok(Err(e)) => fatal(&format!("journal append failed: {}", error_chain(&e))),
             Err(e) => fatal(&format!("journal writer panicked: {e}")),
         };
         let mut finished_cells = Vec::new();
@@ -418,7 +419,7 @@ impl Engine {
         self.last_snapshot_seq = seq;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.put_snapshot(seq, &body) {
-                tracing::warn!("snapshot at seq {seq} failed (start-up will replay more): {e}");
+                tracing::warn!("snapshot at seq {seq} failed (start-up will replay more): {}", error_chain(&e));
             }
         });
     }

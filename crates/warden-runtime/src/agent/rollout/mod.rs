@@ -51,8 +51,8 @@ use self::command::{first_line_of, run_command, CommandError, OutputLog};
 use self::probe::{probe_every, ProbeOutcome};
 use self::substitutions::Substitutions;
 use super::context::AgentContext;
-use super::error_text::error_text;
 use super::http::{Http, HttpError};
+use crate::error::error_chain;
 use crate::proto::{Activation, RolloutOrder, RolloutReport, RolloutReportResponse};
 
 /// How long one report may wait for its answer before it is sent again.
@@ -334,7 +334,7 @@ impl Worker {
             None => Step::Next,
             Some(Ok(current)) => self.report(|seq| HostInput::ActivationCompleted { seq, current }).await,
             Some(Err(error)) => {
-                let error = error_text(&error);
+                let error = error_chain(&error);
                 tracing::warn!(rollout = %self.rollout_id, "activation failed: {error}");
                 self.report(|seq| HostInput::ActivationFailed { seq, error }).await
             }
@@ -389,7 +389,7 @@ impl Worker {
             None => Step::Next,
             Some(Ok(current)) => self.report(|seq| HostInput::RollbackCompleted { seq, current }).await,
             Some(Err(error)) => {
-                let error = error_text(&error);
+                let error = error_chain(&error);
                 tracing::warn!(rollout = %self.rollout_id, "rollback failed: {error}");
                 self.report(|seq| HostInput::RollbackFailed { seq, error }).await
             }

@@ -10,7 +10,7 @@ use warden_core::rollout::{ProbeKind, ProbeMode, ProbeSpec};
 
 use super::command::{run_command, CommandError, OutputLog};
 use super::substitutions::Substitutions;
-use crate::agent::error_text::error_text;
+use crate::error::error_chain;
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +90,9 @@ pub(super) async fn probe_every(
         // Each change is logged at info, the same result again only at debug.
         match (&result, last_passed == Some(passed)) {
             (Ok(()), false) => tracing::info!("{label}: passes"),
-            (Err(e), false) => tracing::info!("{label}: fails: {}", error_text(e)),
+            (Err(e), false) => tracing::info!("{label}: fails: {}", error_chain(e)),
             (Ok(()), true) => tracing::debug!("{label}: passes"),
-            (Err(e), true) => tracing::debug!("{label}: fails: {}", error_text(e)),
+            (Err(e), true) => tracing::debug!("{label}: fails: {}", error_chain(e)),
         }
         last_passed = Some(passed);
         let outcome = ProbeOutcome { probe: spec.name.clone(), passed, mode: spec.mode, at: unix_ms() };
@@ -240,7 +240,7 @@ mod tests {
     }
 
     async fn probe(kind: ProbeKind, timeout_ms: u64) -> Result<(), String> {
-        run_probe(&kind, &substitutions(), Duration::from_millis(timeout_ms), "test probe").await.map_err(|e| error_text(&e))
+        run_probe(&kind, &substitutions(), Duration::from_millis(timeout_ms), "test probe").await.map_err(|e| error_chain(&e))
     }
 
     #[tokio::test]
