@@ -1,0 +1,61 @@
+//! What every API handler shares: the state the router is built with, the authenticated caller,
+//! and `ask`, which hands a request to the engine and waits for its answer.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use warden_core::{CloudEvent, Projection};
+use warden_store::Store;
+
+use crate::auth::ReplayGuard;
+use crate::cluster::Queues;
+use crate::engine::{Command, Manifests};
+use crate::error::ApiError;
+use crate::view::ErrorBody;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub shared: Arc<RwLock<Projection>>,
+    pub events: broadcast::Sender<Arc<CloudEvent>>,
+    pub store: Arc<dyn Store>,
+    pub authorized_keys: Arc<RwLock<Vec<VerifyingKey>>>,
+    pub replays: Arc<std::sync::Mutex<ReplayGuard>>,
+    pub host: String,
+    pub logs_dir: PathBuf,
+    /// Job manifests by id, for run views (written by the engine).
+    pub manifests: Manifests,
+    /// Agents' command queues (long-polled) and last heartbeats.
+    pub queues: Arc<Queues>,
+    /// What `POST /v1/agents/enroll` must present (`<data-dir>/join-token`).
+    pub join_token: Arc<String>,
+    /// Signs the journal's chain head (`<data-dir>/server.key`).
+    pub server_key: Arc<crate::auth::Identity>,
+}
+
+/// The authenticated caller's principal (`ed25519:<hex>`).
+#[derive(Clone)]
+pub(super) struct Caller(pub(super) String);
+
+pub(super) const MAX_BODY_BYTES: usize = 4 << 20;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+pub(super) async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    state.commands.send(make(reply)).map_err(|_| ApiError::Conflict("the engine is shutting down".into()))?;
+    answer.await.map_err(|_| ApiError::Conflict("the engine is shutting down".into()))?
+}
