@@ -35,8 +35,8 @@ pub struct SimConfig {
     /// A deliberate bug for the suite's own test: shims fence this much later than the lease
     /// allows. Always 0 except to prove the checker catches an unsafe fence.
     pub late_fence_ms: u64,
-    /// Faults at fixed times instead of drawn ones: (at ms, fault, for ms). A `Target::Holder`
-    /// is resolved to whoever holds the lease at that moment.
+    /// Faults at fixed times instead of drawn ones: (at ms, fault, for ms). A host index of
+    /// `HOLDER` is resolved to whoever holds the lease (in the journal) at that moment.
     pub script: Option<&'static [(u64, crate::faults::Fault, u64)]>,
 }
 
