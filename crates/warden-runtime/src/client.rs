@@ -9,7 +9,7 @@
 //! rustls are its configuration, not code of ours to keep.
 //!
 //! Sync callers (the CLI, tests, benches) use `BlockingClient`: the same async `Client` driven by
-//! `block_on` on a private one-worker tokio runtime, not reqwest's `blocking` module. reqwest's
+//! `block_on` on a private current-thread tokio runtime, not reqwest's `blocking` module. reqwest's
 //! blocking client is a second client type with its own builder and response; wrapping ours
 //! keeps one path for signing, size limits, timeouts and error decoding, and one place to
 //! configure the connection.
