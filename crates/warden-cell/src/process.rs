@@ -37,13 +37,13 @@ pub enum StartError {
     InvalidConfig(String),
     #[error("cell directory {} already exists", .0.display())]
     AlreadyExists(PathBuf),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot spawn shim {}: {source}", .path.display())]
+    #[error("cannot spawn shim {}", .path.display())]
     Spawn {
         path: PathBuf,
         #[source]
@@ -76,7 +76,7 @@ pub enum SignalError {
     NoSuchCell(String),
     #[error("cell {0} has no running workload yet (pid.json missing)")]
     NotStarted(String),
-    #[error("cannot signal cell {cell_id}: {source}")]
+    #[error("cannot signal cell {cell_id}")]
     Io {
         cell_id: String,
         #[source]

@@ -282,7 +282,7 @@ impl Executor {
                     Ok(Err(warden_cell::SignalError::NoSuchCell(_))) => {
                         tracing::debug!(%cell_id, "signal to a cell this host does not have")
                     }
-                    Ok(Err(e)) => tracing::warn!(%cell_id, "signal failed: {e}"),
+                    Ok(Err(e)) => tracing::warn!(%cell_id, "signal failed: {}", error_chain(&e)),
                     Err(e) => tracing::warn!(%cell_id, "signal task failed: {e}"),
                 }
             }
@@ -497,7 +497,7 @@ impl Executor {
             if still_running {
                 // Its end is journaled, yet it runs: it must not outlive that decision.
                 tracing::warn!(cell_id = %id, "remove of a cell that still runs: killing it first");
-                backend.signal(&id, true).map_err(|e| std::io::Error::other(e.to_string()))
+                backend.signal(&id, true).map_err(|e| std::io::Error::other(error_chain(&e)))
             } else {
                 backend.remove(&id)
             }

@@ -160,7 +160,7 @@ impl LocalCells {
         let backend = self.backend.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = backend.signal(&cell_id, matches!(signal, StopSignal::Kill)) {
-                tracing::warn!(%cell_id, "signal failed: {e}");
+                tracing::warn!(%cell_id, "signal failed: {}", error_chain(&e));
             }
         });
     }
