@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::canonical::content_id;
-use crate::types::{ReplicationMode, RestartPolicy};
+use crate::types::{ReplicationMode, RestartPolicy, WorkloadInfo};
 use crate::units::{parse_duration_ms, parse_size_bytes};
 
 /// A validated workload spec. Its canonical JSON is what `spec_id` hashes, so every field is
@@ -212,6 +212,24 @@ impl Spec {
     /// `sha256:<hex>` of the canonical spec.
     pub fn spec_id(&self) -> String {
         content_id(self)
+    }
+
+    /// The `WorkloadInfo` of a new workload `id` of this spec, submitted by `owner` at `now_ms`
+    /// (its `vmid` is assigned by `Projection::submit`).
+    pub fn workload_info(&self, id: String, owner: String, consumer_workload_id: Option<String>, now_ms: u64) -> WorkloadInfo {
+        WorkloadInfo {
+            id,
+            vmid: 0,
+            workload_type: self.cell.isolation.as_str().to_string(),
+            spec_id: self.spec_id(),
+            created_at: now_ms / 1000,
+            expires_at: self.ttl_ms.map(|ttl| now_ms.saturating_add(ttl).div_ceil(1000)),
+            owner,
+            replication: self.replication.mode,
+            restart_policy: self.restart.policy,
+            state_uri: None,
+            consumer_workload_id,
+        }
     }
 
     /// Parses and validates spec text; `file` is only used to name the source in errors.

@@ -611,19 +611,7 @@ impl Sim {
             let text = params.toml(&format!("w{i}"));
             let spec = Spec::parse("w.toml", &text).map_err(|e| bad(format!("{text}: {e}")))?;
             let id = format!("w-{i}");
-            let info = WorkloadInfo {
-                id: id.clone(),
-                vmid: 0,
-                workload_type: "process".into(),
-                spec_id: spec.spec_id(),
-                created_at: T0 / 1000,
-                expires_at: None,
-                owner: "ed25519:o".into(),
-                replication: spec.replication.mode,
-                restart_policy: spec.restart.policy,
-                state_uri: None,
-                consumer_workload_id: None,
-            };
+            let info = spec.workload_info(id.clone(), "ed25519:o".into(), None, T0);
             let ttl = config.lease.ttl_ms.max(params.lost_after_s.unwrap_or(0) * 1000);
             sim.truth.ttl_ms.insert(id, ttl);
             submissions.push(Command::Submit(Box::new((info, spec))));

@@ -17,7 +17,7 @@ use turmoil::net::UdpSocket;
 use warden_core::batch::{Batch, Order};
 use warden_core::cluster::{each_host_missing, ClusterConfig, ClusterState, Heartbeat, HeartbeatAnswer, HOST_TTL_MS};
 use warden_core::workload::StopSignal;
-use warden_core::{Effect, Input, Phase, Projection, Spec, WorkloadInfo};
+use warden_core::{Effect, Input, Phase, Projection, Spec};
 
 use crate::wire::{any_addr, send, Command, Cursor, HeartbeatReply, Msg, MAX_DATAGRAM, SERVER};
 use crate::world::{Shared, SimConfig, World, HOSTS, WORKLOAD};
@@ -40,22 +40,6 @@ fn spec(config: &SimConfig) -> Spec {
         config.standbys, config.promotion_delay_ms
     );
     Spec::parse("web.toml", &text).expect("the simulation's spec is valid")
-}
-
-fn workload_info(spec: &Spec, id: &str, consumer_workload_id: &str, now_ms: u64) -> WorkloadInfo {
-    WorkloadInfo {
-        id: id.to_string(),
-        vmid: 0,
-        workload_type: "process".into(),
-        spec_id: "sha256:sim".into(),
-        created_at: now_ms / 1_000,
-        expires_at: None,
-        owner: "ed25519:sim".into(),
-        replication: spec.replication.mode,
-        restart_policy: spec.restart.policy,
-        state_uri: None,
-        consumer_workload_id: Some(consumer_workload_id.to_string()),
-    }
 }
 
 /// What one batch is about.
@@ -174,7 +158,7 @@ impl ControlPlane {
                     self.cluster.enroll(&mut batch, host, &principal(host), None, Vec::new()).expect("a new host enrolls");
                 }
                 let spec = spec(&world.config);
-                batch.submit(workload_info(&spec, WORKLOAD, "web", now), spec, None);
+                batch.submit(spec.workload_info(WORKLOAD.into(), "ed25519:sim".into(), Some("web".into()), now), spec, None);
                 None
             }
             Request::Timer => None,
@@ -201,7 +185,8 @@ impl ControlPlane {
         self.cluster.check_hosts(&mut batch);
         for missing in each_host_missing(batch.live()) {
             let id = format!("w-{}", missing.consumer_workload_id);
-            let info = workload_info(&missing.spec, &id, &missing.consumer_workload_id, now);
+            let info =
+                missing.spec.workload_info(id.clone(), missing.owner.clone(), Some(missing.consumer_workload_id.clone()), now);
             batch.submit(info, missing.spec, Some(missing.host));
         }
         for workload_id in batch.live().due(now) {

@@ -29,7 +29,6 @@ use warden_core::workload::Input;
 use warden_core::{EventData, Phase, Projection, RestartPolicy, Spec, Workload};
 use warden_store::Store;
 
-use super::workloads::new_workload_info;
 use super::Manifests;
 use crate::clock::random_id;
 use crate::error::ApiError;
@@ -263,7 +262,7 @@ impl Jobs {
             let owner = batch.live().runs[run_id].owner.clone();
             let workload_id = step_workload_id(run_id, &enter.state_id, enter.attempt);
             let step = self.step_spec(manifest, spec, run_id, enter.attempt);
-            batch.submit(new_workload_info(workload_id, &step, owner, None, batch.now_ms), step, None);
+            batch.submit(step.workload_info(workload_id, owner, None, batch.now_ms), step, None);
             progressed = true;
         }
         if let Some(finish) = resume.finish {

@@ -229,7 +229,7 @@ impl Engine {
         for effect in decided.effects {
             self.carry_out(effect);
         }
-        let dispatch = Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys };
+        let dispatch = self.to_hosts();
         for order in rollout_orders {
             dispatch.order(order);
         }
@@ -342,7 +342,7 @@ impl Engine {
     /// Sends the batch's orders to their hosts; rollout orders are held back (each once per
     /// host) and returned, to be sent after the batch's cells.
     fn dispatch(&self, orders: Vec<Order>) -> Vec<Order> {
-        let dispatch = Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys };
+        let dispatch = self.to_hosts();
         let mut rollout_orders = BTreeSet::new();
         for order in orders {
             match order {
@@ -424,13 +424,18 @@ impl Engine {
         });
     }
 
+    /// What renders decisions into agents' commands and queues them.
+    fn to_hosts(&self) -> Dispatch<'_> {
+        Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys }
+    }
+
     /// Starts or signals a cell: here, or through its host's agent.
     fn carry_out(&self, effect: Effect) {
         let remote = |workload_id: &str| {
             let host = self.live.workloads.get(workload_id)?.current_host()?;
             (!self.cluster.is_local(host)).then(|| host.to_string())
         };
-        let dispatch = Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys };
+        let dispatch = self.to_hosts();
         match effect {
             Effect::StartCell { workload_id, cell_id } => match remote(&workload_id) {
                 Some(host) => dispatch.start(&host, &self.live.workloads[&workload_id], cell_id),

@@ -6,30 +6,13 @@ use warden_core::batch::Batch;
 use warden_core::cluster::{each_host_missing, submit_targets};
 use warden_core::spec::PlacementCount;
 use warden_core::workload::Input;
-use warden_core::{Spec, WorkloadInfo};
+use warden_core::Spec;
 
 use super::command::{send, Pending, Reply};
 use crate::checkpoint::Keys;
 use crate::clock::random_id;
 use crate::error::ApiError;
 use crate::view::WorkloadView;
-
-/// A new workload's `WorkloadInfo` (its `vmid` is assigned by `Projection::submit`).
-pub fn new_workload_info(id: String, spec: &Spec, owner: String, consumer_workload_id: Option<String>, now: u64) -> WorkloadInfo {
-    WorkloadInfo {
-        id,
-        vmid: 0,
-        workload_type: spec.cell.isolation.as_str().to_string(),
-        spec_id: spec.spec_id(),
-        created_at: now / 1000,
-        expires_at: spec.ttl_ms.map(|ttl| now.saturating_add(ttl).div_ceil(1000)),
-        owner,
-        replication: spec.replication.mode,
-        restart_policy: spec.restart.policy,
-        state_uri: None,
-        consumer_workload_id,
-    }
-}
 
 /// Decides a submission; the caller is answered once it is durable.
 pub fn submit(
@@ -73,7 +56,7 @@ fn submit_one(
     consumer: Option<String>,
     pinned: Option<String>,
 ) -> Option<String> {
-    let info = new_workload_info(random_id("w-"), spec, owner.to_string(), consumer, batch.now_ms);
+    let info = spec.workload_info(random_id("w-"), owner.to_string(), consumer, batch.now_ms);
     if spec.replication.checkpoints() {
         if let Err(e) = keys.load_or_create(&info.id) {
             tracing::error!("cannot create the checkpoint key of {}: {e}", info.id);
