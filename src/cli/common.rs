@@ -59,7 +59,7 @@ impl Client {
 /// for a server that does not answer.
 fn explain(error: HttpError) -> anyhow::Error {
     match error {
-        HttpError::Transport(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
+        HttpError::Transport(e) | HttpError::Refused(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
         other => other.into(),
     }
 }

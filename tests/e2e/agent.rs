@@ -87,7 +87,7 @@ fn start(workload_id: &str, cell_id: &str, argv: &str, lease: Option<u64>) -> Co
         cell_id: cell_id.into(),
         cell: spec.cell,
         logs: spec.logs,
-        lease: lease.map(|epoch| StartLease { epoch, ttl_ms: None }),
+        lease: lease.map(|epoch| StartLease { epoch, ttl_ms: None, outage: Default::default() }),
         checkpoint: None,
         spec_id: Some(format!("spec-of-{workload_id}")),
     }

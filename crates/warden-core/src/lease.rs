@@ -39,6 +39,55 @@
 //! After the server restarts it cannot know how long it was down by its own clock, so it treats
 //! every lease as renewed at start-up ([`after_restart`]): extending a lease is always safe, and
 //! it is also the grace period hosts need to reconnect before anything is declared lost.
+//!
+//! # While the control plane is down
+//!
+//! A fence that fires whenever renewals stop turns every control-plane outage longer than `L`
+//! (1.6 s by default) into a restart of every leased cell in the fleet: an upgrade of
+//! `warden server` would fail over every warm standby. Silence is no evidence either way — the
+//! holder may be partitioned from a control plane that is granting its lease elsewhere — but a
+//! *refused connection* is: positive evidence that, at that instant, no control plane listened
+//! at its address. Such an answer ([`HeldLease::no_control_plane`]) counts as a renewal sent at
+//! the same moment, under two more assumptions:
+//!
+//! (A5) the control plane is one process at one address, serving from a listener it binds
+//! before it takes its first lease decision and drops only after its last (`warden server`
+//! binds, then starts counting leases as renewed ([`after_restart`]); on SIGTERM it stops
+//! deciding before it stops listening), so a connection refused at real time `t` means no
+//! control plane decides at `t`, and any that decides later started after `t`; (A6) a refusal
+//! is sent by the control plane's own kernel, not forged on the way (no middlebox answering for
+//! it). With several control-plane servers (etcd, a leader and standbys) a refusal from one is
+//! evidence of nothing, and A5 does not hold: there a new leader counts every lease as renewed at
+//! its election (as [`after_restart`] does), so a leader change shorter than `L` restarts nothing.
+//!
+//! Why that keeps one primary. Take the holder's fence at local reading `D` (real time at most
+//! `s₀ + L/(1−ρ)` for its last answered renewal sent at `s₀`), and a refusal of a request sent at
+//! local `S` (real `s`), received at local `Q < D` (real `q`): the refusal happened at some real
+//! `t` with `s ≤ t ≤ q`.
+//! * No grant elsewhere happened before `t`: one needs the server's clock past the last renewal's
+//!   expiry plus margin, real time `≥ r₀ + (ttl + margin)/(1+ρ)`, which is after the fence fired
+//!   and the cell was gone (the argument above) — and `t ≤ q` is before the fence fired, since
+//!   `Q < D`. This is why a refusal received after the fence passed counts for nothing: the lease
+//!   may already have moved.
+//! * None happens later from a control plane that was running before `t` (A5: it no longer
+//!   decides). One that starts after `t` counts the lease as renewed when it starts serving, at
+//!   real `b > t ≥ s`, and grants elsewhere at real `≥ b + (ttl + margin)/(1+ρ)`.
+//! * The holder's new fence, counted from the send `S` exactly as an answered renewal is, is gone
+//!   by `s + (ttl + margin)/(1+ρ) < b + (ttl + margin)/(1+ρ)`. Primaries still never overlap.
+//!
+//! So by default a leased cell rides out a control plane that is restarting, upgrading or
+//! crashed-and-not-yet-restarted for as long as that lasts, and the fleet's failover resumes
+//! when it is back (every host gets a grace to reconnect; a host that died meanwhile is replaced
+//! once it has been silent past its tolerance). What a workload trades is then explicit per
+//! workload, in `[placement]`:
+//! * `lost_after` — the lease's ttl, i.e. how long a *silent* holder is presumed alive. Short (the
+//!   cluster's 1.5 s) fails over fast when a host dies or is cut off, but a partition from the
+//!   control plane, or losing the control plane's machine (no kernel left to refuse), longer than
+//!   that stops the cell. Long rides those out too, and a dead host is replaced that much later.
+//! * `control_plane_outage = "stop"` — refuse the evidence: the cell stops when renewals stop,
+//!   whatever the reason, and is placed again once the control plane is back. For deployments
+//!   where A5 or A6 does not hold (the address is a load balancer or a proxy that refuses on
+//!   behalf of a backend), or for a workload that must not run unsupervised.
 
 use serde::{Deserialize, Serialize};
 
@@ -212,6 +261,38 @@ impl HeldLease {
     pub fn expired(&self, now_ms: u64) -> bool {
         now_ms >= self.deadline_ms
     }
+
+    /// A request sent at local reading `sent_at_ms` found no control plane (its connection was
+    /// refused) at `received_at_ms`: if the fence had not passed by then, it counts as a renewal
+    /// answered for that send (module docs, "While the control plane is down"). Whether it moved
+    /// the fence.
+    pub fn no_control_plane(&mut self, sent_at_ms: u64, received_at_ms: u64, timing: &LeaseTiming) -> bool {
+        if self.expired(received_at_ms) || received_at_ms < sent_at_ms {
+            return false;
+        }
+        let before = self.deadline_ms;
+        self.extend(sent_at_ms, timing);
+        self.deadline_ms > before
+    }
+}
+
+/// What a leased cell does when it finds no control plane at all (`[placement]
+/// control_plane_outage`); see the module docs, "While the control plane is down".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutagePolicy {
+    /// Keep running while the control plane is known to be down (a refused connection counts as
+    /// a renewal), however long that lasts.
+    #[default]
+    RideOut,
+    /// Stop when renewals stop, as when cut off from a running control plane.
+    Stop,
+}
+
+impl OutagePolicy {
+    pub fn is_default(&self) -> bool {
+        *self == OutagePolicy::RideOut
+    }
 }
 
 #[cfg(test)]
@@ -268,6 +349,27 @@ mod tests {
         let a = acquire(None, "w", "h1", 0, 1_000, &t).unwrap();
         assert_eq!(after_restart(&a, 500, &t).expires_at_ms, 2_500);
         assert_eq!(after_restart(&a, 5_000, &t).expires_at_ms, 6_500);
+    }
+
+    #[test]
+    fn a_refusal_before_the_fence_renews_and_one_after_it_never_does() {
+        let t = LeaseTiming::default();
+        let l = t.holder_validity_ms();
+        let mut held = HeldLease::answered(1, 10_000, &t);
+        // The control plane went away; a request sent at 11,000 is refused at 11,002.
+        assert!(held.no_control_plane(11_000, 11_002, &t));
+        assert_eq!(held.deadline_ms, 11_000 + l);
+        // Refusals keep it alive for as long as they keep coming before the fence.
+        assert!(held.no_control_plane(11_000 + l - 10, 11_000 + l - 1, &t));
+        let deadline = held.deadline_ms;
+        // Received after the fence passed: the lease may have moved on; nothing changes.
+        let mut lapsed = HeldLease::answered(1, 10_000, &t);
+        assert!(!lapsed.no_control_plane(10_000 + l - 5, 10_000 + l, &t));
+        assert_eq!(lapsed.deadline_ms, 10_000 + l);
+        // An old refusal never shortens it, and a clock read out of order counts for nothing.
+        assert!(!held.no_control_plane(12_000, 12_001, &t));
+        assert!(!held.no_control_plane(13_000, 12_999, &t));
+        assert_eq!(held.deadline_ms, deadline);
     }
 
     #[test]

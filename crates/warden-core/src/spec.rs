@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::canonical::content_id;
+use crate::lease::OutagePolicy;
 use crate::types::{ReplicationMode, RestartPolicy, WorkloadInfo};
 use crate::units::{parse_duration_ms, parse_size_bytes};
 
@@ -39,6 +40,10 @@ pub struct PlacementSpec {
     /// replacement starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_after_ms: Option<u64>,
+    /// What a leased cell does while no control plane runs (`control_plane_outage`): ride it
+    /// out (default) or stop when renewals stop. See `lease.rs`, "While the control plane is down".
+    #[serde(default, skip_serializing_if = "OutagePolicy::is_default")]
+    pub control_plane_outage: OutagePolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +296,7 @@ struct RawPlacement {
     instances: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     lost_after: Option<Spanned<String>>,
+    control_plane_outage: Option<Spanned<String>>,
 }
 
 impl RawPlacement {
@@ -323,7 +329,20 @@ impl RawPlacement {
                 ms => return Err((Some(value.span()), format!("placement.lost_after must be between 1s and 1h, got {ms}ms"))),
             },
         };
-        Ok(PlacementSpec { channel: self.channel.map(Spanned::into_inner), tags, count, lost_after_ms })
+        let control_plane_outage = match &self.control_plane_outage {
+            None => OutagePolicy::RideOut,
+            Some(value) => match value.get_ref().as_str() {
+                "ride-out" => OutagePolicy::RideOut,
+                "stop" => OutagePolicy::Stop,
+                other => {
+                    return Err((
+                        Some(value.span()),
+                        format!("placement.control_plane_outage must be \"ride-out\" or \"stop\", got {other:?}"),
+                    ))
+                }
+            },
+        };
+        Ok(PlacementSpec { channel: self.channel.map(Spanned::into_inner), tags, count, lost_after_ms, control_plane_outage })
     }
 }
 

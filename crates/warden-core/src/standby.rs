@@ -148,6 +148,10 @@ pub enum RoleInput {
     Renewed { epoch: u64, sent_at_ms: u64 },
     /// A renewal of `epoch` was refused: the lease is gone.
     RenewRefused { epoch: u64 },
+    /// A renewal sent at `sent_at_ms` found no control plane at all (its connection was refused,
+    /// now): evidence that renews the primary's lease if its fence has not passed
+    /// (`HeldLease::no_control_plane`). Fed only for workloads that ride outages out.
+    NoControlPlane { sent_at_ms: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +222,11 @@ impl Role {
             {
                 held.extend(sent_at_ms, timing);
                 effects.push(RoleEffect::ExtendFence { held: *held });
+            }
+            (Role::Primary { held }, RoleInput::NoControlPlane { sent_at_ms }) => {
+                if held.no_control_plane(sent_at_ms, now_ms, timing) {
+                    effects.push(RoleEffect::ExtendFence { held: *held });
+                }
             }
             (Role::Primary { held }, RoleInput::RenewRefused { epoch }) if epoch == held.epoch => {
                 let epoch = held.epoch;

@@ -292,6 +292,13 @@ impl Link {
         let failing = LinkState::Failing { class: error.class() };
         if *state != failing {
             tracing::warn!("{}: {error}; retrying (logged again only when this changes)", self.what);
+            if matches!(error, HttpError::Refused(_)) && self.what == "heartbeat" {
+                tracing::warn!(
+                    "the control plane is down (nothing listens at its address): leased cells keep running \
+                     and their fences are renewed by that evidence, except workloads with \
+                     control_plane_outage = \"stop\""
+                );
+            }
         }
         *state = failing;
     }
@@ -353,6 +360,16 @@ async fn heartbeat_loop(
                     heartbeat.renew.len()
                 ));
                 link.failed(&e);
+                continue;
+            }
+            Err(e @ HttpError::Refused(_)) => {
+                // Nothing listens at the control plane's address: it is down (restarting,
+                // upgrading, crashed), not merely out of reach, and grants no lease while it is.
+                link.failed(&e);
+                let rode_out = executor.no_control_plane(&renewals, sent_at, boottime_ms()).await;
+                if rode_out > 0 {
+                    tracing::debug!("the control plane is down: {rode_out} leased cell(s) ride it out");
+                }
                 continue;
             }
             Err(e) => {

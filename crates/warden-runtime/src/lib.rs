@@ -173,9 +173,19 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         join_token: Arc::new(join_token),
         server_key,
     };
+    // Leases and hosts get their restart grace from the moment agents can reach us: while we
+    // loaded, their connections were refused, which renewed their cells' fences (lease.rs, A5).
+    engine.serving();
     let engine_task = tokio::spawn(engine.run());
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.map_err(UpError::Serve)?;
-    engine_task.abort();
+    // On SIGINT or SIGTERM the engine stops deciding *before* the listener closes (A5 again: a
+    // refused connection must mean that no control plane decides any more); requests still in
+    // flight then fail for want of an engine, and agents retry against the next one.
+    let stop = async move {
+        shutdown_signal().await;
+        engine_task.abort();
+        let _ = engine_task.await;
+    };
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(stop).await.map_err(UpError::Serve)?;
     eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
     Ok(())
 }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use warden_core::cluster::{
     AcquireRequest, Heartbeat, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, RevokeRequest,
 };
-use warden_core::lease::LeaseTiming;
+use warden_core::lease::{LeaseTiming, OutagePolicy};
 use warden_core::rollout::{HostInput, HostRolloutSnapshot, ProbeSpec};
 use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::standby::StandbySlot;
@@ -249,6 +249,9 @@ pub struct StartLease {
     /// The workload's lease ttl when it is not the cluster's (`placement.lost_after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Whether the cell rides out a control plane that is down (`placement.control_plane_outage`).
+    #[serde(default, skip_serializing_if = "OutagePolicy::is_default")]
+    pub outage: OutagePolicy,
 }
 
 /// The lease was granted at `epoch`; the `Start` of the cell follows on the command stream.

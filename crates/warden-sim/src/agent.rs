@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::timeout;
 use turmoil::net::UdpSocket;
 use warden_core::cluster::{AcquireRequest, Heartbeat, InventoryCell, InventoryState, LeaseClaim, ReportEvent, HOST_TTL_MS};
-use warden_core::lease::{HeldLease, LeaseTiming};
+use warden_core::lease::{HeldLease, LeaseTiming, OutagePolicy};
 use warden_core::spec::DEFAULT_PROMOTION_DELAY_MS;
 use warden_core::standby::{Role, RoleEffect, RoleInput};
 use warden_core::CellExit;
@@ -34,6 +34,19 @@ struct InFlight {
     renewals: Vec<LeaseClaim>,
     n_claims: usize,
     carried_inventory: bool,
+}
+
+/// A heartbeat's connection attempt, followed outside turmoil's datagrams: when it reaches the
+/// control plane's machine (real time) a dead process there refuses it, and the refusal comes
+/// back one latency later, if the way back is open — the evidence `lease.rs` argues from.
+struct Probe {
+    request: u64,
+    /// Local time the heartbeat was sent.
+    sent_at_ms: u64,
+    /// Real time it reaches the control plane's machine.
+    arrives_at_ms: u64,
+    /// Real time a refusal is back, once it was refused.
+    refused_back_at_ms: Option<u64>,
 }
 
 /// A `Start` waiting for its lease claim's answer.
@@ -60,6 +73,7 @@ struct Agent {
     acquires: BTreeMap<u64, u64>,
     incarnation: Option<u64>,
     send_inventory: bool,
+    probe: Option<Probe>,
 }
 
 /// The node: a tick every few ms, and each datagram as it arrives.
@@ -104,6 +118,7 @@ impl Agent {
             acquires: BTreeMap::new(),
             incarnation: None,
             send_inventory: true,
+            probe: None,
         }
     }
 
@@ -128,7 +143,8 @@ impl Agent {
                 self.role = Some(Role::standby(armed.standby_index));
             }
         }
-        let mut outgoing = self.step_role(world, RoleInput::Tick);
+        let mut outgoing = self.refused(world);
+        outgoing.extend(self.step_role(world, RoleInput::Tick));
         self.acquires.retain(|_, sent_at| now.saturating_sub(*sent_at) < ACQUIRE_TIMEOUT_MS);
         // One heartbeat at a time; one that hangs is given up on (the real agent's timeout).
         let give_up_after_ms = (HOST_TTL_MS / 2).max(2 * self.timing.renew_every_ms);
@@ -139,6 +155,36 @@ impl Agent {
             outgoing.push(self.send_heartbeat(world, now));
         }
         outgoing
+    }
+
+    /// The heartbeat in flight met no control plane: its connection was refused. The real agent
+    /// gives up on that heartbeat and, for a workload that rides outages out, counts the refusal
+    /// as a renewal sent when the heartbeat was (`HeldLease::no_control_plane`).
+    fn refused(&mut self, world: &mut World) -> Vec<Msg> {
+        let Some(probe) = self.probe.as_mut() else { return Vec::new() };
+        let now = world.now_ms;
+        if probe.refused_back_at_ms.is_none() && now >= probe.arrives_at_ms {
+            if !world.refuses(self.host) {
+                // Accepted (turmoil carries the heartbeat) or unanswered: no evidence.
+                self.probe = None;
+                return Vec::new();
+            }
+            probe.refused_back_at_ms = Some(now + world.latency_ms(self.host));
+        }
+        if probe.refused_back_at_ms.is_none_or(|back| now < back) {
+            return Vec::new();
+        }
+        let Some(probe) = self.probe.take() else { return Vec::new() };
+        let ours = self.heartbeat.as_ref().is_some_and(|hb| hb.request == probe.request);
+        if !ours || world.cut_from_server.contains(self.host) {
+            return Vec::new();
+        }
+        self.heartbeat = None;
+        if world.config.outage == OutagePolicy::Stop {
+            return Vec::new();
+        }
+        world.log(format!("{} found no control plane (connection refused)", self.host));
+        self.step_role(world, RoleInput::NoControlPlane { sent_at_ms: probe.sent_at_ms })
     }
 
     /// Cells that ended (killed, fenced, their host crashed) are reported once, durably.
@@ -184,6 +230,12 @@ impl Agent {
         let reports = disk.reports.iter().take(MAX_REPORTS_PER_HEARTBEAT).cloned().collect();
         let cursor = disk.cursor.unwrap_or_default();
         let request = world.next_request_id();
+        self.probe = Some(Probe {
+            request,
+            sent_at_ms: now,
+            arrives_at_ms: world.now_ms + world.latency_ms(self.host),
+            refused_back_at_ms: None,
+        });
         self.heartbeat = Some(InFlight {
             request,
             sent_at_ms: now,

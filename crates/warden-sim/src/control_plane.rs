@@ -16,11 +16,12 @@ use tokio::time::timeout;
 use turmoil::net::UdpSocket;
 use warden_core::batch::{Batch, Order};
 use warden_core::cluster::{each_host_missing, ClusterConfig, ClusterState, Heartbeat, HeartbeatAnswer, HOST_TTL_MS};
+use warden_core::lease::OutagePolicy;
 use warden_core::workload::StopSignal;
 use warden_core::{Effect, Input, Phase, Projection, Spec};
 
 use crate::wire::{any_addr, send, Command, Cursor, HeartbeatReply, Msg, MAX_DATAGRAM, SERVER};
-use crate::world::{Shared, SimConfig, World, HOSTS, WORKLOAD};
+use crate::world::{ControlPlaneNode, Shared, SimConfig, World, HOSTS, WORKLOAD};
 
 /// The key a host enrolled with (the simulation signs nothing; the core still checks it).
 pub fn principal(host: &str) -> String {
@@ -36,8 +37,10 @@ fn spec(config: &SimConfig) -> Spec {
          [cell]\nargv = ['web-server']\n\
          [restart]\npolicy = 'always'\nbackoff_max = '1s'\n\
          [replication]\nmode = 'warm-standby'\nstandbys = {}\npromotion_delay = '{}ms'\n\
-         [placement]\ninstances = 1\n",
-        config.standbys, config.promotion_delay_ms
+         [placement]\ninstances = 1\ncontrol_plane_outage = '{}'\n",
+        config.standbys,
+        config.promotion_delay_ms,
+        if config.outage == OutagePolicy::Stop { "stop" } else { "ride-out" }
     );
     Spec::parse("web.toml", &text).expect("the simulation's spec is valid")
 }
@@ -125,7 +128,11 @@ impl ControlPlane {
             host_ttl_ms: HOST_TTL_MS,
             lease: world.config.timing,
         };
-        let mut cluster = ClusterState::after_restart(config, None, &live, now);
+        // Serving from now (A5): connections are accepted from here on, and the grace counts
+        // from here — or, with the suite's deliberate bug, from a moment before it listened.
+        world.control_plane = ControlPlaneNode::Listening;
+        let grace_from = now.saturating_sub(world.config.grace_before_listening_ms);
+        let mut cluster = ClusterState::after_restart(config, None, &live, grace_from);
         // As the engine's start-up recovery does: a new cell that had no host yet is placed
         // again at once; cells on hosts are reconciled from the hosts' inventories.
         for workload in live.workloads.values() {

@@ -11,7 +11,11 @@ pub enum Fault {
     AgentCrash(usize),
     /// The whole host dies: agent, shims and cells.
     HostCrash(usize),
+    /// `warden server` dies (kill -9, an upgrade); its machine stays up, so connections to its
+    /// address are refused until it serves again.
     ControlPlaneCrash,
+    /// The control plane's whole machine dies: connections go unanswered until it is back.
+    ControlPlaneMachineCrash,
     /// The host's link to the control plane drops, both ways.
     Partition(usize),
     /// Only the control plane's answers to the host are lost.
@@ -44,6 +48,7 @@ impl Fault {
             Fault::AgentCrash(h) => Fault::AgentCrash(pick(h)),
             Fault::HostCrash(h) => Fault::HostCrash(pick(h)),
             Fault::ControlPlaneCrash => Fault::ControlPlaneCrash,
+            Fault::ControlPlaneMachineCrash => Fault::ControlPlaneMachineCrash,
             Fault::Partition(h) => Fault::Partition(pick(h)),
             Fault::OneWay(h) => Fault::OneWay(pick(h)),
             Fault::Slow(h, ms) => Fault::Slow(pick(h), ms),
@@ -52,14 +57,24 @@ impl Fault {
     }
 
     pub fn draw(rng: &mut Rng, host: usize) -> Fault {
-        match rng.below(12) {
+        match rng.below(14) {
             0 | 1 => Fault::AgentCrash(host),
             2 | 3 => Fault::HostCrash(host),
-            4 => Fault::ControlPlaneCrash,
-            5..=7 => Fault::Partition(host),
-            8 => Fault::OneWay(host),
-            9 => Fault::Slow(host, 100 + rng.below(600)),
+            4 | 5 => Fault::ControlPlaneCrash,
+            6 => Fault::ControlPlaneMachineCrash,
+            7..=9 => Fault::Partition(host),
+            10 => Fault::OneWay(host),
+            11 => Fault::Slow(host, 100 + rng.below(600)),
             _ => Fault::SlowThenCut(host, 100 + rng.below(600)),
+        }
+    }
+
+    /// How long a drawn fault lasts: up to 4 s, and a control plane may stay down far longer
+    /// (an upgrade, a crash nobody noticed) while hosts fail around it.
+    pub fn draw_duration(self, rng: &mut Rng) -> u64 {
+        match self {
+            Fault::ControlPlaneCrash | Fault::ControlPlaneMachineCrash if rng.below(2) == 0 => 4_000 + rng.below(10_000),
+            _ => 200 + rng.below(4_000),
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::agent::agent;
 use crate::control_plane::server;
 use crate::faults::Heal;
 use crate::wire::SERVER;
-use crate::world::{Shared, World};
+use crate::world::{ControlPlaneNode, Shared, World};
 
 pub use crate::faults::{Fault, HOLDER};
 pub use crate::rng::Rng;
@@ -131,7 +131,8 @@ pub fn run(config: SimConfig) -> Result<Outcome, Failure> {
                         Some(h) if rng.below(2) == 0 => h,
                         _ => rng.below(HOSTS.len() as u64) as usize,
                     };
-                    (Fault::draw(&mut rng, target), 200 + rng.below(4_000))
+                    let fault = Fault::draw(&mut rng, target);
+                    (fault, fault.draw_duration(&mut rng))
                 }
             };
             world.borrow_mut().log(format!("FAULT {fault:?} for {duration} ms"));
@@ -188,24 +189,35 @@ fn apply_fault(fault: Fault, sim: &mut turmoil::Sim<'_>, world: &Shared) -> Heal
             }
             Heal::Bounce(HOSTS[h])
         }
-        Fault::ControlPlaneCrash => {
+        Fault::ControlPlaneCrash | Fault::ControlPlaneMachineCrash => {
             sim.crash(SERVER);
+            world.borrow_mut().control_plane = if matches!(fault, Fault::ControlPlaneCrash) {
+                ControlPlaneNode::ProcessDown
+            } else {
+                ControlPlaneNode::MachineDown
+            };
             Heal::Bounce(SERVER)
         }
         Fault::Partition(h) => {
             sim.partition(HOSTS[h], SERVER);
+            let mut w = world.borrow_mut();
+            w.cut_to_server.insert(HOSTS[h].to_string());
+            w.cut_from_server.insert(HOSTS[h].to_string());
             Heal::Repair(HOSTS[h])
         }
         Fault::OneWay(h) => {
             sim.partition_oneway(SERVER, HOSTS[h]);
+            world.borrow_mut().cut_from_server.insert(HOSTS[h].to_string());
             Heal::Repair(HOSTS[h])
         }
         Fault::Slow(h, ms) => {
             sim.set_link_latency(HOSTS[h], SERVER, Duration::from_millis(ms));
+            world.borrow_mut().slow.insert(HOSTS[h].to_string(), ms);
             Heal::Latency(HOSTS[h])
         }
         Fault::SlowThenCut(h, ms) => {
             sim.set_link_latency(HOSTS[h], SERVER, Duration::from_millis(ms));
+            world.borrow_mut().slow.insert(HOSTS[h].to_string(), ms);
             Heal::Cut(HOSTS[h])
         }
     }
@@ -224,14 +236,20 @@ fn apply_heal(heal: &Heal, sim: &mut turmoil::Sim<'_>, world: &Shared) -> Option
         Heal::Repair(host) => {
             sim.repair(host, SERVER);
             sim.set_link_latency(host, SERVER, Duration::from_millis(1));
+            let mut w = world.borrow_mut();
+            w.cut_to_server.remove(host);
+            w.cut_from_server.remove(host);
+            w.slow.remove(host);
             None
         }
         Heal::Latency(host) => {
             sim.set_link_latency(host, SERVER, Duration::from_millis(1));
+            world.borrow_mut().slow.remove(host);
             None
         }
         Heal::Cut(host) => {
             sim.partition_oneway(host, SERVER);
+            world.borrow_mut().cut_to_server.insert(host.to_string());
             world.borrow_mut().log(format!("{host} cut off after its slow spell"));
             Some(Heal::Repair(host))
         }

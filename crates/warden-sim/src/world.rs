@@ -4,11 +4,11 @@
 //! the trace.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use warden_core::cluster::{Report, ReportEvent};
-use warden_core::lease::{HeldLease, LeaseTiming};
+use warden_core::lease::{HeldLease, LeaseTiming, OutagePolicy};
 use warden_core::{EventData, Projection};
 
 use crate::rng::Rng;
@@ -38,6 +38,13 @@ pub struct SimConfig {
     /// Faults at fixed times instead of drawn ones: (at ms, fault, for ms). A host index of
     /// `HOLDER` is resolved to whoever holds the lease (in the journal) at that moment.
     pub script: Option<&'static [(u64, crate::faults::Fault, u64)]>,
+    /// The workload's `placement.control_plane_outage`: whether its primary takes a refused
+    /// connection (no control plane listening) as a renewal.
+    pub outage: OutagePolicy,
+    /// A deliberate bug for the suite's own test: a restarted control plane counts its leases as
+    /// renewed this much *before* it listens (assumption A5 broken). Always 0 except to prove the
+    /// checker catches it.
+    pub grace_before_listening_ms: u64,
 }
 
 impl SimConfig {
@@ -47,16 +54,21 @@ impl SimConfig {
         let mut rng = Rng::new(seed ^ 0x5eed);
         let drift_ppm = [100, 1_000, 20_000, 50_000][rng.below(4) as usize];
         let timing = LeaseTiming { drift_ppm, kill_budget_ms: 50 + rng.below(200), ..LeaseTiming::default() };
+        // One world in six lasts long enough for a control plane to stay down for many seconds
+        // while hosts fail around it.
+        let faults_until_ms = if rng.below(6) == 0 { 20_000 } else { 8_000 };
         SimConfig {
             seed,
             timing,
             promotion_delay_ms: 100 + rng.below(400),
-            faults_until_ms: 8_000,
-            end_ms: 14_000,
+            faults_until_ms,
+            end_ms: faults_until_ms + 6_000,
             max_latency_ms: 1 + rng.below(60),
             late_fence_ms: 0,
             script: None,
             standbys: 2 + rng.below(2) as u32,
+            outage: if rng.below(4) == 0 { OutagePolicy::Stop } else { OutagePolicy::RideOut },
+            grace_before_listening_ms: 0,
         }
     }
 }
@@ -100,6 +112,17 @@ pub struct Armed {
     pub promotion_delay_ms: u64,
 }
 
+/// The control plane's node as a connecting host finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlaneNode {
+    /// Listening (from the moment its process starts serving).
+    Listening,
+    /// Its process is dead, its machine is not: connections are refused by its kernel.
+    ProcessDown,
+    /// Its machine is gone: connections go unanswered, like a partition's.
+    MachineDown,
+}
+
 /// What an agent keeps on its host's disk: it survives the agent's crashes (and the host's).
 #[derive(Clone, Debug, Default)]
 pub struct AgentDisk {
@@ -135,6 +158,14 @@ pub struct World {
     /// Request ids, unique in the world: an answer never reaches a request it was not for,
     /// even across an agent's restart (a real one's connections close with it).
     last_request_id: u64,
+    /// Whether a connection to the control plane would be accepted, refused or left unanswered.
+    pub control_plane: ControlPlaneNode,
+    /// Hosts whose packets to the control plane are lost (a partition, a cut link).
+    pub cut_to_server: BTreeSet<String>,
+    /// Hosts the control plane's packets do not reach.
+    pub cut_from_server: BTreeSet<String>,
+    /// One-way latency of a host's slow link, if it is slow.
+    pub slow: BTreeMap<String, u64>,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -155,7 +186,23 @@ impl World {
             now_ms: 0,
             violation: None,
             last_request_id: 0,
+            control_plane: ControlPlaneNode::Listening,
+            cut_to_server: BTreeSet::new(),
+            cut_from_server: BTreeSet::new(),
+            slow: BTreeMap::new(),
         }
+    }
+
+    /// The one-way latency between `host` and the control plane (a slow link's, or a typical
+    /// one for the refusals this world models outside turmoil's network).
+    pub fn latency_ms(&self, host: &str) -> u64 {
+        self.slow.get(host).copied().unwrap_or(1 + self.config.max_latency_ms / 2)
+    }
+
+    /// Whether a connection attempt from `host` arriving now is refused: the control plane's
+    /// process is down, its machine up, and the way there open.
+    pub fn refuses(&self, host: &str) -> bool {
+        self.control_plane == ControlPlaneNode::ProcessDown && !self.cut_to_server.contains(host)
     }
 
     pub fn local_ms(&self, node: &str) -> u64 {

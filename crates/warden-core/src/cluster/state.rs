@@ -82,26 +82,48 @@ impl ClusterState {
     /// The state of a control plane that starts (or restarts) now over `projection`: every host
     /// gets `RESTART_GRACE_MS` before it can be declared down, every held lease counts as renewed
     /// now, every host is asked for its inventory.
+    ///
+    /// A server that is not yet reachable when it is built (it loads first, then listens) calls
+    /// [`ClusterState::serving`] once it listens: that is the moment the grace counts from.
     pub fn after_restart(config: ClusterConfig, local_host: Option<String>, projection: &Projection, now_ms: u64) -> Self {
-        let grace_until = now_ms + RESTART_GRACE_MS;
-        let lease_expiry = projection
-            .leases
-            .iter()
-            .filter(|(_, lease)| lease.holder.is_some())
-            .map(|(workload_id, _)| {
-                let lost_after = projection.workloads.get(workload_id).and_then(|w| w.spec.placement.as_ref()?.lost_after_ms);
-                (workload_id.clone(), now_ms + config.lease.ttl_ms.max(lost_after.unwrap_or(0)))
-            })
-            .collect();
-        ClusterState {
+        let mut state = ClusterState {
             config,
             local_host,
-            last_seen: projection.hosts.keys().map(|h| (h.clone(), grace_until)).collect(),
-            lease_expiry,
+            last_seen: BTreeMap::new(),
+            lease_expiry: BTreeMap::new(),
             next_write_off: None,
             want_inventory: projection.hosts.keys().cloned().collect(),
             deferred: BTreeMap::new(),
             promoting: BTreeMap::new(),
+        };
+        state.serving(projection, now_ms);
+        state
+    }
+
+    /// The control plane is reachable from `now_ms` on: every held lease counts as renewed then
+    /// (`lease::after_restart`, never shortened) and every host gets `RESTART_GRACE_MS` from then
+    /// before it can be declared down. Holders that found no control plane while it was loading
+    /// (their connections refused) renewed their fences by that evidence, which is safe only if
+    /// the grace counts from when it listens (`lease.rs`, assumption A5).
+    pub fn serving(&mut self, projection: &Projection, now_ms: u64) {
+        let grace_until = now_ms + RESTART_GRACE_MS;
+        for host in projection.hosts.keys() {
+            let seen = self.last_seen.entry(host.clone()).or_insert(grace_until);
+            *seen = (*seen).max(grace_until);
+        }
+        for (workload_id, lease) in &projection.leases {
+            let Some(workload) = projection.workloads.get(workload_id) else { continue };
+            let current = Lease {
+                workload_id: workload_id.clone(),
+                epoch: lease.epoch,
+                holder: lease.holder.clone(),
+                expires_at_ms: self.lease_expiry.get(workload_id).copied().unwrap_or(0),
+                state_uri: None,
+            };
+            if current.holder.is_some() {
+                let renewed = crate::lease::after_restart(&current, now_ms, &self.lease_timing(workload));
+                self.lease_expiry.insert(workload_id.clone(), renewed.expires_at_ms);
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! <cell dir>/config.json      the shim's CellConfig; its env holds WARDEN_SPEC_ID (and WARDEN_EPOCH)
 //! <cell dir>/lease.json       a fenced cell's lease as its shim enforces it (warden_cell::LeaseRecord)
 //! <cell dir>/lease_ttl_ms     the workload's own lease ttl (`lost_after`), if it has one
+//! <cell dir>/lease_outage     `stop` if the cell must not ride out a control-plane outage
 //! <cell dir>/checkpoint.json  a checkpointed cell's CheckpointPlan (0600: it holds the key)
 //! <cell dir>/role             a hot standby's role: `standby`, then `primary <epoch>`
 //! ```
@@ -17,6 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use warden_cell::{CellConfig, LeaseRecord};
+use warden_core::lease::OutagePolicy;
 
 use crate::proto::CheckpointPlan;
 
@@ -34,6 +36,10 @@ const CHECKPOINT_FILE: &str = "checkpoint.json";
 
 /// `<cell dir>/lease_ttl_ms`: a workload's own lease ttl (`lost_after`), for re-adoption.
 const LEASE_TTL_FILE: &str = "lease_ttl_ms";
+
+/// `<cell dir>/lease_outage`: `stop` for a workload with `control_plane_outage = "stop"`; absent
+/// for the default (ride it out), so cells started by an older agent ride outages out.
+const LEASE_OUTAGE_FILE: &str = "lease_outage";
 
 /// `<cell dir>/role`: a hot standby's role file (see `standby.rs`).
 pub(super) const ROLE_FILE: &str = "role";
@@ -55,12 +61,26 @@ pub(super) fn read_checkpoint_plan(cell_dir: &Path) -> Option<CheckpointPlan> {
     serde_json::from_slice(&bytes).ok()
 }
 
-pub(super) fn write_lease_ttl(cell_dir: &Path, ttl_ms: u64) -> std::io::Result<()> {
-    std::fs::write(cell_dir.join(LEASE_TTL_FILE), ttl_ms.to_string())
-}
-
 pub(super) fn read_lease_ttl(cell_dir: &Path) -> Option<u64> {
     std::fs::read_to_string(cell_dir.join(LEASE_TTL_FILE)).ok().and_then(|t| t.trim().parse().ok())
+}
+
+/// Keeps a cell's lease terms (its own ttl, its outage policy) for a restarted agent.
+pub(super) fn write_lease_terms(cell_dir: &Path, ttl_ms: Option<u64>, outage: OutagePolicy) -> std::io::Result<()> {
+    if let Some(ttl) = ttl_ms {
+        std::fs::write(cell_dir.join(LEASE_TTL_FILE), ttl.to_string())?;
+    }
+    if outage == OutagePolicy::Stop {
+        std::fs::write(cell_dir.join(LEASE_OUTAGE_FILE), "stop")?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_lease_outage(cell_dir: &Path) -> OutagePolicy {
+    match std::fs::read_to_string(cell_dir.join(LEASE_OUTAGE_FILE)) {
+        Ok(text) if text.trim() == "stop" => OutagePolicy::Stop,
+        _ => OutagePolicy::RideOut,
+    }
 }
 
 pub(super) fn read_config(cell_dir: &Path) -> Option<CellConfig> {

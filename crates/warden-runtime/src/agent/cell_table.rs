@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 use warden_cell::StartedCell;
-use warden_core::lease::HeldLease;
+use warden_core::lease::{HeldLease, OutagePolicy};
 use warden_core::CellExit;
 
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub(super) struct Entry {
     pub(super) hot_standby: bool,
     /// The lease ttl of the cell's workload when it is not the cluster's (`lost_after`).
     pub(super) lease_ttl_ms: Option<u64>,
+    /// Whether the cell rides out a control plane that is down (`control_plane_outage`).
+    pub(super) lease_outage: OutagePolicy,
     /// The spec the cell runs (`WARDEN_SPEC_ID`), if its `Start` said: what a service rollout
     /// waits for.
     pub(super) spec_id: Option<String>,
@@ -61,6 +63,7 @@ impl Entry {
             evicting: None,
             hot_standby,
             lease_ttl_ms,
+            lease_outage: OutagePolicy::RideOut,
             spec_id: None,
         }
     }

@@ -90,7 +90,7 @@ pub(super) async fn restore(context: &AgentContext, workload_id: &str, plan: &Ch
         attempt += 1;
         match blobs::fetch(&http, &hex).await {
             Ok(blob) => break blob,
-            Err(HttpError::Transport(e)) if attempt < 3 => {
+            Err(HttpError::Transport(e) | HttpError::Refused(e)) if attempt < 3 => {
                 tracing::info!("fetching checkpoint {uri}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -27,7 +27,7 @@ use warden_core::CellExit;
 use warden_store::queue::{DurableQueue, QueueError};
 
 use super::cell_files::{
-    read_checkpoint_plan, read_config, read_lease, read_lease_ttl, spec_id_of, write_checkpoint_plan, write_lease_ttl, EPOCH_ENV,
+    read_checkpoint_plan, read_config, read_lease, read_lease_outage, read_lease_ttl, spec_id_of, write_checkpoint_plan, write_lease_terms, EPOCH_ENV,
     SPEC_ID_ENV,
 };
 use super::cell_table::{Entry, Tracked};
@@ -175,6 +175,12 @@ impl Executor {
         leases::apply_renewals(&self.context, renewals, answers, sent_at_ms).await
     }
 
+    /// The heartbeat carrying `renewals`, sent at `sent_at_ms`, was refused a connection at
+    /// `received_at_ms`: see `leases::no_control_plane`. How many fences moved.
+    pub async fn no_control_plane(&self, renewals: &[Renewal], sent_at_ms: u64, received_at_ms: u64) -> usize {
+        leases::no_control_plane(&self.context, renewals, sent_at_ms, received_at_ms).await
+    }
+
     /// `Arm`: the slot is kept (see `standby.rs`); a hot one's cell is started and watched.
     fn arm(&self, command: CommandKind) {
         let Some(hot) = self.standbys.arm(command) else { return };
@@ -314,13 +320,13 @@ impl Executor {
     ) {
         let hot = self.context.cells().get(&cell_id).map(|entry| entry.hot_standby && entry.is_running());
         match (hot, lease) {
-            (Some(true), Some(StartLease { epoch, ttl_ms })) => {
+            (Some(true), Some(StartLease { epoch, ttl_ms, outage })) => {
                 // The hot cell was started by `Arm`, without the spec in its environment: known
                 // from here on, but only in memory (a restarted agent does not know it).
                 if let Some(entry) = self.context.cells().get_mut(&cell_id) {
                     entry.spec_id = spec_id;
                 }
-                return self.standbys.promote_hot(workload_id, cell_id, epoch, ttl_ms).await;
+                return self.standbys.promote_hot(workload_id, cell_id, epoch, ttl_ms, outage).await;
             }
             (Some(_), _) => {
                 tracing::debug!(%cell_id, "start of a cell this host already has: nothing to do");
@@ -341,14 +347,16 @@ impl Executor {
             return;
         }
         let ttl = lease.and_then(|l| l.ttl_ms);
-        let entry = Entry { spec_id: spec_id.clone(), ..Entry::starting(workload_id.clone(), false, ttl) };
+        let outage = lease.map(|l| l.outage).unwrap_or_default();
+        let entry =
+            Entry { spec_id: spec_id.clone(), lease_outage: outage, ..Entry::starting(workload_id.clone(), false, ttl) };
         self.context.cells().insert(cell_id.clone(), entry);
 
         let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, self.context.logs_dir());
         if let Some(spec_id) = spec_id {
             config.env.insert(SPEC_ID_ENV.to_string(), spec_id);
         }
-        if let Some(StartLease { epoch, ttl_ms }) = lease {
+        if let Some(StartLease { epoch, ttl_ms, .. }) = lease {
             // The command may be old news: claim the lease now, and count the fence from the
             // claim's send time, not from when the control plane granted it.
             let Some(sent_at) = self.context.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
@@ -400,10 +408,8 @@ impl Executor {
                     let _ = tokio::task::spawn_blocking(move || backend.signal(&id, true)).await;
                 }
                 self.watch(cell_id.clone(), started);
-                if let Some(ttl) = ttl {
-                    if let Err(e) = write_lease_ttl(&self.context.backend().cell_dir(&cell_id), ttl) {
-                        tracing::warn!(%cell_id, "cannot keep the lease ttl in the cell dir (a restarted agent fences it sooner): {e}");
-                    }
+                if let Err(e) = write_lease_terms(&self.context.backend().cell_dir(&cell_id), ttl, outage) {
+                    tracing::warn!(%cell_id, "cannot keep the lease terms in the cell dir (a restarted agent fences it by the cluster's): {e}");
                 }
                 if let Some(plan) = checkpoint {
                     if let Err(e) = write_checkpoint_plan(&self.context.backend().cell_dir(&cell_id), &plan) {
@@ -446,6 +452,7 @@ impl Executor {
             evicting: None,
             hot_standby,
             lease_ttl_ms: read_lease_ttl(&self.context.backend().cell_dir(&cell_id)),
+            lease_outage: read_lease_outage(&self.context.backend().cell_dir(&cell_id)),
             spec_id,
         };
         self.context.cells().insert(cell_id.clone(), entry);

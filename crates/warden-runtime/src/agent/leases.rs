@@ -1,9 +1,14 @@
 //! The leases of this host's fenced cells, as the heartbeat carries them: the renewals to send,
 //! and a heartbeat's answers applied (a renewed lease's deadline moved and handed to the cell's
-//! shim, a refused one's cell killed). See `executor.rs` for why deadlines count from the send.
+//! shim, a refused one's cell killed), or a heartbeat that found no control plane at all (its
+//! connection refused: the cells that ride outages out are renewed by that evidence, see
+//! `warden_core::lease`, "While the control plane is down"). See `executor.rs` for why deadlines
+//! count from the send.
 
 use super::cell_table::Tracked;
 use super::context::AgentContext;
+use warden_core::lease::{HeldLease, OutagePolicy};
+
 use crate::proto::LeaseClaim;
 
 /// A renewal to send with a heartbeat: the claim, and the cell it keeps alive.
@@ -61,6 +66,37 @@ pub(super) async fn apply_renewals(context: &AgentContext, renewals: &[Renewal],
             }
         }
     }
+    hand_to_shims(context, extend, kill).await;
+}
+
+/// A heartbeat sent at `sent_at_ms` found no control plane: its connection was refused at
+/// `received_at_ms` (both on `CLOCK_BOOTTIME`). Every renewal it carried for a cell that rides
+/// outages out, and whose fence had not passed, counts as answered for that send; the others
+/// are left to their fences. How many fences moved.
+pub(super) async fn no_control_plane(context: &AgentContext, renewals: &[Renewal], sent_at_ms: u64, received_at_ms: u64) -> usize {
+    let mut extend = Vec::new();
+    {
+        let mut cells = context.cells();
+        for renewal in renewals {
+            let Some(entry) = cells.get_mut(&renewal.cell_id) else { continue };
+            if entry.lease_outage == OutagePolicy::Stop {
+                continue;
+            }
+            let timing = context.timing_for(entry.lease_ttl_ms);
+            let Some(held) = entry.lease.as_mut().filter(|held| held.epoch == renewal.claim.epoch) else { continue };
+            if held.no_control_plane(sent_at_ms, received_at_ms, &timing) {
+                extend.push((renewal.cell_id.clone(), *held));
+            }
+        }
+    }
+    let moved = extend.len();
+    hand_to_shims(context, extend, Vec::new()).await;
+    moved
+}
+
+/// Writes the moved fences to the cells' `lease.json` (where their shims read them) and kills
+/// the cells whose leases were refused.
+async fn hand_to_shims(context: &AgentContext, extend: Vec<(String, HeldLease)>, kill: Vec<String>) {
     if extend.is_empty() && kill.is_empty() {
         return;
     }

@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warden_cell::{Fence, StartedCell, STANDBY_EPOCH};
-use warden_core::lease::HeldLease;
+use warden_core::lease::{HeldLease, OutagePolicy};
 use warden_core::spec::{CellSpec, LogSpec};
 
 use super::blobs;
-use super::cell_files::{write_private, EPOCH_ENV, ROLE_FILE};
+use super::cell_files::{write_lease_terms, write_private, EPOCH_ENV, ROLE_FILE};
 use super::cell_table::{Entry, Tracked};
 use super::context::AgentContext;
 use super::http::HttpError;
@@ -314,7 +314,14 @@ impl Standbys {
 
     /// The `Start` after this hot standby won: claims the lease like any start, hands it to the
     /// running cell's shim, and tells the cell (role file, SIGUSR1).
-    pub(super) async fn promote_hot(&self, workload_id: String, cell_id: String, epoch: u64, ttl_ms: Option<u64>) {
+    pub(super) async fn promote_hot(
+        &self,
+        workload_id: String,
+        cell_id: String,
+        epoch: u64,
+        ttl_ms: Option<u64>,
+        outage: OutagePolicy,
+    ) {
         let context = &self.context;
         let Some(sent_at) = context.claim(LeaseClaim { workload_id: workload_id.clone(), epoch }).await else {
             let error = format!("lease epoch {epoch} could not be claimed");
@@ -331,14 +338,18 @@ impl Standbys {
             entry.hot_standby = false;
             entry.lease = Some(held);
             entry.lease_ttl_ms = ttl_ms;
+            entry.lease_outage = outage;
             // Under the lock: no standby extension can follow this write.
             if let Err(e) = context.backend().renew_lease(&cell_id, epoch, held.deadline_ms.saturating_mul(1_000_000)) {
                 tracing::warn!(%cell_id, "cannot hand lease epoch {epoch} to the shim: {e}");
             }
             started
         };
-        let role_file = context.backend().cell_dir(&cell_id).join(ROLE_FILE);
-        if let Err(e) = write_private(&role_file, format!("primary {epoch}\n").as_bytes()) {
+        let cell_dir = context.backend().cell_dir(&cell_id);
+        if let Err(e) = write_lease_terms(&cell_dir, ttl_ms, outage) {
+            tracing::warn!(%cell_id, "cannot keep the lease terms in the cell dir (a restarted agent fences it by the cluster's): {e}");
+        }
+        if let Err(e) = write_private(&cell_dir.join(ROLE_FILE), format!("primary {epoch}\n").as_bytes()) {
             tracing::warn!(%cell_id, "cannot write the role file: {e}");
         }
         // The cell's process is the one this agent watches (its shim's pidfd is open), so the

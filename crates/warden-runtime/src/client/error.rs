@@ -1,5 +1,6 @@
 //! How a request to the control plane failed, and the one place answers become errors: the
-//! server's `ErrorBody` → `HttpError::Status`, reqwest's failures → `HttpError::Transport`.
+//! server's `ErrorBody` → `HttpError::Status`, reqwest's failures → `HttpError::Transport` (or
+//! `HttpError::Refused`, when a connection was refused).
 
 use std::time::Duration;
 
@@ -19,6 +20,11 @@ pub enum HttpError {
     /// No answer: cannot connect, connection reset, timed out, or not HTTP.
     #[error("{0}")]
     Transport(String),
+    /// The connection was refused: nothing listened at the server's address when it was tried.
+    /// Unlike silence, this is positive evidence about the server (see `warden_core::lease`,
+    /// "While the control plane is down").
+    #[error("{0}")]
+    Refused(String),
     /// The server answered with an error status; `message` is its `ErrorBody` (or raw text).
     #[error("{message} (HTTP {code})")]
     Status { code: u16, message: String },
@@ -35,6 +41,7 @@ impl HttpError {
     pub fn class(&self) -> String {
         match self {
             HttpError::Transport(_) => "unreachable".into(),
+            HttpError::Refused(_) => "refused".into(),
             HttpError::Status { code, .. } => format!("HTTP {code}"),
             HttpError::Request(_) => "bad request".into(),
             HttpError::TooLarge { .. } | HttpError::Decode(_) => "bad response".into(),
@@ -55,6 +62,12 @@ pub(super) fn transport_error(request: &str, base_url: &str, error: &reqwest::Er
     let mut cause: &dyn std::error::Error = error;
     while let Some(source) = cause.source() {
         cause = source;
+    }
+    let refused = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    if error.is_connect() && refused {
+        return HttpError::Refused(format!("{request}: cannot connect to {base_url}: connection refused (nothing listens there)"));
     }
     let what = if error.is_connect() {
         "cannot connect to"

@@ -196,8 +196,8 @@ async fn no_answer_is_a_transport_error() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let nobody = Client::new(&closed.to_string(), identity, &ClientConfig::default()).unwrap();
     let error = nobody.call("GET", "/echo", b"", SECOND).await.unwrap_err();
-    assert!(matches!(&error, HttpError::Transport(m) if m.contains("cannot connect")), "{error:?}");
-    assert_eq!(error.class(), "unreachable");
+    assert!(matches!(&error, HttpError::Refused(m) if m.contains("connection refused")), "{error:?}");
+    assert_eq!(error.class(), "refused");
 }
 
 #[tokio::test]

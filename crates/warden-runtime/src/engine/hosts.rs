@@ -187,7 +187,8 @@ impl Dispatch<'_> {
             logs: workload.spec.logs,
             lease: workload.epoch.map(|epoch| {
                 let ttl_ms = self.cluster.lease_timing(workload).ttl_ms;
-                StartLease { epoch, ttl_ms: (ttl_ms != default_ttl_ms).then_some(ttl_ms) }
+                let outage = workload.spec.placement.as_ref().map(|p| p.control_plane_outage).unwrap_or_default();
+                StartLease { epoch, ttl_ms: (ttl_ms != default_ttl_ms).then_some(ttl_ms), outage }
             }),
             checkpoint: self.checkpoint_plan(workload),
             spec_id: Some(workload.info.spec_id.clone()),

@@ -157,6 +157,12 @@ impl Engine {
         Ok((engine, handle))
     }
 
+    /// The control plane listens from now on: the restart grace of hosts and leases counts from
+    /// here, not from the load (see `ClusterState::serving`).
+    pub fn serving(&mut self) {
+        self.cluster.serving(&self.live, now_ms());
+    }
+
     /// The seq of the snapshot the projection was loaded from (0: replayed from the start).
     pub fn loaded_snapshot_seq(&self) -> u64 {
         self.last_snapshot_seq
