@@ -80,10 +80,10 @@ enum Command {
         #[arg(long)]
         name: String,
         /// The placement channel this host serves.
-        #[arg(long)]
+        #[arg(long, env = "WARDEN_CHANNEL")]
         channel: Option<String>,
         /// Placement tags, comma-separated.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, env = "WARDEN_TAGS", value_delimiter = ',')]
         tags: Vec<String>,
         /// Default: $XDG_DATA_HOME/warden/agent-<name> (~/.local/share/warden/agent-<name>).
         #[arg(long)]

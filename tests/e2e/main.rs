@@ -18,4 +18,5 @@ mod events_verify;
 mod jobs_e2e;
 mod journal_e2e;
 mod rollout_e2e;
+mod outage_e2e;
 mod standby_e2e;
