@@ -17,6 +17,6 @@ mod e2e;
 mod events_verify;
 mod jobs_e2e;
 mod journal_e2e;
-mod rollout_e2e;
 mod outage_e2e;
+mod rollout_e2e;
 mod standby_e2e;

@@ -67,10 +67,9 @@ fn cells_ride_out_a_30s_control_plane_outage_and_a_host_lost_meanwhile_is_replac
     let truth = |name: &str| root.join(format!("{name}.truth"));
     let state = root.join("counter-state");
     let plain = cluster.server.run("plain.toml", &truth_spec("plain", &truth("plain"), "calm", "", ""));
-    let standby = cluster.server.run(
-        "kv.toml",
-        &truth_spec("kv", &truth("kv"), "calm", "", "[replication]\nmode = \"warm-standby\"\nstandbys = 1\n"),
-    );
+    let standby = cluster
+        .server
+        .run("kv.toml", &truth_spec("kv", &truth("kv"), "calm", "", "[replication]\nmode = \"warm-standby\"\nstandbys = 1\n"));
     let checkpointed = cluster.server.run(
         "counter.toml",
         &truth_spec(
@@ -81,10 +80,8 @@ fn cells_ride_out_a_30s_control_plane_outage_and_a_host_lost_meanwhile_is_replac
             &format!("[replication]\nmode = \"checkpointed\"\nstate_dir = {state:?}\ncheckpoint_interval = \"2s\"\n"),
         ),
     );
-    let fast = cluster.server.run(
-        "fast.toml",
-        &truth_spec("fast", &truth("fast"), "calm", "control_plane_outage = \"stop\"", ""),
-    );
+    let fast =
+        cluster.server.run("fast.toml", &truth_spec("fast", &truth("fast"), "calm", "control_plane_outage = \"stop\"", ""));
     let doomed = cluster.server.run("doomed.toml", &truth_spec("doomed", &truth("doomed"), "spare", "", ""));
     let riders = [&plain, &standby, &checkpointed];
     let rider_names = ["plain", "kv", "counter"];
@@ -113,8 +110,13 @@ fn cells_ride_out_a_30s_control_plane_outage_and_a_host_lost_meanwhile_is_replac
     let back = outage.elapsed();
 
     // The dead host's workload is replaced once the control plane has given hosts their grace.
-    let (moved, took) =
-        cluster.wait_primary_elsewhere(&doomed, &doomed_before.host, doomed_before.epoch.unwrap(), Instant::now(), Duration::from_secs(30));
+    let (moved, took) = cluster.wait_primary_elsewhere(
+        &doomed,
+        &doomed_before.host,
+        doomed_before.epoch.unwrap(),
+        Instant::now(),
+        Duration::from_secs(30),
+    );
     eprintln!("outage {back:?}; the lost host's workload replaced on {} {took:?} after the restart", moved.host);
     // "stop" started again, under a new epoch, once the control plane was back.
     let fast_after = cluster.wait_for(&fast, "restarted after the outage", |v| {

@@ -864,6 +864,17 @@ mod tests {
         assert_eq!(not_warm.line, Some(6), "{not_warm}");
         let lost = Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\nlost_after='100ms'\n").unwrap_err();
         assert!(lost.message.contains("between 1s and 1h"), "{lost}");
+        let outage =
+            Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\ncontrol_plane_outage='wait'\n").unwrap_err();
+        assert!(outage.to_string().contains("kv.toml:5") && outage.message.contains("\"ride-out\" or \"stop\""), "{outage}");
+        // The default is not written into the canonical spec: specs submitted before the field
+        // existed keep their spec_id.
+        let plain = Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\ninstances=1\n").unwrap();
+        let ride =
+            Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\ninstances=1\ncontrol_plane_outage='ride-out'\n");
+        assert_eq!(plain.spec_id(), ride.unwrap().spec_id());
+        let stop = Spec::parse("kv.toml", "name='kv'\n[cell]\nargv=['sh']\n[placement]\ncontrol_plane_outage='stop'\n").unwrap();
+        assert_eq!(stop.placement.unwrap().control_plane_outage, OutagePolicy::Stop);
     }
 
     #[test]

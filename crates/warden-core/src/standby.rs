@@ -224,9 +224,8 @@ impl Role {
                 effects.push(RoleEffect::ExtendFence { held: *held });
             }
             (Role::Primary { held }, RoleInput::NoControlPlane { sent_at_ms }) => {
-                if held.no_control_plane(sent_at_ms, now_ms, timing) {
-                    effects.push(RoleEffect::ExtendFence { held: *held });
-                }
+                let moved = held.no_control_plane(sent_at_ms, now_ms, timing);
+                effects.extend(moved.then_some(RoleEffect::ExtendFence { held: *held }));
             }
             (Role::Primary { held }, RoleInput::RenewRefused { epoch }) if epoch == held.epoch => {
                 let epoch = held.epoch;

@@ -27,8 +27,8 @@ use warden_core::CellExit;
 use warden_store::queue::{DurableQueue, QueueError};
 
 use super::cell_files::{
-    read_checkpoint_plan, read_config, read_lease, read_lease_outage, read_lease_ttl, spec_id_of, write_checkpoint_plan, write_lease_terms, EPOCH_ENV,
-    SPEC_ID_ENV,
+    read_checkpoint_plan, read_config, read_lease, read_lease_outage, read_lease_ttl, spec_id_of, write_checkpoint_plan,
+    write_lease_terms, EPOCH_ENV, SPEC_ID_ENV,
 };
 use super::cell_table::{Entry, Tracked};
 use super::checkpointing::{self, RestoreError};
@@ -348,8 +348,7 @@ impl Executor {
         }
         let ttl = lease.and_then(|l| l.ttl_ms);
         let outage = lease.map(|l| l.outage).unwrap_or_default();
-        let entry =
-            Entry { spec_id: spec_id.clone(), lease_outage: outage, ..Entry::starting(workload_id.clone(), false, ttl) };
+        let entry = Entry { spec_id: spec_id.clone(), lease_outage: outage, ..Entry::starting(workload_id.clone(), false, ttl) };
         self.context.cells().insert(cell_id.clone(), entry);
 
         let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, self.context.logs_dir());

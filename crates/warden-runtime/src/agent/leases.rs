@@ -73,7 +73,12 @@ pub(super) async fn apply_renewals(context: &AgentContext, renewals: &[Renewal],
 /// `received_at_ms` (both on `CLOCK_BOOTTIME`). Every renewal it carried for a cell that rides
 /// outages out, and whose fence had not passed, counts as answered for that send; the others
 /// are left to their fences. How many fences moved.
-pub(super) async fn no_control_plane(context: &AgentContext, renewals: &[Renewal], sent_at_ms: u64, received_at_ms: u64) -> usize {
+pub(super) async fn no_control_plane(
+    context: &AgentContext,
+    renewals: &[Renewal],
+    sent_at_ms: u64,
+    received_at_ms: u64,
+) -> usize {
     let mut extend = Vec::new();
     {
         let mut cells = context.cells();

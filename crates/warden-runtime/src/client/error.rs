@@ -67,7 +67,9 @@ pub(super) fn transport_error(request: &str, base_url: &str, error: &reqwest::Er
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
     if error.is_connect() && refused {
-        return HttpError::Refused(format!("{request}: cannot connect to {base_url}: connection refused (nothing listens there)"));
+        return HttpError::Refused(format!(
+            "{request}: cannot connect to {base_url}: connection refused (nothing listens there)"
+        ));
     }
     let what = if error.is_connect() {
         "cannot connect to"
