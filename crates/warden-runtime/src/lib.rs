@@ -88,7 +88,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     authorize_key(&authorized_path, &admin).map_err(dir_err)?;
     let authorized_keys = Arc::new(RwLock::new(load_authorized_keys(&authorized_path).map_err(dir_err)?));
 
-    let (store, report) = SqliteStore::open(&data_dir.join("journal.db"))?;
+    let (store, report) = SqliteStore::open(&data_dir.join(paths::JOURNAL_FILE))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let shim_note = match &config.shim {
         ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),

@@ -134,7 +134,7 @@ fn corrupt_history_text(journal: &std::path::Path, seq: u64, reason: &str, last_
         n => format!("{n} committed events are stored from seq {seq} to {last_seq}"),
     };
     format!(
-        "journal {} is damaged at event {seq}: {reason}; {at_stake}. Committed history cannot be torn by a crash, so \
+        "journal {} is damaged: {reason}; {at_stake}. Committed history cannot be torn by a crash, so \
          this is disk damage or tampering: nothing was changed and warden will not write to this journal until an \
          operator decides. Either restore the data dir from a backup (`warden restore`), or discard event {seq} and \
          everything after it with `warden journal repair --data-dir {data_dir} --truncate-after {}` (it saves what \

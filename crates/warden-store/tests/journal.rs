@@ -100,7 +100,7 @@ fn reopen_expecting_refusal(path: &Path, seq: u64, reason: &str, n_from_seq: u64
         other => panic!("expected CorruptHistory, got {other:?}"),
     }
     let message = error.to_string();
-    assert!(message.contains(&format!("damaged at event {seq}: {reason}")), "{message}");
+    assert!(message.contains(&format!("is damaged: {reason}; ")), "{message}");
     assert!(
         message.contains(&format!(
             "warden journal repair --data-dir {} --truncate-after {}",
