@@ -21,7 +21,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
 use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
-use common::{encode, format_table, short_spec_id, show, Client, Output};
+use common::{encode, format_table, hostname, short_spec_id, show, Client, Output};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -244,10 +244,6 @@ pub fn main() -> Result<()> {
             run_client(&client, command, cli.output)
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {

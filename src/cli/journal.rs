@@ -22,7 +22,7 @@ use warden_core::{EventData, NewEvent};
 use warden_runtime::{clock, paths, UpError};
 use warden_store::{ChainCheck, OfflineJournal, TruncatePlan};
 
-use super::common::Output;
+use super::common::{hostname, Output};
 
 #[derive(Subcommand)]
 pub(super) enum JournalAction {
@@ -205,5 +205,5 @@ fn operator() -> String {
         (Err(_), Some(uid)) => format!("uid {uid}"),
         (Err(_), None) => "an unknown user".into(),
     };
-    format!("{who} on {}, by `warden journal repair`", super::hostname())
+    format!("{who} on {}, by `warden journal repair`", hostname())
 }

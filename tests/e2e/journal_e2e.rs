@@ -130,7 +130,7 @@ fn a_torn_last_wal_write_is_cut_by_itself_and_warden_starts_at_the_earlier_head(
     let wal = std::fs::read(&wal_path).unwrap();
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
     let frame_size = 24 + page_size;
-    assert!(wal.len() > 32 + frame_size && (wal.len() - 32) % frame_size == 0, "WAL of {} bytes", wal.len());
+    assert!(wal.len() > 32 + frame_size && (wal.len() - 32).is_multiple_of(frame_size), "WAL of {} bytes", wal.len());
     std::fs::write(&wal_path, &wal[..wal.len() - frame_size / 2]).unwrap();
 
     let logged_before = warden.up_log().len();

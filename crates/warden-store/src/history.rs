@@ -10,7 +10,6 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use crate::chain::{check_row, BrokenRow, StoredRow};
 use crate::error::{During, StoreError, StoreOperation};
 use crate::port::{Head, OpenReport};
-use crate::sqlite::{from_sql, to_sql};
 
 /// The chain walked over stored rows: how far it verified, and where it broke, if it did.
 struct Walk {
@@ -138,4 +137,14 @@ fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredR
         _ => return Ok(Err(BrokenRow::BodyNotBlob { seq })),
     };
     Ok(Ok(StoredRow { seq, subject, hash, body }))
+}
+
+/// SQLite integers are i64; seqs never get near `i64::MAX`, and a larger bound means "all".
+pub(crate) fn to_sql(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Every stored seq is positive (rows are only read with `seq > n >= 0`).
+pub(crate) fn from_sql(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
 }

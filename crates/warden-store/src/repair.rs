@@ -18,9 +18,9 @@ use warden_core::canonical::sha256_hex;
 use warden_core::{CloudEvent, NewEvent};
 
 use crate::error::{During, StoreError, StoreOperation};
-use crate::history::{find_damage, latest_snapshot_seq, stored_from};
+use crate::history::{find_damage, from_sql, latest_snapshot_seq, stored_from, to_sql};
 use crate::port::Head;
-use crate::sqlite::{configure_writer, from_sql, to_sql, SCHEMA_VERSION};
+use crate::sqlite::{configure_writer, SCHEMA_VERSION};
 
 /// Why a repair was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]

@@ -33,7 +33,7 @@ use warden_core::canonical::{sha256_hex, Artifact};
 use warden_core::{CloudEvent, NewEvent};
 
 use crate::error::{During, StoreError, StoreOperation};
-use crate::history::check_at_open;
+use crate::history::{check_at_open, from_sql, to_sql};
 use crate::port::{Head, OpenReport, Store};
 
 /// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
@@ -442,16 +442,6 @@ fn collect_events(mut rows: Rows<'_>, out: &mut Vec<CloudEvent>) -> Result<(), S
         out.push(event);
     }
     Ok(())
-}
-
-/// SQLite integers are i64; seqs never get near `i64::MAX`, and a larger bound means "all".
-pub(crate) fn to_sql(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-/// Every stored seq is positive (rows are only read with `seq > n >= 0`).
-pub(crate) fn from_sql(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

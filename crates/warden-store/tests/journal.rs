@@ -518,7 +518,7 @@ fn a_torn_last_wal_frame_is_dropped_by_sqlite_and_is_not_damage() {
     let wal = std::fs::read(&wal_path).unwrap();
     let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
     let frame_size = 24 + page_size;
-    assert!(wal.len() > 32 + frame_size && (wal.len() - 32) % frame_size == 0, "WAL of {} bytes", wal.len());
+    assert!(wal.len() > 32 + frame_size && (wal.len() - 32).is_multiple_of(frame_size), "WAL of {} bytes", wal.len());
     std::fs::write(&wal_path, &wal[..wal.len() - frame_size / 2]).unwrap();
 
     let (store, report) = SqliteStore::open(&copy).expect("a torn last write is not damage");
