@@ -1,9 +1,11 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
-//! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`.
+//! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`,
+//! `journal verify|repair` (offline, in `cli/journal.rs`).
 
 mod common;
 mod events;
+mod journal;
 mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,7 +21,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
 use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
-use common::{encode, format_table, short_spec_id, show, Client, Output};
+use common::{encode, format_table, hostname, short_spec_id, show, Client, Output};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -147,6 +149,11 @@ enum Command {
         #[command(subcommand)]
         command: ArtifactCommand,
     },
+    /// The journal on disk, with no server: check its whole chain, or repair damaged history.
+    Journal {
+        #[command(subcommand)]
+        action: journal::JournalAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +238,7 @@ pub fn main() -> Result<()> {
         Command::Events { action: Some(events::EventsAction::Verify(args)), .. } if events::is_offline(&args) => {
             events::verify_offline(args, cli.output)
         }
+        Command::Journal { action } => journal::run(action, cli.output),
         command => {
             let client = Client::new(&cli.addr, cli.credential)?;
             run_client(&client, command, cli.output)
@@ -238,13 +246,9 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
-
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
     match command {
-        Command::Up { .. } | Command::Server { .. } => unreachable!("handled by main"),
+        Command::Up { .. } | Command::Server { .. } | Command::Journal { .. } => unreachable!("handled by main"),
         Command::Hosts { action: Some(action) } => {
             let (name, drain) = match &action {
                 HostsAction::Drain { name } => (name, true),

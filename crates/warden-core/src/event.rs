@@ -237,9 +237,24 @@ pub enum EventData {
     #[serde(rename = "dev.warden.workload.checkpointed.v1")]
     CheckpointTaken { workload_id: String, cell_id: String, state_uri: String, size_bytes: u64 },
 
-    /// The journal found a torn or corrupt tail at start-up and cut it back.
+    /// Written by wardens before issue 14, which cut a damaged tail by themselves at start-up;
+    /// kept so their journals still replay. Nothing writes it any more: see `JournalRepaired`.
     #[serde(rename = "dev.warden.journal.recovered.v1")]
     JournalRecovered { discarded_from_seq: u64, n_discarded: u64, reason: String },
+
+    /// An operator repaired damaged history (`warden journal repair --truncate-after N`): every
+    /// event after `truncated_after` was discarded, after being saved to `saved_to`; this event
+    /// is `truncated_after + 1`. `reason` is what the chain check found (`event 17: hash
+    /// mismatch`), `operator` who ran the repair (the local user and host: the server was down).
+    #[serde(rename = "dev.warden.journal.repaired.v1")]
+    JournalRepaired {
+        truncated_after: u64,
+        n_discarded: u64,
+        first_bad_seq: u64,
+        reason: String,
+        saved_to: String,
+        operator: String,
+    },
 
     /// The workload runs `spec` from now on (a rollout, or its rollback): its cell is replaced.
     #[serde(rename = "dev.warden.workload.replaced.v1")]
@@ -291,6 +306,7 @@ impl EventData {
             | EventData::WorkloadReplaced { workload_id, .. } => Some(workload_id),
             EventData::Job(_)
             | EventData::JournalRecovered { .. }
+            | EventData::JournalRepaired { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }

@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use warden_cell::{ProcessBackend, ShimExe};
-use warden_core::EventData;
 use warden_store::{SqliteStore, Store};
 
 use crate::auth::{authorize_key, load_authorized_keys, Identity};
@@ -52,7 +51,9 @@ pub enum UpError {
     AlreadyRunning(String),
     #[error(transparent)]
     Identity(#[from] auth::IdentityError),
-    #[error("journal")]
+    /// Opening the journal failed; for damaged history, the source names the seq, what failed
+    /// and the operator's ways out (`warden journal repair`, `warden restore`).
+    #[error("cannot open the journal")]
     Store(#[from] warden_store::StoreError),
     #[error("cannot rebuild state")]
     Load(#[from] engine::LoadError),
@@ -87,7 +88,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     authorize_key(&authorized_path, &admin).map_err(dir_err)?;
     let authorized_keys = Arc::new(RwLock::new(load_authorized_keys(&authorized_path).map_err(dir_err)?));
 
-    let (store, report) = SqliteStore::open(&data_dir.join("journal.db"))?;
+    let (store, report) = SqliteStore::open(&data_dir.join(paths::JOURNAL_FILE))?;
     let store: Arc<dyn Store> = Arc::new(store);
     let shim_note = match &config.shim {
         ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),
@@ -109,22 +110,6 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         local_host: config.local_cells.then(|| config.node_name.clone()),
     };
     let (mut engine, handle) = Engine::load(store.clone(), backend, engine_config)?;
-    if let Some(repair) = &report.repaired {
-        eprintln!(
-            "warden: journal tail was torn or corrupt at event {} ({}); discarded {} event(s) from there, kept 1..{}",
-            repair.discarded_from_seq,
-            repair.reason,
-            repair.n_discarded,
-            repair.discarded_from_seq.saturating_sub(1)
-        );
-        engine
-            .record(EventData::JournalRecovered {
-                discarded_from_seq: repair.discarded_from_seq,
-                n_discarded: repair.n_discarded,
-                reason: repair.reason.clone(),
-            })
-            .await;
-    }
     let loaded_snapshot_seq = engine.loaded_snapshot_seq();
     let recovery = engine.recover_cells();
 
@@ -246,8 +231,9 @@ async fn shutdown_signal() {
 }
 
 /// Holds an exclusive lock on `<data-dir>/warden.lock` for the life of the process: two
-/// supervisors on one data dir would both start every cell.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, UpError> {
+/// supervisors on one data dir would both start every cell. `warden journal repair` takes it
+/// too, so it never works under a running server.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, UpError> {
     let path = data_dir.join("warden.lock");
     let file = File::create(&path).map_err(|source| UpError::DataDir { path: path.display().to_string(), source })?;
     if sys::try_lock_exclusive(&file).is_err() {

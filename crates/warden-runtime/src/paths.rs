@@ -7,6 +7,8 @@ pub const ADMIN_CREDENTIAL_FILE: &str = "admin.key";
 pub const SERVER_KEY_FILE: &str = "server.key";
 /// In the data dir: the server key's principal (`ed25519:<hex>`), for operators to pin.
 pub const SERVER_PUB_FILE: &str = "server.pub";
+/// In the data dir: the journal (SQLite, with its `-wal`).
+pub const JOURNAL_FILE: &str = "journal.db";
 /// In the config dir: `<address> ed25519:<hex>` per line, the server keys `warden events verify`
 /// trusted on first use.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";

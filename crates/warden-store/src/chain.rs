@@ -1,5 +1,5 @@
 //! Hash-chain checks: over events in memory (`verify_chain`), over stored rows at open
-//! (`check_row`), and against the server's signed chain head (`SignedHead`, `ChainVerifier`):
+//! (`check_row`, walked by `history`), and against the server's signed chain head (`SignedHead`, `ChainVerifier`):
 //! what `warden events verify` runs, online or on an export, with no server at all.
 //!
 //! **What the signature covers.** The server signs `head_message(seq, hash, signed_at_ms)`:
@@ -384,8 +384,9 @@ pub fn verify_signed_chain(
     verifier.finish()
 }
 
-/// Why a stored row is not the event the chain needs next. Its message becomes a tail repair's
-/// `reason`, which is journaled (`journal.recovered`), so the wording stays as it was.
+/// Why a stored row is not the event the chain needs next. Its message is the `reason` of
+/// `StoreError::CorruptHistory` and of an operator's repair, which is journaled
+/// (`journal.repaired`; `journal.recovered` before it), so the wording stays as it was.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BrokenRow {
     #[error("gap: expected {expected}, found {found}")]
@@ -416,7 +417,7 @@ pub(crate) enum BrokenRow {
 
 impl BrokenRow {
     /// The message followed by its source, if any (`event 7: body is not an event: EOF while
-    /// parsing…`): what a tail repair records as its `reason`.
+    /// parsing…`): the `reason` an operator reads and a repair records.
     pub(crate) fn reason(&self) -> String {
         match std::error::Error::source(self) {
             Some(source) => format!("{self}: {source}"),
@@ -426,7 +427,7 @@ impl BrokenRow {
 }
 
 /// Stored rows keep their wording, which differs from [`ChainError::PrevhashMismatch`]'s:
-/// repair reasons are journaled.
+/// reasons are journaled by repairs.
 fn row_prevhash_mismatch_text(seq: u64) -> String {
     if seq <= 1 {
         format!("event {seq}: prevhash is not the genesis hash")
@@ -561,7 +562,7 @@ mod tests {
         verify(events, head).unwrap_err().to_string()
     }
 
-    /// Why `check_row` refuses `row`, as a tail repair would record it; `None` if it accepts it.
+    /// Why `check_row` refuses `row`, as an operator reads it; `None` if it accepts it.
     fn refused_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> Option<String> {
         check_row(expected_seq, prev_hash, row).err().map(|broken| broken.reason())
     }

@@ -1,8 +1,10 @@
 //! The conformance suite every `Store` must pass: seq and chain rules, group-commit concurrency,
-//! reads, snapshots, artifacts.
+//! reads, snapshots, artifacts, and damaged history refused at open.
 //!
 //! It lives in the library, not under `tests/`, so every backend (and any test double the runtime
-//! uses) is held to the same contract: call [`run_all`] with a factory of fresh, empty stores.
+//! uses) is held to the same contract: call [`run_all`] with a factory of fresh, empty stores, and
+//! [`corrupt_history_is_refused_and_changes_nothing`] with a [`Damageable`] backend (the one
+//! check that needs to reopen a journal and damage it behind the store's back).
 //! Checks panic on failure, like assertions in a test.
 
 use std::collections::BTreeMap;
@@ -48,7 +50,14 @@ pub fn run_all<S: Store>(make: &mut dyn FnMut() -> S) {
 pub fn sample_event(n: u64, subject: Option<&str>) -> NewEvent {
     let data = match subject {
         Some(workload) => EventData::WorkloadStopEscalated { workload_id: workload.to_string() },
-        None => EventData::JournalRecovered { discarded_from_seq: n, n_discarded: 0, reason: format!("conformance {n}") },
+        None => EventData::JournalRepaired {
+            truncated_after: n,
+            n_discarded: 0,
+            first_bad_seq: n + 1,
+            reason: format!("conformance {n}"),
+            saved_to: String::new(),
+            operator: "conformance".into(),
+        },
     };
     NewEvent {
         id: format!("evt-{n}"),
@@ -353,4 +362,49 @@ pub fn artifacts_round_trip_and_are_immutable(store: &dyn Store) {
     // The store still appends after the refusal, with no gap.
     assert_eq!(seqs(&store.append(batch(4, 1, None)).unwrap()), vec![4]);
     assert_eq!(verify_chain(&read_all(store), GENESIS_HASH), Ok(()));
+}
+
+/// What [`corrupt_history_is_refused_and_changes_nothing`] needs of a backend beyond the port:
+/// opening one journal again and again, and damaging it the way a bad disk would.
+pub trait Damageable {
+    type Store: Store;
+
+    /// Opens the backend's one journal (empty the first time), running its check at open.
+    fn open(&mut self) -> Result<Self::Store, StoreError>;
+
+    /// With no store open: flips one bit in the stored bytes of committed event `seq` (its body,
+    /// or whatever the backend's hash covers). Flipping the same event again restores it.
+    fn flip_bit_in_event(&mut self, seq: u64);
+}
+
+/// A flipped bit in committed history, in the middle of the journal: open refuses with
+/// [`StoreError::CorruptHistory`] naming that seq and what is stored from it, and changes
+/// nothing — a second open refuses the same way (nothing was cut), and once the bit is flipped
+/// back the journal opens with every event as it was and appends after the same head.
+pub fn corrupt_history_is_refused_and_changes_nothing<B: Damageable>(backend: &mut B) {
+    let written = {
+        let store = backend.open().expect("open an empty journal");
+        let mut written = store.append(batch(1, 10, Some("w-1"))).unwrap();
+        written.extend(store.append(batch(11, 8, None)).unwrap());
+        written
+    };
+    assert_eq!(seqs(&written), (1..=18).collect::<Vec<_>>());
+
+    backend.flip_bit_in_event(17);
+    for attempt in ["first", "second"] {
+        match backend.open() {
+            Err(StoreError::CorruptHistory { seq, reason, last_seq, n_from_seq, .. }) => {
+                assert_eq!((seq, last_seq, n_from_seq), (17, 18, 2), "{attempt} open: {reason}");
+                assert!(reason.contains("17"), "{attempt} open: the reason names the event: {reason}");
+            }
+            Err(other) => panic!("{attempt} open of a damaged journal: expected CorruptHistory, got {other}"),
+            Ok(_) => panic!("{attempt} open of a journal with a flipped bit in event 17 succeeded"),
+        }
+    }
+
+    backend.flip_bit_in_event(17);
+    let store = backend.open().expect("the restored journal opens");
+    assert_eq!(read_all(&store), written, "nothing was cut or changed by the refused opens");
+    assert_eq!(store.head().unwrap(), head_of(&written));
+    assert_eq!(store.append(batch(19, 1, None)).unwrap()[0].seq, 19);
 }

@@ -2,6 +2,7 @@
 //! (`StoreOperation`): a leaf, shared by the port and its backend.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What the store was doing when SQLite failed: the first half of a [`StoreError::Sqlite`]'s
@@ -10,8 +11,11 @@ use std::sync::Arc;
 pub enum StoreOperation {
     /// Opening the file, setting it up (WAL, `synchronous=FULL`) or migrating its schema.
     Open,
-    /// Checking the hash chain at open, and cutting a broken tail.
+    /// Checking the hash chain at open (which never changes anything).
     VerifyChain,
+    /// An operator's `warden journal verify|repair`: the whole chain checked from seq 1, and a
+    /// truncation after a seq with the repair journaled.
+    Repair,
     ReadEvents,
     ReadArtifact,
     DeleteArtifacts,
@@ -24,6 +28,7 @@ impl fmt::Display for StoreOperation {
         f.write_str(match self {
             StoreOperation::Open => "open the journal",
             StoreOperation::VerifyChain => "check the journal's hash chain",
+            StoreOperation::Repair => "repair the journal",
             StoreOperation::ReadEvents => "read events",
             StoreOperation::ReadArtifact => "read an artifact",
             StoreOperation::DeleteArtifacts => "delete artifacts",
@@ -66,6 +71,24 @@ pub enum StoreError {
     #[error("journal is corrupt at event {seq}: {reason}")]
     Corrupt { seq: u64, reason: String },
 
+    /// Opening found committed history that does not verify: a row whose hash, body, seq or
+    /// subject is wrong, a missing row, or a snapshot past the last event. Committed rows cannot
+    /// be torn (see `sqlite`'s module docs), so this is damage or tampering, and the store
+    /// changed nothing: only an operator may discard acknowledged events.
+    #[error("{}", corrupt_history_text(journal, *seq, reason, *last_seq, *n_from_seq))]
+    CorruptHistory {
+        /// The journal's file.
+        journal: PathBuf,
+        /// The first seq the chain cannot vouch for (a missing row's seq, for a gap).
+        seq: u64,
+        /// What is wrong there, e.g. `event 17: hash mismatch`.
+        reason: String,
+        /// The highest seq stored (below `seq` when rows past the end are gone).
+        last_seq: u64,
+        /// How many committed events are stored from `seq` on: what a truncation would discard.
+        n_from_seq: u64,
+    },
+
     /// A stored event whose body does not decode as an event (damage on disk).
     #[error("journal is corrupt at event {seq}: its body is not an event")]
     Undecodable {
@@ -99,4 +122,25 @@ pub enum StoreError {
     /// The store is shutting down, or its writer thread is gone.
     #[error("the store is closed")]
     Closed,
+}
+
+/// What an operator reads when `warden up` refuses a damaged journal: where, what, what is at
+/// stake, and the two ways out.
+fn corrupt_history_text(journal: &std::path::Path, seq: u64, reason: &str, last_seq: u64, n_from_seq: u64) -> String {
+    let data_dir = journal.parent().map_or_else(|| ".".into(), |dir| dir.display().to_string());
+    let at_stake = match n_from_seq {
+        0 => format!("no event from {seq} on is left (the last is {last_seq})"),
+        1 => format!("1 committed event is stored from seq {seq} to {last_seq}"),
+        n => format!("{n} committed events are stored from seq {seq} to {last_seq}"),
+    };
+    format!(
+        "journal {} is damaged: {reason}; {at_stake}. Committed history cannot be torn by a crash, so \
+         this is disk damage or tampering: nothing was changed and warden will not write to this journal until an \
+         operator decides. Either restore the data dir from a backup (`warden restore`), or discard event {seq} and \
+         everything after it with `warden journal repair --data-dir {data_dir} --truncate-after {}` (it saves what \
+         it discards to a file beside the journal and journals the repair); `warden journal verify --data-dir \
+         {data_dir}` checks the whole chain",
+        journal.display(),
+        seq.saturating_sub(1),
+    )
 }

@@ -4,7 +4,8 @@
 //! acted on, and state after a crash is a fold over what the journal kept. So a `Store` must
 //! (a) never acknowledge an append before it is durable, (b) hand out `seq` values that are
 //! global, start at 1 and have no gaps, and (c) chain every event to the one before it
-//! (`prevhash`), so a torn or tampered tail is detected when the journal is opened again.
+//! (`prevhash`), so damaged or tampered history is detected when the journal is opened again
+//! (and refused: see `port`'s docs on torn writes against damaged history).
 //!
 //! Next to the journal the store keeps immutable, content-addressed artifacts (job manifests,
 //! context snapshots): written in the same transaction as the events that refer to them, so an
@@ -16,11 +17,14 @@
 pub mod chain;
 pub mod conformance;
 pub mod error;
+mod history;
 pub mod port;
 pub mod queue;
+pub mod repair;
 pub mod sqlite;
 
 pub use chain::{verify_chain, verify_signed_chain, ChainError, ChainVerifier, SignedHead, Verified};
 pub use error::{StoreError, StoreOperation};
-pub use port::{Head, OpenReport, Store, TailRepair};
+pub use port::{Head, OpenReport, Store};
+pub use repair::{ChainCheck, Damage, DiscardedRow, OfflineJournal, RepairError, TruncatePlan};
 pub use sqlite::SqliteStore;

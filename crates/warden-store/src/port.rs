@@ -1,6 +1,23 @@
-//! The `Store` port: the journal's trait, and what it hands back (`Head`, `OpenReport`,
-//! `TailRepair`). A leaf of this crate: the backend, the chain checks and the conformance suite
-//! all build on it.
+//! The `Store` port: the journal's trait, and what it hands back (`Head`, `OpenReport`). A leaf
+//! of this crate: the backend, the chain checks and the conformance suite all build on it.
+//!
+//! **Opening a journal: torn writes against damaged history.** Every backend checks the hash
+//! chain when it opens a journal, and must tell two things apart:
+//!
+//! - *A torn last write*: a crash in the middle of an append. That append was never
+//!   acknowledged (acknowledgement waits for durability), so dropping it loses nothing anyone
+//!   was told about. A backend that *can* produce one must detect it and cut only that
+//!   unacknowledged tail, by itself. In SQLite a torn write never reaches a row: the torn WAL
+//!   frame is dropped by SQLite's own recovery (see `sqlite`'s module docs).
+//! - *Damage to committed history*: a committed row whose hash, body, seq or subject does not
+//!   verify, a missing row, a snapshot past the last event. That is disk damage or tampering,
+//!   never a crash, and those events were acknowledged. Opening must refuse with
+//!   [`StoreError::CorruptHistory`](crate::StoreError::CorruptHistory) naming the first bad seq
+//!   and what failed, and change **nothing**: only an operator may discard acknowledged events
+//!   (`warden journal repair --truncate-after N`, which saves what it discards and journals
+//!   the repair, or a restore from a backup).
+//!
+//! The conformance suite holds every backend to this (`corrupt_history_is_refused_and_changes_nothing`).
 
 use warden_core::canonical::Artifact;
 use warden_core::{CloudEvent, NewEvent};
@@ -24,24 +41,11 @@ impl Head {
     }
 }
 
-/// What opening the journal cut off because the chain broke there.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TailRepair {
-    /// The first `seq` no longer in the journal: the next append gets this `seq`.
-    pub discarded_from_seq: u64,
-    /// How many rows were deleted (with a gap, fewer than `head - discarded_from_seq + 1`).
-    pub n_discarded: u64,
-    /// Why the chain broke there, e.g. `event 42: hash mismatch`.
-    pub reason: String,
-}
-
-/// What `open` found.
+/// What `open` found: a journal whose chain verified (a damaged one is an error, not a report).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenReport {
-    /// The journal's head after any repair.
+    /// The journal's head: its last committed event.
     pub head: Head,
-    /// `Some` when a corrupt or torn tail was cut off.
-    pub repaired: Option<TailRepair>,
     /// The first `seq` whose chain was checked; events below it are covered by the latest
     /// snapshot and were trusted. 1 when there is no snapshot.
     pub verified_from_seq: u64,

@@ -8,6 +8,16 @@
 //!
 //! Artifacts live in their own table, keyed by content id, and are inserted by the same writer in
 //! the same transaction as the events of the append that carries them.
+//!
+//! **A torn last write is SQLite's to cut; damaged history is the operator's.** A commit is
+//! atomic: a crash in the middle of one leaves a torn frame at the end of the WAL, and SQLite's
+//! recovery at the next open drops it (every WAL frame carries a checksum chained from the WAL
+//! header and the header's salts, and only frames up to the last valid commit frame count). So
+//! the previous commit is the head, and the torn append was never acknowledged, since the
+//! acknowledgement waits for the commit's fsync. That is this store's "torn last write, cut
+//! automatically", and it never shows up as a bad row. A committed row that fails the chain
+//! check (`history::check_at_open`) is therefore damage or tampering: `open` refuses with
+//! `StoreError::CorruptHistory` and changes nothing; `repair` holds the operator's tools.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,18 +28,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, OptionalExtension, Row, Rows, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Rows, TransactionBehavior};
 use warden_core::canonical::{sha256_hex, Artifact};
 use warden_core::{CloudEvent, NewEvent};
 
-use crate::chain::{check_row, BrokenRow, StoredRow};
 use crate::error::{During, StoreError, StoreOperation};
-use crate::port::{Head, OpenReport, Store, TailRepair};
+use crate::history::{check_at_open, from_sql, to_sql};
+use crate::port::{Head, OpenReport, Store};
 
 /// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
 /// Still 1 with the `artifacts` table: that table is additive (`CREATE TABLE IF NOT EXISTS`), so
 /// an older journal gains it on open, and nothing about the existing tables changed.
-const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -98,12 +108,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the journal at `path`, verifies the hash chain after the latest
-    /// snapshot, cuts off a corrupt or torn tail if there is one, and starts the writer thread.
+    /// snapshot, and starts the writer thread. A chain that does not verify is
+    /// [`StoreError::CorruptHistory`], and then nothing was changed (see the module docs).
     pub fn open(path: &Path) -> Result<(SqliteStore, OpenReport), StoreError> {
         let mut conn = Connection::open(path).during(StoreOperation::Open)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
-        let report = verify_and_repair(&mut conn)?;
+        let report = check_at_open(&conn, path)?;
 
         // Opened after the writer switched the file to WAL (a persistent mode), so it reads
         // alongside the writer instead of blocking it.
@@ -391,7 +402,7 @@ impl Writer {
     }
 }
 
-fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+pub(crate) fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     let op = StoreOperation::Open;
     conn.busy_timeout(BUSY_TIMEOUT).during(op)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).during(op)?;
@@ -415,103 +426,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().during(op)
 }
 
-/// Checks the chain after the latest snapshot and cuts the journal at the first bad row.
-fn verify_and_repair(conn: &mut Connection) -> Result<OpenReport, StoreError> {
-    let op = StoreOperation::VerifyChain;
-    let anchor = chain_anchor(conn).during(op)?;
-    let verified_from_seq = anchor.seq + 1;
-
-    let mut last_good = anchor;
-    // (first seq to discard, why)
-    let mut broken: Option<(u64, BrokenRow)> = None;
-    {
-        let mut stmt = conn.prepare("SELECT seq, subject, hash, body FROM events WHERE seq > ?1 ORDER BY seq").during(op)?;
-        let mut rows = stmt.query([to_sql(last_good.seq)]).during(op)?;
-        while let Some(row) = rows.next().during(op)? {
-            let seq = from_sql(row.get(0).during(op)?);
-            let expected = last_good.seq + 1;
-            let verdict = if seq != expected {
-                Err(BrokenRow::Gap { expected, found: seq })
-            } else {
-                stored_row(seq, row)
-                    .during(op)?
-                    .and_then(|stored| check_row(expected, &last_good.hash, &stored).map(|()| stored.hash.to_owned()))
-            };
-            match verdict {
-                Ok(hash) => last_good = Head { seq, hash },
-                Err(why) => {
-                    // Cut at the seq the chain needed next: with a gap that is the missing one,
-                    // so the next append fills it and the chain is contiguous again.
-                    broken = Some((expected, why));
-                    break;
-                }
-            }
-        }
-    }
-
-    let cut = |conn: &mut Connection| -> rusqlite::Result<Option<TailRepair>> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let repaired = match broken {
-            Some((from, why)) => {
-                let n_discarded = tx.execute("DELETE FROM events WHERE seq >= ?1", [to_sql(from)])?;
-                Some(TailRepair { discarded_from_seq: from, n_discarded: n_discarded as u64, reason: why.reason() })
-            }
-            None => None,
-        };
-        // Snapshots past the head describe events that are gone (or never verified); a
-        // projection restored from one would be ahead of the journal.
-        tx.execute("DELETE FROM snapshots WHERE seq > ?1", [to_sql(last_good.seq)])?;
-        tx.commit()?;
-        Ok(repaired)
-    };
-    let repaired = cut(conn).during(op)?;
-
-    Ok(OpenReport { head: last_good, repaired, verified_from_seq })
-}
-
-/// Where the chain check starts: the latest snapshot's event, whose stored hash is trusted, or
-/// genesis. If the snapshot's event is missing the whole journal is checked instead.
-fn chain_anchor(conn: &Connection) -> rusqlite::Result<Head> {
-    let snapshot: Option<i64> = conn.query_row("SELECT MAX(seq) FROM snapshots", [], |row| row.get(0))?;
-    let Some(snapshot) = snapshot.filter(|&seq| seq > 0) else {
-        return Ok(Head::genesis());
-    };
-    let hash: Option<String> = conn
-        .query_row("SELECT hash FROM events WHERE seq = ?1", [snapshot], |row| row.get(0))
-        .optional()
-        // A hash that is not even text is damage; let the full check find it.
-        .or_else(|error| match error {
-            rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) => Ok(None),
-            other => Err(other),
-        })?;
-    Ok(match hash {
-        Some(hash) => Head { seq: from_sql(snapshot), hash },
-        None => Head::genesis(),
-    })
-}
-
-/// The columns of a row as `check_row` wants them, or why they cannot be (wrong types).
-fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
-    let subject = match row.get_ref(1)? {
-        ValueRef::Null => None,
-        ValueRef::Text(text) => match std::str::from_utf8(text) {
-            Ok(text) => Some(text),
-            Err(_) => return Ok(Err(BrokenRow::SubjectNotUtf8 { seq })),
-        },
-        _ => return Ok(Err(BrokenRow::SubjectNotText { seq })),
-    };
-    let hash = match row.get_ref(2)? {
-        ValueRef::Text(text) => std::str::from_utf8(text).unwrap_or(""),
-        _ => return Ok(Err(BrokenRow::HashMismatch { seq })),
-    };
-    // SQLite does not enforce column types; a body that became TEXT is still checked by content.
-    let body = match row.get_ref(3)? {
-        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes,
-        _ => return Ok(Err(BrokenRow::BodyNotBlob { seq })),
-    };
-    Ok(Ok(StoredRow { seq, subject, hash, body }))
-}
-
 fn collect_events(mut rows: Rows<'_>, out: &mut Vec<CloudEvent>) -> Result<(), StoreError> {
     let op = StoreOperation::ReadEvents;
     while let Some(row) = rows.next().during(op)? {
@@ -528,16 +442,6 @@ fn collect_events(mut rows: Rows<'_>, out: &mut Vec<CloudEvent>) -> Result<(), S
         out.push(event);
     }
     Ok(())
-}
-
-/// SQLite integers are i64; seqs never get near `i64::MAX`, and a larger bound means "all".
-fn to_sql(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-/// Every stored seq is positive (rows are only read with `seq > n >= 0`).
-fn from_sql(seq: i64) -> u64 {
-    u64::try_from(seq).unwrap_or(0)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

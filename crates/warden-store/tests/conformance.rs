@@ -1,14 +1,15 @@
 //! Runs the `Store` conformance suite against `SqliteStore`, each check on a fresh journal file.
 
+use std::path::PathBuf;
+
 use tempfile::TempDir;
-use warden_store::conformance;
-use warden_store::{Head, SqliteStore};
+use warden_store::conformance::{self, Damageable};
+use warden_store::{Head, SqliteStore, StoreError};
 
 /// A fresh journal in its own temporary directory; keep the directory alive as long as the store.
 fn fresh() -> (SqliteStore, TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (store, report) = SqliteStore::open(&dir.path().join("journal.db")).unwrap();
-    assert_eq!(report.repaired, None);
     assert_eq!(report.head, Head::genesis());
     assert_eq!(report.verified_from_seq, 1);
     (store, dir)
@@ -74,4 +75,33 @@ fn sealed_events_equal_read_back() {
 #[test]
 fn artifacts_round_trip_and_are_immutable() {
     conformance::artifacts_round_trip_and_are_immutable(&fresh().0);
+}
+
+/// One journal file, damaged with plain SQL while no store has it open.
+struct SqliteJournal {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl Damageable for SqliteJournal {
+    type Store = SqliteStore;
+
+    fn open(&mut self) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(&self.path).map(|(store, _)| store)
+    }
+
+    fn flip_bit_in_event(&mut self, seq: u64) {
+        let conn = rusqlite::Connection::open(&self.path).unwrap();
+        let mut body: Vec<u8> = conn.query_row("SELECT body FROM events WHERE seq = ?1", [seq], |row| row.get(0)).unwrap();
+        let middle = body.len() / 2;
+        body[middle] ^= 0x01;
+        conn.execute("UPDATE events SET body = ?2 WHERE seq = ?1", rusqlite::params![seq, body]).unwrap();
+    }
+}
+
+#[test]
+fn corrupt_history_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    conformance::corrupt_history_is_refused_and_changes_nothing(&mut SqliteJournal { _dir: dir, path });
 }

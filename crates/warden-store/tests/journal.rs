@@ -1,15 +1,19 @@
-//! `SqliteStore` beyond the port's contract: durability across reopen, and the chain check at
-//! open that finds a corrupt, torn or gapped tail and cuts it off.
+//! `SqliteStore` beyond the port's contract: durability across reopen; the chain check at open,
+//! which refuses damaged committed history and changes nothing; the operator's repair
+//! (`OfflineJournal`); and a torn last write, which SQLite's WAL recovery cuts by itself.
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 use tempfile::TempDir;
 use warden_core::canonical::sha256_hex;
 use warden_core::event::GENESIS_HASH;
-use warden_core::CloudEvent;
+use warden_core::{CloudEvent, EventData, NewEvent};
 use warden_store::conformance::sample_event;
-use warden_store::{verify_chain, Head, SqliteStore, Store, StoreError, StoreOperation, TailRepair};
+use warden_store::{
+    verify_chain, Head, OfflineJournal, RepairError, SqliteStore, Store, StoreError, StoreOperation, TruncatePlan,
+};
 
 fn journal() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -61,23 +65,88 @@ fn head_of(event: &CloudEvent) -> Head {
     Head { seq: event.seq, hash: event.hash() }
 }
 
-/// Reopens a damaged journal and checks the cut: `kept` events survive untouched, the rest are
-/// gone, and the chain continues from the last good event.
-fn reopen_expecting_cut(path: &Path, original: &[CloudEvent], kept: usize, n_discarded: u64, reason: &str) -> SqliteStore {
-    let (store, report) = SqliteStore::open(path).unwrap();
-    let discarded_from_seq = kept as u64 + 1;
-    assert_eq!(report.repaired, Some(TailRepair { discarded_from_seq, n_discarded, reason: reason.to_string() }));
-    let expected_head = if kept == 0 { Head::genesis() } else { head_of(&original[kept - 1]) };
-    assert_eq!(report.head, expected_head);
-    assert_eq!(store.head().unwrap(), expected_head);
-    assert_eq!(read_all(&store), original[..kept]);
+/// Every row of the journal (events and snapshots) exactly as stored, to show nothing changed.
+type Rows = (Vec<(i64, Value, Value, Value)>, Vec<(i64, Value)>);
 
-    let next = store.append(vec![sample_event(9_999, None)]).unwrap();
-    assert_eq!(next[0].seq, discarded_from_seq);
-    assert_eq!(next[0].prevhash, expected_head.hash);
-    let all = read_all(&store);
-    assert_eq!(verify_chain(&all, GENESIS_HASH), Ok(()));
-    store
+fn rows(path: &Path) -> Rows {
+    let conn = raw(path);
+    let events = conn
+        .prepare("SELECT seq, subject, hash, body FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let snapshots = conn
+        .prepare("SELECT seq, body FROM snapshots ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (events, snapshots)
+}
+
+/// Reopens a damaged journal: open refuses, naming `seq`, `reason` and how many events are
+/// stored from there, tells the operator both ways out, and changes no row.
+fn reopen_expecting_refusal(path: &Path, seq: u64, reason: &str, n_from_seq: u64) -> StoreError {
+    let before = rows(path);
+    let error = SqliteStore::open(path).expect_err("a damaged journal must not open");
+    match &error {
+        StoreError::CorruptHistory { journal, seq: found_seq, reason: found_reason, n_from_seq: found_n, .. } => {
+            assert_eq!(journal, path);
+            assert_eq!((*found_seq, found_reason.as_str(), *found_n), (seq, reason, n_from_seq));
+        }
+        other => panic!("expected CorruptHistory, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains(&format!("is damaged: {reason}; ")), "{message}");
+    assert!(
+        message.contains(&format!(
+            "warden journal repair --data-dir {} --truncate-after {}",
+            path.parent().unwrap().display(),
+            seq - 1
+        )),
+        "{message}"
+    );
+    assert!(message.contains("`warden restore`"), "{message}");
+    assert_eq!(rows(path), before, "a refused open changed the journal");
+    error
+}
+
+/// Flips one bit in the middle of event `seq`'s stored body.
+fn flip_bit(path: &Path, seq: u64) {
+    let conn = raw(path);
+    let mut body = stored_body(&conn, seq);
+    let middle = body.len() / 2;
+    body[middle] ^= 0x01;
+    set_body(&conn, seq, &body);
+}
+
+/// The operator's repair event, as `warden journal repair` writes it.
+fn repair_event(plan: &TruncatePlan) -> NewEvent {
+    NewEvent {
+        id: "evt-repair".into(),
+        source: "/warden/journal-repair".into(),
+        time_ms: 1_800_000_000_000,
+        subject: None,
+        data: EventData::JournalRepaired {
+            truncated_after: plan.truncate_after,
+            n_discarded: plan.discarded.len() as u64,
+            first_bad_seq: plan.damage.seq,
+            reason: plan.damage.reason.clone(),
+            saved_to: "journal.discarded.jsonl".into(),
+            operator: "test".into(),
+        },
+    }
+}
+
+/// Truncates after `n` offline, as `warden journal repair --truncate-after n` does.
+fn repair(path: &Path, n: u64) -> (TruncatePlan, CloudEvent) {
+    let mut journal = OfflineJournal::open(path).unwrap();
+    let plan = journal.plan_truncate_after(n).unwrap();
+    let sealed = journal.truncate_after(&plan, &repair_event(&plan)).unwrap();
+    (plan, sealed)
 }
 
 #[test]
@@ -86,13 +155,11 @@ fn reopen_keeps_head_events_and_snapshot() {
     let written = write_events(&path, 100);
     {
         let (store, report) = SqliteStore::open(&path).unwrap();
-        assert_eq!(report.repaired, None);
         assert_eq!(report.head, head_of(&written[99]));
         store.put_snapshot(60, b"projection@60").unwrap();
     }
 
     let (store, report) = SqliteStore::open(&path).unwrap();
-    assert_eq!(report.repaired, None);
     assert_eq!(report.head, head_of(&written[99]));
     assert_eq!(report.verified_from_seq, 61);
     assert_eq!(store.head().unwrap(), report.head);
@@ -114,7 +181,6 @@ fn reopening_an_empty_journal_is_at_genesis() {
     drop(SqliteStore::open(&path).unwrap());
     let (store, report) = SqliteStore::open(&path).unwrap();
     assert_eq!(report.head, Head::genesis());
-    assert_eq!(report.repaired, None);
     assert_eq!(store.append(vec![sample_event(1, None)]).unwrap()[0].seq, 1);
 }
 
@@ -139,35 +205,32 @@ fn journal_is_in_wal_mode_with_the_documented_schema() {
 }
 
 #[test]
-fn flipped_byte_in_a_body_cuts_the_journal_there() {
+fn a_flipped_bit_in_committed_history_is_refused_and_nothing_is_cut() {
     let (_dir, path) = journal();
     let written = write_events(&path, 50);
-    {
-        let conn = raw(&path);
-        let mut body = stored_body(&conn, 45);
-        let middle = body.len() / 2;
-        body[middle] ^= 0x01;
-        set_body(&conn, 45, &body);
-    }
-    drop(reopen_expecting_cut(&path, &written, 44, 6, "event 45: hash mismatch"));
+    flip_bit(&path, 45);
+    reopen_expecting_refusal(&path, 45, "event 45: hash mismatch", 6);
+    // Refused again: nothing was cut the first time.
+    reopen_expecting_refusal(&path, 45, "event 45: hash mismatch", 6);
 
-    // Repaired for good: the next open finds nothing to cut.
-    let (_, report) = SqliteStore::open(&path).unwrap();
-    assert_eq!(report.repaired, None);
-    assert_eq!(report.head.seq, 45);
+    // Flipped back, the journal is exactly what was written.
+    flip_bit(&path, 45);
+    let (store, report) = SqliteStore::open(&path).unwrap();
+    assert_eq!(report.head, head_of(&written[49]));
+    assert_eq!(read_all(&store), written);
 }
 
 #[test]
-fn changed_data_in_a_body_cuts_the_journal_there() {
+fn changed_data_in_a_body_is_refused() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 50);
+    write_events(&path, 50);
     {
         let conn = raw(&path);
         let mut event: CloudEvent = serde_json::from_slice(&stored_body(&conn, 45)).unwrap();
-        event.data = serde_json::json!({"discarded_from_seq": 1, "n_discarded": 999, "reason": "x"});
+        event.data = serde_json::json!({"truncated_after": 1, "n_discarded": 999});
         set_body(&conn, 45, &event.canonical_bytes());
     }
-    reopen_expecting_cut(&path, &written, 44, 6, "event 45: hash mismatch");
+    reopen_expecting_refusal(&path, 45, "event 45: hash mismatch", 6);
 }
 
 #[test]
@@ -177,166 +240,295 @@ fn a_rewritten_event_with_a_fresh_hash_is_caught_by_the_next_prevhash() {
     let mut rewritten: CloudEvent = written[44].clone();
     rewritten.id = "rewritten".into();
     set_body_and_hash(&raw(&path), 45, &rewritten.canonical_bytes());
-
     // Event 45 is self-consistent now (it still points at 44); its successor no longer points
-    // at it, so the cut is at 46 and the rewritten 45 stays: the chain cannot tell a rewritten
-    // last event from a genuine one.
-    let (store, report) = SqliteStore::open(&path).unwrap();
-    assert_eq!(
-        report.repaired,
-        Some(TailRepair { discarded_from_seq: 46, n_discarded: 5, reason: "event 46: prevhash does not match event 45".into() })
-    );
-    assert_eq!(report.head, head_of(&rewritten));
-    let mut expected = written[..44].to_vec();
-    expected.push(rewritten);
-    assert_eq!(read_all(&store), expected);
+    // at it, so the damage is found at 46: the chain cannot tell a rewritten event from a
+    // genuine one until something points at it.
+    reopen_expecting_refusal(&path, 46, "event 46: prevhash does not match event 45", 5);
 }
 
 #[test]
-fn a_torn_last_event_is_cut() {
+fn a_body_cut_short_with_a_matching_hash_is_refused() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 50);
-    {
-        let conn = raw(&path);
-        let body = stored_body(&conn, 50);
-        set_body(&conn, 50, &body[..body.len() / 3]);
-    }
-    reopen_expecting_cut(&path, &written, 49, 1, "event 50: hash mismatch");
-}
-
-#[test]
-fn a_torn_body_with_a_matching_hash_is_cut() {
-    let (_dir, path) = journal();
-    let written = write_events(&path, 10);
+    write_events(&path, 10);
     {
         let conn = raw(&path);
         let body = stored_body(&conn, 8);
         set_body_and_hash(&conn, 8, &body[..body.len() - 5]);
     }
-    let (_, report) = SqliteStore::open(&path).unwrap();
-    let repair = report.repaired.unwrap();
-    assert_eq!(repair.discarded_from_seq, 8);
-    assert_eq!(repair.n_discarded, 3);
-    assert!(repair.reason.starts_with("event 8: body is not an event"), "{}", repair.reason);
-    assert_eq!(report.head, head_of(&written[6]));
+    let error = SqliteStore::open(&path).unwrap_err();
+    let StoreError::CorruptHistory { seq, reason, n_from_seq, last_seq, .. } = error else { panic!("{error:?}") };
+    assert_eq!((seq, n_from_seq, last_seq), (8, 3, 10));
+    assert!(reason.starts_with("event 8: body is not an event"), "{reason}");
 }
 
 #[test]
-fn a_body_claiming_another_seq_is_cut() {
+fn a_body_claiming_another_seq_is_refused() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 50);
+    write_events(&path, 50);
     {
         let conn = raw(&path);
         let body_46 = stored_body(&conn, 46);
         set_body_and_hash(&conn, 45, &body_46);
     }
-    reopen_expecting_cut(&path, &written, 44, 6, "event 45: body says seq 46");
+    reopen_expecting_refusal(&path, 45, "event 45: body says seq 46", 6);
 }
 
 #[test]
-fn a_non_canonical_body_is_cut() {
+fn a_non_canonical_body_is_refused() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 50);
+    write_events(&path, 50);
     {
         let conn = raw(&path);
         let event: CloudEvent = serde_json::from_slice(&stored_body(&conn, 45)).unwrap();
         set_body_and_hash(&conn, 45, &serde_json::to_vec_pretty(&event).unwrap());
     }
-    reopen_expecting_cut(&path, &written, 44, 6, "event 45: body is not in canonical form");
+    reopen_expecting_refusal(&path, 45, "event 45: body is not in canonical form", 6);
 }
 
 #[test]
-fn a_wrong_first_prevhash_cuts_everything() {
+fn a_wrong_first_prevhash_is_refused_at_event_1() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 5);
+    write_events(&path, 5);
     {
         let conn = raw(&path);
         let mut event: CloudEvent = serde_json::from_slice(&stored_body(&conn, 1)).unwrap();
         event.prevhash = "f".repeat(64);
         set_body_and_hash(&conn, 1, &event.canonical_bytes());
     }
-    reopen_expecting_cut(&path, &written, 0, 5, "event 1: prevhash is not the genesis hash");
+    reopen_expecting_refusal(&path, 1, "event 1: prevhash is not the genesis hash", 5);
 }
 
 #[test]
-fn a_deleted_middle_row_is_cut_at_the_gap() {
+fn a_deleted_middle_row_is_refused_at_the_gap() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 50);
+    write_events(&path, 50);
     raw(&path).execute("DELETE FROM events WHERE seq = 42", []).unwrap();
-    // Rows 43..=50 are deleted (8 of them); the next append fills seq 42.
-    reopen_expecting_cut(&path, &written, 41, 8, "gap: expected 42, found 43");
+    // Rows 43..=50 are stored from the missing 42 on.
+    reopen_expecting_refusal(&path, 42, "gap: expected 42, found 43", 8);
 }
 
 #[test]
-fn a_changed_subject_column_is_cut() {
+fn a_changed_subject_column_is_refused() {
     let (_dir, path) = journal();
-    let written = write_events(&path, 20);
+    write_events(&path, 20);
     raw(&path).execute("UPDATE events SET subject = 'w-other' WHERE seq = 12", []).unwrap();
-    reopen_expecting_cut(&path, &written, 11, 9, "event 12: subject column does not match the body");
+    reopen_expecting_refusal(&path, 12, "event 12: subject column does not match the body", 9);
 }
 
 #[test]
-fn only_events_after_the_latest_snapshot_are_verified() {
+fn rows_deleted_from_the_end_are_refused_when_a_snapshot_proves_they_were_there() {
+    let (_dir, path) = journal();
+    write_events(&path, 50);
+    {
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        store.put_snapshot(30, b"at 30").unwrap();
+        store.put_snapshot(48, b"at 48").unwrap();
+    }
+    raw(&path).execute("DELETE FROM events WHERE seq >= 48", []).unwrap();
+    reopen_expecting_refusal(
+        &path,
+        48,
+        "the latest snapshot is as of seq 48, past the last event 47: committed events after it are gone",
+        0,
+    );
+
+    // The repair keeps 1..=47, drops the snapshot that describes events no longer there, and
+    // journals itself as 48.
+    let (plan, sealed) = repair(&path, 47);
+    assert!(plan.discarded.is_empty());
+    assert_eq!(plan.n_snapshots_dropped, 1);
+    assert_eq!(sealed.seq, 48);
+    let (store, report) = SqliteStore::open(&path).unwrap();
+    assert_eq!(report.head, head_of(&sealed));
+    assert_eq!(store.latest_snapshot().unwrap(), Some((30, b"at 30".to_vec())));
+}
+
+#[test]
+fn open_checks_only_after_the_latest_snapshot_and_the_offline_check_covers_all_of_it() {
     let (_dir, path) = journal();
     let written = write_events(&path, 50);
     {
         let (store, _) = SqliteStore::open(&path).unwrap();
         store.put_snapshot(40, b"at 40").unwrap();
     }
-    {
-        let conn = raw(&path);
-        let mut body = stored_body(&conn, 10);
-        body[5] ^= 0x01;
-        set_body(&conn, 10, &body);
-    }
-    // Event 10 is covered by the snapshot and trusted; the check starts at 41.
-    let (_, report) = SqliteStore::open(&path).unwrap();
+    flip_bit(&path, 10);
+    // Event 10 is covered by the snapshot and trusted at open; the check starts at 41.
+    let (store, report) = SqliteStore::open(&path).unwrap();
     assert_eq!(report.verified_from_seq, 41);
-    assert_eq!(report.repaired, None);
     assert_eq!(report.head, head_of(&written[49]));
+    drop(store);
 
-    {
-        let conn = raw(&path);
-        let mut body = stored_body(&conn, 45);
-        body[5] ^= 0x01;
-        set_body(&conn, 45, &body);
-    }
-    let (_, report) = SqliteStore::open(&path).unwrap();
-    assert_eq!(report.verified_from_seq, 41);
-    assert_eq!(report.repaired.unwrap().discarded_from_seq, 45);
-    assert_eq!(report.head, head_of(&written[43]));
+    // `warden journal verify` walks from seq 1 and finds it.
+    let check = OfflineJournal::open(&path).unwrap().check().unwrap();
+    assert_eq!((check.n_events, check.last_seq, check.latest_snapshot_seq), (50, 50, Some(40)));
+    assert_eq!(check.verified_through, head_of(&written[8]));
+    let damage = check.damage.unwrap();
+    assert_eq!((damage.seq, damage.reason.as_str(), damage.n_from_seq), (10, "event 10: hash mismatch", 41));
+
+    // Damage after the snapshot is refused at open.
+    flip_bit(&path, 10);
+    flip_bit(&path, 45);
+    reopen_expecting_refusal(&path, 45, "event 45: hash mismatch", 6);
 }
 
 #[test]
-fn snapshots_past_the_cut_are_dropped() {
+fn a_repair_saves_every_discarded_row_truncates_and_the_chain_verifies_again() {
     let (_dir, path) = journal();
     let written = write_events(&path, 50);
     {
         let (store, _) = SqliteStore::open(&path).unwrap();
         store.put_snapshot(30, b"at 30").unwrap();
-        store.put_snapshot(48, b"at 48").unwrap();
+        store.put_snapshot(43, b"at 43").unwrap();
     }
-    {
-        let conn = raw(&path);
-        let mut body = stored_body(&conn, 49);
-        body[5] ^= 0x01;
-        set_body(&conn, 49, &body);
-    }
-    let store = reopen_expecting_cut(&path, &written, 48, 2, "event 49: hash mismatch");
-    assert_eq!(store.latest_snapshot().unwrap(), Some((48, b"at 48".to_vec())));
+    flip_bit(&path, 45);
+    let damaged_body = stored_body(&raw(&path), 45);
+    reopen_expecting_refusal(&path, 45, "event 45: hash mismatch", 6);
+
+    // Further back than the damage, past the snapshot at 43, which goes with the events it covers.
+    let (plan, sealed) = repair(&path, 42);
+    assert_eq!(plan.damage.seq, 45);
+    assert_eq!(plan.keep_head, head_of(&written[41]));
+    assert_eq!(plan.n_snapshots_dropped, 1);
+    // Every discarded row is kept as stored, the damaged one included.
+    assert_eq!(plan.discarded.iter().map(|row| row.seq).collect::<Vec<_>>(), (43..=50).collect::<Vec<_>>());
+    assert_eq!(plan.discarded[2].body, serde_json::Value::String(String::from_utf8(damaged_body).unwrap()));
+    assert_eq!(plan.discarded[3].body, serde_json::Value::String(String::from_utf8(written[45].canonical_bytes()).unwrap()));
+    assert_eq!(plan.discarded[3].hash, serde_json::Value::String(written[45].hash()));
+
+    // The repair event is seq 43, chained to 42, and says what was done.
+    assert_eq!((sealed.seq, sealed.prevhash.as_str()), (43, written[41].hash().as_str()));
+    assert_eq!(sealed.event_type, "dev.warden.journal.repaired.v1");
+    let EventData::JournalRepaired { truncated_after, n_discarded, first_bad_seq, reason, .. } = sealed.typed_data().unwrap()
+    else {
+        panic!("{sealed:?}")
+    };
+    assert_eq!((truncated_after, n_discarded, first_bad_seq, reason.as_str()), (42, 8, 45, "event 45: hash mismatch"));
+
+    let (store, report) = SqliteStore::open(&path).unwrap();
+    assert_eq!(report.head, head_of(&sealed));
+    let mut expected = written[..42].to_vec();
+    expected.push(sealed.clone());
+    let all = read_all(&store);
+    assert_eq!(all, expected);
+    assert_eq!(verify_chain(&all, GENESIS_HASH), Ok(()));
+    assert_eq!(store.latest_snapshot().unwrap(), Some((30, b"at 30".to_vec())));
+    assert_eq!(store.append(vec![sample_event(9_999, None)]).unwrap()[0].seq, 44);
+    drop(store);
+    assert_eq!(OfflineJournal::open(&path).unwrap().check().unwrap().damage, None);
+}
+
+#[test]
+fn a_repair_of_a_gap_and_of_event_1() {
+    let (_dir, path) = journal();
+    write_events(&path, 50);
+    raw(&path).execute("DELETE FROM events WHERE seq = 42", []).unwrap();
+    let (plan, sealed) = repair(&path, 41);
+    assert_eq!(plan.discarded.len(), 8);
+    assert_eq!(sealed.seq, 42);
+    let (store, _) = SqliteStore::open(&path).unwrap();
+    assert_eq!(verify_chain(&read_all(&store), GENESIS_HASH), Ok(()));
     drop(store);
 
-    // Now the latest snapshot's own event goes: the chain cannot be anchored there, so all of it
-    // is checked, and the snapshot, which describes events no longer there, is dropped.
-    raw(&path).execute("DELETE FROM events WHERE seq = 48", []).unwrap();
-    let (store, report) = SqliteStore::open(&path).unwrap();
-    assert_eq!(report.verified_from_seq, 1);
-    let repair = report.repaired.unwrap();
-    assert_eq!(repair.discarded_from_seq, 48);
-    assert_eq!(repair.n_discarded, 1);
-    assert_eq!(repair.reason, "gap: expected 48, found 49");
-    assert_eq!(report.head, head_of(&written[46]));
-    assert_eq!(store.latest_snapshot().unwrap(), Some((30, b"at 30".to_vec())));
+    let (_dir, path) = journal();
+    write_events(&path, 5);
+    flip_bit(&path, 1);
+    let (plan, sealed) = repair(&path, 0);
+    assert_eq!((plan.discarded.len(), plan.keep_head.clone()), (5, Head::genesis()));
+    assert_eq!((sealed.seq, sealed.prevhash.as_str()), (1, GENESIS_HASH));
+    let (store, _) = SqliteStore::open(&path).unwrap();
+    assert_eq!(read_all(&store), vec![sealed]);
+}
+
+#[test]
+fn a_repair_refuses_to_keep_damage_or_to_cut_a_sound_journal() {
+    let (_dir, path) = journal();
+    write_events(&path, 20);
+    let journal = OfflineJournal::open(&path).unwrap();
+    assert!(matches!(journal.plan_truncate_after(5), Err(RepairError::NothingToRepair { last_seq: 20 })));
+    drop(journal);
+
+    flip_bit(&path, 12);
+    let before = rows(&path);
+    let journal = OfflineJournal::open(&path).unwrap();
+    for n in [12, 15, 30] {
+        match journal.plan_truncate_after(n) {
+            Err(error @ RepairError::BrokenBefore { seq: 12, .. }) => {
+                assert!(error.to_string().contains("truncate after 11 or earlier"), "{error}");
+            }
+            other => panic!("--truncate-after {n}: expected BrokenBefore at 12, got {other:?}"),
+        }
+    }
+    // Further back than needed is the operator's call.
+    assert_eq!(journal.plan_truncate_after(8).unwrap().discarded.len(), 12);
+    drop(journal);
+    assert_eq!(rows(&path), before);
+}
+
+#[test]
+fn a_repair_whose_journal_changed_after_the_check_changes_nothing() {
+    let (_dir, path) = journal();
+    write_events(&path, 20);
+    flip_bit(&path, 12);
+    let mut journal = OfflineJournal::open(&path).unwrap();
+    let plan = journal.plan_truncate_after(11).unwrap();
+    raw(&path).execute("DELETE FROM events WHERE seq = 20", []).unwrap();
+    let before = rows(&path);
+    assert!(matches!(journal.truncate_after(&plan, &repair_event(&plan)), Err(RepairError::Changed)));
+    drop(journal);
+    assert_eq!(rows(&path), before);
+}
+
+#[test]
+fn the_offline_tools_open_only_an_existing_journal() {
+    let (dir, path) = journal();
+    assert!(matches!(
+        OfflineJournal::open(&path),
+        Err(RepairError::Store(StoreError::Sqlite { operation: StoreOperation::Repair, .. }))
+    ));
+    assert!(!path.exists(), "the offline tools created a journal");
+    let other = dir.path().join("other.db");
+    Connection::open(&other).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+    assert!(matches!(OfflineJournal::open(&other), Err(RepairError::NotAJournal { .. })));
+}
+
+/// A crash in the middle of a commit leaves a torn frame at the end of the WAL. SQLite's own
+/// recovery drops it, and with it the commit it ended: the previous commit is the head, the
+/// chain verifies, and nothing is reported as damage. This is the torn last write this store
+/// can produce, and the only one it cuts.
+#[test]
+fn a_torn_last_wal_frame_is_dropped_by_sqlite_and_is_not_damage() {
+    let (dir, path) = journal();
+    let (store, _) = SqliteStore::open(&path).unwrap();
+    let mut written = Vec::new();
+    for n in 1..=20 {
+        // One commit each.
+        written.extend(store.append(vec![sample_event(n, Some("w-torn"))]).unwrap());
+    }
+    // The files as a crash would leave them: taken while the store is open, so nothing is
+    // checkpointed (dropping the store would checkpoint and remove the WAL).
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir(&crashed).unwrap();
+    let copy = crashed.join("journal.db");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::copy(path.with_extension("db-wal"), copy.with_extension("db-wal")).unwrap();
+    drop(store);
+
+    // Tear the WAL's last frame (the last commit's commit frame) in the middle.
+    let wal_path = copy.with_extension("db-wal");
+    let wal = std::fs::read(&wal_path).unwrap();
+    let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let frame_size = 24 + page_size;
+    assert!(wal.len() > 32 + frame_size && (wal.len() - 32).is_multiple_of(frame_size), "WAL of {} bytes", wal.len());
+    std::fs::write(&wal_path, &wal[..wal.len() - frame_size / 2]).unwrap();
+
+    let (store, report) = SqliteStore::open(&copy).expect("a torn last write is not damage");
+    assert_eq!(report.head, head_of(&written[18]), "the torn commit (event 20) is gone, event 19 is the head");
+    let all = read_all(&store);
+    assert_eq!(all, written[..19]);
+    assert_eq!(verify_chain(&all, GENESIS_HASH), Ok(()));
+    assert_eq!(store.append(vec![sample_event(99, None)]).unwrap()[0].seq, 20);
+    drop(store);
+    assert_eq!(OfflineJournal::open(&copy).unwrap().check().unwrap().damage, None);
 }
 
 #[test]

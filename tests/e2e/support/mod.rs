@@ -93,11 +93,10 @@ impl Warden {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts `warden up` and waits until it answers.
-    pub fn up(&mut self) {
-        assert!(self.server.is_none(), "already up");
+    /// `warden <command>` on this data dir and port, its stderr appended to `up.log`.
+    fn spawn_server(&self) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("up.log")).unwrap();
-        let child = Command::new(bin())
+        Command::new(bin())
             .args([self.command, "--listen", &self.addr(), "--data-dir"])
             .arg(self.data_dir())
             .args(&self.up_args)
@@ -105,8 +104,13 @@ impl Warden {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        self.server = Some(child);
+            .unwrap()
+    }
+
+    /// Starts `warden up` and waits until it answers.
+    pub fn up(&mut self) {
+        assert!(self.server.is_none(), "already up");
+        self.server = Some(self.spawn_server());
         let deadline = Instant::now() + Duration::from_secs(20);
         let health = unsigned_client(&self.addr());
         while Instant::now() < deadline {
@@ -119,6 +123,33 @@ impl Warden {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("warden up did not answer within 20s: {}", self.up_log());
+    }
+
+    /// Starts `warden up` expecting it to refuse to start: waits for it to exit, asserts that
+    /// it failed without ever answering, and returns what it logged.
+    pub fn up_fails(&mut self) -> String {
+        assert!(self.server.is_none(), "already up");
+        let logged_before = self.up_log().len();
+        let mut child = self.spawn_server();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let health = unsigned_client(&self.addr());
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(!status.success(), "warden up exited with success: {}", self.up_log());
+                return self.up_log()[logged_before..].to_string();
+            }
+            if answers_health(&health) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("warden up started when it should have refused: {}", self.up_log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("warden up neither started nor exited within 20s: {}", self.up_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn up_log(&self) -> String {

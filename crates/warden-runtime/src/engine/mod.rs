@@ -168,11 +168,6 @@ impl Engine {
         self.last_snapshot_seq
     }
 
-    /// Journals a fact found at start-up that is not a workload's decision (e.g. a tail repair).
-    pub async fn record(&mut self, data: EventData) {
-        self.commit(vec![data], Vec::new(), now_ms()).await;
-    }
-
     /// Re-adopts every cell the journal says exists: live cells are watched again, cells that
     /// ended while nobody watched report their exit, starts that never happened happen now.
     /// Never starts a cell whose shim is alive.
