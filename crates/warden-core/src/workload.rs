@@ -602,6 +602,7 @@ impl Workload {
             EventData::WorkloadSubmitted { .. }
             | EventData::Job(_)
             | EventData::JournalRecovered { .. }
+            | EventData::JournalRestored { .. }
             | EventData::LeaseGranted { .. }
             | EventData::LeaseReleased { .. }
             | EventData::HostEnrolled { .. }

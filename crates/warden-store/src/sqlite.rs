@@ -29,9 +29,9 @@ use crate::port::{Head, OpenReport, Store, TailRepair};
 /// Bumped when the schema changes, so an older warden refuses a journal it cannot read.
 /// Still 1 with the `artifacts` table: that table is additive (`CREATE TABLE IF NOT EXISTS`), so
 /// an older journal gains it on open, and nothing about the existing tables changed.
-const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER PRIMARY KEY,
     subject TEXT,
@@ -403,7 +403,7 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "FULL").during(op)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let op = StoreOperation::Open;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).during(op)?;
     if version > SCHEMA_VERSION {
@@ -491,7 +491,7 @@ fn chain_anchor(conn: &Connection) -> rusqlite::Result<Head> {
 }
 
 /// The columns of a row as `check_row` wants them, or why they cannot be (wrong types).
-fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
+pub(crate) fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
     let subject = match row.get_ref(1)? {
         ValueRef::Null => None,
         ValueRef::Text(text) => match std::str::from_utf8(text) {
