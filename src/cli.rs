@@ -1,7 +1,9 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
-//! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`.
+//! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`, `backup` and
+//! `restore` (in `cli/backup.rs`).
 
+mod backup;
 mod common;
 mod events;
 mod rollout;
@@ -142,6 +144,12 @@ enum Command {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
     },
+    /// Write a signed backup of a data dir (journal, artifacts, checkpoint blobs, secrets) to a
+    /// file, while its server runs; check it with `warden events verify --backup FILE`.
+    Backup(backup::BackupArgs),
+    /// Rebuild a data dir from a backup: refused if it already has a journal or a server runs on
+    /// it, or if the backup is broken or another server's.
+    Restore(backup::RestoreArgs),
     /// Content-addressed artifacts: job manifests and context snapshots.
     Artifact {
         #[command(subcommand)]
@@ -227,6 +235,9 @@ pub fn main() -> Result<()> {
             runtime.block_on(warden_runtime::agent::run(config))?;
             Ok(())
         }
+        // Local to the data dir: no server, no credential.
+        Command::Backup(args) => backup::backup(args, cli.output),
+        Command::Restore(args) => backup::restore(args, cli.output),
         // An export is verified with no server and no credential.
         Command::Events { action: Some(events::EventsAction::Verify(args)), .. } if events::is_offline(&args) => {
             events::verify_offline(args, cli.output)
@@ -280,7 +291,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
             print_table(&rows);
             Ok(())
         }
-        Command::Agent { .. } => unreachable!("handled by main"),
+        Command::Agent { .. } | Command::Backup(_) | Command::Restore(_) => unreachable!("handled by main"),
         Command::Run { spec, id } => {
             let file = spec.display().to_string();
             let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read spec {file}"))?;

@@ -684,7 +684,7 @@ pub struct Imported {
 
 /// Creates a new journal at `journal` (which must not exist) from the backup `reader`, verified
 /// against `pinned_key` as [`verify`] does while it is written: the same events (seqs, hashes,
-/// bytes), artifacts and snapshot, then `restored(header)` sealed after the backup's head — all
+/// bytes), artifacts and snapshot, then `restored(summary)` sealed after the backup's head — all
 /// in one transaction, committed only once the whole backup verified. On any error nothing is
 /// left at `journal`. The file is written in SQLite's rollback-journal mode; the store switches
 /// it to WAL when it opens it.
@@ -692,7 +692,7 @@ pub fn import(
     reader: impl BufRead,
     pinned_key: &str,
     journal: &Path,
-    restored: impl FnOnce(&BackupHeader) -> NewEvent,
+    restored: impl FnOnce(&BackupSummary) -> NewEvent,
 ) -> Result<Imported, BackupError> {
     for path in [journal.to_path_buf(), sidecar(journal, "-wal"), sidecar(journal, "-shm"), sidecar(journal, "-journal")] {
         if path.exists() {
@@ -717,7 +717,7 @@ fn import_into(
     reader: impl BufRead,
     pinned_key: &str,
     journal: &Path,
-    restored: impl FnOnce(&BackupHeader) -> NewEvent,
+    restored: impl FnOnce(&BackupSummary) -> NewEvent,
 ) -> Result<Imported, BackupError> {
     let mut conn = Connection::open(journal).during(StoreOperation::Open)?;
     conn.pragma_update(None, "synchronous", "FULL").during(StoreOperation::Open)?;
@@ -746,7 +746,7 @@ fn import_into(
         })?
     };
     let head = &summary.header.head;
-    let event = CloudEvent::seal(&restored(&summary.header), head.seq + 1, &head.hash);
+    let event = CloudEvent::seal(&restored(&summary), head.seq + 1, &head.hash);
     let body = event.canonical_bytes();
     tx.execute(
         "INSERT INTO events (seq, subject, hash, body) VALUES (?1, ?2, ?3, ?4)",

@@ -46,7 +46,8 @@ fn export_bytes(journal: &Path) -> Vec<u8> {
     out
 }
 
-fn restored_event(header: &BackupHeader) -> NewEvent {
+fn restored_event(summary: &backup::BackupSummary) -> NewEvent {
+    let header = &summary.header;
     NewEvent {
         id: "restored".into(),
         source: "/warden/test".into(),
@@ -57,7 +58,7 @@ fn restored_event(header: &BackupHeader) -> NewEvent {
             taken_on: header.taken_on.clone(),
             head_seq: header.head.seq,
             head_hash: header.head.hash.clone(),
-            n_artifacts: 0,
+            n_artifacts: summary.n_artifacts,
         },
     }
 }
