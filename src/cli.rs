@@ -209,7 +209,7 @@ pub fn main() -> Result<()> {
                 listen,
                 data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
                 config_dir: paths::default_config_dir(),
-                node_name: name.unwrap_or_else(hostname),
+                node_name: name.unwrap_or_else(common::hostname),
                 shim: warden_cell::ShimExe::locate(),
                 snapshot_every_n_events: snapshot_every,
                 local_cells,
@@ -247,10 +247,6 @@ pub fn main() -> Result<()> {
             run_client(&client, command, cli.output)
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {

@@ -19,7 +19,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::{paths, UpError};
 use warden_store::backup::{self, BackupError, BackupFile, BackupSummary};
 
-use super::common::Output;
+use super::common::{hostname, Output};
 
 /// The data dir's files a backup carries, besides the journal. `keys/` (every file in it) is
 /// added to these: checkpointed workloads' encryption keys, without which their blobs are noise.
@@ -79,7 +79,7 @@ pub(super) fn backup(args: BackupArgs, output: Output) -> Result<()> {
     let written = (|| -> Result<BackupSummary> {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         let summary =
-            backup::export(&journal, server_key.signing_key(), &super::hostname(), now_ms(), &mut out, || read_files(&data_dir))
+            backup::export(&journal, server_key.signing_key(), &hostname(), now_ms(), &mut out, || read_files(&data_dir))
                 .map_err(|e| anyhow!("backup failed: {}", error_text(&e)))?;
         out.flush().with_context(|| format!("cannot write {}", tmp.display()))?;
         drop(out);
@@ -168,7 +168,7 @@ pub(super) fn restore(args: RestoreArgs, output: Output) -> Result<()> {
     for suffix in ["", "-journal"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", restoring.display()));
     }
-    let source = format!("/warden/{}", super::hostname());
+    let source = format!("/warden/{}", hostname());
     let imported = backup::import(open_backup(&args.file)?, &pinned, &restoring, |summary| NewEvent {
         id: warden_runtime::clock::event_id(),
         source,

@@ -99,3 +99,8 @@ pub fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&
     }
     Ok(())
 }
+
+/// This machine's host name: `warden up`'s default node name, where a backup was taken.
+pub(super) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}

@@ -63,9 +63,14 @@ fn restored_event(summary: &backup::BackupSummary) -> NewEvent {
     }
 }
 
-type Rows = Vec<(i64, Option<String>, String, Vec<u8>)>;
+/// A journal's tables as stored: events (seq, subject, hash, body), artifacts, snapshots.
+struct Tables {
+    events: Vec<(i64, Option<String>, String, Vec<u8>)>,
+    artifacts: Vec<(String, Vec<u8>)>,
+    snapshots: Vec<(i64, Vec<u8>)>,
+}
 
-fn rows(path: &Path) -> (Rows, Vec<(String, Vec<u8>)>, Vec<(i64, Vec<u8>)>) {
+fn rows(path: &Path) -> Tables {
     let conn = Connection::open(path).unwrap();
     let events = conn
         .prepare("SELECT seq, subject, hash, body FROM events ORDER BY seq")
@@ -88,7 +93,7 @@ fn rows(path: &Path) -> (Rows, Vec<(String, Vec<u8>)>, Vec<(i64, Vec<u8>)>) {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    (events, artifacts, snapshots)
+    Tables { events, artifacts, snapshots }
 }
 
 fn verify(bytes: &[u8]) -> Result<backup::BackupSummary, BackupError> {
@@ -130,12 +135,11 @@ fn a_backup_imports_into_the_same_rows_plus_one_restored_event() {
     assert_eq!(imported.restored.seq, 26);
     assert_eq!(imported.restored.prevhash, summary.header.head.hash);
 
-    let (events, artifacts, snapshots) = rows(&journal);
-    let (restored_events, restored_artifacts, restored_snapshots) = rows(&restored_path);
-    assert_eq!(restored_events[..25], events[..], "the same seqs, subjects, hashes and bytes");
-    assert_eq!(restored_events.len(), 26);
-    assert_eq!(restored_artifacts, artifacts);
-    assert_eq!(restored_snapshots, vec![snapshots.last().unwrap().clone()], "the latest snapshot");
+    let (original, restored) = (rows(&journal), rows(&restored_path));
+    assert_eq!(restored.events[..25], original.events[..], "the same seqs, subjects, hashes and bytes");
+    assert_eq!(restored.events.len(), 26);
+    assert_eq!(restored.artifacts, original.artifacts);
+    assert_eq!(restored.snapshots, vec![original.snapshots.last().unwrap().clone()], "the latest snapshot");
 
     // The store opens it as its own: the chain verifies, nothing is cut, appends continue it.
     let (store, report) = SqliteStore::open(&restored_path).unwrap();
