@@ -182,7 +182,16 @@ pub(super) fn restore(args: RestoreArgs, output: Output) -> Result<()> {
             n_artifacts: summary.n_artifacts,
         },
     })
-    .map_err(|e| anyhow!("restore refused: {} (nothing was written to {})", error_text(&e), data_dir.display()))?;
+    .map_err(|e| {
+        let hint = match &e {
+            BackupError::ForeignKey { .. } if args.key.is_none() && args.key_file.is_none() => format!(
+                "; the trusted key is {from}: to make this data dir the backup's server, move its server.key and server.pub \
+                 aside and pass the backup's server.pub with --key-file"
+            ),
+            _ => String::new(),
+        };
+        anyhow!("restore refused: {}{hint} (nothing was written to {})", error_text(&e), data_dir.display())
+    })?;
 
     let placed = (|| -> Result<Vec<String>> {
         check_server_key(&imported.files, &imported.summary, &data_dir)?;

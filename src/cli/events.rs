@@ -26,7 +26,7 @@ pub(super) enum EventsAction {
     /// Prove that no event up to the server's signed head was removed, altered or reordered:
     /// contiguous seqs, each prevhash the previous event's hash, the last event's hash the
     /// head's, and the head signed by the pinned server key. With --events and --head, checks an
-    /// export with no server at all.
+    /// export with no server at all; with --backup, a backup (`warden backup FILE`).
     Verify(VerifyArgs),
 }
 
