@@ -314,3 +314,20 @@ fn a_foreign_or_unknown_backup_is_refused() {
     forged[0] = serde_json::to_vec(&BackupHeader { head: resigned, ..header }).unwrap();
     assert!(refusal(&join(&forged)).starts_with("the backup's signed head does not verify: bad signature"));
 }
+
+#[test]
+fn a_file_outside_the_data_dir_never_goes_in_a_backup() {
+    let dir = TempDir::new().unwrap();
+    let journal = journal_with_history(dir.path());
+    for path in ["../escape", "/etc/passwd", "keys/../../x", ""] {
+        let outside = BackupFile { path: path.into(), mode: 0o600, bytes: b"x".to_vec() };
+        let error = backup::export(&journal, &server_key(), "h", 1, Vec::new(), || Ok(vec![outside])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("file {path:?} cannot go in a backup: a file's path must be relative to the data dir, without `..`")
+        );
+    }
+    // Nor does a backup's secret show in a debug print.
+    let debug = format!("{:?}", files()[1]);
+    assert_eq!(debug, "BackupFile { path: \"keys/w-1\", mode: 600, 32 bytes }");
+}
