@@ -1,8 +1,9 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
 //! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`,
-//! `journal verify|repair` (offline, in `cli/journal.rs`).
+//! `journal verify|repair` (offline, in `cli/journal.rs`), `backup` and `restore` (in `cli/backup.rs`).
 
+mod backup;
 mod common;
 mod events;
 mod journal;
@@ -21,7 +22,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
 use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
-use common::{encode, format_table, hostname, short_spec_id, show, Client, Output};
+use common::{encode, format_table, short_spec_id, show, Client, Output};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -144,6 +145,12 @@ enum Command {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
     },
+    /// Write a signed backup of a data dir (journal, artifacts, checkpoint blobs, secrets) to a
+    /// file, while its server runs; check it with `warden events verify --backup FILE`.
+    Backup(backup::BackupArgs),
+    /// Rebuild a data dir from a backup: refused if it already has a journal or a server runs on
+    /// it, or if the backup is broken or another server's.
+    Restore(backup::RestoreArgs),
     /// Content-addressed artifacts: job manifests and context snapshots.
     Artifact {
         #[command(subcommand)]
@@ -208,7 +215,7 @@ pub fn main() -> Result<()> {
                 listen,
                 data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
                 config_dir: paths::default_config_dir(),
-                node_name: name.unwrap_or_else(hostname),
+                node_name: name.unwrap_or_else(common::hostname),
                 shim: warden_cell::ShimExe::locate(),
                 snapshot_every_n_events: snapshot_every,
                 local_cells,
@@ -234,6 +241,9 @@ pub fn main() -> Result<()> {
             runtime.block_on(warden_runtime::agent::run(config))?;
             Ok(())
         }
+        // Local to the data dir: no server, no credential.
+        Command::Backup(args) => backup::backup(args, cli.output),
+        Command::Restore(args) => backup::restore(args, cli.output),
         // An export is verified with no server and no credential.
         Command::Events { action: Some(events::EventsAction::Verify(args)), .. } if events::is_offline(&args) => {
             events::verify_offline(args, cli.output)
@@ -284,7 +294,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
             print_table(&rows);
             Ok(())
         }
-        Command::Agent { .. } => unreachable!("handled by main"),
+        Command::Agent { .. } | Command::Backup(_) | Command::Restore(_) => unreachable!("handled by main"),
         Command::Run { spec, id } => {
             let file = spec.display().to_string();
             let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read spec {file}"))?;

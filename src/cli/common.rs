@@ -100,7 +100,8 @@ pub fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&
     Ok(())
 }
 
-/// This machine's host name (`localhost` if it cannot be read).
+/// This machine's host name (`localhost` if it cannot be read): `warden up`'s default node name,
+/// who ran a journal repair, where a backup was taken.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }

@@ -26,7 +26,7 @@ pub(super) enum EventsAction {
     /// Prove that no event up to the server's signed head was removed, altered or reordered:
     /// contiguous seqs, each prevhash the previous event's hash, the last event's hash the
     /// head's, and the head signed by the pinned server key. With --events and --head, checks an
-    /// export with no server at all.
+    /// export with no server at all; with --backup, a backup (`warden backup FILE`).
     Verify(VerifyArgs),
 }
 
@@ -40,6 +40,10 @@ pub(super) struct VerifyArgs {
     /// the events were exported (events after the head are reported, not covered).
     #[arg(long, value_name = "HEAD.json", requires = "events")]
     head: Option<PathBuf>,
+    /// Verify a backup (`warden backup FILE`) instead: its chain up to its signed head, every
+    /// artifact against its id, and its signed trailer. Needs --key or --key-file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["events", "head", "after"])]
+    backup: Option<PathBuf>,
     /// The server key to trust: `ed25519:<hex>`, as in the server's <data-dir>/server.pub.
     #[arg(long, value_name = "ed25519:HEX", conflicts_with = "key_file")]
     key: Option<String>,
@@ -69,11 +73,15 @@ pub(super) fn print_head(client: &Client, output: Output) -> Result<()> {
 
 /// Whether `args` verify an export (no server, no credential needed).
 pub(super) fn is_offline(args: &VerifyArgs) -> bool {
-    args.events.is_some()
+    args.events.is_some() || args.backup.is_some()
 }
 
 /// `warden events verify --events E --head H --key-file K`: no server involved.
 pub(super) fn verify_offline(args: VerifyArgs, output: Output) -> Result<()> {
+    if let Some(backup) = &args.backup {
+        // Without a key, says which one the backup claims and refuses to trust it on its own.
+        return super::backup::verify_backup(backup, explicit_key(&args)?, output);
+    }
     let (Some(events_path), Some(head_path)) = (&args.events, &args.head) else {
         bail!("offline verification needs both --events and --head");
     };

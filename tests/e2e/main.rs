@@ -8,6 +8,7 @@
 mod support;
 
 mod agent;
+mod backup_e2e;
 mod cells_e2e;
 mod checkpoint_e2e;
 mod cluster_e2e;

@@ -256,6 +256,19 @@ pub enum EventData {
         operator: String,
     },
 
+    /// `warden restore` rebuilt this journal from a backup: every event before this one is the
+    /// backup's (the same seqs and hashes), up to `head_seq`; this is the first after it.
+    #[serde(rename = "dev.warden.journal.restored.v1")]
+    JournalRestored {
+        /// When the backup was taken (RFC 3339), and on which machine.
+        backup_created_at: String,
+        taken_on: String,
+        /// The backup's signed head: the last event it held.
+        head_seq: u64,
+        head_hash: String,
+        n_artifacts: u64,
+    },
+
     /// The workload runs `spec` from now on (a rollout, or its rollback): its cell is replaced.
     #[serde(rename = "dev.warden.workload.replaced.v1")]
     WorkloadReplaced { workload_id: String, spec_id: String, spec: Spec, reason: String },
@@ -307,6 +320,7 @@ impl EventData {
             EventData::Job(_)
             | EventData::JournalRecovered { .. }
             | EventData::JournalRepaired { .. }
+            | EventData::JournalRestored { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }

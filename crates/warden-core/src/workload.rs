@@ -603,6 +603,7 @@ impl Workload {
             | EventData::Job(_)
             | EventData::JournalRecovered { .. }
             | EventData::JournalRepaired { .. }
+            | EventData::JournalRestored { .. }
             | EventData::LeaseGranted { .. }
             | EventData::LeaseReleased { .. }
             | EventData::HostEnrolled { .. }

@@ -99,6 +99,12 @@ impl Identity {
         warden_store::SignedHead::sign(head, signed_at_ms, &self.signing_key)
     }
 
+    /// The key itself, for what signs with it outside this module (`warden backup` signs the
+    /// backup's head and trailer with the server key).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
     /// The `Authorization` header value for one request.
     pub fn authorization(&self, method: &str, path_and_query: &str, body: &[u8], now_ms: u64) -> String {
         let nonce = format!("{:016x}", rand::random::<u64>());

@@ -143,6 +143,13 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
         recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
     );
+    if recovery.unknown_running > 0 {
+        eprintln!(
+            "  WARNING      {} running cell(s) under {} unknown to the journal, left running unsupervised (named above)",
+            recovery.unknown_running,
+            data_dir.join("cells").display()
+        );
+    }
 
     let state = api::ApiState {
         commands: handle.commands.clone(),
@@ -231,8 +238,8 @@ async fn shutdown_signal() {
 }
 
 /// Holds an exclusive lock on `<data-dir>/warden.lock` for the life of the process: two
-/// supervisors on one data dir would both start every cell. `warden journal repair` takes it
-/// too, so it never works under a running server.
+/// supervisors on one data dir would both start every cell. `warden journal repair` and
+/// `warden restore` take it too, so neither works under a running server.
 pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<File, UpError> {
     let path = data_dir.join("warden.lock");
     let file = File::create(&path).map_err(|source| UpError::DataDir { path: path.display().to_string(), source })?;

@@ -88,7 +88,7 @@ fn principal_of(key: &VerifyingKey) -> String {
     format!("ed25519:{}", hex::encode(key.as_bytes()))
 }
 
-fn parse_principal(principal: &str) -> Option<VerifyingKey> {
+pub(crate) fn parse_principal(principal: &str) -> Option<VerifyingKey> {
     let bytes: [u8; 32] = hex::decode(principal.trim().strip_prefix("ed25519:")?).ok()?.try_into().ok()?;
     VerifyingKey::from_bytes(&bytes).ok()
 }

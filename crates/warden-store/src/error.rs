@@ -21,6 +21,8 @@ pub enum StoreOperation {
     DeleteArtifacts,
     PutSnapshot,
     ReadSnapshot,
+    /// Writing a journal rebuilt from a backup (`backup::import`).
+    Restore,
 }
 
 impl fmt::Display for StoreOperation {
@@ -34,6 +36,7 @@ impl fmt::Display for StoreOperation {
             StoreOperation::DeleteArtifacts => "delete artifacts",
             StoreOperation::PutSnapshot => "store a snapshot",
             StoreOperation::ReadSnapshot => "read the latest snapshot",
+            StoreOperation::Restore => "write the restored journal",
         })
     }
 }

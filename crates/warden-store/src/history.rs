@@ -118,7 +118,7 @@ fn chain_anchor(conn: &Connection) -> rusqlite::Result<Head> {
 }
 
 /// The columns of a row as `check_row` wants them, or why they cannot be (wrong types).
-fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
+pub(crate) fn stored_row<'r>(seq: u64, row: &'r Row<'_>) -> rusqlite::Result<Result<StoredRow<'r>, BrokenRow>> {
     let subject = match row.get_ref(1)? {
         ValueRef::Null => None,
         ValueRef::Text(text) => match std::str::from_utf8(text) {

@@ -14,6 +14,7 @@
 //! The store is synchronous on purpose: durability means waiting on fsync, which is blocking
 //! work; the runtime calls it from a blocking thread.
 
+pub mod backup;
 pub mod chain;
 pub mod conformance;
 pub mod error;

@@ -41,7 +41,7 @@ use crate::port::{Head, OpenReport, Store};
 /// an older journal gains it on open, and nothing about the existing tables changed.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq     INTEGER PRIMARY KEY,
     subject TEXT,
@@ -414,7 +414,7 @@ pub(crate) fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "FULL").during(op)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let op = StoreOperation::Open;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).during(op)?;
     if version > SCHEMA_VERSION {

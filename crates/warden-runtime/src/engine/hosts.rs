@@ -159,7 +159,14 @@ impl Dispatch<'_> {
                 self.queues.push(&host, CommandKind::Evict { workload_id, cell_id, epoch, grace_ms })
             }
             Order::Signal { host, cell_id, kill } => self.queues.push(&host, CommandKind::Signal { cell_id, kill }),
-            Order::Remove { host, cell_id } => self.queues.push(&host, CommandKind::Remove { cell_id }),
+            Order::Remove { host, cell_id } => {
+                // Only an inventory names a cell the journal does not: a stale primary, or one
+                // started after the backup a restore came from. Never stopped without a word.
+                tracing::warn!(
+                    "host {host} has cell {cell_id}, which the journal does not know: the agent stops it if it runs and removes it"
+                );
+                self.queues.push(&host, CommandKind::Remove { cell_id })
+            }
             Order::Arm { host, workload_id, slot } => {
                 // A slot released again in this same batch is not armed.
                 let Some(workload) = self.live.workloads.get(&workload_id) else { return };

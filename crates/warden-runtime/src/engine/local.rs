@@ -2,6 +2,7 @@
 //! the cell backend, and re-adopted after a restart. Whatever happens to a cell comes back to the
 //! engine as a `Command::Cell` input.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ pub struct RecoverySummary {
     pub exited_while_down: usize,
     pub lost: usize,
     pub started_again: usize,
+    /// Cells running under `cells/` that no workload in the journal names (see
+    /// `LocalCells::warn_unknown_cells`): left running, unsupervised, each named in a warning.
+    pub unknown_running: usize,
 }
 
 /// The local node's cells: the backend, where logs go, and the way back into the engine.
@@ -45,6 +49,7 @@ impl LocalCells {
     pub fn recover(&self, live: &Projection, cluster: &mut ClusterState, jobs: &mut Jobs) -> (RecoverySummary, Vec<Effect>) {
         let mut summary = RecoverySummary::default();
         let mut start_effects = Vec::new();
+        let mut known_cells = HashSet::new();
         for workload in live.workloads.values() {
             let workload_id = workload.id().to_string();
             // Cells on cluster hosts are reconciled from their agents' inventories.
@@ -62,6 +67,7 @@ impl LocalCells {
                 Phase::Stopping { cell_id, cell, .. } => (cell_id.clone(), cell.clone()),
                 _ => continue,
             };
+            known_cells.insert(cell_id.clone());
             match self.backend.inspect(&cell_id) {
                 CellState::NotStarted => match (&workload.phase, known_cell) {
                     (Phase::Starting { .. }, _) => {
@@ -111,7 +117,60 @@ impl LocalCells {
                 }
             }
         }
+        summary.unknown_running = self.warn_unknown_cells(live, &known_cells);
         (summary, start_effects)
+    }
+
+    /// Says, loudly, which cell dirs under `cells/` the journal does not know: after a restore
+    /// from a backup older than the cells (or a journal moved aside), cells started after the
+    /// backup's cut are running with no record of them. They are left running — killing a
+    /// workload nobody asked to stop is worse than leaving it to the operator — but never
+    /// silently: each one still running is named with its pid, ended ones of unknown workloads too.
+    /// Returns how many are running.
+    fn warn_unknown_cells(&self, live: &Projection, known_cells: &HashSet<String>) -> usize {
+        let cells_dir = self.backend.cell_dir("");
+        let Ok(entries) = std::fs::read_dir(&cells_dir) else { return 0 };
+        let (mut running, mut ended) = (0, Vec::new());
+        for entry in entries.flatten() {
+            let cell_id = entry.file_name().to_string_lossy().into_owned();
+            if cell_id.starts_with('.') || known_cells.contains(&cell_id) || !entry.path().is_dir() {
+                continue;
+            }
+            let dir = entry.path();
+            // A live shim holds its cell's lock for the cell's whole life.
+            let shim_alive =
+                std::fs::File::open(dir.join("lock")).is_ok_and(|lock| crate::sys::try_lock_exclusive(&lock).is_err());
+            if !shim_alive {
+                // An ended cell of a workload the journal knows is the usual leftover of a crash
+                // before its files were removed; only a workload it never heard of is news.
+                let workload_id = cell_id.rsplit_once('.').map_or(cell_id.as_str(), |(workload_id, _)| workload_id);
+                if !live.workloads.contains_key(workload_id) {
+                    ended.push(cell_id);
+                }
+                continue;
+            }
+            running += 1;
+            let pid = std::fs::read(dir.join("pid.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<StartedCell>(&bytes).ok())
+                .map_or_else(|| "unknown".to_string(), |started| started.pid.to_string());
+            tracing::warn!(
+                "cell {cell_id} (pid {pid}) is running, but the journal has no record of it: it was started after the \
+                 journal's last event (restored from an older backup?). warden leaves it running and does NOT supervise \
+                 it; stop it yourself (kill {pid}) and remove {} if it should not run",
+                dir.display()
+            );
+        }
+        if !ended.is_empty() {
+            ended.sort();
+            tracing::warn!(
+                "{} cell dir(s) under {} are unknown to the journal and their cells have ended; left in place: {}",
+                ended.len(),
+                cells_dir.display(),
+                ended.join(", ")
+            );
+        }
+        running
     }
 
     /// Starts a local cell; its start (or failure) and later its exit come back as inputs.
