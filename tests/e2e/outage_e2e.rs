@@ -11,37 +11,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::cluster::{check_no_overlap, Cluster};
+use crate::support::cluster::{self, check_no_overlap, Cluster};
 use crate::support::{alive, bin, Warden};
 use warden_runtime::view::WorkloadView;
 
-/// A service named `name` that appends `epoch monotonic_ns` to `truth` every 20 ms, placed on
-/// hosts tagged `tag`, with `extra` TOML appended (replication, placement options).
+/// The ground-truth service `name` on hosts tagged `tag`, with more `[placement]` lines and TOML.
 fn truth_spec(name: &str, truth: &Path, tag: &str, placement: &str, extra: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-[cell]
-argv = ["python3", "-c", '''
-import os, time
-path = {truth:?}
-epoch = os.environ.get("WARDEN_EPOCH", "none")
-while True:
-    with open(path, "a") as f:
-        f.write(f"{{epoch}} {{time.monotonic_ns()}}\n")
-    time.sleep(0.02)
-''']
-graceful_shutdown = "1s"
-[restart]
-policy = "always"
-backoff = "50ms"
-[placement]
-instances = 1
-tags = ["{tag}"]
-{placement}
-{extra}
-"#
-    )
+    cluster::truth_spec(name, truth, &format!("tags = [\"{tag}\"]\n{placement}"), extra)
 }
 
 /// What must not change for a workload that rides the outage out.

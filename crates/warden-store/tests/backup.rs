@@ -5,13 +5,16 @@
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use rusqlite::Connection;
 use tempfile::TempDir;
 use warden_core::canonical::Artifact;
 use warden_core::{EventData, NewEvent};
 use warden_store::backup::{self, BackupError, BackupFile, BackupHeader};
 use warden_store::conformance::sample_event;
 use warden_store::{SqliteStore, Store};
+
+#[path = "support/stored.rs"]
+mod stored;
+use stored::stored;
 
 fn server_key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
@@ -63,39 +66,6 @@ fn restored_event(summary: &backup::BackupSummary) -> NewEvent {
     }
 }
 
-/// A journal's tables as stored: events (seq, subject, hash, body), artifacts, snapshots.
-struct Tables {
-    events: Vec<(i64, Option<String>, String, Vec<u8>)>,
-    artifacts: Vec<(String, Vec<u8>)>,
-    snapshots: Vec<(i64, Vec<u8>)>,
-}
-
-fn rows(path: &Path) -> Tables {
-    let conn = Connection::open(path).unwrap();
-    let events = conn
-        .prepare("SELECT seq, subject, hash, body FROM events ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let artifacts = conn
-        .prepare("SELECT id, body FROM artifacts ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let snapshots = conn
-        .prepare("SELECT seq, body FROM snapshots ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    Tables { events, artifacts, snapshots }
-}
-
 fn verify(bytes: &[u8]) -> Result<backup::BackupSummary, BackupError> {
     backup::verify(bytes, Some(&principal(&server_key())))
 }
@@ -135,7 +105,7 @@ fn a_backup_imports_into_the_same_rows_plus_one_restored_event() {
     assert_eq!(imported.restored.seq, 26);
     assert_eq!(imported.restored.prevhash, summary.header.head.hash);
 
-    let (original, restored) = (rows(&journal), rows(&restored_path));
+    let (original, restored) = (stored(&journal), stored(&restored_path));
     assert_eq!(restored.events[..25], original.events[..], "the same seqs, subjects, hashes and bytes");
     assert_eq!(restored.events.len(), 26);
     assert_eq!(restored.artifacts, original.artifacts);

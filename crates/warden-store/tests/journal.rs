@@ -4,13 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 use tempfile::TempDir;
 use warden_core::canonical::sha256_hex;
 use warden_core::event::GENESIS_HASH;
 use warden_core::{CloudEvent, EventData, NewEvent};
 use warden_store::conformance::sample_event;
+
+#[path = "support/stored.rs"]
+mod stored;
+use stored::stored;
 use warden_store::{
     verify_chain, Head, OfflineJournal, RepairError, SqliteStore, Store, StoreError, StoreOperation, TruncatePlan,
 };
@@ -65,32 +68,10 @@ fn head_of(event: &CloudEvent) -> Head {
     Head { seq: event.seq, hash: event.hash() }
 }
 
-/// Every row of the journal (events and snapshots) exactly as stored, to show nothing changed.
-type Rows = (Vec<(i64, Value, Value, Value)>, Vec<(i64, Value)>);
-
-fn rows(path: &Path) -> Rows {
-    let conn = raw(path);
-    let events = conn
-        .prepare("SELECT seq, subject, hash, body FROM events ORDER BY seq")
-        .unwrap()
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let snapshots = conn
-        .prepare("SELECT seq, body FROM snapshots ORDER BY seq")
-        .unwrap()
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    (events, snapshots)
-}
-
 /// Reopens a damaged journal: open refuses, naming `seq`, `reason` and how many events are
 /// stored from there, tells the operator both ways out, and changes no row.
 fn reopen_expecting_refusal(path: &Path, seq: u64, reason: &str, n_from_seq: u64) -> StoreError {
-    let before = rows(path);
+    let before = stored(path);
     let error = SqliteStore::open(path).expect_err("a damaged journal must not open");
     match &error {
         StoreError::CorruptHistory { journal, seq: found_seq, reason: found_reason, n_from_seq: found_n, .. } => {
@@ -110,7 +91,7 @@ fn reopen_expecting_refusal(path: &Path, seq: u64, reason: &str, n_from_seq: u64
         "{message}"
     );
     assert!(message.contains("`warden restore`"), "{message}");
-    assert_eq!(rows(path), before, "a refused open changed the journal");
+    assert_eq!(stored(path), before, "a refused open changed the journal");
     error
 }
 
@@ -448,7 +429,7 @@ fn a_repair_refuses_to_keep_damage_or_to_cut_a_sound_journal() {
     drop(journal);
 
     flip_bit(&path, 12);
-    let before = rows(&path);
+    let before = stored(&path);
     let journal = OfflineJournal::open(&path).unwrap();
     for n in [12, 15, 30] {
         match journal.plan_truncate_after(n) {
@@ -461,7 +442,7 @@ fn a_repair_refuses_to_keep_damage_or_to_cut_a_sound_journal() {
     // Further back than needed is the operator's call.
     assert_eq!(journal.plan_truncate_after(8).unwrap().discarded.len(), 12);
     drop(journal);
-    assert_eq!(rows(&path), before);
+    assert_eq!(stored(&path), before);
 }
 
 #[test]
@@ -472,10 +453,10 @@ fn a_repair_whose_journal_changed_after_the_check_changes_nothing() {
     let mut journal = OfflineJournal::open(&path).unwrap();
     let plan = journal.plan_truncate_after(11).unwrap();
     raw(&path).execute("DELETE FROM events WHERE seq = 20", []).unwrap();
-    let before = rows(&path);
+    let before = stored(&path);
     assert!(matches!(journal.truncate_after(&plan, &repair_event(&plan)), Err(RepairError::Changed)));
     drop(journal);
-    assert_eq!(rows(&path), before);
+    assert_eq!(stored(&path), before);
 }
 
 #[test]

@@ -311,9 +311,15 @@ pub fn pids_holding_files_under(dir: &Path) -> Vec<u32> {
 
 /// A workload that appends `epoch monotonic_ns` every 20 ms to `truth`.
 pub fn ground_truth_spec(truth: &Path) -> String {
+    truth_spec("truth", truth, "", "")
+}
+
+/// The ground-truth workload named `name`, with more `[placement]` lines (`placement`) and more
+/// TOML after it (`extra`: `[replication]`, …).
+pub fn truth_spec(name: &str, truth: &Path, placement: &str, extra: &str) -> String {
     format!(
         r#"
-name = "truth"
+name = "{name}"
 [cell]
 argv = ["python3", "-c", '''
 import os, time
@@ -330,6 +336,8 @@ policy = "always"
 backoff = "50ms"
 [placement]
 instances = 1
+{placement}
+{extra}
 "#
     )
 }
