@@ -201,6 +201,9 @@ pub struct LogSpec {
 pub const DEFAULT_GRACEFUL_SHUTDOWN_MS: u64 = 5_000;
 pub const DEFAULT_BACKOFF_MS: u64 = 100;
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+/// The shortest first restart delay a spec may ask for: the delay doubles from it, so a crash
+/// loop slows down towards `backoff_max` instead of spinning.
+pub const MIN_BACKOFF_MS: u64 = 10;
 pub const DEFAULT_BACKOFF_RESET_MS: u64 = 600_000;
 pub const DEFAULT_LOG_MAX_SIZE_BYTES: u64 = 10 << 20;
 pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
@@ -255,7 +258,7 @@ pub(crate) fn parse_strict<Raw: serde::de::DeserializeOwned, T>(
         line: span.map(|span| line_of(text, span.start)),
         message,
     };
-    let raw: Raw = toml::from_str(text).map_err(|err| error(err.span(), err.message().trim().to_string()))?;
+    let raw: Raw = toml::from_str(text).map_err(|err| error(err.span(), toml_message(text, &err)))?;
     validate(raw).map_err(|(span, message)| error(span, message))
 }
 
@@ -266,6 +269,20 @@ pub struct SpecError {
     pub file: String,
     pub line: Option<usize>,
     pub message: String,
+}
+
+/// toml's own message, or, where it has none (a control character in a comment), one naming
+/// the character: an error must say what is wrong, not only where.
+fn toml_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    let found = err.span().and_then(|span| text.get(span.start..)).and_then(|rest| rest.chars().next());
+    match found {
+        Some(c) => format!("invalid character {c:?} (control characters are not allowed, even in a comment)"),
+        None => "not valid TOML".to_string(),
+    }
 }
 
 fn line_of(text: &str, byte_offset: usize) -> usize {
@@ -534,10 +551,17 @@ impl RawSpec {
                         ))
                     }
                     None => None,
-                    Some(dir) if !dir.get_ref().starts_with('/') || dir.get_ref().split('/').any(|c| c == "..") => {
+                    Some(dir)
+                        if !dir.get_ref().starts_with('/')
+                            || dir.get_ref().split('/').any(|c| c == "..")
+                            || dir.get_ref().contains('\0') =>
+                    {
                         return Err((
                             Some(dir.span()),
-                            format!("replication.state_dir must be an absolute path without \"..\", got {:?}", dir.get_ref()),
+                            format!(
+                                "replication.state_dir must be an absolute path without \"..\" or NUL, got {:?}",
+                                dir.get_ref()
+                            ),
                         ))
                     }
                     Some(dir) if dir.get_ref().trim_end_matches('/').is_empty() => {
@@ -636,12 +660,25 @@ impl RawCell {
         if argv.first().is_none_or(|program| program.is_empty()) {
             return Err((Some(cell.argv.span()), format!("{prefix}argv must name a program to run, e.g. [\"sleep\", \"60\"]")));
         }
+        // A NUL cannot cross `execve` (argv, env and paths are C strings): refused here, with
+        // its line, rather than failing at start on some host later.
+        if let Some(i) = argv.iter().position(|arg| arg.contains('\0')) {
+            return Err((Some(cell.argv.span()), format!("{prefix}argv[{i}] contains a NUL byte, which no program can receive")));
+        }
         let mut env = BTreeMap::new();
         for (key, value) in cell.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err((Some(value.span()), format!("{prefix}env: bad variable name {key:?}")));
             }
+            if value.get_ref().contains('\0') {
+                return Err((Some(value.span()), format!("{prefix}env.{key} contains a NUL byte, which no program can receive")));
+            }
             env.insert(key, value.into_inner());
+        }
+        for (field, path) in [("workdir", &cell.workdir), ("rootfs", &cell.rootfs)] {
+            if let Some(path) = path.as_ref().filter(|p| p.get_ref().contains('\0')) {
+                return Err((Some(path.span()), format!("{prefix}{field} contains a NUL byte")));
+            }
         }
         let isolation = match cell.isolation.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
             None | Some(("process", _)) => Isolation::Process,
@@ -736,6 +773,14 @@ impl RawRestart {
             }
         };
         let backoff_ms = duration("restart.backoff", &self.backoff, DEFAULT_BACKOFF_MS)?;
+        if backoff_ms < MIN_BACKOFF_MS {
+            // The delay doubles per consecutive failure; from 0 it would stay 0, and a cell that
+            // crashes at once would be restarted (and journaled) dozens of times a second forever.
+            return Err((
+                self.backoff.as_ref().map(|b| b.span()),
+                format!("restart.backoff must be at least {MIN_BACKOFF_MS}ms (it doubles per consecutive failure), got {backoff_ms}ms"),
+            ));
+        }
         let backoff_max_ms = duration("restart.backoff_max", &self.backoff_max, DEFAULT_BACKOFF_MAX_MS.max(backoff_ms))?;
         if backoff_max_ms < backoff_ms {
             return Err((
@@ -797,6 +842,47 @@ mod tests {
         assert!(limits("swap = 1").unwrap_err().message.contains("swap"));
         let no_net = Spec::parse("s.toml", "name='x'\n[cell]\nargv=['true']\nnetwork='none'\n").unwrap_err();
         assert!(no_net.message.contains("isolation"), "{no_net}");
+    }
+
+    #[test]
+    fn nul_bytes_in_argv_env_and_paths_are_refused_with_their_line() {
+        let spec = |body: &str| Spec::parse("n.toml", &format!("name='n'\n[cell]\n{body}\n"));
+        let argv = spec("argv = [\"sh\", \"-c\\u0000rm\"]").unwrap_err();
+        assert_eq!(argv.to_string(), "n.toml:3: cell.argv[1] contains a NUL byte, which no program can receive");
+        let env = spec("argv = ['true']\nenv = { A = \"x\\u0000y\" }").unwrap_err();
+        assert_eq!((env.line, env.message.as_str()), (Some(4), "cell.env.A contains a NUL byte, which no program can receive"));
+        let key = spec("argv = ['true']\nenv = { \"A\\u0000\" = \"x\" }").unwrap_err();
+        assert_eq!(key.line, Some(4), "{key}");
+        let workdir = spec("argv = ['true']\nworkdir = \"/tmp\\u0000x\"").unwrap_err();
+        assert_eq!((workdir.line, workdir.message.as_str()), (Some(4), "cell.workdir contains a NUL byte"));
+        let state =
+            Spec::parse("n.toml", "name='n'\n[cell]\nargv=['x']\n[replication]\nmode='checkpointed'\nstate_dir=\"/s\\u0000\"\n");
+        assert_eq!(state.unwrap_err().line, Some(6));
+        // The same keys in a job state are checked the same way.
+        let job = crate::job::JobManifest::parse("j.toml", "name='j'\n[[state]]\nid='a'\nargv=[\"x\\u0000\"]\n").unwrap_err();
+        assert_eq!(job.to_string(), "j.toml:4: argv[0] contains a NUL byte, which no program can receive");
+    }
+
+    #[test]
+    fn a_control_character_in_a_comment_is_named() {
+        let error = Spec::parse("c.toml", "# bell \u{7}\nname = 'x'\n[cell]\nargv = ['true']\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "c.toml:1: invalid character '\\u{7}' (control characters are not allowed, even in a comment)"
+        );
+    }
+
+    #[test]
+    fn a_restart_backoff_below_the_floor_is_refused() {
+        let spec = |restart: &str| Spec::parse("b.toml", &format!("name='b'\n[cell]\nargv=['false']\n[restart]\n{restart}\n"));
+        let zero = spec("policy = 'always'\nbackoff = '0ms'").unwrap_err();
+        assert_eq!(
+            zero.to_string(),
+            "b.toml:6: restart.backoff must be at least 10ms (it doubles per consecutive failure), got 0ms"
+        );
+        assert_eq!(spec("backoff = '9ms'").unwrap_err().line, Some(5));
+        let floor = spec("policy = 'always'\nbackoff = '10ms'").unwrap();
+        assert_eq!((floor.restart.backoff_ms, floor.restart.backoff_max_ms), (10, DEFAULT_BACKOFF_MAX_MS));
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn spec_params(policy: BoxedStrategy<Policy>, reset: BoxedStrategy<Reset>, with_
     let ttl = if with_ttl { prop::option::of(prop_oneof![1u64..=3_000, 1_000u64..=600_000]).boxed() } else { Just(None).boxed() };
     (
         policy,
-        prop::option::of(0u64..=2_000),
+        prop::option::of(10u64..=2_000),
         prop::option::of(prop_oneof![Just(0u64), 0u64..=60_000]),
         reset,
         prop::option::of(prop_oneof![Just(0u64), 1u64..=200, 1u64..=10_000]),
@@ -1453,7 +1453,7 @@ proptest! {
     /// run that lasted at least backoff_reset sets the next delay back to backoff.
     #[test]
     fn backoff_doubles_in_a_crash_loop_and_resets_after_a_long_run(
-        backoff in 0u64..=2_000,
+        backoff in 10u64..=2_000,
         extra in prop_oneof![Just(0u64), 0u64..=60_000],
         reset in 1u64..=20_000,
         runs in prop::collection::vec((run_length(), 1i32..=255), 1..24),
@@ -1606,7 +1606,7 @@ fn started(cell_id: &str) -> Input {
 }
 
 const WARM_ALWAYS: &str =
-    "name='t'\n[cell]\nargv=['false']\n[restart]\npolicy='always'\nbackoff='0ms'\n[replication]\nmode='warm-standby'\n";
+    "name='t'\n[cell]\nargv=['false']\n[restart]\npolicy='always'\nbackoff='10ms'\n[replication]\nmode='warm-standby'\n";
 
 /// Past its ttl (and not yet ticked), a warm-standby workload does not fail over: the lost
 /// cell is an exit, and the workload expires. The simulation never reaches this, since the
@@ -1635,9 +1635,10 @@ fn restarts_do_not_drop_when_a_failover_is_decided() {
     projection.advance(&id, &started(&format!("{id}.1")), T0).unwrap();
     let exit = CellExit::from_status(Some(1), None);
     projection.advance(&id, &Input::CellExited { cell_id: format!("{id}.1"), exit }, T0 + 10).unwrap();
-    projection.advance(&id, &started(&format!("{id}.2")), T0 + 10).unwrap();
+    projection.advance(&id, &Input::Tick, T0 + 20).unwrap(); // the 10ms backoff is over
+    projection.advance(&id, &started(&format!("{id}.2")), T0 + 20).unwrap();
     assert_eq!(projection.workloads[&id].restarts(), 1);
-    projection.advance(&id, &lost(&format!("{id}.2")), T0 + 20).unwrap();
+    projection.advance(&id, &lost(&format!("{id}.2")), T0 + 30).unwrap();
     let w = &projection.workloads[&id];
     assert_eq!((w.runs, w.failovers), (2, 1));
     assert_eq!(w.restarts(), 1, "a failover decided is not a restart undone");
@@ -1652,7 +1653,8 @@ fn a_restart_after_a_failover_of_a_cell_that_never_ran_counts() {
     projection.advance(&id, &started(&format!("{id}.2")), T0).unwrap();
     let exit = CellExit::from_status(Some(1), None);
     projection.advance(&id, &Input::CellExited { cell_id: format!("{id}.2"), exit }, T0 + 10).unwrap();
-    projection.advance(&id, &started(&format!("{id}.3")), T0 + 10).unwrap();
+    projection.advance(&id, &Input::Tick, T0 + 20).unwrap(); // the 10ms backoff is over
+    projection.advance(&id, &started(&format!("{id}.3")), T0 + 20).unwrap();
     let w = &projection.workloads[&id];
     assert_eq!((w.runs, w.failovers), (2, 1));
     assert_eq!(w.restarts(), 1, "{id}.3 ran after a backoff: a restart");
