@@ -22,7 +22,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::paths;
 use warden_runtime::view::{JobRunRequest, RunView, SubmitRequest, WorkloadView};
 
-use common::{encode, format_table, short_spec_id, show, Client, Output};
+use common::{encode, format_table, printable, short_spec_id, show, Client, Output};
 
 #[derive(Parser)]
 #[command(name = "warden", version, about = "A crash-proof workload supervisor")]
@@ -207,6 +207,9 @@ enum ArtifactCommand {
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. } | Command::Server { .. } | Command::Agent { .. }) {
+        common::exit_quietly_on_closed_stdout();
+    }
     let local_cells = matches!(cli.command, Command::Up { .. });
     match cli.command {
         Command::Up { serve: ServeArgs { listen, data_dir, name, snapshot_every } }
@@ -498,7 +501,7 @@ fn run_job(client: &Client, command: JobCommand, output: Output) -> Result<()> {
                 if output == Output::Json {
                     writeln!(stdout, "{line}")?;
                 } else {
-                    writeln!(stdout, "{}", history_line(&line))?;
+                    writeln!(stdout, "{}", printable(&history_line(&line)))?;
                 }
             }
             stdout.flush()?;
@@ -604,11 +607,12 @@ fn print_status(v: &WorkloadView) {
         ("last exit", optional(v.last_exit.as_ref().map(|e| format!("{} ({})", e.exit.reason, e.cell_id)))),
     ];
     for (key, value) in lines {
-        println!("{:<22}{value}", format!("{key}:"));
+        println!("{:<22}{}", format!("{key}:"), printable(&value));
     }
     for slot in &v.standbys {
         let armed = format!("standby {}:", slot.standby_index);
-        println!("{armed:<22}{} (armed {}, primary {})", slot.host, format_rfc3339_ms(slot.created_at), slot.primary);
+        let line = format!("{} (armed {}, primary {})", slot.host, format_rfc3339_ms(slot.created_at), slot.primary);
+        println!("{armed:<22}{}", printable(&line));
     }
 }
 
@@ -628,14 +632,15 @@ fn event_line(event: &CloudEvent) -> String {
             details.push(format!("{key}={text}"));
         }
     }
-    format!(
+    let line = format!(
         "{:>6}  {}  {:<22}  {:<16}  {}",
         event.seq,
         event.time,
         short_type,
         event.subject.as_deref().unwrap_or("-"),
         details.join(" ")
-    )
+    );
+    printable(&line).into_owned()
 }
 
 fn policy_text(policy: warden_core::RestartPolicy) -> String {
@@ -661,7 +666,7 @@ fn print_run(v: &RunView) {
         ("events", v.n_events.to_string()),
     ];
     for (key, value) in lines {
-        println!("{:<18}{value}", format!("{key}:"));
+        println!("{:<18}{}", format!("{key}:"), printable(&value));
     }
     if v.states.is_empty() {
         return;

@@ -2,6 +2,7 @@
 //! blocking, with the server's answers turned into messages for people), `-o table|json`, and
 //! the small formatting helpers tables and paths need.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,8 +78,38 @@ pub fn short_spec_id(spec_id: &str) -> &str {
     &spec_id[..spec_id.len().min(19)]
 }
 
-/// Rows as left-aligned columns two spaces apart, one line each (trailing spaces trimmed).
+/// Text that came from a user, a workload or an agent (names, tags, reasons, argv, event
+/// fields) as it may be shown on a terminal: control characters (ESC sequences, BEL, CR, NUL,
+/// DEL) and the bidirectional overrides that reorder what follows are written as `\u{…}`, so
+/// what is printed is what was stored and cannot redraw, recolour or hide the rest of the
+/// output. Everything else, including non-ASCII letters, is left as it is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let hostile =
+        |c: char| c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hostile) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().map(|c| if hostile(c) { format!("\\u{{{:x}}}", c as u32) } else { c.to_string() }).collect())
+}
+
+/// Lets a closed stdout end the CLI the way it ends `ls` or `cat`: SIGPIPE back to its default,
+/// so `warden job status … | head` stops quietly when `head` has read enough, instead of a
+/// panic on the failed write (Rust ignores SIGPIPE, and `println!` panics on EPIPE). Only for
+/// the short-lived commands: the server and the agent keep ignoring it, since a peer that hangs
+/// up must never kill them.
+pub fn exit_quietly_on_closed_stdout() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches no
+    // memory; it runs before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each (trailing spaces trimmed);
+/// every cell made [`printable`].
 pub fn format_table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|cell| printable(cell).into_owned()).collect()).collect();
+    let rows = rows.as_slice();
     let n_columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..n_columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut text = String::new();
@@ -104,4 +135,18 @@ pub fn show<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce(&
 /// who ran a journal repair, where a backup was taken.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_terminal_controls_and_keeps_letters() {
+        assert!(matches!(printable("web-1 café 東京"), Cow::Borrowed("web-1 café 東京")));
+        assert_eq!(printable("a\u{1b}[2Jb\u{7}\r\n\0"), "a\\u{1b}[2Jb\\u{7}\\u{d}\\u{a}\\u{0}");
+        assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        let table = format_table(&[vec!["NAME".into(), "TAGS".into()], vec!["h\u{1b}]0;pwned\u{7}".into(), "ssd".into()]]);
+        assert!(!table.contains('\u{1b}') && table.contains("h\\u{1b}]0;pwned\\u{7}"), "{table}");
+    }
 }

@@ -16,6 +16,7 @@ mod cluster_netns;
 mod crash;
 mod e2e;
 mod events_verify;
+mod hostile_input_e2e;
 mod jobs_e2e;
 mod journal_e2e;
 mod outage_e2e;

@@ -56,8 +56,10 @@ impl LocalCells {
             if workload.current_host().is_some_and(|host| !cluster.is_local(host)) {
                 continue;
             }
-            if let (Phase::Starting { cell_id, .. }, None, None) = (&workload.phase, workload.current_host(), &cluster.local_host)
-            {
+            // A start that was never placed (no host admitted it yet) goes back to placement,
+            // which alone decides where it may run: on `warden up` too, a `[placement]` no host
+            // matches keeps it pending; it never lands on this node for want of a host.
+            if let (Phase::Starting { cell_id, .. }, None) = (&workload.phase, workload.current_host()) {
                 cluster.defer(&workload_id, cell_id, 0);
                 continue;
             }
