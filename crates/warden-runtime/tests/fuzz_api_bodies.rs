@@ -88,7 +88,10 @@ fn agent_bodies_never_panic() {
     fuzz_body::<AcquireRequest>("AcquireRequest", ACQUIRE, |_| {});
     // A rollout report's seed is whatever a real one serializes to; mutations of the others
     // and arbitrary bytes exercise its decoder all the same.
-    fuzz::run("RolloutReport", fuzz::cases(fuzz::DEFAULT_CASES), |rng| body(rng, HEARTBEAT), |bytes| {
-        decode::<RolloutReport>(bytes, |_| {})
-    });
+    fuzz::run(
+        "RolloutReport",
+        fuzz::cases(fuzz::DEFAULT_CASES),
+        |rng| body(rng, HEARTBEAT),
+        |bytes| decode::<RolloutReport>(bytes, |_| {}),
+    );
 }
