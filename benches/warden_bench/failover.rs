@@ -560,7 +560,7 @@ fn measure_row(row: &Row, runs: usize) -> ModeOutcome {
     // with one each run would wait a longer backoff than the last (backoff_reset is 10 min).
     let spec = format!(
         "name = \"{name}\"\n[cell]\nargv = [{exe}]\nenv = {{ {TRUTH_ENV} = {truth} }}\n\
-         [restart]\npolicy = \"always\"\nbackoff = \"10ms\"\nbackoff_max = \"10ms\"\n[placement]\ninstances = 1\n{replication}",
+         [restart]\npolicy = \"always\"\nbackoff = \"0s\"\nbackoff_max = \"0s\"\n[placement]\ninstances = 1\n{replication}",
         name = row.workload(),
         replication = row.replication,
         exe = toml_string(&bench_exe()),
@@ -753,8 +753,8 @@ fn failover_table(outcomes: &[(String, ModeOutcome)], runs: usize, ttl_ms: u64, 
         "\nFailover = CLOCK_MONOTONIC just before the SIGKILL of the primary's whole host (agent, shims, cells) → \
          the first line the workload wrote under a higher lease epoch (it appends `<WARDEN_EPOCH> <CLOCK_MONOTONIC ns>` \
          every {} ms). {N_HOSTS} agents and a `warden server` on loopback; the killed host is restarted and the workload \
-         settles before the next run. `backoff = backoff_max = \"10ms\"` (the least a spec may ask for): a lost host \
-         counts as a failure of the workload, so with a growing backoff every run would add a doubling delay. Overlap: a run after which some older epoch's last \
+         settles before the next run. `backoff = \"0s\"`: a lost host counts as a failure of the workload, so with \
+         a restart backoff every run would add a doubling delay. Overlap: a run after which some older epoch's last \
          line follows a newer epoch's first one.",
         LINE_EVERY.as_millis()
     );

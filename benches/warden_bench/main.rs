@@ -137,7 +137,7 @@ fn print_table(rows: &[Row]) {
     }
     let _ = writeln!(
         out,
-        "\nSettings: warden `policy = \"always\"`, `backoff = \"10ms\"`, `backoff_max = \"10ms\"` (the floor), every event fsynced \
+        "\nSettings: warden `policy = \"always\"`, `backoff = \"0s\"`, `backoff_max = \"0s\"`, every event fsynced \
          (journal_mode=WAL, synchronous=FULL); supervisord defaults except `startsecs=0` (otherwise a program that \
          exits at once goes BACKOFF → FATAL); runsv and s6-supervise at their defaults, `run` a symlink to the workload \
          binary (no shell). Restart latency = CLOCK_REALTIME of a run's `exit` line → the next run's `start` line, \

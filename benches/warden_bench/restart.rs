@@ -132,13 +132,13 @@ pub(crate) fn restart_section() -> Vec<Row> {
     ]
 }
 
-/// warden with `policy = "always"` and the least backoff a spec may ask for (10ms, not doubling); every decision is fsynced before it is acted on.
+/// warden with `policy = "always"`, no backoff; every decision is fsynced before it is acted on.
 fn restart_warden(n: usize) -> Result<Restarts> {
     let warden = WardenServer::start()?;
     let log = warden.root.path().join("restarts.log");
     let spec = format!(
         "name = \"crashloop\"\n[cell]\nargv = [{exe}]\nenv = {{ {WORKLOAD_ENV} = {log} }}\n\
-         [restart]\npolicy = \"always\"\nbackoff = \"10ms\"\nbackoff_max = \"10ms\"\n",
+         [restart]\npolicy = \"always\"\nbackoff = \"0s\"\nbackoff_max = \"0s\"\n",
         exe = toml_string(&bench_exe()),
         log = toml_string(&log),
     );

@@ -38,14 +38,13 @@ fn a_workload_no_host_admits_stays_pending_across_a_restart() {
 }
 
 /// Specs that cannot work are refused when submitted, naming file and line: a NUL byte in argv
-/// or env (it cannot cross `execve`) and a restart backoff of 0 (a crash loop that never slows).
+/// or env (it cannot cross `execve`).
 #[test]
-fn nul_bytes_and_a_zero_backoff_are_refused_by_line() {
+fn nul_bytes_are_refused_by_line() {
     let warden = Warden::start();
     for (file, text, line) in [
         ("nul-argv.toml", "name = \"n\"\n[cell]\nargv = [\"sh\", \"-c\\u0000x\"]\n", 3),
         ("nul-env.toml", "name = \"n\"\n[cell]\nargv = [\"true\"]\nenv = { A = \"a\\u0000b\" }\n", 4),
-        ("spin.toml", "name = \"s\"\n[cell]\nargv = [\"false\"]\n[restart]\npolicy = \"always\"\nbackoff = \"0ms\"\n", 6),
     ] {
         let path = warden.write_spec(file, text);
         let out = warden.cli(&["run", path.to_str().unwrap()]);
@@ -58,6 +57,22 @@ fn nul_bytes_and_a_zero_backoff_are_refused_by_line() {
         assert!(answer.contains(&format!("{file}:{line}:")), "{answer}");
     }
     assert!(warden.events(&[]).is_empty(), "nothing was submitted");
+}
+
+/// `backoff = "0ms"` with `policy = "always"` and a cell that fails at once: the first restart is
+/// immediate, the next ones double from 10 ms up to `backoff_max`, so the crash loop slows down
+/// (it used to restart ~70 times a second forever: doubling 0 stays 0).
+#[test]
+fn a_zero_backoff_crash_loop_slows_down() {
+    let warden = Warden::start();
+    let id =
+        warden.run("spin.toml", "name = \"s\"\n[cell]\nargv = [\"false\"]\n[restart]\npolicy = \"always\"\nbackoff = \"0ms\"\n");
+    warden.wait_for(&id, "a first restart", |v| v.restarts >= 1);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let restarts = warden.status(&id).restarts;
+    // 0, 20, 40, …, 1280 ms: about 9 in 3 s (a spinning loop made ~200).
+    assert!((3..=14).contains(&restarts), "{restarts} restarts in 3 s");
+    warden.cli_ok(&["stop", &id]);
 }
 
 /// What workloads and users wrote reaches the terminal escaped: an argv that clears the screen

@@ -737,9 +737,28 @@ pub enum WorkloadInvariantError {
     RestartedUnderNever { runs: u32, failovers_ran: u32 },
 }
 
-/// `backoff × 2^(n-1)` for the n-th consecutive failure, capped at `backoff_max`; the base delay
-/// after a success (policy `always`).
+/// `backoff` for the first consecutive failure (and after a success, policy `always`), then
+/// `max(backoff, MIN_BACKOFF_MS) × 2^(n-1)` for the n-th, capped at `backoff_max`. The floor is
+/// what keeps `backoff = "0ms"` from a crash loop of dozens of restarts (and journal writes) a
+/// second forever: doubling 0 stays 0. Only an explicit `backoff_max = "0ms"` asks for that.
 pub fn backoff_delay_ms(backoff_ms: u64, backoff_max_ms: u64, consecutive_failures: u32) -> u64 {
-    let doublings = consecutive_failures.saturating_sub(1).min(63);
-    backoff_ms.saturating_mul(1u64 << doublings).min(backoff_max_ms)
+    if consecutive_failures <= 1 {
+        return backoff_ms.min(backoff_max_ms);
+    }
+    let doublings = (consecutive_failures - 1).min(63);
+    backoff_ms.max(crate::spec::MIN_BACKOFF_MS).saturating_mul(1u64 << doublings).min(backoff_max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_delay_ms;
+
+    #[test]
+    fn a_zero_backoff_restarts_once_at_once_then_doubles_from_the_floor() {
+        let delays: Vec<u64> = (1..=6).map(|n| backoff_delay_ms(0, 30_000, n)).collect();
+        assert_eq!(delays, [0, 20, 40, 80, 160, 320], "a crash loop slows down instead of spinning");
+        assert_eq!(backoff_delay_ms(0, 30_000, 20), 30_000, "up to backoff_max");
+        assert_eq!(backoff_delay_ms(100, 30_000, 3), 400, "a backoff above the floor doubles from itself");
+        assert_eq!(backoff_delay_ms(0, 0, 9), 0, "only an explicit backoff_max of 0 never waits");
+    }
 }
