@@ -117,11 +117,8 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     };
-                    let head = format!(
-                        "PUT /v1/blobs/{:064x} HTTP/1.1\r\nHost: warden\r\nContent-Length: {}\r\n\r\n",
-                        i,
-                        250u64 << 20
-                    );
+                    let head =
+                        format!("PUT /v1/blobs/{:064x} HTTP/1.1\r\nHost: warden\r\nContent-Length: {}\r\n\r\n", i, 250u64 << 20);
                     if conn.write_all(head.as_bytes()).is_err() {
                         continue;
                     }
@@ -227,8 +224,9 @@ fn send_raw(addr: &str, bytes: &[u8]) -> (u16, String) {
 fn a_request_captured_before_a_restart_does_not_replay_after_it() {
     let mut warden = Warden::start();
     let spec = "name = \"once\"\n[cell]\nargv = [\"sleep\", \"600\"]\n";
-    let body = serde_json::to_vec(&SubmitRequest { file: "once.toml".into(), spec_toml: spec.into(), consumer_workload_id: None })
-        .unwrap();
+    let body =
+        serde_json::to_vec(&SubmitRequest { file: "once.toml".into(), spec_toml: spec.into(), consumer_workload_id: None })
+            .unwrap();
     // The exact bytes of a signed POST /v1/workloads, as a wiretapper would record them.
     let request = warden.client().prepare("POST", "/v1/workloads", body.clone()).unwrap();
     let captured = [

@@ -235,10 +235,8 @@ pub struct Claim {
 impl Claim {
     pub fn parse(header: Option<&str>) -> Result<Claim, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        let params = header
-            .strip_prefix(AUTH_SCHEME)
-            .map(str::trim)
-            .ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
+        let params =
+            header.strip_prefix(AUTH_SCHEME).map(str::trim).ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
         let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
         for part in params.split(',') {
             match part.trim().split_once('=') {

@@ -7,8 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
+use std::time::Duration;
 
 use super::state::{ApiState, Caller, MAX_BODY_BYTES};
 use crate::auth::{AuthError, Claim};

@@ -145,7 +145,10 @@ impl Client {
             .flatten();
         let Some(not_before) = not_before else { return Ok(response) };
         let ts_ms = now_ms().max(not_before + 1);
-        let again = Request { authorization: self.sign(&request.method, &request.path_and_query, &request.body, ts_ms), ..request.clone() };
+        let again = Request {
+            authorization: self.sign(&request.method, &request.path_and_query, &request.body, ts_ms),
+            ..request.clone()
+        };
         self.send_once(&again).await
     }
 
