@@ -92,7 +92,9 @@ instances = 1
 
 #[test]
 fn idle_connections_and_unsigned_uploads_take_no_host_down() {
-    let cluster = Cluster::start(2);
+    // Heavy: its own connections and uploads load the machine; no cluster test's timed
+    // failovers beside it.
+    let cluster = Cluster::start_heavy(2);
     let state = cluster.server.root.path().join("state");
     let spec = STANDBY_SPEC.replace("STATE", state.to_str().unwrap());
     let id = cluster.server.run("kv.toml", &spec);
