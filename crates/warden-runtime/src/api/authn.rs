@@ -43,10 +43,19 @@ pub(super) fn enrolled_host_key(state: &ApiState, header: &str) -> Option<Verify
 pub(super) async fn pass_if_signed(state: &ApiState, request: Request, next: Next, keys: &[VerifyingKey]) -> Response {
     match signed_by(state, request, MAX_BODY_BYTES, |_| keys.to_vec()).await {
         Ok((mut parts, bytes, principal)) => {
+            vouch(state, &parts);
             parts.extensions.insert(Caller(principal));
             next.run(Request::from_parts(parts, Body::from(bytes))).await
         }
         Err(response) => response,
+    }
+}
+
+/// The caller's address is known from now on (`serve::Gate`): it signed with an authorized or
+/// an enrolled key. Not for enrollment, which any key signs for itself.
+fn vouch(state: &ApiState, parts: &axum::http::request::Parts) {
+    if let Some(crate::serve::Peer(peer)) = parts.extensions.get() {
+        state.gate.vouch(peer.ip(), std::time::Instant::now());
     }
 }
 
@@ -91,9 +100,6 @@ pub(super) async fn signed_by(
     let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
     let principal =
         claim.verify(&caller, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &state.replays).map_err(unauthorized)?;
-    if let Some(crate::serve::Peer(peer)) = parts.extensions.get() {
-        state.gate.vouch(peer.ip(), std::time::Instant::now());
-    }
     Ok((parts, bytes, principal))
 }
 
@@ -125,6 +131,7 @@ pub(super) async fn authenticate_blobs(State(state): State<ApiState>, request: R
     keys.extend(admins);
     match signed_by(&state, request, crate::checkpoint::MAX_BLOB_BYTES, |_| keys).await {
         Ok((mut parts, bytes, principal)) => {
+            vouch(&state, &parts);
             let is_host = crate::auth::parse_principal(&principal).is_some_and(|key| hosts.contains(&key));
             parts.extensions.insert(if is_host { BlobRole::Host } else { BlobRole::Admin });
             parts.extensions.insert(Caller(principal));
