@@ -11,14 +11,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Atomically replaces `dir/name` with `bytes`.
+/// Atomically replaces `dir/name` with `bytes`, readable by the owner only (0600): a cell's
+/// `config.json` holds its environment, secrets included.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
     }
     std::fs::rename(&tmp, &dst)

@@ -35,7 +35,7 @@ impl LogSink {
 
     fn reopen(&mut self) -> io::Result<()> {
         self.file = None;
-        let file = OpenOptions::new().append(true).create(true).mode(0o644).open(&self.path)?;
+        let file = OpenOptions::new().append(true).create(true).mode(0o640).open(&self.path)?;
         self.size = file.metadata()?.len();
         self.file = Some(file);
         Ok(())

@@ -200,8 +200,12 @@ impl ProcessBackend {
             write_lease(&dir, &lease).map_err(io_err("write lease.json"))?;
         }
         write_json_atomic(&dir, "config.json", config).map_err(io_err("write config.json"))?;
-        let shim_err =
-            OpenOptions::new().append(true).create(true).open(dir.join("shim.err")).map_err(io_err("open shim.err"))?;
+        let shim_err = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(dir.join("shim.err"))
+            .map_err(io_err("open shim.err"))?;
 
         let mut cmd = self.shim.command(&dir);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(shim_err));

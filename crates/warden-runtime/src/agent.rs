@@ -144,6 +144,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let dir_err = |source| AgentError::DataDir { path: data_dir.display().to_string(), source };
     std::fs::create_dir_all(data_dir.join("cells")).map_err(dir_err)?;
     std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
+    crate::modes::tighten(&data_dir).map_err(dir_err)?;
     let _lock = lock_data_dir(&data_dir)?;
 
     let key_path = data_dir.join("host.key");

@@ -19,6 +19,8 @@ use warden_core::canonical::sha256_hex;
 
 pub const AUTH_SCHEME: &str = "Warden-Ed25519";
 pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// On a 401 for a request signed before the server started: the start, in unix ms.
+pub const NOT_BEFORE_HEADER: &str = "x-warden-not-before";
 
 /// A key pair as stored on disk (mode 0600).
 #[derive(Serialize, Deserialize)]
@@ -140,17 +142,38 @@ pub enum AuthError {
     BadSignature,
     #[error("this signed request was already used; sign each request afresh")]
     Replayed,
+    /// The guard cannot tell a replay of a request signed before the server started from a
+    /// fresh one: its memory of used signatures starts then.
+    #[error(
+        "request signed at {ts_ms} (unix ms), before this server started at {started_ms}: refused, as it could be a \
+         replay; if your clock is behind the server's, sign again with the server's time"
+    )]
+    BeforeStart { ts_ms: u64, started_ms: u64 },
 }
 
 /// Signatures seen within the clock-skew window, so a captured request cannot be sent again.
+///
+/// It lives in memory, and survives a restart by refusing what it cannot remember: requests
+/// signed before `not_before_ms` (the server's start). Persisting every signature instead
+/// would cost a synced write per request (heartbeats included) and still lose the last ones
+/// to a `kill -9`; the price of this way is that a client whose clock is behind the server's
+/// is refused for that long after a restart, with an error saying so (`AuthError::BeforeStart`),
+/// and the client re-signs once with the server's clock (`client::signed`).
 #[derive(Default)]
 pub struct ReplayGuard {
     seen: std::collections::HashMap<[u8; 64], u64>,
     /// Prune when `seen` grows past this (twice its size after the last prune).
     prune_at: usize,
+    /// Requests signed before this are refused (0: none are).
+    not_before_ms: u64,
 }
 
 impl ReplayGuard {
+    /// A guard whose memory starts at `now_ms` (the server's start).
+    pub fn started_at(now_ms: u64) -> ReplayGuard {
+        ReplayGuard { not_before_ms: now_ms, ..ReplayGuard::default() }
+    }
+
     /// Records a verified request's signature; false if it was already used.
     pub fn first_use(&mut self, signature: [u8; 64], ts_ms: u64, now_ms: u64) -> bool {
         // Pruned when it doubled since the last prune: amortized O(1) per request even when
@@ -183,7 +206,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Checks one request's `Authorization` header; returns the caller's principal.
+/// Checks one request's `Authorization` header and body; returns the caller's principal.
+/// (The server does it in two steps, `Claim::parse` + `Claim::check` before it reads the
+/// body and `Claim::verify` after, so an unauthenticated body is never read.)
 pub fn verify_request(
     header: Option<&str>,
     method: &str,
@@ -193,44 +218,94 @@ pub fn verify_request(
     authorized: &[VerifyingKey],
     replays: &std::sync::Mutex<ReplayGuard>,
 ) -> Result<String, AuthError> {
-    let header = header.ok_or(AuthError::Missing)?;
-    let params =
-        header.strip_prefix(AUTH_SCHEME).map(str::trim).ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
-    let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
-    for part in params.split(',') {
-        match part.trim().split_once('=') {
-            Some(("key", v)) => key = Some(v),
-            Some(("ts", v)) => ts = Some(v),
-            Some(("nonce", v)) => nonce = Some(v),
-            Some(("sig", v)) => sig = Some(v),
-            _ => return Err(AuthError::Malformed("expected key=…,ts=…,nonce=…,sig=…")),
+    let claim = Claim::parse(header)?;
+    let caller = claim.check(now_ms, authorized, replays)?;
+    claim.verify(&caller, method, path_and_query, body, now_ms, replays)
+}
+
+/// What an `Authorization` header claims: a key, a time, a nonce and a signature, not yet
+/// verified against the body.
+pub struct Claim {
+    key_bytes: [u8; 32],
+    ts_ms: u64,
+    nonce: String,
+    sig_bytes: [u8; 64],
+}
+
+impl Claim {
+    pub fn parse(header: Option<&str>) -> Result<Claim, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let params =
+            header.strip_prefix(AUTH_SCHEME).map(str::trim).ok_or(AuthError::Malformed("expected the Warden-Ed25519 scheme"))?;
+        let (mut key, mut ts, mut nonce, mut sig) = (None, None, None, None);
+        for part in params.split(',') {
+            match part.trim().split_once('=') {
+                Some(("key", v)) => key = Some(v),
+                Some(("ts", v)) => ts = Some(v),
+                Some(("nonce", v)) => nonce = Some(v),
+                Some(("sig", v)) => sig = Some(v),
+                _ => return Err(AuthError::Malformed("expected key=…,ts=…,nonce=…,sig=…")),
+            }
         }
+        let nonce = nonce.ok_or(AuthError::Malformed("no nonce"))?.to_string();
+        let key_bytes: [u8; 32] = hex::decode(key.ok_or(AuthError::Malformed("no key"))?)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(AuthError::Malformed("key is not 32 hex bytes"))?;
+        let ts_ms: u64 =
+            ts.ok_or(AuthError::Malformed("no ts"))?.parse().map_err(|_| AuthError::Malformed("ts is not a number"))?;
+        let sig_bytes: [u8; 64] = hex::decode(sig.ok_or(AuthError::Malformed("no sig"))?)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(AuthError::Malformed("sig is not 64 hex bytes"))?;
+        Ok(Claim { key_bytes, ts_ms, nonce, sig_bytes })
     }
-    let nonce = nonce.ok_or(AuthError::Malformed("no nonce"))?;
-    let key_bytes: [u8; 32] = hex::decode(key.ok_or(AuthError::Malformed("no key"))?)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(AuthError::Malformed("key is not 32 hex bytes"))?;
-    let ts_ms: u64 = ts.ok_or(AuthError::Malformed("no ts"))?.parse().map_err(|_| AuthError::Malformed("ts is not a number"))?;
-    let sig_bytes: [u8; 64] = hex::decode(sig.ok_or(AuthError::Malformed("no sig"))?)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(AuthError::Malformed("sig is not 64 hex bytes"))?;
-    let skew = now_ms.abs_diff(ts_ms);
-    if skew > MAX_CLOCK_SKEW_MS {
-        return Err(AuthError::Skew(skew));
+
+    /// What can be checked without the body: the time is within the skew and not before the
+    /// replay guard's memory starts, and the key is one of `authorized`. Returns that key.
+    pub fn check(
+        &self,
+        now_ms: u64,
+        authorized: &[VerifyingKey],
+        replays: &std::sync::Mutex<ReplayGuard>,
+    ) -> Result<VerifyingKey, AuthError> {
+        let skew = now_ms.abs_diff(self.ts_ms);
+        if skew > MAX_CLOCK_SKEW_MS {
+            return Err(AuthError::Skew(skew));
+        }
+        let not_before_ms = replays.lock().expect("replay guard lock").not_before_ms;
+        if self.ts_ms < not_before_ms {
+            return Err(AuthError::BeforeStart { ts_ms: self.ts_ms, started_ms: not_before_ms });
+        }
+        authorized
+            .iter()
+            .find(|k| k.as_bytes() == &self.key_bytes)
+            .copied()
+            .ok_or_else(|| AuthError::UnknownKey(format!("ed25519:{}", hex::encode(self.key_bytes))))
     }
-    let caller = authorized
-        .iter()
-        .find(|k| k.as_bytes() == &key_bytes)
-        .ok_or_else(|| AuthError::UnknownKey(format!("ed25519:{}", hex::encode(key_bytes))))?;
-    caller
-        .verify(signed_message(method, path_and_query, ts_ms, nonce, body).as_bytes(), &Signature::from_bytes(&sig_bytes))
-        .map_err(|_| AuthError::BadSignature)?;
-    if !replays.lock().expect("replay guard lock").first_use(sig_bytes, ts_ms, now_ms) {
-        return Err(AuthError::Replayed);
+
+    /// The signature over the request with its body, by `caller` (from `check`), and its first
+    /// use; returns the caller's principal.
+    pub fn verify(
+        &self,
+        caller: &VerifyingKey,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+        now_ms: u64,
+        replays: &std::sync::Mutex<ReplayGuard>,
+    ) -> Result<String, AuthError> {
+        caller
+            .verify(
+                signed_message(method, path_and_query, self.ts_ms, &self.nonce, body).as_bytes(),
+                &Signature::from_bytes(&self.sig_bytes),
+            )
+            .map_err(|_| AuthError::BadSignature)?;
+        if !replays.lock().expect("replay guard lock").first_use(self.sig_bytes, self.ts_ms, now_ms) {
+            return Err(AuthError::Replayed);
+        }
+        Ok(principal_of(caller))
     }
-    Ok(principal_of(caller))
 }
 
 /// Reads `authorized_keys`: one `ed25519:<hex>` (optionally followed by a name) per line.
@@ -296,6 +371,20 @@ mod tests {
             verify_request(Some(&header), "GET", "/v1/workloads", b"", 1_000_000, &keys, &guard),
             Err(AuthError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn requests_signed_before_the_guard_started_are_refused() {
+        let id = Identity::generate("admin");
+        let keys = vec![id.signing_key.verifying_key()];
+        let guard = std::sync::Mutex::new(ReplayGuard::started_at(1_000_000));
+        let before = id.authorization("POST", "/v1/workloads", b"{}", 999_999);
+        assert_eq!(
+            verify_request(Some(&before), "POST", "/v1/workloads", b"{}", 1_000_100, &keys, &guard),
+            Err(AuthError::BeforeStart { ts_ms: 999_999, started_ms: 1_000_000 })
+        );
+        let after = id.authorization("POST", "/v1/workloads", b"{}", 1_000_000);
+        assert_eq!(verify_request(Some(&after), "POST", "/v1/workloads", b"{}", 1_000_100, &keys, &guard), Ok(id.principal()));
     }
 
     #[test]

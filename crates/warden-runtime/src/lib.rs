@@ -12,8 +12,10 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod logs;
+pub mod modes;
 pub mod paths;
 pub mod proto;
+pub mod serve;
 mod sys;
 pub mod view;
 
@@ -70,8 +72,10 @@ pub enum UpError {
 pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let data_dir = &config.data_dir;
     let dir_err = |source| UpError::DataDir { path: data_dir.display().to_string(), source };
+    let nofile = serve::raise_fd_limit();
     std::fs::create_dir_all(data_dir.join("cells")).map_err(dir_err)?;
     std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
+    modes::tighten(data_dir).map_err(dir_err)?;
     let _lock = lock_data_dir(data_dir)?;
 
     let credential_path = config.config_dir.join(paths::ADMIN_CREDENTIAL_FILE);
@@ -151,13 +155,21 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         );
     }
 
+    let gate = Arc::new(serve::Gate::new(serve::Limits::for_fd_limit(nofile)));
+    let limits = gate.limits();
+    eprintln!(
+        "  connections  at most {} ({} reserved for agents and clients that signed in lately), {} per unknown address; fd limit {nofile}",
+        limits.total, limits.reserved, limits.per_peer
+    );
     let state = api::ApiState {
         commands: handle.commands.clone(),
         shared: handle.shared.clone(),
         events: handle.events.clone(),
         store,
         authorized_keys,
-        replays: Default::default(),
+        // Refuses what was signed before now: the guard's memory starts here (auth::ReplayGuard).
+        replays: Arc::new(std::sync::Mutex::new(auth::ReplayGuard::started_at(clock::now_ms()))),
+        gate: gate.clone(),
         host: config.node_name.clone(),
         logs_dir,
         manifests: handle.manifests.clone(),
@@ -177,7 +189,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         engine_task.abort();
         let _ = engine_task.await;
     };
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(stop).await.map_err(UpError::Serve)?;
+    serve::serve(listener, api::router(state), gate, stop).await.map_err(UpError::Serve)?;
     eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
     Ok(())
 }

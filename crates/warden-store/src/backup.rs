@@ -720,6 +720,7 @@ fn import_into(
     journal: &Path,
     restored: impl FnOnce(&BackupSummary) -> NewEvent,
 ) -> Result<Imported, BackupError> {
+    crate::sqlite::make_private(journal).during(StoreOperation::Open)?;
     let mut conn = Connection::open(journal).during(StoreOperation::Open)?;
     conn.pragma_update(None, "synchronous", "FULL").during(StoreOperation::Open)?;
     migrate(&mut conn)?;

@@ -85,6 +85,7 @@ impl DurableQueue {
     /// Opens (creating if needed) the queue file at `path`.
     pub fn open(path: &Path) -> Result<DurableQueue, QueueError> {
         let op = QueueOperation::Open;
+        crate::sqlite::make_private(path).during(op)?;
         let mut conn = Connection::open(path).during(op)?;
         conn.busy_timeout(BUSY_TIMEOUT).during(op)?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).during(op)?;

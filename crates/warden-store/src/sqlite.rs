@@ -111,6 +111,7 @@ impl SqliteStore {
     /// snapshot, and starts the writer thread. A chain that does not verify is
     /// [`StoreError::CorruptHistory`], and then nothing was changed (see the module docs).
     pub fn open(path: &Path) -> Result<(SqliteStore, OpenReport), StoreError> {
+        make_private(path).during(StoreOperation::Open)?;
         let mut conn = Connection::open(path).during(StoreOperation::Open)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
@@ -452,4 +453,35 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
     } else {
         "non-string panic".to_string()
     }
+}
+
+/// Makes a SQLite file and its `-wal` and `-shm` readable by their owner only (0600): creates
+/// the file empty with that mode if it is missing (SQLite takes an empty file as a new
+/// database, and creates its `-wal` and `-shm` with the database file's mode), and tightens
+/// them if they exist (data dirs of older versions had them 0644). Fails as SQLite's
+/// "cannot open" would, naming the file.
+pub fn make_private(path: &Path) -> rusqlite::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |name: &std::ffi::OsStr, e: std::io::Error| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!("cannot make {} readable by its owner only (0600): {e}", Path::new(name).display())),
+        )
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| failed(path.as_os_str(), e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(&name, e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }

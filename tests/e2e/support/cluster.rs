@@ -112,8 +112,10 @@ pub struct Cluster<S: ControlPlane = Warden> {
     /// An agent's heading in [`Cluster::logs`]: its name unless told otherwise.
     pub agent_label: Box<dyn Fn(&Agent) -> String>,
     /// Keeps the kill -9 stress test from running beside this cluster's timed failovers
-    /// ([`super::not_beside_heavy`]); declared last, so released after the agents are gone.
-    _not_beside_heavy: RwLockReadGuard<'static, ()>,
+    /// ([`super::not_beside_heavy`]), or, for a cluster that is itself heavy
+    /// ([`Cluster::start_heavy`]), every other cluster; declared last, so released after the
+    /// agents are gone.
+    _not_beside_heavy: HeavyGuard,
 }
 
 impl Cluster<Warden> {
@@ -134,6 +136,40 @@ impl Cluster<Warden> {
     }
 }
 
+/// Which side of [`super::heavy`] a cluster is on.
+enum HeavyGuard {
+    Beside(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Heavy(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl Cluster<Warden> {
+    /// Like [`Cluster::start`], for a test that loads the machine itself (an attack of
+    /// thousands of connections): no other cluster test and no kill -9 stress test beside it.
+    pub fn start_heavy(n_agents: usize) -> Cluster {
+        let heavy = super::heavy();
+        let server = Warden::start_with_command("server", &[]);
+        let root = server.root.path().to_path_buf();
+        let config_home = server.config_home();
+        let (token, url) = (server.join_token(), format!("http://{}", server.addr()));
+        let mut cluster = Cluster {
+            server,
+            agents: Vec::new(),
+            agent_label: Box::new(|agent| agent.name.clone()),
+            _not_beside_heavy: HeavyGuard::Heavy(heavy),
+        };
+        for i in 0..n_agents {
+            let name = format!("h{i}");
+            let mut command = Command::new(bin());
+            command.env("XDG_CONFIG_HOME", &config_home);
+            let mut agent = Agent::new(&name, root.join(format!("agent-{name}")));
+            agent.spawn(command, &url, &token);
+            cluster.agents.push(agent);
+        }
+        cluster.wait_hosts_up(n_agents);
+        cluster
+    }
+}
+
 impl<S: ControlPlane> Cluster<S> {
     /// One agent a name, its data dir `<root>/agent-NAME`, launched from `launch(name)` (see
     /// [`Agent::spawn`]) against `http://` + the server's address. Does not wait for them.
@@ -148,7 +184,7 @@ impl<S: ControlPlane> Cluster<S> {
             server,
             agents: Vec::new(),
             agent_label: Box::new(|agent| agent.name.clone()),
-            _not_beside_heavy: not_beside_heavy(),
+            _not_beside_heavy: HeavyGuard::Beside(not_beside_heavy()),
         };
         for name in names {
             let mut agent = Agent::new(&name, root.join(format!("agent-{name}")));

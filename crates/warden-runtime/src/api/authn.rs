@@ -8,9 +8,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ed25519_dalek::VerifyingKey;
+use std::time::Duration;
 
 use super::state::{ApiState, Caller, MAX_BODY_BYTES};
-use crate::auth::verify_request;
+use crate::auth::{AuthError, Claim};
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::view::ErrorBody;
@@ -42,6 +43,7 @@ pub(super) fn enrolled_host_key(state: &ApiState, header: &str) -> Option<Verify
 pub(super) async fn pass_if_signed(state: &ApiState, request: Request, next: Next, keys: &[VerifyingKey]) -> Response {
     match signed_by(state, request, MAX_BODY_BYTES, |_| keys.to_vec()).await {
         Ok((mut parts, bytes, principal)) => {
+            vouch(state, &parts);
             parts.extensions.insert(Caller(principal));
             next.run(Request::from_parts(parts, Body::from(bytes))).await
         }
@@ -49,8 +51,26 @@ pub(super) async fn pass_if_signed(state: &ApiState, request: Request, next: Nex
     }
 }
 
-/// Reads the body (at most `limit` bytes) and checks the signature against the keys `keys`
-/// picks given the `Authorization` header (enrollment trusts the key the header names).
+/// The caller's address is known from now on (`serve::Gate`): it signed with an authorized or
+/// an enrolled key. Not for enrollment, which any key signs for itself.
+fn vouch(state: &ApiState, parts: &axum::http::request::Parts) {
+    if let Some(crate::serve::Peer(peer)) = parts.extensions.get() {
+        state.gate.vouch(peer.ip(), std::time::Instant::now());
+    }
+}
+
+/// How long a body (at most `limit` bytes) may take to arrive once the headers are
+/// authenticated: a minute per 4 MiB, at least a minute (a slow sender holds a connection and
+/// its buffer no longer than that).
+fn body_deadline(limit: usize) -> Duration {
+    Duration::from_secs(60 * (limit / MAX_BODY_BYTES).max(1) as u64)
+}
+
+/// Authenticates the request in two steps: the `Authorization` header first (well formed, its
+/// time within the skew and after the server's start, its key one of those `keys` picks given
+/// the header — enrollment trusts the key the header names), and only then the body, read
+/// whole (at most `limit` bytes, within `body_deadline`) and checked against the signature.
+/// An unauthenticated body is never read: the answer goes out and the connection closes.
 pub(super) async fn signed_by(
     state: &ApiState,
     request: Request,
@@ -58,16 +78,39 @@ pub(super) async fn signed_by(
     keys: impl FnOnce(Option<&str>) -> Vec<VerifyingKey>,
 ) -> Result<(axum::http::request::Parts, Bytes, String), Response> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::BadRequest(format!("request body larger than {limit} bytes")).into_response())?;
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
     let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-    let keys = keys(header);
-    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
-        Ok(principal) => Ok((parts, bytes, principal)),
-        Err(e) => Err((StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response()),
+    let claim = Claim::parse(header).map_err(unauthorized)?;
+    let caller = claim.check(now_ms(), &keys(header), &state.replays).map_err(unauthorized)?;
+    let too_large = || {
+        (StatusCode::PAYLOAD_TOO_LARGE, Json(ErrorBody { error: format!("request body larger than {limit} bytes") }))
+            .into_response()
+    };
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
+    let bytes = match tokio::time::timeout(body_deadline(limit), axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_) => {
+            let secs = body_deadline(limit).as_secs();
+            return Err(ApiError::BadRequest(format!("request body not received within {secs} s")).into_response());
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let principal =
+        claim.verify(&caller, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &state.replays).map_err(unauthorized)?;
+    Ok((parts, bytes, principal))
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let mut response = (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response();
+    // Signed before the server started: say when that was, so a client whose clock is behind
+    // can sign again with a time the server takes (`client::signed`).
+    if let AuthError::BeforeStart { started_ms, .. } = e {
+        response.headers_mut().insert(crate::auth::NOT_BEFORE_HEADER, started_ms.into());
+    }
+    response
 }
 
 /// Who called a blob route.
@@ -78,29 +121,22 @@ pub(super) enum BlobRole {
 }
 
 /// Like `authenticate`, for `/v1/blobs`: an enrolled host's key or an authorized (admin) key,
-/// and bodies up to `MAX_BLOB_BYTES`.
+/// and bodies up to `MAX_BLOB_BYTES` (the one route with a larger limit than `MAX_BODY_BYTES`;
+/// still only read once the header is authenticated).
 pub(super) async fn authenticate_blobs(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, crate::checkpoint::MAX_BLOB_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let max = crate::checkpoint::MAX_BLOB_BYTES;
-            return ApiError::BadRequest(format!("blob larger than {max} bytes")).into_response();
-        }
-    };
-    let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let hosts: Vec<VerifyingKey> = header.and_then(|header| enrolled_host_key(&state, header)).into_iter().collect();
     let admins = state.authorized_keys.read().expect("keys lock").clone();
     let mut keys = hosts.clone();
     keys.extend(admins);
-    match verify_request(header, parts.method.as_str(), &path_and_query, &bytes, now_ms(), &keys, &state.replays) {
-        Ok(principal) => {
+    match signed_by(&state, request, crate::checkpoint::MAX_BLOB_BYTES, |_| keys).await {
+        Ok((mut parts, bytes, principal)) => {
+            vouch(&state, &parts);
             let is_host = crate::auth::parse_principal(&principal).is_some_and(|key| hosts.contains(&key));
             parts.extensions.insert(if is_host { BlobRole::Host } else { BlobRole::Admin });
             parts.extensions.insert(Caller(principal));
             next.run(Request::from_parts(parts, Body::from(bytes))).await
         }
-        Err(e) => (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: e.to_string() })).into_response(),
+        Err(response) => response,
     }
 }

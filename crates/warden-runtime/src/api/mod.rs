@@ -68,5 +68,9 @@ pub fn router(state: ApiState) -> Router {
         .merge(authenticated)
         .merge(agents)
         .merge(blobs)
+        // One body limit: the authentication layers read at most MAX_BODY_BYTES (blobs:
+        // MAX_BLOB_BYTES) once the header is authenticated; the extractors behind them
+        // (`Json`, `Bytes`) get the same figure instead of axum's own 2 MiB default.
+        .layer(axum::extract::DefaultBodyLimit::max(state::MAX_BODY_BYTES))
         .with_state(state)
 }

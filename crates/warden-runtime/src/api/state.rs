@@ -26,6 +26,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub authorized_keys: Arc<RwLock<Vec<VerifyingKey>>>,
     pub replays: Arc<std::sync::Mutex<ReplayGuard>>,
+    /// The listener's connection caps; authenticated callers' addresses are vouched for here.
+    pub gate: Arc<crate::serve::Gate>,
     pub host: String,
     pub logs_dir: PathBuf,
     /// Job manifests by id, for run views (written by the engine).

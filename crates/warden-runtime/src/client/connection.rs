@@ -45,6 +45,9 @@ pub(super) fn reqwest_client(config: &ClientConfig) -> Result<reqwest::Client, C
     reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .pool_max_idle_per_host(config.idle_connections_per_host)
+        // Sooner than the server closes an idle connection (`serve::Limits::header_read_timeout`,
+        // 30 s), so a pooled connection is not reused just as the server closes it.
+        .pool_idle_timeout(Duration::from_secs(20))
         .user_agent(config.user_agent.clone())
         // Requests go straight to the control plane, as they did before reqwest: an
         // `HTTP_PROXY` meant for the outside world must not see signed requests.

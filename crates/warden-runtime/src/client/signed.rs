@@ -125,14 +125,34 @@ impl Client {
             None => url.path().to_string(),
         };
         let body = body.into();
-        let authorization =
-            self.identity.as_ref().map(|identity| identity.authorization(method.as_str(), &path_and_query, &body, now_ms()));
+        let authorization = self.sign(&method, &path_and_query, &body, now_ms());
         Ok(Request { method, url, path_and_query, body, authorization })
+    }
+
+    fn sign(&self, method: &reqwest::Method, path_and_query: &str, body: &[u8], ts_ms: u64) -> Option<String> {
+        self.identity.as_ref().map(|identity| identity.authorization(method.as_str(), path_and_query, body, ts_ms))
     }
 
     /// Sends `request`; the answer whatever its status, its body unread. No time limit beyond
     /// the connect timeout: follows and long polls end when the server ends them.
+    ///
+    /// One retry: a request the server refused as signed before it started (our clock is
+    /// behind its; `auth::ReplayGuard`) is signed again with the server's start as its time.
     pub async fn send(&self, request: &Request) -> Result<Response, HttpError> {
+        let response = self.send_once(request).await?;
+        let not_before = (response.status == 401 && request.authorization.is_some())
+            .then(|| response.inner.headers().get(crate::auth::NOT_BEFORE_HEADER)?.to_str().ok()?.parse::<u64>().ok())
+            .flatten();
+        let Some(not_before) = not_before else { return Ok(response) };
+        let ts_ms = now_ms().max(not_before + 1);
+        let again = Request {
+            authorization: self.sign(&request.method, &request.path_and_query, &request.body, ts_ms),
+            ..request.clone()
+        };
+        self.send_once(&again).await
+    }
+
+    async fn send_once(&self, request: &Request) -> Result<Response, HttpError> {
         let mut builder = self.http.request(request.method.clone(), request.url.clone());
         if let Some(authorization) = &request.authorization {
             builder = builder.header(reqwest::header::AUTHORIZATION, authorization);

@@ -39,7 +39,13 @@ async fn handle(State(server): State<Server>, request: AxumRequest) -> AxumRespo
     } else {
         match verify_request(header, parts.method.as_str(), path_and_query, &body, now_ms(), &server.keys, &server.replays) {
             Ok(caller) => caller,
-            Err(e) => return (StatusCode::UNAUTHORIZED, axum::Json(ErrorBody { error: e.to_string() })).into_response(),
+            Err(e) => {
+                let mut response = (StatusCode::UNAUTHORIZED, axum::Json(ErrorBody { error: e.to_string() })).into_response();
+                if let crate::auth::AuthError::BeforeStart { started_ms, .. } = e {
+                    response.headers_mut().insert(crate::auth::NOT_BEFORE_HEADER, started_ms.into());
+                }
+                return response;
+            }
         }
     };
     let chunked = |n: usize, size: usize| {
@@ -70,7 +76,12 @@ async fn handle(State(server): State<Server>, request: AxumRequest) -> AxumRespo
 
 /// Serves `handle` on a free loopback port, trusting `identity`, on the current runtime.
 async fn serve(identity: &Identity) -> SocketAddr {
-    let state = Server { keys: vec![parse_principal(&identity.principal()).unwrap()], replays: Default::default() };
+    serve_with_guard(identity, ReplayGuard::default()).await
+}
+
+/// `serve` with a replay guard of the test's choosing.
+async fn serve_with_guard(identity: &Identity, guard: ReplayGuard) -> SocketAddr {
+    let state = Server { keys: vec![parse_principal(&identity.principal()).unwrap()], replays: Arc::new(Mutex::new(guard)) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = axum::Router::new().fallback(any(handle)).with_state(state);
@@ -87,6 +98,17 @@ fn serve_in_background(identity: &Identity) -> (SocketAddr, tokio::runtime::Runt
 
 fn limited(max_response_bytes: usize) -> ClientConfig {
     ClientConfig { max_response_bytes: Some(max_response_bytes), ..ClientConfig::default() }
+}
+
+#[tokio::test]
+async fn a_client_whose_clock_is_behind_a_freshly_started_server_signs_again_with_its_start() {
+    let identity = Arc::new(Identity::generate("h1"));
+    // The server started 3 s ahead of our clock: what we sign now is "before its start".
+    let started_ms = now_ms() + 3_000;
+    let addr = serve_with_guard(&identity, ReplayGuard::started_at(started_ms)).await;
+    let client = Client::new(&addr.to_string(), identity.clone(), &ClientConfig::default()).unwrap();
+    let answer: serde_json::Value = client.json::<(), _>("GET", "/echo", None, SECOND).await.unwrap();
+    assert_eq!(answer["caller"], identity.principal());
 }
 
 #[tokio::test]
