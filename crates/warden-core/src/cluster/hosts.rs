@@ -1,5 +1,6 @@
 //! Hosts: enrollment, liveness (a host silent past `host_ttl` is down), the write-off of cells on
-//! a host that stays down past their tolerance, and drain.
+//! a host that stays down past their tolerance, drain, and removal (its cells written off at
+//! once, its key refused for good).
 
 use crate::batch::{Batch, Order};
 use crate::event::EventData;
@@ -19,6 +20,9 @@ impl ClusterState {
         channel: Option<String>,
         tags: Vec<String>,
     ) -> Result<(), ClusterError> {
+        if batch.live().removed_host_keys.contains(principal) {
+            return Err(ClusterError::KeyRemoved { host: host.to_string() });
+        }
         match batch.live().hosts.get(host) {
             Some(record) if record.principal != principal => return Err(ClusterError::WrongKey { host: host.to_string() }),
             Some(_) => {}
@@ -104,6 +108,45 @@ impl ClusterState {
             });
         }
         batch.orders.extend(evictions);
+        Ok(())
+    }
+
+    /// An admin removes `host`: every cell on it is written off at once (as if it had been down
+    /// past its tolerance: the workloads restart or fail over elsewhere, under a new lease once
+    /// the old one has expired, since the host can no longer renew it), `each-host` instances
+    /// pinned to it stop, and its key is refused from then on, on every route and at enrollment.
+    pub fn remove_host(&mut self, batch: &mut Batch, host: &str, caller: &str) -> Result<(), ClusterError> {
+        if self.is_local(host) {
+            return Err(ClusterError::LocalNode { host: host.to_string() });
+        }
+        let Some(record) = batch.live().hosts.get(host) else {
+            return Err(ClusterError::UnknownHost { host: host.to_string() });
+        };
+        let principal = record.principal.clone();
+        let reason = format!("host {host} was removed by {caller}");
+        let mut lost = Vec::new();
+        let mut pinned = Vec::new();
+        for w in batch.live().workloads.values() {
+            if w.phase.is_terminal() {
+                continue;
+            }
+            if let (Some(cell_id), Some(true)) = (w.phase.cell_id(), w.current_host().map(|h| h == host)) {
+                lost.push((w.id().to_string(), cell_id.to_string()));
+            }
+            if w.pinned_host.as_deref() == Some(host) {
+                pinned.push(w.id().to_string());
+            }
+        }
+        for (workload_id, cell_id) in lost {
+            let input = Input::HostLost { cell_id, host: Some(host.to_string()), reason: reason.clone() };
+            batch.advance_report(&workload_id, &input);
+        }
+        for workload_id in pinned {
+            batch.advance_report(&workload_id, &Input::Stop);
+        }
+        batch.record(EventData::HostRemoved { host: host.to_string(), principal, reason });
+        self.last_seen.remove(host);
+        self.want_inventory.remove(host);
         Ok(())
     }
 }

@@ -45,6 +45,10 @@ pub enum ClusterError {
     UnknownHost { host: String },
     #[error("host {host:?} is enrolled with another key")]
     WrongKey { host: String },
+    #[error("host {host:?} was removed (`warden hosts remove`): its key is refused for good; enroll it again with a new data dir and a new join token")]
+    KeyRemoved { host: String },
+    #[error(transparent)]
+    JoinToken(#[from] super::tokens::JoinTokenRefused),
     #[error("{host:?} is this control plane's own node")]
     LocalNode { host: String },
     #[error("host {host:?} is down; it may not take a lease")]
