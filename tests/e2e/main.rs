@@ -21,3 +21,4 @@ mod journal_e2e;
 mod outage_e2e;
 mod rollout_e2e;
 mod standby_e2e;
+mod tokens_e2e;
