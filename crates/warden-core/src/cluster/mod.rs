@@ -30,12 +30,11 @@ pub use messages::{AcquireRequest, Heartbeat, InventoryCell, InventoryState, Lea
 pub use placement::{each_host_group, each_host_missing, submit_targets, EachHostInstance, SubmitRefused, SubmitTargets};
 pub use reports::{blob_hex, HeartbeatAnswer};
 pub use state::{
-    AcquireRefused, ClusterConfig, ClusterError, ClusterState, HEARTBEAT_INTERVAL_MS, HOST_TTL_MS, PLACEMENT_RETRY_MS,
-    PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
+    AcquireRefused, ClusterConfig, ClusterError, ClusterState, JoinTokenRefused, TokenAdminError, HEARTBEAT_INTERVAL_MS,
+    HOST_TTL_MS, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
 };
 pub use tokens::{
-    check_join_token, format_join_token, parse_join_token, JoinTokenRefused, TokenAdminError, DEFAULT_JOIN_TOKEN_TTL_MS,
-    JOIN_TOKEN_PREFIX, MAX_JOIN_TOKEN_TTL_MS,
+    check_join_token, format_join_token, parse_join_token, DEFAULT_JOIN_TOKEN_TTL_MS, JOIN_TOKEN_PREFIX, MAX_JOIN_TOKEN_TTL_MS,
 };
 
 #[cfg(test)]

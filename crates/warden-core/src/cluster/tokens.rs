@@ -14,7 +14,7 @@ use crate::canonical::sha256_hex;
 use crate::event::EventData;
 use crate::projection::{JoinTokenState, Projection};
 
-use super::state::{ClusterError, ClusterState};
+use super::state::{ClusterError, ClusterState, JoinTokenRefused, TokenAdminError};
 
 /// A join token lives this long unless its creator says otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL_MS: u64 = 3_600_000;
@@ -31,34 +31,6 @@ pub fn parse_join_token(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.trim().strip_prefix(JOIN_TOKEN_PREFIX)?.split_once('_')?;
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     (hex(id, 8) && hex(secret, 64)).then_some((id, secret))
-}
-
-/// Why a join token was refused. None of these carries the secret.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum JoinTokenRefused {
-    #[error("this is not a join token (they read wjt_<id>_<secret>; `warden tokens create` makes one)")]
-    Malformed,
-    #[error("wrong join token: ask an admin for a new one (`warden tokens create`)")]
-    Wrong,
-    #[error("join token {token_id} has expired: ask an admin for a new one (`warden tokens create`)")]
-    Expired { token_id: String },
-    #[error("join token {token_id} is used up ({max_uses} use(s)): ask an admin for a new one (`warden tokens create`)")]
-    UsedUp { token_id: String, max_uses: u32 },
-    #[error("join token {token_id} was revoked: ask an admin for a new one (`warden tokens create`)")]
-    Revoked { token_id: String },
-}
-
-/// Why a token could not be created or revoked.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TokenAdminError {
-    #[error("join token {0} already exists")]
-    Duplicate(String),
-    #[error("no join token {0}")]
-    Unknown(String),
-    #[error("a join token's ttl must be between 1 s and 365 days, got {ttl_ms} ms")]
-    BadTtl { ttl_ms: u64 },
-    #[error("a join token's uses must be at least 1 (leave --uses out for any number)")]
-    NoUses,
 }
 
 /// The longest a join token may live: a token is a key to the fleet, not a standing credential.
