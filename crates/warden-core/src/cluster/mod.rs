@@ -28,7 +28,7 @@ mod tokens;
 pub use crate::batch::{Batch, Order};
 pub use messages::{AcquireRequest, Heartbeat, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, RevokeRequest};
 pub use placement::{each_host_group, each_host_missing, submit_targets, EachHostInstance, SubmitRefused, SubmitTargets};
-pub use reports::{blob_hex, HeartbeatAnswer};
+pub use reports::{blob_hex, host_may_fetch_blob, HeartbeatAnswer};
 pub use state::{
     AcquireRefused, ClusterConfig, ClusterError, ClusterState, JoinTokenRefused, TokenAdminError, HEARTBEAT_INTERVAL_MS,
     HOST_TTL_MS, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
