@@ -145,6 +145,10 @@ fn a_removed_hosts_reports_are_refused_and_its_workload_runs_elsewhere_with_a_hi
     let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
     let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");
     let (old_host, old_epoch) = (first.host.clone(), first.epoch.expect("a cluster primary runs under a lease epoch"));
+    // The agent got its token in WARDEN_JOIN_TOKEN and dropped it: its cells do not inherit it.
+    let environ = std::fs::read(format!("/proc/{}/environ", first.pid.unwrap())).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.contains("WARDEN_EPOCH=") && !environ.contains("WARDEN_JOIN_TOKEN"), "{environ}");
     std::thread::sleep(Duration::from_millis(300));
 
     cluster.server.cli_ok(&["hosts", "remove", &old_host]);
