@@ -150,3 +150,49 @@ impl ClusterState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterConfig;
+    use crate::projection::Projection;
+    use crate::Spec;
+
+    #[test]
+    fn removing_a_host_writes_its_cell_off_at_once_and_the_new_cell_waits_for_the_old_lease() {
+        let mut projection = Projection::default();
+        let mut cluster = ClusterState::after_restart(ClusterConfig::default(), None, &projection, 0);
+        let mut batch = Batch::new(&mut projection, 0);
+        for host in ["a", "b"] {
+            cluster.enroll(&mut batch, host, &format!("key-{host}"), None, Vec::new()).unwrap();
+        }
+        let text =
+            "name = \"w\"\n[cell]\nargv = [\"sleep\", \"9\"]\n[restart]\npolicy = \"always\"\nbackoff = \"0ms\"\n[placement]\n";
+        let spec = Spec::parse("w.toml", text).unwrap();
+        batch.submit(spec.workload_info("w-1".into(), "owner".into(), None, 0), spec, None);
+        cluster.place(&mut batch);
+        let host = batch.live().workloads["w-1"].current_host().unwrap().to_string();
+        let epoch = batch.live().leases["w-1"].epoch;
+        let other = if host == "a" { "b" } else { "a" };
+
+        let mut batch = Batch::new(&mut projection, 10);
+        cluster.remove_host(&mut batch, &host, "admin").unwrap();
+        for id in batch.live().due(10) {
+            batch.advance(&id, &crate::workload::Input::Tick).unwrap();
+        }
+        cluster.place(&mut batch);
+        let destroyed = batch.events.iter().position(|e| matches!(e, EventData::LifecycleDestroyed { .. }));
+        let removed = batch.events.iter().position(|e| matches!(e, EventData::HostRemoved { .. }));
+        assert!(destroyed.is_some() && destroyed < removed, "written off before the removal: {:?}", batch.events);
+        assert!(!batch.events.iter().any(|e| matches!(e, EventData::CellPlaced { .. })), "{:?}", batch.events);
+
+        // Once the old lease has run out, the new cell goes to the other host at a higher epoch.
+        let later = ClusterConfig::default().lease.ttl_ms * 2 + 10;
+        let mut batch = Batch::new(&mut projection, later);
+        cluster.place(&mut batch);
+        let w = &batch.live().workloads["w-1"];
+        assert_eq!(w.current_host(), Some(other), "{:?}", batch.events);
+        assert!(batch.live().leases["w-1"].epoch > epoch);
+        assert!(projection.removed_host_keys.contains(&format!("key-{host}")));
+    }
+}
