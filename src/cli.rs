@@ -1,7 +1,8 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
 //! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`,
-//! `journal verify|repair` (offline, in `cli/journal.rs`), `backup` and `restore` (in `cli/backup.rs`).
+//! `journal verify|repair` (offline, in `cli/journal.rs`), `backup` and `restore` (in `cli/backup.rs`),
+//! `hosts [drain|undrain|remove]`, `tokens create|ls|revoke` (join tokens).
 
 mod backup;
 mod common;
@@ -91,9 +92,19 @@ enum Command {
         /// Default: $XDG_DATA_HOME/warden/agent-<name> (~/.local/share/warden/agent-<name>).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The token `warden server` printed; needed on the first start only.
-        #[arg(long, env = "WARDEN_JOIN_TOKEN", hide_env_values = true)]
+        /// A file holding a join token (`warden tokens create --out FILE`, or the server's
+        /// <data-dir>/join-token); needed on the first start only. Or set WARDEN_JOIN_TOKEN.
+        #[arg(long)]
+        join_token_file: Option<PathBuf>,
+        /// Refused: a command line is readable by every user of the host (/proc/PID/cmdline).
+        #[arg(long, hide = true)]
         join_token: Option<String>,
+    },
+    /// Join tokens, which let a new host enroll: make one (its secret shown once), list them,
+    /// revoke one.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
     },
     /// Submit a workload spec; prints the workload id as the last line.
     Run {
@@ -171,6 +182,30 @@ enum HostsAction {
     Drain { name: String },
     /// Take a drained host back into service.
     Undrain { name: String },
+    /// Remove a host for good: its cells restart or fail over elsewhere at once, and its key is
+    /// refused from now on (to bring the machine back, start its agent on a new data dir with
+    /// a new join token).
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Make a join token; its secret is shown this once (printed, or written 0600 to --out).
+    Create {
+        /// How long it enrolls hosts, on the server's clock (`30s`, `1h`, `7d`).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many hosts it may enroll (default: any number until it expires).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List join tokens (never their secrets): state, expiry, uses.
+    Ls,
+    /// Revoke a join token: it enrolls no host any more (hosts it enrolled stay).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -229,7 +264,14 @@ pub fn main() -> Result<()> {
             runtime.block_on(warden_runtime::up(config))?;
             Ok(())
         }
-        Command::Agent { server, name, channel, tags, data_dir, join_token } => {
+        Command::Agent { server, name, channel, tags, data_dir, join_token_file, join_token } => {
+            if join_token.is_some() {
+                bail!(
+                    "--join-token is refused: a command line is readable by every user of this host (ps, /proc/PID/cmdline); \
+                     put the token in a file (--join-token-file FILE, mode 0600) or in the environment (WARDEN_JOIN_TOKEN)"
+                );
+            }
+            let join_token = read_join_token(join_token_file.as_deref())?;
             let config = warden_runtime::agent::AgentConfig {
                 data_dir: data_dir.unwrap_or_else(|| paths::default_data_dir().join(format!("agent-{name}"))),
                 server,
@@ -259,13 +301,36 @@ pub fn main() -> Result<()> {
     }
 }
 
+/// The agent's join token: from `--join-token-file`, else from `WARDEN_JOIN_TOKEN`, which is
+/// then taken out of the environment so that no cell inherits it.
+fn read_join_token(file: Option<&Path>) -> Result<Option<String>> {
+    let from_env = std::env::var("WARDEN_JOIN_TOKEN").ok();
+    // Still one thread here (the runtime starts after), so changing the environment is sound.
+    std::env::remove_var("WARDEN_JOIN_TOKEN");
+    match file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read --join-token-file {}", path.display()))?;
+            Ok(Some(text.trim().to_string()))
+        }
+        None => Ok(from_env.map(|t| t.trim().to_string())),
+    }
+}
+
 fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
     match command {
         Command::Up { .. } | Command::Server { .. } | Command::Journal { .. } => unreachable!("handled by main"),
+        Command::Hosts { action: Some(HostsAction::Remove { name }) } => {
+            client.call("POST", &format!("/v1/hosts/{name}/remove"), None)?;
+            eprintln!("{name} is removed: its cells restart elsewhere and its key is refused from now on");
+            Ok(())
+        }
+        Command::Tokens { action } => tokens(client, action, output),
         Command::Hosts { action: Some(action) } => {
             let (name, drain) = match &action {
                 HostsAction::Drain { name } => (name, true),
                 HostsAction::Undrain { name } => (name, false),
+                HostsAction::Remove { .. } => unreachable!("matched above"),
             };
             let body = serde_json::to_vec(&serde_json::json!({ "drain": drain }))?;
             client.call("POST", &format!("/v1/hosts/{name}/drain"), Some(&body))?;
@@ -572,6 +637,68 @@ fn read_input(path: &Path) -> Result<serde_json::Value> {
 /// `sha256:` and the first 12 hex digits of an artifact id.
 fn short_id(id: &str) -> &str {
     short_spec_id(id)
+}
+
+/// `warden tokens create|ls|revoke`.
+fn tokens(client: &Client, action: TokensAction, output: Output) -> Result<()> {
+    use warden_runtime::view::{TokenCreated, TokenRequest, TokenView};
+    match action {
+        TokensAction::Create { ttl, uses, out } => {
+            let ttl_ms = warden_core::units::parse_duration_ms(&ttl).map_err(|e| anyhow!("--ttl {ttl:?}: {e}"))?;
+            let request = TokenRequest { ttl_ms: Some(ttl_ms), max_uses: uses };
+            let created: TokenCreated = client.json("POST", "/v1/tokens", Some(&serde_json::to_vec(&request)?))?;
+            let expires = format_rfc3339_ms(created.view.expires_at_ms);
+            let uses = created.view.max_uses.map_or("any number of".to_string(), |n| n.to_string());
+            match out {
+                Some(path) => {
+                    warden_runtime::write_secret_file(&path, &created.token)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "join token {} written to {} (0600): {uses} host(s) until {expires}; on the new host: \
+                         `warden agent --server … --name HOST --join-token-file FILE`",
+                        created.view.token_id,
+                        path.display()
+                    );
+                }
+                None => {
+                    eprintln!(
+                        "join token {}: {uses} host(s) until {expires}; shown this once: give it to the agent \
+                         in a file (--join-token-file) or in WARDEN_JOIN_TOKEN, never on its command line",
+                        created.view.token_id
+                    );
+                    println!("{}", created.token);
+                }
+            }
+            Ok(())
+        }
+        TokensAction::Ls => {
+            let tokens: Vec<TokenView> = client.json("GET", "/v1/tokens", None)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string(&tokens)?);
+                return Ok(());
+            }
+            let mut rows = vec![["ID", "STATE", "EXPIRES", "USED", "CREATED BY"].map(String::from).to_vec()];
+            for t in &tokens {
+                rows.push(vec![
+                    t.token_id.clone(),
+                    t.state.clone(),
+                    format_rfc3339_ms(t.expires_at_ms),
+                    match t.max_uses {
+                        Some(max) => format!("{}/{max}", t.n_used),
+                        None => t.n_used.to_string(),
+                    },
+                    t.created_by.clone(),
+                ]);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        TokensAction::Revoke { id } => {
+            let view: TokenView = client.json("POST", &format!("/v1/tokens/{id}/revoke"), None)?;
+            eprintln!("join token {} is revoked: it enrolls no host any more", view.token_id);
+            Ok(())
+        }
+    }
 }
 
 fn print_table(rows: &[Vec<String>]) {

@@ -250,7 +250,7 @@ impl Host {
         let agent = Command::new(warden_bin())
             .args(["agent", "--server", server_url, "--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--join-token", join_token])
+            .env("WARDEN_JOIN_TOKEN", join_token)
             .env("XDG_CONFIG_HOME", config_home)
             .stdout(Stdio::null())
             .stderr(log)

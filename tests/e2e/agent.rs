@@ -446,7 +446,7 @@ async fn the_first_start_needs_a_join_token_and_one_agent_per_data_dir() {
     };
     let error = warden_runtime::agent::run(config(None)).await.unwrap_err();
     assert!(matches!(error, AgentError::NoJoinToken), "{error}");
-    assert!(error.to_string().contains("--join-token or WARDEN_JOIN_TOKEN"), "{error}");
+    assert!(error.to_string().contains("--join-token-file FILE or WARDEN_JOIN_TOKEN"), "{error}");
 
     let first = tokio::spawn(warden_runtime::agent::run(config(Some("token"))));
     wait_until("the host key", || dir.path().join("host.key").exists()).await;

@@ -113,6 +113,17 @@ fn checkpoint_round_trip_across_hosts() {
     let taken = cluster.wait_for(&id, "the requested checkpoint", |v| v.info.state_uri.as_ref() != Some(&before));
     let at_checkpoint = counter_in(&cluster, &id, taken.info.state_uri.as_ref().unwrap());
     assert!(at_checkpoint > 0, "the checkpoint holds the counter");
+    // A host fetches only the checkpoints of its own cells: the others are refused this one.
+    let taken_path =
+        format!("/v1/blobs/{}", warden_runtime::checkpoint::blob_hex(taken.info.state_uri.as_ref().unwrap()).unwrap());
+    for agent in &cluster.agents {
+        let key = warden_runtime::auth::Identity::load(&agent.data_dir.join("host.key")).unwrap();
+        let answer = signed_client(&cluster.server.addr(), key).call("GET", &taken_path, b"", None);
+        match agent.name == old_host {
+            true => assert!(answer.is_ok(), "{}: {answer:?}", agent.name),
+            false => assert!(matches!(answer, Err(HttpError::Status { code: 403, .. })), "{}: {answer:?}", agent.name),
+        }
+    }
 
     // The primary's host dies, and its disk with it: only the checkpoint can bring the state back.
     cluster.agent_mut(&old_host).kill_host();

@@ -23,3 +23,4 @@ mod outage_e2e;
 mod rollout_e2e;
 mod security_edges;
 mod standby_e2e;
+mod tokens_e2e;

@@ -161,6 +161,26 @@ pub enum EventData {
     #[serde(rename = "dev.warden.host.enrolled.v1")]
     HostEnrolled { host: String, principal: String, channel: Option<String>, tags: Vec<String> },
 
+    /// An admin created a join token (`warden tokens create`). `secret_sha256` is the hex
+    /// SHA-256 of its secret: the secret itself is shown once to its creator and never
+    /// journaled. It enrolls hosts until `expires_at_ms` (the control plane's clock), at most
+    /// `max_uses` times if set.
+    #[serde(rename = "dev.warden.host.token.created.v1")]
+    HostTokenCreated { token_id: String, secret_sha256: String, expires_at_ms: u64, max_uses: Option<u32>, created_by: String },
+
+    /// A host enrolled with the join token `token_id` (one use of it).
+    #[serde(rename = "dev.warden.host.token.used.v1")]
+    HostTokenUsed { token_id: String, host: String },
+
+    /// An admin revoked the join token `token_id`: it enrolls no host any more.
+    #[serde(rename = "dev.warden.host.token.revoked.v1")]
+    HostTokenRevoked { token_id: String },
+
+    /// An admin removed the host (`warden hosts remove`): its cells were written off just
+    /// before this event, and its host key `principal` is refused from now on, for good.
+    #[serde(rename = "dev.warden.host.removed.v1")]
+    HostRemoved { host: String, principal: String, reason: String },
+
     /// No heartbeat from the host for `host_ttl`.
     #[serde(rename = "dev.warden.host.down.v1")]
     HostDown { host: String, reason: String },
@@ -325,6 +345,10 @@ impl EventData {
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }
             | EventData::HostUp { .. }
+            | EventData::HostTokenCreated { .. }
+            | EventData::HostTokenUsed { .. }
+            | EventData::HostTokenRevoked { .. }
+            | EventData::HostRemoved { .. }
             | EventData::RolloutStarted(_)
             | EventData::RolloutProgressed { .. }
             | EventData::RolloutPaused { .. } => None,
@@ -338,7 +362,11 @@ impl EventData {
             EventData::HostEnrolled { host, .. }
             | EventData::HostDown { host, .. }
             | EventData::HostUp { host }
-            | EventData::HostDrain { host, .. } => Some(host),
+            | EventData::HostDrain { host, .. }
+            | EventData::HostRemoved { host, .. } => Some(host),
+            EventData::HostTokenCreated { token_id, .. }
+            | EventData::HostTokenUsed { token_id, .. }
+            | EventData::HostTokenRevoked { token_id } => Some(token_id),
             EventData::RolloutStarted(start) => Some(&start.rollout_id),
             EventData::RolloutProgressed { rollout_id, .. } | EventData::RolloutPaused { rollout_id, .. } => Some(rollout_id),
             other => other.workload_id(),

@@ -1,7 +1,7 @@
 //! The projection: every workload's state, folded from the journal, with the one `advance` loop
 //! that turns an input into events, applies them and returns the effects to carry out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,63 @@ pub struct Projection {
     /// Rollouts by id.
     #[serde(default)]
     pub rollouts: BTreeMap<String, RolloutRecord>,
+    /// Join tokens by id (`warden tokens`): what enrolls a host, and until when.
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Host keys of removed hosts (`warden hosts remove`): refused on every route, for good.
+    #[serde(default)]
+    pub removed_host_keys: BTreeSet<String>,
+}
+
+/// A join token as journaled: never its secret, only the secret's SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub token_id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    /// On the control plane's clock.
+    pub expires_at_ms: u64,
+    /// `None`: any number of hosts until it expires.
+    pub max_uses: Option<u32>,
+    pub n_used: u32,
+    pub revoked: bool,
+}
+
+/// Whether a join token still enrolls hosts, or why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinTokenState {
+    Live,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl JoinTokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinTokenState::Live => "live",
+            JoinTokenState::Expired => "expired",
+            JoinTokenState::UsedUp => "used-up",
+            JoinTokenState::Revoked => "revoked",
+        }
+    }
+}
+
+impl JoinTokenRecord {
+    /// The token's state at `now_ms`; a revoked token is revoked whatever else holds.
+    pub fn state(&self, now_ms: u64) -> JoinTokenState {
+        if self.revoked {
+            JoinTokenState::Revoked
+        } else if self.max_uses.is_some_and(|max| self.n_used >= max) {
+            JoinTokenState::UsedUp
+        } else if now_ms >= self.expires_at_ms {
+            JoinTokenState::Expired
+        } else {
+            JoinTokenState::Live
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +174,37 @@ impl Projection {
                     draining: false,
                 };
                 self.hosts.insert(host.clone(), record);
+                return;
+            }
+            EventData::HostRemoved { host, principal, .. } => {
+                self.hosts.remove(host);
+                self.removed_host_keys.insert(principal.clone());
+                return;
+            }
+            EventData::HostTokenCreated { token_id, secret_sha256, expires_at_ms, max_uses, created_by } => {
+                let record = JoinTokenRecord {
+                    token_id: token_id.clone(),
+                    secret_sha256: secret_sha256.clone(),
+                    created_at_ms: at_ms,
+                    created_by: created_by.clone(),
+                    expires_at_ms: *expires_at_ms,
+                    max_uses: *max_uses,
+                    n_used: 0,
+                    revoked: false,
+                };
+                self.join_tokens.insert(token_id.clone(), record);
+                return;
+            }
+            EventData::HostTokenUsed { token_id, .. } => {
+                if let Some(record) = self.join_tokens.get_mut(token_id) {
+                    record.n_used = record.n_used.saturating_add(1);
+                }
+                return;
+            }
+            EventData::HostTokenRevoked { token_id } => {
+                if let Some(record) = self.join_tokens.get_mut(token_id) {
+                    record.revoked = true;
+                }
                 return;
             }
             EventData::HostDown { host, .. } | EventData::HostUp { host } => {

@@ -606,6 +606,10 @@ impl Workload {
             | EventData::JournalRestored { .. }
             | EventData::LeaseGranted { .. }
             | EventData::LeaseReleased { .. }
+            | EventData::HostTokenCreated { .. }
+            | EventData::HostTokenUsed { .. }
+            | EventData::HostTokenRevoked { .. }
+            | EventData::HostRemoved { .. }
             | EventData::HostEnrolled { .. }
             | EventData::HostDown { .. }
             | EventData::HostDrain { .. }

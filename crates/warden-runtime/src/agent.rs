@@ -120,7 +120,7 @@ pub enum AgentError {
     AlreadyRunning(String),
     #[error(transparent)]
     Identity(#[from] crate::auth::IdentityError),
-    #[error("this host is not enrolled yet: its first start needs --join-token or WARDEN_JOIN_TOKEN (`warden server` prints the token and writes it to <server data dir>/join-token)")]
+    #[error("this host is not enrolled yet: its first start needs a join token in --join-token-file FILE or WARDEN_JOIN_TOKEN (an admin makes one with `warden tokens create --out FILE`; the server's first start wrote one to <server data dir>/join-token)")]
     NoJoinToken,
     #[error("bad --server")]
     Server(#[source] crate::client::ClientSetupError),

@@ -200,6 +200,17 @@ pub fn parse_principal(principal: &str) -> Option<VerifyingKey> {
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
+/// A new join token's id and secret (32 bytes from the OS, as hex); the token the holder is given
+/// is `warden_core::cluster::format_join_token(id, secret)`. Only the secret's SHA-256 is ever
+/// journaled.
+pub fn generate_join_token() -> (String, String) {
+    use rand::RngCore;
+    let (mut id, mut secret) = ([0u8; 4], [0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    (hex::encode(id), hex::encode(secret))
+}
+
 /// Equality that takes as long whatever the first differing byte (for secrets like join tokens);
 /// only the lengths are compared in variable time.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

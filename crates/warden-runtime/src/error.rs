@@ -1,7 +1,7 @@
 //! What the API answers when a request cannot be done: one enum, each variant saying what
 //! failed, and the HTTP status it maps to (`ApiError::status`) decided here, in one place.
 
-use warden_core::cluster::{ClusterError, SubmitRefused};
+use warden_core::cluster::{ClusterError, SubmitRefused, TokenAdminError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -43,7 +43,8 @@ impl ApiError {
             ApiError::Internal(_) => 500,
             ApiError::Cluster(error) => match error {
                 ClusterError::UnknownHost { .. } => 404,
-                ClusterError::WrongKey { .. } => 403,
+                ClusterError::WrongKey { .. } | ClusterError::KeyRemoved { .. } => 403,
+                ClusterError::JoinToken(_) => 401,
                 ClusterError::BadStateUri { .. } => 400,
                 ClusterError::LocalNode { .. }
                 | ClusterError::HostDown { .. }
@@ -51,6 +52,16 @@ impl ApiError {
                 | ClusterError::AcquireRefused { .. } => 409,
             },
             ApiError::Submit(_) => 409,
+        }
+    }
+}
+
+impl From<TokenAdminError> for ApiError {
+    fn from(error: TokenAdminError) -> ApiError {
+        match error {
+            TokenAdminError::Duplicate(_) => ApiError::Conflict(error.to_string()),
+            TokenAdminError::Unknown(_) => ApiError::NotFound(error.to_string()),
+            TokenAdminError::BadTtl { .. } | TokenAdminError::NoUses => ApiError::BadRequest(error.to_string()),
         }
     }
 }

@@ -61,6 +61,8 @@ pub enum UpError {
     Load(#[from] engine::LoadError),
     #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot make the first join token: {0}")]
+    JoinToken(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -103,7 +105,6 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     };
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
-    let join_token = load_or_create_join_token(data_dir).map_err(dir_err)?;
     let engine_config = EngineConfig {
         host: config.node_name.clone(),
         logs_dir: logs_dir.clone(),
@@ -138,11 +139,10 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     );
     eprintln!("  cell shim    {shim_note}");
     eprintln!("  cgroups      {} (cell limits and teardown)", warden_cell::cgroup_layout());
-    let n_hosts = handle.shared.read().expect("lock").hosts.len();
-    eprintln!(
-        "  agents       {n_hosts} enrolled; join with `warden agent --server http://{listen} --name HOST --join-token {join_token}` (token in {})",
-        data_dir.join("join-token").display()
-    );
+    let (n_hosts, first_start) = {
+        let shared = handle.shared.read().expect("lock");
+        (shared.hosts.len(), shared.join_tokens.is_empty())
+    };
     eprintln!(
         "  workloads    {n_workloads} live; cells re-adopted {}, ended while down {}, lost {}, starts resumed {}",
         recovery.adopted, recovery.exited_while_down, recovery.lost, recovery.started_again
@@ -174,13 +174,33 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         logs_dir,
         manifests: handle.manifests.clone(),
         queues: handle.queues.clone(),
-        join_token: Arc::new(join_token),
         server_key,
     };
     // Leases and hosts get their restart grace from the moment agents can reach us: while we
     // loaded, their connections were refused, which renewed their cells' fences (lease.rs, A5).
     engine.serving();
     let engine_task = tokio::spawn(engine.run());
+    let join_token_path = data_dir.join(JOIN_TOKEN_FILE);
+    if first_start {
+        // Zero setup: the first start makes one join token (ttl 1 h) for the first agents.
+        let created = api::create_join_token(&handle.commands, Default::default(), "warden-up".into())
+            .await
+            .map_err(|e| UpError::JoinToken(e.to_string()))?;
+        write_secret_file(&join_token_path, &created.token).map_err(dir_err)?;
+    }
+    eprintln!(
+        "  agents       {n_hosts} enrolled; to join one, give it a join token in a file or WARDEN_JOIN_TOKEN (never argv):"
+    );
+    if first_start {
+        eprintln!(
+            "               `warden agent --server http://{listen} --name HOST --join-token-file {}`",
+            join_token_path.display()
+        );
+        eprintln!("               (that token, made now, expires in 1 h; copy the file over a secure channel)");
+    }
+    eprintln!(
+        "               `warden tokens create [--ttl 1h] [--uses N] --out FILE`, then `warden agent … --join-token-file FILE`"
+    );
     // On SIGINT or SIGTERM the engine stops deciding *before* the listener closes (A5 again: a
     // refused connection must mean that no control plane decides any more); requests still in
     // flight then fail for want of an engine, and agents retry against the next one.
@@ -222,23 +242,22 @@ fn load_or_create_server_key(data_dir: &std::path::Path) -> Result<Identity, UpE
     Ok(key)
 }
 
-/// The secret an agent presents to enroll: created at first start, kept in `<data-dir>/join-token`
-/// (mode 0600).
-fn load_or_create_join_token(data_dir: &std::path::Path) -> std::io::Result<String> {
+/// Where the first start's join token is written (mode 0600): the journal keeps only its hash.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+/// Writes `secret` and a newline to `path`, mode 0600 whatever the umask (replacing any older
+/// file, which may have been more open), durably.
+pub fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("join-token");
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let token = format!("wjt-{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-    writeln!(file, "{token}")?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    writeln!(file, "{secret}")?;
     file.sync_all()?;
-    Ok(token)
+    std::fs::rename(&tmp, path)
 }
 
 async fn shutdown_signal() {

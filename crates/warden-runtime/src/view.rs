@@ -219,6 +219,50 @@ pub struct HostView {
     pub cells: Vec<String>,
 }
 
+/// `POST /v1/tokens`: a new join token; defaults: ttl 1 h, any number of uses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+}
+
+/// A join token as `warden tokens ls` shows it: never its secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenView {
+    pub token_id: String,
+    /// `live|expired|used-up|revoked`, on the control plane's clock.
+    pub state: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub expires_at_ms: u64,
+    pub max_uses: Option<u32>,
+    pub n_used: u32,
+}
+
+impl TokenView {
+    pub fn of(record: &warden_core::projection::JoinTokenRecord, now_ms: u64) -> TokenView {
+        TokenView {
+            token_id: record.token_id.clone(),
+            state: record.state(now_ms).as_str().to_string(),
+            created_at_ms: record.created_at_ms,
+            created_by: record.created_by.clone(),
+            expires_at_ms: record.expires_at_ms,
+            max_uses: record.max_uses,
+            n_used: record.n_used,
+        }
+    }
+}
+
+/// The answer to `POST /v1/tokens`: the token itself, shown this once and never again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
 /// `POST /v1/rollouts`: a service (`service` + a new spec) or a host activation (`channel` +
 /// `target`, with `activate`/`rollback` in the policy) rolled out under `policy_toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -70,7 +70,8 @@ impl Agent {
         Agent { name: name.to_string(), data_dir, child: None }
     }
 
-    /// Starts `warden agent` against `server_url`, enrolling with `token`, its stderr appended to
+    /// Starts `warden agent` against `server_url`, enrolling with `token` (given in
+    /// `WARDEN_JOIN_TOKEN`), its stderr appended to
     /// `<data-dir>/agent.log`. `command` is the process to launch, prepared by the caller (its
     /// environment, a namespace to enter): usually `Command::new(bin())`.
     pub fn spawn(&mut self, mut command: Command, server_url: &str, token: &str) {
@@ -79,7 +80,8 @@ impl Agent {
         let child = command
             .args(["agent", "--server", server_url, "--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--join-token", token])
+            // Never in argv: every user of the host can read a command line.
+            .env("WARDEN_JOIN_TOKEN", token)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

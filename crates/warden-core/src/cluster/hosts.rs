@@ -1,5 +1,6 @@
 //! Hosts: enrollment, liveness (a host silent past `host_ttl` is down), the write-off of cells on
-//! a host that stays down past their tolerance, and drain.
+//! a host that stays down past their tolerance, drain, and removal (its cells written off at
+//! once, its key refused for good).
 
 use crate::batch::{Batch, Order};
 use crate::event::EventData;
@@ -19,6 +20,9 @@ impl ClusterState {
         channel: Option<String>,
         tags: Vec<String>,
     ) -> Result<(), ClusterError> {
+        if batch.live().removed_host_keys.contains(principal) {
+            return Err(ClusterError::KeyRemoved { host: host.to_string() });
+        }
         match batch.live().hosts.get(host) {
             Some(record) if record.principal != principal => return Err(ClusterError::WrongKey { host: host.to_string() }),
             Some(_) => {}
@@ -105,5 +109,90 @@ impl ClusterState {
         }
         batch.orders.extend(evictions);
         Ok(())
+    }
+
+    /// An admin removes `host`: every cell on it is written off at once (as if it had been down
+    /// past its tolerance: the workloads restart or fail over elsewhere, under a new lease once
+    /// the old one has expired, since the host can no longer renew it), `each-host` instances
+    /// pinned to it stop, and its key is refused from then on, on every route and at enrollment.
+    pub fn remove_host(&mut self, batch: &mut Batch, host: &str, caller: &str) -> Result<(), ClusterError> {
+        if self.is_local(host) {
+            return Err(ClusterError::LocalNode { host: host.to_string() });
+        }
+        let Some(record) = batch.live().hosts.get(host) else {
+            return Err(ClusterError::UnknownHost { host: host.to_string() });
+        };
+        let principal = record.principal.clone();
+        let reason = format!("host {host} was removed by {caller}");
+        let mut lost = Vec::new();
+        let mut pinned = Vec::new();
+        for w in batch.live().workloads.values() {
+            if w.phase.is_terminal() {
+                continue;
+            }
+            if let (Some(cell_id), Some(true)) = (w.phase.cell_id(), w.current_host().map(|h| h == host)) {
+                lost.push((w.id().to_string(), cell_id.to_string()));
+            }
+            if w.pinned_host.as_deref() == Some(host) {
+                pinned.push(w.id().to_string());
+            }
+        }
+        for (workload_id, cell_id) in lost {
+            let input = Input::HostLost { cell_id, host: Some(host.to_string()), reason: reason.clone() };
+            batch.advance_report(&workload_id, &input);
+        }
+        for workload_id in pinned {
+            batch.advance_report(&workload_id, &Input::Stop);
+        }
+        batch.record(EventData::HostRemoved { host: host.to_string(), principal, reason });
+        self.last_seen.remove(host);
+        self.want_inventory.remove(host);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterConfig;
+    use crate::projection::Projection;
+    use crate::Spec;
+
+    #[test]
+    fn removing_a_host_writes_its_cell_off_at_once_and_the_new_cell_waits_for_the_old_lease() {
+        let mut projection = Projection::default();
+        let mut cluster = ClusterState::after_restart(ClusterConfig::default(), None, &projection, 0);
+        let mut batch = Batch::new(&mut projection, 0);
+        for host in ["a", "b"] {
+            cluster.enroll(&mut batch, host, &format!("key-{host}"), None, Vec::new()).unwrap();
+        }
+        let text =
+            "name = \"w\"\n[cell]\nargv = [\"sleep\", \"9\"]\n[restart]\npolicy = \"always\"\nbackoff = \"0ms\"\n[placement]\n";
+        let spec = Spec::parse("w.toml", text).unwrap();
+        batch.submit(spec.workload_info("w-1".into(), "owner".into(), None, 0), spec, None);
+        cluster.place(&mut batch);
+        let host = batch.live().workloads["w-1"].current_host().unwrap().to_string();
+        let epoch = batch.live().leases["w-1"].epoch;
+        let other = if host == "a" { "b" } else { "a" };
+
+        let mut batch = Batch::new(&mut projection, 10);
+        cluster.remove_host(&mut batch, &host, "admin").unwrap();
+        for id in batch.live().due(10) {
+            batch.advance(&id, &crate::workload::Input::Tick).unwrap();
+        }
+        cluster.place(&mut batch);
+        let destroyed = batch.events.iter().position(|e| matches!(e, EventData::LifecycleDestroyed { .. }));
+        let removed = batch.events.iter().position(|e| matches!(e, EventData::HostRemoved { .. }));
+        assert!(destroyed.is_some() && destroyed < removed, "written off before the removal: {:?}", batch.events);
+        assert!(!batch.events.iter().any(|e| matches!(e, EventData::CellPlaced { .. })), "{:?}", batch.events);
+
+        // Once the old lease has run out, the new cell goes to the other host at a higher epoch.
+        let later = ClusterConfig::default().lease.ttl_ms * 2 + 10;
+        let mut batch = Batch::new(&mut projection, later);
+        cluster.place(&mut batch);
+        let w = &batch.live().workloads["w-1"];
+        assert_eq!(w.current_host(), Some(other), "{:?}", batch.events);
+        assert!(batch.live().leases["w-1"].epoch > epoch);
+        assert!(projection.removed_host_keys.contains(&format!("key-{host}")));
     }
 }

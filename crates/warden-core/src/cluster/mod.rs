@@ -11,7 +11,8 @@
 //! be declared down, every held lease counts as renewed at start-up (`lease::after_restart`), and
 //! every host is asked for its inventory.
 //!
-//! Rooms: `hosts` (enrollment, liveness, drain, the write-off of cells on a lost host),
+//! Rooms: `hosts` (enrollment, liveness, drain, removal, the write-off of cells on a lost host),
+//! `tokens` (join tokens: creation, revocation, the check at enrollment),
 //! `reports` (a heartbeat: reports, checkpoints, renewals, inventory and standby reconciliation),
 //! `leases` (renewal, revocation, a standby's bid), `placement` (where a new cell goes, standby
 //! slots, `each-host` services).
@@ -22,14 +23,18 @@ mod messages;
 mod placement;
 mod reports;
 mod state;
+mod tokens;
 
 pub use crate::batch::{Batch, Order};
 pub use messages::{AcquireRequest, Heartbeat, InventoryCell, InventoryState, LeaseClaim, Report, ReportEvent, RevokeRequest};
 pub use placement::{each_host_group, each_host_missing, submit_targets, EachHostInstance, SubmitRefused, SubmitTargets};
-pub use reports::{blob_hex, HeartbeatAnswer};
+pub use reports::{blob_hex, host_may_fetch_blob, HeartbeatAnswer};
 pub use state::{
-    AcquireRefused, ClusterConfig, ClusterError, ClusterState, HEARTBEAT_INTERVAL_MS, HOST_TTL_MS, PLACEMENT_RETRY_MS,
-    PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
+    AcquireRefused, ClusterConfig, ClusterError, ClusterState, JoinTokenRefused, TokenAdminError, HEARTBEAT_INTERVAL_MS,
+    HOST_TTL_MS, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
+};
+pub use tokens::{
+    check_join_token, format_join_token, parse_join_token, DEFAULT_JOIN_TOKEN_TTL_MS, JOIN_TOKEN_PREFIX, MAX_JOIN_TOKEN_TTL_MS,
 };
 
 #[cfg(test)]

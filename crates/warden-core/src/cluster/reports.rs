@@ -4,6 +4,7 @@
 
 use crate::batch::{Batch, Order};
 use crate::event::EventData;
+use crate::projection::Projection;
 use crate::types::CellExit;
 use crate::workload::{Input, Phase};
 
@@ -26,6 +27,16 @@ pub fn blob_hex(state_uri: &str) -> Option<&str> {
     state_uri
         .strip_prefix("blob:sha256:")
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Whether `host` may fetch the checkpoint blob `hex`: only if it is the latest checkpoint of a
+/// workload whose current cell is placed there or which keeps a standby slot there (to restore
+/// a start, or to fetch it ahead of a failover). A host sees no other workload's state.
+pub fn host_may_fetch_blob(projection: &Projection, host: &str, hex: &str) -> bool {
+    projection.workloads.values().any(|w| {
+        w.info.state_uri.as_deref().and_then(blob_hex) == Some(hex)
+            && (w.current_host() == Some(host) || w.standbys.iter().any(|slot| slot.host == host))
+    })
 }
 
 /// The blob store's artifact id of a `blob:sha256:<hex>` state uri.

@@ -45,6 +45,10 @@ pub enum ClusterError {
     UnknownHost { host: String },
     #[error("host {host:?} is enrolled with another key")]
     WrongKey { host: String },
+    #[error("host {host:?} was removed (`warden hosts remove`): its key is refused for good; enroll it again with a new data dir and a new join token")]
+    KeyRemoved { host: String },
+    #[error(transparent)]
+    JoinToken(#[from] JoinTokenRefused),
     #[error("{host:?} is this control plane's own node")]
     LocalNode { host: String },
     #[error("host {host:?} is down; it may not take a lease")]
@@ -233,4 +237,32 @@ pub enum AcquireRefused {
     NotHotStandby(String),
     #[error(transparent)]
     Lease(#[from] LeaseRefused),
+}
+
+/// Why a join token was refused. None of these carries the secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenRefused {
+    #[error("this is not a join token (they read wjt_<id>_<secret>; `warden tokens create` makes one)")]
+    Malformed,
+    #[error("wrong join token: ask an admin for a new one (`warden tokens create`)")]
+    Wrong,
+    #[error("join token {token_id} has expired: ask an admin for a new one (`warden tokens create`)")]
+    Expired { token_id: String },
+    #[error("join token {token_id} is used up ({max_uses} use(s)): ask an admin for a new one (`warden tokens create`)")]
+    UsedUp { token_id: String, max_uses: u32 },
+    #[error("join token {token_id} was revoked: ask an admin for a new one (`warden tokens create`)")]
+    Revoked { token_id: String },
+}
+
+/// Why a token could not be created or revoked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenAdminError {
+    #[error("join token {0} already exists")]
+    Duplicate(String),
+    #[error("no join token {0}")]
+    Unknown(String),
+    #[error("a join token's ttl must be between 1 s and 365 days, got {ttl_ms} ms")]
+    BadTtl { ttl_ms: u64 },
+    #[error("a join token's uses must be at least 1 (leave --uses out for any number)")]
+    NoUses,
 }

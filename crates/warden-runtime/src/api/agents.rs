@@ -19,20 +19,17 @@ use crate::proto::{
     AcquireRequest, AcquireResponse, Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest,
     RolloutReport, RolloutReportResponse,
 };
-use crate::view::{ErrorBody, HostView};
+use crate::view::HostView;
 
-/// `POST /v1/agents/enroll`: signed by the key being enrolled, and carrying the join token.
+/// `POST /v1/agents/enroll`: signed by the key being enrolled, and carrying a join token, which
+/// the engine checks (expiry on its clock, uses, revocation) and records the use of.
 pub(super) async fn agent_enroll(State(state): State<ApiState>, request: Request) -> Result<Json<EnrollResponse>, Response> {
-    let unauthorized = |why: String| (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response();
     // Self-signed: the key being enrolled signs; the join token is what authorizes it.
     let (_, bytes, principal) =
         signed_by(&state, request, MAX_BODY_BYTES, |header| header.and_then(crate::auth::header_key).into_iter().collect())
             .await?;
     let request: EnrollRequest =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")).into_response())?;
-    if !crate::auth::constant_time_eq(request.join_token.as_bytes(), state.join_token.as_bytes()) {
-        return Err(unauthorized("wrong join token (see <data-dir>/join-token on the server)".into()));
-    }
     let name_ok = !request.name.is_empty()
         && request.name.len() <= 63
         && request.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
@@ -82,6 +79,17 @@ pub(super) async fn drain_host(
     let request: DrainRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad drain request: {e}")))?;
     ask(&state, |reply| Command::Drain { host: name, drain: request.drain, reply }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/hosts/:name/remove`: the host's cells are written off at once (restarted or failed
+/// over elsewhere) and its key is refused on every route from then on.
+pub(super) async fn remove_host(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    ask(&state, |reply| Command::HostRemove { host: name, caller, reply }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

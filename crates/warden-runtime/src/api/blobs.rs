@@ -1,5 +1,5 @@
-//! `/v1/blobs`: checkpoint blobs, content-addressed, stored and fetched by hosts (and fetched by
-//! admins).
+//! `/v1/blobs`: checkpoint blobs, content-addressed, stored by hosts, fetched by admins and by
+//! the hosts whose cells they belong to.
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -8,7 +8,7 @@ use axum::Extension;
 use warden_store::StoreError;
 
 use super::authn::BlobRole;
-use super::state::ApiState;
+use super::state::{ApiState, Caller};
 use crate::error::ApiError;
 
 /// `PUT /v1/blobs/<sha256hex>` (hosts only): stores the body as the artifact `sha256:<hex>`;
@@ -42,11 +42,27 @@ pub(super) async fn blob_put(
     }
 }
 
-/// `GET /v1/blobs/<sha256hex>` (hosts and admins): the bytes, checked against their name on
-/// every read (a mismatch is a 500, never the damaged bytes).
-pub(super) async fn blob_get(State(state): State<ApiState>, Path(hex): Path<String>) -> Result<Response, ApiError> {
+/// `GET /v1/blobs/<sha256hex>` (admins, and hosts for the checkpoints of the cells placed on
+/// them or standing by there): the bytes, checked against their name on every read (a mismatch
+/// is a 500, never the damaged bytes).
+pub(super) async fn blob_get(
+    State(state): State<ApiState>,
+    Extension(role): Extension<BlobRole>,
+    Extension(Caller(principal)): Extension<Caller>,
+    Path(hex): Path<String>,
+) -> Result<Response, ApiError> {
     if !crate::checkpoint::is_sha256_hex(&hex) {
         return Err(ApiError::BadRequest(format!("{hex:?} is not a sha256 (64 lowercase hex digits)")));
+    }
+    if role == BlobRole::Host {
+        let shared = state.shared.read().expect("projection lock");
+        let host = shared.hosts.values().find(|h| h.principal == principal).map(|h| h.name.as_str());
+        if !host.is_some_and(|host| warden_core::cluster::host_may_fetch_blob(&shared, host, &hex)) {
+            return Err(ApiError::Forbidden(format!(
+                "blob {hex} is not the checkpoint of a cell placed on, or standing by on, host {}",
+                host.unwrap_or("?")
+            )));
+        }
     }
     let id = format!("sha256:{hex}");
     let store = state.store.clone();

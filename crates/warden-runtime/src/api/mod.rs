@@ -9,6 +9,7 @@ mod events;
 mod jobs;
 mod rollouts;
 mod state;
+mod tokens;
 mod workloads;
 
 use axum::middleware::{self};
@@ -17,15 +18,18 @@ use axum::{Json, Router};
 
 use agents::{
     agent_acquire, agent_commands, agent_enroll, agent_heartbeat, agent_logs, agent_revoke, agent_rollout, drain_host, hosts,
+    remove_host,
 };
 use authn::{authenticate, authenticate_blobs, authenticate_host};
 use blobs::{blob_get, blob_put};
 use events::{events, events_head, metrics};
 use jobs::{artifact, job_cancel, job_history, job_list, job_run, job_status};
 use rollouts::{rollout_control, rollout_list, rollout_start, rollout_status};
+use tokens::{token_create, token_list, token_revoke};
 use workloads::{checkpoint_now, list, logs, status, stop, submit};
 
 pub use state::ApiState;
+pub(crate) use tokens::create_with as create_join_token;
 
 pub fn router(state: ApiState) -> Router {
     let authenticated = Router::new()
@@ -43,6 +47,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/artifacts/:id", get(artifact))
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/:name/drain", post(drain_host))
+        .route("/v1/hosts/:name/remove", post(remove_host))
+        .route("/v1/tokens", post(token_create).get(token_list))
+        .route("/v1/tokens/:id/revoke", post(token_revoke))
         .route("/v1/rollouts", post(rollout_start).get(rollout_list))
         .route("/v1/rollouts/:id", get(rollout_status))
         .route("/v1/rollouts/:id/:control", post(rollout_control))

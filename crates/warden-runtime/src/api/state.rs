@@ -34,8 +34,6 @@ pub struct ApiState {
     pub manifests: Manifests,
     /// Agents' command queues (long-polled) and last heartbeats.
     pub queues: Arc<Queues>,
-    /// What `POST /v1/agents/enroll` must present (`<data-dir>/join-token`).
-    pub join_token: Arc<String>,
     /// Signs the journal's chain head (`<data-dir>/server.key`).
     pub server_key: Arc<crate::auth::Identity>,
 }

@@ -15,7 +15,7 @@ use crate::proto::{
     AcquireRequest, AcquireResponse, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest, RolloutReport,
     RolloutReportResponse,
 };
-use crate::view::{RolloutRequest, RolloutView, RunView, WorkloadView};
+use crate::view::{RolloutRequest, RolloutView, RunView, TokenView, WorkloadView};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
@@ -67,6 +67,26 @@ pub enum Command {
         principal: String,
         heartbeat: Heartbeat,
         reply: Reply<HeartbeatResponse>,
+    },
+    /// An admin removes a host: its cells are written off, its key refused for good.
+    HostRemove {
+        host: String,
+        caller: String,
+        reply: Reply<()>,
+    },
+    /// An admin creates a join token; only the hash of its secret reaches the engine.
+    TokenCreate {
+        token_id: String,
+        secret_sha256: String,
+        ttl_ms: u64,
+        max_uses: Option<u32>,
+        caller: String,
+        reply: Reply<TokenView>,
+    },
+    /// An admin revokes a join token.
+    TokenRevoke {
+        token_id: String,
+        reply: Reply<TokenView>,
     },
     /// An operator drains a host (or takes it back into service).
     Drain {
@@ -137,6 +157,11 @@ pub enum Pending {
     Done {
         reply: Reply<()>,
     },
+    /// A join token was created or revoked: answered with its durable state.
+    Token {
+        token_id: String,
+        reply: Reply<TokenView>,
+    },
     /// The grant is durable: the standby starts serving on it.
     Acquired {
         epoch: u64,
@@ -182,6 +207,10 @@ impl Pending {
             Pending::Heartbeat { response, reply } => send(reply, Ok(response)),
             Pending::Enrolled { response, reply } => send(reply, Ok(response)),
             Pending::Done { reply } => send(reply, Ok(())),
+            Pending::Token { token_id, reply } => {
+                let view = shared.join_tokens.get(&token_id).map(|t| TokenView::of(t, context.now_ms));
+                send(reply, view.ok_or_else(|| ApiError::NotFound(format!("no join token {token_id}"))));
+            }
             Pending::Acquired { epoch, reply } => send(reply, Ok(AcquireResponse { epoch })),
             Pending::Rollout { id, reply } => {
                 let view = shared.rollouts.get(&id).map(|r| rollouts::view(r, context.now_ms));

@@ -17,7 +17,8 @@ use crate::proto::{
     RolloutReport, StartLease,
 };
 
-/// A host enrolls; answered once its enrollment is durable.
+/// A host enrolls with a join token (checked here, by the core, on the engine's clock);
+/// answered once its enrollment and the token's use are durable.
 pub fn enroll(
     cluster: &mut ClusterState,
     batch: &mut Batch,
@@ -26,7 +27,9 @@ pub fn enroll(
     reply: Reply<EnrollResponse>,
     pending: &mut Vec<Pending>,
 ) {
-    if let Err(e) = cluster.enroll(batch, &request.name, &principal, request.channel.clone(), request.tags.clone()) {
+    let (name, token, channel, tags) = (&request.name, &request.join_token, request.channel.clone(), request.tags.clone());
+    if let Err(e) = cluster.enroll_with_join_token(batch, name, &principal, token, channel, tags) {
+        tracing::warn!(host = %request.name, "enrollment refused: {e}");
         return send(reply, Err(e.into()));
     }
     let config = cluster.config;
@@ -103,6 +106,24 @@ pub fn drain(
 ) {
     match cluster.drain(batch, host, drain) {
         Ok(()) => pending.push(Pending::Done { reply }),
+        Err(e) => send(reply, Err(e.into())),
+    }
+}
+
+/// An admin's removal of `host`: answered once durable; from then on its key is refused.
+pub fn remove(
+    cluster: &mut ClusterState,
+    batch: &mut Batch,
+    host: &str,
+    caller: &str,
+    reply: Reply<()>,
+    pending: &mut Vec<Pending>,
+) {
+    match cluster.remove_host(batch, host, caller) {
+        Ok(()) => {
+            tracing::info!(host, "host removed: its cells are written off and its key refused from now on");
+            pending.push(Pending::Done { reply })
+        }
         Err(e) => send(reply, Err(e.into())),
     }
 }

@@ -273,6 +273,17 @@ impl Engine {
                     hosts::heartbeat(cluster, &mut batch, queues, &principal, heartbeat, reply, pending)
                 }
                 Command::Drain { host, drain, reply } => hosts::drain(cluster, &mut batch, &host, drain, reply, pending),
+                Command::HostRemove { host, caller, reply } => hosts::remove(cluster, &mut batch, &host, &caller, reply, pending),
+                Command::TokenCreate { token_id, secret_sha256, ttl_ms, max_uses, caller, reply } => {
+                    match cluster.create_join_token(&mut batch, &token_id, &secret_sha256, ttl_ms, max_uses, &caller) {
+                        Ok(()) => pending.push(Pending::Token { token_id, reply }),
+                        Err(error) => send(reply, Err(error.into())),
+                    }
+                }
+                Command::TokenRevoke { token_id, reply } => match cluster.revoke_join_token(&mut batch, &token_id) {
+                    Ok(()) => pending.push(Pending::Token { token_id, reply }),
+                    Err(error) => send(reply, Err(error.into())),
+                },
                 Command::Revoke { principal, request, reply } => {
                     hosts::revoke(cluster, &mut batch, &principal, &request, reply, pending)
                 }
