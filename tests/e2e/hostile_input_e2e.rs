@@ -56,7 +56,8 @@ fn nul_bytes_are_refused_by_line() {
         assert_eq!(code, 400, "{file}: {answer}");
         assert!(answer.contains(&format!("{file}:{line}:")), "{answer}");
     }
-    assert!(warden.events(&[]).is_empty(), "nothing was submitted");
+    let events = warden.events(&[]);
+    assert!(!events.iter().any(|e| e.event_type.starts_with("dev.warden.workload.")), "nothing was submitted: {events:?}");
 }
 
 /// `backoff = "0ms"` with `policy = "always"` and a cell that fails at once: the first restart is
