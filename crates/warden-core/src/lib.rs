@@ -4,6 +4,7 @@
 //! state of a workload is a fold over its events (`Projection::apply`). The runtime crates carry
 //! the effects out and feed results back in as inputs.
 
+pub mod authz;
 pub mod batch;
 pub mod canonical;
 pub mod cluster;
