@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod cluster;
 pub mod event;
 pub mod job;
+pub mod keys;
 pub mod lease;
 pub mod projection;
 pub mod rollout;

@@ -219,6 +219,45 @@ pub struct HostView {
     pub cells: Vec<String>,
 }
 
+/// `POST /v1/keys`: a new API key (`warden keys add`); only its public half is ever sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyAddRequest {
+    pub name: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    /// Where a viewer or operator holds its role (default: `default`); none for an admin.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// `ed25519:<64 hex digits>`.
+    pub public_key: String,
+}
+
+/// An API key as `GET /v1/keys` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    pub role: String,
+    pub namespaces: Vec<String>,
+    pub public_key: String,
+    /// `journal` (added with `warden keys add`) or `authorized_keys` (the data dir's file, read
+    /// at start: the admin credential and legacy keys, all admins, not revocable at runtime).
+    pub source: String,
+    pub added_at_ms: Option<u64>,
+}
+
+impl KeyView {
+    pub fn of(record: &warden_core::keys::KeyRecord) -> KeyView {
+        KeyView {
+            name: record.name.clone(),
+            role: record.role.as_str().to_string(),
+            namespaces: record.namespaces.clone(),
+            public_key: record.principal.clone(),
+            source: "journal".into(),
+            added_at_ms: Some(record.added_at_ms),
+        }
+    }
+}
+
 /// `POST /v1/rollouts`: a service (`service` + a new spec) or a host activation (`channel` +
 /// `target`, with `activate`/`rollback` in the policy) rolled out under `policy_toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

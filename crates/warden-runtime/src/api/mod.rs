@@ -7,6 +7,7 @@ mod authn;
 mod blobs;
 mod events;
 mod jobs;
+mod keys;
 mod rollouts;
 mod state;
 mod workloads;
@@ -22,6 +23,7 @@ use authn::{authenticate, authenticate_blobs, authenticate_host};
 use blobs::{blob_get, blob_put};
 use events::{events, events_head, metrics};
 use jobs::{artifact, job_cancel, job_history, job_list, job_run, job_status};
+use keys::{key_add, key_list, key_revoke};
 use rollouts::{rollout_control, rollout_list, rollout_start, rollout_status};
 use workloads::{checkpoint_now, list, logs, status, stop, submit};
 
@@ -46,6 +48,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rollouts", post(rollout_start).get(rollout_list))
         .route("/v1/rollouts/:id", get(rollout_status))
         .route("/v1/rollouts/:id/:control", post(rollout_control))
+        .route("/v1/keys", post(key_add).get(key_list))
+        .route("/v1/keys/:name/revoke", post(key_revoke))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Agents sign with their host keys, which may call nothing but these.
     let agents = Router::new()

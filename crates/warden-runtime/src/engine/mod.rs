@@ -289,6 +289,17 @@ impl Engine {
                         Err(error) => send(reply, Err(error)),
                     }
                 }
+                Command::KeyAdd { request, reply } => {
+                    let name = request.name.clone();
+                    match warden_core::keys::add(&mut batch, request) {
+                        Ok(_) => pending.push(Pending::Key { name, reply }),
+                        Err(error) => send(reply, Err(error.into())),
+                    }
+                }
+                Command::KeyRevoke { name, reply } => match warden_core::keys::revoke(&mut batch, &name) {
+                    Ok(()) => pending.push(Pending::Done { reply }),
+                    Err(error) => send(reply, Err(error.into())),
+                },
                 Command::RolloutReport { principal, report, reply } => {
                     hosts::rollout_report(cluster, &mut batch, &principal, report, reply, pending)
                 }
