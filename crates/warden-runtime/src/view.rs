@@ -11,6 +11,9 @@ pub struct WorkloadView {
     #[serde(flatten)]
     pub info: WorkloadInfo,
     pub name: String,
+    /// The spec's namespace (`default` unless it names one).
+    #[serde(default)]
+    pub namespace: String,
     /// `pending|starting|running|exited|backoff|stopping|completed|failed|stopped|expired`.
     pub state: String,
     pub restarts: u32,
@@ -51,6 +54,7 @@ impl WorkloadView {
         WorkloadView {
             info: workload.info.clone(),
             name: workload.spec.name.clone(),
+            namespace: workload.spec.namespace.clone(),
             state: workload.phase.name().to_string(),
             restarts: workload.restarts(),
             runs: workload.runs,
@@ -111,6 +115,9 @@ pub struct RunView {
     pub op_id: String,
     /// The manifest's `name`.
     pub name: String,
+    /// The manifest's namespace.
+    #[serde(default)]
+    pub namespace: String,
     pub manifest_id: String,
     /// `running|completed|failed|cancelled`.
     pub status: String,
@@ -177,6 +184,7 @@ impl RunView {
             run_id: run.run_id.clone(),
             op_id: run.op_id.clone(),
             name: manifest.map(|m| m.name.clone()).unwrap_or_default(),
+            namespace: manifest.map(|m| m.namespace.clone()).unwrap_or_default(),
             manifest_id: run.manifest_id.clone(),
             status: run.status.map_or("running", |s| s.as_str()).to_string(),
             owner: run.owner.clone(),
