@@ -161,18 +161,44 @@ impl Resource {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// The principal has no role in the resource's namespace: answer as if it did not exist.
-    #[error("{kind:?} in a namespace {principal} holds no role in")]
-    Hidden { principal: String, kind: Kind },
+    #[error("{principal} holds no role in namespace {namespace:?}")]
+    Hidden { principal: String, kind: Kind, namespace: String },
     /// The principal may see the resource but its role does not allow the action.
-    #[error("{principal} is a {role} and may not {verb:?} {kind:?}s{where_}", role = role.as_str(), where_ = scope_text(scope))]
+    #[error("{principal} ({role}) may not {verb} {kind}s{where_}", role = role.as_str(), verb = verb.as_str(), kind = kind.as_str(), where_ = scope_text(scope))]
     Forbidden { principal: String, role: Role, verb: Verb, kind: Kind, scope: Scope },
 }
 
 fn scope_text(scope: &Scope) -> String {
     match scope {
         Scope::Namespace(namespace) => format!(" in namespace {namespace:?}"),
-        Scope::OwnNamespaces => String::new(),
+        Scope::OwnNamespaces => " (it holds no namespace)".to_string(),
         Scope::Cluster => " (cluster-wide: admins only)".to_string(),
+    }
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Read => "read",
+            Verb::Operate => "operate",
+            Verb::Administer => "administer",
+        }
+    }
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Workload => "workload",
+            Kind::Job => "job run",
+            Kind::Rollout => "rollout",
+            Kind::Event => "event",
+            Kind::Artifact => "artifact",
+            Kind::Host => "host",
+            Kind::Key => "key",
+            Kind::Token => "token",
+            Kind::Blob => "blob",
+        }
     }
 }
 
@@ -198,7 +224,7 @@ pub fn authorize(principal: &Principal, action: Action, resource: &Resource) -> 
         Scope::OwnNamespaces if principal.namespaces.is_empty() => Err(forbidden()),
         Scope::OwnNamespaces => principal.role.allows(action.verb).then_some(()).ok_or_else(forbidden),
         Scope::Namespace(namespace) if !principal.holds(namespace) => {
-            Err(Denied::Hidden { principal: principal.name.clone(), kind: resource.kind })
+            Err(Denied::Hidden { principal: principal.name.clone(), kind: resource.kind, namespace: namespace.clone() })
         }
         Scope::Namespace(_) => principal.role.allows(action.verb).then_some(()).ok_or_else(forbidden),
     }

@@ -7,9 +7,11 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use warden_core::authz::{Action, Kind, Principal};
 use warden_core::{Projection, Spec};
 
 use super::agents::REMOTE_LOGS_ANSWER_WITHIN;
+use super::authz;
 use super::state::{ask, ApiState, Caller};
 use crate::engine::Command;
 use crate::error::ApiError;
@@ -39,14 +41,17 @@ pub(super) async fn checkpoint_now(
     Ok((StatusCode::ACCEPTED, Json(WorkloadView::of(workload, &state.host))))
 }
 
+/// `POST /v1/workloads` (an operator of the spec's namespace).
 pub(super) async fn submit(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     let spec = Spec::parse(&request.file, &request.spec_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    authz::check(&principal, Action::operate(Kind::Workload), &spec.namespace)?;
     let view =
         ask(&state, |reply| Command::Submit { spec, owner: caller, consumer_workload_id: request.consumer_workload_id, reply })
             .await?;
@@ -59,12 +64,18 @@ pub(super) struct ListQuery {
     all: bool,
 }
 
-pub(super) async fn list(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Json<Vec<WorkloadView>> {
+/// `GET /v1/workloads`: the caller's namespaces' workloads only.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListQuery>,
+) -> Json<Vec<WorkloadView>> {
     let shared = state.shared.read().expect("projection lock");
     let mut views: Vec<WorkloadView> = shared
         .workloads
         .values()
         .filter(|w| query.all || !w.phase.is_terminal())
+        .filter(|w| principal.sees(&w.spec.namespace))
         .map(|w| WorkloadView::of(w, &state.host))
         .collect();
     views.sort_by_key(|v| v.info.vmid);

@@ -202,7 +202,7 @@ fn host_start(
 }
 
 /// `service`, `service.i` (`instances = N`) and `service@host` (`each-host`) belong to `service`.
-fn belongs_to(consumer_id: &str, service: &str) -> bool {
+pub(crate) fn belongs_to(consumer_id: &str, service: &str) -> bool {
     consumer_id == service
         || consumer_id.strip_prefix(service).is_some_and(|rest| {
             rest.strip_prefix('@').is_some_and(|host| !host.is_empty())
