@@ -42,7 +42,8 @@ const LEAST_ROLE: &[(&str, &str, Role)] = &[
     ("POST", "/v1/keys/:name/revoke", Role::Admin),
 ];
 
-const SPEC_A: &str = "name = \"svc\"\nnamespace = \"a\"\n[cell]\nargv = [\"sleep\", \"300\"]\nenv = { MARKER = \"only-in-namespace-a\" }\n";
+const SPEC_A: &str =
+    "name = \"svc\"\nnamespace = \"a\"\n[cell]\nargv = [\"sleep\", \"300\"]\nenv = { MARKER = \"only-in-namespace-a\" }\n";
 const JOB_A: &str = "name = \"etl\"\nnamespace = \"a\"\n[[state]]\nid = \"wait\"\nargv = [\"sleep\", \"300\"]\n";
 
 struct Caller {
@@ -64,8 +65,12 @@ struct Matrix {
 impl Matrix {
     fn start() -> Matrix {
         let warden = Warden::start();
-        let mut callers =
-            vec![Caller { name: "admin", role: Role::Admin, own: true, credential: warden.config_home().join("warden/admin.key") }];
+        let mut callers = vec![Caller {
+            name: "admin",
+            role: Role::Admin,
+            own: true,
+            credential: warden.config_home().join("warden/admin.key"),
+        }];
         for (name, role, namespace) in [
             ("viewer-a", Role::Viewer, "a"),
             ("operator-a", Role::Operator, "a"),
@@ -144,7 +149,9 @@ impl Matrix {
             })
             .unwrap(),
             ("POST", "/v1/hosts/:name/drain") => br#"{"drain": false}"#.to_vec(),
-            ("POST", "/v1/agents/heartbeat" | "/v1/agents/acquire" | "/v1/agents/revoke" | "/v1/agents/rollout") => b"{}".to_vec(),
+            ("POST", "/v1/agents/heartbeat" | "/v1/agents/acquire" | "/v1/agents/revoke" | "/v1/agents/rollout") => {
+                b"{}".to_vec()
+            }
             _ => Vec::new(),
         };
         (path, body)
@@ -167,11 +174,12 @@ enum Expect {
 }
 
 fn expect(rule: &Rule, caller: &Caller) -> Option<Expect> {
-    let least = |rule: &Rule| {
-        LEAST_ROLE.iter().find(|(m, p, _)| *m == rule.method && *p == rule.path).map(|(_, _, role)| *role).unwrap_or_else(|| {
-            panic!("{} {} has no expected role in authz_matrix::LEAST_ROLE: add one", rule.method, rule.path)
-        })
-    };
+    let least =
+        |rule: &Rule| {
+            LEAST_ROLE.iter().find(|(m, p, _)| *m == rule.method && *p == rule.path).map(|(_, _, role)| *role).unwrap_or_else(
+                || panic!("{} {} has no expected role in authz_matrix::LEAST_ROLE: add one", rule.method, rule.path),
+            )
+        };
     Some(match rule.access {
         Access::Public => return None,
         Access::Host => Expect::Unauthenticated,
@@ -253,7 +261,9 @@ fn a_viewer_or_operator_of_another_namespace_sees_nothing_of_namespace_a_and_a_r
         for secret in [workload_id.as_str(), run_id.as_str(), "only-in-namespace-a", "operator-a"] {
             assert!(!text.contains(secret), "{name}'s events show {secret}: {text}");
         }
-        for args in [&["status", workload_id.as_str()][..], &["logs", &workload_id], &["stop", &workload_id], &["job", "status", &run_id]] {
+        for args in
+            [&["status", workload_id.as_str()][..], &["logs", &workload_id], &["stop", &workload_id], &["job", "status", &run_id]]
+        {
             let out = as_caller(&matrix, name, args);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success() && stderr.contains("404"), "{name} {args:?}: {stderr}");

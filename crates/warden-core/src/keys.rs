@@ -39,7 +39,9 @@ pub struct KeyRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("key name {0:?} is not valid: 1 to 63 characters, letters, digits, '.', '_' and '-', starting with a letter or digit")]
+    #[error(
+        "key name {0:?} is not valid: 1 to 63 characters, letters, digits, '.', '_' and '-', starting with a letter or digit"
+    )]
     BadName(String),
     #[error("public key {0:?} is not ed25519:<64 hex digits>")]
     BadPublicKey(String),

@@ -161,11 +161,8 @@ pub(super) fn check_cluster(principal: &Principal, action: Action) -> Result<(),
 /// The layer in front of every role route: 401 for a key that is no (longer a) principal, then
 /// the route's rule decides; the `Principal` goes on to the handler, which filters by it.
 pub(super) async fn authorize_request(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let Some(rule) = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|path| rule_for(request.method().as_str(), path.as_str()))
-        .copied()
+    let Some(rule) =
+        request.extensions().get::<MatchedPath>().and_then(|path| rule_for(request.method().as_str(), path.as_str())).copied()
     else {
         // No rule for this method on a known path: no handler either (the router is built from
         // the rules), so axum answers 405.
@@ -232,7 +229,9 @@ fn decide(state: &ApiState, principal: &Principal, action: Action, target: Targe
                 many => {
                     let visible: Vec<&str> = many
                         .iter()
-                        .filter(|(_, scope)| authorize(principal, Action::read(action.kind), &resource(action.kind, scope)).is_ok())
+                        .filter(|(_, scope)| {
+                            authorize(principal, Action::read(action.kind), &resource(action.kind, scope)).is_ok()
+                        })
                         .map(|(id, _)| id.as_str())
                         .collect();
                     if visible.len() == many.len() {
@@ -307,9 +306,10 @@ fn candidates(
             if let Some(manifest) = manifests.get(wanted) {
                 return vec![(wanted.to_string(), Scope::Namespace(manifest.namespace.clone()))];
             }
-            let run = shared.runs.values().find(|run| {
-                run.initial_snapshot_id == wanted || run.final_snapshot_id.as_deref() == Some(wanted)
-            });
+            let run = shared
+                .runs
+                .values()
+                .find(|run| run.initial_snapshot_id == wanted || run.final_snapshot_id.as_deref() == Some(wanted));
             let scope = run.map_or(Scope::Cluster, |run| run_scope(shared, manifests, &run.run_id));
             vec![(wanted.to_string(), scope)]
         }

@@ -5,14 +5,14 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use std::sync::Arc;
-use warden_core::authz::{Kind, Principal, Role, Scope};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
+use warden_core::authz::{Kind, Principal, Role, Scope};
 use warden_core::{CloudEvent, Projection};
 
-use super::jobs::{resolve_run, run_status, RUN_STATUSES};
 use super::authz;
+use super::jobs::{resolve_run, run_status, RUN_STATUSES};
 use super::state::ApiState;
 use super::workloads::resolve;
 use crate::clock::now_ms;
@@ -143,7 +143,10 @@ fn visible_events(state: &ApiState, principal: &Principal, events: &[impl std::b
     }
     let manifests = super::jobs::manifests_snapshot(state);
     let shared = state.shared.read().expect("projection lock");
-    events.iter().map(|event| authz::sees(principal, Kind::Event, &authz::event_scope(&shared, &manifests, event.borrow()))).collect()
+    events
+        .iter()
+        .map(|event| authz::sees(principal, Kind::Event, &authz::event_scope(&shared, &manifests, event.borrow())))
+        .collect()
 }
 
 /// `GET /v1/events/head`: the journal's last durable event (seq and hash), signed now with the

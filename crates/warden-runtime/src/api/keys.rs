@@ -21,7 +21,10 @@ pub(super) async fn key_add(State(state): State<ApiState>, body: Bytes) -> Resul
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad key request: {e}")))?;
     let role = Role::parse(&request.role).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let Some(key) = parse_principal(&request.public_key.to_ascii_lowercase()) else {
-        return Err(ApiError::BadRequest(format!("public key {:?} is not ed25519:<64 hex digits> of a valid key", request.public_key)));
+        return Err(ApiError::BadRequest(format!(
+            "public key {:?} is not ed25519:<64 hex digits> of a valid key",
+            request.public_key
+        )));
     };
     let principal = principal_of(&key);
     if let Some((_, name)) = state.file_admins.iter().find(|(p, n)| *p == principal || *n == request.name) {

@@ -31,9 +31,10 @@ pub(super) async fn rollout_start(
         Some(service) => {
             let namespace = {
                 let shared = state.shared.read().expect("projection lock");
-                let member = shared.workloads.values().find(|w| {
-                    w.info.consumer_workload_id.as_deref().is_some_and(|id| rollouts::belongs_to(id, service))
-                });
+                let member = shared
+                    .workloads
+                    .values()
+                    .find(|w| w.info.consumer_workload_id.as_deref().is_some_and(|id| rollouts::belongs_to(id, service)));
                 member.map(|w| w.spec.namespace.clone())
             };
             // A service in a namespace the caller holds no role in is one it cannot see.
@@ -50,7 +51,10 @@ pub(super) async fn rollout_start(
 }
 
 /// `GET /v1/rollouts`: newest first.
-pub(super) async fn rollout_list(State(state): State<ApiState>, Extension(principal): Extension<Principal>) -> Json<Vec<RolloutView>> {
+pub(super) async fn rollout_list(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+) -> Json<Vec<RolloutView>> {
     let shared = state.shared.read().expect("projection lock");
     let now = now_ms();
     let mut views: Vec<RolloutView> = shared
