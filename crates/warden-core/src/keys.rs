@@ -1,14 +1,13 @@
 //! API keys managed at runtime (`warden keys add|ls|revoke`): each is a journaled event, so a
 //! key added or revoked takes effect on the next request and survives restarts, with no file
 //! to edit. The decisions are pure: `add` and `revoke` check a request against the keys the
-//! projection holds and record the one event it makes.
+//! projection holds and return the one event it makes (the engine records it in its batch).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::authz::{validate_namespace, BadNamespace, Principal, Role, DEFAULT_NAMESPACE};
-use crate::batch::Batch;
 use crate::event::EventData;
 
 /// A journaled key: its name (unique among live keys), its public key (`ed25519:<hex>`), its
@@ -80,9 +79,9 @@ fn validate_principal(principal: &str) -> Result<(), KeyError> {
     ok.then_some(()).ok_or_else(|| KeyError::BadPublicKey(principal.to_string()))
 }
 
-/// Adds a key: checks `request` against the live keys and records `KeyAdded`. A viewer or
+/// Adds a key: checks `request` against the live `keys` and returns its `KeyAdded`. A viewer or
 /// operator named with no namespace gets `default`; namespaces are sorted and deduplicated.
-pub fn add(batch: &mut Batch, request: KeyRequest) -> Result<KeyRecord, KeyError> {
+pub fn add(keys: &BTreeMap<String, KeyRecord>, request: KeyRequest) -> Result<EventData, KeyError> {
     validate_key_name(&request.name)?;
     let principal = request.principal.to_ascii_lowercase();
     validate_principal(&principal)?;
@@ -98,28 +97,25 @@ pub fn add(batch: &mut Batch, request: KeyRequest) -> Result<KeyRecord, KeyError
     }
     namespaces.sort();
     namespaces.dedup();
-    let keys = &batch.live().keys;
     if keys.contains_key(&request.name) {
         return Err(KeyError::NameTaken(request.name));
     }
     if let Some(holder) = keys.values().find(|k| k.principal == principal) {
         return Err(KeyError::PrincipalTaken(holder.name.clone()));
     }
-    batch.record(EventData::KeyAdded { name: request.name.clone(), principal, role: request.role, namespaces });
-    Ok(batch.live().keys[&request.name].clone())
+    Ok(EventData::KeyAdded { name: request.name, principal, role: request.role, namespaces })
 }
 
-/// Revokes the key `name`: records `KeyRevoked`; its next request is refused.
-pub fn revoke(batch: &mut Batch, name: &str) -> Result<(), KeyError> {
-    if !batch.live().keys.contains_key(name) {
+/// Revokes the key `name`: its `KeyRevoked`; its next request is refused.
+pub fn revoke(keys: &BTreeMap<String, KeyRecord>, name: &str) -> Result<EventData, KeyError> {
+    if !keys.contains_key(name) {
         return Err(KeyError::UnknownKey(name.to_string()));
     }
-    batch.record(EventData::KeyRevoked { name: name.to_string() });
-    Ok(())
+    Ok(EventData::KeyRevoked { name: name.to_string() })
 }
 
 /// Folds a key event into the projection's keys.
-pub(crate) fn apply(keys: &mut BTreeMap<String, KeyRecord>, data: &EventData, at_ms: u64) {
+pub fn apply(keys: &mut BTreeMap<String, KeyRecord>, data: &EventData, at_ms: u64) {
     match data {
         EventData::KeyAdded { name, principal, role, namespaces } => {
             let record = KeyRecord {
@@ -141,7 +137,6 @@ pub(crate) fn apply(keys: &mut BTreeMap<String, KeyRecord>, data: &EventData, at
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Projection;
 
     fn request(name: &str, key_byte: char, role: Role, namespaces: &[&str]) -> KeyRequest {
         KeyRequest {
@@ -152,46 +147,45 @@ mod tests {
         }
     }
 
+    /// Decides and applies, as the engine's batch does.
+    fn added(keys: &mut BTreeMap<String, KeyRecord>, request: KeyRequest, at_ms: u64) -> Result<KeyRecord, KeyError> {
+        let name = request.name.clone();
+        let event = add(keys, request)?;
+        apply(keys, &event, at_ms);
+        Ok(keys[&name].clone())
+    }
+
     #[test]
-    fn an_added_key_is_in_the_projection_and_a_revoked_one_is_gone_after_replay_too() {
-        let mut live = Projection::default();
-        let mut batch = Batch::new(&mut live, 1_000);
-        let record = add(&mut batch, request("ci", 'a', Role::Operator, &["b", "a", "b"])).unwrap();
+    fn an_added_key_is_kept_and_a_revoked_one_is_gone() {
+        let mut keys = BTreeMap::new();
+        let record = added(&mut keys, request("ci", 'a', Role::Operator, &["b", "a", "b"]), 1_000).unwrap();
         assert_eq!(record.namespaces, ["a", "b"]);
         assert_eq!(record.added_at_ms, 1_000);
-        let events = batch.events.clone();
-        let mut replayed = Projection::default();
-        for event in &events {
-            replayed.apply_data(event, 1_000);
-        }
-        assert_eq!(replayed.keys, live.keys);
-
-        let mut batch = Batch::new(&mut live, 2_000);
-        revoke(&mut batch, "ci").unwrap();
-        assert_eq!(batch.events, [EventData::KeyRevoked { name: "ci".into() }]);
-        assert!(live.keys.is_empty());
+        let event = revoke(&keys, "ci").unwrap();
+        assert_eq!(event, EventData::KeyRevoked { name: "ci".into() });
+        apply(&mut keys, &event, 2_000);
+        assert!(keys.is_empty());
+        // The name is free again.
+        added(&mut keys, request("ci", 'b', Role::Viewer, &[]), 3_000).unwrap();
     }
 
     #[test]
     fn a_viewer_with_no_namespace_gets_default_and_an_admin_may_name_none() {
-        let mut live = Projection::default();
-        let mut batch = Batch::new(&mut live, 0);
-        assert_eq!(add(&mut batch, request("v", 'a', Role::Viewer, &[])).unwrap().namespaces, [DEFAULT_NAMESPACE]);
-        assert_eq!(add(&mut batch, request("root", 'b', Role::Admin, &["a"])), Err(KeyError::AdminWithNamespaces));
-        assert!(add(&mut batch, request("root", 'b', Role::Admin, &[])).unwrap().namespaces.is_empty());
+        let mut keys = BTreeMap::new();
+        assert_eq!(added(&mut keys, request("v", 'a', Role::Viewer, &[]), 0).unwrap().namespaces, [DEFAULT_NAMESPACE]);
+        assert_eq!(added(&mut keys, request("root", 'b', Role::Admin, &["a"]), 0), Err(KeyError::AdminWithNamespaces));
+        assert!(added(&mut keys, request("root", 'b', Role::Admin, &[]), 0).unwrap().namespaces.is_empty());
     }
 
     #[test]
-    fn names_and_public_keys_are_unique_and_bad_input_records_nothing() {
-        let mut live = Projection::default();
-        let mut batch = Batch::new(&mut live, 0);
-        add(&mut batch, request("ci", 'a', Role::Viewer, &["a"])).unwrap();
-        assert_eq!(add(&mut batch, request("ci", 'b', Role::Viewer, &["a"])), Err(KeyError::NameTaken("ci".into())));
-        assert_eq!(add(&mut batch, request("ci2", 'a', Role::Viewer, &["a"])), Err(KeyError::PrincipalTaken("ci".into())));
-        assert!(matches!(add(&mut batch, request("bad name", 'c', Role::Viewer, &[])), Err(KeyError::BadName(_))));
-        assert!(matches!(add(&mut batch, request("x", 'z', Role::Viewer, &[])), Err(KeyError::BadPublicKey(_))));
-        assert!(matches!(add(&mut batch, request("x", 'c', Role::Viewer, &["Team"])), Err(KeyError::BadNamespace(_))));
-        assert_eq!(revoke(&mut batch, "nobody"), Err(KeyError::UnknownKey("nobody".into())));
-        assert_eq!(batch.events.len(), 1);
+    fn names_and_public_keys_are_unique_and_bad_input_is_refused() {
+        let mut keys = BTreeMap::new();
+        added(&mut keys, request("ci", 'a', Role::Viewer, &["a"]), 0).unwrap();
+        assert_eq!(add(&keys, request("ci", 'b', Role::Viewer, &["a"])), Err(KeyError::NameTaken("ci".into())));
+        assert_eq!(add(&keys, request("ci2", 'a', Role::Viewer, &["a"])), Err(KeyError::PrincipalTaken("ci".into())));
+        assert!(matches!(add(&keys, request("bad name", 'c', Role::Viewer, &[])), Err(KeyError::BadName(_))));
+        assert!(matches!(add(&keys, request("x", 'z', Role::Viewer, &[])), Err(KeyError::BadPublicKey(_))));
+        assert!(matches!(add(&keys, request("x", 'c', Role::Viewer, &["Team"])), Err(KeyError::BadNamespace(_))));
+        assert_eq!(revoke(&keys, "nobody"), Err(KeyError::UnknownKey("nobody".into())));
     }
 }

@@ -291,13 +291,19 @@ impl Engine {
                 }
                 Command::KeyAdd { request, reply } => {
                     let name = request.name.clone();
-                    match warden_core::keys::add(&mut batch, request) {
-                        Ok(_) => pending.push(Pending::Key { name, reply }),
+                    match warden_core::keys::add(&batch.live().keys, request) {
+                        Ok(added) => {
+                            batch.record(added);
+                            pending.push(Pending::Key { name, reply });
+                        }
                         Err(error) => send(reply, Err(error.into())),
                     }
                 }
-                Command::KeyRevoke { name, reply } => match warden_core::keys::revoke(&mut batch, &name) {
-                    Ok(()) => pending.push(Pending::Done { reply }),
+                Command::KeyRevoke { name, reply } => match warden_core::keys::revoke(&batch.live().keys, &name) {
+                    Ok(revoked) => {
+                        batch.record(revoked);
+                        pending.push(Pending::Done { reply });
+                    }
                     Err(error) => send(reply, Err(error.into())),
                 },
                 Command::RolloutReport { principal, report, reply } => {
