@@ -277,6 +277,21 @@ fn a_viewer_or_operator_of_another_namespace_sees_nothing_of_namespace_a_and_a_r
     assert!(views.iter().any(|v| v.info.id == workload_id && v.namespace == "a"), "{views:?}");
     assert!(matrix.warden.events(&[]).iter().any(|e| e.event_type == "dev.warden.key.added.v1"));
 
+    // A new identity is written 0600; names and public keys are unique; only admins manage keys.
+    use std::os::unix::fs::PermissionsExt;
+    let credential = &matrix.callers.iter().find(|c| c.name == "viewer-a").unwrap().credential;
+    assert_eq!(std::fs::metadata(credential).unwrap().permissions().mode() & 0o777, 0o600);
+    let refused_key = matrix.warden.root.path().join("never-written.key");
+    let again = matrix.warden.cli(&["keys", "add", "viewer-a", "--role", "viewer", "--out", refused_key.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"), "{again:?}");
+    assert!(!refused_key.exists(), "a refused key leaves no credential behind");
+    let escalate = as_caller(
+        &matrix,
+        "operator-a",
+        &["keys", "add", "me", "--role", "admin", "--public-key", &Identity::generate("x").principal()],
+    );
+    assert!(String::from_utf8_lossy(&escalate.stderr).contains("403"), "{escalate:?}");
+
     // Revoked: refused on the next request, and still after a restart; the others still work.
     matrix.warden.cli_ok(&["keys", "revoke", "operator-a"]);
     let refused = as_caller(&matrix, "operator-a", &["ps"]);
