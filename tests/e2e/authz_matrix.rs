@@ -271,6 +271,37 @@ fn a_viewer_or_operator_of_another_namespace_sees_nothing_of_namespace_a_and_a_r
         let events = as_caller(&matrix, name, &["events", "--workload", &workload_id]);
         assert!(String::from_utf8_lossy(&events.stderr).contains("404"), "{events:?}");
     }
+    // Followed, too: a new workload in "a" never shows in viewer-b's stream; one in "b" does.
+    let viewer_b = matrix.callers.iter().find(|c| c.name == "viewer-b").unwrap().credential.clone();
+    let mut follow = std::process::Command::new(crate::support::bin())
+        .args(["--credential", viewer_b.to_str().unwrap(), "events", "--follow", "-o", "json"])
+        .env("WARDEN_ADDR", matrix.warden.addr())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let spec_a = matrix.warden.write_spec("late-a.toml", &SPEC_A.replace("\"svc\"", "\"late\""));
+    let late_a = matrix.warden.cli_ok(&["run", spec_a.to_str().unwrap()]).trim().to_string();
+    let spec_b = matrix.warden.write_spec("late-b.toml", &SPEC_A.replace("\"a\"", "\"b\""));
+    let late_b = matrix.warden.cli_ok(&["run", spec_b.to_str().unwrap()]).trim().to_string();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|line: &String| line.contains(&late_b)) {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(20)).expect("viewer-b's follow shows b's new workload");
+        seen.push(line);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(!seen.iter().any(|line| line.contains(&late_a) || line.contains(&workload_id)), "{seen:?}");
+    matrix.warden.cli_ok(&["stop", &late_a]);
+    matrix.warden.cli_ok(&["stop", &late_b]);
+
     // The same namespace's viewer sees it, and the admin sees everything.
     let ps = as_caller(&matrix, "viewer-a", &["ps", "-o", "json"]);
     let views: Vec<WorkloadView> = serde_json::from_slice(&ps.stdout).unwrap();

@@ -141,8 +141,10 @@ fn visible_events(state: &ApiState, principal: &Principal, events: &[impl std::b
     if principal.role == Role::Admin {
         return vec![true; events.len()];
     }
-    let manifests = super::jobs::manifests_snapshot(state);
+    // Projection, then manifests: the order the engine's answers take them in (`Pending::answer`),
+    // and no copy of the manifests per event of a followed stream.
     let shared = state.shared.read().expect("projection lock");
+    let manifests = state.manifests.read().expect("manifests lock");
     events
         .iter()
         .map(|event| authz::sees(principal, Kind::Event, &authz::event_scope(&shared, &manifests, event.borrow())))
