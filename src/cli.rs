@@ -1,13 +1,15 @@
 //! Command-line interface: `up`, `run`, `ps`, `status`, `logs`, `stop`, `events`
 //! (`events head|verify` in `cli/events.rs`), `job run|status|history|cancel|ls`,
 //! `rollout start|status|pause|resume|undo|ls` (in `cli/rollout.rs`), `artifact get`,
-//! `journal verify|repair` (offline, in `cli/journal.rs`), `backup` and `restore` (in `cli/backup.rs`),
-//! `hosts [drain|undrain|remove]`, `tokens create|ls|revoke` (join tokens).
+//! `keys add|ls|revoke` (in `cli/keys.rs`), `journal verify|repair` (offline, in
+//! `cli/journal.rs`), `backup` and `restore` (in `cli/backup.rs`), `hosts [drain|undrain|remove]`,
+//! `tokens create|ls|revoke` (join tokens).
 
 mod backup;
 mod common;
 mod events;
 mod journal;
+mod keys;
 mod rollout;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -162,6 +164,11 @@ enum Command {
     /// Rebuild a data dir from a backup: refused if it already has a journal or a server runs on
     /// it, or if the backup is broken or another server's.
     Restore(backup::RestoreArgs),
+    /// API keys with roles and namespaces: `keys add NAME --role R [--namespace NS …]`, `ls`, `revoke`.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Content-addressed artifacts: job manifests and context snapshots.
     Artifact {
         #[command(subcommand)]
@@ -481,6 +488,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
         }
         Command::Job { command } => run_job(client, command, output),
         Command::Rollout { command } => rollout::run_rollout(client, command, output),
+        Command::Keys { command } => keys::run_keys(client, command, output),
         Command::Artifact { command: ArtifactCommand::Get { id } } => {
             let mut reader = client.stream(&format!("/v1/artifacts/{}", encode(&id)))?;
             let mut stdout = std::io::stdout().lock();

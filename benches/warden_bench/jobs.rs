@@ -368,7 +368,7 @@ fn write_resume_journal(db: &Path) -> Result<ResumeJournal> {
             retry: RetrySpec::default(),
         })
         .collect();
-    let manifest = JobManifest { name: "resume".into(), states };
+    let manifest = JobManifest { name: "resume".into(), namespace: "default".into(), states };
     let manifest_artifact = Artifact::of_json(&manifest);
     let empty = Artifact::of_json(&serde_json::json!({}));
     let (manifest_id, context_id) = (manifest_artifact.id.clone(), empty.id.clone());

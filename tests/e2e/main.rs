@@ -8,6 +8,7 @@
 mod support;
 
 mod agent;
+mod authz_matrix;
 mod backup_e2e;
 mod cells_e2e;
 mod checkpoint_e2e;

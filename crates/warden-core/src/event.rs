@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::authz::Role;
 use crate::canonical::sha256_hex;
 use crate::job::JobEvent;
 use crate::rollout::{RolloutEvent, RolloutStart};
@@ -304,6 +305,15 @@ pub enum EventData {
     /// An operator paused (no more dispatches or waves) or resumed a rollout.
     #[serde(rename = "dev.warden.rollout.paused.v1")]
     RolloutPaused { rollout_id: String, paused: bool },
+
+    /// An admin added an API key (`warden keys add`): `principal` (`ed25519:<hex>`) may sign
+    /// requests from now on, as `role`, in `namespaces` (none for an admin: it holds them all).
+    #[serde(rename = "dev.warden.key.added.v1")]
+    KeyAdded { name: String, principal: String, role: Role, namespaces: Vec<String> },
+
+    /// An admin revoked the key `name`: its next request is refused.
+    #[serde(rename = "dev.warden.key.revoked.v1")]
+    KeyRevoked { name: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,7 +361,9 @@ impl EventData {
             | EventData::HostRemoved { .. }
             | EventData::RolloutStarted(_)
             | EventData::RolloutProgressed { .. }
-            | EventData::RolloutPaused { .. } => None,
+            | EventData::RolloutPaused { .. }
+            | EventData::KeyAdded { .. }
+            | EventData::KeyRevoked { .. } => None,
         }
     }
 

@@ -33,6 +33,10 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 1_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobManifest {
     pub name: String,
+    /// The namespace the job's runs (and their step workloads) belong to (`namespace = "…"`,
+    /// default `default`; serialized only when not the default, so old manifest ids stay).
+    #[serde(default = "crate::spec::default_namespace", skip_serializing_if = "crate::spec::is_default_namespace")]
+    pub namespace: String,
     pub states: Vec<StateSpec>,
 }
 
@@ -107,6 +111,7 @@ impl JobManifest {
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     name: Spanned<String>,
+    namespace: Option<Spanned<String>>,
     #[serde(default)]
     state: Vec<RawState>,
 }
@@ -241,7 +246,14 @@ impl RawManifest {
         if let Some((at, cycle)) = find_cycle(&states) {
             return Err((Some(dep_spans[at].clone()), format!("cycle: {}", cycle.join(" -> "))));
         }
-        Ok(JobManifest { name: self.name.into_inner(), states })
+        let namespace = match &self.namespace {
+            None => crate::authz::DEFAULT_NAMESPACE.to_string(),
+            Some(namespace) => {
+                crate::authz::validate_namespace(namespace.get_ref()).map_err(|e| (Some(namespace.span()), e.to_string()))?;
+                namespace.get_ref().clone()
+            }
+        };
+        Ok(JobManifest { name: self.name.into_inner(), namespace, states })
     }
 }
 

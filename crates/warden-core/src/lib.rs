@@ -4,11 +4,13 @@
 //! state of a workload is a fold over its events (`Projection::apply`). The runtime crates carry
 //! the effects out and feed results back in as inputs.
 
+pub mod authz;
 pub mod batch;
 pub mod canonical;
 pub mod cluster;
 pub mod event;
 pub mod job;
+pub mod keys;
 pub mod lease;
 pub mod projection;
 pub mod rollout;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{CloudEvent, EventData};
 use crate::job::RunRecord;
+use crate::keys::KeyRecord;
 use crate::rollout::RolloutRecord;
 use crate::spec::Spec;
 use crate::time::parse_rfc3339_ms;
@@ -33,6 +34,9 @@ pub struct Projection {
     /// Rollouts by id.
     #[serde(default)]
     pub rollouts: BTreeMap<String, RolloutRecord>,
+    /// Live API keys by name (`warden keys`); revoked ones are gone.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyRecord>,
     /// Join tokens by id (`warden tokens`): what enrolls a host, and until when.
     #[serde(default)]
     pub join_tokens: BTreeMap<String, JoinTokenRecord>,
@@ -249,6 +253,10 @@ impl Projection {
                 if let Some(record) = self.rollouts.get_mut(rollout_id) {
                     record.paused = *paused;
                 }
+                return;
+            }
+            EventData::KeyAdded { .. } | EventData::KeyRevoked { .. } => {
+                crate::keys::apply(&mut self.keys, data, at_ms);
                 return;
             }
             EventData::LeaseReleased { workload_id, epoch } => {

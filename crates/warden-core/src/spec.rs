@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::authz::{validate_namespace, DEFAULT_NAMESPACE};
 use crate::canonical::content_id;
 use crate::lease::OutagePolicy;
 use crate::types::{ReplicationMode, RestartPolicy, WorkloadInfo};
@@ -16,6 +17,11 @@ use crate::units::{parse_duration_ms, parse_size_bytes};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
     pub name: String,
+    /// The namespace the workload belongs to (`namespace = "…"`, default `default`): who may
+    /// see and operate it (`authz`). Serialized only when not the default, so the spec ids of
+    /// specs written before namespaces existed do not change.
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
     pub ttl_ms: Option<u64>,
     pub cell: CellSpec,
     pub restart: RestartSpec,
@@ -212,6 +218,14 @@ pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 pub const MIN_CHECKPOINT_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_STANDBYS: u32 = 1;
+pub(crate) fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+pub(crate) fn is_default_namespace(namespace: &str) -> bool {
+    namespace == DEFAULT_NAMESPACE
+}
+
 /// The longest disconnect a workload may ride out (`placement.lost_after`).
 pub const MAX_LOST_AFTER_MS: u64 = 3_600_000;
 /// At most this many standbys: each is a host kept armed.
@@ -298,6 +312,7 @@ pub(crate) type Invalid = (Option<Range<usize>>, String);
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     name: Spanned<String>,
+    namespace: Option<Spanned<String>>,
     ttl: Option<Spanned<String>>,
     cell: RawCell,
     restart: Option<RawRestart>,
@@ -477,6 +492,13 @@ impl RawSpec {
                 format!("name must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit; got {name:?}"),
             ));
         }
+        let namespace = match &self.namespace {
+            None => DEFAULT_NAMESPACE.to_string(),
+            Some(namespace) => {
+                validate_namespace(namespace.get_ref()).map_err(|e| (Some(namespace.span()), e.to_string()))?;
+                namespace.get_ref().clone()
+            }
+        };
         let ttl_ms = match &self.ttl {
             None => None,
             Some(_) => match duration("ttl", &self.ttl, 0)? {
@@ -649,7 +671,7 @@ impl RawSpec {
                 "placement mode = \"each-host\" cannot have warm standbys (each instance runs on its host only)".into(),
             ));
         }
-        Ok(Spec { name: name.clone(), ttl_ms, cell, restart, replication, logs, placement })
+        Ok(Spec { name: name.clone(), namespace, ttl_ms, cell, restart, replication, logs, placement })
     }
 }
 
@@ -790,6 +812,23 @@ impl RawRestart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_namespace_keeps_old_spec_ids_and_another_one_changes_it() {
+        let plain = Spec::parse("a", "name='x'\n[cell]\nargv=['true']").unwrap();
+        let default = Spec::parse("b", "name='x'\nnamespace='default'\n[cell]\nargv=['true']").unwrap();
+        let team = Spec::parse("c", "name='x'\nnamespace='team-a'\n[cell]\nargv=['true']").unwrap();
+        assert_eq!(plain.namespace, "default");
+        assert_eq!(plain.spec_id(), default.spec_id());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("namespace"));
+        assert_eq!(team.namespace, "team-a");
+        assert_ne!(team.spec_id(), plain.spec_id());
+        let round_trip: Spec = serde_json::from_str(&serde_json::to_string(&team).unwrap()).unwrap();
+        assert_eq!(round_trip, team);
+        let bad = Spec::parse("s.toml", "name='x'\nnamespace='Team A'\n[cell]\nargv=['true']").unwrap_err();
+        assert_eq!(bad.line, Some(2));
+        assert!(bad.message.contains("namespace \"Team A\""), "{bad}");
+    }
 
     #[test]
     fn spec_id_ignores_formatting_but_not_content() {

@@ -617,7 +617,9 @@ impl Workload {
             | EventData::HostUp { .. }
             | EventData::RolloutStarted(_)
             | EventData::RolloutProgressed { .. }
-            | EventData::RolloutPaused { .. } => {}
+            | EventData::RolloutPaused { .. }
+            | EventData::KeyAdded { .. }
+            | EventData::KeyRevoked { .. } => {}
             EventData::CellPlaced { cell_id, host, epoch, adopts, .. } => {
                 self.replaced_on = None;
                 self.host = Some(host.clone());

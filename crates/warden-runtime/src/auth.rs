@@ -335,6 +335,25 @@ pub fn load_authorized_keys(path: &Path) -> std::io::Result<Vec<VerifyingKey>> {
         .collect())
 }
 
+/// The keys of `authorized_keys` with their names (`principal`, `name`; a line with no name is
+/// named `authorized-key-N`, N its line number): every one of them is an admin (see
+/// ARCHITECTURE.md, "Security model").
+pub fn load_authorized_names(path: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut named = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let Some(key) = words.next().and_then(parse_principal) else { continue };
+        let name = words.next().map_or_else(|| format!("authorized-key-{}", n + 1), str::to_owned);
+        named.push((principal_of(&key), name));
+    }
+    Ok(named)
+}
+
 /// Appends a principal to `authorized_keys` unless it is already there.
 pub fn authorize_key(path: &Path, identity: &Identity) -> std::io::Result<()> {
     let principal = identity.principal();

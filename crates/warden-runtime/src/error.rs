@@ -2,6 +2,7 @@
 //! failed, and the HTTP status it maps to (`ApiError::status`) decided here, in one place.
 
 use warden_core::cluster::{ClusterError, SubmitRefused, TokenAdminError};
+use warden_core::keys::KeyError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +30,9 @@ pub enum ApiError {
     /// A submission that cannot be accepted as it stands.
     #[error(transparent)]
     Submit(#[from] SubmitRefused),
+    /// A `warden keys add|revoke` that cannot be done.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 impl ApiError {
@@ -52,6 +56,9 @@ impl ApiError {
                 | ClusterError::AcquireRefused { .. } => 409,
             },
             ApiError::Submit(_) => 409,
+            ApiError::Key(KeyError::UnknownKey(_)) => 404,
+            ApiError::Key(error) if error.is_conflict() => 409,
+            ApiError::Key(_) => 400,
         }
     }
 }

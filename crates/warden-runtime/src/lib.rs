@@ -92,7 +92,8 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let server_key = Arc::new(load_or_create_server_key(data_dir)?);
     let authorized_path = data_dir.join("authorized_keys");
     authorize_key(&authorized_path, &admin).map_err(dir_err)?;
-    let authorized_keys = Arc::new(RwLock::new(load_authorized_keys(&authorized_path).map_err(dir_err)?));
+    let mut signing_keys = load_authorized_keys(&authorized_path).map_err(dir_err)?;
+    let file_admins = Arc::new(auth::load_authorized_names(&authorized_path).map_err(dir_err)?);
 
     let (store, report) = SqliteStore::open(&data_dir.join(paths::JOURNAL_FILE))?;
     let store: Arc<dyn Store> = Arc::new(store);
@@ -161,12 +162,17 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         "  connections  at most {} ({} reserved for agents and clients that signed in lately), {} per unknown address; fd limit {nofile}",
         limits.total, limits.reserved, limits.per_peer
     );
+    // Journaled keys (`warden keys add`) sign too, from the first request on.
+    let journaled = handle.shared.read().expect("projection lock").keys.values().map(|k| k.principal.clone()).collect::<Vec<_>>();
+    signing_keys.extend(journaled.iter().filter_map(|principal| auth::parse_principal(principal)));
+    let authorized_keys = Arc::new(RwLock::new(signing_keys));
     let state = api::ApiState {
         commands: handle.commands.clone(),
         shared: handle.shared.clone(),
         events: handle.events.clone(),
         store,
         authorized_keys,
+        file_admins,
         // Refuses what was signed before now: the guard's memory starts here (auth::ReplayGuard).
         replays: Arc::new(std::sync::Mutex::new(auth::ReplayGuard::started_at(clock::now_ms()))),
         gate: gate.clone(),

@@ -11,6 +11,9 @@ pub struct WorkloadView {
     #[serde(flatten)]
     pub info: WorkloadInfo,
     pub name: String,
+    /// The spec's namespace (`default` unless it names one).
+    #[serde(default)]
+    pub namespace: String,
     /// `pending|starting|running|exited|backoff|stopping|completed|failed|stopped|expired`.
     pub state: String,
     pub restarts: u32,
@@ -51,6 +54,7 @@ impl WorkloadView {
         WorkloadView {
             info: workload.info.clone(),
             name: workload.spec.name.clone(),
+            namespace: workload.spec.namespace.clone(),
             state: workload.phase.name().to_string(),
             restarts: workload.restarts(),
             runs: workload.runs,
@@ -111,6 +115,9 @@ pub struct RunView {
     pub op_id: String,
     /// The manifest's `name`.
     pub name: String,
+    /// The manifest's namespace.
+    #[serde(default)]
+    pub namespace: String,
     pub manifest_id: String,
     /// `running|completed|failed|cancelled`.
     pub status: String,
@@ -177,6 +184,7 @@ impl RunView {
             run_id: run.run_id.clone(),
             op_id: run.op_id.clone(),
             name: manifest.map(|m| m.name.clone()).unwrap_or_default(),
+            namespace: manifest.map(|m| m.namespace.clone()).unwrap_or_default(),
             manifest_id: run.manifest_id.clone(),
             status: run.status.map_or("running", |s| s.as_str()).to_string(),
             owner: run.owner.clone(),
@@ -251,6 +259,45 @@ impl TokenView {
             expires_at_ms: record.expires_at_ms,
             max_uses: record.max_uses,
             n_used: record.n_used,
+        }
+    }
+}
+
+/// `POST /v1/keys`: a new API key (`warden keys add`); only its public half is ever sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyAddRequest {
+    pub name: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    /// Where a viewer or operator holds its role (default: `default`); none for an admin.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// `ed25519:<64 hex digits>`.
+    pub public_key: String,
+}
+
+/// An API key as `GET /v1/keys` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    pub role: String,
+    pub namespaces: Vec<String>,
+    pub public_key: String,
+    /// `journal` (added with `warden keys add`) or `authorized_keys` (the data dir's file, read
+    /// at start: the admin credential and legacy keys, all admins, not revocable at runtime).
+    pub source: String,
+    pub added_at_ms: Option<u64>,
+}
+
+impl KeyView {
+    pub fn of(record: &warden_core::keys::KeyRecord) -> KeyView {
+        KeyView {
+            name: record.name.clone(),
+            role: record.role.as_str().to_string(),
+            namespaces: record.namespaces.clone(),
+            public_key: record.principal.clone(),
+            source: "journal".into(),
+            added_at_ms: Some(record.added_at_ms),
         }
     }
 }

@@ -4,11 +4,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
+use warden_core::authz::{Kind, Principal, Role, Scope};
 use warden_core::{CloudEvent, Projection};
 
+use super::authz;
 use super::jobs::{resolve_run, run_status, RUN_STATUSES};
 use super::state::ApiState;
 use super::workloads::resolve;
@@ -39,16 +42,20 @@ pub(super) fn resolve_subject(shared: &Projection, wanted: &str) -> Result<Strin
 }
 
 /// Journaled events as NDJSON (one CloudEvent per line), or Server-Sent Events when the client
-/// asks for `text/event-stream`. With `follow`, the stream stays open for new events.
+/// asks for `text/event-stream`. With `follow`, the stream stays open for new events. Only the
+/// events of the caller's namespaces are sent (`authz::event_scope`); cluster events (hosts,
+/// keys, the journal's own) only to admins.
 pub(super) async fn events(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let subject = match &query.workload {
-        Some(wanted) => Some(resolve_subject(&state.shared.read().expect("projection lock"), wanted)?),
+        Some(wanted) => Some(visible_subject(&state, &principal, wanted)?),
         None => None,
     };
+    let principal = Arc::new(principal);
     let sse = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     let frame = move |event: &CloudEvent| -> Bytes {
         let json = serde_json::to_string(event).expect("event serializes");
@@ -71,7 +78,8 @@ pub(super) async fn events(
                 };
                 let Some(last) = page.last() else { break };
                 last_sent = last.seq;
-                for event in &page {
+                let visible = visible_events(&state, &principal, &page);
+                for event in page.iter().zip(visible).filter_map(|(event, visible)| visible.then_some(event)) {
                     if tx.send(Ok(frame(event))).await.is_err() {
                         return;
                     }
@@ -88,6 +96,9 @@ pub(super) async fn events(
                             continue;
                         }
                         last_sent = event.seq;
+                        if !visible_events(&state, &principal, std::slice::from_ref(&event))[0] {
+                            continue;
+                        }
                         if tx.send(Ok(frame(&event))).await.is_err() {
                             return;
                         }
@@ -103,6 +114,41 @@ pub(super) async fn events(
         .header(header::CONTENT_TYPE, content_type)
         .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .expect("valid response"))
+}
+
+/// What `?workload=` names, if the caller may see it; else "no workload", as if it did not exist
+/// (and an ambiguous prefix is not spelled out to a non-admin, since it may name hidden ids).
+fn visible_subject(state: &ApiState, principal: &Principal, wanted: &str) -> Result<String, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no workload {wanted}"));
+    let manifests = super::jobs::manifests_snapshot(state);
+    let shared = state.shared.read().expect("projection lock");
+    let subject = match resolve_subject(&shared, wanted) {
+        Ok(subject) => subject,
+        Err(ApiError::Conflict(_)) if principal.role != Role::Admin => {
+            return Err(ApiError::Conflict(format!("{wanted} is ambiguous; give more of the id")))
+        }
+        Err(e) => return Err(e),
+    };
+    let scope = match shared.workloads.get(&subject) {
+        Some(w) => Scope::Namespace(w.spec.namespace.clone()),
+        None => authz::run_scope(&shared, &manifests, &subject),
+    };
+    authz::sees(principal, Kind::Event, &scope).then_some(subject).ok_or_else(not_found)
+}
+
+/// Which of `events` the caller may see (all of them, for an admin).
+fn visible_events(state: &ApiState, principal: &Principal, events: &[impl std::borrow::Borrow<CloudEvent>]) -> Vec<bool> {
+    if principal.role == Role::Admin {
+        return vec![true; events.len()];
+    }
+    // Projection, then manifests: the order the engine's answers take them in (`Pending::answer`),
+    // and no copy of the manifests per event of a followed stream.
+    let shared = state.shared.read().expect("projection lock");
+    let manifests = state.manifests.read().expect("manifests lock");
+    events
+        .iter()
+        .map(|event| authz::sees(principal, Kind::Event, &authz::event_scope(&shared, &manifests, event.borrow())))
+        .collect()
 }
 
 /// `GET /v1/events/head`: the journal's last durable event (seq and hash), signed now with the

@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use warden_core::authz::{Action, Kind, Principal};
 use warden_core::job::{JobManifest, RunStatus};
 use warden_core::{CloudEvent, Projection};
 use warden_store::StoreError;
 
+use super::authz;
 use super::state::{ask, ApiState, Caller};
 use crate::engine::Command;
 use crate::error::ApiError;
@@ -54,15 +56,18 @@ pub(super) fn run_view(state: &ApiState, wanted: &str) -> Result<RunView, ApiErr
     Ok(RunView::of(run, manifests.get(&run.manifest_id).map(Arc::as_ref)))
 }
 
+/// `POST /v1/jobs` (an operator of the manifest's namespace).
 pub(super) async fn job_run(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RunView>), ApiError> {
     let request: JobRunRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     let mut manifest =
         JobManifest::parse(&request.file, &request.manifest_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    authz::check(&principal, Action::operate(Kind::Job), &manifest.namespace)?;
     if let Some(workdir) = &request.workdir {
         if !std::path::Path::new(workdir).is_absolute() {
             return Err(ApiError::BadRequest(format!("the default workdir must be an absolute path, not {workdir:?}")));
@@ -83,8 +88,10 @@ pub(super) struct JobListQuery {
     status: Option<String>,
 }
 
+/// `GET /v1/jobs`: the caller's namespaces' runs only.
 pub(super) async fn job_list(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<JobListQuery>,
 ) -> Result<Json<Vec<RunView>>, ApiError> {
     if let Some(wanted) = &query.status {
@@ -98,6 +105,7 @@ pub(super) async fn job_list(
         .runs
         .values()
         .filter(|run| query.status.as_deref().is_none_or(|wanted| run_status(run.status) == wanted))
+        .filter(|run| authz::sees(&principal, Kind::Job, &authz::run_scope(&shared, &manifests, &run.run_id)))
         .collect();
     runs.sort_by(|a, b| (a.started_at_ms, &a.run_id).cmp(&(b.started_at_ms, &b.run_id)));
     Ok(Json(runs.into_iter().map(|run| RunView::of(run, manifests.get(&run.manifest_id).map(Arc::as_ref))).collect()))

@@ -4,7 +4,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use warden_core::authz::{Action, Kind, Principal};
 
+use super::authz;
 use super::state::{ask, ApiState, Caller};
 use crate::clock::now_ms;
 use crate::engine::rollouts;
@@ -13,22 +15,54 @@ use crate::error::ApiError;
 use crate::view::{RolloutRequest, RolloutView};
 
 /// `POST /v1/rollouts`: a service's new spec, or a host activation, rolled out by policy.
+/// A service's rollout is an operator's of its namespace (the engine checks that the new spec
+/// stays in it); a host activation is an admin's.
 pub(super) async fn rollout_start(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let request: RolloutRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad rollout request: {e}")))?;
+    let action = Action::operate(Kind::Rollout);
+    match &request.service {
+        None => authz::check_cluster(&principal, action)?,
+        Some(service) => {
+            let namespace = {
+                let shared = state.shared.read().expect("projection lock");
+                let member = shared
+                    .workloads
+                    .values()
+                    .find(|w| w.info.consumer_workload_id.as_deref().is_some_and(|id| rollouts::belongs_to(id, service)));
+                member.map(|w| w.spec.namespace.clone())
+            };
+            // A service in a namespace the caller holds no role in is one it cannot see.
+            if let Some(namespace) = namespace {
+                if !principal.sees(&namespace) {
+                    return Err(ApiError::NotFound(format!("no live service {service:?} (the id it was submitted with)")));
+                }
+                authz::check(&principal, action, &namespace)?;
+            }
+        }
+    }
     let view = ask(&state, |reply| Command::RolloutStart { request, caller, reply }).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// `GET /v1/rollouts`: newest first.
-pub(super) async fn rollout_list(State(state): State<ApiState>) -> Json<Vec<RolloutView>> {
+pub(super) async fn rollout_list(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+) -> Json<Vec<RolloutView>> {
     let shared = state.shared.read().expect("projection lock");
     let now = now_ms();
-    let mut views: Vec<RolloutView> = shared.rollouts.values().map(|r| rollouts::view(r, now)).collect();
+    let mut views: Vec<RolloutView> = shared
+        .rollouts
+        .values()
+        .filter(|r| authz::sees(&principal, Kind::Rollout, &authz::rollout_scope(&shared, &r.rollout.rollout_id)))
+        .map(|r| rollouts::view(r, now))
+        .collect();
     views.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then_with(|| a.id.cmp(&b.id)));
     Json(views)
 }

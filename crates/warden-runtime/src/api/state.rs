@@ -24,7 +24,12 @@ pub struct ApiState {
     pub shared: Arc<RwLock<Projection>>,
     pub events: broadcast::Sender<Arc<CloudEvent>>,
     pub store: Arc<dyn Store>,
+    /// Every key that may sign API requests: `file_admins`' and the journaled keys'
+    /// (`warden keys`); kept in step by `keys::refresh_signing_keys`. What each may do is
+    /// `authz`'s business.
     pub authorized_keys: Arc<RwLock<Vec<VerifyingKey>>>,
+    /// The keys in `<data-dir>/authorized_keys` as (principal, name), read at start: admins.
+    pub file_admins: Arc<Vec<(String, String)>>,
     pub replays: Arc<std::sync::Mutex<ReplayGuard>>,
     /// The listener's connection caps; authenticated callers' addresses are vouched for here.
     pub gate: Arc<crate::serve::Gate>,

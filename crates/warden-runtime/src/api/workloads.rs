@@ -7,27 +7,25 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use warden_core::authz::{Action, Kind, Principal};
 use warden_core::{Projection, Spec};
 
 use super::agents::REMOTE_LOGS_ANSWER_WITHIN;
+use super::authz;
 use super::state::{ask, ApiState, Caller};
 use crate::engine::Command;
 use crate::error::ApiError;
 use crate::view::{SubmitRequest, WorkloadView};
 
-/// `POST /v1/workloads/:id/checkpoint` (its owner): the agent running the checkpointed
+/// `POST /v1/workloads/:id/checkpoint` (an operator of its namespace): the agent running the checkpointed
 /// workload's cell takes a checkpoint now; `state_uri` changes once it is stored (202).
 pub(super) async fn checkpoint_now(
     State(state): State<ApiState>,
-    Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
     let shared = state.shared.read().expect("projection lock");
     let id = resolve(&shared, &id)?;
     let workload = &shared.workloads[&id];
-    if workload.info.owner != caller {
-        return Err(ApiError::Forbidden(format!("workload {id} belongs to {}", workload.info.owner)));
-    }
     if !workload.spec.replication.checkpoints() {
         return Err(ApiError::Conflict(format!(
             "workload {id} keeps no checkpoints ([replication] mode = \"checkpointed\" or \"warm-standby\", with state_dir)"
@@ -43,14 +41,17 @@ pub(super) async fn checkpoint_now(
     Ok((StatusCode::ACCEPTED, Json(WorkloadView::of(workload, &state.host))))
 }
 
+/// `POST /v1/workloads` (an operator of the spec's namespace).
 pub(super) async fn submit(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
+    Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<WorkloadView>), ApiError> {
     let request: SubmitRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     let spec = Spec::parse(&request.file, &request.spec_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    authz::check(&principal, Action::operate(Kind::Workload), &spec.namespace)?;
     let view =
         ask(&state, |reply| Command::Submit { spec, owner: caller, consumer_workload_id: request.consumer_workload_id, reply })
             .await?;
@@ -63,12 +64,18 @@ pub(super) struct ListQuery {
     all: bool,
 }
 
-pub(super) async fn list(State(state): State<ApiState>, Query(query): Query<ListQuery>) -> Json<Vec<WorkloadView>> {
+/// `GET /v1/workloads`: the caller's namespaces' workloads only.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<ListQuery>,
+) -> Json<Vec<WorkloadView>> {
     let shared = state.shared.read().expect("projection lock");
     let mut views: Vec<WorkloadView> = shared
         .workloads
         .values()
         .filter(|w| query.all || !w.phase.is_terminal())
+        .filter(|w| principal.sees(&w.spec.namespace))
         .map(|w| WorkloadView::of(w, &state.host))
         .collect();
     views.sort_by_key(|v| v.info.vmid);

@@ -15,7 +15,7 @@ use crate::proto::{
     AcquireRequest, AcquireResponse, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest, RolloutReport,
     RolloutReportResponse,
 };
-use crate::view::{RolloutRequest, RolloutView, RunView, TokenView, WorkloadView};
+use crate::view::{KeyView, RolloutRequest, RolloutView, RunView, TokenView, WorkloadView};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
@@ -119,6 +119,16 @@ pub enum Command {
         caller: String,
         reply: Reply<RolloutView>,
     },
+    /// An admin adds an API key (`warden keys add`).
+    KeyAdd {
+        request: warden_core::keys::KeyRequest,
+        reply: Reply<KeyView>,
+    },
+    /// An admin revokes an API key: its next request is refused.
+    KeyRevoke {
+        name: String,
+        reply: Reply<()>,
+    },
     /// A host signed by `principal` reports on its part in a rollout.
     RolloutReport {
         principal: String,
@@ -171,6 +181,11 @@ pub enum Pending {
         id: String,
         reply: Reply<RolloutView>,
     },
+    /// Answered with the key as journaled.
+    Key {
+        name: String,
+        reply: Reply<KeyView>,
+    },
     /// Answered with the host's snapshot after the report.
     RolloutReported {
         rollout_id: String,
@@ -215,6 +230,10 @@ impl Pending {
             Pending::Rollout { id, reply } => {
                 let view = shared.rollouts.get(&id).map(|r| rollouts::view(r, context.now_ms));
                 send(reply, view.ok_or_else(|| ApiError::NotFound(format!("no rollout {id}"))));
+            }
+            Pending::Key { name, reply } => {
+                let view = shared.keys.get(&name).map(KeyView::of);
+                send(reply, view.ok_or_else(|| ApiError::NotFound(format!("no key {name}"))));
             }
             Pending::RolloutReported { rollout_id, host, outcome, reply } => {
                 let snapshot = shared.rollouts.get(&rollout_id).and_then(|r| r.rollout.hosts.get(&host)).cloned();

@@ -300,6 +300,23 @@ impl Engine {
                         Err(error) => send(reply, Err(error)),
                     }
                 }
+                Command::KeyAdd { request, reply } => {
+                    let name = request.name.clone();
+                    match warden_core::keys::add(&batch.live().keys, request) {
+                        Ok(added) => {
+                            batch.record(added);
+                            pending.push(Pending::Key { name, reply });
+                        }
+                        Err(error) => send(reply, Err(error.into())),
+                    }
+                }
+                Command::KeyRevoke { name, reply } => match warden_core::keys::revoke(&batch.live().keys, &name) {
+                    Ok(revoked) => {
+                        batch.record(revoked);
+                        pending.push(Pending::Done { reply });
+                    }
+                    Err(error) => send(reply, Err(error.into())),
+                },
                 Command::RolloutReport { principal, report, reply } => {
                     hosts::rollout_report(cluster, &mut batch, &principal, report, reply, pending)
                 }

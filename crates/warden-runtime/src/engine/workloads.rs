@@ -66,14 +66,13 @@ fn submit_one(
     Some(batch.submit(info, spec.clone(), pinned))
 }
 
-/// Stops workload `id` for its owner `caller`.
+/// Stops workload `id` for `caller`.
 pub fn stop(batch: &mut Batch, id: String, caller: &str, reply: Reply<WorkloadView>, pending: &mut Vec<Pending>) {
     let Some(workload) = batch.live().workloads.get(&id) else {
         return send(reply, Err(ApiError::NotFound(format!("no workload {id}"))));
     };
-    if workload.info.owner != caller {
-        return send(reply, Err(ApiError::Forbidden(format!("workload {id} belongs to {}", workload.info.owner))));
-    }
+    // Who may stop it is `api::authz`'s decision (an operator of its namespace), made before.
+    tracing::info!(workload_id = %id, owner = %workload.info.owner, "stop requested by {caller}");
     match batch.advance(&id, &Input::Stop) {
         Ok(()) => pending.push(Pending::Workload { id, instances: Vec::new(), reply }),
         Err(e) => send(reply, Err(ApiError::Conflict(e.to_string()))),
