@@ -172,8 +172,12 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
             cluster.server.cli_ok(&["ps"]);
             let took = asked.elapsed();
             slowest = slowest.max(took);
+            // The server's answer within a second, always; the CLI around it is a debug binary
+            // started fresh on a 2-core machine that CI loads with other tests, which alone has
+            // taken a second: it gets three.
+            assert!(slowest_api < Duration::from_secs(1), "the API took {slowest_api:?} under attack");
             assert!(
-                took < Duration::from_secs(1),
+                took < Duration::from_secs(3),
                 "`warden ps` took {took:?} under attack (the API alone: {slowest_api:?} at most)"
             );
             for host in cluster.hosts() {
