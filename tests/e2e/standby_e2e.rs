@@ -350,7 +350,16 @@ fn staged_counter(cluster: &Cluster, id: &str, hex: &str, slot_hosts: &[String])
     }
     let key = std::fs::read(cluster.server.data_dir().join("keys").join(id)).unwrap();
     let dir = cluster.server.root.path().join(format!("peek-{hex}"));
-    let blob = std::fs::read(staged(&slot_hosts[0])).unwrap();
+    // A slot re-armed meanwhile stages the blob afresh (the file is replaced, and for a moment
+    // absent): read whichever host's copy is there, until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let blob = loop {
+        if let Some(blob) = slot_hosts.iter().find_map(|h| std::fs::read(staged(h)).ok()) {
+            break blob;
+        }
+        assert!(Instant::now() < deadline, "the staged blob {hex} vanished from every slot\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
     warden_runtime::checkpoint::restore(&dir, &key.try_into().unwrap(), id, hex, &blob).unwrap();
     std::fs::read_to_string(dir.join("counter")).unwrap().trim().parse().unwrap()
 }
