@@ -112,22 +112,12 @@ impl ClusterState {
     pub fn serving(&mut self, projection: &Projection, now_ms: u64) {
         let grace_until = now_ms + RESTART_GRACE_MS;
         for host in projection.hosts.keys() {
-            let seen = self.last_seen.entry(host.clone()).or_insert(grace_until);
-            *seen = (*seen).max(grace_until);
+            self.seen(host, grace_until);
         }
-        for (workload_id, lease) in &projection.leases {
-            let Some(workload) = projection.workloads.get(workload_id) else { continue };
-            let current = Lease {
-                workload_id: workload_id.clone(),
-                epoch: lease.epoch,
-                holder: lease.holder.clone(),
-                expires_at_ms: self.lease_expiry.get(workload_id).copied().unwrap_or(0),
-                state_uri: None,
-            };
-            if current.holder.is_some() {
-                let renewed = crate::lease::after_restart(&current, now_ms, &self.lease_timing(workload));
-                self.lease_expiry.insert(workload_id.clone(), renewed.expires_at_ms);
-            }
+        for (workload_id, workload) in &projection.workloads {
+            let Some(current) = self.lease(projection, workload_id).filter(|l| l.holder.is_some()) else { continue };
+            let renewed = crate::lease::after_restart(&current, now_ms, &self.lease_timing(workload));
+            self.lease_expiry.insert(workload_id.clone(), renewed.expires_at_ms);
         }
     }
 
