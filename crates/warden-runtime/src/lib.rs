@@ -119,8 +119,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let loaded_snapshot_seq = engine.loaded_snapshot_seq();
     let recovery = engine.recover_cells();
 
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| UpError::Listen { addr: config.listen, source })?;
+    let listener = serve::bind(config.listen).map_err(|source| UpError::Listen { addr: config.listen, source })?;
     let listen = listener.local_addr().map_err(|source| UpError::Listen { addr: config.listen, source })?;
     let n_workloads =
         handle.shared.read().expect("projection lock").workloads.values().filter(|w| !w.phase.is_terminal()).count();

@@ -51,6 +51,18 @@ impl Limits {
     }
 }
 
+/// A listener on `addr` whose accept queue is as long as the kernel allows (`somaxconn`), not
+/// tokio's 1,024: while a flood of connections fills the queue faster than the loop below can
+/// take and close them, the kernel drops new SYNs, and an agent's or the CLI's connect waits out
+/// TCP's one-second retransmission.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // The kernel caps the backlog at net.core.somaxconn.
+    socket.listen(u32::from(u16::MAX))
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

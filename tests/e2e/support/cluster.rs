@@ -141,14 +141,17 @@ impl Cluster<Warden> {
 /// Which side of [`super::heavy`] a cluster is on.
 enum HeavyGuard {
     Beside(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    Heavy(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+    Heavy(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>, #[allow(dead_code)] super::Alone),
 }
 
 impl Cluster<Warden> {
     /// Like [`Cluster::start`], for a test that loads the machine itself (an attack of
-    /// thousands of connections): no other cluster test and no kill -9 stress test beside it.
+    /// thousands of connections, timed): no other test's server beside it.
     pub fn start_heavy(n_agents: usize) -> Cluster {
+        // The cluster tests first, then every other test's server: the attack test measures
+        // latencies that a neighbour on this 2-core machine would add to.
         let heavy = super::heavy();
+        let alone = super::alone();
         let server = Warden::start_with_command("server", &[]);
         let root = server.root.path().to_path_buf();
         let config_home = server.config_home();
@@ -157,7 +160,7 @@ impl Cluster<Warden> {
             server,
             agents: Vec::new(),
             agent_label: Box::new(|agent| agent.name.clone()),
-            _not_beside_heavy: HeavyGuard::Heavy(heavy),
+            _not_beside_heavy: HeavyGuard::Heavy(heavy, alone),
         };
         for i in 0..n_agents {
             let name = format!("h{i}");

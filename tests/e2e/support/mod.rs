@@ -7,7 +7,7 @@ pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use warden_core::CloudEvent;
@@ -46,6 +46,80 @@ pub fn not_beside_heavy() -> RwLockReadGuard<'static, ()> {
     HEAVY.read().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A test whose assertion is a latency on this 2-core machine (the attack test's "answers within
+/// a second") runs with no other warden server beside it: it holds [`alone`], which waits until
+/// every running [`Warden`] of other tests is gone and keeps new ones waiting. Not an `RwLock`: a
+/// test that starts a second server while the alone test waits must not deadlock, so a thread
+/// that already runs a server never waits to start another, and the alone test's own thread
+/// never waits at all.
+static RUNNING: Mutex<Gate> = Mutex::new(Gate { running: 0, alone: false, alone_waiting: false });
+static RUNNING_CHANGED: Condvar = Condvar::new();
+
+struct Gate {
+    running: usize,
+    alone: bool,
+    alone_waiting: bool,
+}
+
+thread_local! {
+    /// This thread's running servers, or `usize::MAX` while it holds [`Alone`].
+    static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn gate() -> std::sync::MutexGuard<'static, Gate> {
+    RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Running(bool);
+
+impl Running {
+    fn enter() -> Running {
+        let mine = MINE.get();
+        if mine == usize::MAX {
+            return Running(false);
+        }
+        let mut gate = gate();
+        while gate.alone || (gate.alone_waiting && mine == 0) {
+            gate = RUNNING_CHANGED.wait(gate).unwrap_or_else(PoisonError::into_inner);
+        }
+        gate.running += 1;
+        MINE.set(mine + 1);
+        Running(true)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0 {
+            gate().running -= 1;
+            MINE.set(MINE.get().saturating_sub(1));
+            RUNNING_CHANGED.notify_all();
+        }
+    }
+}
+
+/// Held by a test that must run with no other test's server beside it (see [`RUNNING`]).
+pub struct Alone;
+
+pub fn alone() -> Alone {
+    let mut gate = gate();
+    gate.alone_waiting = true;
+    while gate.running > 0 || gate.alone {
+        gate = RUNNING_CHANGED.wait(gate).unwrap_or_else(PoisonError::into_inner);
+    }
+    (gate.alone, gate.alone_waiting) = (true, false);
+    MINE.set(usize::MAX);
+    Alone
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        gate().alone = false;
+        MINE.set(0);
+        RUNNING_CHANGED.notify_all();
+    }
+}
+
 pub struct Warden {
     pub root: tempfile::TempDir,
     pub port: u16,
@@ -54,6 +128,8 @@ pub struct Warden {
     pub up_args: Vec<String>,
     /// `up` (the all-in-one) or `server` (control plane only).
     pub command: &'static str,
+    /// Counts this server as running, so that a test that must run alone waits for it.
+    _running: Running,
 }
 
 pub fn bin() -> &'static str {
@@ -76,7 +152,9 @@ impl Warden {
     /// `warden <command>` (`up` or `server`) with extra arguments.
     pub fn start_with_command(command: &'static str, up_args: &[&str]) -> Warden {
         let up_args = up_args.iter().map(|a| a.to_string()).collect();
-        let mut warden = Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args, command };
+        let running = Running::enter();
+        let mut warden =
+            Warden { root: tempfile::tempdir().unwrap(), port: free_port(), server: None, up_args, command, _running: running };
         warden.up();
         warden
     }
