@@ -18,7 +18,7 @@ use warden_core::{Spec, SpecError};
 use warden_runtime::engine::now_ms;
 use warden_runtime::view::{BlockedView, RolloutRequest, RolloutView, WaveView};
 
-use super::common::{encode, format_table, short_spec_id, show, Client, Output};
+use super::common::{encode, format_table, printable, short_spec_id, show, Client, Output};
 
 #[derive(Subcommand)]
 pub(super) enum RolloutCommand {
@@ -197,7 +197,7 @@ fn start(client: &Client, args: StartArgs, output: Output) -> Result<()> {
         println!("{}", serde_json::to_string(&view)?);
         return Ok(());
     }
-    eprintln!("{}", start_summary(&view));
+    eprintln!("{}", printable(&start_summary(&view)));
     eprintln!("watch it: warden rollout status {} --watch", view.id);
     // The only line on stdout, so scripts can take the id from it.
     println!("{}", view.id);
@@ -399,8 +399,19 @@ fn start_summary(view: &RolloutView) -> String {
     )
 }
 
-/// The whole status: a header, one progress bar per wave, the hosts, and what holds it up.
+/// The whole status: a header, one progress bar per wave, the hosts, and what holds it up; each
+/// line [`printable`], since host names, reasons and probe output come from agents and users.
 fn render_status(view: &RolloutView, now_ms: u64) -> String {
+    status_text(view, now_ms)
+        .split_inclusive('\n')
+        .map(|line| {
+            let (text, end) = line.strip_suffix('\n').map_or((line, ""), |text| (text, "\n"));
+            format!("{}{end}", printable(text))
+        })
+        .collect()
+}
+
+fn status_text(view: &RolloutView, now_ms: u64) -> String {
     let mut header = vec![("rollout", view.id.clone())];
     match &view.service {
         Some(service) => header.push(("service", service.clone())),
@@ -802,6 +813,16 @@ blocked  web-2 (soaking): no report for 45s
 failed   web-3 (failed): probe health failed 3 times in a row
 ";
         assert_eq!(render_status(&view(), NOW), expected);
+    }
+
+    #[test]
+    fn what_agents_and_users_wrote_cannot_redraw_the_terminal() {
+        let mut view = view();
+        view.halted = Some("probe said \u{1b}[2J\u{1b}]0;pwned\u{7}".into());
+        let text = render_status(&view, NOW);
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text}");
+        assert!(text.contains("halted:      probe said \\u{1b}[2J\\u{1b}]0;pwned\\u{7}\n"), "{text}");
+        assert_eq!(text.lines().count(), render_status(&self::view(), NOW).lines().count(), "lines are kept");
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub enum PlacementCount {
     EachHost,
 }
 
+/// A tag a host may carry and a spec may ask for: printable, no spaces or commas (the agent's
+/// `WARDEN_TAGS` is a comma-separated list), 1 to 128 characters.
+pub fn is_tag(tag: &str) -> bool {
+    (1..=128).contains(&tag.len()) && !tag.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',')
+}
+
 impl PlacementSpec {
     /// Whether a host with this channel and these tags may run the workload.
     pub fn admits(&self, channel: Option<&str>, tags: &[String]) -> bool {
@@ -351,7 +357,7 @@ impl RawPlacement {
         };
         let mut tags = Vec::new();
         for tag in self.tags {
-            if tag.get_ref().is_empty() || tag.get_ref().contains(',') {
+            if !is_tag(tag.get_ref()) {
                 return Err((Some(tag.span()), format!("placement.tags: bad tag {:?}", tag.get_ref())));
             }
             tags.push(tag.into_inner());

@@ -49,7 +49,7 @@ impl ApiError {
                 ClusterError::UnknownHost { .. } => 404,
                 ClusterError::WrongKey { .. } | ClusterError::KeyRemoved { .. } => 403,
                 ClusterError::JoinToken(_) => 401,
-                ClusterError::BadStateUri { .. } => 400,
+                ClusterError::BadStateUri { .. } | ClusterError::BadHostLabel { .. } => 400,
                 ClusterError::LocalNode { .. }
                 | ClusterError::HostDown { .. }
                 | ClusterError::NotHolder { .. }

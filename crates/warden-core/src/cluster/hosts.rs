@@ -4,9 +4,37 @@
 
 use crate::batch::{Batch, Order};
 use crate::event::EventData;
+use crate::spec::is_tag;
 use crate::workload::{Input, Phase};
 
 use super::state::{ClusterError, ClusterState};
+
+/// Why a host's name, channel or tags cannot be enrolled: they are shown on operators' terminals,
+/// matched by specs and written into paths and URLs, so a name is what DNS allows (letters,
+/// digits, `.`, `-`, `_`; at most 253 characters, starting with a letter or digit), a channel the
+/// same in at most 63, and a tag any printable text without spaces or commas in at most 128.
+pub fn check_host_labels(host: &str, channel: Option<&str>, tags: &[String]) -> Result<(), String> {
+    let dns_like = |text: &str, max: usize| {
+        !text.is_empty()
+            && text.len() <= max
+            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !dns_like(host, 253) {
+        return Err(format!(
+            "host name {host:?}: letters, digits, '.', '-' and '_' only, at most 253, starting with a letter or digit"
+        ));
+    }
+    if let Some(channel) = channel.filter(|channel| !dns_like(channel, 63)) {
+        return Err(format!(
+            "channel {channel:?}: letters, digits, '.', '-' and '_' only, at most 63, starting with a letter or digit"
+        ));
+    }
+    if let Some(tag) = tags.iter().find(|tag| !is_tag(tag)) {
+        return Err(format!("tag {tag:?}: printable, no spaces or commas, 1 to 128 characters"));
+    }
+    Ok(())
+}
 
 impl ClusterState {
     /// A host enrolls (its join token already checked) with its host key `principal`. A known
@@ -20,6 +48,7 @@ impl ClusterState {
         channel: Option<String>,
         tags: Vec<String>,
     ) -> Result<(), ClusterError> {
+        check_host_labels(host, channel.as_deref(), &tags).map_err(|reason| ClusterError::BadHostLabel { reason })?;
         if batch.live().removed_host_keys.contains(principal) {
             return Err(ClusterError::KeyRemoved { host: host.to_string() });
         }

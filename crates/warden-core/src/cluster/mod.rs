@@ -18,6 +18,7 @@
 //! slots, `each-host` services).
 
 mod hosts;
+pub use hosts::check_host_labels;
 mod leases;
 mod messages;
 mod placement;

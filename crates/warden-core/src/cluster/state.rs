@@ -49,6 +49,8 @@ pub enum ClusterError {
     KeyRemoved { host: String },
     #[error(transparent)]
     JoinToken(#[from] JoinTokenRefused),
+    #[error("cannot enroll: {reason}")]
+    BadHostLabel { reason: String },
     #[error("{host:?} is this control plane's own node")]
     LocalNode { host: String },
     #[error("host {host:?} is down; it may not take a lease")]

@@ -159,6 +159,27 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_channel_or_tag_that_could_redraw_a_terminal_is_refused() {
+        let (mut projection, mut cluster) = with_token(None);
+        for (host, channel, tag, refused) in [
+            ("h\u{1b}[2J", None, "ssd", "host name"),
+            ("-h", None, "ssd", "host name"),
+            ("h1", Some("edge\n"), "ssd", "channel"),
+            ("h1", None, "ss d", "tag"),
+            ("h1", None, "a\u{7}", "tag"),
+        ] {
+            let mut batch = Batch::new(&mut projection, 1);
+            let error = cluster
+                .enroll_with_join_token(&mut batch, host, "key-h1", &token("0000000a"), channel.map(Into::into), vec![tag.into()])
+                .unwrap_err();
+            assert!(matches!(&error, ClusterError::BadHostLabel { reason } if reason.starts_with(refused)), "{error}");
+            assert!(batch.events.is_empty(), "nothing recorded, not even a use of the token");
+        }
+        let events = enroll(&mut projection, &mut cluster, "web-1.eu_west", &token("0000000a"), 1).unwrap();
+        assert!(matches!(&events[0], EventData::HostEnrolled { host, .. } if host == "web-1.eu_west"));
+    }
+
+    #[test]
     fn a_live_token_enrolls_and_records_one_use() {
         let (mut projection, mut cluster) = with_token(None);
         let events = enroll(&mut projection, &mut cluster, "h1", &token("0000000a"), 1_000).unwrap();
