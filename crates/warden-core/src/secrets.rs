@@ -32,9 +32,7 @@ pub type Secrets = BTreeMap<String, BTreeMap<String, SecretRecord>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error(
-        "secret name {0:?} is not valid: 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
-    )]
+    #[error("secret name {0:?} is not valid: 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit")]
     BadName(String),
     #[error("secret {name:?} in namespace {namespace:?} changed meanwhile (now version {current}); put it again")]
     Conflict { namespace: String, name: String, current: u64 },
@@ -71,13 +69,7 @@ pub fn put(
     if version != current + 1 {
         return Err(SecretError::Conflict { namespace: namespace.into(), name: name.into(), current });
     }
-    Ok(EventData::SecretPut {
-        namespace: namespace.into(),
-        name: name.into(),
-        version,
-        sealed,
-        put_by: put_by.into(),
-    })
+    Ok(EventData::SecretPut { namespace: namespace.into(), name: name.into(), version, sealed, put_by: put_by.into() })
 }
 
 /// Removes a secret: cells that refer to it fail their next start.
@@ -146,7 +138,10 @@ mod tests {
         let removed = remove(&secrets, "team", "token", "ci").unwrap();
         apply(&mut secrets, &removed, 20);
         assert!(secrets.is_empty());
-        assert_eq!(remove(&secrets, "team", "token", "ci"), Err(SecretError::Unknown { namespace: "team".into(), name: "token".into() }));
+        assert_eq!(
+            remove(&secrets, "team", "token", "ci"),
+            Err(SecretError::Unknown { namespace: "team".into(), name: "token".into() })
+        );
     }
 
     #[test]

@@ -964,7 +964,10 @@ mod tests {
         let spec = |env: &str| Spec::parse("s.toml", &format!("name='s'\n[cell]\nargv = ['true']\n\nenv = {env}\n"));
         let cases = [
             ("{ P = { secret = 'Bad Name' } }", "cell.env.P: secret name \"Bad Name\" is not valid"),
-            ("{ P = { secret = 'x', key = 'y' } }", "cell.env.P: unknown key \"key\"; a secret is referred to as { secret = \"name\" }"),
+            (
+                "{ P = { secret = 'x', key = 'y' } }",
+                "cell.env.P: unknown key \"key\"; a secret is referred to as { secret = \"name\" }",
+            ),
             ("{ P = { secret = 3 } }", "cell.env.P.secret must be a string (the secret's name), got a integer"),
             ("{ P = {} }", "cell.env.P must be a string or { secret = \"name\" }, got an empty table"),
             ("{ P = 3 }", "cell.env.P must be a string or { secret = \"name\" }, got a integer"),
@@ -982,8 +985,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(job.line, Some(5), "{job}");
         assert!(job.message.starts_with("env.U: secret name \"-x\""), "{job}");
-        let ok = crate::job::JobManifest::parse("j.toml", "name='j'\n[[state]]\nid='a'\nargv=['x']\nenv = { T = { secret = 'tok' } }\n")
-            .unwrap();
+        let ok = crate::job::JobManifest::parse(
+            "j.toml",
+            "name='j'\n[[state]]\nid='a'\nargv=['x']\nenv = { T = { secret = 'tok' } }\n",
+        )
+        .unwrap();
         assert_eq!(ok.states[0].cell.secret_env["T"], "tok");
     }
 

@@ -173,9 +173,11 @@ impl SecretKey {
                     namespace: namespace.to_string(),
                 });
             };
-            let value = self
-                .open(namespace, name, record.version, &record.sealed)
-                .map_err(|source| ResolveError::Key { variable: variable.clone(), name: name.clone(), source })?;
+            let value = self.open(namespace, name, record.version, &record.sealed).map_err(|source| ResolveError::Key {
+                variable: variable.clone(),
+                name: name.clone(),
+                source,
+            })?;
             let text = String::from_utf8(value)
                 .ok()
                 .filter(|text| !text.contains('\0'))
@@ -233,7 +235,10 @@ mod tests {
         assert_eq!(env, BTreeMap::from([("DB_PASSWORD".to_string(), "s3cret-value".to_string())]));
         let missing = key.resolve(&secrets, "other", &cell_with(&[("DB_PASSWORD", "db-password")])).unwrap_err();
         let message = crate::error::error_chain(&missing);
-        assert!(message.starts_with("env DB_PASSWORD: secret \"db-password\" does not exist in namespace \"other\""), "{message}");
+        assert!(
+            message.starts_with("env DB_PASSWORD: secret \"db-password\" does not exist in namespace \"other\""),
+            "{message}"
+        );
         // A key that cannot open it (a data dir restored without secrets.key) says so, by name.
         let fresh = SecretKey::new(dir.path().join("absent.key"));
         let error = crate::error::error_chain(&fresh.resolve(&secrets, "team", &cell_with(&[("P", "db-password")])).unwrap_err());

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use warden_core::authz::{validate_namespace, Action, Kind, Principal};
 use warden_core::secrets::{current_version, validate_secret_name, SecretError};
 
-use super::state::{ask, ApiState};
 use super::authz;
+use super::state::{ask, ApiState};
 use crate::engine::Command;
 use crate::error::{error_chain, ApiError};
 use crate::view::SecretView;
@@ -79,7 +79,9 @@ pub(super) async fn secret_list(
         .secrets
         .iter()
         .filter(|(namespace, _)| query.namespace.as_ref().is_none_or(|wanted| wanted == *namespace))
-        .filter(|(namespace, _)| authz::sees(&principal, Kind::Secret, &warden_core::authz::Scope::Namespace(namespace.to_string())))
+        .filter(|(namespace, _)| {
+            authz::sees(&principal, Kind::Secret, &warden_core::authz::Scope::Namespace(namespace.to_string()))
+        })
         .flat_map(|(namespace, names)| names.iter().map(move |(name, record)| SecretView::of(namespace, name, record)))
         .collect();
     Ok(Json(views))
@@ -97,4 +99,3 @@ pub(super) async fn secret_remove(
     ask(&state, |reply| Command::SecretRemove { namespace, name, removed_by, reply }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-

@@ -196,7 +196,9 @@ impl Dispatch<'_> {
                     Ok(arm) => self.queues.push(&host, arm),
                     // The slot stays unarmed on the host; a failover then starts the cell cold,
                     // whose start fails with the same reason.
-                    Err(error) => tracing::warn!(%workload_id, "standby on {host} not armed: {}", crate::error::error_chain(&error)),
+                    Err(error) => {
+                        tracing::warn!(%workload_id, "standby on {host} not armed: {}", crate::error::error_chain(&error))
+                    }
                 }
             }
             Order::Disarm { host, workload_id } => self.queues.push(&host, CommandKind::Disarm { workload_id }),

@@ -34,9 +34,9 @@ use warden_core::{CloudEvent, EventData, NewEvent, Projection};
 use warden_store::Store;
 
 use crate::checkpoint::Keys;
-use crate::secrets::SecretKey;
 use crate::cluster::Queues;
 use crate::proto::CommandKind;
+use crate::secrets::SecretKey;
 
 pub use crate::clock::{now_ms, random_id};
 use crate::error::error_chain;
