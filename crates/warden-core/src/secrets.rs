@@ -32,7 +32,7 @@ pub type Secrets = BTreeMap<String, BTreeMap<String, SecretRecord>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error("secret name {0:?} is not valid: 1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit")]
+    #[error("secret name {0:?} is not valid: {rule}", rule = crate::spec::SECRET_NAME_RULE)]
     BadName(String),
     #[error("secret {name:?} in namespace {namespace:?} changed meanwhile (now version {current}); put it again")]
     Conflict { namespace: String, name: String, current: u64 },
@@ -42,11 +42,7 @@ pub enum SecretError {
 
 /// `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn validate_secret_name(name: &str) -> Result<(), SecretError> {
-    let bytes = name.as_bytes();
-    let ok = (1..=63).contains(&bytes.len())
-        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-    ok.then_some(()).ok_or_else(|| SecretError::BadName(name.to_string()))
+    crate::spec::is_secret_name(name).then_some(()).ok_or_else(|| SecretError::BadName(name.to_string()))
 }
 
 /// The version a secret has now (0: none).

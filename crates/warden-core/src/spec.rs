@@ -805,8 +805,21 @@ fn secret_reference(prefix: &str, key: &str, table: toml::Table) -> Result<Strin
     let Some(name) = secret else {
         return Err(format!("{prefix}env.{key} must be a string or {{ secret = \"name\" }}, got an empty table"));
     };
-    crate::secrets::validate_secret_name(&name).map_err(|e| format!("{prefix}env.{key}: {e}"))?;
+    if !is_secret_name(&name) {
+        return Err(format!("{prefix}env.{key}: secret name {name:?} is not valid: {SECRET_NAME_RULE}"));
+    }
     Ok(name)
+}
+
+/// What a secret's name may be; `secrets.rs` checks puts against the same rule.
+pub const SECRET_NAME_RULE: &str = "1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit";
+
+/// `[a-z0-9][a-z0-9._-]{0,62}` (here rather than in `secrets.rs`, which needs `CellSpec`).
+pub fn is_secret_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl RawRestart {

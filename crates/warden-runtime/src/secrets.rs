@@ -188,6 +188,21 @@ impl SecretKey {
     }
 }
 
+/// A refusal (400) if `cell` refers to a secret that does not exist in `namespace`, naming the
+/// variable (`prefix` says where it sits: `cell.` in a spec) and the secret.
+pub fn missing_secret(
+    live: &warden_core::Projection,
+    namespace: &str,
+    cell: &warden_core::spec::CellSpec,
+    prefix: &str,
+) -> Option<crate::error::ApiError> {
+    let (variable, name) = warden_core::secrets::first_missing(&live.secrets, namespace, cell)?;
+    Some(crate::error::ApiError::BadRequest(format!(
+        "{prefix}env.{variable} refers to secret {name:?}, which does not exist in namespace {namespace:?}: \
+         put it first (`warden secret put {name} --namespace {namespace}`)"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

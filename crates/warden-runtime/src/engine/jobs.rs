@@ -495,6 +495,6 @@ fn merge(into: &mut Value, next: Value) {
 /// A refusal if a state of `manifest` refers to a secret that does not exist in its namespace.
 pub fn missing_secret(live: &Projection, manifest: &JobManifest) -> Option<ApiError> {
     manifest.states.iter().find_map(|state| {
-        super::workloads::missing_secret(live, &manifest.namespace, &state.cell, &format!("state {:?}: ", state.id))
+        crate::secrets::missing_secret(live, &manifest.namespace, &state.cell, &format!("state {:?}: ", state.id))
     })
 }

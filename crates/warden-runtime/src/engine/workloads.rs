@@ -24,7 +24,7 @@ pub fn submit(
     reply: Reply<WorkloadView>,
     pending: &mut Vec<Pending>,
 ) {
-    if let Some(refused) = missing_secret(batch.live(), &spec.namespace, &spec.cell, "cell.") {
+    if let Some(refused) = crate::secrets::missing_secret(batch.live(), &spec.namespace, &spec.cell, "cell.") {
         return send(reply, Err(refused));
     }
     let targets = match submit_targets(batch.live(), &spec, consumer.as_deref(), || random_id("s-")) {
@@ -67,21 +67,6 @@ fn submit_one(
         }
     }
     Some(batch.submit(info, spec.clone(), pinned))
-}
-
-/// A refusal (400) if `cell` refers to a secret that does not exist in `namespace`, naming the
-/// variable (`prefix` says where it sits: `cell.` in a spec) and the secret.
-pub fn missing_secret(
-    live: &warden_core::Projection,
-    namespace: &str,
-    cell: &warden_core::spec::CellSpec,
-    prefix: &str,
-) -> Option<ApiError> {
-    let (variable, name) = warden_core::secrets::first_missing(&live.secrets, namespace, cell)?;
-    Some(ApiError::BadRequest(format!(
-        "{prefix}env.{variable} refers to secret {name:?}, which does not exist in namespace {namespace:?}: \
-         put it first (`warden secret put {name} --namespace {namespace}`)"
-    )))
 }
 
 /// Stops workload `id` for `caller`.
