@@ -138,6 +138,23 @@ fn a_secret_reaches_the_cells_environment_and_nothing_else() {
     let key = warden.data_dir().join("secrets.key");
     assert_eq!((mode(&key), std::fs::metadata(&key).unwrap().len()), (0o600, 32));
 
+    // A job's step gets it the same way; a manifest naming a missing secret is refused.
+    let step_out = warden.root.path().join("seen-by-the-step");
+    let manifest = |secret: &str| {
+        format!(
+            "name = \"uses-secret\"\n[[state]]\nid = \"step\"\nargv = [\"sh\", \"-c\", \"printf %s \\\"$DB_PASSWORD\\\" > {}\"]\n\
+             env = {{ DB_PASSWORD = {{ secret = \"{secret}\" }} }}\n",
+            step_out.display()
+        )
+    };
+    let job = warden.write_spec("job.toml", &manifest("db-password"));
+    warden.cli_ok(&["job", "run", job.to_str().unwrap()]);
+    wait_file(&step_out, &second, "a job step", || warden.up_log());
+    let missing = warden.write_spec("missing.toml", &manifest("no-such-secret"));
+    let refused = warden.cli(&["job", "run", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("400") && stderr.contains("\"no-such-secret\""), "{stderr}");
+
     // Viewers list names and versions; nobody gets a value; another namespace's operator can
     // neither list, put nor remove this namespace's secrets.
     let viewer = warden.root.path().join("viewer.key");
