@@ -203,15 +203,47 @@ fn a_secret_reaches_the_cells_environment_and_nothing_else() {
     assert!(failure.contains("DB_PASSWORD"), "{failure}");
     assert!(warden.status(&id).pid.is_none_or(|p| p != pid));
 
+    // Put again: the next start succeeds with it.
+    let third = marker("third");
+    let _ = std::fs::remove_file(&out);
+    put_ok(&warden, "default", "db-password", &third);
+    wait_file(&out, &third, "a start after a new put", || warden.up_log());
+    let pid = warden.wait_for(&id, "running with the new secret", |v| v.state == "running" && v.pid.is_some()).pid.unwrap();
+
+    // A backup carries secrets.key: the journal and the key lost, restored, and a start after
+    // the restore still opens the secret.
+    let backup = warden.root.path().join("data.backup");
+    let data = warden.data_dir();
+    warden.cli_ok(&["backup", backup.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    warden.kill9();
+    kill9(pid);
+    let aside = warden.root.path().join("lost");
+    std::fs::create_dir_all(&aside).unwrap();
+    for name in ["journal.db", "journal.db-wal", "journal.db-shm", "secrets.key"] {
+        if data.join(name).exists() {
+            std::fs::rename(data.join(name), aside.join(name)).unwrap();
+        }
+    }
+    warden.cli_ok(&["restore", backup.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&key).unwrap(), std::fs::read(aside.join("secrets.key")).unwrap());
+    assert_eq!(mode(&key), 0o600);
+    let _ = std::fs::remove_file(&out);
+    warden.up();
+    wait_file(&out, &third, "a start after a restore", || warden.up_log());
+
     // Nowhere but in the cell's environment: every file of the data dir (the journal, its WAL,
-    // snapshots, logs) but the cells' own 0600 configs and the key, every answer, the log.
+    // snapshots, logs) but the cells' own 0600 configs and the key, the journal set aside, the
+    // backup, every answer, the log.
     let mut leaks = Vec::new();
-    for file in files_under(&warden.data_dir()) {
-        if file == key || file.file_name().is_some_and(|n| n == "config.json") {
+    let mut searched = files_under(&warden.data_dir());
+    searched.extend(files_under(&aside));
+    searched.push(backup.clone());
+    for file in searched {
+        if file.file_name().is_some_and(|n| n == "secrets.key" || n == "config.json") {
             continue;
         }
         let bytes = std::fs::read(&file).unwrap_or_default();
-        for value in [&first, &second] {
+        for value in [&first, &second, &third] {
             if contains(&bytes, value) {
                 leaks.push(format!("{} holds {value}", file.display()));
             }
@@ -230,7 +262,7 @@ fn a_secret_reaches_the_cells_environment_and_nothing_else() {
         ("warden's log", warden.up_log()),
     ];
     for (what, text) in &answers {
-        for value in [&first, &second] {
+        for value in [&first, &second, &third] {
             if text.contains(value.as_str()) {
                 leaks.push(format!("{what} shows {value}"));
             }
