@@ -11,6 +11,7 @@ mod events;
 mod journal;
 mod keys;
 mod rollout;
+mod secret;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -168,6 +169,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// Secrets a spec's env refers to (`{ secret = "name" }`): `secret put NAME < value`, `ls`, `rm NAME`.
+    Secret {
+        #[command(subcommand)]
+        command: secret::SecretCommand,
     },
     /// Content-addressed artifacts: job manifests and context snapshots.
     Artifact {
@@ -489,6 +495,7 @@ fn run_client(client: &Client, command: Command, output: Output) -> Result<()> {
         Command::Job { command } => run_job(client, command, output),
         Command::Rollout { command } => rollout::run_rollout(client, command, output),
         Command::Keys { command } => keys::run_keys(client, command, output),
+        Command::Secret { command } => secret::run_secret(client, command, output),
         Command::Artifact { command: ArtifactCommand::Get { id } } => {
             let mut reader = client.stream(&format!("/v1/artifacts/{}", encode(&id)))?;
             let mut stdout = std::io::stdout().lock();

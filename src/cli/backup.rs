@@ -3,7 +3,8 @@
 //! one; `warden events verify --backup FILE` checks one offline.
 //!
 //! The format and its checks are `warden_store::backup`; this module knows the data dir: which
-//! files are carried (the server key, the join token, `authorized_keys`, the checkpoint keys),
+//! files are carried (the server key, the join token, `authorized_keys`, the checkpoint keys,
+//! the secrets key),
 //! the lock a running server holds, and where things go back. Local on purpose, not over the
 //! API: the file holds secrets, and the API is not TLS yet.
 
@@ -23,7 +24,9 @@ use super::common::{hostname, Output};
 
 /// The data dir's files a backup carries, besides the journal. `keys/` (every file in it) is
 /// added to these: checkpointed workloads' encryption keys, without which their blobs are noise.
-const DATA_DIR_FILES: [&str; 4] = [paths::SERVER_KEY_FILE, paths::SERVER_PUB_FILE, "join-token", "authorized_keys"];
+/// `secrets.key` likewise: without it the journal's sealed secrets open nowhere.
+const DATA_DIR_FILES: [&str; 5] =
+    [paths::SERVER_KEY_FILE, paths::SERVER_PUB_FILE, "join-token", "authorized_keys", paths::SECRETS_KEY_FILE];
 const KEYS_DIR: &str = "keys";
 const JOURNAL_FILE: &str = "journal.db";
 
@@ -101,7 +104,7 @@ pub(super) fn backup(args: BackupArgs, output: Output) -> Result<()> {
     }
     println!("wrote {}: {summary}", target.display());
     eprintln!(
-        "note: {} holds the server key, the join token and every checkpoint key: keep it as you keep {}",
+        "note: {} holds the server key, the join token, every checkpoint key and the secrets key: keep it as you keep {}",
         target.display(),
         key_path.display()
     );

@@ -44,6 +44,9 @@ const LEAST_ROLE: &[(&str, &str, Role)] = &[
     ("POST", "/v1/keys", Role::Admin),
     ("GET", "/v1/keys", Role::Admin),
     ("POST", "/v1/keys/:name/revoke", Role::Admin),
+    ("PUT", "/v1/secrets/:namespace/:name", Role::Operator),
+    ("GET", "/v1/secrets", Role::Viewer),
+    ("DELETE", "/v1/secrets/:namespace/:name", Role::Operator),
 ];
 
 const SPEC_A: &str =
@@ -116,6 +119,8 @@ impl Matrix {
         };
         let path = rule
             .path
+            // Before `:name`, which is a prefix of it: secrets are named in namespace "a".
+            .replace(":namespace/:name", &format!("a/secret-{n}"))
             .replace(":id", &id)
             .replace(":control", "pause")
             .replace(":name/revoke", &format!("nobody-{n}/revoke"))
@@ -153,6 +158,7 @@ impl Matrix {
             })
             .unwrap(),
             ("POST", "/v1/hosts/:name/drain") => br#"{"drain": false}"#.to_vec(),
+            ("PUT", "/v1/secrets/:namespace/:name") => b"a value".to_vec(),
             ("POST", "/v1/agents/heartbeat" | "/v1/agents/acquire" | "/v1/agents/revoke" | "/v1/agents/rollout") => {
                 b"{}".to_vec()
             }

@@ -22,6 +22,7 @@ mod jobs_e2e;
 mod journal_e2e;
 mod outage_e2e;
 mod rollout_e2e;
+mod secrets_e2e;
 mod security_edges;
 mod standby_e2e;
 mod tokens_e2e;

@@ -106,6 +106,7 @@ pub enum Kind {
     Key,
     Token,
     Blob,
+    Secret,
 }
 
 /// A verb on a kind of resource: `Action::operate(Kind::Workload)` is "stop a workload".
@@ -198,6 +199,7 @@ impl Kind {
             Kind::Key => "key",
             Kind::Token => "token",
             Kind::Blob => "blob",
+            Kind::Secret => "secret",
         }
     }
 }
@@ -253,8 +255,18 @@ mod tests {
         Principal { name: format!("{}-key", role.as_str()), role, namespaces: namespaces.iter().map(|n| n.to_string()).collect() }
     }
 
-    const KINDS: [Kind; 9] =
-        [Kind::Workload, Kind::Job, Kind::Rollout, Kind::Event, Kind::Artifact, Kind::Host, Kind::Key, Kind::Token, Kind::Blob];
+    const KINDS: [Kind; 10] = [
+        Kind::Workload,
+        Kind::Job,
+        Kind::Rollout,
+        Kind::Event,
+        Kind::Artifact,
+        Kind::Host,
+        Kind::Key,
+        Kind::Token,
+        Kind::Blob,
+        Kind::Secret,
+    ];
     const VERBS: [Verb; 3] = [Verb::Read, Verb::Operate, Verb::Administer];
 
     #[test]

@@ -314,6 +314,16 @@ pub enum EventData {
     /// An admin revoked the key `name`: its next request is refused.
     #[serde(rename = "dev.warden.key.revoked.v1")]
     KeyRevoked { name: String },
+
+    /// An operator put version `version` of the secret `name` in `namespace` (`warden secret
+    /// put`). `sealed` is the value as the control plane sealed it (base64 of nonce ‖
+    /// ciphertext, bound to namespace, name and version): never the value itself.
+    #[serde(rename = "dev.warden.secret.put.v1")]
+    SecretPut { namespace: String, name: String, version: u64, sealed: String, put_by: String },
+
+    /// An operator removed a secret: cells that refer to it fail their next start.
+    #[serde(rename = "dev.warden.secret.removed.v1")]
+    SecretRemoved { namespace: String, name: String, removed_by: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,7 +373,9 @@ impl EventData {
             | EventData::RolloutProgressed { .. }
             | EventData::RolloutPaused { .. }
             | EventData::KeyAdded { .. }
-            | EventData::KeyRevoked { .. } => None,
+            | EventData::KeyRevoked { .. }
+            | EventData::SecretPut { .. }
+            | EventData::SecretRemoved { .. } => None,
         }
     }
 

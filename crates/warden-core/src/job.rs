@@ -127,7 +127,7 @@ struct RawState {
     // `deny_unknown_fields`, so they are listed here and handed to `RawCell::validate`).
     argv: Spanned<Vec<String>>,
     #[serde(default)]
-    env: BTreeMap<String, Spanned<String>>,
+    env: BTreeMap<String, Spanned<toml::Value>>,
     workdir: Option<Spanned<String>>,
     isolation: Option<Spanned<String>>,
     graceful_shutdown: Option<Spanned<String>>,

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lease;
 pub mod projection;
 pub mod rollout;
+pub mod secrets;
 pub mod spec;
 pub mod standby;
 pub mod time;

@@ -43,6 +43,9 @@ pub struct Projection {
     /// Host keys of removed hosts (`warden hosts remove`): refused on every route, for good.
     #[serde(default)]
     pub removed_host_keys: BTreeSet<String>,
+    /// Live secrets by namespace and name (`warden secret`): sealed values only.
+    #[serde(default)]
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// A join token as journaled: never its secret, only the secret's SHA-256.
@@ -257,6 +260,10 @@ impl Projection {
             }
             EventData::KeyAdded { .. } | EventData::KeyRevoked { .. } => {
                 crate::keys::apply(&mut self.keys, data, at_ms);
+                return;
+            }
+            EventData::SecretPut { .. } | EventData::SecretRemoved { .. } => {
+                crate::secrets::apply(&mut self.secrets, data, at_ms);
                 return;
             }
             EventData::LeaseReleased { workload_id, epoch } => {

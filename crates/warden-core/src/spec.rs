@@ -77,7 +77,14 @@ impl PlacementSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellSpec {
     pub argv: Vec<String>,
+    /// Plain environment values, as written in the spec.
     pub env: BTreeMap<String, String>,
+    /// Variables whose value is a secret (`env = { DB_PASSWORD = { secret = "db-password" } }`):
+    /// variable → secret name, in the workload's namespace. Only the reference is in the spec
+    /// (and so in the journal); the value is resolved when a cell starts (see `secrets.rs`).
+    /// Serialized only when not empty, so the spec ids of specs without secrets do not change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     pub workdir: Option<String>,
     pub isolation: Isolation,
     pub graceful_shutdown_ms: u64,
@@ -390,8 +397,9 @@ impl RawPlacement {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCell {
     pub(crate) argv: Spanned<Vec<String>>,
+    /// A string, or `{ secret = "name" }`.
     #[serde(default)]
-    pub(crate) env: BTreeMap<String, Spanned<String>>,
+    pub(crate) env: BTreeMap<String, Spanned<toml::Value>>,
     pub(crate) workdir: Option<Spanned<String>>,
     pub(crate) isolation: Option<Spanned<String>>,
     pub(crate) graceful_shutdown: Option<Spanned<String>>,
@@ -696,14 +704,30 @@ impl RawCell {
             return Err((Some(cell.argv.span()), format!("{prefix}argv[{i}] contains a NUL byte, which no program can receive")));
         }
         let mut env = BTreeMap::new();
+        let mut secret_env = BTreeMap::new();
         for (key, value) in cell.env {
+            let span = value.span();
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err((Some(value.span()), format!("{prefix}env: bad variable name {key:?}")));
+                return Err((Some(span), format!("{prefix}env: bad variable name {key:?}")));
             }
-            if value.get_ref().contains('\0') {
-                return Err((Some(value.span()), format!("{prefix}env.{key} contains a NUL byte, which no program can receive")));
+            match value.into_inner() {
+                toml::Value::String(text) if text.contains('\0') => {
+                    return Err((Some(span), format!("{prefix}env.{key} contains a NUL byte, which no program can receive")));
+                }
+                toml::Value::String(text) => {
+                    env.insert(key, text);
+                }
+                toml::Value::Table(table) => {
+                    let secret = secret_reference(prefix, &key, table).map_err(|message| (Some(span), message))?;
+                    secret_env.insert(key, secret);
+                }
+                other => {
+                    return Err((
+                        Some(span),
+                        format!("{prefix}env.{key} must be a string or {{ secret = \"name\" }}, got a {}", other.type_str()),
+                    ))
+                }
             }
-            env.insert(key, value.into_inner());
         }
         for (field, path) in [("workdir", &cell.workdir), ("rootfs", &cell.rootfs)] {
             if let Some(path) = path.as_ref().filter(|p| p.get_ref().contains('\0')) {
@@ -764,8 +788,44 @@ impl RawCell {
             other => other.map(Spanned::into_inner),
         };
 
-        Ok(CellSpec { argv, env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits })
+        Ok(CellSpec { argv, env, secret_env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits })
     }
+}
+
+/// The secret an env table names: exactly `{ secret = "name" }`, with a valid name.
+fn secret_reference(prefix: &str, key: &str, table: toml::Table) -> Result<String, String> {
+    let mut secret = None;
+    for (field, value) in table {
+        match (field.as_str(), value) {
+            ("secret", toml::Value::String(name)) => secret = Some(name),
+            ("secret", other) => {
+                return Err(format!("{prefix}env.{key}.secret must be a string (the secret's name), got a {}", other.type_str()))
+            }
+            (other, _) => {
+                return Err(format!(
+                    "{prefix}env.{key}: unknown key {other:?}; a secret is referred to as {{ secret = \"name\" }}"
+                ))
+            }
+        }
+    }
+    let Some(name) = secret else {
+        return Err(format!("{prefix}env.{key} must be a string or {{ secret = \"name\" }}, got an empty table"));
+    };
+    if !is_secret_name(&name) {
+        return Err(format!("{prefix}env.{key}: secret name {name:?} is not valid: {SECRET_NAME_RULE}"));
+    }
+    Ok(name)
+}
+
+/// What a secret's name may be; `secrets.rs` checks puts against the same rule.
+pub const SECRET_NAME_RULE: &str = "1 to 63 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit";
+
+/// `[a-z0-9][a-z0-9._-]{0,62}` (here rather than in `secrets.rs`, which needs `CellSpec`).
+pub fn is_secret_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl RawRestart {
@@ -900,6 +960,56 @@ mod tests {
         // The same keys in a job state are checked the same way.
         let job = crate::job::JobManifest::parse("j.toml", "name='j'\n[[state]]\nid='a'\nargv=[\"x\\u0000\"]\n").unwrap_err();
         assert_eq!(job.to_string(), "j.toml:4: argv[0] contains a NUL byte, which no program can receive");
+    }
+
+    #[test]
+    fn env_values_are_strings_or_secret_references_and_plain_specs_keep_their_id() {
+        let spec = |env: &str| Spec::parse("s.toml", &format!("name='s'\n[cell]\nargv = ['true']\nenv = {env}\n"));
+        let parsed = spec("{ A = '1', DB_PASSWORD = { secret = 'db-password' } }").unwrap();
+        assert_eq!(parsed.cell.env, BTreeMap::from([("A".to_string(), "1".to_string())]));
+        assert_eq!(parsed.cell.secret_env, BTreeMap::from([("DB_PASSWORD".to_string(), "db-password".to_string())]));
+        // The reference is in the spec's JSON (and so its id); a spec without one has no such key.
+        let json = serde_json::to_value(&parsed).unwrap();
+        assert_eq!(json["cell"]["secret_env"]["DB_PASSWORD"], "db-password");
+        let plain = serde_json::to_value(spec("{ A = '1' }").unwrap()).unwrap();
+        assert!(plain["cell"].get("secret_env").is_none(), "{plain}");
+        assert_ne!(parsed.spec_id(), spec("{ A = '1' }").unwrap().spec_id());
+        let back: Spec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, parsed);
+    }
+
+    #[test]
+    fn bad_secret_references_are_refused_with_their_line() {
+        let spec = |env: &str| Spec::parse("s.toml", &format!("name='s'\n[cell]\nargv = ['true']\n\nenv = {env}\n"));
+        let cases = [
+            ("{ P = { secret = 'Bad Name' } }", "cell.env.P: secret name \"Bad Name\" is not valid"),
+            (
+                "{ P = { secret = 'x', key = 'y' } }",
+                "cell.env.P: unknown key \"key\"; a secret is referred to as { secret = \"name\" }",
+            ),
+            ("{ P = { secret = 3 } }", "cell.env.P.secret must be a string (the secret's name), got a integer"),
+            ("{ P = {} }", "cell.env.P must be a string or { secret = \"name\" }, got an empty table"),
+            ("{ P = 3 }", "cell.env.P must be a string or { secret = \"name\" }, got a integer"),
+        ];
+        for (env, expected) in cases {
+            let error = spec(env).unwrap_err();
+            assert_eq!(error.line, Some(5), "{env}: {error}");
+            assert!(error.message.starts_with(expected), "{env}: {}", error.message);
+        }
+        // A job state embeds a cell: the same rule, named without the `cell.` prefix.
+        let job = crate::job::JobManifest::parse(
+            "j.toml",
+            "name='j'\n[[state]]\nid='a'\nargv=['x']\nenv = { T = { secret = 'tok' }, U = { secret = '-x' } }\n",
+        )
+        .unwrap_err();
+        assert_eq!(job.line, Some(5), "{job}");
+        assert!(job.message.starts_with("env.U: secret name \"-x\""), "{job}");
+        let ok = crate::job::JobManifest::parse(
+            "j.toml",
+            "name='j'\n[[state]]\nid='a'\nargv=['x']\nenv = { T = { secret = 'tok' } }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.states[0].cell.secret_env["T"], "tok");
     }
 
     #[test]

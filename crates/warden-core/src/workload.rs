@@ -619,7 +619,9 @@ impl Workload {
             | EventData::RolloutProgressed { .. }
             | EventData::RolloutPaused { .. }
             | EventData::KeyAdded { .. }
-            | EventData::KeyRevoked { .. } => {}
+            | EventData::KeyRevoked { .. }
+            | EventData::SecretPut { .. }
+            | EventData::SecretRemoved { .. } => {}
             EventData::CellPlaced { cell_id, host, epoch, adopts, .. } => {
                 self.replaced_on = None;
                 self.host = Some(host.clone());

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// A `warden keys add|revoke` that cannot be done.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A `warden secret put|rm` that cannot be done.
+    #[error(transparent)]
+    Secret(#[from] warden_core::secrets::SecretError),
 }
 
 impl ApiError {
@@ -59,6 +62,11 @@ impl ApiError {
             ApiError::Key(KeyError::UnknownKey(_)) => 404,
             ApiError::Key(error) if error.is_conflict() => 409,
             ApiError::Key(_) => 400,
+            ApiError::Secret(error) => match error {
+                warden_core::secrets::SecretError::BadName(_) => 400,
+                warden_core::secrets::SecretError::Conflict { .. } => 409,
+                warden_core::secrets::SecretError::Unknown { .. } => 404,
+            },
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod modes;
 pub mod paths;
 pub mod proto;
+pub mod secrets;
 pub mod serve;
 mod sys;
 pub mod view;
@@ -106,11 +107,13 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     };
     let backend = Arc::new(ProcessBackend::new(data_dir.join("cells"), config.shim));
     let logs_dir = data_dir.join("logs");
+    let secrets = Arc::new(secrets::SecretKey::new(data_dir.join(paths::SECRETS_KEY_FILE)));
     let engine_config = EngineConfig {
         host: config.node_name.clone(),
         logs_dir: logs_dir.clone(),
         jobs_dir: data_dir.join("jobs"),
         keys_dir: data_dir.join("keys"),
+        secrets: secrets.clone(),
         snapshot_every_n_events: config.snapshot_every_n_events,
         cluster: config.cluster,
         local_host: config.local_cells.then(|| config.node_name.clone()),
@@ -180,6 +183,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         manifests: handle.manifests.clone(),
         queues: handle.queues.clone(),
         server_key,
+        secrets,
     };
     // Leases and hosts get their restart grace from the moment agents can reach us: while we
     // loaded, their connections were refused, which renewed their cells' fences (lease.rs, A5).

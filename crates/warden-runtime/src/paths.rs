@@ -9,6 +9,8 @@ pub const SERVER_KEY_FILE: &str = "server.key";
 pub const SERVER_PUB_FILE: &str = "server.pub";
 /// In the data dir: the journal (SQLite, with its `-wal`).
 pub const JOURNAL_FILE: &str = "journal.db";
+/// In the data dir: the key secrets are sealed with (32 bytes, mode 0600; `secrets.rs`).
+pub const SECRETS_KEY_FILE: &str = "secrets.key";
 /// In the config dir: `<address> ed25519:<hex>` per line, the server keys `warden events verify`
 /// trusted on first use.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";

@@ -276,6 +276,28 @@ pub struct KeyAddRequest {
     pub public_key: String,
 }
 
+/// A secret as `GET /v1/secrets` and a put answer it: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    pub namespace: String,
+    pub name: String,
+    pub version: u64,
+    pub put_at_ms: u64,
+    pub put_by: String,
+}
+
+impl SecretView {
+    pub fn of(namespace: &str, name: &str, record: &warden_core::secrets::SecretRecord) -> SecretView {
+        SecretView {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            version: record.version,
+            put_at_ms: record.put_at_ms,
+            put_by: record.put_by.clone(),
+        }
+    }
+}
+
 /// An API key as `GET /v1/keys` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyView {

@@ -57,6 +57,9 @@ pub enum Target {
     Body,
     /// The cluster itself: admins only.
     Cluster,
+    /// The path's `:namespace` names the namespace (a secret's): the caller named it, so
+    /// another namespace answers 403, like a body naming one.
+    PathNamespace,
 }
 
 /// One route: method, path as registered, and its access.
@@ -108,6 +111,11 @@ static RULES: &[Rule] = &[
     role("POST", "/v1/keys", Action::administer(Kind::Key), Target::Cluster),
     role("GET", "/v1/keys", Action::read(Kind::Key), Target::Cluster),
     role("POST", "/v1/keys/:name/revoke", Action::administer(Kind::Key), Target::Cluster),
+    // Secrets: operators put and remove them in their namespaces; viewers list names and
+    // versions. No route answers a value.
+    role("PUT", "/v1/secrets/:namespace/:name", Action::operate(Kind::Secret), Target::PathNamespace),
+    role("GET", "/v1/secrets", Action::read(Kind::Secret), Target::OwnNamespaces),
+    role("DELETE", "/v1/secrets/:namespace/:name", Action::operate(Kind::Secret), Target::PathNamespace),
     other("POST", "/v1/agents/heartbeat", Access::Host),
     other("POST", "/v1/agents/acquire", Access::Host),
     other("POST", "/v1/agents/revoke", Access::Host),
@@ -184,8 +192,10 @@ pub(super) async fn authorize_request(State(state): State<ApiState>, request: Re
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{} {} is not a role route", rule.method, rule.path));
     };
     let (mut parts, body) = request.into_parts();
+    // What the path names: a resource's `:id`, or a namespace.
+    let param = if target == Target::PathNamespace { "namespace" } else { "id" };
     let id = match RawPathParams::from_request_parts(&mut parts, &state).await {
-        Ok(params) => params.iter().find(|(name, _)| *name == "id").map(|(_, value)| value.to_string()),
+        Ok(params) => params.iter().find(|(name, _)| *name == param).map(|(_, value)| value.to_string()),
         Err(rejection) => return rejection.into_response(),
     };
     if let Err(error) = decide(&state, &principal, action, target, id.as_deref()) {
@@ -217,6 +227,8 @@ pub(super) async fn authorize_blob(State(state): State<ApiState>, request: Reque
 fn decide(state: &ApiState, principal: &Principal, action: Action, target: Target, id: Option<&str>) -> Result<(), ApiError> {
     let scope = match (target, id) {
         (Target::Body, _) => return Ok(()),
+        (Target::PathNamespace, Some(namespace)) => return check(principal, action, namespace),
+        (Target::PathNamespace, None) => return Err(ApiError::Internal("a namespace-targeted route without :namespace".into())),
         (Target::Cluster, _) => Scope::Cluster,
         (Target::OwnNamespaces, _) => Scope::OwnNamespaces,
         (Target::Workload | Target::Job | Target::Rollout | Target::Artifact, None) => {
@@ -266,7 +278,7 @@ fn noun(target: Target) -> &'static str {
         Target::Job => "job run",
         Target::Rollout => "rollout",
         Target::Artifact => "artifact",
-        Target::OwnNamespaces | Target::Body | Target::Cluster => "such thing",
+        Target::OwnNamespaces | Target::Body | Target::Cluster | Target::PathNamespace => "such thing",
     }
 }
 
@@ -319,7 +331,7 @@ fn candidates(
             let scope = run.map_or(Scope::Cluster, |run| run_scope(shared, manifests, &run.run_id));
             vec![(wanted.to_string(), scope)]
         }
-        Target::OwnNamespaces | Target::Body | Target::Cluster => Vec::new(),
+        Target::OwnNamespaces | Target::Body | Target::Cluster | Target::PathNamespace => Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@ mod events;
 mod jobs;
 mod keys;
 mod rollouts;
+mod secrets;
 mod state;
 mod tokens;
 mod workloads;
@@ -29,6 +30,7 @@ use events::{events, events_head, metrics};
 use jobs::{artifact, job_cancel, job_history, job_list, job_run, job_status};
 use keys::{key_add, key_list, key_revoke};
 use rollouts::{rollout_control, rollout_list, rollout_start, rollout_status};
+use secrets::{secret_list, secret_put, secret_remove};
 use tokens::{token_create, token_list, token_revoke};
 use workloads::{checkpoint_now, list, logs, status, stop, submit};
 
@@ -65,6 +67,9 @@ pub fn router(state: ApiState) -> Router {
     routes.add("POST", "/v1/keys", key_add);
     routes.add("GET", "/v1/keys", key_list);
     routes.add("POST", "/v1/keys/:name/revoke", key_revoke);
+    routes.add("PUT", "/v1/secrets/:namespace/:name", secret_put);
+    routes.add("GET", "/v1/secrets", secret_list);
+    routes.add("DELETE", "/v1/secrets/:namespace/:name", secret_remove);
     // Agents sign with their host keys, which may call nothing but these.
     routes.add("POST", "/v1/agents/heartbeat", agent_heartbeat);
     routes.add("POST", "/v1/agents/acquire", agent_acquire);

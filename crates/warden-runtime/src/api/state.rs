@@ -41,6 +41,8 @@ pub struct ApiState {
     pub queues: Arc<Queues>,
     /// Signs the journal's chain head (`<data-dir>/server.key`).
     pub server_key: Arc<crate::auth::Identity>,
+    /// Seals secrets' values before a put reaches the engine (`<data-dir>/secrets.key`).
+    pub secrets: Arc<crate::secrets::SecretKey>,
 }
 
 /// The authenticated caller's principal (`ed25519:<hex>`).

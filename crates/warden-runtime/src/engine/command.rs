@@ -15,7 +15,7 @@ use crate::proto::{
     AcquireRequest, AcquireResponse, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, RevokeRequest, RolloutReport,
     RolloutReportResponse,
 };
-use crate::view::{KeyView, RolloutRequest, RolloutView, RunView, TokenView, WorkloadView};
+use crate::view::{KeyView, RolloutRequest, RolloutView, RunView, SecretView, TokenView, WorkloadView};
 
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
@@ -129,6 +129,23 @@ pub enum Command {
         name: String,
         reply: Reply<()>,
     },
+    /// An operator puts a secret's next version, already sealed by the API (`secrets.rs`): the
+    /// engine never sees the value.
+    SecretPut {
+        namespace: String,
+        name: String,
+        version: u64,
+        sealed: String,
+        put_by: String,
+        reply: Reply<SecretView>,
+    },
+    /// An operator removes a secret.
+    SecretRemove {
+        namespace: String,
+        name: String,
+        removed_by: String,
+        reply: Reply<()>,
+    },
     /// A host signed by `principal` reports on its part in a rollout.
     RolloutReport {
         principal: String,
@@ -186,6 +203,12 @@ pub enum Pending {
         name: String,
         reply: Reply<KeyView>,
     },
+    /// Answered with the secret's durable version (never its value).
+    Secret {
+        namespace: String,
+        name: String,
+        reply: Reply<SecretView>,
+    },
     /// Answered with the host's snapshot after the report.
     RolloutReported {
         rollout_id: String,
@@ -234,6 +257,11 @@ impl Pending {
             Pending::Key { name, reply } => {
                 let view = shared.keys.get(&name).map(KeyView::of);
                 send(reply, view.ok_or_else(|| ApiError::NotFound(format!("no key {name}"))));
+            }
+            Pending::Secret { namespace, name, reply } => {
+                let record = shared.secrets.get(&namespace).and_then(|names| names.get(&name));
+                let view = record.map(|record| SecretView::of(&namespace, &name, record));
+                send(reply, view.ok_or_else(|| ApiError::NotFound(format!("no secret {name:?} in namespace {namespace:?}"))));
             }
             Pending::RolloutReported { rollout_id, host, outcome, reply } => {
                 let snapshot = shared.rollouts.get(&rollout_id).and_then(|r| r.rollout.hosts.get(&host)).cloned();

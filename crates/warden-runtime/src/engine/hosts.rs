@@ -167,6 +167,7 @@ pub struct Dispatch<'a> {
     pub cluster: &'a ClusterState,
     pub queues: &'a Queues,
     pub keys: &'a Keys,
+    pub secrets: &'a crate::secrets::SecretKey,
 }
 
 impl Dispatch<'_> {
@@ -191,7 +192,14 @@ impl Dispatch<'_> {
             Order::Arm { host, workload_id, slot } => {
                 // A slot released again in this same batch is not armed.
                 let Some(workload) = self.live.workloads.get(&workload_id) else { return };
-                self.queues.push(&host, self.arm_command(workload, slot));
+                match self.arm_command(workload, slot) {
+                    Ok(arm) => self.queues.push(&host, arm),
+                    // The slot stays unarmed on the host; a failover then starts the cell cold,
+                    // whose start fails with the same reason.
+                    Err(error) => {
+                        tracing::warn!(%workload_id, "standby on {host} not armed: {}", crate::error::error_chain(&error))
+                    }
+                }
             }
             Order::Disarm { host, workload_id } => self.queues.push(&host, CommandKind::Disarm { workload_id }),
             Order::Rollout { host, rollout_id } => {
@@ -202,10 +210,13 @@ impl Dispatch<'_> {
         }
     }
 
-    /// Queues the `Start` of `cell_id` on `host`, under the workload's lease.
-    pub fn start(&self, host: &str, workload: &Workload, cell_id: String) {
-        // The cell learns its host, e.g. to bind its address or name its metrics.
+    /// Queues the `Start` of `cell_id` on `host`, under the workload's lease. The cell's
+    /// secrets are opened here and go to this host alone, in this command's environment;
+    /// if one cannot be, nothing is queued and the caller fails the start with the reason.
+    pub fn start(&self, host: &str, workload: &Workload, cell_id: String) -> Result<(), crate::secrets::ResolveError> {
         let mut cell = workload.spec.cell.clone();
+        cell.env.extend(self.secrets.resolve(&self.live.secrets, &workload.spec.namespace, &cell)?);
+        // The cell learns its host, e.g. to bind its address or name its metrics.
         cell.env.insert("WARDEN_HOST".into(), host.to_string());
         let default_ttl_ms = self.cluster.config.lease.ttl_ms;
         let start = CommandKind::Start {
@@ -222,19 +233,27 @@ impl Dispatch<'_> {
             spec_id: Some(workload.info.spec_id.clone()),
         };
         self.queues.push(host, start);
+        Ok(())
     }
 
-    /// What a standby host stages: the cell, its logs, the checkpoint to fetch ahead of time.
-    fn arm_command(&self, workload: &Workload, slot: warden_core::standby::StandbySlot) -> CommandKind {
-        CommandKind::Arm {
+    /// What a standby host stages: the cell (with its secrets: a hot standby runs at once),
+    /// its logs, the checkpoint to fetch ahead of time.
+    fn arm_command(
+        &self,
+        workload: &Workload,
+        slot: warden_core::standby::StandbySlot,
+    ) -> Result<CommandKind, crate::secrets::ResolveError> {
+        let mut cell = workload.spec.cell.clone();
+        cell.env.extend(self.secrets.resolve(&self.live.secrets, &workload.spec.namespace, &cell)?);
+        Ok(CommandKind::Arm {
             workload_id: workload.id().to_string(),
             slot,
-            cell: workload.spec.cell.clone(),
+            cell,
             logs: workload.spec.logs,
             promotion_delay_ms: workload.spec.replication.promotion_delay(),
             checkpoint: self.checkpoint_plan(workload),
             hot: workload.spec.replication.hot,
-        }
+        })
     }
 
     /// What a `Start` of a checkpointed workload carries: where its state lives, its key, and

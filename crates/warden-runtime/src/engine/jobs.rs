@@ -491,3 +491,10 @@ fn merge(into: &mut Value, next: Value) {
         (into, next) => *into = next,
     }
 }
+
+/// A refusal if a state of `manifest` refers to a secret that does not exist in its namespace.
+pub fn missing_secret(live: &Projection, manifest: &JobManifest) -> Option<ApiError> {
+    manifest.states.iter().find_map(|state| {
+        crate::secrets::missing_secret(live, &manifest.namespace, &state.cell, &format!("state {:?}: ", state.id))
+    })
+}

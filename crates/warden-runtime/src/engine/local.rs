@@ -36,6 +36,8 @@ pub struct LocalCells {
     pub logs_dir: PathBuf,
     pub commands: mpsc::UnboundedSender<Command>,
     pub store: Arc<dyn Store>,
+    /// Opens the secrets a starting cell refers to.
+    pub secrets: Arc<crate::secrets::SecretKey>,
 }
 
 impl LocalCells {
@@ -179,6 +181,13 @@ impl LocalCells {
     pub fn start(&self, live: &Projection, jobs: &Jobs, workload_id: String, cell_id: String) {
         let Some(workload) = live.workloads.get(&workload_id) else { return };
         let mut config = cell_config(&workload_id, &cell_id, &workload.spec.cell, &workload.spec.logs, &self.logs_dir);
+        // Secrets are opened now, for this start only: a new version applies at the next start,
+        // a removed secret fails it (naming the secret, never a value). Re-adopting a running
+        // cell needs none of this.
+        match self.secrets.resolve(&live.secrets, &workload.spec.namespace, &workload.spec.cell) {
+            Ok(values) => config.env.extend(values),
+            Err(error) => return self.send(&workload_id, Input::CellStartFailed { cell_id, error: error_chain(&error) }),
+        }
         // A job step starts from its base context, written just before its cell (also when a
         // start is resumed after a crash: the cell never ran, so the file is rewritten whole).
         let step = jobs.step_context(live, &workload_id);

@@ -36,6 +36,7 @@ use warden_store::Store;
 use crate::checkpoint::Keys;
 use crate::cluster::Queues;
 use crate::proto::CommandKind;
+use crate::secrets::SecretKey;
 
 pub use crate::clock::{now_ms, random_id};
 use crate::error::error_chain;
@@ -67,6 +68,8 @@ pub struct EngineConfig {
     pub logs_dir: PathBuf,
     pub jobs_dir: PathBuf,
     pub keys_dir: PathBuf,
+    /// Opens secrets when a cell that refers to one starts (`<data-dir>/secrets.key`).
+    pub secrets: Arc<SecretKey>,
     pub snapshot_every_n_events: u64,
     pub cluster: ClusterConfig,
     /// `warden up`'s own node, which runs cells without a lease; `None` for `warden server`.
@@ -92,6 +95,8 @@ pub struct Engine {
     local: LocalCells,
     /// Checkpointed workloads' keys (`<data-dir>/keys`, see `checkpoint.rs`).
     keys: Keys,
+    /// Opens secrets for the cells that start (`secrets.rs`).
+    secrets: Arc<SecretKey>,
 }
 
 /// What one batch decided, taken out of its `Batch` to be journaled and carried out.
@@ -151,8 +156,15 @@ impl Engine {
             queues,
             jobs,
             manifests,
-            local: LocalCells { backend, logs_dir: config.logs_dir, commands: commands_tx, store },
+            local: LocalCells {
+                backend,
+                logs_dir: config.logs_dir,
+                commands: commands_tx,
+                store,
+                secrets: config.secrets.clone(),
+            },
             keys: Keys::new(config.keys_dir),
+            secrets: config.secrets,
         };
         Ok((engine, handle))
     }
@@ -259,6 +271,10 @@ impl Engine {
                     }
                 }
                 Command::JobRun { manifest, input, owner, reply } => {
+                    if let Some(error) = jobs::missing_secret(batch.live(), &manifest) {
+                        send(reply, Err(error));
+                        continue;
+                    }
                     let run_id = jobs.start(&mut batch, manifest, input, owner);
                     pending.push(Pending::Run { run_id, reply });
                 }
@@ -317,6 +333,25 @@ impl Engine {
                     }
                     Err(error) => send(reply, Err(error.into())),
                 },
+                Command::SecretPut { namespace, name, version, sealed, put_by, reply } => {
+                    match warden_core::secrets::put(&batch.live().secrets, &namespace, &name, version, sealed, &put_by) {
+                        Ok(put) => {
+                            batch.record(put);
+                            pending.push(Pending::Secret { namespace, name, reply });
+                        }
+                        Err(error) => send(reply, Err(error.into())),
+                    }
+                }
+                Command::SecretRemove { namespace, name, removed_by, reply } => {
+                    match warden_core::secrets::remove(&batch.live().secrets, &namespace, &name, &removed_by) {
+                        Ok(removed) => {
+                            tracing::info!(%namespace, secret = %name, "secret removed by {removed_by}");
+                            batch.record(removed);
+                            pending.push(Pending::Done { reply });
+                        }
+                        Err(error) => send(reply, Err(error.into())),
+                    }
+                }
                 Command::RolloutReport { principal, report, reply } => {
                     hosts::rollout_report(cluster, &mut batch, &principal, report, reply, pending)
                 }
@@ -455,7 +490,7 @@ impl Engine {
 
     /// What renders decisions into agents' commands and queues them.
     fn to_hosts(&self) -> Dispatch<'_> {
-        Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys }
+        Dispatch { live: &self.live, cluster: &self.cluster, queues: &self.queues, keys: &self.keys, secrets: &self.secrets }
     }
 
     /// Starts or signals a cell: here, or through its host's agent.
@@ -467,7 +502,14 @@ impl Engine {
         let dispatch = self.to_hosts();
         match effect {
             Effect::StartCell { workload_id, cell_id } => match remote(&workload_id) {
-                Some(host) => dispatch.start(&host, &self.live.workloads[&workload_id], cell_id),
+                Some(host) => {
+                    if let Err(error) = dispatch.start(&host, &self.live.workloads[&workload_id], cell_id.clone()) {
+                        // Like Kubernetes' CreateContainerConfigError: the start fails, naming
+                        // the secret (never a value); the restart policy decides what follows.
+                        let input = Input::CellStartFailed { cell_id, error: error_chain(&error) };
+                        let _ = self.local.commands.send(Command::Cell { workload_id, input });
+                    }
+                }
                 None => self.local.start(&self.live, &self.jobs, workload_id, cell_id),
             },
             Effect::SignalCell { workload_id, cell_id, signal } => match remote(&workload_id) {

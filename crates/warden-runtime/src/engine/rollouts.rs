@@ -104,6 +104,9 @@ fn service_start(
         return Err(ApiError::BadRequest(format!("rolling out service {service} needs its new spec")));
     };
     let spec = Spec::parse(file, toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(refused) = crate::secrets::missing_secret(live, &spec.namespace, &spec.cell, &format!("{file}: cell.")) {
+        return Err(refused);
+    }
     let target = spec.spec_id();
     let members: Vec<&warden_core::Workload> = live
         .workloads

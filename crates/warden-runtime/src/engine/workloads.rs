@@ -24,6 +24,9 @@ pub fn submit(
     reply: Reply<WorkloadView>,
     pending: &mut Vec<Pending>,
 ) {
+    if let Some(refused) = crate::secrets::missing_secret(batch.live(), &spec.namespace, &spec.cell, "cell.") {
+        return send(reply, Err(refused));
+    }
     let targets = match submit_targets(batch.live(), &spec, consumer.as_deref(), || random_id("s-")) {
         Ok(targets) => targets,
         Err(refused) => return send(reply, Err(refused.into())),
