@@ -301,7 +301,7 @@ fn the_data_dir_keeps_its_secrets_from_other_users() {
     warden.wait_for(&id, "running", |v| v.state == "running");
     let data = warden.data_dir();
     let check = |data: &Path| {
-        assert_eq!(mode(data), 0o700, "data dir");
+        assert_eq!(mode(data), 0o711, "data dir: passable for cells, not listable");
         assert_eq!(mode(&data.join("journal.db")), 0o600, "journal.db");
         assert_eq!(mode(&data.join("journal.db-wal")), 0o600, "journal.db-wal");
         let configs: Vec<_> = files_under(&data.join("cells")).into_iter().filter(|p| p.ends_with("config.json")).collect();

@@ -38,6 +38,7 @@ fn config(root: &Path, cell_id: &str, isolation: CellIsolation, argv: &[&str]) -
         limits: CellLimits::default(),
         binds: Vec::new(),
         fence: None,
+        user: None,
     }
 }
 
