@@ -25,3 +25,4 @@ mod rollout_e2e;
 mod security_edges;
 mod standby_e2e;
 mod tokens_e2e;
+mod users_e2e;
