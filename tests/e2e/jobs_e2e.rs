@@ -302,7 +302,7 @@ fn repeated_kill9_of_warden_never_runs_a_step_twice() {
     const STATES: usize = 8;
     const KILLS: usize = 8;
     let mut warden = Warden::start();
-    let effects = warden.root.path().join("effects.log");
+    let effects = warden.shared("rw").join("effects.log");
     let mut manifest = String::from("name = \"crashy\"\n");
     for i in 0..STATES {
         // Two parallel branches (even and odd states), each a chain.

@@ -95,7 +95,7 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
     // Heavy: its own connections and uploads load the machine; no cluster test's timed
     // failovers beside it.
     let cluster = Cluster::start_heavy(2);
-    let state = cluster.server.root.path().join("state");
+    let state = cluster.server.shared("rw").join("state");
     let spec = STANDBY_SPEC.replace("STATE", state.to_str().unwrap());
     let id = cluster.server.run("kv.toml", &spec);
     let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);

@@ -111,8 +111,8 @@ fn lookup(name: &str) -> Result<Option<warden_cell::CellUser>, CellUserError> {
         match ret {
             libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
             0 if found.is_null() => return Ok(None),
-            // SAFETY: on success with a non-null result, getpwnam_r initialised `entry`.
             0 => {
+                // SAFETY: on success with a non-null result, getpwnam_r initialised `entry`.
                 let entry = unsafe { entry.assume_init() };
                 return Ok(Some(warden_cell::CellUser { uid: entry.pw_uid, gid: entry.pw_gid }));
             }
