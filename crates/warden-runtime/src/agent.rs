@@ -157,6 +157,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     } else {
         let identity = Identity::generate(&config.name);
         identity.save(&key_path)?;
+        // Saving an identity makes its dir 0700 (right for ~/.config/warden); this data dir
+        // must stay passable for cells (a hot standby's role file): its modes again.
+        crate::modes::tighten(&data_dir).map_err(dir_err)?;
         identity
     };
     let identity = Arc::new(identity);

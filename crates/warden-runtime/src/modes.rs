@@ -16,6 +16,13 @@ use std::path::Path;
 /// and to nothing else: it cannot list the dir, and every file with a secret is 0600 root.
 pub fn tighten(data_dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
+    // Passable like the data dir, not listable: a hot standby reaches its role file by path.
+    for dir in ["cells", "logs", "jobs", "keys"] {
+        let dir = data_dir.join(dir);
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
     tighten_files(&data_dir.join("cells"), 0o600);
     tighten_files(&data_dir.join("logs"), 0o640);
     Ok(())
@@ -56,6 +63,7 @@ mod tests {
         set(&data.join("logs/exec.sh"), 0o700);
         tighten(&data).unwrap();
         assert_eq!(mode(&data), 0o711, "passable, not listable");
+        assert_eq!(mode(&data.join("cells")), 0o711);
         assert_eq!(mode(&data.join("cells/c1/config.json")), 0o600);
         assert_eq!(mode(&data.join("logs/w.log")), 0o640);
         assert_eq!(mode(&data.join("logs/exec.sh")), 0o600, "only bits are taken away");
