@@ -3,7 +3,7 @@
 //! in this host's user database, at the cell's start), and handing a cell the directories it
 //! must write (chown).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::Path;
 
 use warden_core::spec::CellUser as SpecUser;
@@ -139,24 +139,25 @@ pub fn hand_over(dir: &Path, user: warden_cell::CellUser) -> std::io::Result<()>
     Ok(())
 }
 
-/// A user's name for messages, if this host knows the uid.
-pub fn name_of(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as in `lookup`.
-    let ret = unsafe { libc::getpwuid_r(uid, entry.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut found) };
-    if ret != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: success with a non-null result: `entry` is initialised and `pw_name` points into `buf`.
-    let name = unsafe { CStr::from_ptr(entry.assume_init().pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
+
+    /// The name of `uid` on this host, to check a resolution against.
+    fn name_of(uid: u32) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: as in `lookup`.
+        let ret = unsafe { libc::getpwuid_r(uid, entry.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+        if ret != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: success with a non-null result: `entry` is initialised and `pw_name` points into `buf`.
+        let name = unsafe { CStr::from_ptr(entry.assume_init().pw_name) };
+        Some(name.to_string_lossy().into_owned())
+    }
 
     #[test]
     fn names_and_ids_resolve_as_this_host_says() {
