@@ -3,7 +3,9 @@
 //! in this host's user database, at the cell's start), and handing a cell the directories it
 //! must write (chown).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use warden_core::spec::CellUser as SpecUser;
@@ -126,14 +128,48 @@ fn lookup(name: &str) -> Result<Option<warden_cell::CellUser>, CellUserError> {
 /// Gives `dir` (and everything under it) to the cell's user, so the cell can write what warden
 /// prepared for it (a job step's context dir, a checkpointed workload's state dir). A no-op for
 /// root and when warden is not root (it could not, and the cell runs as warden then).
+///
+/// The walk never follows a symbolic link, also not one swapped in while it walks (another
+/// cell of the same user could try, to have root chown e.g. `/etc`): every directory is opened
+/// relative to its parent's descriptor with `O_NOFOLLOW`, listed through that descriptor, and
+/// changed with `fchown`; anything else is changed with `fchownat(AT_SYMLINK_NOFOLLOW)`.
 pub fn hand_over(dir: &Path, user: warden_cell::CellUser) -> std::io::Result<()> {
     if user.is_root() || own_ids().0 != 0 {
         return Ok(());
     }
-    std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))?;
-    if std::fs::symlink_metadata(dir)?.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            hand_over(&entry?.path(), user)?;
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let top = open_dir_no_follow(libc::AT_FDCWD, &path)?;
+    chown_tree(&top, user)
+}
+
+fn open_dir_no_follow(parent: RawFd, name: &CStr) -> std::io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: `name` is NUL-terminated; `parent` is AT_FDCWD or a descriptor the caller holds.
+    let fd = unsafe { libc::openat(parent, name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn chown_tree(dir: &OwnedFd, user: warden_cell::CellUser) -> std::io::Result<()> {
+    std::os::unix::fs::fchown(dir, Some(user.uid), Some(user.gid))?;
+    // Listed through the descriptor: the directory opened, whatever its path now names.
+    for entry in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
+        let name = CString::new(entry?.file_name().as_bytes()).expect("a file name has no NUL");
+        match open_dir_no_follow(dir.as_raw_fd(), &name) {
+            Ok(child) => chown_tree(&child, user)?,
+            // Not a directory, or a symbolic link: the entry itself.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                // SAFETY: `name` is NUL-terminated and `dir` is open.
+                let ret =
+                    unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), user.uid, user.gid, libc::AT_SYMLINK_NOFOLLOW) };
+                if ret < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -142,7 +178,6 @@ pub fn hand_over(dir: &Path, user: warden_cell::CellUser) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CStr;
 
     /// The name of `uid` on this host, to check a resolution against.
     fn name_of(uid: u32) -> Option<String> {
@@ -175,5 +210,29 @@ mod tests {
         );
         let missing = resolve(Some(&SpecUser::Name("no-such-user-here".into()))).unwrap_err();
         assert!(missing.to_string().contains("\"no-such-user-here\" does not exist"), "{missing}");
+    }
+
+    #[test]
+    fn a_handed_over_tree_is_the_users_and_a_symlink_in_it_is_never_followed() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "root's").unwrap();
+        let dir = tmp.path().join("state");
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::write(dir.join("a/b/file"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), dir.join("dirlink")).unwrap();
+        let user = warden_cell::CellUser { uid: 4321, gid: 1234 };
+        hand_over(&dir, user).unwrap();
+        for path in ["", "a", "a/b", "a/b/file", "a/link", "dirlink"] {
+            let meta = std::fs::symlink_metadata(dir.join(path)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (4321, 1234), "{path:?}");
+        }
+        let untouched = std::fs::metadata(&outside).unwrap();
+        assert_eq!((untouched.uid(), untouched.gid()), (0, 0), "a link's target stays root's");
+        assert_eq!(std::fs::metadata(tmp.path()).unwrap().uid(), 0);
+        // A symlink as the dir itself is refused, not followed.
+        assert!(hand_over(&dir.join("dirlink"), user).is_err());
     }
 }
