@@ -555,7 +555,11 @@ fn measure_row(row: &Row, runs: usize) -> ModeOutcome {
         Ok(cluster) => cluster,
         Err(e) => return ModeOutcome::Failed(e),
     };
-    let truth = cluster.root.path().join("truth.log");
+    // The cell runs as the `warden` user: its ground truth goes where it may write.
+    let truth = match crate::common::shared_dir(cluster.root.path(), "truth") {
+        Ok(dir) => dir.join("truth.log"),
+        Err(e) => return ModeOutcome::Failed(e.into()),
+    };
     // No restart backoff: warden counts a lost host as a failure of the workload's cell, so
     // with one each run would wait a longer backoff than the last (backoff_reset is 10 min).
     let spec = format!(

@@ -260,8 +260,8 @@ pub(crate) fn isolation_section() -> Vec<Row> {
 /// of each backend, and a check that nothing outlived it.
 fn isolation_warden() -> Result<IsolationResults> {
     let dir = tempfile::tempdir()?;
-    let stamps = dir.path().join("stamps");
-    fs::create_dir(&stamps)?;
+    // The cells run as the `warden` user: their stamps go where it may write.
+    let stamps = crate::common::shared_dir(dir.path(), "stamps")?;
     let rootfs = oci_rootfs(dir.path());
     if let Err(e) = &rootfs {
         progress(format_args!("  no OCI root filesystem, the oci rows will say why: {e:#}"));
@@ -523,6 +523,8 @@ fn oci_rootfs(dir: &Path) -> Result<PathBuf> {
     for sub in ["bin", "proc", "dev", "sys", "tmp", "etc", "root", &format!("{OCI_BENCH_DIR}/stamps")] {
         fs::create_dir_all(rootfs.join(sub))?;
     }
+    // The container's process is the `warden` user, not root.
+    crate::common::shared_dir(&rootfs.join(OCI_BENCH_DIR), "stamps")?;
     copy_with_libraries(Path::new("/bin/busybox"), &rootfs, &rootfs.join("bin/busybox"))
         .context("busybox for the OCI rootfs (apt-get install busybox-static)")?;
     for applet in ["sh", "sleep"] {

@@ -348,3 +348,61 @@ fn a_viewer_or_operator_of_another_namespace_sees_nothing_of_namespace_a_and_a_r
     assert!(keys.contains("viewer-a") && !keys.contains("operator-a"), "{keys}");
     matrix.warden.cli_ok(&["stop", &workload_id]);
 }
+
+/// Running a cell as root is an admin's decision: an operator of the namespace may submit,
+/// run jobs and roll out there, but not with `user = "root"` (or uid 0, or gid 0) — a 403 that
+/// names the field — while the admin's same request is accepted.
+#[test]
+fn a_cell_that_asks_for_root_takes_the_admin_role() {
+    let matrix = Matrix::start();
+    let (operator, admin) = (&matrix.callers[2], &matrix.callers[0]);
+    assert_eq!((operator.name, admin.name), ("operator-a", "admin"));
+    let rooted = |user: &str, n: usize| SPEC_A.replace("\"svc\"", &format!("\"root{n}\"")) + &format!("user = \"{user}\"\n");
+    for (n, user) in ["root", "0", "1000:0"].into_iter().enumerate() {
+        let body =
+            serde_json::to_vec(&SubmitRequest { file: "r.toml".into(), spec_toml: rooted(user, n), consumer_workload_id: None })
+                .unwrap();
+        let (code, answer) = matrix.call(operator, "POST", "/v1/workloads", &body);
+        assert_eq!(code, 403, "{user}: {answer}");
+        assert!(answer.contains(&format!("cell.user = \\\"{user}\\\"")) && answer.contains("only an admin"), "{answer}");
+    }
+    // Not root: the operator's own business.
+    let body =
+        serde_json::to_vec(&SubmitRequest { file: "n.toml".into(), spec_toml: rooted("nobody", 9), consumer_workload_id: None })
+            .unwrap();
+    let (code, answer) = matrix.call(operator, "POST", "/v1/workloads", &body);
+    assert_eq!(code, 201, "{answer}");
+
+    let job = serde_json::to_vec(&JobRunRequest {
+        file: "j.toml".into(),
+        manifest_toml: JOB_A.to_string() + "user = \"root\"\n",
+        workdir: None,
+        input: None,
+    })
+    .unwrap();
+    let (code, answer) = matrix.call(operator, "POST", "/v1/jobs", &job);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("state \\\"wait\\\": user"), "{answer}");
+
+    let rollout = serde_json::to_vec(&RolloutRequest {
+        service: Some("svc-a".into()),
+        spec_file: Some("v2.toml".into()),
+        spec_toml: Some(SPEC_A.to_string() + "user = \"root\"\n"),
+        policy_file: "p.toml".into(),
+        policy_toml: "require_probes = false\n".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (code, answer) = matrix.call(operator, "POST", "/v1/rollouts", &rollout);
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("cell.user"), "{answer}");
+
+    // The admin may.
+    let body =
+        serde_json::to_vec(&SubmitRequest { file: "r.toml".into(), spec_toml: rooted("root", 7), consumer_workload_id: None })
+            .unwrap();
+    let (code, answer) = matrix.call(admin, "POST", "/v1/workloads", &body);
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = matrix.call(admin, "POST", "/v1/jobs", &job);
+    assert_eq!(code, 201, "{answer}");
+}

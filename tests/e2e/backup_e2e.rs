@@ -93,7 +93,7 @@ fn a_backup_under_load_restores_a_verified_journal_that_readopts_its_cells() {
 
     // Long-running cells on `warden up`'s own node, and a checkpointed one on the agent.
     let sleepers: Vec<String> = (0..3).map(|i| cluster.server.run(&format!("sleeper{i}.toml"), SLEEPER)).collect();
-    let state = root.join("state");
+    let state = crate::support::shared_dir(&root, "rw").join("state");
     std::fs::create_dir_all(&state).unwrap();
     let counter = cluster.server.run("counter.toml", &counter_spec(&state));
     let placed = cluster.wait_for(&counter, "running on h0", |v| v.state == "running");

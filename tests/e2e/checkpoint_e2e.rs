@@ -82,8 +82,8 @@ fn starts(path: &Path) -> Vec<(String, u64)> {
 #[test]
 fn checkpoint_round_trip_across_hosts() {
     let mut cluster = Cluster::start(3);
-    let state = cluster.server.root.path().join("state");
-    let starts_log = cluster.server.root.path().join("starts.log");
+    let state = cluster.server.shared("rw").join("state");
+    let starts_log = cluster.server.shared("rw").join("starts.log");
     let id = cluster.server.run("counter.toml", &counter_spec(&state, &starts_log, "1s", "policy = \"always\""));
     let first = cluster.wait_for(&id, "running", |v| v.state == "running");
     let (old_host, old_epoch) = (first.host.clone(), first.epoch.expect("a cluster primary has an epoch"));
@@ -159,8 +159,8 @@ fn checkpoint_round_trip_across_hosts() {
 #[test]
 fn a_tampered_blob_is_rejected() {
     let cluster = Cluster::start(1);
-    let state = cluster.server.root.path().join("state");
-    let starts_log = cluster.server.root.path().join("starts.log");
+    let state = cluster.server.shared("rw").join("state");
+    let starts_log = cluster.server.shared("rw").join("starts.log");
     // No periodic checkpoint in the test's time: only the requested one.
     let spec = counter_spec(&state, &starts_log, "1h", "policy = \"on-failure\"\nmax_attempts = 1");
     let id = cluster.server.run("counter.toml", &spec);

@@ -18,7 +18,7 @@ fn wait_primary_elsewhere(cluster: &Cluster, id: &str, old_host: &str, old_epoch
 #[test]
 fn a_dead_host_fails_over_with_a_higher_epoch_and_no_overlap() {
     let mut cluster = Cluster::start(3);
-    let truth = cluster.server.root.path().join("truth.log");
+    let truth = cluster.server.shared("truth").join("truth.log");
     let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
     let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");
     let (old_host, old_epoch) = (first.host.clone(), first.epoch.expect("a cluster primary runs under a lease epoch"));
@@ -37,7 +37,7 @@ fn a_dead_host_fails_over_with_a_higher_epoch_and_no_overlap() {
 #[test]
 fn a_frozen_agent_is_fenced_by_its_shim_before_the_new_primary_starts() {
     let cluster = Cluster::start(3);
-    let truth = cluster.server.root.path().join("truth.log");
+    let truth = cluster.server.shared("truth").join("truth.log");
     let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
     let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");
     let (old_host, old_epoch, old_pid) = (first.host.clone(), first.epoch.unwrap(), first.pid.unwrap());
@@ -140,7 +140,7 @@ fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() 
 #[test]
 fn lost_after_rides_out_a_short_disconnect_and_replaces_after_a_long_one() {
     let cluster = Cluster::start(2);
-    let truth = cluster.server.root.path().join("truth.log");
+    let truth = cluster.server.shared("truth").join("truth.log");
     let spec = ground_truth_spec(&truth).replace("[placement]\n", "[placement]\nlost_after = \"4s\"\n");
     let id = cluster.server.run("truth.toml", &spec);
     let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");

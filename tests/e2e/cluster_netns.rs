@@ -439,7 +439,7 @@ impl Drop for NetCluster {
 /// The ground-truth workload, run until its primary wrote 10 lines: the truth file, the
 /// workload's id and its first status as a running primary (with an epoch and a pid).
 fn start_ground_truth(cluster: &NetCluster) -> (PathBuf, String, WorkloadView) {
-    let truth = cluster.root.path().join("truth.log");
+    let truth = crate::support::shared_dir(cluster.root.path(), "truth").join("truth.log");
     let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
     let first = cluster.wait_for(&id, "a running primary", |v| v.state == "running" && v.epoch.is_some() && v.pid.is_some());
     wait_for_lines(cluster, &truth, first.epoch.unwrap(), 10, 0);
@@ -582,7 +582,7 @@ fn warm_standby_truth_spec(truth: &Path, standbys: u32) -> String {
 #[test]
 fn warm_standby_in_namespaces_survives_a_partition_and_a_killed_namespace() {
     let mut cluster = NetCluster::start(3);
-    let truth = cluster.root.path().join("truth.log");
+    let truth = crate::support::shared_dir(cluster.root.path(), "truth").join("truth.log");
     let id = cluster.server.run("truth.toml", &warm_standby_truth_spec(&truth, 2));
     let armed = cluster.wait_for(&id, "a running primary with two armed standbys", |v| {
         v.state == "running" && v.epoch.is_some() && v.pid.is_some() && v.standbys.len() == 2

@@ -64,11 +64,13 @@ fn wait_file(path: &Path) -> String {
 #[test]
 fn a_job_killed_mid_step_with_its_cell_resumes_from_the_last_completed_state() {
     let mut warden = Warden::start();
-    let dir = warden.root.path().to_path_buf();
+    // The manifest's dir is the steps' workdir, where they leave files: the `warden` user's to write.
+    let dir = warden.shared("rw");
     let effects = dir.join("side-effects.log");
-    let manifest = warden.write_spec(
-        "etl.toml",
-        &format!(
+    let manifest = dir.join("etl.toml");
+    std::fs::write(
+        &manifest,
+        format!(
             r#"
 name = "etl"
 
@@ -92,7 +94,8 @@ argv = ["sh", "-c", '''echo load >> {effects} && {load}''']
             transform = set("transformed", "True"),
             load = set("loaded", "True"),
         ),
-    );
+    )
+    .unwrap();
     let input = warden.write_spec("input.json", r#"{"source": "s3://bucket/day"}"#);
     let run = job_run(&warden, &manifest, &["--input", input.to_str().unwrap()]);
     assert!(run.starts_with("r-"), "{run}");
@@ -302,7 +305,7 @@ fn repeated_kill9_of_warden_never_runs_a_step_twice() {
     const STATES: usize = 8;
     const KILLS: usize = 8;
     let mut warden = Warden::start();
-    let effects = warden.root.path().join("effects.log");
+    let effects = warden.shared("rw").join("effects.log");
     let mut manifest = String::from("name = \"crashy\"\n");
     for i in 0..STATES {
         // Two parallel branches (even and odd states), each a chain.

@@ -26,3 +26,4 @@ mod secrets_e2e;
 mod security_edges;
 mod standby_e2e;
 mod tokens_e2e;
+mod users_e2e;

@@ -40,8 +40,10 @@ fn cells_ride_out_a_30s_control_plane_outage_and_a_host_lost_meanwhile_is_replac
     });
     cluster.wait_hosts_up(4);
 
-    let truth = |name: &str| root.join(format!("{name}.truth"));
-    let state = root.join("counter-state");
+    // Cells run as the `warden` user: what they write goes where it may.
+    let rw = crate::support::shared_dir(&root, "rw");
+    let truth = |name: &str| rw.join(format!("{name}.truth"));
+    let state = rw.join("counter-state");
     let plain = cluster.server.run("plain.toml", &truth_spec("plain", &truth("plain"), "calm", "", ""));
     let standby = cluster
         .server

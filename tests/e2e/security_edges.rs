@@ -95,7 +95,7 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
     // Heavy: its own connections and uploads load the machine; no cluster test's timed
     // failovers beside it.
     let cluster = Cluster::start_heavy(2);
-    let state = cluster.server.root.path().join("state");
+    let state = cluster.server.shared("rw").join("state");
     let spec = STANDBY_SPEC.replace("STATE", state.to_str().unwrap());
     let id = cluster.server.run("kv.toml", &spec);
     let armed = cluster.wait_for(&id, "an armed standby", |v| v.state == "running" && v.standbys.len() == 1);
@@ -301,7 +301,7 @@ fn the_data_dir_keeps_its_secrets_from_other_users() {
     warden.wait_for(&id, "running", |v| v.state == "running");
     let data = warden.data_dir();
     let check = |data: &Path| {
-        assert_eq!(mode(data), 0o700, "data dir");
+        assert_eq!(mode(data), 0o711, "data dir: passable for cells, not listable");
         assert_eq!(mode(&data.join("journal.db")), 0o600, "journal.db");
         assert_eq!(mode(&data.join("journal.db-wal")), 0o600, "journal.db-wal");
         let configs: Vec<_> = files_under(&data.join("cells")).into_iter().filter(|p| p.ends_with("config.json")).collect();

@@ -92,7 +92,8 @@ struct Kv {
 fn armed_kv(n_agents: usize, standbys: u32) -> Kv {
     let cluster = Cluster::start(n_agents);
     let root = cluster.server.root.path().to_path_buf();
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let rw = crate::support::shared_dir(&root, "rw");
+    let (truth, state, starts_log) = (rw.join("truth.log"), rw.join("state"), rw.join("starts.log"));
     let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, standbys));
     let armed = cluster.wait_for(&id, "armed standbys", |v| v.state == "running" && v.standbys.len() == standbys as usize);
     Kv { cluster, truth, state, starts_log, id, armed }
@@ -200,7 +201,8 @@ fn standbys_need_other_hosts_and_the_lowest_index_wins() {
         command
     });
     cluster.wait_hosts_up(1);
-    let (truth, state, starts_log) = (root.join("truth.log"), root.join("state"), root.join("starts.log"));
+    let rw = crate::support::shared_dir(&root, "rw");
+    let (truth, state, starts_log) = (rw.join("truth.log"), rw.join("state"), rw.join("starts.log"));
     let id = cluster.server.run("kv.toml", &standby_spec(&truth, &state, &starts_log, 2));
     let alone = cluster.wait_for(&id, "running", |v| v.state == "running");
     std::thread::sleep(Duration::from_millis(500));
@@ -307,7 +309,8 @@ instances = 1
 fn a_hot_standby_is_promoted_in_place() {
     let mut cluster = Cluster::start(3);
     let root = cluster.server.root.path().to_path_buf();
-    let (truth, pids) = (root.join("truth.log"), root.join("pids.log"));
+    let rw = crate::support::shared_dir(&root, "rw");
+    let (truth, pids) = (rw.join("truth.log"), rw.join("pids.log"));
     let id = cluster.server.run("hot.toml", &hot_spec(&truth, &pids));
     let armed = cluster.wait_for(&id, "an armed hot standby", |v| v.state == "running" && v.standbys.len() == 1);
     let (primary, epoch, standby) = (armed.host.clone(), armed.epoch.unwrap(), armed.standbys[0].host.clone());

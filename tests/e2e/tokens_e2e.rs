@@ -141,7 +141,7 @@ fn expired_used_up_and_revoked_join_tokens_enroll_nothing_and_no_token_is_ever_i
 #[test]
 fn a_removed_hosts_reports_are_refused_and_its_workload_runs_elsewhere_with_a_higher_epoch() {
     let cluster = Cluster::start(2);
-    let truth = cluster.server.root.path().join("truth.log");
+    let truth = cluster.server.shared("truth").join("truth.log");
     let id = cluster.server.run("truth.toml", &ground_truth_spec(&truth));
     let first = cluster.server.wait_for(&id, "running", |v| v.state == "running");
     let (old_host, old_epoch) = (first.host.clone(), first.epoch.expect("a cluster primary runs under a lease epoch"));

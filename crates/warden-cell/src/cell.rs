@@ -37,6 +37,27 @@ pub struct CellConfig {
     /// does) once that deadline passes unextended. `None`: an ordinary cell, no lease.
     #[serde(default)]
     pub fence: Option<Fence>,
+    /// Who the workload runs as, resolved on this host. `None` (a config written by a warden
+    /// from before users): the shim's own user, as then. Process cells switch to it before exec;
+    /// an isolated cell maps root inside its user namespace to it (unless it is root itself); an
+    /// OCI cell gets it as the container's `process.user`.
+    #[serde(default)]
+    pub user: Option<CellUser>,
+}
+
+/// A cell's user as numeric ids; supplementary groups are always dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl CellUser {
+    pub const ROOT: CellUser = CellUser { uid: 0, gid: 0 };
+
+    pub fn is_root(self) -> bool {
+        self.uid == 0
+    }
 }
 
 /// The epoch of a hot standby's fence: no lease yet (leases are granted from epoch 1).

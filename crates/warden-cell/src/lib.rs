@@ -55,8 +55,8 @@ mod shim;
 mod sys;
 
 pub use cell::{
-    BindMount, CellConfig, CellIsolation, CellLimits, CellState, ExitStatus, Fence, OciRuntime, StartedCell, TerminalState,
-    STANDBY_EPOCH,
+    BindMount, CellConfig, CellIsolation, CellLimits, CellState, CellUser, ExitStatus, Fence, OciRuntime, StartedCell,
+    TerminalState, STANDBY_EPOCH,
 };
 pub use cgroup::{cgroup_layout, CgroupLayout};
 pub use fence::{boottime_ns, LeaseRecord};

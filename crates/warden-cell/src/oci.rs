@@ -178,11 +178,13 @@ pub fn bundle_config(config: &CellConfig, rootfs: &Path, network_none: bool) -> 
     for bind in &config.binds {
         mounts.push(json!({"destination": bind.destination, "type": "bind", "source": bind.source, "options": ["rbind", "rw"]}));
     }
+    // The cell's user (root for a config from before users); no supplementary groups.
+    let user = config.user.unwrap_or(crate::cell::CellUser::ROOT);
     json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": user.uid, "gid": user.gid, "additionalGids": []},
             "args": config.argv,
             "env": container_env(config),
             "cwd": container_cwd(config.workdir.as_deref()),

@@ -293,6 +293,22 @@ pub(crate) fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     cvt(unsafe { libc::dup2(from, to) }).map(drop)
 }
 
+/// Becomes `uid`:`gid` with no supplementary groups: `setgroups(0)`, `setresgid`, `setresuid`,
+/// in that order (after the uid switch no group change is allowed), each checked. Raw system
+/// calls, which change only the calling thread: glibc's wrappers would broadcast to every
+/// thread, which a fork or clone child (the only callers, single-threaded) must not attempt.
+/// Async-signal-safe and allocation-free.
+pub(crate) fn drop_to_user(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: setgroups with a count of 0 reads no memory; setresgid and setresuid take plain
+    // integers.
+    unsafe {
+        cvt_long(libc::syscall(libc::SYS_setgroups, 0 as libc::c_long, std::ptr::null::<libc::gid_t>()))?;
+        cvt_long(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        cvt_long(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+    }
+    Ok(())
+}
+
 /// `prctl(PR_SET_DUMPABLE, 0)`: no core dumps, and no `/proc/<pid>/mem` or ptrace for peers.
 pub(crate) fn set_not_dumpable() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only; PR_SET_DUMPABLE reads no memory.

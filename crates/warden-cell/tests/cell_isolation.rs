@@ -38,6 +38,7 @@ fn config(root: &Path, cell_id: &str, isolation: CellIsolation, argv: &[&str]) -
         limits: CellLimits::default(),
         binds: Vec::new(),
         fence: None,
+        user: None,
     }
 }
 
@@ -581,4 +582,50 @@ fn invalid_limits_are_refused() {
         cfg.limits = limits;
         assert!(matches!(b.start(&cfg), Err(StartError::InvalidConfig(_))), "{limits:?}");
     }
+}
+
+/// The real uid of `/proc/<pid>/status`: who the host thinks the process is.
+fn host_uid(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A cell with a user that is not root: a process cell runs as it with no other groups and
+/// `no_new_privs`; an isolated cell is root in a user namespace that maps 0 to it, and its
+/// authenticated exit report, private /proc and teardown work as ever.
+#[test]
+fn a_cell_with_a_user_runs_as_it_and_an_isolated_one_is_root_only_in_its_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // The workdir must be the user's to enter.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = backend(tmp.path());
+    let nobody = warden_cell::CellUser { uid: 65534, gid: 65534 };
+    let script =
+        "echo uid=$(id -u) groups=$(id -G); cat /proc/self/uid_map; grep NoNewPrivs /proc/self/status; sleep 0.3; exit 3";
+
+    let plain = CellConfig { user: Some(nobody), ..sh(tmp.path(), "plain-user", CellIsolation::Process, script) };
+    let started = b.start(&plain).unwrap();
+    assert_eq!(host_uid(started.pid), 65534);
+    let exit = wait_exit(&b, "plain-user", &started);
+    assert_eq!(exit.exit_code, Some(3));
+    let log = read_log(&plain);
+    assert!(log.contains("uid=65534 groups=65534\n"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+
+    let mounts_before = host_proc_mounts();
+    let isolated = CellConfig { user: Some(nobody), ..sh(tmp.path(), "iso-user", CELL, script) };
+    let started = b.start(&isolated).unwrap();
+    let cgroups = cgroup_dirs(&b, "iso-user");
+    assert_eq!(host_uid(started.pid), 65534, "the init is the user on the host");
+    let workload = workload_host_pid(started.pid);
+    assert_eq!(host_uid(workload), 65534, "so is the workload");
+    let exit = wait_exit(&b, "iso-user", &started);
+    assert_eq!((exit.exit_code, exit.terminal_state), (Some(3), Some(TerminalState::Clean)), "{exit:?}");
+    let log = read_log(&isolated);
+    assert!(log.contains("uid=0 groups=0\n"), "root inside: {log}");
+    let map: Vec<&str> = log.lines().find(|l| l.trim_start().starts_with('0')).unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", "65534", "1"], "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert_torn_down(&b, "iso-user", &started, &cgroups, &mounts_before);
 }

@@ -93,6 +93,7 @@ impl Harness {
             limits: CellLimits::default(),
             binds: Vec::new(),
             fence: None,
+            user: None,
         }
     }
 

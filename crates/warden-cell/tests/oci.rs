@@ -77,6 +77,7 @@ fn cell(fx: &Fixture, name: &str, script: &str) -> CellConfig {
         limits: CellLimits::default(),
         binds: Vec::new(),
         fence: None,
+        user: None,
     }
 }
 
@@ -221,6 +222,7 @@ fn bundle_config_follows_the_cell() {
         limits: CellLimits { memory_max_bytes: Some(64 * MIB), cpu_max_millicores: Some(500), pids_max: Some(20) },
         binds: Vec::new(),
         fence: None,
+        user: None,
     };
     let c = oci::bundle_config(&config, Path::new("/images/web"), true);
     assert_eq!(c["process"]["args"], serde_json::json!(["server", "--port=80"]));

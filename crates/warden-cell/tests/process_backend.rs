@@ -35,6 +35,7 @@ fn config(root: &Path, cell_id: &str, argv: &[&str]) -> CellConfig {
         limits: Default::default(),
         binds: Vec::new(),
         fence: None,
+        user: None,
     }
 }
 

@@ -135,6 +135,7 @@ struct RawState {
     rootfs: Option<Spanned<String>>,
     oci_runtime: Option<Spanned<String>>,
     limits: Option<crate::spec::RawLimits>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +239,7 @@ impl RawManifest {
                 rootfs: raw.rootfs,
                 oci_runtime: raw.oci_runtime,
                 limits: raw.limits,
+                user: raw.user,
             }
             .validate("")?;
             states.push(StateSpec { id, cell, depends_on, timeout_ms, retry });

@@ -94,6 +94,86 @@ pub struct CellSpec {
     /// `oci` only.
     pub oci_runtime: Option<OciRuntime>,
     pub limits: Limits,
+    /// Who the workload runs as on its host (`user = …` in `[cell]`); `None`: the default cell
+    /// user (the `warden` system user when warden runs as root). Serialized only when set, so
+    /// the spec ids of specs without it are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<CellUser>,
+}
+
+/// `user = "name" | "uid" | "uid:gid" | "root"` in a `[cell]`: resolved to ids on the host that
+/// runs the cell, at its start (a name may mean another uid on another host).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum CellUser {
+    /// uid 0: only an admin may submit it (see `CellUser::is_root`).
+    Root,
+    /// A user name, looked up in the host's user database; its primary group is the gid.
+    Name(String),
+    /// A numeric uid, with the uid as gid when none is given.
+    Ids { uid: u32, gid: Option<u32> },
+}
+
+impl CellUser {
+    /// Parses the field's value; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<CellUser, String> {
+        let id = |part: &str| part.parse::<u32>().ok().filter(|_| part.bytes().all(|b| b.is_ascii_digit()));
+        if text == "root" {
+            return Ok(CellUser::Root);
+        }
+        if let Some((uid, gid)) = text.split_once(':') {
+            return match (id(uid), id(gid)) {
+                (Some(uid), Some(gid)) => Ok(CellUser::Ids { uid, gid: Some(gid) }),
+                _ => Err(format!("must be a user name, \"uid\" or \"uid:gid\" (numbers), got {text:?}")),
+            };
+        }
+        if let Some(uid) = id(text) {
+            return Ok(CellUser::Ids { uid, gid: None });
+        }
+        // POSIX portable user names, as useradd accepts them by default.
+        let name_ok = (1..=32).contains(&text.len())
+            && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if name_ok {
+            Ok(CellUser::Name(text.to_string()))
+        } else {
+            Err(format!("must be a user name ([a-z_][a-z0-9_-]*, at most 32), \"uid\" or \"uid:gid\", got {text:?}"))
+        }
+    }
+
+    /// Whether the cell would run as root or in group root: what only an admin may ask for.
+    /// (A name that maps to uid 0 on some host is caught there, at start.)
+    pub fn is_root(&self) -> bool {
+        match self {
+            CellUser::Root => true,
+            CellUser::Name(_) => false,
+            CellUser::Ids { uid, gid } => *uid == 0 || *gid == Some(0),
+        }
+    }
+}
+
+impl std::fmt::Display for CellUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CellUser::Root => f.write_str("root"),
+            CellUser::Name(name) => f.write_str(name),
+            CellUser::Ids { uid, gid: None } => write!(f, "{uid}"),
+            CellUser::Ids { uid, gid: Some(gid) } => write!(f, "{uid}:{gid}"),
+        }
+    }
+}
+
+impl TryFrom<String> for CellUser {
+    type Error = String;
+    fn try_from(text: String) -> Result<CellUser, String> {
+        CellUser::parse(&text)
+    }
+}
+
+impl From<CellUser> for String {
+    fn from(user: CellUser) -> String {
+        user.to_string()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +487,7 @@ pub(crate) struct RawCell {
     pub(crate) rootfs: Option<Spanned<String>>,
     pub(crate) oci_runtime: Option<Spanned<String>>,
     pub(crate) limits: Option<RawLimits>,
+    pub(crate) user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -788,7 +869,26 @@ impl RawCell {
             other => other.map(Spanned::into_inner),
         };
 
-        Ok(CellSpec { argv, env, secret_env, workdir, isolation, graceful_shutdown_ms, network, rootfs, oci_runtime, limits })
+        let user = match &cell.user {
+            Some(user) => {
+                Some(CellUser::parse(user.get_ref()).map_err(|why| (Some(user.span()), format!("{prefix}user {why}")))?)
+            }
+            None => None,
+        };
+
+        Ok(CellSpec {
+            argv,
+            env,
+            workdir,
+            isolation,
+            graceful_shutdown_ms,
+            network,
+            rootfs,
+            oci_runtime,
+            limits,
+            user,
+            secret_env,
+        })
     }
 }
 
@@ -894,6 +994,33 @@ mod tests {
         let bad = Spec::parse("s.toml", "name='x'\nnamespace='Team A'\n[cell]\nargv=['true']").unwrap_err();
         assert_eq!(bad.line, Some(2));
         assert!(bad.message.contains("namespace \"Team A\""), "{bad}");
+    }
+
+    #[test]
+    fn a_cell_user_is_parsed_kept_out_of_old_spec_ids_and_refused_with_its_line() {
+        let parse = |user: &str| Spec::parse("s.toml", &format!("name='x'\n[cell]\nargv=['true']\nuser={user:?}\n"));
+        let plain = Spec::parse("a", "name='x'\n[cell]\nargv=['true']").unwrap();
+        assert_eq!(plain.cell.user, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("user"));
+        assert_eq!(parse("nobody").unwrap().cell.user, Some(CellUser::Name("nobody".into())));
+        assert_eq!(parse("1000").unwrap().cell.user, Some(CellUser::Ids { uid: 1000, gid: None }));
+        let ids = parse("1000:100").unwrap();
+        assert_eq!(ids.cell.user, Some(CellUser::Ids { uid: 1000, gid: Some(100) }));
+        assert_ne!(ids.spec_id(), plain.spec_id());
+        let round_trip: Spec = serde_json::from_str(&serde_json::to_string(&ids).unwrap()).unwrap();
+        assert_eq!(round_trip, ids);
+        for root in ["root", "0", "0:0", "1000:0"] {
+            assert!(parse(root).unwrap().cell.user.unwrap().is_root(), "{root}");
+        }
+        assert!(!parse("warden").unwrap().cell.user.unwrap().is_root());
+        for bad in ["", "Bob", "1000:", ":1", "-1", "a b", "1000:x", "x:1000"] {
+            let error = parse(bad).unwrap_err();
+            assert_eq!(error.line, Some(4), "{bad:?}: {error}");
+            assert!(error.message.starts_with("cell.user must be"), "{error}");
+        }
+        let job = crate::job::JobManifest::parse("j.toml", "name='j'\n[[state]]\nid='a'\nargv=['true']\nuser='nobody:nogroup'\n")
+            .unwrap_err();
+        assert_eq!(job.line, Some(5), "{job}");
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub enum AgentError {
     Readopt { path: String, source: ReadoptError },
     #[error("report queue")]
     Queue(#[from] warden_store::queue::QueueError),
+    #[error("cannot make the default cell user")]
+    CellUser(#[from] crate::cell_user::CreateUserError),
 }
 
 /// Runs the agent until SIGINT or SIGTERM; see the module docs.
@@ -146,6 +148,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
     crate::modes::tighten(&data_dir).map_err(dir_err)?;
     let _lock = lock_data_dir(&data_dir)?;
+    // Cells run as the `warden` system user by default (see `cell_user`).
+    crate::cell_user::ensure_default_user()?;
 
     let key_path = data_dir.join("host.key");
     let identity = if key_path.exists() {
@@ -153,6 +157,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     } else {
         let identity = Identity::generate(&config.name);
         identity.save(&key_path)?;
+        // Saving an identity makes its dir 0700 (right for ~/.config/warden); this data dir
+        // must stay passable for cells (a hot standby's role file): its modes again.
+        crate::modes::tighten(&data_dir).map_err(dir_err)?;
         identity
     };
     let identity = Arc::new(identity);

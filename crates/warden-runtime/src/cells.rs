@@ -5,14 +5,23 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use crate::cell_user::CellUserError;
 use warden_cell::{CellConfig, CellIsolation, CellState, ExitStatus, ProcessBackend, StartedCell, TerminalState};
 use warden_core::spec::{CellSpec, LogSpec};
 use warden_core::{CellExit, LifecycleTerminalState};
 
 /// The shim's config for one cell of a workload, with its output in
-/// `<logs_dir>/<workload_id>/output.log`. No binds, no fence: callers add those.
-pub fn cell_config(workload_id: &str, cell_id: &str, cell: &CellSpec, logs: &LogSpec, logs_dir: &Path) -> CellConfig {
-    CellConfig {
+/// `<logs_dir>/<workload_id>/output.log` and its user resolved on this host (which fails the
+/// start when it cannot be). No binds, no fence: callers add those.
+pub fn cell_config(
+    workload_id: &str,
+    cell_id: &str,
+    cell: &CellSpec,
+    logs: &LogSpec,
+    logs_dir: &Path,
+) -> Result<CellConfig, CellUserError> {
+    let user = crate::cell_user::resolve(cell.user.as_ref())?;
+    Ok(CellConfig {
         cell_id: cell_id.to_string(),
         workload_id: workload_id.to_string(),
         argv: cell.argv.clone(),
@@ -29,7 +38,8 @@ pub fn cell_config(workload_id: &str, cell_id: &str, cell: &CellSpec, logs: &Log
         },
         binds: Vec::new(),
         fence: None,
-    }
+        user: Some(user),
+    })
 }
 
 fn cell_isolation(cell: &CellSpec) -> CellIsolation {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod cell_user;
 pub mod cells;
 pub mod checkpoint;
 pub mod client;
@@ -66,6 +67,8 @@ pub enum UpError {
     JoinToken(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot make the default cell user")]
+    CellUser(#[from] cell_user::CreateUserError),
 }
 
 /// Runs the control plane and a local agent in one process until SIGINT or SIGTERM.
@@ -80,6 +83,10 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
     modes::tighten(data_dir).map_err(dir_err)?;
     let _lock = lock_data_dir(data_dir)?;
+    // Cells run as the `warden` system user by default (see `cell_user`).
+    if config.local_cells {
+        cell_user::ensure_default_user()?;
+    }
 
     let credential_path = config.config_dir.join(paths::ADMIN_CREDENTIAL_FILE);
     let admin = if credential_path.exists() {

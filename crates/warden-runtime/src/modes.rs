@@ -1,4 +1,5 @@
-//! File modes of a data dir: the dir itself 0700, secrets and cell configs 0600, logs 0640.
+//! File modes of a data dir: the dir itself 0711 (cells, which run as other users, may pass
+//! through to their job contexts but list nothing), secrets and cell configs 0600, logs 0640.
 //! New files are created with these modes where they are written (`warden_store::sqlite::
 //! make_private`, `warden_cell`'s cell records and log sink); `tighten` brings a data dir of an
 //! older version (0755 dir, 0644 files) into line at start.
@@ -6,11 +7,22 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Sets `data_dir` to 0700, every file under `cells/` to 0600 and every file under `logs/` to
-/// 0640 (files only: directories below are already out of reach for others once the data dir
-/// is 0700). Files whose mode is already tighter are left alone.
+/// Sets `data_dir` to 0711, every file under `cells/` to 0600 and every file under `logs/` to
+/// 0640. Files whose mode is already tighter are left alone.
+///
+/// Why 0711 and not 0700: a job step's context (`jobs/<run>/<state>.<n>/context.json`) and a
+/// hot standby's role file (`cells/<id>/role`) must be reachable by the cell's unprivileged
+/// user. Execute-only lets it pass to those (owned by it, or world-readable and secret-free)
+/// and to nothing else: it cannot list the dir, and every file with a secret is 0600 root.
 pub fn tighten(data_dir: &Path) -> std::io::Result<()> {
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))?;
+    // Passable like the data dir, not listable: a hot standby reaches its role file by path.
+    for dir in ["cells", "logs", "jobs", "keys"] {
+        let dir = data_dir.join(dir);
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
     tighten_files(&data_dir.join("cells"), 0o600);
     tighten_files(&data_dir.join("logs"), 0o640);
     Ok(())
@@ -50,7 +62,8 @@ mod tests {
         set(&data.join("logs/w.log"), 0o644);
         set(&data.join("logs/exec.sh"), 0o700);
         tighten(&data).unwrap();
-        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data), 0o711, "passable, not listable");
+        assert_eq!(mode(&data.join("cells")), 0o711);
         assert_eq!(mode(&data.join("cells/c1/config.json")), 0o600);
         assert_eq!(mode(&data.join("logs/w.log")), 0o640);
         assert_eq!(mode(&data.join("logs/exec.sh")), 0o600, "only bits are taken away");

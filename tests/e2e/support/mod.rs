@@ -132,6 +132,17 @@ pub struct Warden {
     _running: Running,
 }
 
+/// `root/name`, mode 1777 (like /tmp: anyone writes, only the owner removes), with `root` made
+/// passable (0755): where a test's cells, which run as the `warden` user, leave their marks.
+pub fn shared_dir(root: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_warden")
 }
@@ -161,6 +172,12 @@ impl Warden {
 
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")
+    }
+
+    /// A directory cells may write to: they run as the unprivileged `warden` user, and the
+    /// test's temp dir is root's, 0700. See [`shared_dir`].
+    pub fn shared(&self, name: &str) -> PathBuf {
+        shared_dir(self.root.path(), name)
     }
 
     pub fn config_home(&self) -> PathBuf {

@@ -23,6 +23,7 @@ pub(crate) const STAGE_INIT_CGROUP: i32 = 13;
 pub(crate) const STAGE_INIT_KEY: i32 = 14;
 pub(crate) const STAGE_INIT_FORK: i32 = 15;
 pub(crate) const STAGE_INIT_PRCTL: i32 = 16;
+pub(crate) const STAGE_INIT_USER: i32 = 17;
 
 /// Most descriptors the init keeps during set-up: 5 of its own plus one per cgroup hierarchy.
 const MAX_KEEP: usize = 12;
@@ -44,6 +45,9 @@ pub(crate) struct InitCtx<'a> {
     /// The signals the init waits for (SIGCHLD, and SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 to
     /// forward); blocked for its whole life.
     pub wait_set: libc::sigset_t,
+    /// The init was cloned into a new user namespace, which the shim maps (root inside = the
+    /// cell's user outside) before it sends the key.
+    pub userns: bool,
 }
 
 /// The init's whole life.
@@ -111,6 +115,32 @@ unsafe fn set_up(ctx: &InitCtx<'_>, key: &mut Key) -> Result<libc::pid_t, (i32, 
     let _ = sys::dup2(ctx.devnull, libc::STDOUT_FILENO);
     // stderr stays the shim's `shim.err`, for the init's own diagnostics.
 
+    // The key: EOF here means the shim died before sending it.
+    let mut got = 0;
+    while got < KEY_LEN {
+        match sys::read_fd(ctx.key_read, &mut key[got..]) {
+            Ok(0) => return Err((STAGE_INIT_KEY, libc::EPIPE)),
+            Ok(n) => got += n,
+            Err(e) => return Err(stage(STAGE_INIT_KEY)(e)),
+        }
+    }
+    // SAFETY: the key pipe's read end, inherited by the clone and owned by no Rust object here;
+    // closed once.
+    unsafe { libc::close(ctx.key_read) };
+
+    if ctx.userns {
+        // The key came after the shim wrote our uid and gid maps. Until now this process kept
+        // the shim's host ids (root, unmapped in here); now it becomes the namespace's root,
+        // i.e. the cell's unprivileged user on the host, keeping its capabilities inside only.
+        sys::drop_to_user(0, 0).map_err(stage(STAGE_INIT_USER))?;
+        // Changing ids cleared both: the parent-death signal and (per fs.suid_dumpable) the
+        // dumpable flag are set again. (A shim dead in between leaves the init waiting for a
+        // workload that ends with the cell; its SIGKILL by the supervisor still ends it.)
+        // SAFETY: prctl with integer arguments only.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }, STAGE_INIT_PRCTL)?;
+        sys::set_not_dumpable().map_err(stage(STAGE_INIT_PRCTL))?;
+    }
+
     // Joined first, so everything below (mount, the workload) is charged to the cell.
     for &fd in ctx.cgroup_procs {
         sys::write_all_fd(fd, b"0").map_err(stage(STAGE_INIT_CGROUP))?;
@@ -139,19 +169,6 @@ unsafe fn set_up(ctx: &InitCtx<'_>, key: &mut Key) -> Result<libc::pid_t, (i32, 
     check(proc, STAGE_INIT_PROC)?;
     // SAFETY: `hostname` is a valid slice of the length passed (the shim cut it to 64 bytes).
     check(unsafe { libc::sethostname(ctx.hostname.as_ptr().cast(), ctx.hostname.len()) }, STAGE_INIT_HOSTNAME)?;
-
-    // The key: EOF here means the shim died before sending it.
-    let mut got = 0;
-    while got < KEY_LEN {
-        match sys::read_fd(ctx.key_read, &mut key[got..]) {
-            Ok(0) => return Err((STAGE_INIT_KEY, libc::EPIPE)),
-            Ok(n) => got += n,
-            Err(e) => return Err(stage(STAGE_INIT_KEY)(e)),
-        }
-    }
-    // SAFETY: the key pipe's read end, inherited by the clone and owned by no Rust object here;
-    // closed once.
-    unsafe { libc::close(ctx.key_read) };
 
     let mut exec_err = [0; 2];
     // SAFETY: `exec_err` has room for the two descriptors pipe2 writes.

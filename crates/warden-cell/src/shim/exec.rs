@@ -24,6 +24,8 @@ pub(crate) const STAGE_EXEC: i32 = 3;
 pub(crate) const STAGE_CGROUP: i32 = 4;
 pub(crate) const STAGE_CAPS: i32 = 5;
 pub(crate) const STAGE_PDEATHSIG: i32 = 6;
+pub(crate) const STAGE_SETUID: i32 = 7;
+pub(crate) const STAGE_NO_NEW_PRIVS: i32 = 20;
 
 /// Why a cell's config cannot be turned into an [`ExecPlan`].
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,38 @@ pub(crate) enum ExecPlanError {
     NulInEnv,
     #[error("workdir")]
     Workdir(#[source] io::Error),
+    /// A shim that is not root cannot become another user; it runs cells as itself only.
+    #[error("the cell asks for uid {uid} gid {gid}, but warden runs as uid {own_uid} gid {own_gid} and cannot switch users (run warden as root, or leave `user` out)")]
+    CannotSwitchUser { uid: u32, gid: u32, own_uid: u32, own_gid: u32 },
+}
+
+/// Who the forked child becomes before exec, and whether it sets `no_new_privs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    /// `setgroups(0)`, `setgid`, `setuid` to these ids; `None` keeps the shim's (an OCI
+    /// runtime, which must stay root; a shim that is not root and runs cells as itself).
+    pub switch_to: Option<(libc::uid_t, libc::gid_t)>,
+    pub no_new_privs: bool,
+}
+
+impl Credentials {
+    /// The runtime of an OCI cell: runs as the shim does (the container's user is its config's).
+    pub(crate) const UNCHANGED: Credentials = Credentials { switch_to: None, no_new_privs: false };
+
+    /// For a workload that must run as `uid`:`gid` with no supplementary groups and
+    /// `no_new_privs`. A shim that is root switches; one that is not may only run the cell as
+    /// itself.
+    pub(crate) fn workload(uid: u32, gid: u32) -> Result<Credentials, ExecPlanError> {
+        // SAFETY: geteuid/getegid take no arguments and cannot fail.
+        let (own_uid, own_gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if own_uid == 0 {
+            return Ok(Credentials { switch_to: Some((uid, gid)), no_new_privs: true });
+        }
+        if (uid, gid) != (own_uid, own_gid) {
+            return Err(ExecPlanError::CannotSwitchUser { uid, gid, own_uid, own_gid });
+        }
+        Ok(Credentials { switch_to: None, no_new_privs: true })
+    }
 }
 
 /// Everything `exec_child` needs, allocated before `fork` so the child allocates nothing.
@@ -47,10 +81,11 @@ pub(crate) struct ExecPlan {
     envp_ptrs: Vec<*const libc::c_char>,
     workdir: Option<CString>,
     empty_mask: libc::sigset_t,
+    creds: Credentials,
 }
 
 impl ExecPlan {
-    pub(crate) fn new(config: &CellConfig) -> Result<ExecPlan, ExecPlanError> {
+    pub(crate) fn new(config: &CellConfig, creds: Credentials) -> Result<ExecPlan, ExecPlanError> {
         if config.argv.is_empty() {
             return Err(ExecPlanError::EmptyArgv);
         }
@@ -100,11 +135,19 @@ impl ExecPlan {
             libc::sigemptyset(empty_mask.as_mut_ptr());
             empty_mask.assume_init()
         };
-        Ok(ExecPlan { argv, argv_ptrs, _envp: envp, envp_ptrs, workdir, empty_mask })
+        Ok(ExecPlan { argv, argv_ptrs, _envp: envp, envp_ptrs, workdir, empty_mask, creds })
     }
 
     pub(crate) fn program(&self) -> String {
         self.argv[0].to_string_lossy().into_owned()
+    }
+
+    /// The ids the workload switches to, for error messages.
+    pub(crate) fn target_ids(&self) -> String {
+        match self.creds.switch_to {
+            Some((uid, gid)) => format!("uid {uid} gid {gid}"),
+            None => "its own user".to_string(),
+        }
     }
 
     pub(crate) fn workdir_display(&self) -> String {
@@ -157,6 +200,25 @@ pub(crate) unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawF
     }
     // SAFETY: `empty_mask` is an initialised sigset owned by `plan`; the old mask is not asked for.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &plan.empty_mask, std::ptr::null_mut()) };
+    // SAFETY: prctl with integer arguments only; PR_CAPBSET_DROP reads no memory. (Before the
+    // user switch: a non-root user no longer holds CAP_SETPCAP.)
+    if opts.drop_ptrace && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) } < 0 {
+        child_fail(err_write, STAGE_CAPS);
+    }
+    // The cell's user: no supplementary groups (root's would survive a plain setuid), then the
+    // group, then the user — in that order, since after setuid no setgid is allowed. Each
+    // result is checked: a failure is a failed start, never a workload left running as root.
+    if let Some((uid, gid)) = plan.creds.switch_to {
+        if sys::drop_to_user(uid, gid).is_err() {
+            child_fail(err_write, STAGE_SETUID);
+        }
+    }
+    // No setuid binary or file capability can raise the workload's privileges again.
+    // SAFETY: prctl with integer arguments only.
+    if plan.creds.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        child_fail(err_write, STAGE_NO_NEW_PRIVS);
+    }
+    // After the user switch, which clears the parent-death signal.
     if opts.parent_death != 0 {
         // SAFETY: prctl with integer arguments only; PR_SET_PDEATHSIG reads no memory.
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
@@ -168,10 +230,6 @@ pub(crate) unsafe fn exec_child(plan: &ExecPlan, devnull: RawFd, log_write: RawF
             // SAFETY: _exit ends this child at once, running none of the shim's cleanup.
             unsafe { libc::_exit(127) };
         }
-    }
-    // SAFETY: prctl with integer arguments only; PR_CAPBSET_DROP reads no memory.
-    if opts.drop_ptrace && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0) } < 0 {
-        child_fail(err_write, STAGE_CAPS);
     }
     if sys::dup2(devnull, libc::STDIN_FILENO).is_err()
         || sys::dup2(log_write, libc::STDOUT_FILENO).is_err()

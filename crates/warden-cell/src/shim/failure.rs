@@ -69,6 +69,20 @@ pub(crate) enum StartFailure {
     ConfigMissing { path: PathBuf },
     #[error("invalid cell config")]
     Plan(#[source] ExecPlanError),
+    /// The workload could not drop to its user (setgroups, setgid, setuid): it never ran.
+    #[error("become the cell's user ({ids}; no supplementary groups)")]
+    SwitchUser {
+        ids: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An isolated cell's user namespace could not be mapped to its user.
+    #[error("map the cell's user namespace (root inside = {ids} outside)")]
+    UserNamespace {
+        ids: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the cell dir {} has no parent", cell_dir.display())]
     NoCellsDir { cell_dir: PathBuf },
     #[error("write the OCI bundle {}", path.display())]

@@ -2,6 +2,7 @@
 //! ([`crate::shim::cell_init`]) into new namespaces, handing it the report key, and judging the
 //! cell's end by the init's authenticated exit report.
 
+use crate::cell::CellUser;
 use crate::diag::report;
 use crate::exit_report::{self, Key, Outcome, VerifyError, MAX_REPORT};
 use crate::shim::cell_init::{self, InitCtx};
@@ -57,6 +58,7 @@ pub(crate) fn spawn_init<'a>(
     mut ctx: InitCtx<'a>,
     cell_id: &'a str,
     network_none: bool,
+    userns: Option<CellUser>,
 ) -> Result<(libc::pid_t, CellWatch), StartFailure> {
     let (key_read, key_write) = sys::pipe(libc::O_CLOEXEC).map_err(StartFailure::sys("key pipe"))?;
     let (report_read, report_write) = sys::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK).map_err(StartFailure::sys("report pipe"))?;
@@ -72,6 +74,12 @@ pub(crate) fn spawn_init<'a>(
         // A new network namespace holds nothing but a loopback interface, and that one down.
         flags |= libc::CLONE_NEWNET;
     }
+    if userns.is_some() {
+        // Created with the others in one clone, so the user namespace owns them all: root in
+        // the cell may mount its /proc and set its hostname, and is nobody on the host.
+        flags |= libc::CLONE_NEWUSER;
+        ctx.userns = true;
+    }
     // SAFETY: the shim is single-threaded; the child runs only `init_main`, which never returns.
     let init = unsafe { sys::clone_fork(flags as libc::c_ulong | libc::SIGCHLD as libc::c_ulong) }
         .map_err(StartFailure::sys("clone the cell's init"))?;
@@ -81,6 +89,14 @@ pub(crate) fn spawn_init<'a>(
     }
     drop(key_read);
     drop(report_write);
+    // The maps before the key: the init switches to the namespace's root once the key arrived.
+    if let Some(user) = userns {
+        if let Err(source) = map_user_namespace(init, user) {
+            let _ = sys::kill(init, libc::SIGKILL);
+            sys::reap_blocking(init);
+            return Err(StartFailure::UserNamespace { ids: format!("uid {} gid {}", user.uid, user.gid), source });
+        }
+    }
     // Not dumpable either: the shim holds the key for the cell's whole life. (It cannot fail:
     // 0 is a valid setting.)
     let _ = sys::set_not_dumpable();
@@ -105,6 +121,14 @@ pub(crate) fn spawn_init<'a>(
         kill_requested: false,
     };
     Ok((init, watch))
+}
+
+/// Maps root (0) inside `init`'s user namespace to `user` outside, one id each. Written by the
+/// shim (root in the parent namespace), so `setgroups` stays allowed inside: the init drops the
+/// supplementary groups it inherited, which would otherwise still count on the host.
+fn map_user_namespace(init: libc::pid_t, user: CellUser) -> io::Result<()> {
+    std::fs::write(format!("/proc/{init}/uid_map"), format!("0 {} 1\n", user.uid))?;
+    std::fs::write(format!("/proc/{init}/gid_map"), format!("0 {} 1\n", user.gid))
 }
 
 impl CellWatch {

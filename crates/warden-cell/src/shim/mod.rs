@@ -51,7 +51,7 @@ mod signals;
 mod stack;
 mod supervise;
 
-use crate::cell::{CellConfig, CellIsolation, StartedCell};
+use crate::cell::{CellConfig, CellIsolation, CellUser, StartedCell};
 use crate::cgroup::CellCgroups;
 use crate::diag::{report, Chain};
 use crate::durable::{read_json, write_json_atomic};
@@ -60,8 +60,10 @@ use crate::logs::LogSink;
 use crate::procfs::process_start_time;
 use crate::sys;
 use cell_init::InitCtx;
-use exec::{exec_child, read_child_error, ChildOpts, ExecPlan};
-use exec::{STAGE_CAPS, STAGE_CGROUP, STAGE_CHDIR, STAGE_EXEC, STAGE_OK, STAGE_PDEATHSIG, STAGE_STDIO};
+use exec::{exec_child, read_child_error, ChildOpts, Credentials, ExecPlan};
+use exec::{
+    STAGE_CAPS, STAGE_CGROUP, STAGE_CHDIR, STAGE_EXEC, STAGE_NO_NEW_PRIVS, STAGE_OK, STAGE_PDEATHSIG, STAGE_SETUID, STAGE_STDIO,
+};
 use failure::{RuntimeFailure, StartFailure};
 use isolated::{init_wait_set, spawn_init, CellWatch};
 use oci_cell::{undo_oci_start, wait_for_container, OciCell};
@@ -97,7 +99,13 @@ pub fn shim_main(cell_dir: &Path) -> ! {
 /// How a cell is run, as far as the shim's start-up is concerned.
 enum Mode {
     Process,
-    Cell { cell_id: Box<str>, network_none: bool },
+    /// `userns`: the ids root inside the cell's user namespace maps to (a cell that is not
+    /// root); `None`: no user namespace (a root cell).
+    Cell {
+        cell_id: Box<str>,
+        network_none: bool,
+        userns: Option<CellUser>,
+    },
     Oci(OciCell),
 }
 
@@ -125,18 +133,34 @@ fn start(cell_dir: &Path) -> Result<Running, StartFailure> {
         Ok(None) => return Err(StartFailure::ConfigMissing { path: config_path }),
         Err(source) => return Err(StartFailure::ReadConfig { path: config_path, source }),
     };
+    // Who the workload runs as: the config's user (a config from before users: the shim's own).
+    // SAFETY: geteuid/getegid take no arguments and cannot fail.
+    let user = config.user.unwrap_or_else(|| unsafe { CellUser { uid: libc::geteuid(), gid: libc::getegid() } });
     let (mode, plan) = match &config.isolation {
-        CellIsolation::Process => (Mode::Process, ExecPlan::new(&config).map_err(StartFailure::Plan)?),
-        CellIsolation::Cell { network_none } => (
-            Mode::Cell { cell_id: config.cell_id.clone().into(), network_none: *network_none },
-            ExecPlan::new(&config).map_err(StartFailure::Plan)?,
+        CellIsolation::Process => (
+            Mode::Process,
+            ExecPlan::new(&config, Credentials::workload(user.uid, user.gid).map_err(StartFailure::Plan)?)
+                .map_err(StartFailure::Plan)?,
         ),
+        CellIsolation::Cell { network_none } => {
+            // A cell that is not root gets a user namespace whose root is its user outside: root
+            // in the cell (mounts, hostname, its own PID 1), an unprivileged uid on the host. The
+            // workload then runs as that namespace's root.
+            let userns = (!user.is_root()).then_some(user);
+            let inside = if userns.is_some() { CellUser::ROOT } else { user };
+            let creds = Credentials::workload(inside.uid, inside.gid).map_err(StartFailure::Plan)?;
+            (
+                Mode::Cell { cell_id: config.cell_id.clone().into(), network_none: *network_none, userns },
+                ExecPlan::new(&config, creds).map_err(StartFailure::Plan)?,
+            )
+        }
         CellIsolation::Oci { rootfs, runtime, network_none } => {
             let (oci, argv) = OciCell::prepare(cell_dir, &config, rootfs, *runtime, *network_none)?;
             // The runtime runs on the host: the cell's env and workdir are the container's (they
             // are in the bundle), and applied to the runtime they could subvert it (LD_PRELOAD).
+            // The runtime itself stays root; the container's user is in the bundle.
             let runtime_config = CellConfig { argv, env: Default::default(), workdir: None, ..config.clone() };
-            (Mode::Oci(oci), ExecPlan::new(&runtime_config).map_err(StartFailure::Plan)?)
+            (Mode::Oci(oci), ExecPlan::new(&runtime_config, Credentials::UNCHANGED).map_err(StartFailure::Plan)?)
         }
     };
     let mut sink = LogSink::open(&config.log_path, config.log_max_size_bytes, config.log_max_files)
@@ -248,7 +272,7 @@ fn launch(
                 Ok((child, None))
             }
         }
-        Mode::Cell { cell_id, network_none } => {
+        Mode::Cell { cell_id, network_none, userns } => {
             let ctx = InitCtx {
                 plan,
                 devnull: devnull.as_raw_fd(),
@@ -260,8 +284,9 @@ fn launch(
                 hostname: &[],
                 cell_id: cell_id.as_bytes(),
                 wait_set,
+                userns: false,
             };
-            spawn_init(ctx, cell_id, *network_none).map(|(init, watch)| (init, Some(watch)))
+            spawn_init(ctx, cell_id, *network_none, *userns).map(|(init, watch)| (init, Some(watch)))
         }
     };
     close_procs(&procs);
@@ -351,6 +376,9 @@ fn stage_failure(plan: &ExecPlan, stage: i32, errno: i32) -> StartFailure {
         STAGE_CGROUP => "join the cell's cgroup",
         STAGE_CAPS => "drop CAP_SYS_PTRACE from the workload's bounding set",
         STAGE_PDEATHSIG => "set the runtime's parent-death signal",
+        STAGE_SETUID => return StartFailure::SwitchUser { ids: plan.target_ids(), source },
+        STAGE_NO_NEW_PRIVS => "set no_new_privs",
+        cell_init::STAGE_INIT_USER => "cell init: become root of the cell's user namespace",
         cell_init::STAGE_INIT_PRIVATE => "cell init: make mounts private",
         cell_init::STAGE_INIT_PROC => "cell init: mount /proc",
         cell_init::STAGE_INIT_HOSTNAME => "cell init: set the hostname",

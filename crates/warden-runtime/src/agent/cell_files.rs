@@ -52,6 +52,15 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// A hot standby's role file: the cell (its own unprivileged user) reads it, and it holds no
+/// secret (`standby` or `primary <epoch>`), so it is world-readable, written atomically.
+pub(super) fn write_role_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 pub(super) fn write_checkpoint_plan(cell_dir: &Path, plan: &CheckpointPlan) -> std::io::Result<()> {
     write_private(&cell_dir.join(CHECKPOINT_FILE), &serde_json::to_vec(plan).expect("serializes"))
 }

@@ -79,6 +79,14 @@ enum StartFailure {
     LeaseNotClaimed { epoch: u64 },
     #[error("checkpoint restore failed")]
     Restore(#[source] RestoreError),
+    /// The restored `state_dir` could not be given to the cell's user, who must write it.
+    #[error("cannot give the state dir {dir} to the cell's user (uid {uid})")]
+    HandOver {
+        dir: String,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Spawn(SpawnCellError),
 }
@@ -351,7 +359,16 @@ impl Executor {
         let entry = Entry { spec_id: spec_id.clone(), lease_outage: outage, ..Entry::starting(workload_id.clone(), false, ttl) };
         self.context.cells().insert(cell_id.clone(), entry);
 
-        let mut config = cell_config(&workload_id, &cell_id, &cell, &logs, self.context.logs_dir());
+        let mut config = match cell_config(&workload_id, &cell_id, &cell, &logs, self.context.logs_dir()) {
+            Ok(config) => config,
+            Err(e) => {
+                self.context.cells().remove(&cell_id);
+                let error = error_chain(&e);
+                tracing::warn!(%cell_id, "not started: {error}");
+                self.context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
+                return;
+            }
+        };
         if let Some(spec_id) = spec_id {
             config.env.insert(SPEC_ID_ENV.to_string(), spec_id);
         }
@@ -374,9 +391,15 @@ impl Executor {
         }
         // With the lease (if any) won, and before the cell exists: its state, as last checkpointed.
         if let Some(plan) = &checkpoint {
-            if let Err(error) = checkpointing::restore(&self.context, &workload_id, plan).await {
+            let user = config.user.unwrap_or(warden_cell::CellUser::ROOT);
+            let restored =
+                checkpointing::restore(&self.context, &workload_id, plan).await.map_err(StartFailure::Restore).and_then(|()| {
+                    crate::cell_user::hand_over(std::path::Path::new(&plan.state_dir), user)
+                        .map_err(|source| StartFailure::HandOver { dir: plan.state_dir.clone(), uid: user.uid, source })
+                });
+            if let Err(error) = restored {
                 self.context.cells().remove(&cell_id);
-                let error = error_chain(&StartFailure::Restore(error));
+                let error = error_chain(&error);
                 tracing::warn!(%cell_id, "not started: {error}");
                 self.context.report(workload_id, cell_id, ReportEvent::StartFailed { error }).await;
                 return;

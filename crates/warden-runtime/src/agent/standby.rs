@@ -27,7 +27,7 @@ use warden_core::lease::{HeldLease, OutagePolicy};
 use warden_core::spec::{CellSpec, LogSpec};
 
 use super::blobs;
-use super::cell_files::{write_lease_terms, write_private, EPOCH_ENV, ROLE_FILE};
+use super::cell_files::{write_lease_terms, write_private, write_role_file, EPOCH_ENV, ROLE_FILE};
 use super::cell_table::{Entry, Tracked};
 use super::context::AgentContext;
 use super::http::HttpError;
@@ -258,7 +258,14 @@ impl Standbys {
     pub(super) async fn start_hot(&self, hot: &HotStart) -> Option<StartedCell> {
         let HotStart { workload_id, cell_id, cell, logs } = hot;
         let context = &self.context;
-        let mut config = crate::cells::cell_config(workload_id, cell_id, cell, logs, context.logs_dir());
+        let mut config = match crate::cells::cell_config(workload_id, cell_id, cell, logs, context.logs_dir()) {
+            Ok(config) => config,
+            Err(error) => {
+                context.cells().remove(cell_id);
+                tracing::warn!(%cell_id, "hot standby did not start: {}", error_chain(&error));
+                return None;
+            }
+        };
         let validity_ns = context.timing().holder_validity_ms().saturating_mul(1_000_000);
         config.fence = Some(Fence {
             epoch: STANDBY_EPOCH,
@@ -272,7 +279,7 @@ impl Standbys {
             Ok(started) => {
                 // Written after the start (the shim makes the dir): a cell that finds no file yet
                 // is a standby, as WARDEN_ROLE says.
-                if let Err(e) = write_private(&role_file, b"standby\n") {
+                if let Err(e) = write_role_file(&role_file, b"standby\n") {
                     tracing::warn!(%cell_id, "cannot write the role file: {e}");
                 }
                 if let Some(entry) = context.cells().get_mut(cell_id) {
@@ -349,7 +356,7 @@ impl Standbys {
         if let Err(e) = write_lease_terms(&cell_dir, ttl_ms, outage) {
             tracing::warn!(%cell_id, "cannot keep the lease terms in the cell dir (a restarted agent fences it by the cluster's): {e}");
         }
-        if let Err(e) = write_private(&cell_dir.join(ROLE_FILE), format!("primary {epoch}\n").as_bytes()) {
+        if let Err(e) = write_role_file(&cell_dir.join(ROLE_FILE), format!("primary {epoch}\n").as_bytes()) {
             tracing::warn!(%cell_id, "cannot write the role file: {e}");
         }
         // The cell's process is the one this agent watches (its shim's pidfd is open), so the

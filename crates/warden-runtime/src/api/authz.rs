@@ -167,6 +167,28 @@ pub(super) fn check(principal: &Principal, action: Action, namespace: &str) -> R
     authorize(principal, action, &Resource::in_namespace(action.kind, namespace)).map_err(|e| denied(e, "", false))
 }
 
+/// A submission whose cell asks to run as root (`user = "root"`, uid 0 or gid 0) would run it
+/// as root on its host, where it could read the data dir and the admin's key: that takes the
+/// admin role (`Administer` on the kind in the namespace), on top of the route's own rule.
+/// `cells` are (field, user) pairs as the body names them; the refusal (403) names the field.
+pub(super) fn check_cell_users<'a>(
+    principal: &Principal,
+    kind: Kind,
+    namespace: &str,
+    cells: impl IntoIterator<Item = (String, Option<&'a warden_core::spec::CellUser>)>,
+) -> Result<(), ApiError> {
+    for (field, user) in cells {
+        let Some(user) = user.filter(|user| user.is_root()) else { continue };
+        if let Err(denied) = authorize(principal, Action::administer(kind), &Resource::in_namespace(kind, namespace)) {
+            return Err(ApiError::Forbidden(format!(
+                "{field} = \"{user}\" runs the cell as root on its host, which only an admin may ask for \
+                 (leave it out to run as the unprivileged default cell user): {denied}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// For a host activation rollout (`Target::Body`, cluster-wide).
 pub(super) fn check_cluster(principal: &Principal, action: Action) -> Result<(), ApiError> {
     authorize(principal, action, &Resource::cluster(action.kind)).map_err(|e| denied(e, "", false))

@@ -68,6 +68,8 @@ pub(super) async fn job_run(
     let mut manifest =
         JobManifest::parse(&request.file, &request.manifest_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     authz::check(&principal, Action::operate(Kind::Job), &manifest.namespace)?;
+    let users = manifest.states.iter().map(|state| (format!("state {:?}: user", state.id), state.cell.user.as_ref()));
+    authz::check_cell_users(&principal, Kind::Job, &manifest.namespace, users)?;
     if let Some(workdir) = &request.workdir {
         if !std::path::Path::new(workdir).is_absolute() {
             return Err(ApiError::BadRequest(format!("the default workdir must be an absolute path, not {workdir:?}")));

@@ -46,6 +46,18 @@ pub(super) async fn rollout_start(
             }
         }
     }
+    // A new spec whose cell asks for root is an admin's, like its submission (a spec that does
+    // not parse is refused by the engine, with its line).
+    if let (Some(file), Some(toml)) = (&request.spec_file, &request.spec_toml) {
+        if let Ok(spec) = warden_core::Spec::parse(file, toml) {
+            authz::check_cell_users(
+                &principal,
+                Kind::Rollout,
+                &spec.namespace,
+                [("cell.user".to_string(), spec.cell.user.as_ref())],
+            )?;
+        }
+    }
     let view = ask(&state, |reply| Command::RolloutStart { request, caller, reply }).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }

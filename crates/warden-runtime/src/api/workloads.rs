@@ -52,6 +52,7 @@ pub(super) async fn submit(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))?;
     let spec = Spec::parse(&request.file, &request.spec_toml).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     authz::check(&principal, Action::operate(Kind::Workload), &spec.namespace)?;
+    authz::check_cell_users(&principal, Kind::Workload, &spec.namespace, [("cell.user".to_string(), spec.cell.user.as_ref())])?;
     let view =
         ask(&state, |reply| Command::Submit { spec, owner: caller, consumer_workload_id: request.consumer_workload_id, reply })
             .await?;

@@ -17,6 +17,7 @@
 //! the event that names them, so no event ever refers to an artifact that was not kept.
 
 use std::collections::{BTreeSet, HashSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -375,8 +376,9 @@ impl StepContext {
     }
 
     /// Writes the base context into `dir/context.json` (atomically: a half-written file is never
-    /// what a step reads).
-    pub fn materialize(&self, store: &dyn Store) -> Result<(), ContextError> {
+    /// what a step reads), and gives the attempt dir (0700) to the step's `user`, who must write
+    /// the context; the dirs above it are 0711, so other cells can pass but not list them.
+    pub fn materialize(&self, store: &dyn Store, user: warden_cell::CellUser) -> Result<(), ContextError> {
         let id = &self.base_snapshot_id;
         let bytes = store
             .get_artifact(id)
@@ -386,9 +388,15 @@ impl StepContext {
             result.map_err(|source| ContextError::Write { path: path.to_path_buf(), source })
         };
         write(&self.dir, std::fs::create_dir_all(&self.dir))?;
+        let mode = |path: &Path, mode: u32| write(path, std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
+        for passable in self.dir.ancestors().skip(1).take(2) {
+            mode(passable, 0o711)?;
+        }
+        mode(&self.dir, 0o700)?;
         let tmp = self.dir.join(".context.json.tmp");
         write(&tmp, std::fs::write(&tmp, &bytes))?;
-        write(&self.dir, std::fs::rename(&tmp, self.dir.join("context.json")))
+        write(&self.dir, std::fs::rename(&tmp, self.dir.join("context.json")))?;
+        write(&self.dir, crate::cell_user::hand_over(&self.dir, user))
     }
 }
 

@@ -180,7 +180,10 @@ impl LocalCells {
     /// Starts a local cell; its start (or failure) and later its exit come back as inputs.
     pub fn start(&self, live: &Projection, jobs: &Jobs, workload_id: String, cell_id: String) {
         let Some(workload) = live.workloads.get(&workload_id) else { return };
-        let mut config = cell_config(&workload_id, &cell_id, &workload.spec.cell, &workload.spec.logs, &self.logs_dir);
+        let mut config = match cell_config(&workload_id, &cell_id, &workload.spec.cell, &workload.spec.logs, &self.logs_dir) {
+            Ok(config) => config,
+            Err(e) => return self.send(&workload_id, Input::CellStartFailed { cell_id, error: error_chain(&e) }),
+        };
         // Secrets are opened now, for this start only: a new version applies at the next start,
         // a removed secret fails it (naming the secret, never a value). Re-adopting a running
         // cell needs none of this.
@@ -188,6 +191,7 @@ impl LocalCells {
             Ok(values) => config.env.extend(values),
             Err(error) => return self.send(&workload_id, Input::CellStartFailed { cell_id, error: error_chain(&error) }),
         }
+        let user = config.user.unwrap_or(warden_cell::CellUser::ROOT);
         // A job step starts from its base context, written just before its cell (also when a
         // start is resumed after a crash: the cell never ran, so the file is rewritten whole).
         let step = jobs.step_context(live, &workload_id);
@@ -204,7 +208,7 @@ impl LocalCells {
             let starter = backend.clone();
             let started = tokio::task::spawn_blocking(move || {
                 if let Some(step) = step {
-                    step.materialize(store.as_ref())
+                    step.materialize(store.as_ref(), user)
                         .map_err(|e| format!("cannot write the step's context: {}", error_chain(&e)))?;
                 }
                 starter.start(&config).map_err(|e| error_chain(&e))
