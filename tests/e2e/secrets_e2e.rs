@@ -99,7 +99,7 @@ fn spec(name: &str, out: &Path, extra: &str) -> String {
 #[test]
 fn a_secret_reaches_the_cells_environment_and_nothing_else() {
     let mut warden = Warden::start();
-    let out = warden.root.path().join("seen-by-the-cell");
+    let out = warden.shared("out").join("seen-by-the-cell");
     let (first, second) = (marker("first"), marker("second"));
 
     // A spec naming a secret that does not exist is refused, naming the variable and the secret.
@@ -139,7 +139,7 @@ fn a_secret_reaches_the_cells_environment_and_nothing_else() {
     assert_eq!((mode(&key), std::fs::metadata(&key).unwrap().len()), (0o600, 32));
 
     // A job's step gets it the same way; a manifest naming a missing secret is refused.
-    let step_out = warden.root.path().join("seen-by-the-step");
+    let step_out = warden.shared("out").join("seen-by-the-step");
     let manifest = |secret: &str| {
         format!(
             "name = \"uses-secret\"\n[[state]]\nid = \"step\"\nargv = [\"sh\", \"-c\", \"printf %s \\\"$DB_PASSWORD\\\" > {}\"]\n\
@@ -280,7 +280,7 @@ fn a_secret_reaches_the_cells_environment_and_nothing_else() {
 fn only_the_host_that_runs_the_cell_gets_the_value() {
     let cluster = Cluster::start(2);
     let warden = &cluster.server;
-    let out = warden.root.path().join("seen-on-the-agent");
+    let out = warden.shared("out").join("seen-on-the-agent");
     let value = marker("agent");
     put_ok(warden, "default", "db-password", &value);
     let id = warden.run("db.toml", &spec("db", &out, ""));
