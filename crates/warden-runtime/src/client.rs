@@ -25,6 +25,7 @@ pub use blocking::{BlockingClient, BlockingResponse};
 pub use connection::{ClientConfig, ClientSetupError};
 pub use error::HttpError;
 pub use signed::{Client, Request, Response};
+pub use crate::tls::ServerTrust;
 
 #[cfg(test)]
 mod tests;

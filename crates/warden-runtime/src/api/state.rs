@@ -41,6 +41,9 @@ pub struct ApiState {
     pub queues: Arc<Queues>,
     /// Signs the journal's chain head (`<data-dir>/server.key`).
     pub server_key: Arc<crate::auth::Identity>,
+    /// The TLS certificate's fingerprint, carried by the join tokens made here; `None` on plain
+    /// HTTP (`--insecure-http`).
+    pub tls_pin: Option<warden_core::fingerprint::Fingerprint>,
 }
 
 /// The authenticated caller's principal (`ed25519:<hex>`).
