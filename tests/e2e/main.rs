@@ -24,4 +24,5 @@ mod outage_e2e;
 mod rollout_e2e;
 mod security_edges;
 mod standby_e2e;
+mod tls_e2e;
 mod tokens_e2e;

@@ -23,7 +23,7 @@ fn spawn_agent(cluster: &Cluster, name: &str, how: &str, token: &str) -> (Child,
     let log = std::fs::File::create(data_dir.join("agent.log")).unwrap();
     let mut command = Command::new(bin());
     command
-        .args(["agent", "--server", &format!("http://{}", cluster.server.addr()), "--name", name, "--data-dir"])
+        .args(["agent", "--server", &format!("https://{}", cluster.server.addr()), "--name", name, "--data-dir"])
         .arg(&data_dir)
         .env("XDG_CONFIG_HOME", cluster.server.config_home())
         .env_remove("WARDEN_JOIN_TOKEN")

@@ -176,15 +176,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         identity
     };
     let identity = Arc::new(identity);
+    let enrolled_path = data_dir.join("enrolled.json");
+    let enrollment = read_enrollment(&enrolled_path)?;
+    let join_token = config.join_token.clone().filter(|t| !t.trim().is_empty());
+    if enrollment.is_none() && join_token.is_none() {
+        return Err(AgentError::NoJoinToken);
+    }
     let pin_path = data_dir.join(SERVER_PIN_FILE);
     let (trust, pin_to_save) = server_trust(&config, &pin_path)?;
     let http = Arc::new(Http::new(&config.server, identity.clone(), trust).map_err(AgentError::Server)?);
 
-    let enrolled_path = data_dir.join("enrolled.json");
-    let enrolled = match read_enrollment(&enrolled_path)? {
+    let enrolled = match enrollment {
         Some(enrolled) => enrolled,
         None => {
-            let join_token = config.join_token.clone().filter(|t| !t.trim().is_empty()).ok_or(AgentError::NoJoinToken)?;
+            let join_token = join_token.ok_or(AgentError::NoJoinToken)?;
             let request = EnrollRequest {
                 join_token: join_token.trim().to_string(),
                 name: config.name.clone(),

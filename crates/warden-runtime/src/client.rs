@@ -20,12 +20,12 @@ mod connection;
 mod error;
 mod signed;
 
+pub use crate::tls::ServerTrust;
 pub use address::{ServerAddress, ServerAddressError};
 pub use blocking::{BlockingClient, BlockingResponse};
 pub use connection::{ClientConfig, ClientSetupError};
 pub use error::HttpError;
 pub use signed::{Client, Request, Response};
-pub use crate::tls::ServerTrust;
 
 #[cfg(test)]
 mod tests;

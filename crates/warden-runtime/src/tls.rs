@@ -281,7 +281,8 @@ pub async fn probe_fingerprint(authority: &str, host: &str, timeout: std::time::
         .with_no_client_auth();
     let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host:?} is not a server name: {e}"))?;
     let handshake = async {
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+        let stream =
+            tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("cannot connect to {authority}: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, stream)
             .await

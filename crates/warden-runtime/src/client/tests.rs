@@ -287,7 +287,8 @@ async fn the_client_accepts_exactly_the_pinned_certificate() {
     assert_eq!(client.base_url(), format!("https://{addr}"));
     assert_eq!(client.call("GET", "/open/echo", b"", SECOND).await.unwrap().0, 200);
 
-    let other = ClientConfig { trust: ServerTrust::Pinned(warden_core::fingerprint::Fingerprint::of_der(b"x")), ..pinned.clone() };
+    let other =
+        ClientConfig { trust: ServerTrust::Pinned(warden_core::fingerprint::Fingerprint::of_der(b"x")), ..pinned.clone() };
     let error = Client::unsigned(&addr.to_string(), &other).unwrap().call("GET", "/open/echo", b"", SECOND).await.unwrap_err();
     assert!(matches!(&error, HttpError::Certificate(m) if m.contains(&tls.fingerprint.to_string())), "{error:?}");
 
