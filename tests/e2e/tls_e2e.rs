@@ -133,6 +133,7 @@ fn an_agent_trusts_the_pin_in_its_join_token_and_refuses_another_server() {
     agent.spawn(Command::new(bin()), &warden.addr(), &token);
     let host_up = |warden: &Warden| warden.hosts().iter().any(|h| h.name == "h1" && h.state == "up");
     wait_until("h1 up", Duration::from_secs(20), || host_up(&warden));
+    wait_until("the agent's saved pin", Duration::from_secs(10), || agent.data_dir.join("server-pin").exists());
     let saved = std::fs::read_to_string(agent.data_dir.join("server-pin")).unwrap();
     assert_eq!(saved.trim(), pin, "the agent keeps the pin");
 

@@ -114,8 +114,10 @@ fn expired_used_up_and_revoked_join_tokens_enroll_nothing_and_no_token_is_ever_i
     let (child, dir) = spawn_agent(&cluster, "revoked", "env", &revoked);
     let (status, log) = refused(child, &dir);
     assert!(!status.success() && log.contains("was revoked"), "{log}");
-    // A made-up token too.
-    let (child, dir) = spawn_agent(&cluster, "forger", "env", &format!("wjt_{}_{}", token_id(&once), "0".repeat(64)));
+    // A made-up token too (with the server's real certificate pin: only the secret is wrong).
+    let pin = warden_core::cluster::join_token_pin(&once).expect("a TLS server's token carries its pin");
+    let forged = format!("wjt_{}_{}_{}", token_id(&once), "0".repeat(64), pin.hex());
+    let (child, dir) = spawn_agent(&cluster, "forger", "env", &forged);
     let (status, log) = refused(child, &dir);
     assert!(!status.success() && log.contains("wrong join token"), "{log}");
 

@@ -103,7 +103,7 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 pub struct AgentConfig {
-    /// The control plane: `http://host:port` or `host:port`.
+    /// The control plane: `host:port` or `https://host:port` (TLS), `http://host:port` (plain).
     pub server: String,
     /// This host's name, unique in the cluster.
     pub name: String,

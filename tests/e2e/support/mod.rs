@@ -344,6 +344,14 @@ pub fn client_config(addr: &str) -> ClientConfig {
     ClientConfig { trust: ServerTrust::Pinned(pin), ..ClientConfig::default() }
 }
 
+/// A TLS connection over `tcp` to the server at `addr`, trusting the pin the tests learnt for it:
+/// for tests that write raw HTTP bytes. The handshake happens on the first write or read.
+pub fn tls_over(tcp: std::net::TcpStream, addr: &str) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let config = warden_runtime::tls::client_config(&client_config(addr).trust).unwrap().expect("a pinned server");
+    let name = rustls::pki_types::ServerName::try_from("warden").unwrap();
+    rustls::StreamOwned::new(rustls::ClientConnection::new(Arc::new(config), name).unwrap(), tcp)
+}
+
 /// Whether the server at `addr` (data dir `data_dir`) answers its health check, once it wrote
 /// its certificate's fingerprint; `health` keeps the client between calls.
 pub fn answers_health_once_pinned(addr: &str, data_dir: &Path, health: &mut Option<BlockingClient>) -> bool {
