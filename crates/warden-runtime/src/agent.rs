@@ -138,8 +138,8 @@ pub enum AgentError {
     #[error("{path} is not a certificate fingerprint (sha256:<hex>)")]
     PinCorrupt { path: String },
     #[error(
-        "refusing to talk to the control plane: {0}. If this is the right server, its certificate was replaced: \
-         use a new join token from it (remove <agent data dir>/server-pin), or --ca FILE"
+        "refusing to talk to the control plane: {0}. If its certificate was replaced on purpose, remove \
+         <agent data dir>/server-pin and start again with a new join token from it, or use --ca FILE"
     )]
     Certificate(String),
     #[error(transparent)]
