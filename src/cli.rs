@@ -67,7 +67,7 @@ struct ServeArgs {
     #[arg(long = "tls-san", value_name = "NAME|IP")]
     tls_san: Vec<String>,
     /// Serve this certificate chain (PEM) instead of the generated one; with --tls-key.
-    #[arg(long, requires = "tls_key", conflicts_with = "insecure_http")]
+    #[arg(long, requires = "tls_key", conflicts_with_all = ["insecure_http", "tls_san"])]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]

@@ -196,3 +196,69 @@ fn plain_http_is_served_on_loopback_only_and_only_when_asked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--insecure-http") && err.contains("refused on 0.0.0.0:0") && err.contains("loopback"), "{err}");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is needed by this test");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn an_operators_own_certificate_is_served_and_verified_with_ca() {
+    // A CA, and a certificate it signed for 127.0.0.1 and localhost.
+    let pki = tempfile::tempdir().unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        pki.path(),
+        &[&["req", "-x509"], &ec[..], &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test ca"]].concat(),
+    );
+    openssl(pki.path(), &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=warden"]].concat());
+    std::fs::write(
+        pki.path().join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        pki.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    let file = |name: &str| pki.path().join(name).to_str().unwrap().to_string();
+    let warden = Warden::start_with(&["--tls-cert", &file("server.pem"), "--tls-key", &file("server.key")]);
+    assert!(!warden.data_dir().join("tls/cert.pem").exists(), "nothing generated beside the operator's certificate");
+    assert!(warden.up_log().contains("given with --tls-cert"), "{}", warden.up_log());
+    let port = warden.addr().rsplit_once(':').unwrap().1.to_string();
+    assert!(curl_health(&pki.path().join("ca.pem"), &format!("https://localhost:{port}/v1/health")).contains("\"ok\""));
+
+    // A CLI with --ca trusts it through the CA, pinning nothing; one with another CA refuses it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(elsewhere.path().join("warden")).unwrap();
+    std::fs::copy(warden.config_home().join("warden/admin.key"), elsewhere.path().join("warden/admin.key")).unwrap();
+    let (ok, _, err) = cli_with(elsewhere.path(), &format!("localhost:{port}"), &["ps", "--ca", &file("ca.pem")]);
+    assert!(ok && !err.contains("trusting"), "{err}");
+    assert!(!elsewhere.path().join("warden/known_tls").exists(), "--ca pins nothing");
+    let (ok, _, err) = cli_with(elsewhere.path(), &format!("localhost:{port}"), &["ps", "--ca", &file("server.csr")]);
+    assert!(!ok, "a file with no certificate is refused: {err}");
+    let other = tempfile::tempdir().unwrap();
+    openssl(
+        other.path(),
+        &[&["req", "-x509"], &ec[..], &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=other ca"]].concat(),
+    );
+    let (ok, _, err) =
+        cli_with(elsewhere.path(), &format!("localhost:{port}"), &["ps", "--ca", other.path().join("ca.pem").to_str().unwrap()]);
+    assert!(!ok && err.contains("certificate"), "a certificate another CA did not sign is refused: {err}");
+}

@@ -150,7 +150,11 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
                 "  tls          {} ({}; {}); join tokens carry it, the local CLI pins it in {}",
                 server_tls.fingerprint,
                 server_tls.cert_path.display(),
-                if server_tls.generated { "made now" } else { "reused" },
+                match (&config.tls, server_tls.generated) {
+                    (tls::TlsSetup::Files { .. }, _) => "given with --tls-cert",
+                    (_, true) => "made now",
+                    (_, false) => "reused",
+                },
                 known_tls.display()
             );
         }
