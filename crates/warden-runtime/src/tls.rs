@@ -119,10 +119,14 @@ pub fn server_tls(data_dir: &Path, listen: SocketAddr, hostname: &str, setup: &T
     };
     let fingerprint = Fingerprint::of_der(leaf);
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_error(&key_path, e, "private key"))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    // Agents open a fresh connection per request (`agent::http`): session tickets let them
+    // resume instead of a full handshake each time, however many agents there are (the
+    // default session cache holds 256).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
     let fingerprint_path = dir.join(FINGERPRINT_FILE);
     write_file(&fingerprint_path, format!("{fingerprint}\n").as_bytes(), 0o644).map_err(file_err(&fingerprint_path))?;
@@ -363,5 +367,43 @@ mod tests {
         assert_eq!(known_pin(&file, "h:1").unwrap(), Some(a));
         assert_eq!(known_pin(&file, "h:2").unwrap(), Some(b));
         assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    }
+
+    /// A pinned client's second connection resumes the session: no full handshake per request
+    /// for agents, which open a connection for each.
+    #[tokio::test]
+    async fn a_pinned_client_resumes_its_session_on_the_next_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let setup = TlsSetup::Generate { extra_names: Vec::new() };
+        let tls = server_tls(dir.path(), addr, "n", &setup).unwrap().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    if let Ok(mut stream) = acceptor.accept(stream).await {
+                        let _ = stream.write_all(b"hello").await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+            }
+        });
+        let config = Arc::new(client_config(&ServerTrust::Pinned(tls.fingerprint.clone())).unwrap().unwrap());
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            use tokio::io::AsyncReadExt;
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.unwrap();
+            let mut text = Vec::new();
+            stream.read_to_end(&mut text).await.unwrap();
+            assert_eq!(text, b"hello");
+            kinds.push(stream.get_ref().1.handshake_kind());
+        }
+        assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]);
     }
 }
