@@ -39,7 +39,7 @@ impl Http {
         Ok(Http { client })
     }
 
-    /// `http://host:port`, for messages.
+    /// `https://host:port` (or `http://`), for messages.
     pub fn base_url(&self) -> &str {
         self.client.base_url()
     }

@@ -99,7 +99,7 @@ impl Client {
         Client { identity: Some(identity), ..self.clone() }
     }
 
-    /// `http://host:port`, for messages.
+    /// `https://host:port` (or `http://`), for messages.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
