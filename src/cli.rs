@@ -37,6 +37,10 @@ struct Cli {
     /// The credential to sign requests with (default: ~/.config/warden/admin.key).
     #[arg(long, global = true, env = "WARDEN_CREDENTIAL")]
     credential: Option<PathBuf>,
+    /// Trust the server's TLS certificate if it chains to a certificate in this PEM file (for a
+    /// server given --tls-cert), instead of pinning its fingerprint (~/.config/warden/known_tls).
+    #[arg(long, global = true, env = "WARDEN_CA")]
+    ca: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -58,6 +62,31 @@ struct ServeArgs {
     /// Snapshot the state every this many events, so start-up replays only what follows.
     #[arg(long, default_value_t = warden_runtime::engine::DEFAULT_SNAPSHOT_EVERY_N_EVENTS)]
     snapshot_every: u64,
+    /// Another name (DNS name or IP address) for the generated TLS certificate, beside
+    /// localhost, 127.0.0.1, ::1, the listen address and the host name; repeatable. Used when
+    /// the certificate is made (the first start; delete <data-dir>/tls to make a new one).
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    tls_san: Vec<String>,
+    /// Serve this certificate chain (PEM) instead of the generated one; with --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with_all = ["insecure_http", "tls_san"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP, no TLS: refused unless --listen is a loopback address.
+    #[arg(long, conflicts_with_all = ["tls_san", "tls_key"])]
+    insecure_http: bool,
+}
+
+impl ServeArgs {
+    fn tls(&self) -> warden_runtime::tls::TlsSetup {
+        use warden_runtime::tls::TlsSetup;
+        match (&self.tls_cert, &self.tls_key) {
+            _ if self.insecure_http => TlsSetup::InsecureHttp,
+            (Some(cert), Some(key)) => TlsSetup::Files { cert: cert.clone(), key: key.clone() },
+            _ => TlsSetup::Generate { extra_names: self.tls_san.clone() },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -80,7 +109,8 @@ enum Command {
     /// Run this host's cells for a control plane (`warden server`): enroll once with a join token,
     /// then heartbeat, take commands and report; cells outlive the agent and are re-adopted.
     Agent {
-        /// The control plane: http://HOST:PORT or HOST:PORT.
+        /// The control plane: HOST:PORT or https://HOST:PORT (TLS, the certificate pinned from
+        /// the join token, or --ca), or http://HOST:PORT for a server with --insecure-http.
         #[arg(long, env = "WARDEN_SERVER")]
         server: String,
         /// This host's name, unique in the cluster.
@@ -260,17 +290,18 @@ pub fn main() -> Result<()> {
     }
     let local_cells = matches!(cli.command, Command::Up { .. });
     match cli.command {
-        Command::Up { serve: ServeArgs { listen, data_dir, name, snapshot_every } }
-        | Command::Server { serve: ServeArgs { listen, data_dir, name, snapshot_every } } => {
+        Command::Up { serve } | Command::Server { serve } => {
+            let tls = serve.tls();
             let config = warden_runtime::UpConfig {
-                listen,
-                data_dir: data_dir.unwrap_or_else(paths::default_data_dir),
+                listen: serve.listen,
+                data_dir: serve.data_dir.unwrap_or_else(paths::default_data_dir),
                 config_dir: paths::default_config_dir(),
-                node_name: name.unwrap_or_else(common::hostname),
+                node_name: serve.name.unwrap_or_else(common::hostname),
                 shim: warden_cell::ShimExe::locate(),
-                snapshot_every_n_events: snapshot_every,
+                snapshot_every_n_events: serve.snapshot_every,
                 local_cells,
                 cluster: Default::default(),
+                tls,
             };
             tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -292,6 +323,7 @@ pub fn main() -> Result<()> {
                 channel,
                 tags,
                 join_token,
+                ca: cli.ca,
                 shim: warden_cell::ShimExe::locate(),
             };
             tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
@@ -308,7 +340,7 @@ pub fn main() -> Result<()> {
         }
         Command::Journal { action } => journal::run(action, cli.output),
         command => {
-            let client = Client::new(&cli.addr, cli.credential)?;
+            let client = Client::new(&cli.addr, cli.credential, cli.ca)?;
             run_client(&client, command, cli.output)
         }
     }

@@ -376,7 +376,7 @@ impl Cluster {
     }
 
     fn start_host(&mut self, i: usize) -> Result<()> {
-        let url = format!("http://127.0.0.1:{}", self.port);
+        let url = format!("https://127.0.0.1:{}", self.port);
         let config_home = self.config_home();
         self.hosts[i].start(&url, &self.join_token, &config_home)
     }

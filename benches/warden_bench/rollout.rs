@@ -47,7 +47,7 @@ use warden_runtime::engine::now_ms;
 use warden_runtime::proto::{EnrollRequest, RolloutReport, RolloutReportResponse};
 use warden_runtime::view::{HostView, RolloutRequest, RolloutView};
 
-use crate::common::control_plane::{parallel, start_control_plane, Api};
+use crate::common::control_plane::{client_config, parallel, start_control_plane, Api};
 use crate::common::process::{progress, tail, wait_until, Proc};
 use crate::common::stats::sorted;
 use crate::common::table::{fmt_ms, fmt_ratio, fmt_s, group_thousands, machine_summary, one_line};
@@ -137,7 +137,7 @@ struct SimulatedHost {
 /// A client of the control plane keeping up to `idle_connections` keep-alive connections; it
 /// signs as each host in turn (`post_signed`).
 fn http_client(plane: &ControlPlane, idle_connections: usize) -> Result<BlockingClient> {
-    let config = ClientConfig { idle_connections_per_host: idle_connections, ..ClientConfig::default() };
+    let config = ClientConfig { idle_connections_per_host: idle_connections, ..client_config(&plane.addr)? };
     Ok(BlockingClient::unsigned(&plane.addr, &config)?)
 }
 

@@ -3,10 +3,11 @@
 //! one; `warden events verify --backup FILE` checks one offline.
 //!
 //! The format and its checks are `warden_store::backup`; this module knows the data dir: which
-//! files are carried (the server key, the join token, `authorized_keys`, the checkpoint keys,
-//! the secrets key),
+//! files are carried (the server key, the join token, `authorized_keys`, the TLS certificate and
+//! its key, so that agents' and CLIs' pins still hold after a restore, the checkpoint keys, the
+//! secrets key),
 //! the lock a running server holds, and where things go back. Local on purpose, not over the
-//! API: the file holds secrets, and the API is not TLS yet.
+//! API: the file holds secrets.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
@@ -25,8 +26,15 @@ use super::common::{hostname, Output};
 /// The data dir's files a backup carries, besides the journal. `keys/` (every file in it) is
 /// added to these: checkpointed workloads' encryption keys, without which their blobs are noise.
 /// `secrets.key` likewise: without it the journal's sealed secrets open nowhere.
-const DATA_DIR_FILES: [&str; 5] =
-    [paths::SERVER_KEY_FILE, paths::SERVER_PUB_FILE, "join-token", "authorized_keys", paths::SECRETS_KEY_FILE];
+const DATA_DIR_FILES: [&str; 7] = [
+    paths::SERVER_KEY_FILE,
+    paths::SERVER_PUB_FILE,
+    "join-token",
+    "authorized_keys",
+    "tls/cert.pem",
+    "tls/key.pem",
+    paths::SECRETS_KEY_FILE,
+];
 const KEYS_DIR: &str = "keys";
 const JOURNAL_FILE: &str = "journal.db";
 

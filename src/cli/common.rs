@@ -5,12 +5,14 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::ValueEnum;
+use warden_core::fingerprint::Fingerprint;
 use warden_runtime::auth::Identity;
-use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, HttpError};
-use warden_runtime::paths;
+use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, HttpError, ServerAddress, ServerTrust};
+use warden_runtime::{paths, tls};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -25,12 +27,19 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(addr: &str, credential: Option<PathBuf>) -> Result<Client> {
+    pub fn new(addr: &str, credential: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Client> {
         let path = credential.unwrap_or_else(|| paths::default_config_dir().join(paths::ADMIN_CREDENTIAL_FILE));
         let identity =
             Identity::load(&path).with_context(|| "no credential; `warden up` creates one on its first start".to_string())?;
-        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())
-            .context("set --addr or WARDEN_ADDR to HOST[:PORT] or http://HOST[:PORT]")?;
+        let address = ServerAddress::parse(addr)
+            .context("set --addr or WARDEN_ADDR to HOST[:PORT], https://HOST[:PORT] or http://HOST[:PORT]")?;
+        let trust = match ca {
+            _ if !address.tls() => ServerTrust::Nobody,
+            Some(ca) => ServerTrust::ca_file(&ca).with_context(|| format!("--ca {}", ca.display()))?,
+            None => ServerTrust::Pinned(pin_for(&address)?),
+        };
+        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig { trust, ..ClientConfig::default() })
+            .context("set --addr or WARDEN_ADDR to HOST[:PORT], https://HOST[:PORT] or http://HOST[:PORT]")?;
         Ok(Client { http })
     }
 
@@ -56,10 +65,33 @@ impl Client {
     }
 }
 
+/// The certificate fingerprint pinned for `address` in `known_tls`; on first use, the one the
+/// server presents, pinned from now on (said on stderr, so a surprise can be noticed).
+fn pin_for(address: &ServerAddress) -> Result<Fingerprint> {
+    let known_tls = paths::default_config_dir().join(paths::KNOWN_TLS_FILE);
+    let authority = address.authority();
+    if let Some(pin) = tls::known_pin(&known_tls, authority).with_context(|| format!("cannot read {}", known_tls.display()))? {
+        return Ok(pin);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let pin = runtime
+        .block_on(tls::probe_fingerprint(authority, address.host(), Duration::from_secs(5)))
+        .map_err(|e| anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"))?;
+    tls::remember_pins(&known_tls, &[authority.to_string()], &pin)
+        .with_context(|| format!("cannot write {}", known_tls.display()))?;
+    eprintln!("warden: trusting {authority}'s TLS certificate {pin} from now on (first use; pinned in {})", known_tls.display());
+    Ok(pin)
+}
+
 /// A failed request as a message for people: the server's own words for an error status, a hint
-/// for a server that does not answer.
+/// for a server that does not answer, the way out for a certificate that is not the pinned one.
 fn explain(error: HttpError) -> anyhow::Error {
     match error {
+        HttpError::Certificate(e) => anyhow!(
+            "{e}. If the server's certificate was replaced on purpose, remove its line from {} (the next request \
+             pins the new one), or pass --ca FILE",
+            paths::default_config_dir().join(paths::KNOWN_TLS_FILE).display()
+        ),
         HttpError::Transport(e) | HttpError::Refused(e) => anyhow!("{e}; is `warden up` running? (set --addr or WARDEN_ADDR)"),
         other => other.into(),
     }

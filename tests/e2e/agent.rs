@@ -436,12 +436,13 @@ async fn the_first_start_needs_a_join_token_and_one_agent_per_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let config = |join_token: Option<&str>| AgentConfig {
         // Nothing listens there: enrollment keeps retrying.
-        server: format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()),
+        server: format!("http://127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()),
         name: "h1".into(),
         channel: None,
         tags: vec!["a".into()],
         data_dir: dir.path().to_path_buf(),
         join_token: join_token.map(String::from),
+        ca: None,
         shim: shim(),
     };
     let error = warden_runtime::agent::run(config(None)).await.unwrap_err();

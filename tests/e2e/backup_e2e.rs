@@ -167,7 +167,7 @@ fn a_backup_under_load_restores_a_verified_journal_that_readopts_its_cells() {
     let late = cluster.server.run("late.toml", SLEEPER);
     let late_pid = cluster.wait_for(&late, "running", |v| v.state == "running").pid.unwrap();
 
-    // The disk loses the journal while the server runs.
+    // The disk loses the journal and the TLS certificate while the server runs.
     cluster.server.kill9();
     let aside = root.join("lost");
     std::fs::create_dir_all(&aside).unwrap();
@@ -176,6 +176,9 @@ fn a_backup_under_load_restores_a_verified_journal_that_readopts_its_cells() {
             std::fs::rename(data_dir.join(name), aside.join(name)).unwrap();
         }
     }
+    let fingerprint = || std::fs::read_to_string(data_dir.join("tls/fingerprint")).unwrap();
+    let pin_before = fingerprint();
+    std::fs::rename(data_dir.join("tls"), aside.join("tls")).unwrap();
 
     // Broken and foreign backups are refused, and leave nothing behind.
     let flipped = root.join("flipped.backup");
@@ -210,6 +213,7 @@ fn a_backup_under_load_restores_a_verified_journal_that_readopts_its_cells() {
     assert!(again.contains("already has a journal"), "{again}");
 
     cluster.server.up();
+    assert_eq!(fingerprint(), pin_before, "the backup carries the TLS certificate: the agents' pins still hold");
     let verified = cluster.server.cli_ok(&["events", "verify", "--key-file", server_pub.to_str().unwrap()]);
     assert!(verified.starts_with("ok: "), "{verified}");
     let events = cluster.server.events(&[]);

@@ -109,7 +109,7 @@ fn each_host_runs_one_instance_per_host_and_follows_hosts_joining_and_leaving() 
 
     // A host joins: it gets its instance.
     let root = cluster.server.root.path().to_path_buf();
-    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
+    let (url, token) = (format!("https://{}", cluster.server.addr()), cluster.server.join_token());
     let mut agent = crate::support::cluster::Agent::new("h2", root.join("agent-h2"));
     let mut command = std::process::Command::new(crate::support::bin());
     command.env("XDG_CONFIG_HOME", cluster.server.config_home());

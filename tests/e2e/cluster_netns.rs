@@ -28,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{check_no_overlap, ground_truth_spec, Cluster, ControlPlane};
-use crate::support::{alive, answers_health, bin, kill9, unsigned_client};
+use crate::support::{alive, answers_health_once_pinned, bin, kill9};
 use warden_runtime::view::WorkloadView;
 
 /// The longest a failover may take. At the defaults the control plane needs ~2 s (a host is down
@@ -264,8 +264,8 @@ impl Server {
             .unwrap();
         let mut server = Server { dir: dir.to_path_buf(), addr, child: Some(child) };
         let deadline = Instant::now() + SETUP_DEADLINE;
-        let health = unsigned_client(&server.addr);
-        while !answers_health(&health) {
+        let mut health = None;
+        while !answers_health_once_pinned(&server.addr, &server.data_dir(), &mut health) {
             if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("warden server exited with {status}: {}", server.log());
             }

@@ -25,5 +25,6 @@ mod rollout_e2e;
 mod secrets_e2e;
 mod security_edges;
 mod standby_e2e;
+mod tls_e2e;
 mod tokens_e2e;
 mod users_e2e;

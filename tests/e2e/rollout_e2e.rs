@@ -190,7 +190,7 @@ fn kill_agent(cluster: &mut Cluster, name: &str) {
 
 /// The agent again, on the same data dir.
 fn restart_agent(cluster: &mut Cluster, name: &str) {
-    let (url, token) = (format!("http://{}", cluster.server.addr()), cluster.server.join_token());
+    let (url, token) = (format!("https://{}", cluster.server.addr()), cluster.server.join_token());
     let mut command = Command::new(bin());
     command.env("XDG_CONFIG_HOME", cluster.server.config_home());
     cluster.agent_mut(name).spawn(command, &url, &token);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::Cluster;
-use crate::support::Warden;
+use crate::support::{tls_over, Warden};
 use warden_runtime::view::{SubmitRequest, WorkloadView};
 
 /// A TCP connection to `server` from the loopback address `from` (loopback is all of 127/8:
@@ -115,10 +115,11 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
             std::thread::spawn(move || {
                 let chunk = vec![0u8; 1 << 20];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut conn) = connect_from(Ipv4Addr::new(127, 0, 0, 3), server) else {
+                    let Ok(conn) = connect_from(Ipv4Addr::new(127, 0, 0, 3), server) else {
                         std::thread::sleep(Duration::from_millis(50));
                         continue;
                     };
+                    let mut conn = tls_over(conn, &server.to_string());
                     let head =
                         format!("PUT /v1/blobs/{:064x} HTTP/1.1\r\nHost: warden\r\nContent-Length: {}\r\n\r\n", i, 250u64 << 20);
                     if conn.write_all(head.as_bytes()).is_err() {
@@ -136,7 +137,8 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
         })
         .collect();
     // As many idle connections as this process may open (20k if it may), from 127.0.0.2, each
-    // with a half-sent request, opened by 16 threads over up to 25 s while `watch` looks on.
+    // with a half-sent TLS handshake (the first bytes of a ClientHello record: the server's
+    // handshake waits for the rest), opened by 16 threads over up to 25 s while `watch` looks on.
     let wanted = 20_000usize.min(nofile.saturating_sub(400) as usize);
     let opening = Instant::now();
     let openers: Vec<_> = (0..16)
@@ -146,7 +148,7 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
                 while mine.len() < wanted / 16 && opening.elapsed() < Duration::from_secs(25) {
                     match connect_from(Ipv4Addr::new(127, 0, 0, 2), server) {
                         Ok(mut conn) => {
-                            let _ = conn.write_all(b"POST /v1/workloads HTTP/1.1\r\nHost: warden\r\nContent-Len");
+                            let _ = conn.write_all(&[0x16, 0x03, 0x01]);
                             mine.push(conn);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -226,8 +228,9 @@ fn idle_connections_and_unsigned_uploads_take_no_host_down() {
 
 /// Sends `bytes` on a fresh connection; the status code and the body of the answer.
 fn send_raw(addr: &str, bytes: &[u8]) -> (u16, String) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut conn = tls_over(tcp, addr);
     conn.write_all(bytes).unwrap();
     let mut answer = Vec::new();
     let _ = conn.read_to_end(&mut answer);
@@ -342,8 +345,9 @@ fn the_data_dir_keeps_its_secrets_from_other_users() {
 fn bodies_are_read_only_once_the_header_is_authenticated_and_under_one_limit() {
     let warden = Warden::start();
     // Headers announcing 250 MB, and not a byte of the body: refused at once.
-    let mut conn = TcpStream::connect(warden.addr()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tcp = TcpStream::connect(warden.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut conn = tls_over(tcp, &warden.addr());
     let hex = "0".repeat(64);
     let head = format!("PUT /v1/blobs/{hex} HTTP/1.1\r\nHost: warden\r\nContent-Length: {}\r\n\r\n", 250u64 << 20);
     conn.write_all(head.as_bytes()).unwrap();
@@ -368,8 +372,9 @@ fn bodies_are_read_only_once_the_header_is_authenticated_and_under_one_limit() {
     // Signed, 5 MiB: over the limit, refused on its Content-Length before the body is read (a
     // client that writes the whole body first sees the connection close under it).
     let request = client.prepare("POST", "/v1/workloads", vec![b' '; 5 << 20]).unwrap();
-    let mut conn = TcpStream::connect(warden.addr()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tcp = TcpStream::connect(warden.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut conn = tls_over(tcp, &warden.addr());
     let head = format!(
         "POST /v1/workloads HTTP/1.1\r\nHost: warden\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
         request.authorization().unwrap(),

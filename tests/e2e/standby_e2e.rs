@@ -101,7 +101,7 @@ fn armed_kv(n_agents: usize, standbys: u32) -> Kv {
 
 fn respawn(cluster: &mut Cluster, name: &str) {
     let (url, token, config_home) =
-        (format!("http://{}", cluster.server.addr()), cluster.server.join_token(), cluster.server.config_home());
+        (format!("https://{}", cluster.server.addr()), cluster.server.join_token(), cluster.server.config_home());
     let mut command = Command::new(bin());
     command.env("XDG_CONFIG_HOME", config_home);
     cluster.agent_mut(name).spawn(command, &url, &token);
@@ -210,7 +210,7 @@ fn standbys_need_other_hosts_and_the_lowest_index_wins() {
 
     // Two hosts join: both get a slot, indices 0 and 1.
     let token = cluster.server.join_token();
-    let url = format!("http://{}", cluster.server.addr());
+    let url = format!("https://{}", cluster.server.addr());
     for name in ["b", "c"] {
         let mut agent = crate::support::cluster::Agent::new(name, root.join(format!("agent-{name}")));
         let mut command = Command::new(bin());

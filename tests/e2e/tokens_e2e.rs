@@ -23,7 +23,7 @@ fn spawn_agent(cluster: &Cluster, name: &str, how: &str, token: &str) -> (Child,
     let log = std::fs::File::create(data_dir.join("agent.log")).unwrap();
     let mut command = Command::new(bin());
     command
-        .args(["agent", "--server", &format!("http://{}", cluster.server.addr()), "--name", name, "--data-dir"])
+        .args(["agent", "--server", &format!("https://{}", cluster.server.addr()), "--name", name, "--data-dir"])
         .arg(&data_dir)
         .env("XDG_CONFIG_HOME", cluster.server.config_home())
         .env_remove("WARDEN_JOIN_TOKEN")
@@ -114,8 +114,10 @@ fn expired_used_up_and_revoked_join_tokens_enroll_nothing_and_no_token_is_ever_i
     let (child, dir) = spawn_agent(&cluster, "revoked", "env", &revoked);
     let (status, log) = refused(child, &dir);
     assert!(!status.success() && log.contains("was revoked"), "{log}");
-    // A made-up token too.
-    let (child, dir) = spawn_agent(&cluster, "forger", "env", &format!("wjt_{}_{}", token_id(&once), "0".repeat(64)));
+    // A made-up token too (with the server's real certificate pin: only the secret is wrong).
+    let pin = warden_core::cluster::join_token_pin(&once).expect("a TLS server's token carries its pin");
+    let forged = format!("wjt_{}_{}_{}", token_id(&once), "0".repeat(64), pin.hex());
+    let (child, dir) = spawn_agent(&cluster, "forger", "env", &forged);
     let (status, log) = refused(child, &dir);
     assert!(!status.success() && log.contains("wrong join token"), "{log}");
 

@@ -1,18 +1,20 @@
 //! warden under the bench: a real `warden up` (or `warden server`), its CLI and its signed API.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
+use warden_core::fingerprint::Fingerprint;
 use warden_runtime::auth::Identity;
-use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig};
+use warden_runtime::client::{BlockingClient, BlockingResponse, ClientConfig, ServerTrust};
 use warden_runtime::view::{SubmitRequest, WorkloadView};
 
 use crate::common::process::{log_file, signal, signal_group, tail, wait_until, Proc};
@@ -61,9 +63,9 @@ impl WardenServer {
                 .stderr(log_file(&log)),
         )?;
         self.server = Some(server);
-        let health = unsigned_client(&self.addr())?;
         let deadline = spawned + timeout;
-        while !answers_health(&health) {
+        let mut health = None;
+        while !answers_health_once_pinned(&self.addr(), &self.data_dir(), &mut health)? {
             if let Some(server) = self.server.as_mut() {
                 server.check_alive("warden up", &log)?;
             }
@@ -148,10 +150,10 @@ pub(crate) fn start_control_plane(root: &Path) -> Result<(Proc, u16, PathBuf, Pa
             .stdout(Stdio::null())
             .stderr(log_file(&server_log)),
     )?;
-    let health = unsigned_client(&addr)?;
+    let mut health = None;
     wait_until(Duration::from_secs(20), "warden server to answer", || {
         server.check_alive("warden server", &server_log)?;
-        Ok(answers_health(&health).then_some(()))
+        Ok(answers_health_once_pinned(&addr, &data_dir, &mut health)?.then_some(()))
     })?;
     let join_token = std::fs::read_to_string(data_dir.join("join-token")).context("warden server wrote no join-token")?;
     Ok((server, port, data_dir, config_home, join_token.trim().to_string()))
@@ -174,9 +176,37 @@ pub(crate) fn cell_pid_files(data_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The certificate fingerprints of the servers the bench started, by `host:port`.
+static PINS: Mutex<BTreeMap<String, Fingerprint>> = Mutex::new(BTreeMap::new());
+
+/// How the bench's clients connect to `addr`: trusting the certificate pinned for it when its
+/// server started (`answers_health_once_pinned`), or in plain HTTP for an explicit `http://`.
+pub(crate) fn client_config(addr: &str) -> Result<ClientConfig> {
+    if addr.starts_with("http://") {
+        return Ok(ClientConfig::default());
+    }
+    let authority = addr.trim_start_matches("https://");
+    let pin = PINS.lock().unwrap_or_else(|e| e.into_inner()).get(authority).cloned();
+    let pin = pin.ok_or_else(|| anyhow!("no certificate pinned for {addr}: no server the bench started listens there"))?;
+    Ok(ClientConfig { trust: ServerTrust::Pinned(pin), ..ClientConfig::default() })
+}
+
+/// Whether the server at `addr` answers its health check, once it wrote its certificate's
+/// fingerprint to `<data_dir>/tls/fingerprint` (then pinned for `addr`).
+fn answers_health_once_pinned(addr: &str, data_dir: &Path, health: &mut Option<BlockingClient>) -> Result<bool> {
+    if health.is_none() {
+        let Some(pin) = fs::read_to_string(data_dir.join("tls/fingerprint")).ok().and_then(|t| Fingerprint::parse(&t)) else {
+            return Ok(false);
+        };
+        PINS.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), pin);
+        *health = Some(unsigned_client(addr)?);
+    }
+    Ok(health.as_ref().is_some_and(answers_health))
+}
+
 /// The workspace's client for `addr`, signing nothing: health and metrics.
 pub(crate) fn unsigned_client(addr: &str) -> Result<BlockingClient> {
-    Ok(BlockingClient::unsigned(addr, &ClientConfig::default())?)
+    Ok(BlockingClient::unsigned(addr, &client_config(addr)?)?)
 }
 
 /// Whether the server behind `client` answers `GET /v1/health` (within a second).
@@ -195,7 +225,7 @@ pub(crate) struct Api {
 impl Api {
     /// Requests to the server at `addr`, signed with `identity`, each within `timeout`.
     pub(crate) fn new(addr: &str, identity: Identity, timeout: Duration) -> Result<Api> {
-        let http = BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default())?;
+        let http = BlockingClient::new(addr, Arc::new(identity), &client_config(addr)?)?;
         Ok(Api { http, timeout })
     }
 

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod canonical;
 pub mod cluster;
 pub mod event;
+pub mod fingerprint;
 pub mod job;
 pub mod keys;
 pub mod lease;

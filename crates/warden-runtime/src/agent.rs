@@ -87,10 +87,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use warden_cell::ShimExe;
+use warden_core::cluster::join_token_pin;
+use warden_core::fingerprint::Fingerprint;
 use warden_store::queue::DurableQueue;
 
 use self::outbox::fatal;
 use crate::auth::Identity;
+use crate::client::ServerTrust;
 use crate::proto::{Commands, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatResponse, LeaseClaim};
 
 /// The control plane holds a long poll up to ~20 s; wait longer than that for its answer.
@@ -100,15 +103,18 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 pub struct AgentConfig {
-    /// The control plane: `http://host:port` or `host:port`.
+    /// The control plane: `host:port` or `https://host:port` (TLS), `http://host:port` (plain).
     pub server: String,
     /// This host's name, unique in the cluster.
     pub name: String,
     pub channel: Option<String>,
     pub tags: Vec<String>,
     pub data_dir: PathBuf,
-    /// Needed only until the host key is enrolled.
+    /// Needed only until the host key is enrolled. Its pin (the server certificate's
+    /// fingerprint) is what the agent trusts, then and after (`<data-dir>/server-pin`).
     pub join_token: Option<String>,
+    /// `--ca FILE`: trust the certificates this file names instead of a pin.
+    pub ca: Option<PathBuf>,
     pub shim: ShimExe,
 }
 
@@ -124,6 +130,20 @@ pub enum AgentError {
     NoJoinToken,
     #[error("bad --server")]
     Server(#[source] crate::client::ClientSetupError),
+    #[error(
+        "{server} is served over TLS and this agent has no pin for its certificate: give it a join token made by \
+         that server (it carries the pin), or --ca FILE (write http:// for a server started with --insecure-http)"
+    )]
+    NoPin { server: String },
+    #[error("{path} is not a certificate fingerprint (sha256:<hex>)")]
+    PinCorrupt { path: String },
+    #[error(
+        "refusing to talk to the control plane: {0}. If its certificate was replaced on purpose, remove \
+         <agent data dir>/server-pin and start again with a new join token from it, or use --ca FILE"
+    )]
+    Certificate(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the control plane refused to enroll this host: {0}")]
     EnrollRefused(String),
     #[error("data dir {data_dir} is enrolled as host {enrolled:?}, not {name:?}: use --name {enrolled} or another --data-dir")]
@@ -163,13 +183,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         identity
     };
     let identity = Arc::new(identity);
-    let http = Arc::new(Http::new(&config.server, identity.clone()).map_err(AgentError::Server)?);
-
     let enrolled_path = data_dir.join("enrolled.json");
-    let enrolled = match read_enrollment(&enrolled_path)? {
+    let enrollment = read_enrollment(&enrolled_path)?;
+    let join_token = config.join_token.clone().filter(|t| !t.trim().is_empty());
+    if enrollment.is_none() && join_token.is_none() {
+        return Err(AgentError::NoJoinToken);
+    }
+    let pin_path = data_dir.join(SERVER_PIN_FILE);
+    let (trust, pin_to_save) = server_trust(&config, &pin_path)?;
+    let http = Arc::new(Http::new(&config.server, identity.clone(), trust).map_err(AgentError::Server)?);
+
+    let enrolled = match enrollment {
         Some(enrolled) => enrolled,
         None => {
-            let join_token = config.join_token.clone().filter(|t| !t.trim().is_empty()).ok_or(AgentError::NoJoinToken)?;
+            let join_token = join_token.ok_or(AgentError::NoJoinToken)?;
             let request = EnrollRequest {
                 join_token: join_token.trim().to_string(),
                 name: config.name.clone(),
@@ -184,6 +211,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             enrolled
         }
     };
+    // The pin that just worked is the one trusted from now on, whatever later tokens say.
+    if let Some(pin) = pin_to_save {
+        write_durably(&pin_path, format!("{pin}\n").as_bytes()).map_err(dir_err)?;
+    }
     if enrolled.host != config.name {
         return Err(AgentError::NameMismatch {
             data_dir: data_dir.display().to_string(),
@@ -236,6 +267,32 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// In the agent's data dir: the server certificate's fingerprint (`sha256:<hex>`), taken from
+/// the join token at enrollment and trusted from then on.
+pub const SERVER_PIN_FILE: &str = "server-pin";
+
+/// What the agent trusts with TLS, and the pin to save once enrolled (`None` if nothing new):
+/// `--ca`, else the saved pin, else the join token's.
+fn server_trust(config: &AgentConfig, pin_path: &Path) -> Result<(ServerTrust, Option<Fingerprint>), AgentError> {
+    if let Some(ca) = &config.ca {
+        return Ok((ServerTrust::ca_file(ca)?, None));
+    }
+    match std::fs::read_to_string(pin_path) {
+        Ok(text) => {
+            let pin = Fingerprint::parse(&text).ok_or_else(|| AgentError::PinCorrupt { path: pin_path.display().to_string() })?;
+            return Ok((ServerTrust::Pinned(pin), None));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(AgentError::DataDir { path: pin_path.display().to_string(), source }),
+    }
+    let tls = crate::client::ServerAddress::parse(&config.server).map_err(|e| AgentError::Server(e.into()))?.tls();
+    match config.join_token.as_deref().and_then(join_token_pin) {
+        Some(pin) => Ok((ServerTrust::Pinned(pin.clone()), Some(pin))),
+        None if tls => Err(AgentError::NoPin { server: config.server.clone() }),
+        None => Ok((ServerTrust::Nobody, None)),
+    }
+}
+
 fn shim_note(shim: &ShimExe) -> String {
     match shim {
         ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),
@@ -257,6 +314,8 @@ async fn enroll(http: &Http, request: &EnrollRequest) -> Result<EnrollResponse, 
             Err(HttpError::Status { code, message }) if (400..500).contains(&code) && code != 408 && code != 429 => {
                 return Err(AgentError::EnrollRefused(format!("{message} (HTTP {code})")));
             }
+            // Not the server the token names: the join token must not be sent to it again.
+            Err(HttpError::Certificate(why)) => return Err(AgentError::Certificate(why)),
             Err(e) => link.failed(&e),
         }
         tokio::time::sleep(RETRY_DELAY).await;

@@ -20,6 +20,7 @@ mod connection;
 mod error;
 mod signed;
 
+pub use crate::tls::ServerTrust;
 pub use address::{ServerAddress, ServerAddressError};
 pub use blocking::{BlockingClient, BlockingResponse};
 pub use connection::{ClientConfig, ClientSetupError};

@@ -19,6 +19,7 @@ pub mod proto;
 pub mod secrets;
 pub mod serve;
 mod sys;
+pub mod tls;
 pub mod view;
 
 use std::fs::File;
@@ -45,6 +46,8 @@ pub struct UpConfig {
     /// run only on enrolled agents).
     pub local_cells: bool,
     pub cluster: cluster::ClusterConfig,
+    /// TLS with a generated certificate, the operator's, or plain HTTP on loopback.
+    pub tls: tls::TlsSetup,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,10 @@ pub enum UpError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot make the first join token: {0}")]
     JoinToken(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot pin the certificate for the local CLI in {path}")]
+    KnownTls { path: String, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     #[error("cannot make the default cell user")]
@@ -83,6 +90,8 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     std::fs::create_dir_all(data_dir.join("logs")).map_err(dir_err)?;
     modes::tighten(data_dir).map_err(dir_err)?;
     let _lock = lock_data_dir(data_dir)?;
+    // Before anything else: `--insecure-http` on a public address is refused here.
+    let server_tls = tls::server_tls(data_dir, config.listen, &config.node_name, &config.tls)?;
     // Cells run as the `warden` system user by default (see `cell_user`).
     if config.local_cells {
         cell_user::ensure_default_user()?;
@@ -133,8 +142,34 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let listen = listener.local_addr().map_err(|source| UpError::Listen { addr: config.listen, source })?;
     let n_workloads =
         handle.shared.read().expect("projection lock").workloads.values().filter(|w| !w.phase.is_terminal()).count();
-    eprintln!("warden up: listening on http://{listen} as node {:?}", config.node_name);
+    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    eprintln!("warden up: listening on {scheme}://{listen} as node {:?}", config.node_name);
     eprintln!("  data dir     {}", data_dir.display());
+    match &server_tls {
+        Some(server_tls) => {
+            // The local CLI trusts this certificate from now on, by its fingerprint.
+            let known_tls = config.config_dir.join(paths::KNOWN_TLS_FILE);
+            let port = listen.port();
+            let mut local = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")];
+            if !listen.ip().is_unspecified() && !local.contains(&listen.to_string()) {
+                local.push(listen.to_string());
+            }
+            tls::remember_pins(&known_tls, &local, &server_tls.fingerprint)
+                .map_err(|source| UpError::KnownTls { path: known_tls.display().to_string(), source })?;
+            eprintln!(
+                "  tls          {} ({}; {}); join tokens carry it, the local CLI pins it in {}",
+                server_tls.fingerprint,
+                server_tls.cert_path.display(),
+                match (&config.tls, server_tls.generated) {
+                    (tls::TlsSetup::Files { .. }, _) => "given with --tls-cert",
+                    (_, true) => "made now",
+                    (_, false) => "reused",
+                },
+                known_tls.display()
+            );
+        }
+        None => eprintln!("  tls          OFF (--insecure-http): requests and answers cross the network in the clear"),
+    }
     eprintln!(
         "  journal      {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the events after it; chain verified from seq {}",
         handle.shared.read().expect("lock").last_seq,
@@ -191,6 +226,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         queues: handle.queues.clone(),
         server_key,
         secrets,
+        tls_pin: server_tls.as_ref().map(|t| t.fingerprint.clone()),
     };
     // Leases and hosts get their restart grace from the moment agents can reach us: while we
     // loaded, their connections were refused, which renewed their cells' fences (lease.rs, A5).
@@ -199,7 +235,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let join_token_path = data_dir.join(JOIN_TOKEN_FILE);
     if first_start {
         // Zero setup: the first start makes one join token (ttl 1 h) for the first agents.
-        let created = api::create_join_token(&handle.commands, Default::default(), "warden-up".into())
+        let created = api::create_join_token(&handle.commands, Default::default(), "warden-up".into(), state.tls_pin.as_ref())
             .await
             .map_err(|e| UpError::JoinToken(e.to_string()))?;
         write_secret_file(&join_token_path, &created.token).map_err(dir_err)?;
@@ -209,7 +245,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     );
     if first_start {
         eprintln!(
-            "               `warden agent --server http://{listen} --name HOST --join-token-file {}`",
+            "               `warden agent --server {scheme}://{listen} --name HOST --join-token-file {}`",
             join_token_path.display()
         );
         eprintln!("               (that token, made now, expires in 1 h; copy the file over a secure channel)");
@@ -225,7 +261,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         engine_task.abort();
         let _ = engine_task.await;
     };
-    serve::serve(listener, api::router(state), gate, stop).await.map_err(UpError::Serve)?;
+    serve::serve(listener, api::router(state), gate, server_tls.map(|t| t.config), stop).await.map_err(UpError::Serve)?;
     eprintln!("warden: stopped; cells keep running under their shims and the next `warden up` re-adopts them");
     Ok(())
 }

@@ -14,6 +14,9 @@ pub const SECRETS_KEY_FILE: &str = "secrets.key";
 /// In the config dir: `<address> ed25519:<hex>` per line, the server keys `warden events verify`
 /// trusted on first use.
 pub const KNOWN_SERVERS_FILE: &str = "known_servers";
+/// In the config dir: `<address> sha256:<hex>` per line, the TLS certificates the CLI trusts
+/// (written by `warden up` for its own addresses, and on first use for others).
+pub const KNOWN_TLS_FILE: &str = "known_tls";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7480";
 
 fn home() -> PathBuf {

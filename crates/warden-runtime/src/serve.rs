@@ -13,6 +13,10 @@
 //!   next request (so it is the idle timeout too; clients drop pooled connections sooner,
 //!   `client::connection`).
 //!
+//! - with TLS, the handshake happens in the connection's own task, after the caps admitted it
+//!   and under the header-read timeout, so a slow or plaintext client holds one slot and never
+//!   the loop (a plaintext request fails the handshake: the client gets an alert, no answer).
+//!
 //! Why by address and not by connection: nothing distinguishes an agent's connection from an
 //! attacker's until its first request is read, and reserving slots for connections that merely
 //! promise to sign lets an attacker fill those too. The limit of this choice: an attacker on the
@@ -158,15 +162,16 @@ impl Gate {
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
-/// Serves `router` on `listener` through `gate` until `stop` completes.
+/// Serves `router` on `listener` through `gate` until `stop` completes; over TLS with `tls`,
+/// plain HTTP without.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     gate: Arc<Gate>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower_service::Service;
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stop);
     let mut refused_since_note = 0u64;
     let mut last_note = Instant::now();
@@ -199,18 +204,38 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let timeout = gate.limits().header_read_timeout;
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(Peer(peer));
-                let mut router = router.clone();
-                async move { router.call(request).await }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            match acceptor {
+                None => serve_connection(stream, peer, router, timeout).await,
+                // The handshake has the time a request's headers have; a failed one (plaintext,
+                // a client that does not trust us) just closes the connection.
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        serve_connection(stream, peer, router, timeout).await;
+                    }
+                }
+            }
         });
     }
+}
+
+/// Serves HTTP/1.1 requests on one admitted connection (TLS or not) until it closes.
+async fn serve_connection<I>(io: I, peer: SocketAddr, router: axum::Router, timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        let mut router = router.clone();
+        async move { router.call(request).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
 #[cfg(test)]

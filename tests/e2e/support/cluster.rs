@@ -155,7 +155,7 @@ impl Cluster<Warden> {
         let server = Warden::start_with_command("server", &[]);
         let root = server.root.path().to_path_buf();
         let config_home = server.config_home();
-        let (token, url) = (server.join_token(), format!("http://{}", server.addr()));
+        let (token, url) = (server.join_token(), format!("https://{}", server.addr()));
         let mut cluster = Cluster {
             server,
             agents: Vec::new(),
@@ -177,14 +177,14 @@ impl Cluster<Warden> {
 
 impl<S: ControlPlane> Cluster<S> {
     /// One agent a name, its data dir `<root>/agent-NAME`, launched from `launch(name)` (see
-    /// [`Agent::spawn`]) against `http://` + the server's address. Does not wait for them.
+    /// [`Agent::spawn`]) against `https://` + the server's address. Does not wait for them.
     pub fn with_agents(
         server: S,
         root: &Path,
         names: impl IntoIterator<Item = String>,
         mut launch: impl FnMut(&str) -> Command,
     ) -> Cluster<S> {
-        let (token, url) = (server.join_token(), format!("http://{}", server.addr()));
+        let (token, url) = (server.join_token(), format!("https://{}", server.addr()));
         let mut cluster = Cluster {
             server,
             agents: Vec::new(),

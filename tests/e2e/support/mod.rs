@@ -5,14 +5,16 @@ pub mod cluster;
 #[allow(dead_code)] // shared with the cell crate's OCI tests; not every helper is used here
 pub mod rootfs;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use warden_core::fingerprint::Fingerprint;
 use warden_core::CloudEvent;
 use warden_runtime::auth::Identity;
-use warden_runtime::client::{BlockingClient, ClientConfig};
+use warden_runtime::client::{BlockingClient, ClientConfig, ServerTrust};
 use warden_runtime::view::WorkloadView;
 
 /// A workload that crashes (exit 3) and is given up after two retries.
@@ -188,6 +190,15 @@ impl Warden {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// How clients reach it: `addr()` (TLS), or `http://` + `addr()` with `--insecure-http`.
+    pub fn url(&self) -> String {
+        if self.up_args.iter().any(|a| a == "--insecure-http") {
+            format!("http://{}", self.addr())
+        } else {
+            self.addr()
+        }
+    }
+
     /// `warden <command>` on this data dir and port, its stderr appended to `up.log`.
     fn spawn_server(&self) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join("up.log")).unwrap();
@@ -207,9 +218,9 @@ impl Warden {
         assert!(self.server.is_none(), "already up");
         self.server = Some(self.spawn_server());
         let deadline = Instant::now() + Duration::from_secs(20);
-        let health = unsigned_client(&self.addr());
+        let mut health = None;
         while Instant::now() < deadline {
-            if answers_health(&health) {
+            if answers_health_once_pinned(&self.url(), &self.data_dir(), &mut health) {
                 return;
             }
             if let Some(status) = self.server.as_mut().unwrap().try_wait().unwrap() {
@@ -227,13 +238,13 @@ impl Warden {
         let logged_before = self.up_log().len();
         let mut child = self.spawn_server();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let health = unsigned_client(&self.addr());
+        let mut health = None;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(!status.success(), "warden up exited with success: {}", self.up_log());
                 return self.up_log()[logged_before..].to_string();
             }
-            if answers_health(&health) {
+            if answers_health_once_pinned(&self.url(), &self.data_dir(), &mut health) {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("warden up started when it should have refused: {}", self.up_log());
@@ -260,12 +271,7 @@ impl Warden {
 
     /// Runs the `warden` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("WARDEN_ADDR", self.addr())
-            .env("XDG_CONFIG_HOME", self.config_home())
-            .output()
-            .unwrap()
+        Command::new(bin()).args(args).env("WARDEN_ADDR", self.url()).env("XDG_CONFIG_HOME", self.config_home()).output().unwrap()
     }
 
     /// Runs the CLI and returns stdout, panicking with stderr on failure.
@@ -316,7 +322,7 @@ impl Warden {
 
     /// The API client, signing as the admin (what the CLI signs with).
     pub fn client(&self) -> BlockingClient {
-        signed_client(&self.addr(), self.identity())
+        signed_client(&self.url(), self.identity())
     }
 
     /// A signed HTTP request straight to the API, for what the CLI would refuse to send: the
@@ -329,14 +335,57 @@ impl Warden {
     }
 }
 
+/// The certificate fingerprints of the servers the tests started, by `host:port`: the tests'
+/// clients trust these, as agents trust the pin in their join token.
+static PINS: Mutex<BTreeMap<String, Fingerprint>> = Mutex::new(BTreeMap::new());
+
+/// Trusts, for `addr`, the certificate whose fingerprint the server on `data_dir` wrote
+/// (`<data-dir>/tls/fingerprint`); `false` while it has not written one yet.
+pub fn learn_pin(addr: &str, data_dir: &Path) -> bool {
+    let Some(pin) = std::fs::read_to_string(data_dir.join("tls/fingerprint")).ok().and_then(|t| Fingerprint::parse(&t)) else {
+        return false;
+    };
+    PINS.lock().unwrap_or_else(PoisonError::into_inner).insert(addr.trim_start_matches("https://").to_string(), pin);
+    true
+}
+
+/// How the tests' clients connect to `addr`: with the pin the tests learnt for it (`learn_pin`),
+/// or in plain HTTP for an explicit `http://` (a workload's own port, `--insecure-http`).
+pub fn client_config(addr: &str) -> ClientConfig {
+    if addr.starts_with("http://") {
+        return ClientConfig::default();
+    }
+    let authority = addr.trim_start_matches("https://");
+    let pin = PINS.lock().unwrap_or_else(PoisonError::into_inner).get(authority).cloned();
+    let pin = pin.unwrap_or_else(|| panic!("no certificate pinned for {addr}: no server the tests started listens there"));
+    ClientConfig { trust: ServerTrust::Pinned(pin), ..ClientConfig::default() }
+}
+
+/// A TLS connection over `tcp` to the server at `addr`, trusting the pin the tests learnt for it:
+/// for tests that write raw HTTP bytes. The handshake happens on the first write or read.
+pub fn tls_over(tcp: std::net::TcpStream, addr: &str) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let config = warden_runtime::tls::client_config(&client_config(addr).trust).unwrap().expect("a pinned server");
+    let name = rustls::pki_types::ServerName::try_from("warden").unwrap();
+    rustls::StreamOwned::new(rustls::ClientConnection::new(Arc::new(config), name).unwrap(), tcp)
+}
+
+/// Whether the server at `addr` (data dir `data_dir`) answers its health check, once it wrote
+/// its certificate's fingerprint; `health` keeps the client between calls.
+pub fn answers_health_once_pinned(addr: &str, data_dir: &Path, health: &mut Option<BlockingClient>) -> bool {
+    if health.is_none() && (addr.starts_with("http://") || learn_pin(addr, data_dir)) {
+        *health = Some(unsigned_client(addr));
+    }
+    health.as_ref().is_some_and(answers_health)
+}
+
 /// The workspace's client for the server at `addr`, signing with `identity`.
 pub fn signed_client(addr: &str, identity: Identity) -> BlockingClient {
-    BlockingClient::new(addr, Arc::new(identity), &ClientConfig::default()).unwrap()
+    BlockingClient::new(addr, Arc::new(identity), &client_config(addr)).unwrap()
 }
 
 /// The workspace's client for `addr`, signing nothing: health, metrics, workloads' own HTTP.
 pub fn unsigned_client(addr: &str) -> BlockingClient {
-    BlockingClient::unsigned(addr, &ClientConfig::default()).unwrap()
+    BlockingClient::unsigned(addr, &client_config(addr)).unwrap()
 }
 
 /// Whether the server behind `client` answers `GET /v1/health` (within a second).

@@ -35,7 +35,8 @@ pub use state::{
     HOST_TTL_MS, PLACEMENT_RETRY_MS, PROMOTION_FALLBACK_MS, RESTART_GRACE_MS,
 };
 pub use tokens::{
-    check_join_token, format_join_token, parse_join_token, DEFAULT_JOIN_TOKEN_TTL_MS, JOIN_TOKEN_PREFIX, MAX_JOIN_TOKEN_TTL_MS,
+    check_join_token, format_join_token, join_token_pin, parse_join_token, DEFAULT_JOIN_TOKEN_TTL_MS, JOIN_TOKEN_PREFIX,
+    MAX_JOIN_TOKEN_TTL_MS,
 };
 
 #[cfg(test)]

@@ -2,9 +2,12 @@
 //! a time to live and, optionally, a number of uses; the journal keeps only the SHA-256 of its
 //! secret, and the token is checked here, on the control plane's clock, when a host enrolls.
 //!
-//! A token reads `wjt_<id>_<secret>`: the id names it (in `warden tokens ls`, in events), the
-//! secret (64 hex digits, 256 random bits, drawn by the runtime) is what proves the holder was
-//! given it. The secret is compared in constant time, and a token's state (expired, used up,
+//! A token reads `wjt_<id>_<secret>_<pin>`: the id names it (in `warden tokens ls`, in events),
+//! the secret (64 hex digits, 256 random bits, drawn by the runtime) is what proves the holder
+//! was given it, and the pin (64 hex digits, optional) is the SHA-256 of the server's TLS
+//! certificate, which the agent then accepts and no other (`crate::fingerprint`). Only id and
+//! secret are checked here: the pin is for the agent, and a server on plain HTTP hands out
+//! tokens without one. The secret is compared in constant time, and a token's state (expired, used up,
 //! revoked) is told only to someone who holds its secret.
 
 use subtle::ConstantTimeEq;
@@ -12,6 +15,7 @@ use subtle::ConstantTimeEq;
 use crate::batch::Batch;
 use crate::canonical::sha256_hex;
 use crate::event::EventData;
+use crate::fingerprint::Fingerprint;
 use crate::projection::{JoinTokenState, Projection};
 
 use super::state::{ClusterError, ClusterState, JoinTokenRefused, TokenAdminError};
@@ -21,16 +25,33 @@ pub const DEFAULT_JOIN_TOKEN_TTL_MS: u64 = 3_600_000;
 /// What every join token starts with.
 pub const JOIN_TOKEN_PREFIX: &str = "wjt_";
 
-/// The text of a join token with id `token_id` and secret `secret`.
-pub fn format_join_token(token_id: &str, secret: &str) -> String {
-    format!("{JOIN_TOKEN_PREFIX}{token_id}_{secret}")
+/// The text of a join token with id `token_id` and secret `secret`, carrying the server
+/// certificate's fingerprint `pin` if the server serves TLS.
+pub fn format_join_token(token_id: &str, secret: &str, pin: Option<&Fingerprint>) -> String {
+    match pin {
+        Some(pin) => format!("{JOIN_TOKEN_PREFIX}{token_id}_{secret}_{}", pin.hex()),
+        None => format!("{JOIN_TOKEN_PREFIX}{token_id}_{secret}"),
+    }
 }
 
-/// Splits a presented join token into its id and secret; `None` if it is not shaped like one.
+/// Splits a presented join token into its id and secret (any pin is left out); `None` if it is
+/// not shaped like one.
 pub fn parse_join_token(token: &str) -> Option<(&str, &str)> {
-    let (id, secret) = token.trim().strip_prefix(JOIN_TOKEN_PREFIX)?.split_once('_')?;
+    let (id, secret, _) = split_join_token(token)?;
+    Some((id, secret))
+}
+
+/// The server certificate's fingerprint a join token carries; `None` if it carries none (or is
+/// not a token).
+pub fn join_token_pin(token: &str) -> Option<Fingerprint> {
+    split_join_token(token)?.2.and_then(Fingerprint::parse)
+}
+
+fn split_join_token(token: &str) -> Option<(&str, &str, Option<&str>)> {
+    let mut parts = token.trim().strip_prefix(JOIN_TOKEN_PREFIX)?.split('_');
+    let (id, secret, pin) = (parts.next()?, parts.next()?, parts.next());
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(id, 8) && hex(secret, 64)).then_some((id, secret))
+    (parts.next().is_none() && hex(id, 8) && hex(secret, 64) && pin.is_none_or(|p| hex(p, 64))).then_some((id, secret, pin))
 }
 
 /// The longest a join token may live: a token is a key to the fleet, not a standing credential.
@@ -126,7 +147,7 @@ mod tests {
     const SECRET: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 
     fn token(id: &str) -> String {
-        format_join_token(id, SECRET)
+        format_join_token(id, SECRET, None)
     }
 
     /// A control plane with one join token `0000000a` (ttl 60 s from t=0, `max_uses`).
@@ -207,7 +228,7 @@ mod tests {
     #[test]
     fn a_revoked_or_wrong_or_malformed_token_is_refused() {
         let (mut projection, mut cluster) = with_token(None);
-        let wrong = format_join_token("0000000a", &"0".repeat(64));
+        let wrong = format_join_token("0000000a", &"0".repeat(64), None);
         let unknown = token("0000000b");
         for (presented, why) in [
             (wrong.as_str(), JoinTokenRefused::Wrong),
@@ -236,5 +257,19 @@ mod tests {
         assert_eq!(refused, ClusterError::KeyRemoved { host: "h1".into() });
         let mut batch = Batch::new(&mut projection, 4);
         cluster.enroll_with_join_token(&mut batch, "h1", "a-new-key", &token("0000000a"), None, Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn a_token_carries_the_servers_pin_and_enrolls_with_or_without_it() {
+        let pin = Fingerprint::of_der(b"the server's certificate");
+        let pinned = format_join_token("0000000a", SECRET, Some(&pin));
+        assert_eq!(join_token_pin(&pinned), Some(pin.clone()));
+        assert_eq!(parse_join_token(&pinned), Some(("0000000a", SECRET)));
+        assert_eq!(join_token_pin(&token("0000000a")), None);
+        assert_eq!(parse_join_token(&format!("{pinned}_{}", pin.hex())), None, "one pin at most");
+        assert_eq!(parse_join_token(&format!("{}_abc", token("0000000a"))), None, "a pin is 64 hex digits");
+        let (mut projection, mut cluster) = with_token(None);
+        assert!(enroll(&mut projection, &mut cluster, "a", &pinned, 1_000).is_ok(), "the server checks id and secret only");
+        assert!(enroll(&mut projection, &mut cluster, "b", &token("0000000a"), 1_000).is_ok(), "a token without a pin");
     }
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::Identity;
-use crate::client::{Client, ClientConfig, ClientSetupError};
+use crate::client::{Client, ClientConfig, ClientSetupError, ServerTrust};
 
 pub use crate::client::HttpError;
 
@@ -26,10 +26,10 @@ pub struct Http {
 }
 
 impl Http {
-    /// `server` is `http://host[:port]` (port 80 if omitted) or `host[:port]` (port 7480 if
-    /// omitted), with nothing after the authority but an optional `/`.
-    pub fn new(server: &str, identity: Arc<Identity>) -> Result<Http, ClientSetupError> {
+    /// `server` as `ServerAddress::parse` takes it; over TLS, only a server `trust` accepts.
+    pub fn new(server: &str, identity: Arc<Identity>, trust: ServerTrust) -> Result<Http, ClientSetupError> {
         let config = ClientConfig {
+            trust,
             max_response_bytes: Some(MAX_RESPONSE_BYTES),
             idle_connections_per_host: 0,
             user_agent: concat!("warden-agent/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -39,7 +39,7 @@ impl Http {
         Ok(Http { client })
     }
 
-    /// `http://host:port`, for messages.
+    /// `https://host:port` (or `http://`), for messages.
     pub fn base_url(&self) -> &str {
         self.client.base_url()
     }

@@ -43,6 +43,9 @@ pub struct ApiState {
     pub server_key: Arc<crate::auth::Identity>,
     /// Seals secrets' values before a put reaches the engine (`<data-dir>/secrets.key`).
     pub secrets: Arc<crate::secrets::SecretKey>,
+    /// The TLS certificate's fingerprint, carried by the join tokens made here; `None` on plain
+    /// HTTP (`--insecure-http`).
+    pub tls_pin: Option<warden_core::fingerprint::Fingerprint>,
 }
 
 /// The authenticated caller's principal (`ed25519:<hex>`).

@@ -25,15 +25,16 @@ pub(super) async fn token_create(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad token request: {e}")))?
     };
-    Ok(Json(create_with(&state.commands, request, caller).await?))
+    Ok(Json(create_with(&state.commands, request, caller, state.tls_pin.as_ref()).await?))
 }
 
 /// Creates a join token through the engine's command channel; also how `warden up` makes its
-/// first one, before it serves.
+/// first one, before it serves. The token carries `pin`, the server certificate's fingerprint.
 pub(crate) async fn create_with(
     commands: &tokio::sync::mpsc::UnboundedSender<Command>,
     request: TokenRequest,
     caller: String,
+    pin: Option<&warden_core::fingerprint::Fingerprint>,
 ) -> Result<TokenCreated, ApiError> {
     let (token_id, secret) = crate::auth::generate_join_token();
     let (reply, answer) = tokio::sync::oneshot::channel();
@@ -48,7 +49,7 @@ pub(crate) async fn create_with(
     let gone = || ApiError::Conflict("the engine is shutting down".into());
     commands.send(command).map_err(|_| gone())?;
     let view = answer.await.map_err(|_| gone())??;
-    Ok(TokenCreated { token: format_join_token(&token_id, &secret), view })
+    Ok(TokenCreated { token: format_join_token(&token_id, &secret, pin), view })
 }
 
 /// `GET /v1/tokens`: every join token, newest last, without secrets.

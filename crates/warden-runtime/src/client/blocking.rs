@@ -71,7 +71,7 @@ impl BlockingClient {
         &self.client
     }
 
-    /// `http://host:port`, for messages.
+    /// `https://host:port` (or `http://`), for messages.
     pub fn base_url(&self) -> &str {
         self.client.base_url()
     }

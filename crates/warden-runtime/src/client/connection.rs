@@ -1,9 +1,10 @@
-//! The one place an HTTP connection is configured: timeouts, pooling, proxies — and, next, TLS
-//! (rustls goes into `reqwest_client`, and `ServerAddress` learns `https://`).
+//! The one place an HTTP connection is configured: timeouts, pooling, proxies, and TLS (rustls,
+//! trusting a pinned fingerprint or a CA file, `crate::tls::ServerTrust`).
 
 use std::time::Duration;
 
-use super::address::ServerAddressError;
+use super::address::{ServerAddress, ServerAddressError};
+use crate::tls::{ServerTrust, TlsError};
 
 /// How a client connects and how much it accepts.
 #[derive(Debug, Clone)]
@@ -17,6 +18,9 @@ pub struct ClientConfig {
     pub idle_connections_per_host: usize,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Which server certificate `https://` accepts; with `ServerTrust::Nobody`, only `http://`
+    /// addresses can be used.
+    pub trust: ServerTrust,
 }
 
 impl Default for ClientConfig {
@@ -26,6 +30,7 @@ impl Default for ClientConfig {
             max_response_bytes: None,
             idle_connections_per_host: 8,
             user_agent: concat!("warden/", env!("CARGO_PKG_VERSION")).to_string(),
+            trust: ServerTrust::Nobody,
         }
     }
 }
@@ -38,11 +43,24 @@ pub enum ClientSetupError {
     Connection(#[source] reqwest::Error),
     #[error("cannot start the HTTP client's runtime")]
     Runtime(#[source] std::io::Error),
+    #[error(
+        "{base_url} is served over TLS, and no certificate is trusted for it: pin its fingerprint or pass --ca FILE \
+         (or write http:// for a server started with --insecure-http)"
+    )]
+    NoTrust { base_url: String },
+    #[error("cannot set up TLS")]
+    Tls(#[from] TlsError),
 }
 
-/// The reqwest client every `Client` sends through.
-pub(super) fn reqwest_client(config: &ClientConfig) -> Result<reqwest::Client, ClientSetupError> {
-    reqwest::Client::builder()
+/// The reqwest client every `Client` sends through, to `address`.
+pub(super) fn reqwest_client(config: &ClientConfig, address: &ServerAddress) -> Result<reqwest::Client, ClientSetupError> {
+    let mut builder = reqwest::Client::builder();
+    match crate::tls::client_config(&config.trust)? {
+        Some(tls) => builder = builder.use_preconfigured_tls(tls),
+        None if address.tls() => return Err(ClientSetupError::NoTrust { base_url: address.base_url() }),
+        None => builder = builder.use_preconfigured_tls(crate::tls::trusts_nobody()),
+    }
+    builder
         .connect_timeout(config.connect_timeout)
         .pool_max_idle_per_host(config.idle_connections_per_host)
         // Sooner than the server closes an idle connection (`serve::Limits::header_read_timeout`,

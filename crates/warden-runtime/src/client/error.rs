@@ -25,6 +25,9 @@ pub enum HttpError {
     /// "While the control plane is down").
     #[error("{0}")]
     Refused(String),
+    /// The server's TLS certificate was refused: not the pinned one, or not signed by the CA.
+    #[error("{0}")]
+    Certificate(String),
     /// The server answered with an error status; `message` is its `ErrorBody` (or raw text).
     #[error("{message} (HTTP {code})")]
     Status { code: u16, message: String },
@@ -42,6 +45,7 @@ impl HttpError {
         match self {
             HttpError::Transport(_) => "unreachable".into(),
             HttpError::Refused(_) => "refused".into(),
+            HttpError::Certificate(_) => "certificate refused".into(),
             HttpError::Status { code, .. } => format!("HTTP {code}"),
             HttpError::Request(_) => "bad request".into(),
             HttpError::TooLarge { .. } | HttpError::Decode(_) => "bad response".into(),
@@ -66,6 +70,16 @@ pub(super) fn transport_error(request: &str, base_url: &str, error: &reqwest::Er
     let refused = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    // A refused certificate is rustls' error, inside the connector's io::Error.
+    match rustls_error(error) {
+        Some(rustls::Error::General(why)) => {
+            return HttpError::Certificate(format!("{request}: {base_url} refused: {why}"));
+        }
+        Some(e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)) => {
+            return HttpError::Certificate(format!("{request}: {base_url} refused: {e}"));
+        }
+        _ => {}
+    }
     if error.is_connect() && refused {
         return HttpError::Refused(format!(
             "{request}: cannot connect to {base_url}: connection refused (nothing listens there)"
@@ -79,6 +93,22 @@ pub(super) fn transport_error(request: &str, base_url: &str, error: &reqwest::Er
         "no answer from"
     };
     HttpError::Transport(format!("{request}: {what} {base_url}: {cause}"))
+}
+
+/// The rustls error under `error`, if any: found through `source()`, and through the error an
+/// `io::Error` wraps (which its `source()` skips).
+fn rustls_error(error: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cause: &dyn std::error::Error = error;
+    loop {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        cause = match wrapped {
+            Some(inner) => inner,
+            None => cause.source()?,
+        };
+    }
 }
 
 /// The whole exchange took longer than `timeout`.

@@ -85,7 +85,7 @@ impl Client {
     fn build(server: &str, identity: Option<Arc<Identity>>, config: &ClientConfig) -> Result<Client, ClientSetupError> {
         let address = ServerAddress::parse(server)?;
         Ok(Client {
-            http: reqwest_client(config)?,
+            http: reqwest_client(config, &address)?,
             base_url: address.base_url(),
             address,
             identity,
@@ -99,7 +99,7 @@ impl Client {
         Client { identity: Some(identity), ..self.clone() }
     }
 
-    /// `http://host:port`, for messages.
+    /// `https://host:port` (or `http://`), for messages.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }

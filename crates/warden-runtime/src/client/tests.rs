@@ -96,6 +96,11 @@ fn serve_in_background(identity: &Identity) -> (SocketAddr, tokio::runtime::Runt
     (addr, runtime)
 }
 
+/// `http://addr`: the test server speaks plain HTTP.
+fn http(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
 fn limited(max_response_bytes: usize) -> ClientConfig {
     ClientConfig { max_response_bytes: Some(max_response_bytes), ..ClientConfig::default() }
 }
@@ -106,7 +111,7 @@ async fn a_client_whose_clock_is_behind_a_freshly_started_server_signs_again_wit
     // The server started 3 s ahead of our clock: what we sign now is "before its start".
     let started_ms = now_ms() + 3_000;
     let addr = serve_with_guard(&identity, ReplayGuard::started_at(started_ms)).await;
-    let client = Client::new(&addr.to_string(), identity.clone(), &ClientConfig::default()).unwrap();
+    let client = Client::new(&http(addr), identity.clone(), &ClientConfig::default()).unwrap();
     let answer: serde_json::Value = client.json::<(), _>("GET", "/echo", None, SECOND).await.unwrap();
     assert_eq!(answer["caller"], identity.principal());
 }
@@ -115,7 +120,7 @@ async fn a_client_whose_clock_is_behind_a_freshly_started_server_signs_again_wit
 async fn signed_requests_verify_with_verify_request_for_a_server_given_as_bare_host_port() {
     let identity = Arc::new(Identity::generate("h1"));
     let addr = serve(&identity).await;
-    let client = Client::new(&addr.to_string(), identity.clone(), &ClientConfig::default()).unwrap();
+    let client = Client::new(&http(addr), identity.clone(), &ClientConfig::default()).unwrap();
     assert_eq!(client.base_url(), format!("http://{addr}"));
 
     let answer: serde_json::Value =
@@ -152,7 +157,7 @@ async fn a_prepared_request_sent_twice_is_refused_as_a_replay() {
 async fn an_error_body_becomes_a_status_error_with_its_message() {
     let identity = Arc::new(Identity::generate("h1"));
     let addr = serve(&identity).await;
-    let client = Client::new(&addr.to_string(), identity, &ClientConfig::default()).unwrap();
+    let client = Client::new(&http(addr), identity, &ClientConfig::default()).unwrap();
 
     let error = client.call("GET", "/elsewhere", b"", SECOND).await.unwrap_err();
     assert_eq!(error, HttpError::Status { code: 409, message: "no such thing".into() });
@@ -164,10 +169,10 @@ async fn an_error_body_becomes_a_status_error_with_its_message() {
     let error = client.stream("GET", "/elsewhere", b"").await.err().unwrap();
     assert_eq!(error, HttpError::Status { code: 409, message: "no such thing".into() });
 
-    let stranger = Client::new(&addr.to_string(), Arc::new(Identity::generate("stranger")), &ClientConfig::default()).unwrap();
+    let stranger = Client::new(&http(addr), Arc::new(Identity::generate("stranger")), &ClientConfig::default()).unwrap();
     let error = stranger.call("GET", "/echo", b"", SECOND).await.unwrap_err();
     assert!(matches!(&error, HttpError::Status { code: 401, message } if message.contains("not authorized")), "{error:?}");
-    let unsigned = Client::unsigned(&addr.to_string(), &ClientConfig::default()).unwrap();
+    let unsigned = Client::unsigned(&http(addr), &ClientConfig::default()).unwrap();
     let error = unsigned.call("GET", "/echo", b"", SECOND).await.unwrap_err();
     assert!(matches!(&error, HttpError::Status { code: 401, message } if message.contains("missing Authorization")));
     let answer: serde_json::Value = unsigned.json::<(), _>("GET", "/open/echo", None, SECOND).await.unwrap();
@@ -183,12 +188,12 @@ async fn an_error_body_becomes_a_status_error_with_its_message() {
 async fn an_answer_over_the_limit_is_refused_whether_or_not_its_length_is_announced() {
     let identity = Arc::new(Identity::generate("h1"));
     let addr = serve(&identity).await;
-    let client = Client::new(&addr.to_string(), identity.clone(), &limited(32 * 1024)).unwrap();
+    let client = Client::new(&http(addr), identity.clone(), &limited(32 * 1024)).unwrap();
     for path in ["/big", "/big-stream"] {
         let error = client.call("GET", path, b"", SECOND).await.unwrap_err();
         assert_eq!(error, HttpError::TooLarge { request: format!("GET {path}"), limit_bytes: 32 * 1024 }, "{path}");
     }
-    let roomy = Client::new(&addr.to_string(), identity, &limited(64 * 1024)).unwrap();
+    let roomy = Client::new(&http(addr), identity, &limited(64 * 1024)).unwrap();
     assert_eq!(roomy.call("GET", "/big", b"", SECOND).await.unwrap().1.len(), 64 * 1024);
     assert_eq!(roomy.call("GET", "/big-stream", b"", SECOND).await.unwrap().1.len(), 64 * 1024);
 }
@@ -197,7 +202,7 @@ async fn an_answer_over_the_limit_is_refused_whether_or_not_its_length_is_announ
 async fn a_stream_is_read_chunk_by_chunk_and_not_limited() {
     let identity = Arc::new(Identity::generate("h1"));
     let addr = serve(&identity).await;
-    let client = Client::new(&addr.to_string(), identity, &limited(16)).unwrap();
+    let client = Client::new(&http(addr), identity, &limited(16)).unwrap();
     let mut response = client.stream("GET", "/stream", b"").await.unwrap();
     assert_eq!(response.status(), 200);
     let mut text = Vec::new();
@@ -211,12 +216,12 @@ async fn a_stream_is_read_chunk_by_chunk_and_not_limited() {
 async fn no_answer_is_a_transport_error() {
     let identity = Arc::new(Identity::generate("h1"));
     let addr = serve(&identity).await;
-    let client = Client::new(&addr.to_string(), identity.clone(), &ClientConfig::default()).unwrap();
+    let client = Client::new(&http(addr), identity.clone(), &ClientConfig::default()).unwrap();
     let error = client.call("GET", "/slow", b"", Some(Duration::from_millis(200))).await.unwrap_err();
     assert!(matches!(&error, HttpError::Transport(m) if m.contains("no answer") && m.contains("GET /slow")), "{error:?}");
 
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let nobody = Client::new(&closed.to_string(), identity, &ClientConfig::default()).unwrap();
+    let nobody = Client::new(&http(closed), identity, &ClientConfig::default()).unwrap();
     let error = nobody.call("GET", "/echo", b"", SECOND).await.unwrap_err();
     assert!(matches!(&error, HttpError::Refused(m) if m.contains("connection refused")), "{error:?}");
     assert_eq!(error.class(), "refused");
@@ -225,17 +230,20 @@ async fn no_answer_is_a_transport_error() {
 #[tokio::test]
 async fn a_request_that_cannot_be_built_says_why() {
     let identity = Arc::new(Identity::generate("h1"));
-    let client = Client::new("127.0.0.1:1", identity, &ClientConfig::default()).unwrap();
+    let client = Client::new("http://127.0.0.1:1", identity.clone(), &ClientConfig::default()).unwrap();
     assert!(matches!(client.prepare("GET", "echo", Bytes::new()), Err(HttpError::Request(_))));
     assert!(matches!(client.prepare("GE T", "/echo", Bytes::new()), Err(HttpError::Request(_))));
-    assert!(matches!(Client::unsigned("https://server", &ClientConfig::default()), Err(ClientSetupError::Address(_))));
+    assert!(matches!(Client::unsigned("ftp://server", &ClientConfig::default()), Err(ClientSetupError::Address(_))));
+    let untrusted = Client::new("127.0.0.1:1", identity, &ClientConfig::default()).err().expect("TLS with nothing trusted");
+    assert!(matches!(untrusted, ClientSetupError::NoTrust { .. }), "{untrusted:?}");
+    assert!(untrusted.to_string().contains("--ca FILE"), "{untrusted}");
 }
 
 #[test]
 fn the_blocking_client_signs_decodes_and_streams_the_same_way() {
     let identity = Arc::new(Identity::generate("h1"));
     let (addr, _server) = serve_in_background(&identity);
-    let client = BlockingClient::new(&addr.to_string(), identity.clone(), &limited(32 * 1024)).unwrap();
+    let client = BlockingClient::new(&http(addr), identity.clone(), &limited(32 * 1024)).unwrap();
 
     let answer: serde_json::Value = client.json("PUT", "/echo", Some(&[1, 2]), SECOND).unwrap();
     assert_eq!((answer["caller"].as_str(), answer["body"].as_str()), (Some(identity.principal().as_str()), Some("[1,2]")));
@@ -255,4 +263,42 @@ fn the_blocking_client_signs_decodes_and_streams_the_same_way() {
         })
         .collect();
     assert!(threads.into_iter().all(|thread| thread.join().unwrap() == 200));
+}
+
+/// The listener with TLS (`serve::serve`) and the client pinning its certificate: the pinned
+/// certificate is accepted, another pin is refused as a certificate error, plaintext gets no
+/// answer, and a CA file naming the certificate is accepted too.
+#[tokio::test]
+async fn the_client_accepts_exactly_the_pinned_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = crate::serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let setup = crate::tls::TlsSetup::Generate { extra_names: Vec::new() };
+    let tls = crate::tls::server_tls(dir.path(), addr, "test-host", &setup).unwrap().unwrap();
+    let identity = Identity::generate("h1");
+    let state = Server { keys: vec![parse_principal(&identity.principal()).unwrap()], replays: Arc::default() };
+    let router = axum::Router::new().fallback(any(handle)).with_state(state);
+    let limits = crate::serve::Limits::for_fd_limit(1024);
+    let gate = Arc::new(crate::serve::Gate::new(limits));
+    tokio::spawn(crate::serve::serve(listener, router, gate, Some(tls.config.clone()), std::future::pending()));
+
+    let pinned = ClientConfig { trust: ServerTrust::Pinned(tls.fingerprint.clone()), ..ClientConfig::default() };
+    let client = Client::unsigned(&addr.to_string(), &pinned).unwrap();
+    assert_eq!(client.base_url(), format!("https://{addr}"));
+    assert_eq!(client.call("GET", "/open/echo", b"", SECOND).await.unwrap().0, 200);
+
+    let other =
+        ClientConfig { trust: ServerTrust::Pinned(warden_core::fingerprint::Fingerprint::of_der(b"x")), ..pinned.clone() };
+    let error = Client::unsigned(&addr.to_string(), &other).unwrap().call("GET", "/open/echo", b"", SECOND).await.unwrap_err();
+    assert!(matches!(&error, HttpError::Certificate(m) if m.contains(&tls.fingerprint.to_string())), "{error:?}");
+
+    let plain = Client::unsigned(&http(addr), &ClientConfig::default()).unwrap();
+    let error = plain.call("GET", "/open/echo", b"", SECOND).await.unwrap_err();
+    assert!(matches!(error, HttpError::Transport(_)), "plaintext to a TLS listener gets no answer: {error:?}");
+
+    let ca = ClientConfig { trust: ServerTrust::ca_file(&tls.cert_path).unwrap(), ..ClientConfig::default() };
+    let by_name = Client::unsigned(&format!("localhost:{}", addr.port()), &ca).unwrap();
+    assert_eq!(by_name.call("GET", "/open/echo", b"", SECOND).await.unwrap().0, 200, "verified with --ca, by name");
+    let probed = crate::tls::probe_fingerprint(&addr.to_string(), "127.0.0.1", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(probed, tls.fingerprint);
 }

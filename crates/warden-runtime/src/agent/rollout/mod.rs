@@ -576,7 +576,10 @@ mod tests {
         let context = AgentContext::new(dir.join("cells"), dir.join("logs"), shim, queue, timing, claims);
         if let Some(addr) = server {
             let identity = Arc::new(crate::auth::Identity::generate("h1"));
-            context.set_control_plane(Arc::new(Http::new(&format!("http://{addr}"), identity).unwrap()), "h1");
+            context.set_control_plane(
+                Arc::new(Http::new(&format!("http://{addr}"), identity, crate::client::ServerTrust::Nobody).unwrap()),
+                "h1",
+            );
         }
         TestHost { rollouts: Rollouts::new(context.clone()), context }
     }

@@ -146,6 +146,7 @@ pub(super) async fn run_probe(
 async fn http_status(url: &str) -> Result<u16, ProbeError> {
     let target = probe_url(url)?;
     let client = reqwest::Client::builder()
+        .use_preconfigured_tls(crate::tls::trusts_nobody())
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
