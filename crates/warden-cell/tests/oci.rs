@@ -230,7 +230,11 @@ fn bundle_config_follows_the_cell() {
     assert_eq!(c["process"]["env"], serde_json::json!(["GREETING=hi", "PATH=/app/bin"]), "cell env overrides the default PATH");
     assert_eq!(c["process"]["cwd"], "/srv", "a relative workdir is taken from the container's root");
     assert_eq!(c["process"]["noNewPrivileges"], true);
-    assert_eq!(c["process"]["user"], serde_json::json!({"uid": 0, "gid": 0}));
+    // A config from before users: root, as then; never any supplementary group.
+    assert_eq!(c["process"]["user"], serde_json::json!({"uid": 0, "gid": 0, "additionalGids": []}));
+    let with_user = CellConfig { user: Some(warden_cell::CellUser { uid: 4321, gid: 1234 }), ..config.clone() };
+    let user = &oci::bundle_config(&with_user, Path::new("/images/web"), true)["process"]["user"];
+    assert_eq!(user, &serde_json::json!({"uid": 4321, "gid": 1234, "additionalGids": []}));
     let caps = &c["process"]["capabilities"];
     assert_eq!(caps["bounding"].as_array().expect("bounding").len(), 14, "Docker's default set");
     assert!(caps["bounding"].as_array().unwrap().contains(&"CAP_NET_BIND_SERVICE".into()));
