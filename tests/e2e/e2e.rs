@@ -39,6 +39,20 @@ fn crashing_workload_runs_one_plus_max_attempts_times_then_fails() {
 
     let logs = warden.cli_ok(&["logs", &id]);
     assert_eq!(logs.matches("run").count(), 3, "every run's output is in the log: {logs:?}");
+
+    // By name too, as `nomad job status NAME`: the latest of that name when none is live, then
+    // the live one once it runs again; two live ones of one name are an ambiguity naming both.
+    let by_name = warden.cli_ok(&["status", "crasher", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&by_name).unwrap()["id"], id.as_str(), "{by_name}");
+    let again = warden.run("crasher-again.toml", &CRASHER.replace("echo run; exit 3", "exec sleep 1000"));
+    let by_name = warden.cli_ok(&["status", "crasher", "-o", "json"]);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&by_name).unwrap()["id"], again.as_str(), "the live one: {by_name}");
+    let third = warden.run("crasher-third.toml", &CRASHER.replace("echo run; exit 3", "exec sleep 1000"));
+    let ambiguous = warden.cli(&["stop", "crasher"]);
+    let stderr = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(!ambiguous.status.success() && stderr.contains(&again) && stderr.contains(&third), "{stderr}");
+    warden.cli_ok(&["stop", &again]);
+    warden.cli_ok(&["stop", &third]);
 }
 
 const SLEEPER: &str = r#"

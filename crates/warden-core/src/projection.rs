@@ -135,6 +135,33 @@ pub enum ReplayError {
 const MAX_FOLLOW_UP_STEPS: usize = 8;
 
 impl Projection {
+    /// The workloads `wanted` names, as a user types it: a full id (exactly that one), a unique
+    /// id prefix, a `consumer_workload_id`, or a spec name — the live workloads of that name, or
+    /// when none is live the latest that had it (`warden status web` after `web` completed).
+    /// Several answers are an ambiguity for the caller to name (after hiding what it may not see).
+    pub fn find_workloads(&self, wanted: &str) -> Vec<&Workload> {
+        if let Some(workload) = self.workloads.get(wanted) {
+            return vec![workload];
+        }
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let by_id: Vec<&Workload> = self
+            .workloads
+            .values()
+            .filter(|w| w.id().starts_with(wanted) || w.info.consumer_workload_id.as_deref() == Some(wanted))
+            .collect();
+        if !by_id.is_empty() {
+            return by_id;
+        }
+        let named = self.workloads.values().filter(|w| w.spec.name == wanted);
+        let live: Vec<&Workload> = named.clone().filter(|w| !w.phase.is_terminal()).collect();
+        if !live.is_empty() {
+            return live;
+        }
+        named.max_by_key(|w| w.info.vmid).into_iter().collect()
+    }
+
     /// Folds one journaled event in. Events must arrive in `seq` order without gaps.
     pub fn apply_event(&mut self, event: &CloudEvent) -> Result<(), ReplayError> {
         if event.seq != self.last_seq + 1 {

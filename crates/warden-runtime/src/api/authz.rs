@@ -314,15 +314,11 @@ fn candidates(
 ) -> Vec<(String, Scope)> {
     match target {
         Target::Workload => {
-            let scope = |w: &warden_core::Workload| Scope::Namespace(w.spec.namespace.clone());
-            if let Some(w) = shared.workloads.get(wanted) {
-                return vec![(wanted.to_string(), scope(w))];
-            }
+            // The same matches the handler resolves (`workloads::resolve`).
             shared
-                .workloads
-                .values()
-                .filter(|w| w.id().starts_with(wanted) || w.info.consumer_workload_id.as_deref() == Some(wanted))
-                .map(|w| (w.id().to_string(), scope(w)))
+                .find_workloads(wanted)
+                .into_iter()
+                .map(|w| (w.id().to_string(), Scope::Namespace(w.spec.namespace.clone())))
                 .collect()
         }
         Target::Job => {

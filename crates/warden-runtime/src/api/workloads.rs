@@ -83,18 +83,9 @@ pub(super) async fn list(
     Json(views)
 }
 
-/// Resolves a full id, a unique id prefix, or a `consumer_workload_id`.
+/// Resolves what the user typed (see [`Projection::find_workloads`]) to one workload id.
 pub(super) fn resolve(shared: &Projection, wanted: &str) -> Result<String, ApiError> {
-    if shared.workloads.contains_key(wanted) {
-        return Ok(wanted.to_string());
-    }
-    let mut matches: Vec<&str> = shared
-        .workloads
-        .values()
-        .filter(|w| w.id().starts_with(wanted) || w.info.consumer_workload_id.as_deref() == Some(wanted))
-        .map(|w| w.id())
-        .collect();
-    matches.dedup();
+    let matches: Vec<&str> = shared.find_workloads(wanted).into_iter().map(|w| w.id()).collect();
     match matches.as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(ApiError::NotFound(format!("no workload {wanted}"))),
