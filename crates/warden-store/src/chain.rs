@@ -476,6 +476,44 @@ pub(crate) fn check_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> 
     Ok(())
 }
 
+/// Why an event stored as its canonical bytes alone is not the event the chain needs next: see
+/// [`check_stored_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokenEvent {
+    /// The seq the chain needed (a missing event's seq, for a gap).
+    pub seq: u64,
+    /// What is wrong, worded as for a SQLite row (`event 17: body is not an event: …`).
+    pub reason: String,
+    /// The body is a well-formed event whose `prevhash` is not the previous event's hash: then
+    /// either this event or the previous one was changed, and only the next event's `prevhash`
+    /// (or the head) can tell which.
+    pub prevhash_mismatch: bool,
+}
+
+/// The backend-independent check of one stored event, for a backend that keeps each event as its
+/// canonical bytes alone (no separate hash or subject column: etcd keeps one key per event):
+/// `body`, stored under `seq`, must be the event that comes after (`expected_seq - 1`,
+/// `prev_hash`) — the same checks [`check_row`] runs on a SQLite row, with the hash computed from
+/// the body. Returns the event's hash, the next event's `prevhash`.
+///
+/// A body changed in a way that still parses (a flipped bit inside a string) passes its own check:
+/// the hash is computed, not stored. The next event's `prevhash` (or, for the last event, the
+/// backend's head) is what catches it; [`BrokenEvent::prevhash_mismatch`] says when to look there.
+pub fn check_stored_event(expected_seq: u64, prev_hash: &str, seq: u64, body: &[u8]) -> Result<String, BrokenEvent> {
+    let hash = sha256_hex(body);
+    // The subject is the body's own: there is no column to disagree with it.
+    let subject = serde_json::from_slice::<CloudEvent>(body).ok().and_then(|event| event.subject);
+    let row = StoredRow { seq, subject: subject.as_deref(), hash: &hash, body };
+    match check_row(expected_seq, prev_hash, &row) {
+        Ok(()) => Ok(hash),
+        Err(broken) => Err(BrokenEvent {
+            seq: expected_seq,
+            reason: broken.reason(),
+            prevhash_mismatch: matches!(broken, BrokenRow::PrevhashMismatch { .. }),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
