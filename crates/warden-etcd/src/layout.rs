@@ -27,6 +27,10 @@ impl Layout {
         Layout { prefix: prefix.to_owned() }
     }
 
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `<prefix>/head`: the last acknowledged event, a [`HeadRecord`].
     pub(crate) fn head(&self) -> String {
         format!("{}/head", self.prefix)

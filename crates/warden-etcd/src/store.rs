@@ -69,6 +69,11 @@ impl EtcdStore {
         Ok((store, opened.report))
     }
 
+    /// The prefix every key of this journal is under.
+    pub fn etcd_prefix(&self) -> &str {
+        self.etcd.layout.prefix()
+    }
+
     /// How many event keys past the head `open` deleted: a torn append that was never
     /// acknowledged (0 almost always).
     pub fn torn_events_cut(&self) -> u64 {

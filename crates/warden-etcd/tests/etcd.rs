@@ -226,13 +226,15 @@ fn an_append_survives_one_member_killed() {
     let store = open(&cluster.endpoints, &prefix);
     let mut written = store.append(events(1, 20)).unwrap();
     cluster.members[0].kill();
+    let dead = cluster.members[0].client_url.trim_start_matches("http://").to_owned();
+    assert!(std::net::TcpStream::connect(&dead).is_err(), "member m0 at {dead} is down");
     for i in 0..10 {
         written.extend(store.append(events(100 + 10 * i, 10)).unwrap());
     }
     assert_eq!(read_all(&store), written);
     drop(store);
-    let alive: Vec<String> = cluster.members[1..].iter().map(|m| m.client_url.clone()).collect();
-    let reopened = open(&alive, &prefix);
+    // Opened with every endpoint, the dead one too, as an operator's configuration lists them.
+    let reopened = open(&cluster.endpoints, &prefix);
     assert_eq!(reopened.head().unwrap().seq, 120);
     assert_eq!(read_all(&reopened), written);
 }
@@ -280,9 +282,47 @@ fn bytes_per_event() {
     }
     let after = raw.db_in_use(&cluster.endpoints[0]);
     let per_event = (after - before) as u64 / N;
-    support::note(&format!("etcd: {per_event} bytes of database per event ({N} events)"));
+    let prefix = store.etcd_prefix().to_owned();
+    drop(store);
+    let values: usize = raw.list(&format!("{prefix}/e/")).iter().map(|kv| kv.value().len()).sum();
+    support::note(&format!(
+        "etcd: {per_event} bytes of database per event ({N} events of {} bytes on average)",
+        values as u64 / N
+    ));
     assert!(
         per_event <= 2 * MEASURED_BYTES_PER_EVENT && 2 * per_event >= MEASURED_BYTES_PER_EVENT,
         "measured {per_event} bytes per event; the crate docs say about {MEASURED_BYTES_PER_EVENT}"
     );
+}
+
+/// At etcd's space quota every write is refused ("mvcc: database space exceeded"): the append
+/// fails with that message (so the engine exits 70), nothing of it is acknowledged or visible,
+/// and the journal still opens with everything acknowledged before.
+#[test]
+fn at_the_space_quota_appends_fail_and_nothing_is_lost() {
+    let cluster = Cluster::start_with(1, &["--quota-backend-bytes", &(16 * 1024 * 1024).to_string()]);
+    let prefix = fresh_prefix("quota");
+    let store = open(&cluster.endpoints, &prefix);
+    let mut written = Vec::new();
+    let mut failure = None;
+    for i in 0..40u64 {
+        // 2 MiB of distinct bytes per append, with an event naming it.
+        let bytes: Vec<u8> = (0..2 * 1024 * 1024u64).map(|b| ((b * 31 + i * 7) % 253) as u8).collect();
+        match store.append_with_artifacts(vec![Artifact::from_bytes(bytes)], events(1 + i, 1)) {
+            Ok(sealed) => written.extend(sealed),
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let error = failure.expect("a 16 MiB quota refuses 80 MiB of artifacts");
+    assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+    assert!(error.to_string().contains("database space exceeded"), "{error}");
+    assert!(!written.is_empty());
+    assert_eq!(store.head().unwrap().seq, written.len() as u64);
+    assert_eq!(read_all(&store), written);
+    drop(store);
+    let reopened = open(&cluster.endpoints, &prefix);
+    assert_eq!(read_all(&reopened), written, "everything acknowledged is there after the refusal");
 }

@@ -44,6 +44,11 @@ fn free_ports(n: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts `n` members and waits until the cluster accepts a write (it has a leader).
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags for every member.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         assert!(std::path::Path::new("/usr/bin/etcd").exists(), "etcd is not installed: apt-get install -y etcd-server");
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n);
@@ -69,6 +74,7 @@ impl Cluster {
                 .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &token])
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(extra)
                 .stdin(Stdio::piped())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
@@ -165,6 +171,13 @@ impl Raw {
     pub fn list_keys(&self, prefix: &str) -> Vec<etcd_client::KeyValue> {
         let mut kv = self.client.kv_client();
         let options = etcd_client::GetOptions::new().with_prefix().with_keys_only();
+        self.runtime.block_on(kv.get(prefix, Some(options))).unwrap().take_kvs()
+    }
+
+    /// Keys (with values) starting with `prefix`.
+    pub fn list(&self, prefix: &str) -> Vec<etcd_client::KeyValue> {
+        let mut kv = self.client.kv_client().max_decoding_message_size(64 << 20);
+        let options = etcd_client::GetOptions::new().with_prefix();
         self.runtime.block_on(kv.get(prefix, Some(options))).unwrap().take_kvs()
     }
 
