@@ -25,6 +25,13 @@
 //! also compares the fence key's `create_revision`, and a failure because of it is
 //! `StoreError::Fenced`, not retried — the hook for leader election's fencing.
 //!
+//! When etcd stays unreachable past the retries, the append fails though its last transaction
+//! may have landed. The writer then reads the head again before the next group: if it is still
+//! its own, nothing happened; if the failed append did land, later appends fail with
+//! `StoreError::HeadMoved` (the engine exits 70 on the first failure anyway, and a reopen
+//! finds the events). Artifacts of a failed group may stay behind, unnamed by any event: they
+//! are content-addressed and immutable, like artifacts appended with no events.
+//!
 //! **Open** verifies the chain from the latest snapshot (or seq 1) up to the head with the
 //! checks SQLite's open runs (`warden_store::check_stored_event`). Damaged committed history —
 //! a changed event value, an event key missing below the head, a snapshot past the head — is

@@ -538,6 +538,25 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_event_is_checked_as_a_row_with_its_hash_computed() {
+        let events = chain(3);
+        let bodies: Vec<Vec<u8>> = events.iter().map(CloudEvent::canonical_bytes).collect();
+        assert_eq!(check_stored_event(2, &events[0].hash(), 2, &bodies[1]), Ok(events[1].hash()));
+        // A gap names the seq that is missing.
+        let gap = check_stored_event(2, &events[0].hash(), 3, &bodies[2]).unwrap_err();
+        assert_eq!((gap.seq, gap.reason.as_str(), gap.prevhash_mismatch), (2, "gap: expected 2, found 3", false));
+        // Event 3 after a changed event 2: a prevhash mismatch, flagged for the next link to judge.
+        let wrong = check_stored_event(3, &events[0].hash(), 3, &bodies[2]).unwrap_err();
+        assert_eq!((wrong.seq, wrong.prevhash_mismatch), (3, true));
+        assert_eq!(wrong.reason, "event 3: prevhash does not match event 2");
+        // A body that is not canonical (extra whitespace) is refused, as in a SQLite row.
+        let mut spaced = b" ".to_vec();
+        spaced.extend_from_slice(&bodies[0]);
+        let not_canonical = check_stored_event(1, GENESIS_HASH, 1, &spaced).unwrap_err();
+        assert_eq!(not_canonical.reason, "event 1: body is not in canonical form");
+    }
+
+    #[test]
     fn accepts_a_sealed_chain_and_its_suffixes() {
         let events = chain(5);
         assert_eq!(verify_chain(&events, GENESIS_HASH), Ok(()));

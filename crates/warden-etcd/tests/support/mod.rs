@@ -61,11 +61,19 @@ impl Cluster {
             let name = format!("m{i}");
             let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
             let mut command = Command::new("sh");
-            // `read` returns when the pipe closes (this process dropped the member, or exited).
+            // `read` returns when the pipe closes (this process dropped the member, or exited);
+            // then the member is killed and its files removed — the shared cluster's directory is
+            // never dropped, so its members clean up after themselves (the last removes the root).
             command
                 .arg("-c")
-                .arg("etcd \"$@\" & pid=$!; read _ignored; kill -9 $pid; wait $pid")
+                .arg(
+                    "etcd \"$@\" & pid=$!; read _ignored; kill -9 $pid; wait $pid; \
+                     rm -rf \"$WARDEN_TEST_ROOT/$WARDEN_TEST_MEMBER\" \"$WARDEN_TEST_ROOT/$WARDEN_TEST_MEMBER.log\"; \
+                     rmdir \"$WARDEN_TEST_ROOT\" 2>/dev/null; true",
+                )
                 .arg("sh")
+                .env("WARDEN_TEST_ROOT", dir.path())
+                .env("WARDEN_TEST_MEMBER", &name)
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(dir.path().join(&name))
