@@ -18,7 +18,9 @@ use crate::writer::{Pending, Request, Writer};
 /// How many events one read of `read_after` takes from etcd.
 const READ_PAGE: usize = 1000;
 
-/// The journal in etcd. See the crate docs.
+/// The journal in etcd. See the crate docs. Like the runtime's blocking HTTP client it drives a
+/// private tokio runtime, so it must not be used, nor dropped, inside an async context (call it
+/// from blocking threads, as the runtime calls every `Store`).
 pub struct EtcdStore {
     etcd: Arc<Etcd>,
     /// `None` only while dropping: closing the channel is what stops the writer.

@@ -326,3 +326,22 @@ fn at_the_space_quota_appends_fail_and_nothing_is_lost() {
     let reopened = open(&cluster.endpoints, &prefix);
     assert_eq!(read_all(&reopened), written, "everything acknowledged is there after the refusal");
 }
+
+/// Two stores on one prefix (two writers, no fence): an append lands only on the head it was
+/// sealed after, so the second writer's append is refused and nothing of it is visible.
+#[test]
+fn an_append_on_a_head_another_writer_moved_is_refused() {
+    let cluster = shared();
+    let prefix = fresh_prefix("two-writers");
+    let first = open(&cluster.endpoints, &prefix);
+    let second = open(&cluster.endpoints, &prefix);
+    let written = first.append(events(1, 3)).unwrap();
+    match second.append(events(10, 200)) {
+        Err(StoreError::HeadMoved { expected_seq: 0, found_seq: 3 }) => {}
+        other => panic!("expected HeadMoved from 0 to 3, got {other:?}"),
+    }
+    drop((first, second));
+    let reopened = open(&cluster.endpoints, &prefix);
+    assert_eq!(read_all(&reopened), written, "the refused append left nothing a reader sees");
+    assert_eq!(reopened.torn_events_cut(), 0, "refused at its first transaction: no key past the head");
+}
