@@ -18,6 +18,9 @@ const SYSTEM_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     // tests/e2e/cluster_netns.rs: namespaces, veths and a bridge per test.
     ("iproute2", "ip"),
+    // crates/warden-etcd: etcd-client's build runs protoc; its tests start a real etcd cluster.
+    ("protobuf-compiler", "protoc"),
+    ("etcd-server", "etcd"),
 ];
 
 fn main() {

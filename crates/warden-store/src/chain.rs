@@ -476,6 +476,44 @@ pub(crate) fn check_row(expected_seq: u64, prev_hash: &str, row: &StoredRow) -> 
     Ok(())
 }
 
+/// Why an event stored as its canonical bytes alone is not the event the chain needs next: see
+/// [`check_stored_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokenEvent {
+    /// The seq the chain needed (a missing event's seq, for a gap).
+    pub seq: u64,
+    /// What is wrong, worded as for a SQLite row (`event 17: body is not an event: …`).
+    pub reason: String,
+    /// The body is a well-formed event whose `prevhash` is not the previous event's hash: then
+    /// either this event or the previous one was changed, and only the next event's `prevhash`
+    /// (or the head) can tell which.
+    pub prevhash_mismatch: bool,
+}
+
+/// The backend-independent check of one stored event, for a backend that keeps each event as its
+/// canonical bytes alone (no separate hash or subject column: etcd keeps one key per event):
+/// `body`, stored under `seq`, must be the event that comes after (`expected_seq - 1`,
+/// `prev_hash`) — the same checks [`check_row`] runs on a SQLite row, with the hash computed from
+/// the body. Returns the event's hash, the next event's `prevhash`.
+///
+/// A body changed in a way that still parses (a flipped bit inside a string) passes its own check:
+/// the hash is computed, not stored. The next event's `prevhash` (or, for the last event, the
+/// backend's head) is what catches it; [`BrokenEvent::prevhash_mismatch`] says when to look there.
+pub fn check_stored_event(expected_seq: u64, prev_hash: &str, seq: u64, body: &[u8]) -> Result<String, BrokenEvent> {
+    let hash = sha256_hex(body);
+    // The subject is the body's own: there is no column to disagree with it.
+    let subject = serde_json::from_slice::<CloudEvent>(body).ok().and_then(|event| event.subject);
+    let row = StoredRow { seq, subject: subject.as_deref(), hash: &hash, body };
+    match check_row(expected_seq, prev_hash, &row) {
+        Ok(()) => Ok(hash),
+        Err(broken) => Err(BrokenEvent {
+            seq: expected_seq,
+            reason: broken.reason(),
+            prevhash_mismatch: matches!(broken, BrokenRow::PrevhashMismatch { .. }),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,6 +535,25 @@ mod tests {
                 event
             })
             .collect()
+    }
+
+    #[test]
+    fn a_stored_event_is_checked_as_a_row_with_its_hash_computed() {
+        let events = chain(3);
+        let bodies: Vec<Vec<u8>> = events.iter().map(CloudEvent::canonical_bytes).collect();
+        assert_eq!(check_stored_event(2, &events[0].hash(), 2, &bodies[1]), Ok(events[1].hash()));
+        // A gap names the seq that is missing.
+        let gap = check_stored_event(2, &events[0].hash(), 3, &bodies[2]).unwrap_err();
+        assert_eq!((gap.seq, gap.reason.as_str(), gap.prevhash_mismatch), (2, "gap: expected 2, found 3", false));
+        // Event 3 after a changed event 2: a prevhash mismatch, flagged for the next link to judge.
+        let wrong = check_stored_event(3, &events[0].hash(), 3, &bodies[2]).unwrap_err();
+        assert_eq!((wrong.seq, wrong.prevhash_mismatch), (3, true));
+        assert_eq!(wrong.reason, "event 3: prevhash does not match event 2");
+        // A body that is not canonical (extra whitespace) is refused, as in a SQLite row.
+        let mut spaced = b" ".to_vec();
+        spaced.extend_from_slice(&bodies[0]);
+        let not_canonical = check_stored_event(1, GENESIS_HASH, 1, &spaced).unwrap_err();
+        assert_eq!(not_canonical.reason, "event 1: body is not in canonical form");
     }
 
     #[test]

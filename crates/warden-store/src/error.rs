@@ -23,6 +23,9 @@ pub enum StoreOperation {
     ReadSnapshot,
     /// Writing a journal rebuilt from a backup (`backup::import`).
     Restore,
+    /// Appending events (a backend other than SQLite, which reports append failures as
+    /// [`StoreError::Append`]).
+    Append,
 }
 
 impl fmt::Display for StoreOperation {
@@ -37,6 +40,7 @@ impl fmt::Display for StoreOperation {
             StoreOperation::PutSnapshot => "store a snapshot",
             StoreOperation::ReadSnapshot => "read the latest snapshot",
             StoreOperation::Restore => "write the restored journal",
+            StoreOperation::Append => "append to the journal",
         })
     }
 }
@@ -80,7 +84,8 @@ pub enum StoreError {
     /// changed nothing: only an operator may discard acknowledged events.
     #[error("{}", corrupt_history_text(journal, *seq, reason, *last_seq, *n_from_seq))]
     CorruptHistory {
-        /// The journal's file.
+        /// The journal's file; for a journal in etcd, `etcd://<endpoints>/<prefix>` (see
+        /// [`ETCD_JOURNAL_SCHEME`]).
         journal: PathBuf,
         /// The first seq the chain cannot vouch for (a missing row's seq, for a gap).
         seq: u64,
@@ -122,20 +127,48 @@ pub enum StoreError {
     #[error("could not start the journal writer thread")]
     Spawn(#[source] std::io::Error),
 
+    /// A backend other than SQLite (etcd) failed while the store did `operation`; shared, because
+    /// every waiter of a group commit gets the same error. For an append, nothing of it was
+    /// acknowledged (and readers see nothing of it).
+    #[error("could not {operation}: {backend} failed: {source}")]
+    Backend { operation: StoreOperation, backend: &'static str, source: Arc<dyn std::error::Error + Send + Sync> },
+
+    /// A write was refused because this store's fence no longer holds: the fence key is gone or
+    /// was created again (another process became the writer). Never retried: the caller must stop
+    /// writing.
+    #[error("fenced: write refused because {key} is no longer at create revision {create_revision} (another writer took over)")]
+    Fenced { key: String, create_revision: i64 },
+
+    /// The journal's head moved under this store (another writer appended): its append was
+    /// refused and nothing of it was acknowledged.
+    #[error(
+        "the journal's head moved under this store (expected seq {expected_seq}, found seq {found_seq}): another writer appended"
+    )]
+    HeadMoved { expected_seq: u64, found_seq: u64 },
+
     /// The store is shutting down, or its writer thread is gone.
     #[error("the store is closed")]
     Closed,
 }
 
+/// How a [`StoreError::CorruptHistory`]'s `journal` starts when the journal is in etcd.
+pub const ETCD_JOURNAL_SCHEME: &str = "etcd://";
+
 /// What an operator reads when `warden up` refuses a damaged journal: where, what, what is at
 /// stake, and the two ways out.
 fn corrupt_history_text(journal: &std::path::Path, seq: u64, reason: &str, last_seq: u64, n_from_seq: u64) -> String {
+    if journal.to_str().is_some_and(|j| j.starts_with(ETCD_JOURNAL_SCHEME)) {
+        return format!(
+            "journal {} is damaged: {reason}; {}. Committed history in etcd is never torn (an append is \
+             acknowledged only once etcd moved the head past it), so this is damage or tampering: nothing was \
+             changed and warden will not write to this journal until an operator decides. Restore it from a \
+             backup (`warden restore`)",
+            journal.display(),
+            at_stake_text(seq, last_seq, n_from_seq),
+        );
+    }
     let data_dir = journal.parent().map_or_else(|| ".".into(), |dir| dir.display().to_string());
-    let at_stake = match n_from_seq {
-        0 => format!("no event from {seq} on is left (the last is {last_seq})"),
-        1 => format!("1 committed event is stored from seq {seq} to {last_seq}"),
-        n => format!("{n} committed events are stored from seq {seq} to {last_seq}"),
-    };
+    let at_stake = at_stake_text(seq, last_seq, n_from_seq);
     format!(
         "journal {} is damaged: {reason}; {at_stake}. Committed history cannot be torn by a crash, so \
          this is disk damage or tampering: nothing was changed and warden will not write to this journal until an \
@@ -146,4 +179,13 @@ fn corrupt_history_text(journal: &std::path::Path, seq: u64, reason: &str, last_
         journal.display(),
         seq.saturating_sub(1),
     )
+}
+
+/// What a truncation before `seq` would discard.
+fn at_stake_text(seq: u64, last_seq: u64, n_from_seq: u64) -> String {
+    match n_from_seq {
+        0 => format!("no event from {seq} on is left (the last is {last_seq})"),
+        1 => format!("1 committed event is stored from seq {seq} to {last_seq}"),
+        n => format!("{n} committed events are stored from seq {seq} to {last_seq}"),
+    }
 }

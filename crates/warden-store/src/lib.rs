@@ -24,8 +24,10 @@ pub mod queue;
 pub mod repair;
 pub mod sqlite;
 
-pub use chain::{verify_chain, verify_signed_chain, ChainError, ChainVerifier, SignedHead, Verified};
-pub use error::{StoreError, StoreOperation};
+pub use chain::{
+    check_stored_event, verify_chain, verify_signed_chain, BrokenEvent, ChainError, ChainVerifier, SignedHead, Verified,
+};
+pub use error::{StoreError, StoreOperation, ETCD_JOURNAL_SCHEME};
 pub use port::{Head, OpenReport, Store};
 pub use repair::{ChainCheck, Damage, DiscardedRow, OfflineJournal, RepairError, TruncatePlan};
 pub use sqlite::SqliteStore;
