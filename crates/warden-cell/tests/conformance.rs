@@ -403,9 +403,13 @@ fn teardown(kind: Kind) {
     cfg.limits.pids_max = Some(32);
     let started = h.start(&cfg);
     wait_for_log(&cfg, "ready");
-    // What must go, so that the checks below mean something.
-    let processes = processes_of(&cfg.cell_id);
-    assert!(processes.len() >= 3, "{processes:?}");
+    // What must go, so that the checks below mean something. Looked for until all three are
+    // seen: a process caught in the middle of its exec shows an empty environ for a moment.
+    let mut processes = Vec::new();
+    wait_for("the cell's three processes", || {
+        processes = processes_of(&cfg.cell_id);
+        processes.len() >= 3
+    });
     assert!(!cell_cgroups(&cfg.cell_id).is_empty(), "the cell has no cgroup");
     if kind == Kind::Oci {
         let rootfs = format!("{}/rootfs", h.tmp.path().file_name().unwrap().to_string_lossy());
