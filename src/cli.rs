@@ -12,6 +12,7 @@ mod journal;
 mod keys;
 mod rollout;
 mod secret;
+mod store;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -76,6 +77,10 @@ struct ServeArgs {
     /// Serve plain HTTP, no TLS: refused unless --listen is a loopback address.
     #[arg(long, conflicts_with_all = ["tls_san", "tls_key"])]
     insecure_http: bool,
+    /// The journal: `sqlite` (<data-dir>/journal.db) or `etcd://IP:PORT[,IP:PORT…][/PREFIX]`
+    /// (a binary built with --features etcd; loopback members only until its client speaks TLS).
+    #[arg(long, env = "WARDEN_STORE", default_value = "sqlite")]
+    store: String,
 }
 
 impl ServeArgs {
@@ -302,6 +307,7 @@ pub fn main() -> Result<()> {
                 local_cells,
                 cluster: Default::default(),
                 tls,
+                journal: store::open(store::parse(&serve.store)?)?,
             };
             tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

@@ -16,6 +16,8 @@ mod cluster_e2e;
 mod cluster_netns;
 mod crash;
 mod e2e;
+#[cfg(feature = "etcd")]
+mod etcd_e2e;
 mod events_verify;
 mod hostile_input_e2e;
 mod jobs_e2e;

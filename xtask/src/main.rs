@@ -39,13 +39,14 @@ fn main() {
 fn ci() {
     install_packages(SYSTEM_PACKAGES);
     run("cargo", &["fmt", "--all", "--", "--check"]);
-    run("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    // `--all-features`: the etcd journal (`--features etcd`) is built, linted and tested too.
+    run("cargo", &["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]);
     let code = cycles::main();
     if code != 0 {
         eprintln!("xtask: module-level import cycles (above) fail the run");
         exit(code);
     }
-    run("cargo", &["test", "--workspace", "--", "--test-threads=2"]);
+    run("cargo", &["test", "--workspace", "--all-features", "--", "--test-threads=2"]);
 }
 
 fn bench() {

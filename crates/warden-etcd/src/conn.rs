@@ -33,12 +33,24 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// The client, its runtime, the journal's keys and the fence; shared by the store's readers and
 /// its writer thread.
 pub(crate) struct Etcd {
-    runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// `Some` until dropped (see the `Drop` impl).
+    runtime: Option<tokio::runtime::Runtime>,
+    /// `Some` once connected (in `connect`).
+    client: Option<Client>,
     pub layout: Layout,
     pub fence: Option<Fence>,
     /// `etcd://<endpoints><prefix>`, for messages.
     pub name: String,
+}
+
+impl Drop for Etcd {
+    /// Dropping a runtime blocks until its tasks end, which panics inside an async context (the
+    /// server drops its store there when it stops): let its threads go in the background.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// What a guarded transaction found.
@@ -62,19 +74,35 @@ impl Etcd {
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = runtime.block_on(Client::connect(endpoints, Some(options))).map_err(|e| backend(StoreOperation::Open, e))?;
         let name = format!("{ETCD_JOURNAL_SCHEME}{}{prefix}", endpoints.join(","));
-        Ok(Etcd { runtime, client, layout: Layout::new(prefix), fence, name })
+        let mut etcd = Etcd { runtime: Some(runtime), client: None, layout: Layout::new(prefix), fence, name };
+        let client = etcd.block_on(Client::connect(endpoints, Some(options))).map_err(|e| backend(StoreOperation::Open, e))?;
+        etcd.client = Some(client);
+        Ok(etcd)
     }
 
-    /// Runs `future` to completion on the store's runtime. Must not be called from inside an
-    /// async context (the `Store` trait is synchronous; the runtime calls it from blocking threads).
-    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+    /// Runs `future` to completion on the store's runtime, from any thread: the `Store` trait is
+    /// synchronous, and the server calls it both from plain threads and from its own async code
+    /// (loading the journal at start). A runtime may not be blocked on from inside another, so
+    /// there the wait happens on a short-lived thread of its own (tens of microseconds, next to
+    /// an etcd round trip).
+    pub(crate) fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let runtime = self.runtime.as_ref().expect("the runtime lives as long as the store");
+        if tokio::runtime::Handle::try_current().is_err() {
+            return runtime.block_on(future);
+        }
+        std::thread::scope(|scope| match scope.spawn(|| runtime.block_on(future)).join() {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
     }
 
     pub(crate) fn kv(&self) -> KvClient {
-        self.client.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES)
+        self.client.as_ref().expect("connected").kv_client().max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     /// The name a `CorruptHistory` carries.

@@ -1,6 +1,7 @@
 //! `EtcdStore`: warden's journal on an etcd cluster — a second implementation of the `Store`
-//! port, held to the same conformance suite as `SqliteStore`. Not yet selectable by `warden
-//! server` (a later slice wires `--store etcd://…`, with leader election and fencing).
+//! port, held to the same conformance suite as `SqliteStore`. `warden up|server --store
+//! etcd://…` (a binary built with `--features etcd`) keeps its journal here; leader election
+//! and standby servers are a later slice (the [`Fence`] is their hook).
 //!
 //! **Keys**, under a prefix (one warden cluster per prefix):
 //!

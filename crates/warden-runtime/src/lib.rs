@@ -28,10 +28,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use warden_cell::{ProcessBackend, ShimExe};
-use warden_store::{SqliteStore, Store};
+use warden_store::{OpenReport, SqliteStore, Store};
 
 use crate::auth::{authorize_key, load_authorized_keys, Identity};
 use crate::engine::{Engine, EngineConfig};
+
+/// Which journal the control plane keeps.
+pub enum Journal {
+    /// `<data-dir>/journal.db`, SQLite (the default).
+    Sqlite,
+    /// A store the caller opened (`warden up --store etcd://…` opens an `EtcdStore`), with what
+    /// its open found and its name for the banner.
+    Opened { store: Arc<dyn Store>, report: OpenReport, name: String },
+}
 
 pub struct UpConfig {
     pub listen: SocketAddr,
@@ -48,6 +57,7 @@ pub struct UpConfig {
     pub cluster: cluster::ClusterConfig,
     /// TLS with a generated certificate, the operator's, or plain HTTP on loopback.
     pub tls: tls::TlsSetup,
+    pub journal: Journal,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +122,14 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
     let mut signing_keys = load_authorized_keys(&authorized_path).map_err(dir_err)?;
     let file_admins = Arc::new(auth::load_authorized_names(&authorized_path).map_err(dir_err)?);
 
-    let (store, report) = SqliteStore::open(&data_dir.join(paths::JOURNAL_FILE))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let (store, report, journal_name): (Arc<dyn Store>, OpenReport, String) = match config.journal {
+        Journal::Sqlite => {
+            let path = data_dir.join(paths::JOURNAL_FILE);
+            let (store, report) = SqliteStore::open(&path)?;
+            (Arc::new(store), report, path.display().to_string())
+        }
+        Journal::Opened { store, report, name } => (store, report, name),
+    };
     let shim_note = match &config.shim {
         ShimExe::Standalone(path) => format!("{} (standalone)", path.display()),
         ShimExe::Subcommand(path) => format!(
@@ -171,7 +187,7 @@ pub async fn up(config: UpConfig) -> Result<(), UpError> {
         None => eprintln!("  tls          OFF (--insecure-http): requests and answers cross the network in the clear"),
     }
     eprintln!(
-        "  journal      {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the events after it; chain verified from seq {}",
+        "  journal      {journal_name}: {} events; state loaded from the snapshot at seq {loaded_snapshot_seq} plus the events after it; chain verified from seq {}",
         handle.shared.read().expect("lock").last_seq,
         report.verified_from_seq
     );
