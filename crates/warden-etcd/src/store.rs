@@ -1,19 +1,18 @@
 //! `EtcdStore`: the `Store` port on etcd — opening (the chain check), reads bounded by the head,
 //! and the hand-off of every write to the writer thread.
 
-use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use etcd_client::GetOptions;
 use warden_core::canonical::Artifact;
 use warden_core::{CloudEvent, NewEvent};
+use warden_store::group_commit::GroupCommit;
 use warden_store::{Head, OpenReport, Store, StoreError, StoreOperation};
 
 use crate::conn::{backend, Etcd, Fence};
 use crate::layout::{chunk_key, Manifest, SnapshotPointer};
 use crate::open::check_at_open;
-use crate::writer::{Pending, Request, Writer};
+use crate::writer::{Writer, GROUP_CAP};
 
 /// How many events one read of `read_after` takes from etcd.
 const READ_PAGE: usize = 1000;
@@ -23,9 +22,7 @@ const READ_PAGE: usize = 1000;
 /// from blocking threads, as the runtime calls every `Store`).
 pub struct EtcdStore {
     etcd: Arc<Etcd>,
-    /// `None` only while dropping: closing the channel is what stops the writer.
-    requests: Option<Sender<Request>>,
-    writer: Option<JoinHandle<()>>,
+    writer: GroupCommit,
     /// Advanced by the writer after each head move, before it replies. Reads trust only event
     /// keys up to it.
     head: Arc<Mutex<Head>>,
@@ -62,12 +59,8 @@ impl EtcdStore {
             shared_head: Arc::clone(&head),
             resync: false,
         };
-        let (requests, queue) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("warden-etcd-journal".into())
-            .spawn(move || writer.run(queue))
-            .map_err(StoreError::Spawn)?;
-        let store = EtcdStore { etcd, requests: Some(requests), writer: Some(writer), head, torn_cut: opened.torn_cut };
+        let writer = GroupCommit::start("warden-etcd-journal", writer, GROUP_CAP)?;
+        let store = EtcdStore { etcd, writer, head, torn_cut: opened.torn_cut };
         Ok((store, opened.report))
     }
 
@@ -80,10 +73,6 @@ impl EtcdStore {
     /// acknowledged (0 almost always).
     pub fn torn_events_cut(&self) -> u64 {
         self.torn_cut
-    }
-
-    fn send(&self, request: Request) -> Result<(), StoreError> {
-        self.requests.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)
     }
 
     /// The value stored as chunks under `chunks` and described by the manifest at `manifest`,
@@ -109,26 +98,9 @@ impl EtcdStore {
     }
 }
 
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        drop(self.requests.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
 impl Store for EtcdStore {
     fn append_with_artifacts(&self, artifacts: Vec<Artifact>, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
-        if artifacts.is_empty() && events.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(bad) = artifacts.iter().find(|a| !Artifact::verify(&a.id, &a.bytes)) {
-            return Err(StoreError::ArtifactMismatch { id: bad.id.clone() });
-        }
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Append(Pending { artifacts, events, reply }))?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.append(artifacts, events)
     }
 
     fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -142,12 +114,7 @@ impl Store for EtcdStore {
     }
 
     fn delete_artifacts(&self, ids: Vec<String>) -> Result<usize, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::DeleteArtifacts { ids, reply })?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.delete_artifacts(ids)
     }
 
     fn read_after(&self, after_seq: u64, limit: usize, subject: Option<&str>) -> Result<Vec<CloudEvent>, StoreError> {
@@ -189,9 +156,7 @@ impl Store for EtcdStore {
     }
 
     fn put_snapshot(&self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Snapshot { seq, body: body.to_vec(), reply })?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.put_snapshot(seq, body)
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {

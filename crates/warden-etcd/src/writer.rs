@@ -3,12 +3,11 @@
 //! append never names an artifact a concurrent delete removed.
 
 use std::collections::HashSet;
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use etcd_client::{DeleteOptions, GetOptions, TxnOp};
-use warden_core::canonical::Artifact;
-use warden_core::{CloudEvent, NewEvent};
+use warden_core::CloudEvent;
+use warden_store::group_commit::{Backend, Pending};
 use warden_store::{Head, StoreError, StoreOperation};
 
 use crate::conn::{Etcd, Outcome};
@@ -16,25 +15,10 @@ use crate::layout::{chunk_key, chunks_of, HeadRecord, Manifest, SnapshotPointer,
 
 /// The most events and artifacts one group commit takes from the queue; a single larger append
 /// is still written whole (in several transactions, the head moved by the last).
-const GROUP_CAP: usize = 1024;
+pub(crate) const GROUP_CAP: usize = 1024;
 
 /// How many snapshots are kept: the latest, and one to fall back on.
 const KEEP_SNAPSHOTS: usize = 2;
-
-pub(crate) type AppendReply = Result<Vec<CloudEvent>, StoreError>;
-
-/// One `append_with_artifacts` call waiting for its group commit; its artifacts were checked.
-pub(crate) struct Pending {
-    pub artifacts: Vec<Artifact>,
-    pub events: Vec<NewEvent>,
-    pub reply: SyncSender<AppendReply>,
-}
-
-pub(crate) enum Request {
-    Append(Pending),
-    Snapshot { seq: u64, body: Vec<u8>, reply: SyncSender<Result<(), StoreError>> },
-    DeleteArtifacts { ids: Vec<String>, reply: SyncSender<Result<usize, StoreError>> },
-}
 
 pub(crate) struct Writer {
     pub etcd: Arc<Etcd>,
@@ -49,46 +33,7 @@ pub(crate) struct Writer {
     pub resync: bool,
 }
 
-impl Writer {
-    pub(crate) fn run(mut self, queue: Receiver<Request>) {
-        let mut carried: Option<Request> = None;
-        loop {
-            let first = match carried.take() {
-                Some(request) => request,
-                None => match queue.recv() {
-                    Ok(request) => request,
-                    Err(_) => return, // the store was dropped
-                },
-            };
-            match first {
-                Request::Snapshot { seq, body, reply } => {
-                    let _ = reply.send(self.etcd.block_on(self.put_snapshot(seq, &body)));
-                }
-                Request::DeleteArtifacts { ids, reply } => {
-                    let _ = reply.send(self.etcd.block_on(self.delete_artifacts(&ids)));
-                }
-                Request::Append(pending) => {
-                    let mut n = pending.artifacts.len() + pending.events.len();
-                    let mut group = vec![pending];
-                    while n < GROUP_CAP {
-                        match queue.try_recv() {
-                            Ok(Request::Append(pending)) => {
-                                n += pending.artifacts.len() + pending.events.len();
-                                group.push(pending);
-                            }
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit_group(group);
-                }
-            }
-        }
-    }
-
+impl Backend for Writer {
     /// Writes `group` and answers every waiter in it: all succeed or all fail.
     fn commit_group(&mut self, group: Vec<Pending>) {
         let etcd = Arc::clone(&self.etcd);
@@ -110,6 +55,18 @@ impl Writer {
         }
     }
 
+    fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
+        let etcd = Arc::clone(&self.etcd);
+        etcd.block_on(self.write_snapshot(seq, body))
+    }
+
+    fn delete_artifacts(&mut self, ids: &[String]) -> Result<usize, StoreError> {
+        let etcd = Arc::clone(&self.etcd);
+        etcd.block_on(self.remove_artifacts(ids))
+    }
+}
+
+impl Writer {
     /// Seals the group's events after `self.head`, writes its artifacts (chunks, then
     /// manifests) and its events, and moves the head in the last transaction. Every transaction
     /// compares the head's mod revision with `self.head_revision` (and the fence), so none of
@@ -188,7 +145,7 @@ impl Writer {
         Ok(sealed)
     }
 
-    async fn put_snapshot(&self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
+    async fn write_snapshot(&self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
         // A snapshot past the head would describe events that do not exist.
         if seq > self.head.seq {
             return Err(StoreError::SnapshotAhead { seq, head: self.head.seq });
@@ -223,7 +180,7 @@ impl Writer {
         self.fenced_txns(op, deletes).await
     }
 
-    async fn delete_artifacts(&self, ids: &[String]) -> Result<usize, StoreError> {
+    async fn remove_artifacts(&self, ids: &[String]) -> Result<usize, StoreError> {
         let op = StoreOperation::DeleteArtifacts;
         let layout = self.etcd.layout.clone();
         let mut deleted = 0;

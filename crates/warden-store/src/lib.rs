@@ -18,6 +18,7 @@ pub mod backup;
 pub mod chain;
 pub mod conformance;
 pub mod error;
+pub mod group_commit;
 mod history;
 pub mod port;
 pub mod queue;

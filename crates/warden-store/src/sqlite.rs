@@ -22,9 +22,7 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
@@ -33,6 +31,7 @@ use warden_core::canonical::{sha256_hex, Artifact};
 use warden_core::{CloudEvent, NewEvent};
 
 use crate::error::{During, StoreError, StoreOperation};
+use crate::group_commit::{Backend, GroupCommit, Pending};
 use crate::history::{check_at_open, from_sql, to_sql};
 use crate::port::{Head, OpenReport, Store};
 
@@ -70,37 +69,10 @@ const KEEP_SNAPSHOTS: i64 = 2;
 /// Checkpoints briefly lock out readers; wait for them rather than fail.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-type AppendReply = Result<Vec<CloudEvent>, StoreError>;
-
-/// One `append_with_artifacts` call waiting for its group commit. Its artifacts were already
-/// checked against their ids, so none of them can fail the group.
-struct Pending {
-    artifacts: Vec<Artifact>,
-    events: Vec<NewEvent>,
-    reply: SyncSender<AppendReply>,
-}
-
-impl Pending {
-    /// What this append counts towards `GROUP_CAP`.
-    fn n_rows(&self) -> usize {
-        self.artifacts.len() + self.events.len()
-    }
-}
-
-enum Request {
-    Append(Pending),
-    // Snapshots go through the writer too, so there is only ever one writing connection and
-    // no SQLITE_BUSY between it and another.
-    Snapshot { seq: u64, body: Vec<u8>, reply: SyncSender<Result<(), StoreError>> },
-    DeleteArtifacts { ids: Vec<String>, reply: SyncSender<Result<usize, StoreError>> },
-}
-
 /// The SQLite journal. See the module docs.
 #[derive(Debug)]
 pub struct SqliteStore {
-    /// `None` only while dropping: closing the channel is what stops the writer.
-    requests: Option<Sender<Request>>,
-    writer: Option<JoinHandle<()>>,
+    writer: GroupCommit,
     reader: Mutex<Connection>,
     /// Advanced by the writer after each commit, before it replies.
     head: Arc<Mutex<Head>>,
@@ -125,18 +97,10 @@ impl SqliteStore {
 
         let head = Arc::new(Mutex::new(report.head.clone()));
         let writer = Writer { conn, head: report.head.clone(), shared_head: Arc::clone(&head) };
-        let (requests, queue) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("warden-journal".into())
-            .spawn(move || writer.run(queue))
-            .map_err(StoreError::Spawn)?;
+        let writer = GroupCommit::start("warden-journal", writer, GROUP_CAP)?;
 
-        let store = SqliteStore { requests: Some(requests), writer: Some(writer), reader: Mutex::new(reader), head };
+        let store = SqliteStore { writer, reader: Mutex::new(reader), head };
         Ok((store, report))
-    }
-
-    fn send(&self, request: Request) -> Result<(), StoreError> {
-        self.requests.as_ref().ok_or(StoreError::Closed)?.send(request).map_err(|_| StoreError::Closed)
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -145,30 +109,9 @@ impl SqliteStore {
     }
 }
 
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        // Closing the channel tells the writer to stop; `&mut self` means no append is in flight.
-        drop(self.requests.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
 impl Store for SqliteStore {
     fn append_with_artifacts(&self, artifacts: Vec<Artifact>, events: Vec<NewEvent>) -> Result<Vec<CloudEvent>, StoreError> {
-        if artifacts.is_empty() && events.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Checked here, not in the writer, so a bad artifact fails only its own call and not the
-        // group commit it would have joined.
-        if let Some(bad) = artifacts.iter().find(|a| !Artifact::verify(&a.id, &a.bytes)) {
-            return Err(StoreError::ArtifactMismatch { id: bad.id.clone() });
-        }
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Append(Pending { artifacts, events, reply }))?;
-        // The writer dropping `reply` unanswered means it is gone.
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.append(artifacts, events)
     }
 
     fn get_artifact(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -224,18 +167,11 @@ impl Store for SqliteStore {
     }
 
     fn put_snapshot(&self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Snapshot { seq, body: body.to_vec(), reply })?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.put_snapshot(seq, body)
     }
 
     fn delete_artifacts(&self, ids: Vec<String>) -> Result<usize, StoreError> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::DeleteArtifacts { ids, reply })?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        self.writer.delete_artifacts(ids)
     }
 
     fn latest_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
@@ -258,49 +194,7 @@ struct Writer {
     shared_head: Arc<Mutex<Head>>,
 }
 
-impl Writer {
-    fn run(mut self, queue: Receiver<Request>) {
-        // A snapshot request found while draining ends the group; it is handled next, in order.
-        let mut carried: Option<Request> = None;
-        loop {
-            let first = match carried.take() {
-                Some(request) => request,
-                None => match queue.recv() {
-                    Ok(request) => request,
-                    Err(_) => return, // every sender is gone: the store was dropped
-                },
-            };
-            match first {
-                Request::Snapshot { seq, body, reply } => {
-                    let _ = reply.send(self.put_snapshot(seq, &body));
-                }
-                Request::DeleteArtifacts { ids, reply } => {
-                    let _ = reply.send(self.delete_artifacts(&ids));
-                }
-                Request::Append(pending) => {
-                    let mut n_rows = pending.n_rows();
-                    let mut group = vec![pending];
-                    // Take what is already queued, without waiting for more: appenders that
-                    // arrive during this commit's fsync form the next group.
-                    while n_rows < GROUP_CAP {
-                        match queue.try_recv() {
-                            Ok(Request::Append(pending)) => {
-                                n_rows += pending.n_rows();
-                                group.push(pending);
-                            }
-                            Ok(other) => {
-                                carried = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.commit_group(group);
-                }
-            }
-        }
-    }
-
+impl Backend for Writer {
     /// Writes `group` in one transaction and answers every waiter in it: all succeed or all fail.
     fn commit_group(&mut self, group: Vec<Pending>) {
         // `seal` panics only on an event that cannot serialize; that must fail this group, not
@@ -328,6 +222,41 @@ impl Writer {
         }
     }
 
+    fn delete_artifacts(&mut self, ids: &[String]) -> Result<usize, StoreError> {
+        let delete = |conn: &mut Connection| -> rusqlite::Result<usize> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut deleted = 0;
+            for id in ids {
+                deleted += tx.prepare_cached("DELETE FROM artifacts WHERE id = ?1")?.execute([id])?;
+            }
+            tx.commit()?;
+            Ok(deleted)
+        };
+        delete(&mut self.conn).during(StoreOperation::DeleteArtifacts)
+    }
+
+    fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
+        // A snapshot past the head would describe events that do not exist, and open would
+        // anchor the chain check on a row that is not there.
+        if seq > self.head.seq {
+            return Err(StoreError::SnapshotAhead { seq, head: self.head.seq });
+        }
+        let put = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached("INSERT OR REPLACE INTO snapshots (seq, body) VALUES (?1, ?2)")?
+                .execute(params![to_sql(seq), body])?;
+            tx.prepare_cached(
+                "DELETE FROM snapshots WHERE seq NOT IN \
+                 (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
+            )?
+            .execute([KEEP_SNAPSHOTS])?;
+            tx.commit()
+        };
+        put(&mut self.conn).during(StoreOperation::PutSnapshot)
+    }
+}
+
+impl Writer {
     /// Inserts every artifact of `group`, seals and inserts every event after `self.head`, and
     /// commits: each append's artifacts go in before its events, in the same transaction. Does
     /// not touch `self.head`: on error the transaction rolls back and the head stays where it was.
@@ -367,39 +296,6 @@ impl Writer {
         // With synchronous=FULL this is the fsync; nobody hears back before it returns.
         tx.commit()?;
         Ok((sealed_groups, Head { seq, hash: prev_hash }))
-    }
-
-    fn delete_artifacts(&mut self, ids: &[String]) -> Result<usize, StoreError> {
-        let delete = |conn: &mut Connection| -> rusqlite::Result<usize> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut deleted = 0;
-            for id in ids {
-                deleted += tx.prepare_cached("DELETE FROM artifacts WHERE id = ?1")?.execute([id])?;
-            }
-            tx.commit()?;
-            Ok(deleted)
-        };
-        delete(&mut self.conn).during(StoreOperation::DeleteArtifacts)
-    }
-
-    fn put_snapshot(&mut self, seq: u64, body: &[u8]) -> Result<(), StoreError> {
-        // A snapshot past the head would describe events that do not exist, and open would
-        // anchor the chain check on a row that is not there.
-        if seq > self.head.seq {
-            return Err(StoreError::SnapshotAhead { seq, head: self.head.seq });
-        }
-        let put = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached("INSERT OR REPLACE INTO snapshots (seq, body) VALUES (?1, ?2)")?
-                .execute(params![to_sql(seq), body])?;
-            tx.prepare_cached(
-                "DELETE FROM snapshots WHERE seq NOT IN \
-                 (SELECT seq FROM snapshots ORDER BY seq DESC LIMIT ?1)",
-            )?
-            .execute([KEEP_SNAPSHOTS])?;
-            tx.commit()
-        };
-        put(&mut self.conn).during(StoreOperation::PutSnapshot)
     }
 }
 
